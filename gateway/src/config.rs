@@ -1,0 +1,91 @@
+//! The gateway's configuration: one serde struct with defaults, read from a TOML file
+//! (`broker-config/gateway.toml` is the documented default) with `LOCKER_` environment
+//! overrides, e.g. `LOCKER_API__LISTEN=0.0.0.0:8080` or `LOCKER_DATA_DIR=/var/lib/locker`.
+
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::api::ApiConfig;
+use crate::broker::BrokerConfig;
+use crate::commands::CommandsConfig;
+use crate::edge::EdgeConfig;
+use crate::ingest::IngestConfig;
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+/// Everything `locker-gateway` can be configured with.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GatewayConfig {
+    /// Where the sled database lives.
+    pub data_dir: PathBuf,
+    /// The mTLS listener for cabinets and integrators.
+    pub edge: EdgeConfig,
+    /// The embedded rumqttd broker.
+    pub broker: BrokerConfig,
+    /// Ingest of uplinks.
+    pub ingest: IngestConfig,
+    /// The command queue and dispatcher.
+    pub commands: CommandsConfig,
+    /// The HTTP API and /metrics.
+    pub api: ApiConfig,
+}
+
+impl GatewayConfig {
+    /// Loads defaults, then `file` (if given), then `LOCKER_*` environment variables
+    /// (`__` separates nested keys). Relative paths in the file are resolved against the
+    /// file's directory.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(GatewayConfig::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(ConfigError::Invalid(format!("{} does not exist", f.display())));
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        let mut cfg: GatewayConfig = fig
+            .merge(Env::prefixed("LOCKER_").split("__"))
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        if let Some(base) = file.and_then(Path::parent) {
+            cfg.resolve_paths(base);
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Makes relative paths relative to `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() && !p.as_os_str().is_empty() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.data_dir);
+        fix(&mut self.edge.ca_cert);
+        fix(&mut self.edge.server_cert);
+        fix(&mut self.edge.server_key);
+        if let Some(c) = self.edge.crl.as_mut() {
+            fix(c);
+        }
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.edge.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if self.api.tokens.keys().any(|t| t.len() < 16) {
+            return Err(ConfigError::Invalid("api.tokens: every token needs at least 16 characters".into()));
+        }
+        Ok(())
+    }
+}

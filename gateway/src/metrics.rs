@@ -1,0 +1,163 @@
+//! Prometheus metrics of the gateway's own components (ingest, commands, store, API), all in
+//! one registry that `GET /metrics` renders. The edge registers its `locker_edge_*` metrics in
+//! the same registry.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// Why a metric could not be registered (a programming error: a duplicate name).
+#[derive(Debug, thiserror::Error)]
+#[error("metrics registration failed: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, MetricsError> {
+    let c = IntCounter::new(name, help)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, MetricsError> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> Result<IntGauge, MetricsError> {
+    let g = IntGauge::new(name, help)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    buckets: Vec<f64>,
+) -> Result<Histogram, MetricsError> {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
+    r.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+fn latency_buckets() -> Vec<f64> {
+    vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+}
+
+/// Ingest: uplinks from the broker to durable storage and acknowledgements.
+#[derive(Clone)]
+pub struct IngestMetrics {
+    /// Events durably stored, by kind.
+    pub events: IntCounterVec,
+    /// Uplinks already stored (redeliveries, replays), dropped and re-acknowledged.
+    pub duplicates: IntCounter,
+    /// Uplinks ahead of the next expected sequence number (dropped; the cabinet resends).
+    pub gaps: IntCounter,
+    /// Payloads that failed to decode, by reason.
+    pub decode_errors: IntCounterVec,
+    /// Uplinks whose envelope cabinet does not match the topic's, or on an unknown topic.
+    pub foreign: IntCounter,
+    /// Events per group commit.
+    pub batch_size: Histogram,
+    /// Time to write and flush one group commit.
+    pub flush_seconds: Histogram,
+    /// Time from receipt at ingest to durable (acknowledgeable) storage.
+    pub lag_seconds: Histogram,
+    /// Acknowledgements published.
+    pub acks: IntCounter,
+}
+
+/// Commands: the offline queue and the dispatcher.
+#[derive(Clone)]
+pub struct CommandMetrics {
+    /// Commands accepted by the API, by action.
+    pub created: IntCounterVec,
+    /// Final outcomes, by outcome.
+    pub outcomes: IntCounterVec,
+    /// From creation to the recorded outcome.
+    pub latency_seconds: HistogramVec,
+    /// Commands waiting for an outcome (queued or sent).
+    pub queue_depth: IntGauge,
+    /// Commands sent to cabinets (first sends and resends).
+    pub sends: IntCounterVec,
+    /// Results for unknown or already finished commands.
+    pub stray_results: IntCounter,
+}
+
+/// Storage and fleet.
+#[derive(Clone)]
+pub struct StoreMetrics {
+    /// Size of the sled database on disk, bytes.
+    pub size_bytes: IntGauge,
+    /// Cabinets known to the gateway.
+    pub cabinets_known: IntGauge,
+    /// Cabinets whose edge connection is open.
+    pub cabinets_online: IntGauge,
+    /// API requests by route and status class.
+    pub api_requests: IntCounterVec,
+}
+
+/// Every gateway metric, grouped by component.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub ingest: IngestMetrics,
+    pub commands: CommandMetrics,
+    pub store: StoreMetrics,
+}
+
+impl Metrics {
+    /// Creates and registers every metric in a fresh registry.
+    pub fn new() -> Result<Self, MetricsError> {
+        let r = Registry::new();
+        let ingest = IngestMetrics {
+            events: counter_vec(&r, "locker_ingest_events_total", "Events durably stored, by kind", &["kind"])?,
+            duplicates: counter(&r, "locker_ingest_duplicates_total", "Uplinks already stored (dropped and re-acknowledged)")?,
+            gaps: counter(&r, "locker_ingest_gaps_total", "Uplinks ahead of the next expected sequence number (dropped, resent by the cabinet)")?,
+            decode_errors: counter_vec(&r, "locker_ingest_decode_errors_total", "Payloads that failed to decode, by reason", &["reason"])?,
+            foreign: counter(&r, "locker_ingest_foreign_total", "Uplinks whose envelope cabinet does not match the topic")?,
+            batch_size: histogram(&r, "locker_ingest_batch_events", "Events per group commit", vec![1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0])?,
+            flush_seconds: histogram(&r, "locker_ingest_flush_seconds", "Time to write and flush one group commit", latency_buckets())?,
+            lag_seconds: histogram(&r, "locker_ingest_lag_seconds", "From receipt at ingest to durable storage", latency_buckets())?,
+            acks: counter(&r, "locker_ingest_acks_total", "Acknowledgements published to cabinets")?,
+        };
+        let commands = CommandMetrics {
+            created: counter_vec(&r, "locker_commands_created_total", "Commands accepted, by action", &["action"])?,
+            outcomes: counter_vec(&r, "locker_commands_outcomes_total", "Final command outcomes, by outcome", &["outcome"])?,
+            latency_seconds: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new("locker_command_latency_seconds", "From command creation to its recorded outcome").buckets(latency_buckets()),
+                    &["action"],
+                )?;
+                r.register(Box::new(h.clone()))?;
+                h
+            },
+            queue_depth: gauge(&r, "locker_commands_pending", "Commands waiting for an outcome (queued or sent)")?,
+            sends: counter_vec(&r, "locker_commands_sends_total", "Commands published to cabinets", &["kind"])?,
+            stray_results: counter(&r, "locker_commands_stray_results_total", "Results for unknown or already finished commands")?,
+        };
+        let store = StoreMetrics {
+            size_bytes: gauge(&r, "locker_store_size_bytes", "Size of the sled database on disk")?,
+            cabinets_known: gauge(&r, "locker_cabinets_known", "Cabinets known to the gateway")?,
+            cabinets_online: gauge(&r, "locker_cabinets_online", "Cabinets with an open edge connection")?,
+            api_requests: counter_vec(&r, "locker_api_requests_total", "API requests by route and status class", &["route", "status"])?,
+        };
+        Ok(Self { registry: r, ingest, commands, store })
+    }
+
+    /// The Prometheus text exposition of every registered metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let enc = TextEncoder::new();
+        if enc.encode(&self.registry.gather(), &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
