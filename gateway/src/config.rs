@@ -24,7 +24,7 @@ pub enum ConfigError {
 }
 
 /// Everything `locker-gateway` can be configured with.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct GatewayConfig {
     /// Where the sled database lives.
@@ -39,6 +39,19 @@ pub struct GatewayConfig {
     pub commands: CommandsConfig,
     /// The HTTP API and /metrics.
     pub api: ApiConfig,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            edge: EdgeConfig::default(),
+            broker: BrokerConfig::default(),
+            ingest: IngestConfig::default(),
+            commands: CommandsConfig::default(),
+            api: ApiConfig::default(),
+        }
+    }
 }
 
 impl GatewayConfig {

@@ -1,1 +1,57 @@
-fn main() {}
+//! `locker-gateway`: runs the Locker Hub gateway (mTLS edge, embedded broker, ingest, command
+//! queue, HTTP API, metrics) until SIGTERM or Ctrl-C, then drains and flushes.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use locker_gateway::app::Gateway;
+use locker_gateway::config::GatewayConfig;
+
+/// The Locker Hub gateway.
+///
+/// Configuration comes from the TOML file given with --config (see broker-config/gateway.toml
+/// for every key), overridden by LOCKER_* environment variables (nested keys joined with "__",
+/// e.g. LOCKER_API__LISTEN=0.0.0.0:8080). Logs go to stderr; RUST_LOG sets the level.
+#[derive(Parser, Debug)]
+#[command(name = "locker-gateway", version, about, long_about = None)]
+struct Cli {
+    /// Path of the gateway configuration file (TOML).
+    #[arg(long, short, env = "LOCKER_GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Check the configuration and the certificates, print the effective configuration as
+    /// TOML, and exit without starting.
+    #[arg(long)]
+    check: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rumqttd=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let cfg = GatewayConfig::load(cli.config.as_deref()).context("loading the configuration")?;
+    if cli.check {
+        println!("{}", toml::to_string_pretty(&cfg).context("printing the configuration")?);
+        return Ok(());
+    }
+    let gw = Gateway::start(cfg).await.context("starting the gateway")?;
+    tracing::info!(edge = %gw.edge_addr, api = %gw.api_addr, "gateway running");
+    // Machine-readable line for scripts and tests that start the binary.
+    println!("LISTENING edge={} api={}", gw.edge_addr, gw.api_addr);
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: draining"),
+    }
+    gw.shutdown().await;
+    tracing::info!("gateway stopped");
+    Ok(())
+}

@@ -1,1 +1,29 @@
-//! placeholder
+//! The shared test harness for Locker Hub's end-to-end tests: everything a test needs to stand
+//! up real parts on real sockets, so tests never copy setup.
+//!
+//! - [`pki::TestPki`]: a fleet PKI in a temp dir, per test;
+//! - [`gateway::TestGateway`]: the real gateway in-process with its embedded broker, the edge on
+//!   `127.0.0.1:0` and the API on `127.0.0.1:0`; [`gateway::GatewayProcess`]: the real
+//!   `locker-gateway` binary, for `kill -9` tests;
+//! - [`mqtt`]: rumqttc clients with a cabinet's or an integrator's certificate;
+//! - [`api::ApiClient`]: the HTTP API with a bearer token;
+//! - [`eventually`]: polls a condition until a deadline (tests never sleep a fixed time).
+
+pub mod api;
+pub mod gateway;
+pub mod mqtt;
+pub mod pki;
+pub mod wait;
+
+pub use wait::{eventually, eventually_async};
+
+/// Installs a tracing subscriber for the test binary once (`RUST_LOG` selects the level).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}

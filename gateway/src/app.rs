@@ -1,0 +1,194 @@
+//! Wiring: starts every gateway component in order (store, broker, fleet, dispatcher, ingest,
+//! edge, API) and stops them in reverse, flushing the store last.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use locker_schemas::Filter;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState};
+use crate::broker::{BrokerError, EmbeddedBroker};
+use crate::commands::{CommandsHandle, Dispatcher};
+use crate::config::GatewayConfig;
+use crate::edge::{Edge, EdgeHandle, PresenceEvent};
+use crate::fleet::{Fleet, FleetHandle, PresenceChange};
+use crate::ingest::Ingest;
+use crate::metrics::{Metrics, MetricsError};
+use crate::store::{self, Store, StoreError};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error("store at {path}: {source}")]
+    Store { path: String, source: StoreError },
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("edge: {0}")]
+    Edge(String),
+    #[error("API listener on {addr}: {source}")]
+    Api { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A running gateway.
+pub struct Gateway {
+    /// Where cabinets and integrators connect (mTLS MQTT).
+    pub edge_addr: SocketAddr,
+    /// The HTTP API and /metrics.
+    pub api_addr: SocketAddr,
+    /// The embedded broker's plain loopback listener (reachable only with the internal
+    /// credential; exposed for diagnostics and tests).
+    pub broker_addr: SocketAddr,
+    pub metrics: Metrics,
+    pub fleet: FleetHandle,
+    pub commands: CommandsHandle,
+    pub edge: EdgeHandle,
+    store: Store,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    ingest: JoinHandle<()>,
+}
+
+impl Gateway {
+    /// Starts every component. Listening addresses may use port 0.
+    pub async fn start(cfg: GatewayConfig) -> Result<Self, StartError> {
+        let metrics = Metrics::new()?;
+        let db_path = cfg.data_dir.join("gateway.sled");
+        let store_err = |source| StartError::Store { path: db_path.display().to_string(), source };
+        let path = db_path.clone();
+        let store = store::blocking(move || {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+            }
+            Store::open(&path)
+        })
+        .await
+        .map_err(store_err)?;
+        let st = store.clone();
+        let (cabinets, pending) =
+            store::blocking(move || Ok((st.load_cabinets()?, st.pending_commands()?)))
+                .await
+                .map_err(|source| StartError::Store {
+                    path: db_path.display().to_string(),
+                    source,
+                })?;
+        let known: Vec<_> = cabinets.iter().map(|(s, hwm)| (s.id.clone(), *hwm)).collect();
+        let snapshots: Vec<_> = cabinets.into_iter().map(|(s, _)| s).collect();
+        tracing::info!(
+            cabinets = known.len(),
+            pending_commands = pending.len(),
+            "store opened"
+        );
+
+        let (inbound_tx, inbound_rx) = mpsc::channel(16 * 1024);
+        let broker = EmbeddedBroker::start(
+            &cfg.broker,
+            &[Filter::all_uplinks().as_str().to_owned()],
+            inbound_tx,
+        )?;
+        let publisher = broker.publisher.clone();
+
+        let (fleet, fleet_commits, fleet_task) =
+            Fleet::spawn(snapshots, store.clone(), publisher.clone(), metrics.store.clone());
+        let (commands, command_commits, dispatch_task) = Dispatcher::spawn(
+            cfg.commands.clone(),
+            store.clone(),
+            publisher.clone(),
+            metrics.commands.clone(),
+            pending,
+        );
+        let cancel = CancellationToken::new();
+        let ingest = Ingest::new(
+            cfg.ingest.clone(),
+            store.clone(),
+            publisher.clone(),
+            metrics.ingest.clone(),
+            known,
+            vec![fleet_commits, command_commits],
+        );
+        let ingest_cancel = cancel.clone();
+        let ingest_task = tokio::spawn(async move {
+            if let Err(e) = ingest.run(inbound_rx, ingest_cancel).await {
+                tracing::error!(error = %e, "ingest stopped: storage failed");
+            }
+        });
+
+        let (presence_tx, mut presence_rx) = mpsc::channel::<PresenceEvent>(4096);
+        let (edge, edge_addr) = Edge::start(
+            cfg.edge.clone(),
+            broker.addr,
+            broker.username.clone(),
+            broker.password.clone(),
+            &metrics.registry,
+            presence_tx,
+        )
+        .await
+        .map_err(|e| StartError::Edge(e.to_string()))?;
+
+        let (f, c) = (fleet.clone(), commands.clone());
+        let presence_task = tokio::spawn(async move {
+            while let Some(p) = presence_rx.recv().await {
+                if !p.online {
+                    c.offline(p.cabinet.clone()).await;
+                }
+                f.presence(PresenceChange { cabinet: p.cabinet, online: p.online, at: p.at })
+                    .await;
+            }
+        });
+
+        let listener = tokio::net::TcpListener::bind(cfg.api.listen)
+            .await
+            .map_err(|source| StartError::Api { addr: cfg.api.listen, source })?;
+        let api_addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Api { addr: cfg.api.listen, source })?;
+        let app = api::router(ApiState {
+            cfg: Arc::new(cfg.api.clone()),
+            fleet: fleet.clone(),
+            commands: commands.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+        });
+        let api_cancel = cancel.clone();
+        let api_task = tokio::spawn(async move {
+            let serve = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { api_cancel.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "API server stopped");
+            }
+        });
+
+        Ok(Self {
+            edge_addr,
+            api_addr,
+            broker_addr: broker.addr,
+            metrics,
+            fleet,
+            commands,
+            edge,
+            store,
+            cancel,
+            tasks: vec![api_task, presence_task, dispatch_task, fleet_task],
+            ingest: ingest_task,
+        })
+    }
+
+    /// Stops accepting, closes connections, lets ingest finish what it has, and flushes.
+    pub async fn shutdown(self) {
+        self.edge.shutdown().await;
+        self.cancel.cancel();
+        let _ = self.ingest.await;
+        for t in self.tasks.iter().filter(|t| !t.is_finished()) {
+            t.abort();
+        }
+        let store = self.store.clone();
+        if let Err(e) = store::blocking(move || store.flush()).await {
+            tracing::error!(error = %e, "final flush failed");
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! A small client for the gateway's HTTP API, authenticated with a bearer token.
+
+use std::net::SocketAddr;
+
+use serde_json::Value;
+
+/// The token [`crate::gateway::TestGateway`] configures for the integrator `test-suite`.
+pub const TEST_TOKEN: &str = "test-token-0123456789abcdef";
+
+/// An API client bound to one gateway.
+#[derive(Clone)]
+pub struct ApiClient {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    pub fn new(addr: SocketAddr, token: &str) -> Self {
+        Self { base: format!("http://{addr}"), token: token.to_owned(), http: reqwest::Client::new() }
+    }
+
+    /// GET a path; returns the status and the JSON body (Null if none).
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("API request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// POST JSON to a path; returns the status and the JSON body.
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .expect("API request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics request")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    /// The value of one sample in `/metrics` (`name{labels}` exactly as rendered), or 0.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        metric_value(&self.metrics().await, sample)
+    }
+}
+
+/// Finds `sample` (a metric name with its rendered labels, e.g.
+/// `locker_ingest_events_total{kind="door"}`) in Prometheus text and returns its value.
+pub fn metric_value(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
