@@ -65,13 +65,21 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"error": self.code, "message": self.message}))).into_response()
+        (
+            self.status,
+            Json(json!({"error": self.code, "message": self.message})),
+        )
+            .into_response()
     }
 }
 
@@ -128,7 +136,11 @@ async fn count(State(st): State<ApiState>, req: Request, next: Next) -> Response
         .unwrap_or_else(|| "unmatched".into());
     let resp = next.run(req).await;
     let class = format!("{}xx", resp.status().as_u16() / 100);
-    st.metrics.store.api_requests.with_label_values(&[&route, &class]).inc();
+    st.metrics
+        .store
+        .api_requests
+        .with_label_values(&[&route, &class])
+        .inc();
     resp
 }
 
@@ -151,12 +163,16 @@ pub fn router(st: ApiState) -> Router {
 }
 
 fn parse_cabinet(id: &str) -> Result<CabinetId, ApiError> {
-    CabinetId::new(id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_cabinet_id", e.to_string()))
+    CabinetId::new(id)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_cabinet_id", e.to_string()))
 }
 
 async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
     let mut h = HeaderMap::new();
-    h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; version=0.0.4"));
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
     (h, st.metrics.render())
 }
 
@@ -171,7 +187,11 @@ async fn get_cabinet(
     let id = parse_cabinet(&id)?;
     match st.fleet.get(id.clone()).await {
         Some(c) => Ok(Json(c)),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("unknown cabinet {id}"))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("unknown cabinet {id}"),
+        )),
     }
 }
 
@@ -206,7 +226,9 @@ async fn cabinet_events(
         }
     }
     let next = rows.last().map(|(s, _)| *s);
-    Ok(Json(json!({ "cabinet": id, "events": events, "next_after": next })))
+    Ok(Json(
+        json!({ "cabinet": id, "events": events, "next_after": next }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -228,7 +250,11 @@ async fn create_command(
         body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
     let cabinet = parse_cabinet(&id)?;
     let Some(snapshot) = st.fleet.get(cabinet.clone()).await else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("unknown cabinet {cabinet}")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("unknown cabinet {cabinet}"),
+        ));
     };
     if let ActionSpec::Unlock { compartment } = &body.action {
         if !snapshot.compartments.is_empty()
@@ -243,19 +269,34 @@ async fn create_command(
     }
     let rec = st
         .commands
-        .create(NewCommand { cabinet, action: body.action, ttl_ms: body.ttl_ms, created_by: client.0 })
+        .create(NewCommand {
+            cabinet,
+            action: body.action,
+            ttl_ms: body.ttl_ms,
+            created_by: client.0,
+        })
         .await?;
     let wait = body.wait_ms.min(st.cfg.max_wait_ms);
     if wait == 0 {
         return Ok((StatusCode::ACCEPTED, Json(rec)).into_response());
     }
-    let rec = st.commands.wait(rec.id, Duration::from_millis(wait)).await?.unwrap_or(rec);
-    let status = if rec.outcome.is_some() { StatusCode::OK } else { StatusCode::ACCEPTED };
+    let rec = st
+        .commands
+        .wait(rec.id, Duration::from_millis(wait))
+        .await?
+        .unwrap_or(rec);
+    let status = if rec.outcome.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
     Ok((status, Json(rec)).into_response())
 }
 
 fn parse_command(id: &str) -> Result<CommandId, ApiError> {
-    id.parse().map_err(|e: locker_schemas::IdError| ApiError::new(StatusCode::BAD_REQUEST, "bad_command_id", e.to_string()))
+    id.parse().map_err(|e: locker_schemas::IdError| {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_command_id", e.to_string())
+    })
 }
 
 async fn get_command(
@@ -265,7 +306,11 @@ async fn get_command(
     let id = parse_command(&id)?;
     match st.commands.get(id).await? {
         Some(r) => Ok(Json(r)),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("unknown command {id}"))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("unknown command {id}"),
+        )),
     }
 }
 

@@ -31,7 +31,10 @@ pub enum StartError {
     #[error("edge: {0}")]
     Edge(String),
     #[error("API listener on {addr}: {source}")]
-    Api { addr: SocketAddr, source: std::io::Error },
+    Api {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A running gateway.
@@ -58,12 +61,14 @@ impl Gateway {
     pub async fn start(cfg: GatewayConfig) -> Result<Self, StartError> {
         let metrics = Metrics::new()?;
         let db_path = cfg.data_dir.join("gateway.sled");
-        let store_err = |source| StartError::Store { path: db_path.display().to_string(), source };
+        let store_err = |source| StartError::Store {
+            path: db_path.display().to_string(),
+            source,
+        };
         let path = db_path.clone();
         let store = store::blocking(move || {
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+                std::fs::create_dir_all(dir).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
             }
             Store::open(&path)
         })
@@ -77,7 +82,10 @@ impl Gateway {
                     path: db_path.display().to_string(),
                     source,
                 })?;
-        let known: Vec<_> = cabinets.iter().map(|(s, hwm)| (s.id.clone(), *hwm)).collect();
+        let known: Vec<_> = cabinets
+            .iter()
+            .map(|(s, hwm)| (s.id.clone(), *hwm))
+            .collect();
         let snapshots: Vec<_> = cabinets.into_iter().map(|(s, _)| s).collect();
         tracing::info!(
             cabinets = known.len(),
@@ -93,8 +101,12 @@ impl Gateway {
         )?;
         let publisher = broker.publisher.clone();
 
-        let (fleet, fleet_commits, fleet_task) =
-            Fleet::spawn(snapshots, store.clone(), publisher.clone(), metrics.store.clone());
+        let (fleet, fleet_commits, fleet_task) = Fleet::spawn(
+            snapshots,
+            store.clone(),
+            publisher.clone(),
+            metrics.store.clone(),
+        );
         let (commands, command_commits, dispatch_task) = Dispatcher::spawn(
             cfg.commands.clone(),
             store.clone(),
@@ -136,17 +148,25 @@ impl Gateway {
                 if !p.online {
                     c.offline(p.cabinet.clone()).await;
                 }
-                f.presence(PresenceChange { cabinet: p.cabinet, online: p.online, at: p.at })
-                    .await;
+                f.presence(PresenceChange {
+                    cabinet: p.cabinet,
+                    online: p.online,
+                    at: p.at,
+                })
+                .await;
             }
         });
 
         let listener = tokio::net::TcpListener::bind(cfg.api.listen)
             .await
-            .map_err(|source| StartError::Api { addr: cfg.api.listen, source })?;
-        let api_addr = listener
-            .local_addr()
-            .map_err(|source| StartError::Api { addr: cfg.api.listen, source })?;
+            .map_err(|source| StartError::Api {
+                addr: cfg.api.listen,
+                source,
+            })?;
+        let api_addr = listener.local_addr().map_err(|source| StartError::Api {
+            addr: cfg.api.listen,
+            source,
+        })?;
         let app = api::router(ApiState {
             cfg: Arc::new(cfg.api.clone()),
             fleet: fleet.clone(),

@@ -19,7 +19,9 @@ pub fn event_json(u: &Uplink) -> Value {
                 DoorCause::Command(id) => json!({"command": id.to_string()}),
             },
         }),
-        UplinkBody::Scan(s) => json!({"source": format!("{:?}", s.source).to_lowercase(), "value": s.value}),
+        UplinkBody::Scan(s) => {
+            json!({"source": format!("{:?}", s.source).to_lowercase(), "value": s.value})
+        }
         UplinkBody::Alarm(a) => json!({
             "alarm": format!("{:?}", a.kind), "active": a.active, "compartment": a.compartment,
             "board": a.board, "detail": a.detail,
@@ -28,8 +30,12 @@ pub fn event_json(u: &Uplink) -> Value {
             "battery_mv": p.battery_mv, "soc_pct": p.soc_pct, "pv_w": p.pv_w, "load_w": p.load_w,
             "charging": format!("{:?}", p.charging).to_lowercase(), "temp_c": f32::from(p.temp_dc) / 10.0,
         }),
-        UplinkBody::Network(n) => json!({"network": format!("{:?}", n.kind).to_lowercase(), "signal_dbm": n.signal_dbm}),
-        UplinkBody::Result(r) => json!({"command": r.command.to_string(), "outcome": r.outcome.as_str(), "detail": r.detail}),
+        UplinkBody::Network(n) => {
+            json!({"network": format!("{:?}", n.kind).to_lowercase(), "signal_dbm": n.signal_dbm})
+        }
+        UplinkBody::Result(r) => {
+            json!({"command": r.command.to_string(), "outcome": r.outcome.as_str(), "detail": r.detail})
+        }
         UplinkBody::Access(a) => json!({
             "compartment": a.compartment, "action": format!("{:?}", a.action).to_lowercase(),
             "reference": a.reference, "source": format!("{:?}", a.source).to_lowercase(),

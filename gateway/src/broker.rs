@@ -114,7 +114,9 @@ fn free_port() -> Result<u16, BrokerError> {
 fn random_secret() -> String {
     use rand::Rng;
     let mut rng = rand::thread_rng();
-    (0..32).map(|_| format!("{:02x}", rng.gen::<u8>())).collect()
+    (0..32)
+        .map(|_| format!("{:02x}", rng.gen::<u8>()))
+        .collect()
 }
 
 impl EmbeddedBroker {
@@ -129,7 +131,11 @@ impl EmbeddedBroker {
         filters: &[String],
         inbound: mpsc::Sender<Inbound>,
     ) -> Result<Self, BrokerError> {
-        let port = if cfg.internal_port == 0 { free_port()? } else { cfg.internal_port };
+        let port = if cfg.internal_port == 0 {
+            free_port()?
+        } else {
+            cfg.internal_port
+        };
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let username = "locker-edge".to_owned();
         let password = random_secret();
@@ -168,10 +174,13 @@ impl EmbeddedBroker {
         };
 
         let mut broker = Broker::new(config);
-        let (mut link_tx, link_rx) =
-            broker.link(INTERNAL_CLIENT_ID).map_err(|e| BrokerError::Link(e.to_string()))?;
+        let (mut link_tx, link_rx) = broker
+            .link(INTERNAL_CLIENT_ID)
+            .map_err(|e| BrokerError::Link(e.to_string()))?;
         for f in filters {
-            link_tx.subscribe(f.clone()).map_err(|e| BrokerError::Link(e.to_string()))?;
+            link_tx
+                .subscribe(f.clone())
+                .map_err(|e| BrokerError::Link(e.to_string()))?;
         }
 
         thread::Builder::new()
@@ -194,7 +203,12 @@ impl EmbeddedBroker {
             .spawn(move || publish_loop(link_tx, rx))
             .map_err(BrokerError::Thread)?;
 
-        Ok(Self { addr, username, password, publisher: Publisher { tx } })
+        Ok(Self {
+            addr,
+            username,
+            password,
+            publisher: Publisher { tx },
+        })
     }
 }
 
@@ -202,7 +216,10 @@ fn receive_loop(mut link_rx: LinkRx, inbound: mpsc::Sender<Inbound>) {
     loop {
         match link_rx.recv() {
             Ok(Some(Notification::Forward(f))) => {
-                let msg = Inbound { topic: f.publish.topic, payload: f.publish.payload };
+                let msg = Inbound {
+                    topic: f.publish.topic,
+                    payload: f.publish.payload,
+                };
                 if inbound.blocking_send(msg).is_err() {
                     return; // the gateway is shutting down
                 }

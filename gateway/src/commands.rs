@@ -79,10 +79,19 @@ pub struct NewCommand {
 }
 
 enum Msg {
-    Create(NewCommand, oneshot::Sender<Result<CommandRecord, CommandError>>),
-    Get(CommandId, oneshot::Sender<Result<Option<CommandRecord>, CommandError>>),
+    Create(
+        NewCommand,
+        oneshot::Sender<Result<CommandRecord, CommandError>>,
+    ),
+    Get(
+        CommandId,
+        oneshot::Sender<Result<Option<CommandRecord>, CommandError>>,
+    ),
     Wait(CommandId, oneshot::Sender<CommandRecord>),
-    Cancel(CommandId, oneshot::Sender<Result<CommandRecord, CommandError>>),
+    Cancel(
+        CommandId,
+        oneshot::Sender<Result<CommandRecord, CommandError>>,
+    ),
     Offline(CabinetId),
 }
 
@@ -98,7 +107,10 @@ impl CommandsHandle {
         f: impl FnOnce(oneshot::Sender<Result<T, CommandError>>) -> Msg,
     ) -> Result<T, CommandError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(f(tx)).await.map_err(|_| CommandError::Closed)?;
+        self.tx
+            .send(f(tx))
+            .await
+            .map_err(|_| CommandError::Closed)?;
         rx.await.map_err(|_| CommandError::Closed)?
     }
 
@@ -124,7 +136,10 @@ impl CommandsHandle {
         timeout: Duration,
     ) -> Result<Option<CommandRecord>, CommandError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Msg::Wait(id, tx)).await.map_err(|_| CommandError::Closed)?;
+        self.tx
+            .send(Msg::Wait(id, tx))
+            .await
+            .map_err(|_| CommandError::Closed)?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(rec)) => Ok(Some(rec)),
             _ => self.get(id).await,
@@ -158,7 +173,11 @@ impl Dispatcher {
         publisher: Publisher,
         metrics: CommandMetrics,
         pending: Vec<CommandRecord>,
-    ) -> (CommandsHandle, mpsc::Sender<Committed>, tokio::task::JoinHandle<()>) {
+    ) -> (
+        CommandsHandle,
+        mpsc::Sender<Committed>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let (tx, rx) = mpsc::channel(1024);
         let (ctx, crx) = mpsc::channel(256);
         let mut d = Dispatcher {
@@ -179,7 +198,10 @@ impl Dispatcher {
     }
 
     fn track(&mut self, rec: CommandRecord) {
-        self.by_cabinet.entry(rec.cabinet.clone()).or_default().insert(rec.id);
+        self.by_cabinet
+            .entry(rec.cabinet.clone())
+            .or_default()
+            .insert(rec.id);
         self.pending.insert(rec.id, rec);
         self.metrics.queue_depth.set(self.pending.len() as i64);
     }
@@ -226,7 +248,8 @@ impl Dispatcher {
                 } else {
                     let store = self.store.clone();
                     tokio::spawn(async move {
-                        if let Ok(Some(rec)) = store::blocking(move || store.get_command(id)).await {
+                        if let Ok(Some(rec)) = store::blocking(move || store.get_command(id)).await
+                        {
                             let _ = reply.send(rec);
                         }
                     });
@@ -261,7 +284,9 @@ impl Dispatcher {
     async fn create(&mut self, c: NewCommand) -> Result<CommandRecord, CommandError> {
         let ttl = c.ttl_ms.unwrap_or(self.cfg.default_ttl_ms);
         if ttl == 0 || ttl > self.cfg.max_ttl_ms {
-            return Err(CommandError::Ttl { max: self.cfg.max_ttl_ms });
+            return Err(CommandError::Ttl {
+                max: self.cfg.max_ttl_ms,
+            });
         }
         let now = now_millis();
         let rec = CommandRecord {
@@ -279,7 +304,10 @@ impl Dispatcher {
             detail: String::new(),
             finished_at: None,
         };
-        self.metrics.created.with_label_values(&[rec.action.to_action().name()]).inc();
+        self.metrics
+            .created
+            .with_label_values(&[rec.action.to_action().name()])
+            .inc();
         let id = rec.id;
         let cabinet = rec.cabinet.clone();
         if self.ready.contains(&cabinet) {
@@ -335,13 +363,17 @@ impl Dispatcher {
 
     /// Sends (or resends) what is due for one ready cabinet; expires never-sent commands.
     async fn dispatch(&mut self, cabinet: &CabinetId, resend_only_due: bool) {
-        let Some(ids) = self.by_cabinet.get(cabinet) else { return };
+        let Some(ids) = self.by_cabinet.get(cabinet) else {
+            return;
+        };
         let ids: Vec<CommandId> = ids.iter().copied().collect();
         let now = now_millis();
         let mut to_send = Vec::new();
         let mut to_expire = Vec::new();
         for id in ids {
-            let Some(rec) = self.pending.get(&id) else { continue };
+            let Some(rec) = self.pending.get(&id) else {
+                continue;
+            };
             match rec.state {
                 CommandState::Queued if now > rec.expires_at => to_expire.push(id),
                 CommandState::Queued => to_send.push(id),
@@ -358,8 +390,12 @@ impl Dispatcher {
             }
         }
         for id in to_expire {
-            self.finish(id, Outcome::Expired, "expired before it could be delivered".into())
-                .await;
+            self.finish(
+                id,
+                Outcome::Expired,
+                "expired before it could be delivered".into(),
+            )
+            .await;
         }
         let mut updated = Vec::new();
         for id in &to_send {
@@ -374,7 +410,10 @@ impl Dispatcher {
         if updated.is_empty() {
             return;
         }
-        if let Err(e) = self.persist(updated.iter().map(|(r, _)| r.clone()).collect()).await {
+        if let Err(e) = self
+            .persist(updated.iter().map(|(r, _)| r.clone()).collect())
+            .await
+        {
             tracing::error!(error = %e, "cannot persist command state; not sending");
             return;
         }
@@ -389,7 +428,11 @@ impl Dispatcher {
             match &u.body {
                 UplinkBody::Hello(_) => hellos.push(u.cabinet.clone()),
                 UplinkBody::Result(r) => {
-                    if self.pending.get(&r.command).map(|p| p.cabinet != u.cabinet).unwrap_or(true)
+                    if self
+                        .pending
+                        .get(&r.command)
+                        .map(|p| p.cabinet != u.cabinet)
+                        .unwrap_or(true)
                     {
                         self.metrics.stray_results.inc();
                         tracing::debug!(command = %r.command, cabinet = %u.cabinet, "result for no pending command");
@@ -416,8 +459,12 @@ impl Dispatcher {
             .map(|r| r.id)
             .collect();
         for id in expired {
-            self.finish(id, Outcome::Expired, "expired before it could be delivered".into())
-                .await;
+            self.finish(
+                id,
+                Outcome::Expired,
+                "expired before it could be delivered".into(),
+            )
+            .await;
         }
         let ready: Vec<CabinetId> = self
             .by_cabinet
@@ -431,7 +478,12 @@ impl Dispatcher {
     }
 
     /// Records a command's one outcome, persists it and wakes its waiters.
-    async fn finish(&mut self, id: CommandId, outcome: Outcome, detail: String) -> Option<CommandRecord> {
+    async fn finish(
+        &mut self,
+        id: CommandId,
+        outcome: Outcome,
+        detail: String,
+    ) -> Option<CommandRecord> {
         let mut rec = self.pending.remove(&id)?;
         if let Some(set) = self.by_cabinet.get_mut(&rec.cabinet) {
             set.remove(&id);
@@ -448,7 +500,10 @@ impl Dispatcher {
             tracing::error!(error = %e, %id, "cannot persist command outcome");
         }
         self.metrics.queue_depth.set(self.pending.len() as i64);
-        self.metrics.outcomes.with_label_values(&[outcome.as_str()]).inc();
+        self.metrics
+            .outcomes
+            .with_label_values(&[outcome.as_str()])
+            .inc();
         let action = rec.action.to_action();
         self.metrics
             .latency_seconds

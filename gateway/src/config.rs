@@ -62,7 +62,10 @@ impl GatewayConfig {
         let mut fig = Figment::from(Serialized::defaults(GatewayConfig::default()));
         if let Some(f) = file {
             if !f.exists() {
-                return Err(ConfigError::Invalid(format!("{} does not exist", f.display())));
+                return Err(ConfigError::Invalid(format!(
+                    "{} does not exist",
+                    f.display()
+                )));
             }
             fig = fig.merge(Toml::file(f));
         }
@@ -95,9 +98,13 @@ impl GatewayConfig {
 
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.edge.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.edge
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if self.api.tokens.keys().any(|t| t.len() < 16) {
-            return Err(ConfigError::Invalid("api.tokens: every token needs at least 16 characters".into()));
+            return Err(ConfigError::Invalid(
+                "api.tokens: every token needs at least 16 characters".into(),
+            ));
         }
         Ok(())
     }

@@ -77,7 +77,11 @@ impl Fleet {
         store: Store,
         publisher: Publisher,
         metrics: StoreMetrics,
-    ) -> (FleetHandle, mpsc::Sender<Committed>, tokio::task::JoinHandle<()>) {
+    ) -> (
+        FleetHandle,
+        mpsc::Sender<Committed>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let (tx, rx) = mpsc::channel(1024);
         let (ctx, crx) = mpsc::channel(256);
         let cabinets: HashMap<_, _> = loaded
@@ -89,19 +93,28 @@ impl Fleet {
             .collect();
         metrics.cabinets_known.set(cabinets.len() as i64);
         metrics.cabinets_online.set(0);
-        let fleet = Fleet { cabinets, dirty: HashSet::new(), store, publisher, metrics };
+        let fleet = Fleet {
+            cabinets,
+            dirty: HashSet::new(),
+            store,
+            publisher,
+            metrics,
+        };
         let task = tokio::spawn(fleet.run(rx, crx));
         (FleetHandle { tx }, ctx, task)
     }
 
     fn entry(&mut self, id: &CabinetId) -> &mut CabinetSnapshot {
         if !self.cabinets.contains_key(id) {
-            self.cabinets.insert(id.clone(), CabinetSnapshot::new(id.clone()));
+            self.cabinets
+                .insert(id.clone(), CabinetSnapshot::new(id.clone()));
             self.metrics.cabinets_known.set(self.cabinets.len() as i64);
         }
         self.dirty.insert(id.clone());
         // just inserted above if it was missing
-        self.cabinets.entry(id.clone()).or_insert_with(|| CabinetSnapshot::new(id.clone()))
+        self.cabinets
+            .entry(id.clone())
+            .or_insert_with(|| CabinetSnapshot::new(id.clone()))
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>, mut commits: mpsc::Receiver<Committed>) {
@@ -143,7 +156,10 @@ impl Fleet {
         snap.last_seen = p.at;
         let online = self.cabinets.values().filter(|c| c.online).count();
         self.metrics.cabinets_online.set(online as i64);
-        let msg = StreamMessage::Presence(Presence { online: p.online, ts: p.at });
+        let msg = StreamMessage::Presence(Presence {
+            online: p.online,
+            ts: p.at,
+        });
         if let Ok(bytes) = encode_stream(&msg) {
             let topic = Topic::Stream(p.cabinet.clone(), StreamKind::Presence).to_string();
             self.publisher.publish(topic, Bytes::from(bytes)).await;
@@ -154,8 +170,11 @@ impl Fleet {
         if self.dirty.is_empty() {
             return;
         }
-        let snaps: Vec<_> =
-            self.dirty.drain().filter_map(|id| self.cabinets.get(&id).cloned()).collect();
+        let snaps: Vec<_> = self
+            .dirty
+            .drain()
+            .filter_map(|id| self.cabinets.get(&id).cloned())
+            .collect();
         let store = self.store.clone();
         let saved = store::blocking(move || {
             store.save_snapshots(&snaps)?;

@@ -14,9 +14,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use locker_schemas::codec::encode_downlink;
-use locker_schemas::{
-    codec, Ack, CabinetId, Downlink, DownlinkBody, DownKind, Topic, Uplink,
-};
+use locker_schemas::{codec, Ack, CabinetId, DownKind, Downlink, DownlinkBody, Topic, Uplink};
 use tokio::sync::mpsc;
 
 use crate::broker::{Inbound, Publisher};
@@ -70,11 +68,25 @@ impl Ingest {
         known: impl IntoIterator<Item = (CabinetId, u64)>,
         committed: Vec<mpsc::Sender<Committed>>,
     ) -> Self {
-        Self { cfg, store, publisher, metrics, hwm: known.into_iter().collect(), committed }
+        Self {
+            cfg,
+            store,
+            publisher,
+            metrics,
+            hwm: known.into_iter().collect(),
+            committed,
+        }
     }
 
-    fn judge(&mut self, msg: &Inbound, pending: &mut HashMap<CabinetId, u64>) -> (Verdict, Option<CabinetId>) {
-        let topic = match std::str::from_utf8(&msg.topic).ok().and_then(|t| t.parse::<Topic>().ok()) {
+    fn judge(
+        &mut self,
+        msg: &Inbound,
+        pending: &mut HashMap<CabinetId, u64>,
+    ) -> (Verdict, Option<CabinetId>) {
+        let topic = match std::str::from_utf8(&msg.topic)
+            .ok()
+            .and_then(|t| t.parse::<Topic>().ok())
+        {
             Some(Topic::Up(c, k)) => (c, k),
             _ => {
                 self.metrics.foreign.inc();
@@ -85,7 +97,10 @@ impl Ingest {
         let u = match codec::decode_uplink(&msg.payload) {
             Ok(u) => u,
             Err(e) => {
-                self.metrics.decode_errors.with_label_values(&[e.label()]).inc();
+                self.metrics
+                    .decode_errors
+                    .with_label_values(&[e.label()])
+                    .inc();
                 tracing::debug!(%cabinet, error = %e, "undecodable uplink dropped");
                 return (Verdict::Reject, Some(cabinet));
             }
@@ -156,10 +171,16 @@ impl Ingest {
         let mut new_cabinets = Vec::new();
         for m in msgs {
             if let (Verdict::Accept(u), Some(cab)) = self.judge(m, &mut pending) {
-                if !self.hwm.contains_key(&cab) && !new_cabinets.iter().any(|c: &CabinetSnapshot| c.id == cab) {
+                if !self.hwm.contains_key(&cab)
+                    && !new_cabinets.iter().any(|c: &CabinetSnapshot| c.id == cab)
+                {
                     new_cabinets.push(CabinetSnapshot::new(cab.clone()));
                 }
-                rows.push(NewEvent { cabinet: cab, seq: u.seq, raw: m.payload.clone() });
+                rows.push(NewEvent {
+                    cabinet: cab,
+                    seq: u.seq,
+                    raw: m.payload.clone(),
+                });
                 accepted.push(u);
             }
         }
@@ -168,12 +189,19 @@ impl Ingest {
             let n = rows.len();
             let flush_started = Instant::now();
             store::blocking(move || store.append_events(&rows, &new_cabinets)).await?;
-            self.metrics.flush_seconds.observe(flush_started.elapsed().as_secs_f64());
+            self.metrics
+                .flush_seconds
+                .observe(flush_started.elapsed().as_secs_f64());
             self.metrics.batch_size.observe(n as f64);
-            self.metrics.lag_seconds.observe(started.elapsed().as_secs_f64());
+            self.metrics
+                .lag_seconds
+                .observe(started.elapsed().as_secs_f64());
         }
         for u in &accepted {
-            self.metrics.events.with_label_values(&[u.body.kind().as_str()]).inc();
+            self.metrics
+                .events
+                .with_label_values(&[u.body.kind().as_str()])
+                .inc();
         }
         // Everything in `pending` is now durable: advance and acknowledge.
         for (cab, seq) in pending {
@@ -190,7 +218,9 @@ impl Ingest {
     }
 
     async fn ack(&self, cabinet: &CabinetId, seq: u64) {
-        let msg = Downlink { body: DownlinkBody::Ack(Ack { seq }) };
+        let msg = Downlink {
+            body: DownlinkBody::Ack(Ack { seq }),
+        };
         match encode_downlink(&msg) {
             Ok(bytes) => {
                 let topic = Topic::Down(cabinet.clone(), DownKind::Ack).to_string();

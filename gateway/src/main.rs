@@ -37,7 +37,10 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let cfg = GatewayConfig::load(cli.config.as_deref()).context("loading the configuration")?;
     if cli.check {
-        println!("{}", toml::to_string_pretty(&cfg).context("printing the configuration")?);
+        println!(
+            "{}",
+            toml::to_string_pretty(&cfg).context("printing the configuration")?
+        );
         return Ok(());
     }
     let gw = Gateway::start(cfg).await.context("starting the gateway")?;

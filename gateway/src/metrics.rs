@@ -47,7 +47,9 @@ fn histogram(
 }
 
 fn latency_buckets() -> Vec<f64> {
-    vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+    vec![
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ]
 }
 
 /// Ingest: uplinks from the broker to durable storage and acknowledgements.
@@ -128,27 +130,72 @@ impl Metrics {
             acks: counter(&r, "locker_ingest_acks_total", "Acknowledgements published to cabinets")?,
         };
         let commands = CommandMetrics {
-            created: counter_vec(&r, "locker_commands_created_total", "Commands accepted, by action", &["action"])?,
-            outcomes: counter_vec(&r, "locker_commands_outcomes_total", "Final command outcomes, by outcome", &["outcome"])?,
+            created: counter_vec(
+                &r,
+                "locker_commands_created_total",
+                "Commands accepted, by action",
+                &["action"],
+            )?,
+            outcomes: counter_vec(
+                &r,
+                "locker_commands_outcomes_total",
+                "Final command outcomes, by outcome",
+                &["outcome"],
+            )?,
             latency_seconds: {
                 let h = HistogramVec::new(
-                    HistogramOpts::new("locker_command_latency_seconds", "From command creation to its recorded outcome").buckets(latency_buckets()),
+                    HistogramOpts::new(
+                        "locker_command_latency_seconds",
+                        "From command creation to its recorded outcome",
+                    )
+                    .buckets(latency_buckets()),
                     &["action"],
                 )?;
                 r.register(Box::new(h.clone()))?;
                 h
             },
-            queue_depth: gauge(&r, "locker_commands_pending", "Commands waiting for an outcome (queued or sent)")?,
-            sends: counter_vec(&r, "locker_commands_sends_total", "Commands published to cabinets", &["kind"])?,
-            stray_results: counter(&r, "locker_commands_stray_results_total", "Results for unknown or already finished commands")?,
+            queue_depth: gauge(
+                &r,
+                "locker_commands_pending",
+                "Commands waiting for an outcome (queued or sent)",
+            )?,
+            sends: counter_vec(
+                &r,
+                "locker_commands_sends_total",
+                "Commands published to cabinets",
+                &["kind"],
+            )?,
+            stray_results: counter(
+                &r,
+                "locker_commands_stray_results_total",
+                "Results for unknown or already finished commands",
+            )?,
         };
         let store = StoreMetrics {
-            size_bytes: gauge(&r, "locker_store_size_bytes", "Size of the sled database on disk")?,
+            size_bytes: gauge(
+                &r,
+                "locker_store_size_bytes",
+                "Size of the sled database on disk",
+            )?,
             cabinets_known: gauge(&r, "locker_cabinets_known", "Cabinets known to the gateway")?,
-            cabinets_online: gauge(&r, "locker_cabinets_online", "Cabinets with an open edge connection")?,
-            api_requests: counter_vec(&r, "locker_api_requests_total", "API requests by route and status class", &["route", "status"])?,
+            cabinets_online: gauge(
+                &r,
+                "locker_cabinets_online",
+                "Cabinets with an open edge connection",
+            )?,
+            api_requests: counter_vec(
+                &r,
+                "locker_api_requests_total",
+                "API requests by route and status class",
+                &["route", "status"],
+            )?,
         };
-        Ok(Self { registry: r, ingest, commands, store })
+        Ok(Self {
+            registry: r,
+            ingest,
+            commands,
+            store,
+        })
     }
 
     /// The Prometheus text exposition of every registered metric.

@@ -157,10 +157,16 @@ pub struct AlarmView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ActionSpec {
-    Unlock { compartment: CompartmentId },
+    Unlock {
+        compartment: CompartmentId,
+    },
     UnlockAll,
-    SetConfig { values: std::collections::BTreeMap<String, String> },
-    PowerSave { on: bool },
+    SetConfig {
+        values: std::collections::BTreeMap<String, String>,
+    },
+    PowerSave {
+        on: bool,
+    },
     Reboot,
     SyncCredentials,
 }

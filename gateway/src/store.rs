@@ -69,7 +69,10 @@ fn queue_key(cabinet: &CabinetId, id: CommandId) -> Vec<u8> {
 }
 
 fn decode<T: DeserializeOwned>(tree: &'static str, v: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt { tree, detail: e.to_string() })
+    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
+        tree,
+        detail: e.to_string(),
+    })
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
@@ -82,13 +85,18 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T, StoreError> + Send + 'static,
 {
-    tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::Join(e.to_string()))?
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Join(e.to_string()))?
 }
 
 impl Store {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: &std::path::Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(path).cache_capacity(128 * 1024 * 1024).open()?;
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(128 * 1024 * 1024)
+            .open()?;
         Ok(Self {
             events: db.open_tree("events")?,
             cabinets: db.open_tree("cabinets")?,
@@ -120,7 +128,10 @@ impl Store {
                 let seq: [u8; 8] = k
                     .get(n.saturating_sub(8)..)
                     .and_then(|s| s.try_into().ok())
-                    .ok_or(StoreError::Corrupt { tree: "events", detail: "short key".into() })?;
+                    .ok_or(StoreError::Corrupt {
+                        tree: "events",
+                        detail: "short key".into(),
+                    })?;
                 Ok(u64::from_be_bytes(seq))
             }
         }
@@ -214,7 +225,10 @@ impl Store {
             let id: [u8; 16] = k
                 .get(n.saturating_sub(16)..)
                 .and_then(|s| s.try_into().ok())
-                .ok_or(StoreError::Corrupt { tree: "queue", detail: "short key".into() })?;
+                .ok_or(StoreError::Corrupt {
+                    tree: "queue",
+                    detail: "short key".into(),
+                })?;
             if let Some(rec) = self.get_command(CommandId::from_bytes(id))? {
                 out.push(rec);
             }

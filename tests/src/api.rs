@@ -17,7 +17,11 @@ pub struct ApiClient {
 
 impl ApiClient {
     pub fn new(addr: SocketAddr, token: &str) -> Self {
-        Self { base: format!("http://{addr}"), token: token.to_owned(), http: reqwest::Client::new() }
+        Self {
+            base: format!("http://{addr}"),
+            token: token.to_owned(),
+            http: reqwest::Client::new(),
+        }
     }
 
     /// GET a path; returns the status and the JSON body (Null if none).

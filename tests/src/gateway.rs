@@ -33,7 +33,9 @@ pub fn test_config(pki: &TestPki, data_dir: &Path) -> GatewayConfig {
         vec![Filter::all_uplinks(), Filter::all_streams()],
     );
     cfg.api.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    cfg.api.tokens.insert(TEST_TOKEN.into(), "test-suite".into());
+    cfg.api
+        .tokens
+        .insert(TEST_TOKEN.into(), "test-suite".into());
     cfg.commands.resend_after_ms = 1_000;
     cfg.commands.tick_ms = 100;
     cfg
@@ -73,11 +75,18 @@ impl TestGateway {
 pub fn workspace_bin(name: &str, package: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir");
     let bin = profile_dir.join(name);
     let status = Command::new(env!("CARGO"))
         .args(["build", "--quiet", "-p", package, "--bin", name])
-        .args(if profile_dir.ends_with("release") { vec!["--release"] } else { vec![] })
+        .args(if profile_dir.ends_with("release") {
+            vec!["--release"]
+        } else {
+            vec![]
+        })
         .status()
         .expect("run cargo build");
     assert!(status.success(), "building {name} failed");
@@ -109,7 +118,10 @@ impl GatewayProcess {
         let mut child = Command::new(bin)
             .arg("--config")
             .arg(config_path)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

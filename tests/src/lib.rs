@@ -10,6 +10,7 @@
 //! - [`eventually`]: polls a condition until a deadline (tests never sleep a fixed time).
 
 pub mod api;
+pub mod cabinet;
 pub mod gateway;
 pub mod mqtt;
 pub mod pki;
@@ -21,8 +22,7 @@ pub use wait::{eventually, eventually_async};
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_test_writer()
         .try_init();

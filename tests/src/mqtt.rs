@@ -15,11 +15,12 @@ pub fn client_tls(ca_pem: &[u8], cert: Option<&IssuedCert>) -> Arc<rustls::Clien
     for c in rustls_pemfile::certs(&mut &ca_pem[..]) {
         roots.add(c.expect("CA PEM")).expect("add CA");
     }
-    let builder =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .with_root_certificates(roots);
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_root_certificates(roots);
     let cfg = match cert {
         Some(c) => builder
             .with_client_auth_cert(

@@ -15,8 +15,8 @@ impl TestPki {
     /// A new CA and a server certificate for `localhost` and `127.0.0.1`.
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let pki = Pki::init(dir.path(), &["localhost".into(), "127.0.0.1".into()])
-            .expect("PKI init");
+        let pki =
+            Pki::init(dir.path(), &["localhost".into(), "127.0.0.1".into()]).expect("PKI init");
         Self { pki, dir }
     }
 
@@ -33,7 +33,9 @@ impl TestPki {
 
     /// Issues an integrator certificate.
     pub fn integrator(&mut self, name: &str) -> IssuedCert {
-        self.pki.issue_integrator(name).expect("issue integrator cert")
+        self.pki
+            .issue_integrator(name)
+            .expect("issue integrator cert")
     }
 
     /// Revokes every certificate of an identity (rewrites crl.pem).
