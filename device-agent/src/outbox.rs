@@ -1,0 +1,294 @@
+//! The outbox: every uplink event gets the next per-cabinet sequence number, is encoded ONCE and
+//! stored in sled until the gateway acknowledges it, and is replayed byte-identically.
+//!
+//! Admission policy (the gateway accepts only `seq == last_stored + 1`, so an event that got a
+//! seq can never be removed before it is acknowledged without stalling the stream forever;
+//! shedding therefore happens before a seq is given):
+//! - below `max_events` everything is stored;
+//! - from `max_events` on, telemetry ([`UplinkBody::is_sheddable`]: power, network) is shed
+//!   (counted), critical events (door, scan, alarm, result, access, hello) are still stored;
+//! - from `hard_max_events` on, critical events are dropped too, counted and logged as errors;
+//!   their side writes (a command's outcome) are still applied so a command never runs twice.
+//!
+//! Critical events are flushed before `append` returns; telemetry waits for a group commit.
+
+use locker_schemas::{codec, CabinetId, Millis, Uplink, UplinkBody};
+use sled::Tree;
+
+use crate::config::OutboxConfig;
+use crate::storage::{self, Durability, Loaded, Storage, StorageError, StoredEvent, Write};
+
+/// Why the outbox failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("could not encode an event: {0}")]
+    Encode(String),
+}
+
+/// What the admission policy decides for a new event at a given depth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Store,
+    /// Telemetry not stored because the outbox is at its soft limit.
+    Shed,
+    /// A critical event not stored because the outbox is at its hard limit.
+    Drop,
+}
+
+/// The admission policy (pure).
+pub fn admit(limits: &OutboxConfig, depth: u64, sheddable: bool) -> Admission {
+    if sheddable && depth >= limits.max_events {
+        Admission::Shed
+    } else if depth >= limits.hard_max_events {
+        Admission::Drop
+    } else {
+        Admission::Store
+    }
+}
+
+/// The depth at which OutboxNearlyFull is raised.
+pub fn nearly_full_mark(limits: &OutboxConfig) -> u64 {
+    (limits.max_events * u64::from(limits.nearly_full_percent) / 100).max(1)
+}
+
+/// The result of an append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    Stored(StoredEvent),
+    Shed,
+    Dropped,
+}
+
+/// One cabinet's outbox (owned by the agent's main loop).
+pub struct Outbox {
+    storage: Storage,
+    tree: Tree,
+    cabinet: CabinetId,
+    boot: u32,
+    acked: u64,
+    next_seq: u64,
+    limits: OutboxConfig,
+    /// Telemetry events shed at the soft limit.
+    pub shed: u64,
+    /// Critical events dropped at the hard limit.
+    pub dropped: u64,
+}
+
+impl Outbox {
+    /// Opens the cabinet's tree, increments the boot counter (durably) and loads the state.
+    pub async fn open(
+        storage: &Storage,
+        cabinet: &CabinetId,
+        limits: OutboxConfig,
+    ) -> Result<(Outbox, Loaded), OutboxError> {
+        let db = storage.db().clone();
+        let name = cabinet.as_str().to_owned();
+        let (tree, loaded) = storage
+            .run(Durability::Flush, move || {
+                let tree = db.open_tree(name)?;
+                let loaded = storage::load(&tree)?;
+                Ok::<_, StorageError>((tree, loaded))
+            })
+            .await??;
+        let last = loaded.last_seq.unwrap_or(0).max(loaded.acked);
+        let ob = Outbox {
+            storage: storage.clone(),
+            tree,
+            cabinet: cabinet.clone(),
+            boot: loaded.boot,
+            acked: loaded.acked,
+            next_seq: last + 1,
+            limits,
+            shed: 0,
+            dropped: 0,
+        };
+        Ok((ob, loaded))
+    }
+
+    /// The cabinet's tree (for the other stores of the agent).
+    pub fn tree(&self) -> &Tree {
+        &self.tree
+    }
+
+    /// The storage worker.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// This start's boot counter.
+    pub fn boot(&self) -> u32 {
+        self.boot
+    }
+
+    /// Events stored and not acknowledged.
+    pub fn depth(&self) -> u64 {
+        self.next_seq - 1 - self.acked
+    }
+
+    /// The last acknowledged seq.
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+
+    /// The seq the next stored event gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The last stored seq (0 if none ever).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> &OutboxConfig {
+        &self.limits
+    }
+
+    /// Stores an event (see the module doc for the policy), with `extra` writes applied
+    /// atomically with it (or alone if the event is not stored).
+    pub async fn append(
+        &mut self,
+        ts: Millis,
+        body: UplinkBody,
+        extra: Vec<Write>,
+    ) -> Result<Appended, OutboxError> {
+        let sheddable = body.is_sheddable();
+        match admit(&self.limits, self.depth(), sheddable) {
+            Admission::Store => {}
+            Admission::Shed => {
+                self.shed += 1;
+                if self.shed.is_power_of_two() {
+                    tracing::warn!(cabinet = %self.cabinet, shed = self.shed, "outbox full: shedding telemetry");
+                }
+                self.write_extra(extra).await?;
+                return Ok(Appended::Shed);
+            }
+            Admission::Drop => {
+                self.dropped += 1;
+                tracing::error!(
+                    cabinet = %self.cabinet,
+                    dropped = self.dropped,
+                    kind = %body.kind(),
+                    "outbox at its hard limit: CRITICAL EVENT DROPPED"
+                );
+                self.write_extra(extra).await?;
+                return Ok(Appended::Dropped);
+            }
+        }
+        let seq = self.next_seq;
+        let kind = body.kind();
+        let up = Uplink {
+            cabinet: self.cabinet.clone(),
+            boot: self.boot,
+            seq,
+            ts,
+            body,
+        };
+        let payload = codec::encode_uplink(&up).map_err(|e| OutboxError::Encode(e.to_string()))?;
+        let durability = if sheddable {
+            Durability::Group
+        } else {
+            Durability::Flush
+        };
+        let tree = self.tree.clone();
+        let p = payload.clone();
+        self.storage
+            .run(durability, move || {
+                storage::append(&tree, seq, kind, &p, &extra)
+            })
+            .await??;
+        self.next_seq += 1;
+        Ok(Appended::Stored(StoredEvent { seq, kind, payload }))
+    }
+
+    async fn write_extra(&self, extra: Vec<Write>) -> Result<(), OutboxError> {
+        if extra.is_empty() {
+            return Ok(());
+        }
+        let tree = self.tree.clone();
+        self.storage
+            .run(Durability::Flush, move || storage::write(&tree, &extra))
+            .await??;
+        Ok(())
+    }
+
+    /// Applies the gateway's "stored everything up to `seq`": deletes those events (queued on
+    /// the worker, not awaited). Returns whether the ack made progress.
+    pub async fn ack(&mut self, seq: u64) -> Result<bool, OutboxError> {
+        if seq <= self.acked {
+            return Ok(false);
+        }
+        if seq >= self.next_seq {
+            if seq > self.last_seq() {
+                tracing::warn!(
+                    cabinet = %self.cabinet,
+                    ack = seq,
+                    last = self.last_seq(),
+                    "gateway acknowledged beyond our last event; continuing after its seq"
+                );
+            }
+            self.next_seq = seq + 1;
+        }
+        self.acked = seq;
+        let tree = self.tree.clone();
+        self.storage
+            .detach(Durability::None, move || {
+                if let Err(e) = storage::ack(&tree, seq) {
+                    tracing::error!(error = %e, "could not delete acknowledged events");
+                }
+            })
+            .await?;
+        Ok(true)
+    }
+
+    /// Reads up to `max` stored events from `from` on.
+    pub async fn read(&self, from: u64, max: usize) -> Result<Vec<StoredEvent>, OutboxError> {
+        let tree = self.tree.clone();
+        Ok(self
+            .storage
+            .run(Durability::None, move || storage::read(&tree, from, max))
+            .await??)
+    }
+
+    /// Every stored event, decoded.
+    pub async fn snapshot(&self) -> Result<Vec<Uplink>, OutboxError> {
+        let tree = self.tree.clone();
+        Ok(self
+            .storage
+            .run(Durability::None, move || storage::read_all(&tree))
+            .await??)
+    }
+
+    /// Runs a synchronous job on the cabinet's tree on the storage worker.
+    pub async fn with_tree<T, F>(&self, durability: Durability, f: F) -> Result<T, OutboxError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Tree) -> Result<T, StorageError> + Send + 'static,
+    {
+        let tree = self.tree.clone();
+        Ok(self.storage.run(durability, move || f(&tree)).await??)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_sheds_telemetry_first_and_keeps_critical_to_the_hard_limit() {
+        let l = OutboxConfig {
+            max_events: 10,
+            nearly_full_percent: 80,
+            hard_max_events: 15,
+        };
+        assert_eq!(admit(&l, 9, true), Admission::Store);
+        assert_eq!(admit(&l, 10, true), Admission::Shed);
+        assert_eq!(admit(&l, 10, false), Admission::Store);
+        assert_eq!(admit(&l, 14, false), Admission::Store);
+        assert_eq!(admit(&l, 15, false), Admission::Drop);
+        assert_eq!(nearly_full_mark(&l), 8);
+    }
+}

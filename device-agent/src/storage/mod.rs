@@ -1,0 +1,14 @@
+//! Durable storage: the shared storage worker ([`worker`]) and the cabinet's key layout with its
+//! synchronous operations ([`store`]).
+
+pub mod store;
+pub mod worker;
+
+pub use store::{
+    ack, acked, append, claim_command, command_record, creds_write, forget_oldest_commands, load,
+    read, read_all, write,
+};
+pub use store::{
+    alarm_key, command_key, outbox_key, AlarmKey, CommandRecord, Loaded, StoredEvent, Write,
+};
+pub use worker::{Durability, Storage, StorageError};
