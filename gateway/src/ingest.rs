@@ -47,6 +47,24 @@ pub struct Ingest {
     metrics: IngestMetrics,
     hwm: HashMap<CabinetId, u64>,
     committed: Vec<mpsc::Sender<Committed>>,
+    logged: LogOnce,
+}
+
+/// Remembers which (cabinet, reason) pairs were already logged, so a misbehaving cabinet is
+/// logged once (and counted every time) instead of flooding the log. Bounded: when full it
+/// forgets everything and starts again.
+#[derive(Default)]
+struct LogOnce(std::collections::HashSet<(CabinetId, &'static str)>);
+
+impl LogOnce {
+    const MAX: usize = 10_000;
+
+    fn first(&mut self, cabinet: &CabinetId, reason: &'static str) -> bool {
+        if self.0.len() >= Self::MAX {
+            self.0.clear();
+        }
+        self.0.insert((cabinet.clone(), reason))
+    }
 }
 
 /// What became of one inbound publish.
@@ -75,6 +93,7 @@ impl Ingest {
             metrics,
             hwm: known.into_iter().collect(),
             committed,
+            logged: LogOnce::default(),
         }
     }
 
@@ -107,7 +126,9 @@ impl Ingest {
         };
         if u.cabinet != cabinet || u.body.kind() != kind {
             self.metrics.foreign.inc();
-            tracing::debug!(%cabinet, claimed = %u.cabinet, "uplink envelope does not match its topic");
+            if self.logged.first(&cabinet, "foreign") {
+                tracing::warn!(%cabinet, claimed = %u.cabinet, kind = %kind, "uplink envelope does not match its topic; dropped (logged once per cabinet)");
+            }
             return (Verdict::Reject, Some(cabinet));
         }
         let last = match pending.get(&cabinet).or_else(|| self.hwm.get(&cabinet)) {

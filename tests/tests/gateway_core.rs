@@ -251,3 +251,62 @@ async fn offline_commands_wait_and_expired_ones_never_leave() {
         "only the live command is delivered"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_forged_payloads_are_counted_and_others_keep_being_served() {
+    let mut pki = TestPki::new();
+    let (ca, cb) = (pki.cabinet("CAB-A"), pki.cabinet("CAB-B"));
+    let gw = TestGateway::start(&pki).await;
+    let a = RawCabinet::connect(&pki, &ca, "CAB-A", gw.edge_addr());
+    let b = RawCabinet::connect(&pki, &cb, "CAB-B", gw.edge_addr());
+    eventually("both connected", || a.connected() && b.connected()).await;
+
+    a.send_raw("lk/v1/CAB-A/up/door", vec![0xff, 0x00, 0x13])
+        .await;
+    // a door event claiming to come from CAB-B, on CAB-A's own topic
+    let mut forged = b.uplink(1, door(1, true));
+    forged.cabinet = b.id.clone();
+    a.send_raw(
+        "lk/v1/CAB-A/up/door",
+        locker_schemas::codec::encode_uplink(&forged).expect("encode"),
+    )
+    .await;
+
+    b.send(&b.uplink(1, hello())).await;
+    b.send(&b.uplink(2, door(2, true))).await;
+    eventually("B acknowledged", || b.acked() >= 2).await;
+    eventually_async("decode errors counted", || {
+        let api = gw.api.clone();
+        async move {
+            let m = api.metrics().await;
+            let malformed = locker_tests::api::metric_value(
+                &m,
+                "locker_ingest_decode_errors_total{reason=\"malformed\"}",
+            );
+            let foreign = locker_tests::api::metric_value(&m, "locker_ingest_foreign_total");
+            (malformed >= 1.0 && foreign >= 1.0).then_some(())
+        }
+    })
+    .await;
+    // an oversized packet closes A's connection at the edge; B is unaffected
+    a.send_raw("lk/v1/CAB-A/up/door", vec![0x9f; 70_000]).await;
+    eventually("A dropped", || {
+        a.seen.lock().expect("lock").disconnects >= 1
+    })
+    .await;
+    b.send(&b.uplink(3, door(2, false))).await;
+    eventually("B still served", || b.acked() >= 3).await;
+    let (_, page) = gw.api.get("/v1/cabinets/CAB-B/events").await;
+    assert_eq!(
+        page["events"].as_array().map(Vec::len),
+        Some(3),
+        "B's events are stored, the forgery is not"
+    );
+    let (s, _) = gw.api.get("/v1/cabinets/CAB-A/events").await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        a.acked(),
+        0,
+        "nothing of A's garbage was stored or acknowledged"
+    );
+}
