@@ -1,0 +1,50 @@
+//! Subcommands of the `locker-sim` binary, one module each, plus shared start-up helpers.
+
+pub mod charger;
+pub mod lockboard;
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use axum::Router;
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Fails only if a subscriber is already set, which then keeps logging.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Start the optional HTTP control surface and print its address.
+pub async fn start_control(addr: Option<SocketAddr>, router: Router) -> anyhow::Result<()> {
+    if let Some(addr) = addr {
+        let (bound, _task) = locker_sim::control::serve_http(addr, router)
+            .await
+            .with_context(|| format!("starting the control API on {addr}"))?;
+        println!("control=http://{bound}");
+    }
+    Ok(())
+}
+
+/// Wait for Ctrl-C (or SIGTERM on Unix).
+pub async fn wait_for_shutdown() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            res = tokio::signal::ctrl_c() => res.context("waiting for Ctrl-C")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    tracing::info!("shutting down");
+    Ok(())
+}
