@@ -1,0 +1,194 @@
+//! The edge's configuration section ([`EdgeConfig`]) and its validation, including the
+//! integrator ACLs (which may never reach a cabinet's `down` topics).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use locker_schemas::{CabinetId, DownKind, Filter, Topic};
+use serde::{Deserialize, Serialize};
+
+/// Why an edge configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("edge.{field} must be greater than zero")]
+    Zero { field: &'static str },
+    #[error(
+        "integrator ACL entry {filter:?} of {integrator:?} matches cabinet downlink topics \
+         (e.g. {example:?}); integrators may never read or reach a cabinet's down topics"
+    )]
+    AclMatchesDownlinks {
+        integrator: String,
+        filter: String,
+        example: String,
+    },
+    #[error("integrator name {0:?} in edge.integrator_acls is not a valid identity: {1}")]
+    BadIntegratorName(String, locker_schemas::IdError),
+}
+
+/// The edge listener: TLS termination, identity, ACLs and limits. Every field has a default;
+/// durations are in milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// Address the mTLS MQTT listener binds (cabinets and integrators connect here).
+    pub listen: SocketAddr,
+    /// Deadline for one client from TCP accept to a relayed CONNECT (TLS handshake plus the
+    /// first MQTT packet). A client that has not finished by then is dropped.
+    pub handshake_timeout_ms: u64,
+    /// How many TLS handshakes may run at the same time (CPU bound); others wait for a slot
+    /// within their deadline.
+    pub max_concurrent_handshakes: usize,
+    /// Connections (handshaking or established) above this number are refused at accept.
+    pub max_connections: usize,
+    /// Largest MQTT packet a client may send (remaining length, bytes); larger ones close
+    /// the connection.
+    pub max_packet_bytes: usize,
+    /// PEM file with the fleet CA certificate(s) that client certificates must chain to.
+    pub ca_cert: PathBuf,
+    /// PEM file with the server certificate chain the edge presents.
+    pub server_cert: PathBuf,
+    /// PEM file with the server's private key.
+    pub server_key: PathBuf,
+    /// PEM file with the fleet CA's certificate revocation list; re-read when it changes.
+    /// `None` disables revocation checking.
+    pub crl: Option<PathBuf>,
+    /// How often the CRL file's modification time and size are checked for changes.
+    pub crl_check_interval_ms: u64,
+    /// Integrator name (the certificate's CN) -> the subscription filters it may use; a
+    /// SUBSCRIBE filter must lie within one of them. Entries may not match any cabinet
+    /// `down` topic. Integrators never publish.
+    pub integrator_acls: BTreeMap<String, Vec<Filter>>,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8883)),
+            handshake_timeout_ms: 10_000,
+            max_concurrent_handshakes: 1024,
+            max_connections: 20_000,
+            max_packet_bytes: 64 * 1024,
+            ca_cert: PathBuf::from("pki/ca.pem"),
+            server_cert: PathBuf::from("pki/server.pem"),
+            server_key: PathBuf::from("pki/server.key"),
+            crl: Some(PathBuf::from("pki/crl.pem")),
+            crl_check_interval_ms: 2_000,
+            integrator_acls: BTreeMap::new(),
+        }
+    }
+}
+
+impl EdgeConfig {
+    /// The handshake deadline as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// The CRL poll interval as a duration.
+    pub fn crl_check_interval(&self) -> Duration {
+        Duration::from_millis(self.crl_check_interval_ms)
+    }
+
+    /// Checks limits and the integrator ACLs.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (field, v) in [
+            ("handshake_timeout_ms", self.handshake_timeout_ms as usize),
+            ("max_concurrent_handshakes", self.max_concurrent_handshakes),
+            ("max_connections", self.max_connections),
+            ("max_packet_bytes", self.max_packet_bytes),
+            ("crl_check_interval_ms", self.crl_check_interval_ms as usize),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Zero { field });
+            }
+        }
+        for (name, filters) in &self.integrator_acls {
+            CabinetId::validate(name)
+                .map_err(|e| ConfigError::BadIntegratorName(name.clone(), e))?;
+            for f in filters {
+                if let Some(example) = downlink_matched_by(f) {
+                    return Err(ConfigError::AclMatchesDownlinks {
+                        integrator: name.clone(),
+                        filter: f.to_string(),
+                        example,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A cabinet downlink topic that `filter` matches, if there is any.
+///
+/// Every downlink topic is `lk/v1/{cabinet}/down/{kind}`. If the filter's cabinet level is a
+/// literal it can only match that cabinet; otherwise (a wildcard, or the filter ends before
+/// it) any cabinet stands for all. Trying each kind then decides exactly.
+pub(crate) fn downlink_matched_by(filter: &Filter) -> Option<String> {
+    let cabinet_level = filter.as_str().split('/').nth(2);
+    let cabinet = cabinet_level
+        .and_then(|l| CabinetId::new(l).ok())
+        .or_else(|| CabinetId::new("x").ok())?;
+    DownKind::ALL
+        .iter()
+        .map(|k| Topic::Down(cabinet.clone(), *k).to_string())
+        .find(|t| filter.matches(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(s: &str) -> Filter {
+        Filter::new(s).expect("valid filter")
+    }
+
+    #[test]
+    fn acl_entries_reaching_downlinks_are_refused() {
+        for bad in [
+            "#",
+            "lk/#",
+            "lk/v1/#",
+            "lk/v1/+/#",
+            "lk/v1/+/+/#",
+            "lk/v1/+/+/+",
+            "lk/v1/A/down/cmd",
+            "lk/v1/A/+/creds",
+            "+/+/+/+/+",
+            "lk/v1/A/down/ack/#",
+        ] {
+            assert!(downlink_matched_by(&f(bad)).is_some(), "{bad}");
+        }
+        for good in [
+            "lk/v1/+/up/#",
+            "lk/v1/A/up/door",
+            "lk/v1/+/gw/#",
+            "lk/v1/a/b/+/#",
+            "lk/v1/+/down/nope",
+            "lk/v2/#",
+            "$SYS/#",
+            "lk/v1/+/+/door",
+        ] {
+            assert!(downlink_matched_by(&f(good)).is_none(), "{good}");
+        }
+    }
+
+    #[test]
+    fn defaults_validate_and_zero_limits_do_not() {
+        assert!(EdgeConfig::default().validate().is_ok());
+        let cfg = EdgeConfig {
+            max_connections: 0,
+            ..EdgeConfig::default()
+        };
+        assert!(matches!(cfg.validate(), Err(ConfigError::Zero { .. })));
+        let mut cfg = EdgeConfig::default();
+        cfg.integrator_acls
+            .insert("erp".into(), vec![f("lk/v1/+/+/#")]);
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::AclMatchesDownlinks { .. })
+        ));
+    }
+}

@@ -1,0 +1,242 @@
+//! The edge's Prometheus metrics (all named `locker_edge_*`) and the closed set of reasons a
+//! connection is refused or closed for ([`Reason`]).
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+};
+
+/// Why the edge refused a client or closed its connection. Each is a `reason` label value of
+/// `locker_edge_rejections_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// The client presented no certificate.
+    NoCert,
+    /// The certificate does not chain to the fleet CA, is expired, or is otherwise invalid.
+    BadCert,
+    /// The certificate's serial is on the CRL (at handshake, or later while connected).
+    Revoked,
+    /// The certificate is valid but its subject is not a usable identity (role or name).
+    BadIdentity,
+    /// TLS plus CONNECT did not finish within the handshake deadline.
+    HandshakeTimeout,
+    /// The TLS handshake failed for another reason (not TLS, bad protocol, reset).
+    TlsError,
+    /// Refused at accept because `max_connections` were open.
+    TooManyConnections,
+    /// The client closed (or broke) the connection after TLS, before sending CONNECT.
+    ClosedEarly,
+    /// The first MQTT packet was not CONNECT.
+    NotConnectFirst,
+    /// CONNECT asked for an MQTT version other than 3.1.1.
+    ProtocolVersion,
+    /// PUBLISH to a topic the identity may not publish to.
+    AclPublish,
+    /// SUBSCRIBE to a filter outside the identity's ACL.
+    AclSubscribe,
+    /// A will topic the identity may not publish to.
+    AclWill,
+    /// Bytes that do not parse as an MQTT 3.1.1 packet.
+    Malformed,
+    /// A packet larger than `max_packet_bytes`.
+    Oversized,
+    /// A packet a client must never send (a second CONNECT, CONNACK, SUBACK, ...).
+    UnexpectedPacket,
+    /// The embedded broker could not be reached.
+    UpstreamUnavailable,
+}
+
+impl Reason {
+    /// Every reason, for pre-registering label values.
+    pub const ALL: &'static [Reason] = &[
+        Reason::NoCert,
+        Reason::BadCert,
+        Reason::Revoked,
+        Reason::BadIdentity,
+        Reason::HandshakeTimeout,
+        Reason::TlsError,
+        Reason::TooManyConnections,
+        Reason::ClosedEarly,
+        Reason::NotConnectFirst,
+        Reason::ProtocolVersion,
+        Reason::AclPublish,
+        Reason::AclSubscribe,
+        Reason::AclWill,
+        Reason::Malformed,
+        Reason::Oversized,
+        Reason::UnexpectedPacket,
+        Reason::UpstreamUnavailable,
+    ];
+
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::NoCert => "no_cert",
+            Reason::BadCert => "bad_cert",
+            Reason::Revoked => "revoked",
+            Reason::BadIdentity => "bad_identity",
+            Reason::HandshakeTimeout => "handshake_timeout",
+            Reason::TlsError => "tls_error",
+            Reason::TooManyConnections => "too_many_connections",
+            Reason::ClosedEarly => "closed_before_connect",
+            Reason::NotConnectFirst => "not_connect_first",
+            Reason::ProtocolVersion => "protocol_version",
+            Reason::AclPublish => "acl_publish",
+            Reason::AclSubscribe => "acl_subscribe",
+            Reason::AclWill => "acl_will",
+            Reason::Malformed => "malformed",
+            Reason::Oversized => "oversized",
+            Reason::UnexpectedPacket => "unexpected_packet",
+            Reason::UpstreamUnavailable => "upstream_unavailable",
+        }
+    }
+
+    /// Whether this is an ACL violation by an authenticated client (also counted in
+    /// `locker_edge_acl_violations_total`).
+    pub fn is_acl(self) -> bool {
+        matches!(
+            self,
+            Reason::AclPublish | Reason::AclSubscribe | Reason::AclWill
+        )
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The edge's metric handles (cheap to clone: each is an `Arc` inside).
+#[derive(Clone)]
+pub(crate) struct EdgeMetrics {
+    pub open: IntGaugeVec,
+    pub accepted: IntCounter,
+    pub sessions: IntCounterVec,
+    pub rejections: IntCounterVec,
+    pub acl_violations: IntCounterVec,
+    pub handshake_seconds: Histogram,
+    pub handshakes_in_flight: IntGauge,
+    pub handshakes: IntCounterVec,
+    pub bytes_in: IntCounter,
+    pub bytes_out: IntCounter,
+    pub crl_reloads: IntCounterVec,
+    pub revoked_serials: IntGauge,
+}
+
+impl EdgeMetrics {
+    /// Creates the metrics and registers them into `registry`.
+    pub fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+        let m = Self {
+            open: IntGaugeVec::new(
+                Opts::new(
+                    "locker_edge_connections_open",
+                    "Relayed MQTT connections currently open, by role",
+                ),
+                &["role"],
+            )?,
+            accepted: IntCounter::new(
+                "locker_edge_accepted_total",
+                "TCP connections accepted on the edge listener",
+            )?,
+            sessions: IntCounterVec::new(
+                Opts::new(
+                    "locker_edge_sessions_total",
+                    "Connections that passed TLS, identity and CONNECT checks and were relayed, by role",
+                ),
+                &["role"],
+            )?,
+            rejections: IntCounterVec::new(
+                Opts::new(
+                    "locker_edge_rejections_total",
+                    "Connections refused or closed by the edge, by reason",
+                ),
+                &["reason"],
+            )?,
+            acl_violations: IntCounterVec::new(
+                Opts::new(
+                    "locker_edge_acl_violations_total",
+                    "Connections closed for an ACL violation (publish, subscribe, will), by reason",
+                ),
+                &["reason"],
+            )?,
+            handshake_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "locker_edge_handshake_duration_seconds",
+                    "Time from TCP accept to a completed TLS handshake",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+            )?,
+            handshakes_in_flight: IntGauge::new(
+                "locker_edge_handshakes_in_flight",
+                "TLS handshakes currently running",
+            )?,
+            handshakes: IntCounterVec::new(
+                Opts::new(
+                    "locker_edge_tls_handshakes_total",
+                    "Completed TLS handshakes, by kind (full, resumed)",
+                ),
+                &["kind"],
+            )?,
+            bytes_in: IntCounter::new(
+                "locker_edge_bytes_in_total",
+                "MQTT bytes received from clients and relayed to the broker",
+            )?,
+            bytes_out: IntCounter::new(
+                "locker_edge_bytes_out_total",
+                "MQTT bytes relayed from the broker to clients",
+            )?,
+            crl_reloads: IntCounterVec::new(
+                Opts::new(
+                    "locker_edge_crl_reloads_total",
+                    "Revocation list reloads, by result (ok, error)",
+                ),
+                &["result"],
+            )?,
+            revoked_serials: IntGauge::new(
+                "locker_edge_revoked_serials",
+                "Certificate serials on the loaded revocation list",
+            )?,
+        };
+        registry.register(Box::new(m.open.clone()))?;
+        registry.register(Box::new(m.accepted.clone()))?;
+        registry.register(Box::new(m.sessions.clone()))?;
+        registry.register(Box::new(m.rejections.clone()))?;
+        registry.register(Box::new(m.acl_violations.clone()))?;
+        registry.register(Box::new(m.handshake_seconds.clone()))?;
+        registry.register(Box::new(m.handshakes_in_flight.clone()))?;
+        registry.register(Box::new(m.handshakes.clone()))?;
+        registry.register(Box::new(m.bytes_in.clone()))?;
+        registry.register(Box::new(m.bytes_out.clone()))?;
+        registry.register(Box::new(m.crl_reloads.clone()))?;
+        registry.register(Box::new(m.revoked_serials.clone()))?;
+        for r in Reason::ALL {
+            m.rejections.with_label_values(&[r.as_str()]);
+            if r.is_acl() {
+                m.acl_violations.with_label_values(&[r.as_str()]);
+            }
+        }
+        for role in ["cabinet", "integrator"] {
+            m.open.with_label_values(&[role]);
+            m.sessions.with_label_values(&[role]);
+        }
+        for kind in ["full", "resumed"] {
+            m.handshakes.with_label_values(&[kind]);
+        }
+        for res in ["ok", "error"] {
+            m.crl_reloads.with_label_values(&[res]);
+        }
+        Ok(m)
+    }
+
+    /// Counts one refused or closed connection.
+    pub fn reject(&self, reason: Reason) {
+        self.rejections.with_label_values(&[reason.as_str()]).inc();
+        if reason.is_acl() {
+            self.acl_violations
+                .with_label_values(&[reason.as_str()])
+                .inc();
+        }
+    }
+}

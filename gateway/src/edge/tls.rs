@@ -1,0 +1,249 @@
+//! TLS for the edge: loads the fleet CA, the server certificate and the CRL, builds the
+//! mutual-TLS rustls server configuration (ring provider, client certificates verified against
+//! the fleet CA and the CRL, session resumption tickets), and swaps it when the CRL changes.
+//!
+//! The ticketer and the session cache are shared by every configuration built here, so clients
+//! keep resuming across CRL reloads. Because a resumed session skips certificate verification,
+//! the edge also checks each client's serial against [`TlsState::revoked`] itself after every
+//! handshake.
+
+use std::collections::HashSet;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ProducesTickets, StoresServerSessions, WebPkiClientVerifier};
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+
+use super::config::EdgeConfig;
+use super::metrics::Reason;
+
+/// How many server-side TLS sessions (by id) are cached; tickets carry the rest.
+const SESSION_CACHE: usize = 256;
+
+/// Why the TLS material could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("reading {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}: {what}", path.display())]
+    Bad { path: PathBuf, what: String },
+    #[error("building the TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("building the client certificate verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    #[error("TLS loading task failed: {0}")]
+    Join(String),
+}
+
+/// The revocation list as loaded: DER for rustls, serials for the edge's own checks.
+#[derive(Default)]
+pub(crate) struct Crl {
+    pub ders: Vec<CertificateRevocationListDer<'static>>,
+    pub serials: HashSet<String>,
+}
+
+/// The fixed TLS material (CA and server identity), read once at start.
+struct Fixed {
+    roots: Arc<RootCertStore>,
+    ca_ders: Vec<CertificateDer<'static>>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+/// The live TLS configuration and revocation set of the edge.
+pub(crate) struct TlsState {
+    fixed: Fixed,
+    provider: Arc<CryptoProvider>,
+    ticketer: Arc<dyn ProducesTickets>,
+    sessions: Arc<dyn StoresServerSessions>,
+    config: ArcSwap<ServerConfig>,
+    revoked: ArcSwap<HashSet<String>>,
+    crl_path: Option<PathBuf>,
+}
+
+/// The change-detection signature of the CRL file.
+pub(crate) type FileSig = Option<(SystemTime, u64)>;
+
+impl TlsState {
+    /// Loads everything named in `cfg` (blocking file reads: call from `spawn_blocking`).
+    pub fn load(cfg: &EdgeConfig) -> Result<(Self, FileSig), TlsError> {
+        let ca_ders = read_certs(&cfg.ca_cert)?;
+        let mut roots = RootCertStore::empty();
+        for der in &ca_ders {
+            roots.add(der.clone()).map_err(|e| TlsError::Bad {
+                path: cfg.ca_cert.clone(),
+                what: format!("not a usable CA certificate: {e}"),
+            })?;
+        }
+        let chain = read_certs(&cfg.server_cert)?;
+        let key_pem = read(&cfg.server_key)?;
+        let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+            .map_err(|e| bad(&cfg.server_key, format!("not PEM: {e}")))?
+            .ok_or_else(|| bad(&cfg.server_key, "no private key in the file".into()))?;
+        let fixed = Fixed {
+            roots: Arc::new(roots),
+            ca_ders,
+            chain,
+            key,
+        };
+        let (crl, sig) = match &cfg.crl {
+            Some(p) => {
+                let sig = file_sig(p);
+                (load_crl(p, &fixed.ca_ders)?, sig)
+            }
+            None => (Crl::default(), None),
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let ticketer = rustls::crypto::ring::Ticketer::new()?;
+        let sessions: Arc<dyn StoresServerSessions> =
+            rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
+        let config = build(&fixed, &provider, &ticketer, &sessions, &crl)?;
+        Ok((
+            Self {
+                fixed,
+                provider,
+                ticketer,
+                sessions,
+                config: ArcSwap::from_pointee(config),
+                revoked: ArcSwap::from_pointee(crl.serials),
+                crl_path: cfg.crl.clone(),
+            },
+            sig,
+        ))
+    }
+
+    /// The current server configuration.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.config.load_full()
+    }
+
+    /// The serials currently revoked.
+    pub fn revoked(&self) -> Arc<HashSet<String>> {
+        self.revoked.load_full()
+    }
+
+    /// The CRL file, if revocation is configured.
+    pub fn crl_path(&self) -> Option<&Path> {
+        self.crl_path.as_deref()
+    }
+
+    /// Reads and verifies the CRL file (blocking: call from `spawn_blocking`).
+    pub fn read_crl(&self) -> Result<Option<Crl>, TlsError> {
+        match &self.crl_path {
+            Some(p) => load_crl(p, &self.fixed.ca_ders).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Installs a new revocation list: new handshakes use it at once. Returns the new set.
+    pub fn install_crl(&self, crl: Crl) -> Result<Arc<HashSet<String>>, TlsError> {
+        let config = build(
+            &self.fixed,
+            &self.provider,
+            &self.ticketer,
+            &self.sessions,
+            &crl,
+        )?;
+        let serials = Arc::new(crl.serials);
+        self.config.store(Arc::new(config));
+        self.revoked.store(serials.clone());
+        Ok(serials)
+    }
+}
+
+/// The modification time and length of a file, `None` if it cannot be read.
+pub(crate) fn file_sig(path: &Path) -> FileSig {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Maps a failed TLS accept to a rejection reason.
+pub(crate) fn classify(e: &io::Error) -> Reason {
+    use rustls::{CertificateError, Error};
+    match e.get_ref().and_then(|i| i.downcast_ref::<Error>()) {
+        Some(Error::NoCertificatesPresented) => Reason::NoCert,
+        Some(Error::InvalidCertificate(CertificateError::Revoked)) => Reason::Revoked,
+        Some(Error::InvalidCertificate(_)) => Reason::BadCert,
+        _ => Reason::TlsError,
+    }
+}
+
+fn build(
+    fixed: &Fixed,
+    provider: &Arc<CryptoProvider>,
+    ticketer: &Arc<dyn ProducesTickets>,
+    sessions: &Arc<dyn StoresServerSessions>,
+    crl: &Crl,
+) -> Result<ServerConfig, TlsError> {
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(fixed.roots.clone(), provider.clone())
+            .with_crls(crl.ders.iter().cloned())
+            .build()?;
+    let mut config = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(fixed.chain.clone(), fixed.key.clone_key())?;
+    config.ticketer = ticketer.clone();
+    config.session_storage = sessions.clone();
+    Ok(config)
+}
+
+fn load_crl(path: &Path, ca_ders: &[CertificateDer<'static>]) -> Result<Crl, TlsError> {
+    let pem = read(path)?;
+    let ders: Vec<CertificateRevocationListDer<'static>> =
+        rustls_pemfile::crls(&mut pem.as_slice())
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(path, format!("not PEM: {e}")))?;
+    if ders.is_empty() {
+        return Err(bad(path, "no X509 CRL block in the file".into()));
+    }
+    let mut serials = HashSet::new();
+    for der in &ders {
+        // A CRL not signed by the fleet CA would make rustls refuse every client: refuse it
+        // here instead and keep the previous one.
+        let signed = ca_ders.iter().any(|ca| {
+            locker_broker_config::pki::verify_crl_signature(der.as_ref(), ca.as_ref()).is_ok()
+        });
+        if !signed {
+            return Err(bad(path, "CRL is not signed by the fleet CA".into()));
+        }
+        let s = locker_broker_config::pki::revoked_serials(der.as_ref())
+            .map_err(|e| bad(path, e.to_string()))?;
+        serials.extend(s);
+    }
+    Ok(Crl { ders, serials })
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path)?;
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(path, format!("not PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad(path, "no CERTIFICATE block in the file".into()));
+    }
+    Ok(certs)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn bad(path: &Path, what: String) -> TlsError {
+    TlsError::Bad {
+        path: path.to_owned(),
+        what,
+    }
+}
