@@ -4,7 +4,7 @@
 //! Decoding never panics on any input (a property test and `schemas/fuzz` check this).
 
 use crate::downlink::{Downlink, DownlinkOrHead};
-use crate::stream::StreamMessage;
+use crate::stream::{StreamMessage, StreamOrHead};
 use crate::uplink::{Uplink, UplinkOrHead};
 
 /// The schema version carried as the first element of every message.
@@ -66,13 +66,19 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError
             max: MAX_PAYLOAD_BYTES,
         });
     }
+    // Parse into a generic CBOR value first, then map it onto the message types. Going through
+    // `ciborium::Value` is what makes appended fields work: its deserializer lets a struct stop
+    // reading an array early, whereas the streaming deserializer would leave the unread
+    // elements in the byte stream and misalign everything after them.
     let mut rest = bytes;
-    let v = ciborium::de::from_reader_with_recursion_limit(&mut rest, 16)
+    let value: ciborium::Value = ciborium::de::from_reader_with_recursion_limit(&mut rest, 16)
         .map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
         return Err(DecodeError::Trailing(rest.len()));
     }
-    Ok(v)
+    value
+        .deserialized()
+        .map_err(|e| DecodeError::Malformed(e.to_string()))
 }
 
 /// Encodes an uplink.
@@ -110,7 +116,11 @@ pub fn encode_stream(m: &StreamMessage) -> Result<Vec<u8>, EncodeError> {
 
 /// Decodes a gateway-made stream message.
 pub fn decode_stream(bytes: &[u8]) -> Result<StreamMessage, DecodeError> {
-    decode(bytes)
+    match decode::<StreamOrHead>(bytes)? {
+        StreamOrHead::Ok(m) => Ok(m),
+        StreamOrHead::BadVersion(v) => Err(DecodeError::Version(v)),
+        StreamOrHead::BadKind(k) => Err(DecodeError::Kind(k)),
+    }
 }
 
 #[cfg(test)]
@@ -169,6 +179,68 @@ mod tests {
             decode_uplink(&[0xff, 0x00]),
             Err(DecodeError::Malformed(_))
         ));
+    }
+
+    /// Appends `extra` to the array at `path` (indices from the top-level array).
+    fn append_at(bytes: &[u8], path: &[usize], extra: ciborium::Value) -> Vec<u8> {
+        fn walk(v: &mut ciborium::Value, path: &[usize], extra: ciborium::Value) {
+            let ciborium::Value::Array(items) = v else {
+                panic!("path leads to a non-array")
+            };
+            match path.split_first() {
+                None => items.push(extra),
+                Some((i, rest)) => walk(&mut items[*i], rest, extra),
+            }
+        }
+        let mut v: ciborium::Value = ciborium::from_reader(bytes).expect("decodes");
+        walk(&mut v, path, extra);
+        let mut out = Vec::new();
+        ciborium::into_writer(&v, &mut out).expect("encodes");
+        out
+    }
+
+    #[test]
+    fn appended_fields_are_ignored_at_every_level() {
+        let extra = || ciborium::Value::Text("from a newer revision".into());
+        for (name, bytes) in vectors::all() {
+            let body = if name.starts_with("up-") { 6 } else { 2 };
+            let mut paths = vec![vec![], vec![body]];
+            if name.starts_with("down-cmd-") {
+                paths.push(vec![2, 4]); // the action
+            }
+            if name == "up-hello" {
+                paths.push(vec![6, 2, 0]); // a compartment
+            }
+            if name == "down-creds" {
+                paths.push(vec![2, 1, 0]); // a credential
+            }
+            for path in paths {
+                let longer = append_at(&bytes, &path, extra());
+                let again = vectors::reencode(&name, &longer)
+                    .unwrap_or_else(|e| panic!("{name} with a field appended at {path:?}: {e}"));
+                assert_eq!(
+                    again, bytes,
+                    "{name}: appended field at {path:?} is dropped"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn stream_errors_are_typed() {
+        let (_, presence) = vectors::all()
+            .into_iter()
+            .find(|(n, _)| n == "gw-presence")
+            .expect("example exists");
+        let mut v2 = presence.clone();
+        v2[1] = 0x02;
+        assert_eq!(decode_stream(&v2), Err(DecodeError::Version(2)));
+        let mut k9 = presence.clone();
+        k9[2] = 0x09;
+        assert_eq!(decode_stream(&k9), Err(DecodeError::Kind(9)));
+        let mut trailing = presence;
+        trailing.push(0);
+        assert_eq!(decode_stream(&trailing), Err(DecodeError::Trailing(1)));
     }
 
     proptest! {

@@ -4,10 +4,14 @@
 //! Each is a CBOR array `[v, kind, body]` like the downlink, with kind 0 = presence,
 //! 1 = alert, 2 = parcel.
 
+use std::fmt;
+
+use serde::de::{self, IgnoredAny, SeqAccess, Visitor};
 use serde::ser::SerializeTuple;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_tuple::{Deserialize_tuple, Serialize_tuple};
 
+use crate::topics::StreamKind;
 use crate::Millis;
 
 /// A cabinet came online or went offline (the edge's view: its TLS connection).
@@ -66,19 +70,70 @@ impl Serialize for StreamMessage {
     }
 }
 
-impl<'de> Deserialize<'de> for StreamMessage {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        let (v, kind, body): (u8, u8, ciborium::Value) = Deserialize::deserialize(d)?;
-        if v != crate::SCHEMA_VERSION {
-            return Err(D::Error::custom(format!("unsupported schema version {v}")));
+impl StreamMessage {
+    /// The topic kind this message is published under.
+    pub fn kind(&self) -> StreamKind {
+        match self {
+            StreamMessage::Presence(_) => StreamKind::Presence,
+            StreamMessage::Alert(_) => StreamKind::Alert,
+            StreamMessage::Parcel(_) => StreamKind::Parcel,
         }
-        let body = match kind {
-            0 => StreamMessage::Presence(body.deserialized().map_err(D::Error::custom)?),
-            1 => StreamMessage::Alert(body.deserialized().map_err(D::Error::custom)?),
-            2 => StreamMessage::Parcel(body.deserialized().map_err(D::Error::custom)?),
-            k => return Err(D::Error::custom(format!("unknown stream kind {k}"))),
-        };
-        Ok(body)
+    }
+}
+
+impl<'de> Deserialize<'de> for StreamMessage {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match StreamOrHead::deserialize(d)? {
+            StreamOrHead::Ok(m) => Ok(m),
+            StreamOrHead::BadVersion(v) => {
+                Err(de::Error::custom(format!("unsupported schema version {v}")))
+            }
+            StreamOrHead::BadKind(k) => Err(de::Error::custom(format!("unknown stream kind {k}"))),
+        }
+    }
+}
+
+/// What decoding the head of a stream message found; version and kind problems become typed
+/// errors in the codec (like uplinks and downlinks).
+pub(crate) enum StreamOrHead {
+    Ok(StreamMessage),
+    BadVersion(u64),
+    BadKind(u64),
+}
+
+impl<'de> Deserialize<'de> for StreamOrHead {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = StreamOrHead;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a stream message array [v, kind, body]")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<StreamOrHead, A::Error> {
+                let len = |i| de::Error::invalid_length(i, &"3 elements");
+                let v: u64 = a.next_element()?.ok_or_else(|| len(0))?;
+                let kind: u64 = a.next_element()?.ok_or_else(|| len(1))?;
+                let out = if v != u64::from(crate::SCHEMA_VERSION) {
+                    StreamOrHead::BadVersion(v)
+                } else {
+                    match kind {
+                        0 => StreamOrHead::Ok(StreamMessage::Presence(
+                            a.next_element()?.ok_or_else(|| len(2))?,
+                        )),
+                        1 => StreamOrHead::Ok(StreamMessage::Alert(
+                            a.next_element()?.ok_or_else(|| len(2))?,
+                        )),
+                        2 => StreamOrHead::Ok(StreamMessage::Parcel(
+                            a.next_element()?.ok_or_else(|| len(2))?,
+                        )),
+                        other => StreamOrHead::BadKind(other),
+                    }
+                };
+                // Fields appended by newer revisions are ignored.
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(V)
     }
 }

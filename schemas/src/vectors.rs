@@ -1,12 +1,22 @@
-//! Canonical example messages: one per message kind (and per command action). They are written
-//! to `schemas/vectors/` by `cargo run -p locker-schemas --bin locker-vectors`, checked against
-//! the CDDL in the test run, and used by the codec tests and the fuzz corpus.
+//! Canonical example messages: one per message kind (and per command action), each with its
+//! topic and the `schemas/locker.cddl` rules it matches ([`examples`]). They are written to
+//! `schemas/vectors/` by `cargo run -p locker-schemas --features gen --bin locker-vectors`
+//! (see [`write_all`], behind the `gen` feature), checked against the CDDL in the test run, and
+//! used by the codec tests and the fuzz corpus.
 
 use crate::codec::{self, DecodeError};
 use crate::downlink::*;
 use crate::ids::{CabinetId, CommandId, CompartmentId};
 use crate::stream::{AlertEvent, ParcelEvent, Presence, StreamMessage};
+use crate::topics::{DownKind, StreamKind, Topic, UpKind};
 use crate::uplink::*;
+
+#[cfg(feature = "gen")]
+mod files;
+#[cfg(feature = "gen")]
+pub use files::{
+    diagnostic, render, write_all, Change, FilesError, Report, INDEX_FILE, MANAGED_EXTENSIONS,
+};
 
 const TS: u64 = 1_790_000_000_000;
 
@@ -243,19 +253,124 @@ pub fn streams() -> Vec<(&'static str, StreamMessage)> {
     ]
 }
 
-/// Every example encoded: `(name, cbor bytes)`.
-pub fn all() -> Vec<(String, Vec<u8>)> {
+/// One example message with what an integrator needs to check it against the CDDL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Example {
+    /// The file stem in `schemas/vectors/` (`up-door`, `down-cmd-unlock`, `gw-presence`, ...).
+    pub name: &'static str,
+    /// The topic the message is published on.
+    pub topic: Topic,
+    /// The CDDL rule of its family: `uplink`, `downlink` or `stream-message`.
+    pub family_rule: &'static str,
+    /// The CDDL rule of this kind of message, for example `uplink-door`.
+    pub message_rule: &'static str,
+    /// The CDDL rule of the body alone (the envelope's last element), for example `door`.
+    pub body_rule: &'static str,
+    /// For commands, the CDDL rule of the action (the body's last element).
+    pub action_rule: Option<&'static str>,
+    /// The encoded message.
+    pub bytes: Vec<u8>,
+}
+
+fn uplink_rules(k: UpKind) -> (&'static str, &'static str) {
+    let message = match k {
+        UpKind::Hello => "uplink-hello",
+        UpKind::Door => "uplink-door",
+        UpKind::Scan => "uplink-scan",
+        UpKind::Alarm => "uplink-alarm",
+        UpKind::Power => "uplink-power",
+        UpKind::Network => "uplink-network",
+        UpKind::Result => "uplink-result",
+        UpKind::Access => "uplink-access",
+    };
+    // Body rules are named after the topic level.
+    (message, k.as_str())
+}
+
+fn downlink_rules(k: DownKind) -> (&'static str, &'static str) {
+    match k {
+        DownKind::Cmd => ("downlink-cmd", "command"),
+        DownKind::Ack => ("downlink-ack", "ack"),
+        DownKind::Creds => ("downlink-creds", "credentials"),
+    }
+}
+
+fn action_rule(a: &Action) -> &'static str {
+    match a {
+        Action::UnlockCompartment(_) => "action-unlock",
+        Action::UnlockAll => "action-unlock-all",
+        Action::SetConfig(_) => "action-set-config",
+        Action::PowerSave(_) => "action-power-save",
+        Action::Reboot => "action-reboot",
+        Action::SyncCredentials => "action-sync-credentials",
+    }
+}
+
+fn stream_rules(k: StreamKind) -> (&'static str, &'static str) {
+    let message = match k {
+        StreamKind::Presence => "stream-presence",
+        StreamKind::Alert => "stream-alert",
+        StreamKind::Parcel => "stream-parcel",
+    };
+    (message, k.as_str())
+}
+
+/// Every example, encoded, with its topic and CDDL rules: uplinks, then downlinks, then
+/// integrator streams.
+pub fn examples() -> Vec<Example> {
     let mut out = Vec::new();
-    for (n, u) in uplinks() {
-        out.push((n.to_owned(), codec::encode_uplink(&u).unwrap_or_default()));
+    for (name, u) in uplinks() {
+        let kind = u.body.kind();
+        let (message_rule, body_rule) = uplink_rules(kind);
+        out.push(Example {
+            name,
+            topic: Topic::Up(u.cabinet.clone(), kind),
+            family_rule: "uplink",
+            message_rule,
+            body_rule,
+            action_rule: None,
+            bytes: codec::encode_uplink(&u).unwrap_or_default(),
+        });
     }
-    for (n, d) in downlinks() {
-        out.push((n.to_owned(), codec::encode_downlink(&d).unwrap_or_default()));
+    for (name, d) in downlinks() {
+        let kind = d.body.kind();
+        let (message_rule, body_rule) = downlink_rules(kind);
+        let action_rule = match &d.body {
+            DownlinkBody::Command(c) => Some(action_rule(&c.action)),
+            _ => None,
+        };
+        out.push(Example {
+            name,
+            topic: Topic::Down(cabinet(), kind),
+            family_rule: "downlink",
+            message_rule,
+            body_rule,
+            action_rule,
+            bytes: codec::encode_downlink(&d).unwrap_or_default(),
+        });
     }
-    for (n, s) in streams() {
-        out.push((n.to_owned(), codec::encode_stream(&s).unwrap_or_default()));
+    for (name, m) in streams() {
+        let kind = m.kind();
+        let (message_rule, body_rule) = stream_rules(kind);
+        out.push(Example {
+            name,
+            topic: Topic::Stream(cabinet(), kind),
+            family_rule: "stream-message",
+            message_rule,
+            body_rule,
+            action_rule: None,
+            bytes: codec::encode_stream(&m).unwrap_or_default(),
+        });
     }
     out
+}
+
+/// Every example encoded: `(name, cbor bytes)`.
+pub fn all() -> Vec<(String, Vec<u8>)> {
+    examples()
+        .into_iter()
+        .map(|e| (e.name.to_owned(), e.bytes))
+        .collect()
 }
 
 /// Decodes a vector by the family its name gives (`up-`, `down-`, `gw-`) and encodes it again.
