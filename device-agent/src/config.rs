@@ -69,6 +69,8 @@ impl Default for AgentConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MqttConfig {
+    /// Run the MQTT session at all (`false`: offline agent, e.g. tests through the handle).
+    pub enabled: bool,
     /// Gateway host name or IP address (also the TLS server name).
     pub host: String,
     pub port: u16,
@@ -97,6 +99,7 @@ pub struct MqttConfig {
 impl Default for MqttConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             host: "localhost".into(),
             port: 8883,
             tls: true,
