@@ -96,3 +96,37 @@ async fn revoking_a_connected_cabinet_disconnects_it_and_resumption_does_not_hel
         "the refused reconnect resumed its TLS session"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_crl_is_refused_and_the_previous_one_kept() {
+    let mut fx = start(|_| {}).await;
+    let (good, bad) = (fx.cabinet("CAB-G"), fx.cabinet("CAB-X"));
+    fx.pki.revoke("CAB-X").expect("revoke");
+    fx.edge.reload_revocations().await.expect("reload");
+    let crl_path = fx.pki.paths().crl();
+
+    // A CRL from another CA, then plain garbage: both refused, the old list stays.
+    let other_dir = tempfile::tempdir().expect("temp dir");
+    let other = Pki::init(other_dir.path(), &["localhost".into()]).expect("other PKI");
+    let foreign = std::fs::read(other.paths().crl()).expect("foreign CRL");
+    for content in [foreign, b"not a CRL".to_vec()] {
+        std::fs::write(&crl_path, content).expect("write crl");
+        assert!(fx.edge.reload_revocations().await.is_err());
+    }
+    assert!(
+        metric(
+            &fx.registry,
+            "locker_edge_crl_reloads_total",
+            Some(("result", "error"))
+        ) >= 2
+    );
+    let x = fx.client("CAB-X", Some(&bad));
+    x.wait_failed("still revoked").await;
+    let g = fx.client("CAB-G", Some(&good));
+    g.wait_connected("others still get in").await;
+
+    // Rewriting a valid CRL (by revoking another identity) is picked up by the poller.
+    fx.pki.revoke("CAB-G").expect("revoke");
+    g.wait_failed("G disconnected once a valid CRL is back")
+        .await;
+}
