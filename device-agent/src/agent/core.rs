@@ -181,6 +181,7 @@ impl Core {
             alarms: Vec::new(),
             boards_offline: Vec::new(),
             open_doors: Vec::new(),
+            known_doors: 0,
             creds_version: 0,
             power_save: false,
             counters: Counters::default(),
@@ -327,6 +328,10 @@ impl Core {
                 let r = self.outbox.snapshot().await.map_err(|e| e.to_string());
                 let _ = reply.send(r);
             }
+            Request::Downlink { body, reply } => {
+                self.handle_downlink(body).await;
+                let _ = reply.send(());
+            }
             Request::Shutdown => self.exit = Some(ExitReason::Shutdown),
         }
     }
@@ -393,7 +398,12 @@ impl Core {
         if d.body.kind() != kind {
             return self.bad_downlink("body kind differs from topic kind");
         }
-        match d.body {
+        self.handle_downlink(d.body).await;
+    }
+
+    /// Acts on a downlink (from MQTT or injected through the handle).
+    pub async fn handle_downlink(&mut self, body: DownlinkBody) {
+        match body {
             DownlinkBody::Ack(a) => self.on_ack(a.seq).await,
             DownlinkBody::Command(c) => self.on_command(c, Instant::now(), None).await,
             DownlinkBody::Credentials(c) => self.on_credentials(c).await,
@@ -608,6 +618,7 @@ impl Core {
                 .filter(|(_, d)| d.open == Some(true))
                 .map(|(c, _)| *c)
                 .collect(),
+            known_doors: self.doors.values().filter(|d| d.open.is_some()).count(),
             creds_version: self.creds.version(),
             power_save: self.power_save,
             counters: self.counters.clone(),

@@ -12,7 +12,9 @@ mod exec;
 
 use std::sync::Arc;
 
-use locker_schemas::{Alarm, CabinetId, Command, CommandResult, CompartmentId, ScanSource, Uplink};
+use locker_schemas::{
+    Alarm, CabinetId, Command, CommandResult, CompartmentId, DownlinkBody, ScanSource, Uplink,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -140,6 +142,8 @@ pub struct AgentStatus {
     pub boards_offline: Vec<u8>,
     /// Doors known to be open.
     pub open_doors: Vec<CompartmentId>,
+    /// Doors whose state is known (their board was read at least once).
+    pub known_doors: usize,
     pub creds_version: u64,
     pub power_save: bool,
     pub counters: Counters,
@@ -157,6 +161,10 @@ pub(crate) enum Request {
     },
     Outbox {
         reply: oneshot::Sender<Result<Vec<Uplink>, String>>,
+    },
+    Downlink {
+        body: DownlinkBody,
+        reply: oneshot::Sender<()>,
     },
     Shutdown,
 }
@@ -215,6 +223,18 @@ impl AgentHandle {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request::Execute { cmd, reply })
+            .await
+            .map_err(|_| AgentError::Stopped)?;
+        rx.await.map_err(|_| AgentError::Stopped)
+    }
+
+    /// Handles a downlink as if it came over MQTT (an ack, a command received now, or a
+    /// credential set), and returns once it was acted on (a command's result is NOT awaited:
+    /// use [`AgentHandle::execute`] for that).
+    pub async fn downlink(&self, body: DownlinkBody) -> Result<(), AgentError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Downlink { body, reply })
             .await
             .map_err(|_| AgentError::Stopped)?;
         rx.await.map_err(|_| AgentError::Stopped)
