@@ -153,3 +153,65 @@ async fn the_handle_lists_disconnects_and_shuts_down() {
     .await;
     fx.edge.shutdown().await; // idempotent
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_does_not_stall_others() {
+    use rumqttc::mqttbytes::v4::{Packet, Subscribe};
+    use rumqttc::QoS;
+    let mut fx = start(|_| {}).await;
+    let (a, b) = (fx.cabinet("CAB-A"), fx.cabinet("CAB-B"));
+
+    // A subscribes to its downlinks, then never reads again.
+    let mut slow = raw_tls(fx.addr, fx.tls(Some(&a))).await.expect("TLS");
+    let mut bytes = bytes::BytesMut::new();
+    let mut sub = Subscribe::new("lk/v1/CAB-A/down/#", rumqttc::mqttbytes::QoS::AtMostOnce);
+    sub.pkid = 1;
+    Packet::Subscribe(sub)
+        .write(&mut bytes, 1 << 16)
+        .expect("encode");
+    slow.write_all(&connect_bytes("a", false))
+        .await
+        .expect("write");
+    slow.write_all(&bytes).await.expect("write");
+    let mut acks = [0u8; 4 + 5];
+    tokio::io::AsyncReadExt::read_exact(&mut slow, &mut acks)
+        .await
+        .expect("CONNACK, SUBACK");
+
+    let cb = fx.client("CAB-B", Some(&b));
+    cb.wait_connected("B").await;
+    cb.client
+        .subscribe("lk/v1/CAB-B/down/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    eventually("B subscribed", || !cb.seen().suback_codes.is_empty()).await;
+
+    let obs = fx.observer("commander");
+    obs.wait_connected("observer").await;
+    let chunk = vec![7u8; 8 * 1024];
+    for _ in 0..640 {
+        obs.client
+            .publish(
+                "lk/v1/CAB-A/down/cmd",
+                QoS::AtMostOnce,
+                false,
+                chunk.clone(),
+            )
+            .await
+            .expect("publish");
+    }
+    obs.client
+        .publish(
+            "lk/v1/CAB-B/down/cmd",
+            QoS::AtLeastOnce,
+            false,
+            b"open".to_vec(),
+        )
+        .await
+        .expect("publish");
+    eventually("B gets its command while A's backlog is stuck", || {
+        cb.received("lk/v1/CAB-B/down/cmd") == 1
+    })
+    .await;
+    drop(slow);
+}

@@ -35,6 +35,8 @@ use super::tls::{classify, TlsState};
 const READ_BUF: usize = 2048;
 /// Size of the broker-to-client chunk buffer (allocated only while bytes are flowing).
 const COPY_BUF: usize = 4096;
+/// Most TLS output buffered for one client (rustls' default is 64 KiB).
+const TLS_SEND_LIMIT: usize = 16 * 1024;
 /// Longest refusal detail that is logged.
 const MAX_DETAIL: usize = 160;
 
@@ -224,6 +226,9 @@ async fn establish(
         .metrics
         .handshake_seconds
         .observe(accepted_at.elapsed().as_secs_f64());
+    // A slow client may hold at most this much encrypted output in the edge (plus the
+    // kernel's socket buffer); beyond it the relay stops reading from the broker.
+    tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_LIMIT));
     let kind = match tls.get_ref().1.handshake_kind() {
         Some(rustls::HandshakeKind::Resumed) => "resumed",
         _ => "full",
