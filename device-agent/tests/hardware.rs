@@ -144,7 +144,7 @@ async fn duplicate_and_redelivered_commands_fire_once() {
     ready(&h, 1).await;
     let cmd = unlock(4);
     let (a, c) = tokio::join!(h.execute(cmd.clone()), h.execute(cmd.clone()));
-    let mut outs = vec![a.unwrap(), c.unwrap()];
+    let mut outs = [a.unwrap(), c.unwrap()];
     outs.sort_by_key(|o| matches!(o, ExecOutcome::Duplicate));
     assert!(matches!(&outs[0], ExecOutcome::Result(r) if r.outcome == Outcome::Opened));
     assert_eq!(outs[1], ExecOutcome::Duplicate);

@@ -192,12 +192,12 @@ impl Core {
         }
         match pending.map(|p| p.cause) {
             Some(Cause::Command(id)) => self.job_door_opened(id, c).await,
-            Some(Cause::Local(la)) => {
-                if la.action == AccessAction::Pickup && self.creds.remove(&la.hash) {
-                    self.persist_creds().await;
-                }
+            Some(Cause::Local(la))
+                if la.action == AccessAction::Pickup && self.creds.remove(&la.hash) =>
+            {
+                self.persist_creds().await;
             }
-            None => {}
+            _ => {}
         }
     }
 
