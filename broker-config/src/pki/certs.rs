@@ -69,7 +69,7 @@ pub(crate) fn parse_serial(paths: &PkiPaths, hex: &str) -> Result<Vec<u8>, PkiEr
         path: paths.index(),
         what: format!("serial {hex:?} is not hex"),
     };
-    if hex.is_empty() || hex.len() % 2 != 0 {
+    if hex.is_empty() || !hex.len().is_multiple_of(2) {
         return Err(bad());
     }
     (0..hex.len())
