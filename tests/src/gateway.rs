@@ -46,6 +46,9 @@ pub struct TestGateway {
     pub gw: Gateway,
     pub api: ApiClient,
     pub data: tempfile::TempDir,
+    /// The configuration it runs with (edge and API addresses fixed to the bound ones, so a
+    /// restart comes back on the same ports).
+    pub config: GatewayConfig,
 }
 
 impl TestGateway {
@@ -60,9 +63,36 @@ impl TestGateway {
         let data = tempfile::tempdir().expect("temp dir");
         let mut cfg = test_config(pki, data.path());
         tweak(&mut cfg);
-        let gw = Gateway::start(cfg).await.expect("gateway starts");
+        let gw = Gateway::start(cfg.clone()).await.expect("gateway starts");
+        cfg.edge.listen = gw.edge_addr;
+        cfg.api.listen = gw.api_addr;
         let api = ApiClient::new(gw.api_addr, TEST_TOKEN);
-        Self { gw, api, data }
+        Self {
+            gw,
+            api,
+            data,
+            config: cfg,
+        }
+    }
+
+    /// Shuts the gateway down cleanly and starts it again on the same data and ports.
+    pub async fn restart(self) -> Self {
+        let Self {
+            gw,
+            api,
+            data,
+            config,
+        } = self;
+        gw.shutdown().await;
+        let gw = Gateway::start(config.clone())
+            .await
+            .expect("gateway restarts");
+        Self {
+            gw,
+            api,
+            data,
+            config,
+        }
     }
 
     pub fn edge_addr(&self) -> SocketAddr {

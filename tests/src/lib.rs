@@ -9,6 +9,7 @@
 //! - [`api::ApiClient`]: the HTTP API with a bearer token;
 //! - [`eventually`]: polls a condition until a deadline (tests never sleep a fixed time).
 
+pub mod agent;
 pub mod api;
 pub mod cabinet;
 pub mod gateway;
