@@ -644,6 +644,14 @@ address = "127.0.0.1:5030"
     }
 
     #[test]
+    fn the_example_config_is_valid() {
+        let c = AgentConfig::from_toml(include_str!("../agent.example.toml")).expect("valid");
+        assert_eq!(c.lock_boards.len(), 2);
+        assert_eq!(c.lock_boards[0].size(15), Size::Xl);
+        assert_eq!(c.scanner.kind, ScannerKind::Serial);
+    }
+
+    #[test]
     fn rejects_bad_configs_clearly() {
         let cases = [
             ("", "cabinet_id"),

@@ -366,3 +366,58 @@ async fn power_telemetry_thresholds_and_power_fail() {
     let _ = Duration::ZERO;
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn in_process_duplex_transport_runs_the_same_driver() {
+    let (_d, dir) = tempdir();
+    let sim = locker_sim::LockBoardSim::new(locker_sim::LockBoardConfig {
+        unit_id: 3,
+        pulse: Duration::from_millis(20),
+        ..Default::default()
+    })
+    .unwrap();
+    let served = sim.clone();
+    let connector = locker_agent::ModbusConnector::custom(move |addr: String| {
+        let served = served.clone();
+        async move {
+            assert_eq!(addr, "board-3");
+            let (agent_end, board_end) = tokio::io::duplex(4096);
+            served.serve_stream(board_end);
+            Ok::<_, std::io::Error>(agent_end)
+        }
+    });
+    let mut cfg = config("CAB-DUPLEX", &dir, &[]);
+    cfg.lock_boards = vec![locker_agent::config::LockBoardConfig {
+        address: "board-3".into(),
+        unit: 3,
+        ..Default::default()
+    }];
+    let st = storage(&dir);
+    let mut deps = locker_agent::AgentDeps::new(st.clone());
+    deps.modbus = connector;
+    let h = locker_agent::Agent::start(cfg, deps).await.unwrap();
+    ready(&h, 1).await;
+    let r = result_of(h.execute(unlock(2)).await.unwrap());
+    assert_eq!(r.outcome, Outcome::Opened, "{r:?}");
+    assert_eq!(sim.pulse_count(1).unwrap(), 1);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn reboot_command_stops_the_agent_for_its_supervisor() {
+    let (_d, dir) = tempdir();
+    let b = board(1).await;
+    let st = storage(&dir);
+    let mut h = start(config("CAB-BOOT", &dir, &[&b]), &st).await;
+    let r = result_of(h.execute(command(Action::Reboot)).await.unwrap());
+    assert_eq!(r.outcome, Outcome::Done);
+    assert_eq!(h.wait().await, locker_agent::ExitReason::Reboot);
+    assert!(!h.status().running);
+    // The result is in the outbox for the next start.
+    let h = start(config("CAB-BOOT", &dir, &[&b]), &st).await;
+    let ob = h.outbox().await.unwrap();
+    assert!(ob
+        .iter()
+        .any(|u| matches!(&u.body, UplinkBody::Result(x) if x.outcome == Outcome::Done)));
+    h.shutdown().await;
+}

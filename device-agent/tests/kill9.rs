@@ -79,13 +79,18 @@ async fn connect(port: u16) -> TcpStream {
     }
 }
 
-/// Sends scans until `n` were confirmed stored; returns (value, seq) of the confirmed ones.
-async fn scan_until(port: u16, prefix: &str, n: usize) -> Vec<(String, u64)> {
+/// Sends scans until at least `n` were confirmed stored and `busy` passed (so the door task
+/// moves doors meanwhile); returns (value, seq) of the confirmed ones.
+async fn scan_until(port: u16, prefix: &str, n: usize, busy: Duration) -> Vec<(String, u64)> {
     let s = connect(port).await;
+    let started = tokio::time::Instant::now();
     let (r, mut w) = s.into_split();
     let mut lines = BufReader::new(r).lines();
     let mut confirmed = Vec::new();
-    for i in 0..n {
+    for i in 0.. {
+        if i >= n && started.elapsed() >= busy {
+            break;
+        }
         let value = format!("{prefix}-{i}");
         w.write_all(format!("qr:{value}\n").as_bytes())
             .await
@@ -113,16 +118,24 @@ async fn outbox_survives_kill_9_without_gaps_or_duplicates() {
     let doors = tokio::spawn(async move {
         loop {
             let _ = sim.open_door(0);
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            tokio::time::sleep(Duration::from_millis(40)).await;
             let _ = sim.close_door(0);
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            tokio::time::sleep(Duration::from_millis(40)).await;
         }
     });
 
     let mut confirmed = Vec::new();
     for round in 0..3 {
         let mut child = spawn_agent(&cfg);
-        confirmed.extend(scan_until(scanner, &format!("r{round}"), 25).await);
+        confirmed.extend(
+            scan_until(
+                scanner,
+                &format!("r{round}"),
+                25,
+                Duration::from_millis(300),
+            )
+            .await,
+        );
         // Keep producing while the kill lands.
         let s = connect(scanner).await;
         let (_r, mut w) = s.into_split();

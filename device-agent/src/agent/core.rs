@@ -71,7 +71,8 @@ pub(super) struct Core {
     pub clock_floor: u64,
     pub outbox: Outbox,
     pub window: Window,
-    /// The last stored events (at most one window), so fresh events are published without a read.
+    /// A contiguous run of stored events (fresh ones, or a read-ahead of a backlog), so events
+    /// are published without a storage read each; at most two windows long.
     pub recent: VecDeque<StoredEvent>,
     pub mqtt: Option<AsyncClient>,
     pub mqtt_task: Option<JoinHandle<()>>,
@@ -462,8 +463,10 @@ impl Core {
             Ok(Appended::Stored(ev)) => {
                 let seq = ev.seq;
                 self.window.on_stored(seq);
-                self.recent.push_back(ev);
-                while self.recent.len() > usize::from(self.cfg.mqtt.window) {
+                if self.recent.back().is_none_or(|b| b.seq + 1 == seq) {
+                    self.recent.push_back(ev);
+                }
+                while self.recent.len() > 2 * usize::from(self.cfg.mqtt.window) {
                     self.recent.pop_front();
                 }
                 self.pump().await;
@@ -499,19 +502,21 @@ impl Core {
             let cached = self.recent.front().is_some_and(|f| {
                 f.seq <= from && from - f.seq + (n as u64) <= self.recent.len() as u64
             });
-            let events: Vec<StoredEvent> = if cached {
-                let start = (from - self.recent.front().map_or(from, |f| f.seq)) as usize;
-                self.recent.iter().skip(start).take(n).cloned().collect()
-            } else {
-                match self.outbox.read(from, n).await {
-                    Ok(v) => v,
+            if !cached {
+                // Read ahead a whole window of the backlog at once.
+                let ahead = n.max(usize::from(self.cfg.mqtt.window));
+                match self.outbox.read(from, ahead).await {
+                    Ok(v) => self.recent = v.into(),
                     Err(e) => {
                         self.counters.storage_errors += 1;
                         tracing::error!(error = %e, "outbox unreadable");
                         return;
                     }
                 }
-            };
+            }
+            let start = (from - self.recent.front().map_or(from, |f| f.seq)) as usize;
+            let events: Vec<StoredEvent> =
+                self.recent.iter().skip(start).take(n).cloned().collect();
             if events.first().map(|e| e.seq) != Some(from) {
                 tracing::error!(cabinet = %self.cabinet, from, "outbox does not hold the next event to send");
                 return;
