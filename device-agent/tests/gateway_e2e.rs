@@ -94,9 +94,10 @@ async fn agent_delivers_offline_events_in_order_and_executes_api_commands() {
     assert!(!h.status().mqtt_connected);
 
     // The gateway comes up on the port the agent keeps trying.
-    let data = dir.join("gw");
-    let mut gcfg = GatewayConfig::default();
-    gcfg.data_dir = data;
+    let mut gcfg = GatewayConfig {
+        data_dir: dir.join("gw"),
+        ..GatewayConfig::default()
+    };
     gcfg.edge.listen = SocketAddr::from(([127, 0, 0, 1], edge_port));
     gcfg.edge.ca_cert = pki.paths().ca_cert();
     gcfg.edge.server_cert = pki.paths().server_cert();

@@ -118,3 +118,50 @@ async fn acks_delete_and_sequence_survives_restarts() {
     assert_eq!(h.status().outbox_depth, 0);
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn outbox_nearly_full_alarm_raises_and_clears() {
+    let (_d, dir) = tempdir();
+    let b = board(1).await;
+    let st = storage(&dir);
+    let mut cfg = config("CAB-FULL", &dir, &[&b]);
+    cfg.outbox.max_events = 16;
+    cfg.outbox.nearly_full_percent = 50;
+    cfg.outbox.hard_max_events = 20;
+    let h = start(cfg, &st).await;
+    for i in 0..8 {
+        h.scan(locker_schemas::ScanSource::Keypad, format!("{i}"))
+            .await
+            .unwrap();
+    }
+    let has_alarm = |h: &locker_agent::AgentHandle| {
+        h.status()
+            .alarms
+            .iter()
+            .any(|a| a.kind == locker_schemas::AlarmKind::OutboxNearlyFull)
+    };
+    eventually(5, "nearly-full alarm", || async { has_alarm(&h) }).await;
+    // Past the hard limit critical events are dropped and counted.
+    for i in 0..20 {
+        h.scan(locker_schemas::ScanSource::Keypad, format!("x{i}"))
+            .await
+            .unwrap();
+    }
+    eventually(5, "hard limit reached, drops counted", || async {
+        let s = h.status();
+        s.outbox_depth == 20 && s.counters.dropped_critical > 0
+    })
+    .await;
+    let s = h.status();
+    let last = s.next_seq - 1;
+    h.downlink(DownlinkBody::Ack(Ack { seq: last }))
+        .await
+        .unwrap();
+    eventually(5, "alarm cleared after the ack", || async {
+        !has_alarm(&h)
+    })
+    .await;
+    let ob = h.outbox().await.unwrap();
+    assert!(matches!(&ob[0].body, UplinkBody::Alarm(a) if !a.active));
+    h.shutdown().await;
+}

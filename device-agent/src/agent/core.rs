@@ -323,6 +323,7 @@ impl Core {
                 reply,
             } => {
                 let r = self.on_scan(source, value).await;
+                self.publish_status();
                 let _ = reply.send(r);
             }
             Request::Outbox { reply } => {
@@ -330,7 +331,8 @@ impl Core {
                 let _ = reply.send(r);
             }
             Request::Downlink { body, reply } => {
-                self.handle_downlink(body).await;
+                self.handle_downlink(body, Instant::now()).await;
+                self.publish_status();
                 let _ = reply.send(());
             }
             Request::Shutdown => self.exit = Some(ExitReason::Shutdown),
@@ -370,8 +372,8 @@ impl Core {
                 tracing::info!(cabinet = %self.cabinet, %error, "disconnected from the gateway");
                 self.window.on_disconnect();
             }
-            MqttEvent::Message(p) => {
-                self.on_downlink(&p).await;
+            MqttEvent::Message(p, received) => {
+                self.on_downlink(&p, received).await;
                 if let Some(c) = &self.mqtt {
                     let _ = c.try_ack(&p);
                 }
@@ -386,7 +388,7 @@ impl Core {
         }
     }
 
-    async fn on_downlink(&mut self, p: &Publish) {
+    async fn on_downlink(&mut self, p: &Publish, received: Instant) {
         let kind = match p.topic.parse::<Topic>() {
             Ok(Topic::Down(cab, kind)) if cab == self.cabinet => kind,
             Ok(_) => return self.bad_downlink("topic of another cabinet or direction"),
@@ -399,14 +401,14 @@ impl Core {
         if d.body.kind() != kind {
             return self.bad_downlink("body kind differs from topic kind");
         }
-        self.handle_downlink(d.body).await;
+        self.handle_downlink(d.body, received).await;
     }
 
     /// Acts on a downlink (from MQTT or injected through the handle).
-    pub async fn handle_downlink(&mut self, body: DownlinkBody) {
+    pub async fn handle_downlink(&mut self, body: DownlinkBody, received: Instant) {
         match body {
             DownlinkBody::Ack(a) => self.on_ack(a.seq).await,
-            DownlinkBody::Command(c) => self.on_command(c, Instant::now(), None).await,
+            DownlinkBody::Command(c) => self.on_command(c, received, None).await,
             DownlinkBody::Credentials(c) => self.on_credentials(c).await,
         }
     }

@@ -149,6 +149,7 @@ impl Core {
                 self.counters.duplicate_commands += 1;
                 tracing::info!(cabinet = %self.cabinet, command = %id, "duplicate command ignored");
                 if let Some(w) = waiter {
+                    self.publish_status();
                     let _ = w.send(ExecOutcome::Duplicate);
                 }
                 return;
@@ -186,7 +187,10 @@ impl Core {
             }
             Action::SetConfig(kv) => {
                 let keys: Vec<_> = kv.iter().map(|(k, _)| k.as_str()).collect();
-                let detail = format!("noted {} (applied on the next start)", keys.join(","));
+                let detail = format!(
+                    "acknowledged {}; this agent does not change its configuration at run time",
+                    keys.join(",")
+                );
                 self.finish(id, Outcome::Done, detail).await
             }
             Action::PowerSave(on) => {
@@ -334,6 +338,7 @@ impl Core {
         )
         .await;
         if let Some(w) = self.waiters.remove(&id) {
+            self.publish_status();
             let _ = w.send(ExecOutcome::Result(result));
         }
     }

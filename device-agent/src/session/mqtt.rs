@@ -28,8 +28,9 @@ pub enum MqttEvent {
     Connected { session_present: bool },
     /// The connection was lost (or could not be made after having been up).
     Disconnected { error: String },
-    /// A publish from the broker (acknowledge it with the client once handled).
-    Message(Publish),
+    /// A publish from the broker and when it arrived (acknowledge it with the client once
+    /// handled; relative command TTLs count from the arrival).
+    Message(Publish, Instant),
 }
 
 /// Builds the rumqttc options for a cabinet.
@@ -90,7 +91,11 @@ async fn run(mut el: EventLoop, backoff: Backoff, events: mpsc::Sender<MqttEvent
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if events.send(MqttEvent::Message(p)).await.is_err() {
+                if events
+                    .send(MqttEvent::Message(p, Instant::now()))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
