@@ -9,6 +9,7 @@
 mod core;
 mod doors;
 mod exec;
+mod uplink;
 
 use std::sync::Arc;
 
