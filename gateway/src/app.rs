@@ -43,9 +43,6 @@ pub struct Gateway {
     pub edge_addr: SocketAddr,
     /// The HTTP API and /metrics.
     pub api_addr: SocketAddr,
-    /// The embedded broker's plain loopback listener (reachable only with the internal
-    /// credential; exposed for diagnostics and tests).
-    pub broker_addr: SocketAddr,
     pub metrics: Metrics,
     pub fleet: FleetHandle,
     pub commands: CommandsHandle,
@@ -98,7 +95,8 @@ impl Gateway {
             &cfg.broker,
             &[Filter::all_uplinks().as_str().to_owned()],
             inbound_tx,
-        )?;
+        )
+        .await?;
         let publisher = broker.publisher.clone();
 
         let (fleet, fleet_commits, fleet_task) = Fleet::spawn(
@@ -133,9 +131,7 @@ impl Gateway {
         let (presence_tx, mut presence_rx) = mpsc::channel::<PresenceEvent>(4096);
         let (edge, edge_addr) = Edge::start(
             cfg.edge.clone(),
-            broker.addr,
-            broker.username.clone(),
-            broker.password.clone(),
+            broker.links.clone(),
             &metrics.registry,
             presence_tx,
         )
@@ -186,7 +182,6 @@ impl Gateway {
         Ok(Self {
             edge_addr,
             api_addr,
-            broker_addr: broker.addr,
             metrics,
             fleet,
             commands,
@@ -203,10 +198,24 @@ impl Gateway {
         self.edge.shutdown().await;
         self.cancel.cancel();
         let _ = self.ingest.await;
-        for t in self.tasks.iter().filter(|t| !t.is_finished()) {
+        // the API shuts down gracefully (its connection tasks hold the store): give it a
+        // moment, then abort whatever is left
+        let mut tasks = self.tasks;
+        if !tasks.is_empty() {
+            let mut api = tasks.remove(0);
+            if tokio::time::timeout(std::time::Duration::from_secs(5), &mut api).await.is_err() {
+                api.abort();
+                let _ = api.await;
+            }
+        }
+        for t in &tasks {
             t.abort();
         }
-        let store = self.store.clone();
+        // wait until every task is gone, so nothing holds the database any more
+        for t in tasks {
+            let _ = t.await;
+        }
+        let store = self.store;
         if let Err(e) = store::blocking(move || store.flush()).await {
             tracing::error!(error = %e, "final flush failed");
         }

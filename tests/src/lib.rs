@@ -12,6 +12,7 @@
 pub mod agent;
 pub mod api;
 pub mod cabinet;
+pub mod edge;
 pub mod gateway;
 pub mod mqtt;
 pub mod pki;

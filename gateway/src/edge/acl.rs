@@ -1,22 +1,33 @@
-//! What an identity may do, checked packet by packet on the client-to-broker stream: the
-//! CONNECT check and rewrite (client id := identity, login := the internal credential), and the
-//! PUBLISH / SUBSCRIBE / will topic rules. Packets are parsed with rumqttc's MQTT 3.1.1 parser
-//! only to be checked; the relay forwards the client's own bytes.
+//! What an identity may do, checked packet by packet on the client's stream: the CONNECT
+//! check (the client id and login are ignored, the will topic must be the identity's own),
+//! and the PUBLISH / SUBSCRIBE rules. Packets are parsed with rumqttd's own MQTT 3.1.1 codec
+//! and handed to the router as parsed.
+//!
+//! The edge speaks QoS 0 and 1: a QoS 2 PUBLISH, PUBREC, PUBREL or PUBCOMP from a client is
+//! refused (rumqttd disconnects a link on an unexpected QoS 2 acknowledgement, which the edge
+//! must never provoke), and a QoS 2 subscription is granted QoS 1 (see `relay`).
 
 use std::collections::BTreeMap;
 
-use bytes::{Bytes, BytesMut};
 use locker_schemas::{Filter, Topic};
-use rumqttc::mqttbytes::v4::{
-    Connect, Login, PubAck, PubComp, PubRec, PubRel, Publish, Subscribe, Unsubscribe,
-};
-use rumqttc::mqttbytes::{Error as MqttError, FixedHeader, PacketType, Protocol};
+use rumqttd::protocol::v4::{FixedHeader, PacketType};
+use rumqttd::protocol::{Error as MqttError, LastWill, Packet};
 
 use super::identity::Identity;
 use super::metrics::Reason;
 
 /// A refused packet: the reason label and a short description for the log.
 pub(crate) type Refusal = (Reason, String);
+
+/// What the edge keeps from an accepted CONNECT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Session {
+    /// Seconds; never 0 (refused like rumqttd does).
+    pub keep_alive: u16,
+    pub clean_session: bool,
+    /// The will (its topic already checked), kept by the edge and published by it.
+    pub will: Option<LastWill>,
+}
 
 /// The rules for one connected identity.
 pub(crate) struct Acl {
@@ -63,94 +74,101 @@ impl Acl {
         }
     }
 
-    /// Checks one complete client packet (not the first CONNECT). `frame` is exactly the
-    /// packet's bytes, `fh` its fixed header.
-    pub fn inspect(&self, fh: FixedHeader, frame: Bytes) -> Result<(), Refusal> {
-        let kind = fh.packet_type().map_err(malformed)?;
-        match kind {
-            PacketType::Publish => {
-                let p = Publish::read(fh, frame).map_err(malformed)?;
-                if !self.may_publish(&p.topic) {
-                    return Err((Reason::AclPublish, format!("publish to {:?}", p.topic)));
+    /// Checks one parsed client packet (not the first CONNECT); `fh` is its fixed header.
+    pub fn inspect(&self, fh: &FixedHeader, packet: &Packet) -> Result<(), Refusal> {
+        match packet {
+            Packet::Publish(p, _) => {
+                if qos_bits(fh) == 2 {
+                    return Err(qos2("PUBLISH"));
+                }
+                let topic = std::str::from_utf8(&p.topic).unwrap_or_default();
+                if topic.is_empty() || !self.may_publish(topic) {
+                    let shown = String::from_utf8_lossy(&p.topic);
+                    return Err((Reason::AclPublish, format!("publish to {shown:?}")));
                 }
             }
-            PacketType::Subscribe => {
-                let s = Subscribe::read(fh, frame).map_err(malformed)?;
+            Packet::Subscribe(s, _) => {
                 if let Some(f) = s.filters.iter().find(|f| !self.may_subscribe(&f.path)) {
                     return Err((Reason::AclSubscribe, format!("subscribe to {:?}", f.path)));
                 }
             }
-            PacketType::Unsubscribe => {
-                Unsubscribe::read(fh, frame).map_err(malformed)?;
-            }
-            PacketType::PubAck => {
-                PubAck::read(fh, frame).map_err(malformed)?;
-            }
-            PacketType::PubRec => {
-                PubRec::read(fh, frame).map_err(malformed)?;
-            }
-            PacketType::PubRel => {
-                PubRel::read(fh, frame).map_err(malformed)?;
-            }
-            PacketType::PubComp => {
-                PubComp::read(fh, frame).map_err(malformed)?;
-            }
-            PacketType::PingReq | PacketType::Disconnect => {}
-            PacketType::Connect
-            | PacketType::ConnAck
-            | PacketType::SubAck
-            | PacketType::UnsubAck
-            | PacketType::PingResp => {
+            Packet::Unsubscribe(..)
+            | Packet::PubAck(..)
+            | Packet::PingReq(_)
+            | Packet::Disconnect(..) => {}
+            Packet::PubRec(..) => return Err(qos2("PUBREC")),
+            Packet::PubRel(..) => return Err(qos2("PUBREL")),
+            Packet::PubComp(..) => return Err(qos2("PUBCOMP")),
+            Packet::Connect(..)
+            | Packet::ConnAck(..)
+            | Packet::SubAck(..)
+            | Packet::UnsubAck(..)
+            | Packet::PingResp(_) => {
+                let kind = fh
+                    .packet_type()
+                    .map(|k| format!("{k:?}"))
+                    .unwrap_or_default();
                 return Err((
                     Reason::UnexpectedPacket,
-                    format!("a client may not send {kind:?} here"),
+                    format!("a client may not send {kind} here"),
                 ));
             }
         }
         Ok(())
     }
 
-    /// Checks the client's first packet and returns the CONNECT to send upstream: the client
-    /// id is the identity, the login is the internal credential (the client's own is
-    /// discarded), clean session, keep alive and the (checked) will are kept.
-    pub fn connect(
-        &self,
-        fh: FixedHeader,
-        frame: Bytes,
-        username: &str,
-        password: &str,
-    ) -> Result<BytesMut, Refusal> {
+    /// Checks the client's first packet: it must be an MQTT 3.1.1 CONNECT with a keep alive
+    /// and a will (if any) on a topic the identity may publish to. `frame` is exactly the
+    /// packet's bytes. The client id and login are ignored: the identity is the certificate.
+    pub fn connect(&self, fh: &FixedHeader, frame: bytes::BytesMut) -> Result<Session, Refusal> {
         let kind = fh.packet_type().map_err(malformed)?;
         if kind != PacketType::Connect {
             return Err((Reason::NotConnectFirst, format!("first packet is {kind:?}")));
         }
         check_protocol(&frame)?;
-        let connect = Connect::read(fh, frame).map_err(|e| match e {
+        let mut frame = frame;
+        let packet = rumqttd::protocol::Protocol::read_mut(
+            &mut rumqttd::protocol::v4::V4,
+            &mut frame,
+            usize::MAX,
+        )
+        .map_err(|e| match e {
             MqttError::InvalidProtocol | MqttError::InvalidProtocolLevel(_) => {
                 (Reason::ProtocolVersion, e.to_string())
             }
             e => malformed(e),
         })?;
-        if connect.protocol != Protocol::V4 {
-            return Err((Reason::ProtocolVersion, "MQTT 5 is not supported".into()));
+        let Packet::Connect(connect, _, will, _, _login) = packet else {
+            return Err((Reason::Malformed, "not an MQTT CONNECT".into()));
+        };
+        if connect.keep_alive == 0 {
+            return Err((Reason::ZeroKeepAlive, "keep alive 0 is not allowed".into()));
         }
-        if let Some(will) = &connect.last_will {
-            if !self.may_publish(&will.topic) {
-                return Err((Reason::AclWill, format!("will topic {:?}", will.topic)));
+        if let Some(w) = &will {
+            let topic = std::str::from_utf8(&w.topic).unwrap_or_default();
+            if topic.is_empty() || !self.may_publish(topic) {
+                let shown = String::from_utf8_lossy(&w.topic);
+                return Err((Reason::AclWill, format!("will topic {shown:?}")));
             }
         }
-        let rewritten = Connect {
-            protocol: Protocol::V4,
+        Ok(Session {
             keep_alive: connect.keep_alive,
-            client_id: self.identity.client_id(),
             clean_session: connect.clean_session,
-            last_will: connect.last_will,
-            login: Some(Login::new(username, password)),
-        };
-        let mut out = BytesMut::with_capacity(rewritten.size());
-        rewritten.write(&mut out).map_err(malformed)?;
-        Ok(out)
+            will,
+        })
     }
+}
+
+/// The QoS bits of a PUBLISH fixed header.
+pub(crate) fn qos_bits(fh: &FixedHeader) -> u8 {
+    (fh.byte1 >> 1) & 0b11
+}
+
+fn qos2(what: &str) -> Refusal {
+    (
+        Reason::UnexpectedPacket,
+        format!("{what}: QoS 2 is not supported (use QoS 0 or 1)"),
+    )
 }
 
 /// Refuses anything but MQTT 3.1.1 (`"MQTT"`, level 4) before the full parse, so MQTT 5 and
@@ -184,19 +202,31 @@ fn malformed(e: MqttError) -> Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BytesMut;
     use locker_schemas::CabinetId;
-    use rumqttc::mqttbytes::v4::{LastWill, Packet};
-    use rumqttc::mqttbytes::{check, QoS};
+    use rumqttc::mqttbytes::v4::{Connect, LastWill as CLastWill, Packet as CPacket, Publish};
+    use rumqttc::mqttbytes::v4::{PubRec, Subscribe};
+    use rumqttc::mqttbytes::{Protocol, QoS};
+    use rumqttd::protocol::v4::{check, V4};
+    use rumqttd::protocol::Protocol as _;
 
     fn cab(s: &str) -> Identity {
         Identity::Cabinet(CabinetId::new(s).expect("valid id"))
     }
 
-    fn frame(p: Packet) -> (FixedHeader, Bytes) {
+    /// Encodes with rumqttc (an independent encoder), frames with rumqttd.
+    fn raw(p: CPacket) -> (FixedHeader, BytesMut) {
         let mut b = BytesMut::new();
         p.write(&mut b, 1 << 20).expect("encodes");
         let fh = check(b.iter(), 1 << 20).expect("frames");
-        (fh, b.freeze())
+        (fh, b)
+    }
+
+    /// Encodes with rumqttc and parses with rumqttd's codec, as the relay does.
+    fn parsed(p: CPacket) -> (FixedHeader, Packet) {
+        let (fh, mut b) = raw(p);
+        let packet = V4.read_mut(&mut b, 1 << 20).expect("parses");
+        (fh, packet)
     }
 
     fn acls() -> BTreeMap<String, Vec<Filter>> {
@@ -244,64 +274,64 @@ mod tests {
     }
 
     #[test]
-    fn connect_is_rewritten_with_identity_and_internal_login() {
+    fn connect_keeps_session_settings_and_an_allowed_will() {
         let acl = Acl::new(cab("A"), &acls());
         let mut c = Connect::new("spoofed");
         c.keep_alive = 33;
         c.clean_session = false;
         c.set_login("u", "p");
-        c.last_will = Some(LastWill::new(
+        c.last_will = Some(CLastWill::new(
             "lk/v1/A/up/network",
             "bye",
             QoS::AtLeastOnce,
-            false,
+            true,
         ));
-        let (fh, b) = frame(Packet::Connect(c));
-        let mut out = acl.connect(fh, b, "edge", "secret").expect("allowed");
-        let Packet::Connect(r) = Packet::read(&mut out, 1 << 20).expect("parses") else {
-            panic!("not a connect");
-        };
-        assert_eq!(r.client_id, "A");
-        assert_eq!(r.keep_alive, 33);
-        assert!(!r.clean_session);
-        assert_eq!(r.login, Some(Login::new("edge", "secret")));
-        assert_eq!(
-            r.last_will.map(|w| w.topic).as_deref(),
-            Some("lk/v1/A/up/network")
-        );
+        let (fh, b) = raw(CPacket::Connect(c));
+        let s = acl.connect(&fh, b).expect("allowed");
+        assert_eq!(s.keep_alive, 33);
+        assert!(!s.clean_session);
+        let will = s.will.expect("will kept");
+        assert_eq!(&will.topic[..], b"lk/v1/A/up/network");
+        assert_eq!(&will.message[..], b"bye");
+        assert!(will.retain);
 
         let mut c = Connect::new("x");
-        c.last_will = Some(LastWill::new(
+        c.last_will = Some(CLastWill::new(
             "lk/v1/B/up/network",
             "",
             QoS::AtMostOnce,
             false,
         ));
-        let (fh, b) = frame(Packet::Connect(c));
+        let (fh, b) = raw(CPacket::Connect(c));
+        assert_eq!(acl.connect(&fh, b).map_err(|e| e.0), Err(Reason::AclWill));
+
+        let mut c = Connect::new("x");
+        c.keep_alive = 0;
+        let (fh, b) = raw(CPacket::Connect(c));
         assert_eq!(
-            acl.connect(fh, b, "e", "s").map(|_| ()).map_err(|e| e.0),
-            Err(Reason::AclWill)
+            acl.connect(&fh, b).map_err(|e| e.0),
+            Err(Reason::ZeroKeepAlive)
         );
     }
 
     #[test]
     fn first_packet_and_protocol_are_checked() {
         let acl = Acl::new(cab("A"), &acls());
-        let (fh, b) = frame(Packet::PingReq);
+        let (fh, b) = raw(CPacket::PingReq);
         assert_eq!(
-            acl.connect(fh, b, "e", "s").map(|_| ()).map_err(|e| e.0),
+            acl.connect(&fh, b).map_err(|e| e.0),
             Err(Reason::NotConnectFirst)
         );
         let mut c = Connect::new("x");
         c.protocol = Protocol::V5;
-        let (fh, b) = frame(Packet::Connect(c));
+        let (fh, b) = raw(CPacket::Connect(c));
         assert_eq!(
-            acl.connect(fh, b, "e", "s").map(|_| ()).map_err(|e| e.0),
+            acl.connect(&fh, b).map_err(|e| e.0),
             Err(Reason::ProtocolVersion)
         );
-        let (fh, b) = frame(Packet::Connect(Connect::new("x")));
+        let (fh, p) = parsed(CPacket::Connect(Connect::new("x")));
         assert_eq!(
-            acl.inspect(fh, b).map_err(|e| e.0),
+            acl.inspect(&fh, &p).map_err(|e| e.0),
             Err(Reason::UnexpectedPacket)
         );
     }
@@ -309,34 +339,46 @@ mod tests {
     #[test]
     fn packets_are_inspected() {
         let acl = Acl::new(cab("A"), &acls());
-        let (fh, b) = frame(Packet::Publish(Publish::new(
-            "lk/v1/A/up/door",
-            QoS::AtMostOnce,
-            "x",
-        )));
-        assert!(acl.inspect(fh, b).is_ok());
-        let (fh, b) = frame(Packet::Publish(Publish::new(
+        let mut q1 = Publish::new("lk/v1/A/up/door", QoS::AtLeastOnce, "x");
+        q1.pkid = 1;
+        let (fh, p) = parsed(CPacket::Publish(q1));
+        assert!(acl.inspect(&fh, &p).is_ok());
+        let (fh, p) = parsed(CPacket::Publish(Publish::new(
             "lk/v1/B/up/door",
             QoS::AtMostOnce,
             "x",
         )));
-        assert_eq!(acl.inspect(fh, b).map_err(|e| e.0), Err(Reason::AclPublish));
+        assert_eq!(
+            acl.inspect(&fh, &p).map_err(|e| e.0),
+            Err(Reason::AclPublish)
+        );
         let mut s = Subscribe::new("lk/v1/A/down/#", QoS::AtLeastOnce);
         s.pkid = 1;
         s.add("lk/v1/B/down/#".into(), QoS::AtLeastOnce);
-        let (fh, b) = frame(Packet::Subscribe(s));
+        let (fh, p) = parsed(CPacket::Subscribe(s));
         assert_eq!(
-            acl.inspect(fh, b).map_err(|e| e.0),
+            acl.inspect(&fh, &p).map_err(|e| e.0),
             Err(Reason::AclSubscribe)
         );
-        let (fh, b) = frame(Packet::PingReq);
-        assert!(acl.inspect(fh, b).is_ok());
-        // a PUBLISH whose topic length runs past the packet
-        let raw = Bytes::from_static(&[0x30, 3, 0, 9, b'a']);
-        let fh = check(raw.iter(), 100).expect("frames");
+        let (fh, p) = parsed(CPacket::PingReq);
+        assert!(acl.inspect(&fh, &p).is_ok());
+
+        // QoS 2 is refused, whether a publish or an acknowledgement.
+        let mut q2 = Publish::new("lk/v1/A/up/door", QoS::ExactlyOnce, "x");
+        q2.pkid = 7;
+        let (fh, p) = parsed(CPacket::Publish(q2));
         assert_eq!(
-            acl.inspect(fh, raw).map_err(|e| e.0),
-            Err(Reason::Malformed)
+            acl.inspect(&fh, &p).map_err(|e| e.0),
+            Err(Reason::UnexpectedPacket)
         );
+        let (fh, p) = parsed(CPacket::PubRec(PubRec::new(3)));
+        assert_eq!(
+            acl.inspect(&fh, &p).map_err(|e| e.0),
+            Err(Reason::UnexpectedPacket)
+        );
+
+        // a PUBLISH whose topic length runs past the packet does not parse
+        let mut raw = BytesMut::from(&[0x30, 3, 0, 9, b'a'][..]);
+        assert!(V4.read_mut(&mut raw, 100).is_err());
     }
 }

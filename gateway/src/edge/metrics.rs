@@ -41,8 +41,14 @@ pub enum Reason {
     Oversized,
     /// A packet a client must never send (a second CONNECT, CONNACK, SUBACK, ...).
     UnexpectedPacket,
-    /// The embedded broker could not be reached.
+    /// The embedded broker refused the link (connection limit reached) or has stopped.
     UpstreamUnavailable,
+    /// CONNECT asked for keep alive 0 (refused, as rumqttd does: a silent client would hold
+    /// its connection forever).
+    ZeroKeepAlive,
+    /// Nothing came from the client for 1.5 times its keep alive, or it did not take what the
+    /// edge had to send within that time.
+    KeepAliveTimeout,
 }
 
 impl Reason {
@@ -65,6 +71,8 @@ impl Reason {
         Reason::Oversized,
         Reason::UnexpectedPacket,
         Reason::UpstreamUnavailable,
+        Reason::ZeroKeepAlive,
+        Reason::KeepAliveTimeout,
     ];
 
     /// The metric label value.
@@ -87,6 +95,8 @@ impl Reason {
             Reason::Oversized => "oversized",
             Reason::UnexpectedPacket => "unexpected_packet",
             Reason::UpstreamUnavailable => "upstream_unavailable",
+            Reason::ZeroKeepAlive => "zero_keep_alive",
+            Reason::KeepAliveTimeout => "keep_alive_timeout",
         }
     }
 
@@ -181,11 +191,11 @@ impl EdgeMetrics {
             )?,
             bytes_in: IntCounter::new(
                 "locker_edge_bytes_in_total",
-                "MQTT bytes received from clients and relayed to the broker",
+                "MQTT bytes received from clients (and handed to the broker as packets)",
             )?,
             bytes_out: IntCounter::new(
                 "locker_edge_bytes_out_total",
-                "MQTT bytes relayed from the broker to clients",
+                "MQTT bytes sent from the broker to clients",
             )?,
             crl_reloads: IntCounterVec::new(
                 Opts::new(

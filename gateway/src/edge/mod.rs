@@ -4,14 +4,17 @@
 //! with a deadline and bounded by a semaphore, so a stalled client never blocks another; the
 //! client certificate must chain to the fleet CA and not be revoked (the CRL is re-read when
 //! it changes, and clients whose serial becomes revoked are disconnected); the identity comes
-//! from the certificate. The client's MQTT 3.1.1 stream is relayed to rumqttd's plain loopback
-//! listener with CONNECT rewritten (client id := identity, login := the internal credential)
-//! and every PUBLISH, SUBSCRIBE and will checked against the identity's ACL; a violation closes
-//! that connection. The edge is the authority on cabinet presence ([`PresenceEvent`]).
+//! from the certificate. Each client's MQTT 3.1.1 session is then served in-process through
+//! its own rumqttd local link ([`crate::broker::LinkFactory`]): the client id at the broker is
+//! the identity, every PUBLISH, SUBSCRIBE and will is checked against the identity's ACL (a
+//! violation closes that connection), the will is kept and published by the edge, and keep
+//! alive is enforced. No socket is opened towards the broker: a cabinet costs one file
+//! descriptor. The edge is the authority on cabinet presence ([`PresenceEvent`]).
 //!
 //! Submodules: [`config`] (settings), `tls` (rustls configuration and CRL), `identity`,
-//! `acl` (packet rules), `relay` (one connection), `registry` (connection table, presence,
-//! disconnects), `metrics`.
+//! `acl` (packet rules), `relay` (one connection up to its session), `session` (the MQTT
+//! session over the link), `registry` (connection table, presence, takeover, disconnects),
+//! `metrics`.
 
 mod acl;
 pub mod config;
@@ -19,6 +22,7 @@ mod identity;
 mod metrics;
 mod registry;
 mod relay;
+mod session;
 mod tls;
 
 use std::net::SocketAddr;
@@ -37,6 +41,7 @@ pub use metrics::Reason;
 pub use registry::{ConnectionInfo, PresenceEvent};
 pub use tls::TlsError;
 
+use crate::broker::LinkFactory;
 use metrics::EdgeMetrics;
 use registry::Registry;
 use relay::{Shared, Slot};
@@ -68,17 +73,14 @@ pub struct Edge;
 
 impl Edge {
     /// Loads the TLS material, binds `cfg.listen` and runs the edge on the current tokio
-    /// runtime. Clients are relayed to `upstream` (the broker's plain listener on loopback),
-    /// logging in as `internal_username` / `internal_password`. Metrics are registered into
-    /// `registry`; cabinet presence changes are sent on `presence` (the caller must keep
+    /// runtime. Each client gets a link to the broker from `links`. Metrics are registered
+    /// into `registry`; cabinet presence changes are sent on `presence` (the caller must keep
     /// draining it: the edge waits rather than drop an event).
     ///
     /// Returns the handle and the bound address (useful with port 0).
     pub async fn start(
         cfg: EdgeConfig,
-        upstream: SocketAddr,
-        internal_username: impl Into<String>,
-        internal_password: impl Into<String>,
+        links: LinkFactory,
         registry: &prometheus::Registry,
         presence: mpsc::Sender<PresenceEvent>,
     ) -> Result<(EdgeHandle, SocketAddr), EdgeError> {
@@ -106,9 +108,7 @@ impl Edge {
         let shared = Arc::new(Shared {
             handshakes: Semaphore::new(cfg.max_concurrent_handshakes),
             cfg,
-            upstream,
-            username: internal_username.into(),
-            password: internal_password.into(),
+            links,
             tls,
             metrics,
             registry,
@@ -131,7 +131,7 @@ impl Edge {
             cancel.clone(),
             done_tx,
         ));
-        tracing::info!(%local_addr, %upstream, "edge listening");
+        tracing::info!(%local_addr, "edge listening");
         let handle = EdgeHandle {
             inner: Arc::new(HandleInner {
                 shared,
@@ -168,7 +168,7 @@ impl EdgeHandle {
         self.inner.local_addr
     }
 
-    /// Every relayed connection, oldest first.
+    /// Every connection whose CONNECT was accepted, oldest first.
     pub async fn connected(&self) -> Vec<ConnectionInfo> {
         self.inner.shared.registry.list().await
     }

@@ -1,5 +1,8 @@
-//! The connection registry: one task owns the table of relayed connections, decides presence
-//! (a cabinet is online from its first relayed CONNECT until its last connection closes),
+//! The connection registry: one task owns the table of connections, decides presence (a
+//! cabinet is online from its first accepted CONNECT until its last connection closes),
+//! performs the MQTT session takeover (a new connection of an identity closes the older ones,
+//! and starts its broker session only once they are gone, so the router never sees two
+//! sessions of one client id and an old will is published before the new session starts),
 //! closes connections on demand (by identity, or because their serial was revoked), and
 //! rate-limits the edge's violation logs.
 
@@ -52,7 +55,7 @@ pub struct ConnectionInfo {
 }
 
 enum Cmd {
-    Register(ConnectionInfo, CancellationToken),
+    Register(ConnectionInfo, CancellationToken, oneshot::Sender<()>),
     Unregister(u64),
     Disconnect(Identity, oneshot::Sender<usize>),
     Revoked(Arc<HashSet<String>>, oneshot::Sender<usize>),
@@ -81,6 +84,7 @@ impl Registry {
         let (tx, rx) = mpsc::channel(INBOX);
         let actor = Actor {
             conns: HashMap::new(),
+            takeovers: Vec::new(),
             per_identity: HashMap::new(),
             presence,
             revoked,
@@ -92,13 +96,21 @@ impl Registry {
         Self { tx }
     }
 
-    /// Records a relayed connection; `cancel` closes it. A serial that is already revoked
-    /// is cancelled at once.
-    pub async fn register(&self, info: ConnectionInfo, cancel: CancellationToken) {
-        let _ = self.tx.send(Cmd::Register(info, cancel)).await;
+    /// Records a connection whose CONNECT was accepted; `cancel` closes it. A serial that is
+    /// already revoked is cancelled at once. Older connections of the same identity are
+    /// cancelled (takeover); the returned receiver completes once none of them is left (or
+    /// errs if the registry is gone or this connection was closed meanwhile).
+    pub async fn register(
+        &self,
+        info: ConnectionInfo,
+        cancel: CancellationToken,
+    ) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.tx.send(Cmd::Register(info, cancel, tx)).await;
+        rx
     }
 
-    /// Forgets a closed connection.
+    /// Forgets a closed connection (its broker session has ended).
     pub async fn unregister(&self, conn_id: u64) {
         let _ = self.tx.send(Cmd::Unregister(conn_id)).await;
     }
@@ -148,6 +160,9 @@ struct Entry {
 
 struct Actor {
     conns: HashMap<u64, Entry>,
+    /// New connections waiting for older ones of their identity to close: (identity, its
+    /// connection id, whom to tell).
+    takeovers: Vec<(Identity, u64, oneshot::Sender<()>)>,
     per_identity: HashMap<Identity, usize>,
     presence: mpsc::Sender<PresenceEvent>,
     revoked: Arc<HashSet<String>>,
@@ -157,6 +172,30 @@ struct Actor {
 }
 
 impl Actor {
+    /// After `closed` (of `identity`) left: releases the takeovers that no longer wait for
+    /// anyone, and drops the one of `closed` itself.
+    fn takeover_progress(&mut self, identity: &Identity, closed: u64) {
+        if self.takeovers.is_empty() {
+            return;
+        }
+        let conns = &self.conns;
+        let pending = std::mem::take(&mut self.takeovers);
+        for (who, id, ready) in pending {
+            if id == closed {
+                continue; // closed before it took over: its sender drops
+            }
+            let waits = &who == identity
+                && conns
+                    .values()
+                    .any(|e| e.info.identity == who && e.info.conn_id < id);
+            if &who == identity && !waits {
+                let _ = ready.send(());
+            } else {
+                self.takeovers.push((who, id, ready));
+            }
+        }
+    }
+
     async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
         let mut prune = tokio::time::interval(LOG_WINDOW);
         prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -176,13 +215,32 @@ impl Actor {
 
     async fn handle(&mut self, cmd: Cmd) {
         match cmd {
-            Cmd::Register(info, cancel) => {
+            Cmd::Register(info, cancel, ready) => {
                 if self.revoked.contains(&info.serial) {
                     // Revoked between its handshake and now: never let it in (no presence;
                     // its unregister finds nothing).
                     self.metrics.reject(Reason::Revoked);
                     cancel.cancel();
                     return;
+                }
+                let mut older = 0;
+                for e in self.conns.values() {
+                    if e.info.identity == info.identity {
+                        e.cancel.cancel();
+                        older += 1;
+                    }
+                }
+                if older == 0 {
+                    let _ = ready.send(());
+                } else {
+                    tracing::debug!(
+                        identity = %info.identity,
+                        conn_id = info.conn_id,
+                        older,
+                        "edge: takeover, closing older connections first"
+                    );
+                    self.takeovers
+                        .push((info.identity.clone(), info.conn_id, ready));
                 }
                 let role = info.identity.role();
                 self.metrics.open.with_label_values(&[role]).inc();
@@ -208,6 +266,7 @@ impl Actor {
                     return;
                 };
                 let identity = entry.info.identity;
+                self.takeover_progress(&identity, conn_id);
                 self.metrics
                     .open
                     .with_label_values(&[identity.role()])

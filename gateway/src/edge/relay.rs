@@ -1,9 +1,9 @@
 //! One client connection, from TCP accept to close: the TLS handshake (bounded by the
 //! handshake semaphore and the deadline), identity and revocation checks, the first-packet
-//! CONNECT check and rewrite, then the relay to the broker. Client-to-broker packets are framed,
-//! checked by the [`Acl`] and forwarded as the client's own bytes; broker-to-client bytes are
-//! copied as they come. Both directions apply backpressure (nothing is read while a write
-//! waits), and idle connections hold no relay buffers.
+//! CONNECT check, registration (presence, takeover of an older connection of the same
+//! identity), the broker link (a rumqttd local link, in-process), the CONNACK, and then the
+//! [`session`](super::session) loop until the connection ends; the link is closed last (the
+//! will published on an abnormal end).
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,48 +11,56 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use futures::FutureExt;
-use rumqttc::mqttbytes::{check, Error as MqttError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use rumqttd::protocol::v4::check;
+use rumqttd::protocol::Error as MqttError;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::acl::{Acl, Refusal};
+use super::acl::{Acl, Refusal, Session};
 use super::config::EdgeConfig;
 use super::identity;
 use super::metrics::{EdgeMetrics, Reason};
 use super::registry::{ConnectionInfo, Registry};
+use super::session::{self, End};
 use super::tls::{classify, TlsState};
+use crate::broker::{Link, LinkFactory};
 
-/// Initial size of a connection's client-to-broker buffer (it grows for a bigger packet and
-/// shrinks back after it; it is freed while the connection is idle).
-const READ_BUF: usize = 2048;
-/// Size of the broker-to-client chunk buffer (allocated only while bytes are flowing).
-const COPY_BUF: usize = 4096;
+/// Initial size of a connection's read buffer (it grows for a bigger packet and shrinks back
+/// after it; it is freed while the connection is idle).
+pub(super) const READ_BUF: usize = 2048;
 /// Most TLS output buffered for one client (rustls' default is 64 KiB).
 const TLS_SEND_LIMIT: usize = 16 * 1024;
 /// Longest refusal detail that is logged.
 const MAX_DETAIL: usize = 160;
+/// CONNACK "server unavailable" (MQTT 3.1.1 return code 3).
+const CONNACK_UNAVAILABLE: [u8; 4] = [0x20, 0x02, 0x00, 0x03];
 
 /// Everything the connection tasks share.
 pub(crate) struct Shared {
     pub cfg: EdgeConfig,
-    pub upstream: SocketAddr,
-    pub username: String,
-    pub password: String,
+    pub links: LinkFactory,
     pub tls: Arc<TlsState>,
     pub metrics: EdgeMetrics,
     pub registry: Registry,
     pub handshakes: Semaphore,
     pub next_id: AtomicU64,
-    /// Connections accepted and not yet closed (handshaking or relayed).
+    /// Connections accepted and not yet closed (handshaking or established).
     pub live: AtomicUsize,
+}
+
+impl Shared {
+    /// The largest packet a client may send (remaining length): the edge's limit or the
+    /// broker's, whichever is smaller.
+    pub fn max_packet(&self) -> usize {
+        self.cfg.max_packet_bytes.min(self.links.max_payload_size())
+    }
 }
 
 /// Holds one of the `live` slots; frees it on drop, however the task ends.
@@ -87,23 +95,14 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// A client that passed every check, its CONNECT already relayed.
+/// A client that passed every check up to and including its CONNECT.
 struct Established {
     tls: TlsStream<TcpStream>,
-    upstream: TcpStream,
     acl: Acl,
     serial: String,
+    session: Session,
     /// Bytes the client sent after its CONNECT, not yet checked.
     pending: BytesMut,
-}
-
-/// How a relayed connection ended.
-enum End {
-    ClientClosed,
-    BrokerClosed,
-    Cancelled,
-    Io(io::Error),
-    Refused(Refusal),
 }
 
 /// Serves one accepted TCP connection until it closes. `_slot` and `_done` are held for the
@@ -157,28 +156,83 @@ pub(crate) async fn serve(
         serial: est.serial.clone(),
         since: locker_schemas::now_millis(),
     };
-    shared.registry.register(info, cancel.clone()).await;
+    let predecessors = shared.registry.register(info, cancel.clone()).await;
     shared
         .metrics
         .sessions
         .with_label_values(&[identity.role()])
         .inc();
-    tracing::debug!(%identity, conn_id, %peer, "edge: relaying");
+    tracing::debug!(%identity, conn_id, %peer, "edge: accepted");
 
-    let end = AssertUnwindSafe(relay(&shared, est, &cancel))
+    let end = AssertUnwindSafe(run(&shared, est, predecessors, &cancel))
         .catch_unwind()
         .await;
     match end {
         Ok(End::Refused(refusal)) => refuse(&shared, identity.to_string(), refusal),
         Ok(End::Io(e)) => tracing::debug!(%identity, conn_id, error = %e, "edge: connection error"),
-        Ok(End::ClientClosed | End::BrokerClosed | End::Cancelled) => {
-            tracing::debug!(%identity, conn_id, "edge: connection closed")
-        }
+        Ok(end) => tracing::debug!(%identity, conn_id, ?end, "edge: connection closed"),
         Err(_) => {
-            tracing::error!(%identity, conn_id, "edge: relay task panicked; connection closed")
+            tracing::error!(%identity, conn_id, "edge: connection task panicked; connection closed")
         }
     }
+    // Only now: a takeover waiting for this connection starts its session after this one's
+    // has ended at the router (the link is closed, or dropped, by then).
     shared.registry.unregister(conn_id).await;
+}
+
+/// Takeover, link, CONNACK, session; closes the link at the end.
+async fn run(
+    shared: &Shared,
+    est: Established,
+    predecessors: oneshot::Receiver<()>,
+    cancel: &CancellationToken,
+) -> End {
+    let Established {
+        mut tls,
+        acl,
+        session,
+        pending,
+        ..
+    } = est;
+    let window = shared.cfg.handshake_timeout();
+
+    // An older connection of this identity is being closed: start after it has ended.
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => return End::Cancelled,
+        r = tokio::time::timeout(window, predecessors) => if r.is_err() {
+            tracing::warn!(identity = %acl.identity(), "edge: the previous connection did not close in time; taking over anyway");
+        },
+    }
+
+    let connect = shared.links.connect(
+        acl.identity().client_id(),
+        session.clean_session,
+        session.will.clone(),
+    );
+    let link = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => return End::Cancelled,
+        r = tokio::time::timeout(window, connect) => r,
+    };
+    let mut link: Link = match link {
+        Ok(Ok(link)) => link,
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => "no link to the broker within the deadline".into(),
+            };
+            let _ = tokio::time::timeout(window, tls.write_all(&CONNACK_UNAVAILABLE)).await;
+            return End::Refused((Reason::UpstreamUnavailable, why));
+        }
+    };
+
+    let outcome = session::run(shared, &mut tls, &acl, &mut link, &session, pending, cancel).await;
+    if outcome.router_gone {
+        link.router_closed();
+    }
+    link.close(outcome.clean).await;
+    outcome.end
 }
 
 /// Counts and (rate-limited) logs a refusal.
@@ -196,8 +250,7 @@ fn refuse(shared: &Shared, who: String, (reason, mut detail): Refusal) {
     shared.registry.report(who, reason, detail);
 }
 
-/// TLS handshake, identity, first packet, upstream CONNECT. On failure: who (once known) and
-/// why.
+/// TLS handshake, identity, first packet. On failure: who (once known) and why.
 async fn establish(
     shared: &Shared,
     tcp: TcpStream,
@@ -227,7 +280,7 @@ async fn establish(
         .handshake_seconds
         .observe(accepted_at.elapsed().as_secs_f64());
     // A slow client may hold at most this much encrypted output in the edge (plus the
-    // kernel's socket buffer); beyond it the relay stops reading from the broker.
+    // kernel's socket buffer); beyond it the session stops taking from the broker.
     tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_LIMIT));
     let kind = match tls.get_ref().1.handshake_kind() {
         Some(rustls::HandshakeKind::Resumed) => "resumed",
@@ -253,7 +306,7 @@ async fn establish(
     }
     let acl = Acl::new(identity, &shared.cfg.integrator_acls);
 
-    let max = shared.cfg.max_packet_bytes;
+    let max = shared.max_packet();
     let mut buf = BytesMut::with_capacity(READ_BUF);
     let fh = loop {
         match check(buf.iter(), max) {
@@ -274,179 +327,14 @@ async fn establish(
             Err(e) => return Err((who, (Reason::Malformed, e.to_string()))),
         }
     };
-    let first = buf.split_to(fh.frame_length()).freeze();
-    let connect = acl
-        .connect(fh, first, &shared.username, &shared.password)
-        .map_err(|r| (who.clone(), r))?;
-
-    let upstream_failed =
-        |e: io::Error| (who.clone(), (Reason::UpstreamUnavailable, e.to_string()));
-    let mut upstream = TcpStream::connect(shared.upstream)
-        .await
-        .map_err(upstream_failed)?;
-    let _ = upstream.set_nodelay(true);
-    upstream
-        .write_all(&connect)
-        .await
-        .map_err(upstream_failed)?;
-    shared.metrics.bytes_in.inc_by(connect.len() as u64);
+    let first = buf.split_to(fh.frame_length());
+    shared.metrics.bytes_in.inc_by(first.len() as u64);
+    let session = acl.connect(&fh, first).map_err(|r| (who.clone(), r))?;
     Ok(Established {
         tls,
-        upstream,
         acl,
         serial,
+        session,
         pending: buf,
     })
-}
-
-/// Relays both directions until one ends or the connection is cancelled.
-async fn relay(shared: &Shared, est: Established, cancel: &CancellationToken) -> End {
-    let Established {
-        tls,
-        upstream,
-        acl,
-        pending,
-        ..
-    } = est;
-    let (client_rd, client_wr) = tokio::io::split(tls);
-    let (broker_rd, broker_wr) = upstream.into_split();
-    tokio::select! {
-        _ = cancel.cancelled() => End::Cancelled,
-        end = uplink(shared, &acl, client_rd, broker_wr, pending) => end,
-        end = downlink(shared, broker_rd, client_wr) => end,
-    }
-}
-
-/// Client to broker: frame, check, forward the raw bytes of every allowed packet.
-async fn uplink(
-    shared: &Shared,
-    acl: &Acl,
-    mut rd: ReadHalf<TlsStream<TcpStream>>,
-    mut wr: OwnedWriteHalf,
-    mut buf: BytesMut,
-) -> End {
-    let max = shared.cfg.max_packet_bytes;
-    loop {
-        // Frame every complete packet in the buffer.
-        let mut total = 0;
-        let mut refusal = None;
-        let mut need = 0;
-        loop {
-            match check(buf[total..].iter(), max) {
-                Ok(fh) => total += fh.frame_length(),
-                Err(MqttError::InsufficientBytes(n)) => {
-                    need = n;
-                    break;
-                }
-                Err(e @ MqttError::PayloadSizeLimitExceeded(_)) => {
-                    refusal = Some((Reason::Oversized, e.to_string()));
-                    break;
-                }
-                Err(e) => {
-                    refusal = Some((Reason::Malformed, e.to_string()));
-                    break;
-                }
-            }
-        }
-        // Check them in order; forward those before the first refused one, in one write.
-        if total > 0 {
-            let batch = buf.split_to(total).freeze();
-            let mut ok = 0;
-            while ok < total {
-                let checked = check(batch[ok..].iter(), max)
-                    .map_err(|e| (Reason::Malformed, e.to_string()))
-                    .and_then(|fh| {
-                        let len = fh.frame_length();
-                        acl.inspect(fh, batch.slice(ok..ok + len)).map(|()| len)
-                    });
-                match checked {
-                    Ok(len) => ok += len,
-                    Err(r) => {
-                        refusal = Some(r);
-                        break;
-                    }
-                }
-            }
-            if ok > 0 {
-                if let Err(e) = wr.write_all(&batch[..ok]).await {
-                    return End::Io(e);
-                }
-                shared.metrics.bytes_in.inc_by(ok as u64);
-            }
-        }
-        if let Some(r) = refusal {
-            return End::Refused(r);
-        }
-
-        if buf.is_empty() {
-            // Between packets: take what is already there without waiting; if nothing is,
-            // the connection is idle: free the buffer and wait for one byte.
-            if buf.capacity() > READ_BUF {
-                buf = BytesMut::new();
-            }
-            if buf.capacity() > 0 {
-                match rd.read_buf(&mut buf).now_or_never() {
-                    Some(Ok(0)) => return End::ClientClosed,
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => return End::Io(e),
-                    None => buf = BytesMut::new(),
-                }
-            }
-            let mut one = [0u8; 1];
-            match rd.read(&mut one).await {
-                Ok(0) => return End::ClientClosed,
-                Ok(_) => {}
-                Err(e) => return End::Io(e),
-            }
-            buf.reserve(READ_BUF);
-            buf.put_u8(one[0]);
-            match rd.read_buf(&mut buf).now_or_never() {
-                Some(Ok(0)) => return End::ClientClosed,
-                Some(Err(e)) => return End::Io(e),
-                Some(Ok(_)) | None => {}
-            }
-        } else {
-            // Inside a packet: wait for the rest of it.
-            buf.reserve(need.max(256));
-            match rd.read_buf(&mut buf).await {
-                Ok(0) => return End::ClientClosed,
-                Ok(_) => {}
-                Err(e) => return End::Io(e),
-            }
-        }
-    }
-}
-
-/// Broker to client: copy bytes as they come, with a buffer that exists only while they do.
-async fn downlink(
-    shared: &Shared,
-    rd: OwnedReadHalf,
-    mut wr: WriteHalf<TlsStream<TcpStream>>,
-) -> End {
-    loop {
-        if let Err(e) = rd.readable().await {
-            return End::Io(e);
-        }
-        let mut chunk = BytesMut::with_capacity(COPY_BUF);
-        loop {
-            match rd.try_read_buf(&mut chunk) {
-                Ok(0) => {
-                    let _ = wr.flush().await;
-                    return End::BrokerClosed;
-                }
-                Ok(n) => {
-                    if let Err(e) = wr.write_all(&chunk).await {
-                        return End::Io(e);
-                    }
-                    chunk.clear();
-                    shared.metrics.bytes_out.inc_by(n as u64);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return End::Io(e),
-            }
-        }
-        if let Err(e) = wr.flush().await {
-            return End::Io(e);
-        }
-    }
 }

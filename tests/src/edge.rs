@@ -1,0 +1,435 @@
+//! The edge on its own, for the edge tests: a fleet PKI ([`TestPki`]), the gateway's embedded
+//! broker (rumqttd's router, in-process) and the mTLS edge in front of it on `127.0.0.1:0`,
+//! with presence recorded and metrics readable; rumqttc clients over mutual TLS with a
+//! [`Client`] that records what it sees; an in-process [`Observer`] on the broker itself; a
+//! raw TLS client for hand-made bytes; and process measurements (open fds, RSS).
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use locker_broker_config::pki::IssuedCert;
+use locker_gateway::broker::{BrokerConfig, EmbeddedBroker, Link};
+use locker_gateway::edge::{Edge, EdgeConfig, EdgeHandle, PresenceEvent};
+use locker_gateway::metrics::Metrics;
+use locker_schemas::Filter;
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, TlsConfiguration, Transport};
+use rustls::pki_types::ServerName;
+use tokio::sync::mpsc;
+
+use crate::pki::TestPki;
+use crate::wait::{eventually, eventually_async, DEADLINE};
+
+/// Integrator `erp` may read door events of every cabinet.
+pub fn default_acls() -> BTreeMap<String, Vec<Filter>> {
+    BTreeMap::from([(
+        "erp".to_owned(),
+        vec![Filter::new("lk/v1/+/up/door").expect("filter")],
+    )])
+}
+
+/// The edge and its broker, running in this process.
+pub struct EdgeFixture {
+    pub pki: TestPki,
+    pub broker: EmbeddedBroker,
+    pub edge: EdgeHandle,
+    pub addr: SocketAddr,
+    pub metrics: Metrics,
+    presence: Arc<Mutex<Vec<PresenceEvent>>>,
+    observers: usize,
+}
+
+impl EdgeFixture {
+    /// Starts PKI, broker and edge with the test defaults ([`default_acls`], CRL polled every
+    /// 50 ms) changed by `tweak`.
+    pub async fn start(tweak: impl FnOnce(&mut EdgeConfig)) -> Self {
+        Self::start_with(tweak, |_| {}).await
+    }
+
+    /// Like [`EdgeFixture::start`], with the broker configuration changed by `broker`.
+    pub async fn start_with(
+        tweak: impl FnOnce(&mut EdgeConfig),
+        broker: impl FnOnce(&mut BrokerConfig),
+    ) -> Self {
+        crate::init_tracing();
+        let pki = TestPki::new();
+        let paths = pki.pki.paths();
+        let mut cfg = EdgeConfig {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            ca_cert: paths.ca_cert(),
+            server_cert: paths.server_cert(),
+            server_key: paths.server_key(),
+            crl: Some(paths.crl()),
+            crl_check_interval_ms: 50,
+            integrator_acls: default_acls(),
+            ..EdgeConfig::default()
+        };
+        tweak(&mut cfg);
+        let mut broker_cfg = BrokerConfig::default();
+        broker(&mut broker_cfg);
+        // The gateway's own link subscribes to nothing here: tests observe with [`Observer`].
+        let (inbound, mut drain) = mpsc::channel(16);
+        tokio::spawn(async move { while drain.recv().await.is_some() {} });
+        let broker = EmbeddedBroker::start(&broker_cfg, &[], inbound)
+            .await
+            .expect("broker starts");
+        let metrics = Metrics::new().expect("metrics");
+        let (tx, mut rx) = mpsc::channel(256);
+        let (edge, addr) = Edge::start(cfg, broker.links.clone(), &metrics.registry, tx)
+            .await
+            .expect("edge starts");
+        let presence = Arc::new(Mutex::new(Vec::new()));
+        let p = presence.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                p.lock().expect("lock").push(ev);
+            }
+        });
+        Self {
+            pki,
+            broker,
+            edge,
+            addr,
+            metrics,
+            presence,
+            observers: 0,
+        }
+    }
+
+    /// Issues a cabinet certificate.
+    pub fn cabinet(&mut self, id: &str) -> IssuedCert {
+        self.pki.cabinet(id)
+    }
+
+    /// Issues an integrator certificate.
+    pub fn integrator(&mut self, name: &str) -> IssuedCert {
+        self.pki.integrator(name)
+    }
+
+    /// The fleet CA certificate (PEM).
+    pub fn ca_pem(&self) -> Vec<u8> {
+        self.pki.pki.ca_cert_pem().as_bytes().to_vec()
+    }
+
+    /// A TLS client config trusting the fleet CA and presenting `cert`.
+    pub fn tls(&self, cert: Option<&IssuedCert>) -> Arc<rustls::ClientConfig> {
+        crate::mqtt::client_tls(&self.ca_pem(), cert)
+    }
+
+    /// An MQTT client of `cert` through the edge, driven by a task.
+    pub fn client(&self, client_id: &str, cert: Option<&IssuedCert>) -> Client {
+        Client::start(mqtt_options(client_id, self.addr, self.tls(cert)))
+    }
+
+    /// An in-process client of the broker itself (what the broker delivers, and a way to
+    /// publish commands), subscribed to `filters`.
+    pub async fn observer(&mut self, filters: &[&str]) -> Observer {
+        self.observers += 1;
+        let link = self
+            .broker
+            .links
+            .connect(format!("obs:{}", self.observers), true, None)
+            .await
+            .expect("observer link");
+        Observer::start(link, filters).await
+    }
+
+    /// `locker_edge_rejections_total{reason}`.
+    pub fn rejections(&self, reason: &str) -> u64 {
+        self.metric("locker_edge_rejections_total", Some(("reason", reason)))
+    }
+
+    /// A counter or gauge (summed over the series whose label `label` has the given value).
+    pub fn metric(&self, name: &str, label: Option<(&str, &str)>) -> u64 {
+        metric(&self.metrics.render(), name, label)
+    }
+
+    /// Presence events so far.
+    pub fn presence(&self) -> Vec<PresenceEvent> {
+        self.presence.lock().expect("lock").clone()
+    }
+
+    /// Waits until the edge lists `n` connections.
+    pub async fn wait_connected(&self, n: usize) {
+        let edge = self.edge.clone();
+        eventually_async(&format!("{n} connections at the edge"), || {
+            let edge = edge.clone();
+            async move { (edge.connected().await.len() == n).then_some(()) }
+        })
+        .await;
+    }
+}
+
+/// Sums the samples of `name` in Prometheus text (those with `label`'s value, if given).
+pub fn metric(text: &str, name: &str, label: Option<(&str, &str)>) -> u64 {
+    let mut total = 0.0;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (metric_name, labels) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if metric_name != name {
+            continue;
+        }
+        let matches = match label {
+            None => true,
+            Some((k, v)) => labels.split(',').any(|kv| kv == format!("{k}=\"{v}\"")),
+        };
+        if matches {
+            total += value.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    total as u64
+}
+
+/// rumqttc options for `addr` over mutual TLS, keep alive 30 s.
+pub fn mqtt_options(
+    client_id: &str,
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+) -> MqttOptions {
+    let mut o = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls)));
+    o
+}
+
+/// What a client's event loop has seen.
+#[derive(Debug, Default, Clone)]
+pub struct Seen {
+    pub connacks: usize,
+    /// `session_present` of each CONNACK.
+    pub sessions_present: Vec<bool>,
+    pub suback_codes: Vec<rumqttc::SubscribeReasonCode>,
+    pub pubacks: usize,
+    pub pingresps: usize,
+    pub publishes: Vec<(String, Vec<u8>)>,
+    /// The error that ended the event loop (the task stops at the first one).
+    pub error: Option<String>,
+}
+
+/// An rumqttc client whose event loop runs in a task until its first error.
+pub struct Client {
+    pub client: AsyncClient,
+    pub seen: Arc<Mutex<Seen>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Client {
+    pub fn start(o: MqttOptions) -> Self {
+        let (client, el) = AsyncClient::new(o, 64);
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let task = tokio::spawn(drive(el, seen.clone()));
+        Self { client, seen, task }
+    }
+
+    pub fn seen(&self) -> Seen {
+        self.seen.lock().expect("lock").clone()
+    }
+
+    pub fn connected(&self) -> bool {
+        let s = self.seen();
+        s.connacks > 0 && s.error.is_none()
+    }
+
+    pub fn failed(&self) -> bool {
+        self.seen().error.is_some()
+    }
+
+    pub async fn wait_connected(&self, what: &str) {
+        eventually(what, || self.connected()).await;
+    }
+
+    pub async fn wait_failed(&self, what: &str) {
+        eventually(what, || self.failed()).await;
+    }
+
+    pub fn received(&self, topic: &str) -> usize {
+        self.seen()
+            .publishes
+            .iter()
+            .filter(|(t, _)| t == topic)
+            .count()
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn drive(mut el: EventLoop, seen: Arc<Mutex<Seen>>) {
+    loop {
+        let ev = el.poll().await;
+        let mut s = seen.lock().expect("lock");
+        match ev {
+            Ok(Event::Incoming(Incoming::ConnAck(a))) => {
+                s.connacks += 1;
+                s.sessions_present.push(a.session_present);
+            }
+            Ok(Event::Incoming(Incoming::SubAck(a))) => s.suback_codes.extend(a.return_codes),
+            Ok(Event::Incoming(Incoming::PubAck(_))) => s.pubacks += 1,
+            Ok(Event::Incoming(Incoming::PingResp)) => s.pingresps += 1,
+            Ok(Event::Incoming(Incoming::Publish(p))) => {
+                s.publishes.push((p.topic.clone(), p.payload.to_vec()))
+            }
+            Ok(_) => {}
+            Err(e) => {
+                s.error = Some(e.to_string());
+                return;
+            }
+        }
+    }
+}
+
+/// Publishes as (topic, payload), in arrival order.
+type Messages = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// An in-process client of the broker: records every publish forwarded to it and publishes
+/// (QoS 0) through its own link.
+pub struct Observer {
+    publish: mpsc::Sender<(String, Vec<u8>)>,
+    seen: Messages,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Observer {
+    async fn start(mut link: Link, filters: &[&str]) -> Self {
+        for f in filters {
+            link.subscribe(*f).await.expect("observer subscribes");
+        }
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (publish, mut rx) = mpsc::channel::<(String, Vec<u8>)>(64);
+        let s = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    p = rx.recv() => match p {
+                        Some((topic, payload)) => {
+                            if link.publish(topic, payload).await.is_err() {
+                                return;
+                            }
+                        }
+                        None => return,
+                    },
+                    m = link.next_publish() => match m {
+                        Ok(m) => s.lock().expect("lock").push((
+                            String::from_utf8_lossy(&m.topic).into_owned(),
+                            m.payload.to_vec(),
+                        )),
+                        Err(_) => return,
+                    },
+                }
+            }
+        });
+        Self {
+            publish,
+            seen,
+            task,
+        }
+    }
+
+    /// Publishes `payload` on `topic` (QoS 0) through the observer's link.
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.publish
+            .send((topic.to_owned(), payload.into()))
+            .await
+            .expect("observer running");
+    }
+
+    /// Everything forwarded to the observer so far.
+    pub fn seen(&self) -> Vec<(String, Vec<u8>)> {
+        self.seen.lock().expect("lock").clone()
+    }
+
+    /// How many publishes on `topic` were forwarded to the observer.
+    pub fn received(&self, topic: &str) -> usize {
+        self.seen().iter().filter(|(t, _)| t == topic).count()
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A raw TLS connection to the edge (for hand-made bytes).
+pub async fn raw_tls(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = ServerName::try_from("localhost").expect("server name");
+    tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+}
+
+/// The bytes of a CONNECT (via rumqttc's encoder): MQTT 3.1.1, or 5 if `protocol_v5`;
+/// keep alive 60 s.
+pub fn connect_bytes(client_id: &str, protocol_v5: bool) -> Vec<u8> {
+    use rumqttc::mqttbytes::v4::Connect;
+    let mut c = Connect::new(client_id);
+    c.keep_alive = 60;
+    if protocol_v5 {
+        c.protocol = rumqttc::mqttbytes::Protocol::V5;
+    }
+    encode(rumqttc::mqttbytes::v4::Packet::Connect(c))
+}
+
+/// Encodes one MQTT 3.1.1 packet with rumqttc's encoder.
+pub fn encode(p: rumqttc::mqttbytes::v4::Packet) -> Vec<u8> {
+    let mut b = bytes::BytesMut::new();
+    p.write(&mut b, 1 << 20).expect("encode");
+    b.to_vec()
+}
+
+/// Reads from a raw stream until EOF or error; returns the bytes read (bounded wait).
+pub async fn read_until_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return out,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("connection was not closed"),
+        }
+    }
+}
+
+/// Reads exactly `n` bytes from a raw stream (bounded wait).
+pub async fn read_exact<S: tokio::io::AsyncRead + Unpin>(s: &mut S, n: usize) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; n];
+    tokio::time::timeout(DEADLINE, s.read_exact(&mut buf))
+        .await
+        .expect("bytes in time")
+        .expect("read");
+    buf
+}
+
+/// Open file descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .count()
+}
+
+/// Resident memory of this process, bytes.
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("rss pages");
+    pages * 4096
+}
