@@ -14,6 +14,7 @@
 
 pub mod charger;
 pub mod control;
+pub mod fleet;
 pub mod lockboard;
 pub mod modbus;
 

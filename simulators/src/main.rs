@@ -21,14 +21,25 @@ enum Command {
     Lockboard(cmd::lockboard::Args),
     /// Run one solar charge controller (EPEver Tracer-style input registers).
     Charger(cmd::charger::Args),
+    /// Run N real agents with simulated hardware against a gateway, with scripted couriers,
+    /// recipients, outages, a gateway restart and nightfall; then check the invariants.
+    Fleet(cmd::fleet::Args),
+    /// The whole system on this machine: PKI, gateway, a few hundred cabinets, an accelerated day.
+    Demo(cmd::demo::Args),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    cmd::init_tracing();
     let cli = Cli::parse();
+    // Fleet runs have thousands of agents: only warnings unless RUST_LOG says otherwise.
+    cmd::init_tracing(match cli.command {
+        Command::Lockboard(_) | Command::Charger(_) => "info",
+        _ => "warn,rumqttd=off,locker_gateway::edge::registry=error",
+    });
     match cli.command {
         Command::Lockboard(args) => cmd::lockboard::run(args).await,
         Command::Charger(args) => cmd::charger::run(args).await,
+        Command::Fleet(args) => cmd::fleet::run(args).await,
+        Command::Demo(args) => cmd::demo::run(args).await,
     }
 }

@@ -1,6 +1,9 @@
 //! Subcommands of the `locker-sim` binary, one module each, plus shared start-up helpers.
 
 pub mod charger;
+pub mod demo;
+pub mod fleet;
+pub mod live;
 pub mod lockboard;
 
 use std::net::SocketAddr;
@@ -8,10 +11,10 @@ use std::net::SocketAddr;
 use anyhow::Context as _;
 use axum::Router;
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init_tracing() {
+/// Logs to stderr, filtered by `RUST_LOG` (default `default`).
+pub fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Fails only if a subscriber is already set, which then keeps logging.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

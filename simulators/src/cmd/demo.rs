@@ -1,0 +1,120 @@
+//! `locker-sim demo`: the whole system on one machine with nothing installed: a PKI in a state
+//! directory (reused when present), the gateway in-process with its embedded broker, a few
+//! hundred simulated cabinets running real agents, and an accelerated day with deliveries,
+//! pickups, an outage and a low-battery night, shown live; then the invariant report.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use locker_broker_config::pki::Role;
+use locker_sim::fleet::GatewayMode;
+
+use super::fleet::{session, Script};
+
+/// The API token the demo gateway accepts.
+pub const DEMO_TOKEN: &str = "change-me-demo-token-0001";
+/// The integrator certificate the demo issues (read-only MQTT access to every stream).
+pub const DEMO_INTEGRATOR: &str = "demo-integrator";
+
+/// Options of `locker-sim demo`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Number of simulated cabinets.
+    #[arg(long, default_value_t = 200)]
+    cabinets: usize,
+    /// Real seconds the demo runs (default: one simulated day at --speed; Ctrl-C stops earlier).
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Simulated seconds per real second (144: a day in 10 minutes).
+    #[arg(long, default_value_t = 144.0)]
+    speed: f64,
+    /// Deliveries or pickups per cabinet per real minute.
+    #[arg(long, default_value_t = 2.0)]
+    activity: f64,
+    /// State directory (PKI, agents' and gateway's sled databases); reused if present.
+    #[arg(long, default_value = "state/demo")]
+    state: PathBuf,
+    /// The gateway's mTLS MQTT listener.
+    #[arg(long, default_value = "127.0.0.1:8883")]
+    edge: SocketAddr,
+    /// The gateway's HTTP API and /metrics listener.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    api: SocketAddr,
+    /// Share of the cabinets that lose their network for a while (at 30% of the day).
+    #[arg(long, default_value_t = 0.1)]
+    outage_share: f64,
+    /// Do not restart the gateway mid-run.
+    #[arg(long)]
+    no_restart: bool,
+}
+
+/// Runs the demo.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let speed = args.speed.max(1.0);
+    let duration = args
+        .duration
+        .unwrap_or_else(|| (86_400.0 / speed).round().max(10.0) as u64);
+    let script = Script {
+        cabinets: args.cabinets,
+        duration,
+        ramp: 5.0,
+        speed,
+        start_hour: 7.0,
+        activity: args.activity,
+        outage_share: args.outage_share,
+        outage_secs: (duration / 6).clamp(3, 60),
+        no_restart: args.no_restart,
+        solar_share: 0.3,
+        locks: 16,
+        backoff_max_ms: 3_000,
+        settle_secs: 120,
+        no_verify: false,
+    };
+    let pki_dir = args.state.join("pki");
+    let mut opts = script.options(args.state.clone());
+    opts.prefix = "CAB-".into();
+    let mode = GatewayMode::InProcessAt {
+        edge: args.edge,
+        api: args.api,
+    };
+    let state = args.state.clone();
+    session(&script, opts, &pki_dir, mode, DEMO_TOKEN, move |l| {
+        let paths = l.pki.paths();
+        let cert = paths.client_cert(Role::Integrator, DEMO_INTEGRATOR);
+        let have = cert.exists();
+        let issued = if have {
+            Ok(())
+        } else {
+            // Issued once; the PKI is reused on the next run.
+            locker_broker_config::pki::Pki::open(paths.dir())
+                .and_then(|mut p| p.issue_integrator(DEMO_INTEGRATOR).map(|_| ()))
+                .context("issuing the demo integrator certificate")
+        };
+        let abs = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
+        let ca = abs(paths.ca_cert());
+        let key = cert.with_extension("key");
+        let api = l.gateway.api;
+        let edge = l.gateway.edge;
+        println!();
+        println!("=== Locker Hub demo: {} cabinets, one simulated day in {duration} s (speed x{speed}) ===", args.cabinets);
+        println!("state directory: {}", abs(state.clone()).display());
+        println!("metrics:  http://{api}/metrics");
+        println!("API:      curl -s -H 'Authorization: Bearer {DEMO_TOKEN}' http://{api}/v1/cabinets/CAB-000001");
+        println!("          curl -s -H 'Authorization: Bearer {DEMO_TOKEN}' 'http://{api}/v1/cabinets/CAB-000001/events?limit=20'");
+        println!("          curl -s -H 'Authorization: Bearer {DEMO_TOKEN}' -H 'content-type: application/json' \\");
+        println!("            -d '{{\"action\": {{\"type\": \"unlock\", \"compartment\": 1}}, \"wait_ms\": 5000}}' http://{api}/v1/cabinets/CAB-000001/commands");
+        match issued {
+            Ok(()) => {
+                println!("MQTT:     mosquitto_sub -h {} -p {} --cafile {} \\", edge.ip(), edge.port(), ca.display());
+                println!("            --cert {} --key {} \\", abs(cert.clone()).display(), abs(key).display());
+                println!("            -t 'lk/v1/+/up/#' -t 'lk/v1/+/gw/#' -v -F '%t %x'");
+                println!("          (topics lk/v1/{{cabinet}}/up/{{hello,door,scan,alarm,power,network,result,access}}, payloads CBOR: schemas/locker.cddl)");
+            }
+            Err(e) => println!("MQTT:     no integrator certificate: {e:#}"),
+        }
+        println!("Ctrl-C stops cleanly (agents disconnect, the gateway drains and flushes).");
+        println!();
+    })
+    .await
+}

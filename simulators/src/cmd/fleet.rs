@@ -1,0 +1,241 @@
+//! `locker-sim fleet`: N real agents in this process against a gateway (started as a child
+//! process by default, in-process with `--in-process`, or external with `--gateway`), scripted
+//! activity, then the invariant report and the memory per agent.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use locker_sim::fleet::{self, FleetOptions, GatewayMode, Launched};
+
+use super::live::{poll_metrics, Live};
+
+/// What a fleet run does (shared by `fleet` and `demo`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Script {
+    /// Number of simulated cabinets (each a real agent with its own lock board and charger).
+    #[arg(long, default_value_t = 1_000)]
+    pub cabinets: usize,
+    /// How long the scripted activity runs, in seconds (Ctrl-C stops earlier).
+    #[arg(long, default_value_t = 60)]
+    pub duration: u64,
+    /// Connections are started over this many seconds, each at a random instant.
+    #[arg(long, default_value_t = 10.0)]
+    pub ramp: f64,
+    /// Simulated seconds per real second for the chargers' day (144: a day in 10 minutes).
+    #[arg(long, default_value_t = 144.0)]
+    pub speed: f64,
+    /// Simulated hour of day at start.
+    #[arg(long, default_value_t = 8.0)]
+    pub start_hour: f64,
+    /// Deliveries or pickups per cabinet per real minute.
+    #[arg(long, default_value_t = 1.0)]
+    pub activity: f64,
+    /// Share of the fleet (0..1) that loses its network once, at 30% of the run.
+    #[arg(long, default_value_t = 0.1)]
+    pub outage_share: f64,
+    /// Length of that outage, in seconds.
+    #[arg(long, default_value_t = 15)]
+    pub outage_secs: u64,
+    /// Do not restart the gateway at 60% of the run.
+    #[arg(long)]
+    pub no_restart: bool,
+    /// Share of the cabinets on solar power with a small battery (night falls at 50% of the run).
+    #[arg(long, default_value_t = 0.3)]
+    pub solar_share: f64,
+    /// Locks per cabinet (16, 24 or 48).
+    #[arg(long, default_value_t = 16)]
+    pub locks: u16,
+    /// Agent reconnect backoff cap in ms (the base is 200 ms, full jitter).
+    #[arg(long, default_value_t = 5_000)]
+    pub backoff_max_ms: u64,
+    /// After the script: how long to wait for every agent to be connected and drained, seconds.
+    #[arg(long, default_value_t = 120)]
+    pub settle_secs: u64,
+    /// Skip the invariant report.
+    #[arg(long)]
+    pub no_verify: bool,
+}
+
+/// Options of `locker-sim fleet`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub script: Script,
+    /// State directory: the agents' sled database, the gateway's data (when started here) and,
+    /// unless --pki is given, the PKI.
+    #[arg(long, default_value = "state/fleet")]
+    pub state: PathBuf,
+    /// PKI directory (created if missing; cabinet certificates are issued in one batch).
+    #[arg(long)]
+    pub pki: Option<PathBuf>,
+    /// Use an external gateway: its mTLS edge address (needs --api, --token and --pki).
+    #[arg(long, requires_all = ["api", "token", "pki"])]
+    pub gateway: Option<SocketAddr>,
+    /// The external gateway's HTTP API address.
+    #[arg(long)]
+    pub api: Option<SocketAddr>,
+    /// A bearer token of the gateway's API.
+    #[arg(long, default_value = "fleet-sim-token-0123456789")]
+    pub token: String,
+    /// Run the gateway in this process instead of as a child process.
+    #[arg(long, conflicts_with = "gateway")]
+    pub in_process: bool,
+    /// The locker-gateway binary to start as a child (default: next to this executable).
+    #[arg(long)]
+    pub gateway_bin: Option<PathBuf>,
+}
+
+impl Script {
+    /// The library options for this script.
+    pub fn options(&self, state: PathBuf) -> FleetOptions {
+        FleetOptions {
+            cabinets: self.cabinets,
+            state_dir: state,
+            locks: self.locks,
+            ramp: Duration::from_secs_f64(self.ramp.max(0.0)),
+            speed: self.speed,
+            start_hour: self.start_hour,
+            activity_per_min: self.activity,
+            outage_share: self.outage_share,
+            outage_for: Duration::from_secs(self.outage_secs),
+            restart_at: (!self.no_restart).then_some(0.6),
+            solar_share: self.solar_share,
+            backoff_max_ms: self.backoff_max_ms.max(200),
+            ..FleetOptions::default()
+        }
+    }
+}
+
+/// Runs the fleet subcommand.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let pki = args.pki.clone().unwrap_or_else(|| args.state.join("pki"));
+    let mode = match (args.gateway, args.api) {
+        (Some(edge), Some(api)) => GatewayMode::External {
+            edge,
+            api,
+            token: args.token.clone(),
+        },
+        _ if args.in_process => GatewayMode::InProcess,
+        _ => GatewayMode::Child {
+            bin: args
+                .gateway_bin
+                .clone()
+                .unwrap_or_else(fleet::gateway::default_gateway_bin),
+        },
+    };
+    let opts = args.script.options(args.state.clone());
+    session(&args.script, opts, &pki, mode, &args.token, |_| {}).await
+}
+
+/// Launches, runs the script with the live display, settles, verifies and shuts down.
+pub async fn session(
+    script: &Script,
+    opts: FleetOptions,
+    pki: &std::path::Path,
+    mode: GatewayMode,
+    token: &str,
+    banner: impl FnOnce(&Launched),
+) -> anyhow::Result<()> {
+    let n = opts.cabinets;
+    let t0 = Instant::now();
+    println!("preparing {n} cabinets (PKI in {}) ...", pki.display());
+    let mut l = fleet::launch(opts, pki, mode, token)
+        .await
+        .context("starting the fleet")?;
+    println!(
+        "gateway: edge {} api http://{}{}; certificates and hardware ready in {:.1}s",
+        l.gateway.edge,
+        l.gateway.api,
+        l.gateway
+            .pid()
+            .map(|p| format!(" (child pid {p})"))
+            .unwrap_or_default(),
+        t0.elapsed().as_secs_f64()
+    );
+    banner(&l);
+    let (view, poller) = poll_metrics(l.fleet.ctx.api.clone());
+    let mut live = Live::new(view);
+    let t1 = Instant::now();
+    let ramp = l.fleet.ramp_up();
+    tokio::pin!(ramp);
+    loop {
+        tokio::select! {
+            r = &mut ramp => { r.context("starting the agents")?; break; }
+            _ = tokio::time::sleep(Duration::from_secs(1)) => live.update(&l.fleet, &l.gateway, &[]),
+        }
+    }
+    let rss_agents = fleet::rss_kib(None);
+    live.println(&format!(
+        "{n} agents started in {:.1}s",
+        t1.elapsed().as_secs_f64()
+    ));
+    let connected_by = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < connected_by && l.fleet.snapshot().connected < n {
+        live.update(&l.fleet, &l.gateway, &[]);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    live.println(&format!(
+        "{} of {n} agents connected {:.1}s after the first start",
+        l.fleet.snapshot().connected,
+        t1.elapsed().as_secs_f64()
+    ));
+    let rss_connected = fleet::rss_kib(None);
+    let stop = async {
+        let _ = super::wait_for_shutdown().await;
+    };
+    let log = fleet::script::run(
+        &l.fleet,
+        &mut l.gateway,
+        Duration::from_secs(script.duration),
+        stop,
+        |f, g, log| live.update(f, g, log),
+    )
+    .await;
+    live.finish();
+    for h in &log {
+        println!("[{:>6.1}s] {}", h.at.as_secs_f64(), h.what);
+    }
+    let interrupted = log.iter().any(|h| h.what == "stopped by the user");
+    let mut clean = true;
+    if !script.no_verify && !interrupted {
+        println!(
+            "settling: restoring links, waiting for every agent to be connected and drained ..."
+        );
+        let settled = l
+            .fleet
+            .settle(Duration::from_secs(script.settle_secs))
+            .await;
+        let s = l.fleet.snapshot();
+        println!(
+            "settled: {settled} (connected {}/{}, outbox backlog {})",
+            s.connected, s.cabinets, s.outbox
+        );
+        let report = l.fleet.verify().await;
+        println!("{report}");
+        clean = report.is_clean();
+    }
+    let st = &l.fleet.ctx.stats;
+    println!("activity: {st:?}");
+    if let (Some(before), Some(after), Some(conn)) = (l.rss_before_kib, rss_agents, rss_connected) {
+        println!(
+            "memory (simulator process RSS): {before} KiB before the cabinets, {after} KiB with {n} agents started, {conn} KiB connected: {:.1} KiB per cabinet (agent + simulated hardware + TLS client{})",
+            (conn.saturating_sub(before)) as f64 / n.max(1) as f64,
+            if l.gateway.in_process_gateway().is_some() { " + the in-process gateway's share" } else { "" }
+        );
+    }
+    if let Some(pid) = l.gateway.pid() {
+        if let Some(g) = fleet::rss_kib(Some(pid)) {
+            println!("gateway process RSS: {g} KiB");
+        }
+    }
+    println!("shutting down: agents, then the gateway ...");
+    l.fleet.shutdown().await;
+    poller.abort();
+    l.gateway.stop().await;
+    if !clean {
+        anyhow::bail!("invariant violations (see the report above)");
+    }
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! The live summary of a fleet run, shared by `fleet` and `demo`: an indicatif status line block
+//! refreshed every second on a terminal (a plain line every 5 s otherwise) with cabinets online,
+//! events per second (from the gateway's metrics), commands and outcomes, alarms, outbox backlog
+//! and the last things the script did.
+
+use std::io::IsTerminal as _;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use locker_sim::fleet::api::{metric_sum, metric_with, Api};
+use locker_sim::fleet::gateway::GatewayRunner;
+use locker_sim::fleet::script::Happening;
+use locker_sim::fleet::Fleet;
+
+/// What the gateway's /metrics said last.
+#[derive(Debug, Default, Clone)]
+pub struct GatewayView {
+    pub events_total: f64,
+    pub events_per_s: f64,
+    pub online: f64,
+    pub outcomes: Vec<(String, f64)>,
+    pub pending: f64,
+    pub reachable: bool,
+}
+
+/// Polls the gateway's /metrics every second in the background.
+pub fn poll_metrics(api: Api) -> (Arc<Mutex<GatewayView>>, tokio::task::JoinHandle<()>) {
+    let view = Arc::new(Mutex::new(GatewayView::default()));
+    let v = view.clone();
+    let task = tokio::spawn(async move {
+        let mut last: Option<(Instant, f64)> = None;
+        loop {
+            let m = api.metrics().await;
+            {
+                let mut g = v.lock().unwrap_or_else(PoisonError::into_inner);
+                match m {
+                    Ok(text) => {
+                        let total = metric_sum(&text, "locker_ingest_events_total");
+                        let now = Instant::now();
+                        if let Some((t, prev)) = last {
+                            let dt = now.duration_since(t).as_secs_f64().max(0.001);
+                            // A restarted gateway starts its counters again from 0.
+                            g.events_per_s = ((total - prev).max(0.0)) / dt;
+                        }
+                        last = Some((now, total));
+                        g.events_total = total;
+                        g.online = metric_sum(&text, "locker_cabinets_online");
+                        g.pending = metric_sum(&text, "locker_commands_pending");
+                        g.outcomes = [
+                            "opened",
+                            "already_open",
+                            "jammed",
+                            "rejected",
+                            "expired",
+                            "cancelled",
+                        ]
+                        .iter()
+                        .map(|o| {
+                            (
+                                (*o).to_owned(),
+                                metric_with(
+                                    &text,
+                                    "locker_commands_outcomes_total",
+                                    &format!("outcome=\"{o}\""),
+                                ),
+                            )
+                        })
+                        .filter(|(_, n)| *n > 0.0)
+                        .collect();
+                        g.reachable = true;
+                    }
+                    Err(_) => {
+                        g.reachable = false;
+                        g.events_per_s = 0.0;
+                        last = None;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    (view, task)
+}
+
+/// The display.
+pub struct Live {
+    bar: Option<ProgressBar>,
+    started: Instant,
+    last_plain: Instant,
+    view: Arc<Mutex<GatewayView>>,
+}
+
+impl Live {
+    /// A display reading gateway figures from `view`.
+    pub fn new(view: Arc<Mutex<GatewayView>>) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(2));
+            b.set_style(
+                ProgressStyle::with_template("{spinner} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            b.enable_steady_tick(Duration::from_millis(250));
+            b
+        });
+        Self {
+            bar,
+            started: Instant::now(),
+            last_plain: Instant::now(),
+            view,
+        }
+    }
+
+    /// Prints a line above the live block.
+    pub fn println(&self, line: &str) {
+        match &self.bar {
+            Some(b) => b.println(line),
+            None => println!("{line}"),
+        }
+    }
+
+    /// Refreshes from the fleet, the gateway and the script's log.
+    pub fn update(&mut self, fleet: &Fleet, gw: &GatewayRunner, log: &[Happening]) {
+        let s = fleet.snapshot();
+        let g = self
+            .view
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let outcomes: Vec<String> = g
+            .outcomes
+            .iter()
+            .map(|(k, n)| format!("{k} {n:.0}"))
+            .collect();
+        let last: Vec<String> = log
+            .iter()
+            .rev()
+            .take(3)
+            .rev()
+            .map(|h| format!("    [{:>5.1}s] {}", h.at.as_secs_f64(), h.what))
+            .collect();
+        let msg = format!(
+            "t={:.0}s  cabinets {}  connected {}  (gateway sees {:.0} online{})  links cut {}\n  \
+             events stored {:.0}  ({:.0}/s)  outbox backlog {}\n  \
+             deliveries {}  pickups {}  API unlocks {} -> outcomes [{}]  pending {:.0}\n  \
+             active alarms {}  gateway restarts {}\n{}",
+            self.started.elapsed().as_secs_f64(),
+            s.cabinets,
+            s.connected,
+            g.online,
+            if g.reachable { "" } else { ", gateway DOWN" },
+            s.links_down,
+            g.events_total,
+            g.events_per_s,
+            s.outbox,
+            s.deposits,
+            s.pickups,
+            s.commands,
+            outcomes.join(", "),
+            g.pending,
+            s.alarms,
+            gw.restarts(),
+            last.join("\n"),
+        );
+        match &self.bar {
+            Some(b) => b.set_message(msg),
+            None => {
+                if self.last_plain.elapsed() >= Duration::from_secs(5) {
+                    self.last_plain = Instant::now();
+                    println!("{}", msg.replace('\n', " |"));
+                }
+            }
+        }
+    }
+
+    /// Removes the live block.
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}

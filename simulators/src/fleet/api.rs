@@ -1,0 +1,175 @@
+//! The few gateway HTTP API calls the fleet makes: create a command (optionally waiting for its
+//! outcome), read a command, page through a cabinet's audit log, read `/metrics`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// Why an API call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("http: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("{status}: {body}")]
+    Status { status: u16, body: String },
+}
+
+/// A cloneable API client.
+#[derive(Clone, Debug)]
+pub struct Api {
+    client: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+/// One audit-log event, reduced to what the invariant checks need.
+#[derive(Debug, Clone)]
+pub struct AuditEvent {
+    pub seq: u64,
+    pub kind: String,
+    pub data: Value,
+}
+
+impl Api {
+    /// A client for the API at `addr`.
+    pub fn new(addr: SocketAddr, token: &str) -> Self {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap_or_default();
+        Self {
+            client,
+            base: format!("http://{addr}"),
+            token: token.to_owned(),
+        }
+    }
+
+    async fn json(r: reqwest::Response) -> Result<Value, ApiError> {
+        let status = r.status().as_u16();
+        if !(200..300).contains(&status) {
+            let body = r.text().await.unwrap_or_default();
+            return Err(ApiError::Status { status, body });
+        }
+        Ok(r.json().await?)
+    }
+
+    /// `POST /v1/cabinets/{id}/commands` for an unlock; the command record.
+    pub async fn unlock(
+        &self,
+        cabinet: &str,
+        compartment: u16,
+        ttl_ms: u32,
+        wait_ms: u64,
+    ) -> Result<Value, ApiError> {
+        let body = json!({
+            "action": {"type": "unlock", "compartment": compartment},
+            "ttl_ms": ttl_ms, "wait_ms": wait_ms,
+        });
+        let r = self
+            .client
+            .post(format!("{}/v1/cabinets/{cabinet}/commands", self.base))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await?;
+        Self::json(r).await
+    }
+
+    /// `GET /v1/commands/{id}`.
+    pub async fn command(&self, id: &str) -> Result<Value, ApiError> {
+        let r = self
+            .client
+            .get(format!("{}/v1/commands/{id}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        Self::json(r).await
+    }
+
+    /// `GET /v1/cabinets/{id}`.
+    pub async fn cabinet(&self, id: &str) -> Result<Value, ApiError> {
+        let r = self
+            .client
+            .get(format!("{}/v1/cabinets/{id}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        Self::json(r).await
+    }
+
+    /// The whole audit log of a cabinet, oldest first.
+    pub async fn events(&self, cabinet: &str) -> Result<Vec<AuditEvent>, ApiError> {
+        let mut out = Vec::new();
+        let mut after = 0u64;
+        loop {
+            let r = self
+                .client
+                .get(format!(
+                    "{}/v1/cabinets/{cabinet}/events?after={after}&limit=1000",
+                    self.base
+                ))
+                .bearer_auth(&self.token)
+                .send()
+                .await?;
+            let page = Self::json(r).await?;
+            let events = page["events"].as_array().cloned().unwrap_or_default();
+            if events.is_empty() {
+                return Ok(out);
+            }
+            for e in events {
+                out.push(AuditEvent {
+                    seq: e["seq"].as_u64().unwrap_or(0),
+                    kind: e["kind"].as_str().unwrap_or("?").to_owned(),
+                    data: e["data"].clone(),
+                });
+            }
+            match page["next_after"].as_u64() {
+                Some(n) if n > after => after = n,
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// `GET /metrics` as text.
+    pub async fn metrics(&self) -> Result<String, ApiError> {
+        let r = self
+            .client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        if status != 200 {
+            return Err(ApiError::Status {
+                status,
+                body: String::new(),
+            });
+        }
+        Ok(r.text().await?)
+    }
+}
+
+/// Sums every sample of a metric family in Prometheus text (all label sets).
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            let base = key.split('{').next()?;
+            (base == name).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// One labelled sample's value (`label` like `outcome="opened"`), summed over other labels.
+pub fn metric_with(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            let base = key.split('{').next()?;
+            (base == name && key.contains(label)).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}

@@ -1,0 +1,330 @@
+//! The gateway a fleet runs against: started in-process (the `locker_gateway` library), started
+//! as a child process (the `locker-gateway` binary, so its memory can be measured and it can be
+//! killed with SIGKILL), or external (only its addresses are known).
+//!
+//! [`GatewayRunner::restart`] restarts the first two on the same addresses; the child is killed
+//! hard (`kill -9`), which is the harsher test of "nothing acknowledged is lost".
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use locker_broker_config::pki::PkiPaths;
+use locker_gateway::app::Gateway;
+use locker_gateway::config::GatewayConfig;
+use locker_gateway::edge::Identity;
+use locker_schemas::CabinetId;
+
+/// Why the gateway could not be started or restarted.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("in-process gateway: {0}")]
+    Start(String),
+    #[error("gateway configuration: {0}")]
+    Config(String),
+    #[error("cannot run {bin}: {source}")]
+    Spawn { bin: String, source: std::io::Error },
+    #[error("the gateway did not become healthy at {0} in time")]
+    NotHealthy(SocketAddr),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+enum Target {
+    InProcess {
+        gw: Option<Gateway>,
+        cfg: Box<GatewayConfig>,
+    },
+    Child {
+        child: Option<tokio::process::Child>,
+        bin: PathBuf,
+        config_path: PathBuf,
+        log_path: PathBuf,
+    },
+    External,
+}
+
+/// A gateway and how to reach it.
+pub struct GatewayRunner {
+    target: Target,
+    /// The mTLS MQTT edge.
+    pub edge: SocketAddr,
+    /// The HTTP API.
+    pub api: SocketAddr,
+    /// A bearer token the API accepts.
+    pub token: String,
+    restarts: u32,
+}
+
+impl std::fmt::Debug for GatewayRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GatewayRunner(edge={}, api={})", self.edge, self.api)
+    }
+}
+
+/// A gateway configuration for a fleet: PKI paths, loopback listeners, the given token, and
+/// dispatcher timings suited to a simulation.
+pub fn fleet_gateway_config(
+    data_dir: &Path,
+    pki: &PkiPaths,
+    edge: SocketAddr,
+    api: SocketAddr,
+    token: &str,
+) -> GatewayConfig {
+    let mut cfg = GatewayConfig {
+        data_dir: data_dir.to_path_buf(),
+        ..GatewayConfig::default()
+    };
+    cfg.edge.listen = edge;
+    cfg.edge.ca_cert = pki.ca_cert();
+    cfg.edge.server_cert = pki.server_cert();
+    cfg.edge.server_key = pki.server_key();
+    cfg.edge.crl = Some(pki.crl());
+    cfg.edge.max_connections = 60_000;
+    cfg.edge.integrator_acls = std::collections::BTreeMap::from([(
+        "demo-integrator".to_owned(),
+        vec![
+            locker_schemas::Filter::all_uplinks(),
+            locker_schemas::Filter::all_streams(),
+        ],
+    )]);
+    cfg.api.listen = api;
+    cfg.api.tokens = HashMap::from([(token.to_owned(), "fleet-sim".to_owned())]);
+    cfg.commands.resend_after_ms = 2_000;
+    cfg.commands.tick_ms = 100;
+    cfg
+}
+
+/// A free loopback port (bound and released at once).
+pub fn free_port() -> Result<u16, std::io::Error> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Where the `locker-gateway` binary is expected: next to the running executable (or one
+/// level up, for test executables in `target/*/deps`).
+pub fn default_gateway_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    let here = dir.join("locker-gateway");
+    if here.exists() {
+        return here;
+    }
+    dir.parent()
+        .map(|p| p.join("locker-gateway"))
+        .unwrap_or(here)
+}
+
+impl GatewayRunner {
+    /// Starts the gateway in this process.
+    pub async fn in_process(cfg: GatewayConfig, token: &str) -> Result<Self, GatewayError> {
+        let gw = Gateway::start(cfg.clone())
+            .await
+            .map_err(|e| GatewayError::Start(e.to_string()))?;
+        let (edge, api) = (gw.edge_addr, gw.api_addr);
+        let mut cfg = Box::new(cfg);
+        // A restart reuses the addresses the first start bound.
+        cfg.edge.listen = edge;
+        cfg.api.listen = api;
+        Ok(Self {
+            target: Target::InProcess { gw: Some(gw), cfg },
+            edge,
+            api,
+            token: token.to_owned(),
+            restarts: 0,
+        })
+    }
+
+    /// Starts the `locker-gateway` binary with `cfg` (written to `dir/gateway.toml`; its
+    /// listeners must have fixed ports) and waits until its API answers.
+    pub async fn child(
+        bin: &Path,
+        cfg: &GatewayConfig,
+        dir: &Path,
+        token: &str,
+    ) -> Result<Self, GatewayError> {
+        std::fs::create_dir_all(dir)?;
+        let config_path = dir.join("gateway.toml");
+        let text = toml::to_string(cfg).map_err(|e| GatewayError::Config(e.to_string()))?;
+        std::fs::write(&config_path, text)?;
+        let mut r = Self {
+            target: Target::Child {
+                child: None,
+                bin: bin.to_path_buf(),
+                config_path,
+                log_path: dir.join("gateway.log"),
+            },
+            edge: cfg.edge.listen,
+            api: cfg.api.listen,
+            token: token.to_owned(),
+            restarts: 0,
+        };
+        r.spawn_child().await?;
+        Ok(r)
+    }
+
+    /// A gateway run by someone else.
+    pub fn external(edge: SocketAddr, api: SocketAddr, token: &str) -> Self {
+        Self {
+            target: Target::External,
+            edge,
+            api,
+            token: token.to_owned(),
+            restarts: 0,
+        }
+    }
+
+    async fn spawn_child(&mut self) -> Result<(), GatewayError> {
+        let api = self.api;
+        if let Target::Child {
+            child,
+            bin,
+            config_path,
+            log_path,
+        } = &mut self.target
+        {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&*log_path)?;
+            let c = tokio::process::Command::new(&*bin)
+                .arg("--config")
+                .arg(&*config_path)
+                .env(
+                    "RUST_LOG",
+                    std::env::var("GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
+                )
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|source| GatewayError::Spawn {
+                    bin: bin.display().to_string(),
+                    source,
+                })?;
+            *child = Some(c);
+        }
+        wait_healthy(api, Duration::from_secs(60)).await
+    }
+
+    /// The child's process id (for its RSS), if it runs as a child.
+    pub fn pid(&self) -> Option<u32> {
+        match &self.target {
+            Target::Child { child, .. } => child.as_ref().and_then(|c| c.id()),
+            _ => None,
+        }
+    }
+
+    /// The in-process gateway, if any.
+    pub fn in_process_gateway(&self) -> Option<&Gateway> {
+        match &self.target {
+            Target::InProcess { gw, .. } => gw.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Whether the simulator controls the gateway (so it can restart it).
+    pub fn can_restart(&self) -> bool {
+        !matches!(self.target, Target::External)
+    }
+
+    /// How many restarts were done.
+    pub fn restarts(&self) -> u32 {
+        self.restarts
+    }
+
+    /// Cuts a cabinet's connection at the edge (in-process only); false if not possible.
+    pub async fn disconnect(&self, id: &CabinetId) -> bool {
+        match &self.target {
+            Target::InProcess { gw: Some(gw), .. } => {
+                gw.edge.disconnect(&Identity::Cabinet(id.clone())).await;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Restarts the gateway: in-process, a clean shutdown and a start on the same addresses;
+    /// a child, `kill -9` and a start. Returns false for an external gateway.
+    pub async fn restart(&mut self) -> Result<bool, GatewayError> {
+        match &mut self.target {
+            Target::External => return Ok(false),
+            Target::InProcess { gw, cfg } => {
+                if let Some(g) = gw.take() {
+                    g.shutdown().await;
+                }
+                let mut last = None;
+                // The old listeners are closed; retry briefly in case the OS is slow to free them.
+                for _ in 0..50 {
+                    match Gateway::start((**cfg).clone()).await {
+                        Ok(g) => {
+                            *gw = Some(g);
+                            last = None;
+                            break;
+                        }
+                        Err(e) => {
+                            last = Some(e.to_string());
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+                if let Some(e) = last {
+                    return Err(GatewayError::Start(e));
+                }
+            }
+            Target::Child { child, .. } => {
+                if let Some(mut c) = child.take() {
+                    let _ = c.kill().await;
+                }
+                self.spawn_child().await?;
+            }
+        }
+        self.restarts += 1;
+        Ok(true)
+    }
+
+    /// Stops the gateway (in-process: drains and flushes; child: SIGTERM, then kill).
+    pub async fn stop(mut self) {
+        match &mut self.target {
+            Target::InProcess { gw, .. } => {
+                if let Some(g) = gw.take() {
+                    g.shutdown().await;
+                }
+            }
+            Target::Child { child, .. } => {
+                if let Some(mut c) = child.take() {
+                    if let Some(pid) = c.id() {
+                        let _ = std::process::Command::new("kill")
+                            .arg("-TERM")
+                            .arg(pid.to_string())
+                            .status();
+                    }
+                    if tokio::time::timeout(Duration::from_secs(20), c.wait())
+                        .await
+                        .is_err()
+                    {
+                        let _ = c.kill().await;
+                    }
+                }
+            }
+            Target::External => {}
+        }
+    }
+}
+
+/// Polls `GET /healthz` until it answers 200.
+pub async fn wait_healthy(api: SocketAddr, limit: Duration) -> Result<(), GatewayError> {
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(r) = client.get(format!("http://{api}/healthz")).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(GatewayError::NotHealthy(api))
+}

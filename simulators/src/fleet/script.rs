@@ -1,0 +1,111 @@
+//! The timeline of a fleet run: activity ticks every 100 ms, then at their share of the run an
+//! outage for part of the fleet (restored after its length), nightfall on the solar cabinets
+//! and a gateway restart. Every second the caller's observer sees the fleet and the log of what
+//! happened so far.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::gateway::GatewayRunner;
+use super::Fleet;
+
+/// One thing the script did, with the run time at which it happened.
+#[derive(Debug, Clone)]
+pub struct Happening {
+    pub at: Duration,
+    pub what: String,
+}
+
+/// Runs the script for `duration` (or until `stop` resolves). Returns what happened.
+pub async fn run<S, O>(
+    fleet: &Fleet,
+    gw: &mut GatewayRunner,
+    duration: Duration,
+    stop: S,
+    mut observe: O,
+) -> Vec<Happening>
+where
+    S: Future<Output = ()>,
+    O: FnMut(&Fleet, &GatewayRunner, &[Happening]),
+{
+    tokio::pin!(stop);
+    let o = fleet.opts.clone();
+    let start = Instant::now();
+    let mut log: Vec<Happening> = Vec::new();
+    let at = |share: f64| duration.mul_f64(share.clamp(0.0, 1.0));
+    let mut outage: Option<(Instant, Vec<usize>)> = None;
+    let mut outage_done = o.outage_share <= 0.0;
+    let mut night_done = o.nightfall_at.is_none();
+    let mut restart_done = o.restart_at.is_none() || !gw.can_restart();
+    let mut carry = 0.0;
+    let mut last_observe = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_tick = Instant::now();
+    loop {
+        tokio::select! {
+            _ = &mut stop => {
+                log.push(Happening { at: start.elapsed(), what: "stopped by the user".into() });
+                break;
+            }
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        let t = now - start;
+        if t >= duration {
+            break;
+        }
+        fleet.tick(now - last_tick, &mut carry);
+        last_tick = now;
+        if !outage_done && t >= at(o.outage_at) {
+            outage_done = true;
+            let cut = fleet.start_outage(gw, o.outage_share).await;
+            log.push(Happening {
+                at: t,
+                what: format!(
+                    "network outage: {} cabinets cut off for {:?}",
+                    cut.len(),
+                    o.outage_for
+                ),
+            });
+            outage = Some((Instant::now() + o.outage_for, cut));
+        }
+        if let Some((until, cut)) = &outage {
+            if now >= *until {
+                fleet.end_outage(cut);
+                log.push(Happening {
+                    at: t,
+                    what: format!("network back for {} cabinets", cut.len()),
+                });
+                outage = None;
+            }
+        }
+        if !night_done && o.nightfall_at.is_some_and(|s| t >= at(s)) {
+            night_done = true;
+            let n = fleet.nightfall();
+            log.push(Happening {
+                at: t,
+                what: format!("nightfall: {n} solar cabinets at 20:00 with the evening load"),
+            });
+        }
+        if !restart_done && o.restart_at.is_some_and(|s| t >= at(s)) {
+            restart_done = true;
+            let began = Instant::now();
+            let what = match gw.restart().await {
+                Ok(_) => format!("gateway restarted in {} ms", began.elapsed().as_millis()),
+                Err(e) => format!("gateway restart FAILED: {e}"),
+            };
+            log.push(Happening { at: t, what });
+        }
+        if last_observe.elapsed() >= Duration::from_secs(1) {
+            last_observe = Instant::now();
+            observe(fleet, gw, &log);
+        }
+    }
+    if let Some((_, cut)) = outage.take() {
+        fleet.end_outage(&cut);
+    }
+    log
+}
