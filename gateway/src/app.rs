@@ -203,7 +203,10 @@ impl Gateway {
         let mut tasks = self.tasks;
         if !tasks.is_empty() {
             let mut api = tasks.remove(0);
-            if tokio::time::timeout(std::time::Duration::from_secs(5), &mut api).await.is_err() {
+            if tokio::time::timeout(std::time::Duration::from_secs(5), &mut api)
+                .await
+                .is_err()
+            {
                 api.abort();
                 let _ = api.await;
             }

@@ -84,10 +84,16 @@ impl TestCabinet {
         cab
     }
 
-    /// Starts (or restarts) the agent on the same storage.
+    /// Starts (or restarts) the agent on the same storage. The sled database stays open
+    /// across restarts in one test process (sled locks its files per process); what the
+    /// agent keeps in memory is gone, as after a process restart. Tests of `kill -9` of the
+    /// agent process itself are in `device-agent/tests/kill9.rs`.
     pub async fn boot(&mut self) {
-        let storage = Storage::open(&self.config.storage.path, Duration::from_millis(5))
-            .expect("agent storage");
+        let storage = match &self.storage {
+            Some(s) => s.clone(),
+            None => Storage::open(&self.config.storage.path, Duration::from_millis(5))
+                .expect("agent storage"),
+        };
         let handle = Agent::start(self.config.clone(), AgentDeps::new(storage.clone()))
             .await
             .expect("agent starts");
@@ -95,12 +101,11 @@ impl TestCabinet {
         self.handle = Some(handle);
     }
 
-    /// Stops the agent cleanly (storage closed), keeping its files.
+    /// Stops the agent cleanly, keeping its storage.
     pub async fn stop(&mut self) {
         if let Some(h) = self.handle.take() {
             h.shutdown().await;
         }
-        self.storage = None;
     }
 
     /// Points the agent at another gateway address (takes effect on the next boot).
