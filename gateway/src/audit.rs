@@ -28,7 +28,7 @@ pub fn event_json(u: &Uplink) -> Value {
         }),
         UplinkBody::Power(p) => json!({
             "battery_mv": p.battery_mv, "soc_pct": p.soc_pct, "pv_w": p.pv_w, "load_w": p.load_w,
-            "charging": format!("{:?}", p.charging).to_lowercase(), "temp_c": f32::from(p.temp_dc) / 10.0,
+            "charging": format!("{:?}", p.charging).to_lowercase(), "temp_c": f64::from(p.temp_dc) / 10.0,
         }),
         UplinkBody::Network(n) => {
             json!({"network": format!("{:?}", n.kind).to_lowercase(), "signal_dbm": n.signal_dbm})

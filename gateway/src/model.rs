@@ -84,7 +84,7 @@ impl CabinetSnapshot {
                     pv_w: p.pv_w,
                     load_w: p.load_w,
                     charging: format!("{:?}", p.charging).to_lowercase(),
-                    temp_c: f32::from(p.temp_dc) / 10.0,
+                    temp_c: f64::from(p.temp_dc) / 10.0,
                     at: u.ts,
                 })
             }
@@ -130,7 +130,7 @@ pub struct PowerView {
     pub pv_w: u32,
     pub load_w: u32,
     pub charging: String,
-    pub temp_c: f32,
+    pub temp_c: f64,
     pub at: Millis,
 }
 
