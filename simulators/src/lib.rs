@@ -12,6 +12,7 @@
 //! * [`control`]: the HTTP control surface (axum) used by the `locker-sim` binary.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod bench;
 pub mod charger;
 pub mod control;
 pub mod fleet;

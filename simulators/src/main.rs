@@ -26,6 +26,9 @@ enum Command {
     Fleet(cmd::fleet::Args),
     /// The whole system on this machine: PKI, gateway, a few hundred cabinets, an accelerated day.
     Demo(cmd::demo::Args),
+    /// Load benchmarks against the gateway (as a separate process), side by side with Mosquitto.
+    #[command(subcommand)]
+    Bench(cmd::bench::Bench),
 }
 
 #[tokio::main]
@@ -41,5 +44,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Charger(args) => cmd::charger::run(args).await,
         Command::Fleet(args) => cmd::fleet::run(args).await,
         Command::Demo(args) => cmd::demo::run(args).await,
+        Command::Bench(b) => cmd::bench::run(b).await,
     }
 }

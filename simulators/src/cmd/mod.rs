@@ -1,5 +1,6 @@
 //! Subcommands of the `locker-sim` binary, one module each, plus shared start-up helpers.
 
+pub mod bench;
 pub mod charger;
 pub mod demo;
 pub mod fleet;

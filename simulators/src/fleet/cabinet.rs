@@ -60,6 +60,9 @@ pub struct CabinetTemplate {
     pub locks: u16,
     /// Doors close by themselves this long after opening (the person closing them).
     pub auto_close: Duration,
+    /// Solenoid pulse and door spring delay of the simulated boards.
+    pub pulse: Duration,
+    pub spring: Duration,
     /// Reconnect backoff of the agent.
     pub backoff_base_ms: u64,
     pub backoff_max_ms: u64,
@@ -109,8 +112,8 @@ impl SimCabinet {
         let board = LockBoardSim::new(LockBoardConfig {
             unit_id: 1,
             locks: t.locks,
-            pulse: Duration::from_millis(100),
-            spring: Duration::from_millis(20),
+            pulse: t.pulse,
+            spring: t.spring,
             auto_close: Some(t.auto_close),
             ..LockBoardConfig::default()
         })

@@ -285,6 +285,24 @@ impl GatewayRunner {
         Ok(true)
     }
 
+    /// Kills the child gateway (`kill -9`) without starting it again (see [`Self::respawn`]).
+    pub async fn kill(&mut self) -> bool {
+        if let Target::Child { child, .. } = &mut self.target {
+            if let Some(mut c) = child.take() {
+                let _ = c.kill().await;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Starts the killed child gateway again and waits until its API answers.
+    pub async fn respawn(&mut self) -> Result<(), GatewayError> {
+        self.spawn_child().await?;
+        self.restarts += 1;
+        Ok(())
+    }
+
     /// Stops the gateway (in-process: drains and flushes; child: SIGTERM, then kill).
     pub async fn stop(mut self) {
         match &mut self.target {

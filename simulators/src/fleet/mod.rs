@@ -87,6 +87,10 @@ pub struct FleetOptions {
     pub backoff_max_ms: u64,
     /// Doors close this long after they opened.
     pub auto_close: Duration,
+    /// Solenoid pulse and door spring delay of the simulated boards (real boards: 100-300 ms
+    /// and some 20 ms; the unlock benchmark uses 1 ms to measure the software path).
+    pub pulse: Duration,
+    pub spring: Duration,
 }
 
 impl Default for FleetOptions {
@@ -109,6 +113,8 @@ impl Default for FleetOptions {
             backoff_base_ms: 200,
             backoff_max_ms: 3_000,
             auto_close: Duration::from_millis(1_500),
+            pulse: Duration::from_millis(100),
+            spring: Duration::from_millis(20),
         }
     }
 }
@@ -228,6 +234,8 @@ impl Fleet {
             port: gw.edge.port(),
             locks: opts.locks,
             auto_close: opts.auto_close,
+            pulse: opts.pulse,
+            spring: opts.spring,
             backoff_base_ms: opts.backoff_base_ms,
             backoff_max_ms: opts.backoff_max_ms,
             speed: opts.speed,

@@ -1,0 +1,64 @@
+//! Load benchmarks (`locker-sim bench ...`): the building blocks.
+//!
+//! - [`machine`]: what the figures were measured on;
+//! - [`mosquitto`]: a Mosquitto broker with TLS and required client certificates from the same
+//!   PKI, for side-by-side runs;
+//! - [`mqtt`]: minimal mTLS MQTT 3.1.1 clients (connect-and-hold for the connect benchmark) and
+//!   rumqttc publishers (QoS 1) for the uplink benchmark, with go-back-N on the gateway's acks.
+
+pub mod machine;
+pub mod mosquitto;
+pub mod mqtt;
+
+/// Why a benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("MQTT: {0}")]
+    Mqtt(String),
+    #[error("mosquitto: {0}")]
+    Mosquitto(String),
+    #[error("codec: {0}")]
+    Codec(String),
+}
+
+/// Percentile summary of latencies in microseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
+impl Percentiles {
+    /// From an HDR histogram of microseconds.
+    pub fn of(h: &hdrhistogram::Histogram<u64>) -> Self {
+        Self {
+            count: h.len(),
+            p50_us: h.value_at_quantile(0.50),
+            p90_us: h.value_at_quantile(0.90),
+            p99_us: h.value_at_quantile(0.99),
+            max_us: h.max(),
+        }
+    }
+}
+
+impl std::fmt::Display for Percentiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |us: u64| us as f64 / 1000.0;
+        write!(
+            f,
+            "n={} p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            self.count,
+            ms(self.p50_us),
+            ms(self.p90_us),
+            ms(self.p99_us),
+            ms(self.max_us)
+        )
+    }
+}

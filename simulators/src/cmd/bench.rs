@@ -1,0 +1,594 @@
+//! `locker-sim bench connect|storm|unlock|uplink`: load benchmarks against the gateway run as a
+//! separate process (the `locker-gateway` binary, so its memory is its own), side by side with
+//! Mosquitto (TLS, client certificates required) where the comparison means something. Each
+//! prints its figures and the machine. Not part of `cargo test`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use locker_sim::bench::machine::Machine;
+use locker_sim::bench::mosquitto::Mosquitto;
+use locker_sim::bench::mqtt::{connect_hold, publisher, PublishStats};
+use locker_sim::bench::Percentiles;
+use locker_sim::fleet::api::{metric_sum, Api};
+use locker_sim::fleet::gateway::{
+    default_gateway_bin, fleet_gateway_config, free_port, GatewayRunner,
+};
+use locker_sim::fleet::link::{FleetTls, LinkSwitch};
+use locker_sim::fleet::{self, rss_kib, FleetOptions, GatewayMode};
+use rand::Rng as _;
+use tokio::sync::Semaphore;
+
+const TOKEN: &str = "bench-token-0123456789abcdef";
+
+/// Options shared by every benchmark.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Common {
+    /// State directory (PKI reused across runs; gateway data made fresh per run).
+    #[arg(long, default_value = "state/bench")]
+    state: PathBuf,
+    /// The locker-gateway binary (default: next to this executable).
+    #[arg(long)]
+    gateway_bin: Option<PathBuf>,
+    /// Skip the Mosquitto side-by-side run.
+    #[arg(long)]
+    no_mosquitto: bool,
+}
+
+/// The benchmarks.
+#[derive(Debug, clap::Subcommand)]
+pub enum Bench {
+    /// N mTLS cabinets connect (TCP + TLS 1.3 with client certificate + MQTT CONNECT/CONNACK)
+    /// and stay connected: time, handshakes/s, server RSS per connection; gateway vs Mosquitto.
+    Connect {
+        #[command(flatten)]
+        common: Common,
+        /// Connections.
+        #[arg(long, default_value_t = 10_000)]
+        cabinets: usize,
+        /// Connection attempts in flight at once.
+        #[arg(long, default_value_t = 512)]
+        concurrency: usize,
+    },
+    /// N real agents connected; the broker is killed (-9) and started again: time until all are
+    /// back online (and, for the gateway, their outbox backlog replayed and acknowledged).
+    Storm {
+        #[command(flatten)]
+        common: Common,
+        /// Agents.
+        #[arg(long, default_value_t = 2_000)]
+        cabinets: usize,
+        /// Events each agent stores while the gateway is down.
+        #[arg(long, default_value_t = 5)]
+        backlog: usize,
+    },
+    /// Remote unlock round trip (API call with wait_ms until the `opened` outcome) with N real
+    /// agents connected; simulated locks with a 1 ms pulse so the software path is measured.
+    Unlock {
+        #[command(flatten)]
+        common: Common,
+        /// Agents connected.
+        #[arg(long, default_value_t = 2_000)]
+        cabinets: usize,
+        /// Unlock commands.
+        #[arg(long, default_value_t = 1_000)]
+        unlocks: usize,
+        /// Unlock calls in flight at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
+    /// Sustained uplink: P mTLS publishers each send M events at QoS 1; through the gateway
+    /// (edge, broker, ingest, sled, acknowledged = durable, verified via the API) vs Mosquitto
+    /// (PUBACKed, not durable).
+    Uplink {
+        #[command(flatten)]
+        common: Common,
+        /// Publishers.
+        #[arg(long, default_value_t = 10)]
+        publishers: usize,
+        /// Events per publisher.
+        #[arg(long, default_value_t = 20_000)]
+        messages: u64,
+    },
+}
+
+/// Runs a benchmark.
+pub async fn run(b: Bench) -> anyhow::Result<()> {
+    println!("{}", Machine::detect());
+    match b {
+        Bench::Connect {
+            common,
+            cabinets,
+            concurrency,
+        } => connect(&common, cabinets, concurrency).await,
+        Bench::Storm {
+            common,
+            cabinets,
+            backlog,
+        } => storm(&common, cabinets, backlog).await,
+        Bench::Unlock {
+            common,
+            cabinets,
+            unlocks,
+            concurrency,
+        } => unlock(&common, cabinets, unlocks, concurrency).await,
+        Bench::Uplink {
+            common,
+            publishers,
+            messages,
+        } => uplink(&common, publishers, messages).await,
+    }
+}
+
+fn gateway_bin(c: &Common) -> PathBuf {
+    c.gateway_bin.clone().unwrap_or_else(default_gateway_bin)
+}
+
+async fn fresh_gateway(c: &Common, name: &str, pki: &Path) -> anyhow::Result<GatewayRunner> {
+    let dir = c.state.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    let paths = locker_broker_config::pki::PkiPaths::new(pki);
+    let cfg = fleet_gateway_config(
+        &dir,
+        &paths,
+        ([127, 0, 0, 1], free_port()?).into(),
+        ([127, 0, 0, 1], free_port()?).into(),
+        TOKEN,
+    );
+    GatewayRunner::child(&gateway_bin(c), &cfg, &dir, TOKEN)
+        .await
+        .with_context(|| format!("starting {}", gateway_bin(c).display()))
+}
+
+async fn client_configs(
+    c: &Common,
+    prefix: &str,
+    n: usize,
+) -> anyhow::Result<(PathBuf, Vec<(String, Arc<rustls::ClientConfig>)>)> {
+    let pki = c.state.join("pki");
+    let ids = fleet::cabinet_ids(prefix, n)?;
+    let (p2, ids2) = (pki.clone(), ids.clone());
+    let t = Instant::now();
+    let (ca, certs) = tokio::task::spawn_blocking(move || {
+        fleet::prepare_pki(&p2, &ids2).map(|(p, c)| (p.ca_cert_der().to_vec(), c))
+    })
+    .await??;
+    let tls = FleetTls::new(&ca)?;
+    let mut out = Vec::with_capacity(n);
+    for (id, (cert, key)) in ids.into_iter().zip(certs) {
+        out.push((
+            id.to_string(),
+            tls.client_config(cert, key, LinkSwitch::default())?,
+        ));
+    }
+    println!(
+        "{n} client certificates ready in {:.1}s (PKI {})",
+        t.elapsed().as_secs_f64(),
+        pki.display()
+    );
+    Ok((pki, out))
+}
+
+struct ConnectResult {
+    elapsed: Duration,
+    ok: usize,
+    failed: usize,
+    /// The open connections (held until dropped).
+    _held: Vec<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+}
+
+async fn connect_all(
+    addr: std::net::SocketAddr,
+    clients: &[(String, Arc<rustls::ClientConfig>)],
+    concurrency: usize,
+) -> ConnectResult {
+    let gate = Arc::new(Semaphore::new(concurrency.max(1)));
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (id, cfg) in clients {
+        let (id, cfg, gate) = (id.clone(), cfg.clone(), gate.clone());
+        tasks.spawn(async move {
+            let _p = gate.acquire_owned().await;
+            let mut last = None;
+            for _ in 0..5 {
+                match connect_hold(addr, "127.0.0.1", cfg.clone(), &id, 600).await {
+                    Ok(s) => return Ok(s),
+                    Err(e) => {
+                        last = Some(e);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+            Err(last.map(|e| e.to_string()).unwrap_or_default())
+        });
+    }
+    let mut held = Vec::with_capacity(clients.len());
+    let mut failed = 0;
+    let mut first_err = None;
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(Ok(s)) => held.push(s),
+            Ok(Err(e)) => {
+                failed += 1;
+                first_err.get_or_insert(e);
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    if let Some(e) = first_err {
+        println!("  first connection error: {e}");
+    }
+    ConnectResult {
+        elapsed: start.elapsed(),
+        ok: held.len(),
+        failed,
+        _held: held,
+    }
+}
+
+fn report_connect(who: &str, r: &ConnectResult, rss0: Option<u64>, rss1: Option<u64>) -> f64 {
+    let rate = r.ok as f64 / r.elapsed.as_secs_f64().max(1e-9);
+    let per = match (rss0, rss1) {
+        (Some(a), Some(b)) if r.ok > 0 => {
+            format!(
+                "{:.1} KiB per connection (RSS {a} -> {b} KiB)",
+                b.saturating_sub(a) as f64 / r.ok as f64
+            )
+        }
+        _ => "RSS unknown".into(),
+    };
+    println!(
+        "{who}: {} connected, {} failed, in {:.2} s = {rate:.0} connections/s; {per}",
+        r.ok,
+        r.failed,
+        r.elapsed.as_secs_f64()
+    );
+    rate
+}
+
+async fn settle_rss(pid: Option<u32>) -> Option<u64> {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rss_kib(pid)
+}
+
+async fn connect(c: &Common, n: usize, concurrency: usize) -> anyhow::Result<()> {
+    let (pki, clients) = client_configs(c, "CAB-", n).await?;
+    let gw = fresh_gateway(c, "gw-connect", &pki).await?;
+    let rss0 = settle_rss(gw.pid()).await;
+    let r = connect_all(gw.edge, &clients, concurrency).await;
+    let rss1 = settle_rss(gw.pid()).await;
+    let g_rate = report_connect("gateway", &r, rss0, rss1);
+    let api = Api::new(gw.api, TOKEN);
+    if let Ok(m) = api.metrics().await {
+        println!(
+            "  gateway metrics: locker_edge_connections_open {:.0}, locker_edge_accepted_total {:.0}, rejections {:.0}",
+            metric_sum(&m, "locker_edge_connections_open"),
+            metric_sum(&m, "locker_edge_accepted_total"),
+            metric_sum(&m, "locker_edge_rejections_total")
+        );
+    }
+    drop(r);
+    gw.stop().await;
+    if c.no_mosquitto {
+        return Ok(());
+    }
+    let paths = locker_broker_config::pki::PkiPaths::new(&pki);
+    let m = Mosquitto::start(&c.state.join("mosquitto"), &paths).await?;
+    let rss0 = settle_rss(m.pid()).await;
+    let r = connect_all(m.addr, &clients, concurrency).await;
+    let rss1 = settle_rss(m.pid()).await;
+    let m_rate = report_connect("mosquitto", &r, rss0, rss1);
+    drop(r);
+    m.stop().await;
+    println!(
+        "ratio gateway/mosquitto connect rate: {:.2}",
+        g_rate / m_rate.max(1e-9)
+    );
+    Ok(())
+}
+
+fn agent_options(c: &Common, n: usize, name: &str) -> FleetOptions {
+    FleetOptions {
+        cabinets: n,
+        state_dir: c.state.join(name),
+        ramp: Duration::from_secs_f64((n as f64 / 1_000.0).max(1.0)),
+        activity_per_min: 0.0,
+        outage_share: 0.0,
+        restart_at: None,
+        nightfall_at: None,
+        solar_share: 0.0,
+        backoff_base_ms: 200,
+        backoff_max_ms: 3_000,
+        auto_close: Duration::from_millis(30),
+        pulse: Duration::from_millis(1),
+        spring: Duration::from_millis(1),
+        ..FleetOptions::default()
+    }
+}
+
+async fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+fn secs(d: Option<Duration>) -> String {
+    d.map_or("NOT within the limit".into(), |d| {
+        format!("{:.2} s", d.as_secs_f64())
+    })
+}
+
+async fn storm(c: &Common, n: usize, backlog: usize) -> anyhow::Result<()> {
+    let pki = c.state.join("pki");
+    let name = "storm-gw";
+    let _ = std::fs::remove_dir_all(c.state.join(name));
+    let mode = GatewayMode::Child {
+        bin: gateway_bin(c),
+    };
+    let mut l = fleet::launch(agent_options(c, n, name), &pki, mode, TOKEN).await?;
+    l.fleet.ramp_up().await?;
+    let up = wait_for(Duration::from_secs(300), || {
+        l.fleet.snapshot().connected == n
+    })
+    .await;
+    println!("gateway: {n} agents connected after the ramp: {}", secs(up));
+    let drained = wait_for(Duration::from_secs(120), || l.fleet.snapshot().outbox == 0).await;
+    println!("  initial outboxes drained: {}", secs(drained));
+    l.gateway.kill().await;
+    let down = wait_for(Duration::from_secs(30), || {
+        l.fleet.snapshot().connected == 0
+    })
+    .await;
+    println!("gateway killed (-9); all agents saw it: {}", secs(down));
+    for cab in &l.fleet.cabinets {
+        for k in 0..backlog {
+            let _ = cab
+                .scan(locker_schemas::ScanSource::Barcode, format!("BACKLOG-{k}"))
+                .await;
+        }
+    }
+    let s = l.fleet.snapshot();
+    println!(
+        "backlog stored in the agents' outboxes: {} events",
+        s.outbox
+    );
+    let t = Instant::now();
+    l.gateway.respawn().await?;
+    let started = t.elapsed();
+    let mut online = None;
+    let mut replayed = None;
+    while t.elapsed() < Duration::from_secs(300) && replayed.is_none() {
+        let s = l.fleet.snapshot();
+        if online.is_none() && s.connected == n {
+            online = Some(t.elapsed());
+        }
+        if online.is_some() && s.outbox == 0 {
+            replayed = Some(t.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "gateway storm: process started and healthy in {:.2} s; all {n} agents back online in {}; all backlogs replayed and acknowledged in {}",
+        started.as_secs_f64(),
+        secs(online),
+        secs(replayed)
+    );
+    let g_online = online;
+    if let Some(g) = fleet::rss_kib(l.gateway.pid()) {
+        println!("  gateway RSS after the storm: {g} KiB");
+    }
+    l.fleet.shutdown().await;
+    l.gateway.stop().await;
+    if c.no_mosquitto {
+        return Ok(());
+    }
+    // The same agents against Mosquitto (nothing acknowledges their events there).
+    let paths = locker_broker_config::pki::PkiPaths::new(&pki);
+    let mut m = Mosquitto::start(&c.state.join("mosquitto"), &paths).await?;
+    let name = "storm-mosq";
+    let _ = std::fs::remove_dir_all(c.state.join(name));
+    let mode = GatewayMode::External {
+        edge: m.addr,
+        api: ([127, 0, 0, 1], 9).into(),
+        token: TOKEN.into(),
+    };
+    let l = fleet::launch(agent_options(c, n, name), &pki, mode, TOKEN).await?;
+    l.fleet.ramp_up().await?;
+    let up = wait_for(Duration::from_secs(300), || {
+        l.fleet.snapshot().connected == n
+    })
+    .await;
+    println!(
+        "mosquitto: {n} agents connected after the ramp: {}",
+        secs(up)
+    );
+    let t = Instant::now();
+    m.restart().await?;
+    let started = t.elapsed();
+    let _ = wait_for(Duration::from_secs(30), || l.fleet.snapshot().connected < n).await;
+    let online = wait_for(Duration::from_secs(300), || {
+        l.fleet.snapshot().connected == n
+    })
+    .await
+    .map(|d| d + started);
+    println!(
+        "mosquitto storm: restarted in {:.2} s; all {n} agents back online in {}",
+        started.as_secs_f64(),
+        secs(online)
+    );
+    if let (Some(g), Some(mq)) = (g_online, online) {
+        println!(
+            "ratio (mosquitto time / gateway time, >1 = gateway faster): {:.2}",
+            mq.as_secs_f64() / g.as_secs_f64().max(1e-9)
+        );
+    }
+    l.fleet.shutdown().await;
+    m.stop().await;
+    Ok(())
+}
+
+async fn unlock(c: &Common, n: usize, unlocks: usize, concurrency: usize) -> anyhow::Result<()> {
+    let pki = c.state.join("pki");
+    let name = "unlock";
+    let _ = std::fs::remove_dir_all(c.state.join(name));
+    let mode = GatewayMode::Child {
+        bin: gateway_bin(c),
+    };
+    let l = fleet::launch(agent_options(c, n, name), &pki, mode, TOKEN).await?;
+    l.fleet.ramp_up().await?;
+    let up = wait_for(Duration::from_secs(300), || {
+        l.fleet.snapshot().connected == n
+    })
+    .await;
+    println!("{n} agents connected: {}", secs(up));
+    let _ = wait_for(Duration::from_secs(60), || l.fleet.snapshot().outbox == 0).await;
+    let api = l.fleet.ctx.api.clone();
+    let hist = Arc::new(std::sync::Mutex::new(
+        hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?,
+    ));
+    let outcomes = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<
+        String,
+        u64,
+    >::new()));
+    let gate = Arc::new(Semaphore::new(concurrency.max(1)));
+    let locks = usize::from(l.fleet.opts.locks);
+    let mut tasks = tokio::task::JoinSet::new();
+    let start = Instant::now();
+    let mut order: Vec<usize> = (0..unlocks).collect();
+    {
+        let mut rng = rand::thread_rng();
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.gen_range(0..=i));
+        }
+    }
+    for k in order {
+        let (api, hist, outcomes, gate) =
+            (api.clone(), hist.clone(), outcomes.clone(), gate.clone());
+        let cab = l.fleet.cabinets[k % n].id.to_string();
+        let compartment = u16::try_from((k / n) % locks + 1).unwrap_or(1);
+        let permit = gate.acquire_owned().await?;
+        tasks.spawn(async move {
+            let t = Instant::now();
+            let r = api.unlock(&cab, compartment, 60_000, 10_000).await;
+            let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
+            drop(permit);
+            let o = match r {
+                Ok(v) => v["outcome"].as_str().unwrap_or("none").to_owned(),
+                Err(e) => format!("error: {e}"),
+            };
+            if o == "opened" {
+                let _ = hist.lock().map(|mut h| h.record(us.max(1))).map_err(|_| ());
+            }
+            if let Ok(mut m) = outcomes.lock() {
+                *m.entry(o).or_default() += 1;
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let elapsed = start.elapsed();
+    let p = hist.lock().map(|h| Percentiles::of(&h)).unwrap_or_default();
+    println!(
+        "remote unlock with {n} agents connected, {unlocks} unlocks, {concurrency} in flight, in {:.1} s: opened round trip {p}",
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "  outcomes: {:?}",
+        outcomes.lock().map(|m| m.clone()).unwrap_or_default()
+    );
+    l.fleet.shutdown().await;
+    l.gateway.stop().await;
+    Ok(())
+}
+
+async fn uplink(c: &Common, publishers: usize, messages: u64) -> anyhow::Result<()> {
+    let (pki, clients) = client_configs(c, "UPL-", publishers).await?;
+    let gw = fresh_gateway(c, "gw-uplink", &pki).await?;
+    let api = Api::new(gw.api, TOKEN);
+    let before = api
+        .metrics()
+        .await
+        .map(|m| metric_sum(&m, "locker_ingest_events_total"))
+        .unwrap_or(0.0);
+    let total = publishers as u64 * messages;
+    let g = run_publishers(gw.edge, &clients, messages, true).await?;
+    let m = api.metrics().await.unwrap_or_default();
+    let stored = metric_sum(&m, "locker_ingest_events_total") - before;
+    let mut last_ok = 0;
+    for (id, _) in &clients {
+        if let Ok(v) = api.cabinet(id).await {
+            if v["last_seq"].as_u64() == Some(messages) {
+                last_ok += 1;
+            }
+        }
+    }
+    let g_rate = total as f64 / g.0.as_secs_f64().max(1e-9);
+    println!(
+        "gateway uplink (durable, acknowledged after the sled group commit): {total} events from {publishers} mTLS publishers in {:.2} s = {g_rate:.0} events/s; stored (metric) {stored:.0}; cabinets with last_seq = {messages}: {last_ok}/{publishers}; publishes incl. resends {}, rewinds {}",
+        g.0.as_secs_f64(),
+        g.1,
+        g.2
+    );
+    println!(
+        "  gateway: duplicates dropped {:.0}, gaps dropped {:.0}, mean batch {:.1} events",
+        metric_sum(&m, "locker_ingest_duplicates_total"),
+        metric_sum(&m, "locker_ingest_gaps_total"),
+        metric_sum(&m, "locker_ingest_batch_events_sum")
+            / metric_sum(&m, "locker_ingest_batch_events_count").max(1.0)
+    );
+    gw.stop().await;
+    if c.no_mosquitto {
+        return Ok(());
+    }
+    let paths = locker_broker_config::pki::PkiPaths::new(&pki);
+    let mq = Mosquitto::start(&c.state.join("mosquitto"), &paths).await?;
+    let r = run_publishers(mq.addr, &clients, messages, false).await?;
+    let m_rate = total as f64 / r.0.as_secs_f64().max(1e-9);
+    println!(
+        "mosquitto raw uplink (QoS 1 PUBACKed, not durable): {total} messages in {:.2} s = {m_rate:.0} messages/s",
+        r.0.as_secs_f64()
+    );
+    mq.stop().await;
+    println!("ratio gateway/mosquitto: {:.2}", g_rate / m_rate.max(1e-9));
+    Ok(())
+}
+
+async fn run_publishers(
+    addr: std::net::SocketAddr,
+    clients: &[(String, Arc<rustls::ClientConfig>)],
+    messages: u64,
+    end_to_end: bool,
+) -> anyhow::Result<(Duration, u64, u64)> {
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut stats = Vec::new();
+    for (id, cfg) in clients {
+        let st = Arc::new(PublishStats::default());
+        stats.push(st.clone());
+        let cab = locker_schemas::CabinetId::new(id.clone())?;
+        let cfg = cfg.clone();
+        tasks.spawn(async move {
+            publisher(addr, "127.0.0.1", cfg, cab, 1, messages, end_to_end, st).await
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let elapsed = start.elapsed();
+    let published = stats
+        .iter()
+        .map(|s| s.published.load(Ordering::Relaxed))
+        .sum();
+    let rewinds = stats
+        .iter()
+        .map(|s| s.rewinds.load(Ordering::Relaxed))
+        .sum();
+    Ok((elapsed, published, rewinds))
+}
