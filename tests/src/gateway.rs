@@ -110,6 +110,20 @@ pub fn workspace_bin(name: &str, package: &str) -> PathBuf {
         .and_then(Path::parent)
         .expect("target profile dir");
     let bin = profile_dir.join(name);
+    // `cargo test --workspace --all-targets` (the README's command) has already built it;
+    // rebuild only when a source file of the workspace is newer than the binary, because a
+    // lone `cargo build -p` unifies features differently and recompiles much of the tree.
+    if let Ok(built) = std::fs::metadata(&bin).and_then(|m| m.modified()) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap_or(Path::new("."));
+        let stale = ["gateway", "schemas", "broker-config", "Cargo.lock"]
+            .iter()
+            .any(|d| newer_than(&root.join(d), built));
+        if !stale {
+            return bin;
+        }
+    }
     let status = Command::new(env!("CARGO"))
         .args(["build", "--quiet", "-p", package, "--bin", name])
         .args(if profile_dir.ends_with("release") {
@@ -122,6 +136,24 @@ pub fn workspace_bin(name: &str, package: &str) -> PathBuf {
     assert!(status.success(), "building {name} failed");
     assert!(bin.exists(), "{} missing after build", bin.display());
     bin
+}
+
+/// Whether `path` (a file, or any file under a directory) was modified after `t`.
+fn newer_than(path: &Path, t: std::time::SystemTime) -> bool {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    if meta.is_file() {
+        return meta.modified().map(|m| m > t).unwrap_or(true);
+    }
+    std::fs::read_dir(path)
+        .map(|rd| {
+            rd.flatten().any(|e| {
+                let p = e.path();
+                p.file_name().is_some_and(|n| n != "target" && n != "fuzz") && newer_than(&p, t)
+            })
+        })
+        .unwrap_or(false)
 }
 
 /// The real `locker-gateway` binary running as a child process.

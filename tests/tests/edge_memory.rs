@@ -3,11 +3,13 @@
 //! one local link per client) run in this process; the clients run in a child process (this
 //! same test binary, in its `memory_client` mode), so their memory and sockets are not
 //! counted. Each client is a mutual-TLS cabinet that connects, subscribes to its downlinks at
-//! QoS 1 and stays idle.
+//! QoS 1 and stays idle. The edge's handshake deadline is raised so `tls`-stage clients (which
+//! never send CONNECT) stay.
 //!
 //! Run it alone (memory freed by another test in the same process would hide growth):
 //! `cargo test -p locker-tests --test edge_memory -- --ignored --nocapture --exact memory_through_edge`
-//! (`EDGE_MEM_N` sets the number of cabinets, 1000 by default).
+//! (`EDGE_MEM_N` sets the number of cabinets, 1000 by default; `EDGE_MEM_STAGE=tls` or
+//! `connect` stops the clients after the TLS handshake or after CONNECT, to see the parts).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -20,6 +22,16 @@ use rumqttc::mqttbytes::v4::{Packet, Subscribe};
 use rumqttc::mqttbytes::QoS;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Pings each `pings`-stage client exchanges before it idles.
+const PINGS: usize = 250;
+
+/// How far each client goes (`EDGE_MEM_STAGE`): `tls` (handshake only, no MQTT), `connect`
+/// (CONNECT, no subscription), `subscribe` (CONNECT and a QoS 1 subscription; the default) or
+/// `pings` (then 250 PINGREQ/PINGRESP exchanges: traffic through the link before it idles).
+fn stage() -> String {
+    std::env::var("EDGE_MEM_STAGE").unwrap_or_else(|_| "subscribe".into())
+}
 
 fn cabinets() -> usize {
     std::env::var("EDGE_MEM_N")
@@ -73,7 +85,11 @@ async fn settle() -> u64 {
 #[ignore = "measurement; run explicitly (see the module doc)"]
 async fn memory_through_edge() {
     let n = cabinets();
-    let mut fx = EdgeFixture::start(|cfg| cfg.max_connections = 4 * n).await;
+    let mut fx = EdgeFixture::start(|cfg| {
+        cfg.max_connections = 4 * n;
+        cfg.handshake_timeout_ms = 600_000;
+    })
+    .await;
     let ids: Vec<CabinetId> = (0..n)
         .map(|i| CabinetId::new(format!("MEM-{i:05}")).expect("id"))
         .collect();
@@ -86,17 +102,22 @@ async fn memory_through_edge() {
     let base = settle().await;
     let fds = open_fds();
     let mut child = spawn_clients(fx.addr, fx.pki.dir(), n);
-    fx.wait_connected(n + 1).await;
+    if stage() == "tls" {
+        let handshakes = || fx.metric("locker_edge_tls_handshakes_total", None);
+        locker_tests::eventually("handshakes", || handshakes() > n as u64).await;
+    } else {
+        fx.wait_connected(n + 1).await;
+    }
     let with = settle().await;
     let fds_with = open_fds();
     drop(child.stdin.take());
     child.wait().expect("child exits");
-    fx.wait_connected(1).await;
     let per = with.saturating_sub(base) as f64 / n as f64 / 1024.0;
     let per_fd = (fds_with as f64 - fds as f64) / n as f64;
     println!(
         "EDGE_MEM: RSS +{per:.1} KiB and {per_fd:.2} fds per connection ({n} mTLS cabinets, \
-         QoS 1 subscription each; RSS {:.1} MiB -> {:.1} MiB)",
+         stage {}; RSS {:.1} MiB -> {:.1} MiB)",
+        stage(),
         base as f64 / 1048576.0,
         with as f64 / 1048576.0
     );
@@ -131,21 +152,38 @@ async fn memory_client() {
                 .await
                 .expect("TLS"),
         );
+        if stage() == "tls" {
+            conns.push(s);
+            continue;
+        }
         let mut c = rumqttc::mqttbytes::v4::Connect::new(id.clone());
         c.keep_alive = 600;
         let mut b = bytes::BytesMut::new();
         Packet::Connect(c).write(&mut b, 1 << 16).expect("encode");
-        let mut sub = Subscribe::new(format!("lk/v1/{id}/down/#"), QoS::AtLeastOnce);
-        sub.pkid = 1;
-        Packet::Subscribe(sub)
-            .write(&mut b, 1 << 16)
-            .expect("encode");
+        let subscribe = stage() != "connect";
+        if subscribe {
+            let mut sub = Subscribe::new(format!("lk/v1/{id}/down/#"), QoS::AtLeastOnce);
+            sub.pkid = 1;
+            Packet::Subscribe(sub)
+                .write(&mut b, 1 << 16)
+                .expect("encode");
+        }
         s.write_all(&b).await.expect("write");
         let mut connack = [0u8; 4];
         s.read_exact(&mut connack).await.expect("CONNACK");
         assert_eq!(connack, [0x20, 2, 0, 0]);
-        let mut suback = [0u8; 5];
-        s.read_exact(&mut suback).await.expect("SUBACK");
+        if subscribe {
+            let mut suback = [0u8; 5];
+            s.read_exact(&mut suback).await.expect("SUBACK");
+        }
+        if stage() == "pings" {
+            // Traffic through the link after the fact: 250 PINGREQ / PINGRESP, one at a time.
+            for _ in 0..PINGS {
+                s.write_all(&[0xc0, 0]).await.expect("PINGREQ");
+                let mut pong = [0u8; 2];
+                s.read_exact(&mut pong).await.expect("PINGRESP");
+            }
+        }
         conns.push(s);
     }
     println!("EDGE_MEM_READY");
