@@ -302,7 +302,7 @@ fn agent_options(c: &Common, n: usize, name: &str) -> FleetOptions {
         solar_share: 0.0,
         backoff_base_ms: 200,
         backoff_max_ms: 3_000,
-        auto_close: Duration::from_millis(30),
+        auto_close: Duration::from_millis(1_000),
         pulse: Duration::from_millis(1),
         spring: Duration::from_millis(1),
         ..FleetOptions::default()
