@@ -260,3 +260,49 @@ async fn kill_9_of_the_gateway_mid_stream_loses_and_duplicates_nothing() {
     let status = gw.terminate();
     assert!(status.success(), "SIGTERM exits cleanly: {status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_made_before_the_gateway_exists_arrive_in_order_once_it_is_up() {
+    let mut pki = TestPki::new();
+    let edge = free_addr();
+    // the cabinet starts first: nothing listens on its gateway address yet
+    let cab = TestCabinet::start(&mut pki, "CAB-EARLY", edge).await;
+    for door in 0..5 {
+        cab.board.open_door(door).expect("open");
+        eventually("the agent sees the door open", || {
+            cab.status().open_doors.len() == 1
+        })
+        .await;
+        cab.board.close_door(door).expect("close");
+        eventually("the agent sees the door closed", || {
+            cab.status().open_doors.is_empty()
+        })
+        .await;
+    }
+    let backlog = cab.status().next_seq - 1;
+    assert!(
+        backlog >= 10,
+        "door events and alarms are in the outbox: {backlog}"
+    );
+    assert_eq!(cab.status().last_acked_seq, 0);
+
+    let gw = TestGateway::start_with(&pki, |c| c.edge.listen = edge).await;
+    let seqs = eventually_async("backlog delivered and acknowledged", || {
+        let (api, s) = (gw.api.clone(), cab.status());
+        async move {
+            if s.outbox_depth != 0 || s.last_acked_seq < backlog {
+                return None;
+            }
+            let ev = events(&api, "CAB-EARLY").await;
+            Some(
+                ev.iter()
+                    .map(|e| e["seq"].as_u64().expect("seq"))
+                    .collect::<Vec<_>>(),
+            )
+        }
+    })
+    .await;
+    let n = seqs.len() as u64;
+    assert!(n > backlog, "the backlog and the hello after connecting");
+    assert_eq!(seqs, (1..=n).collect::<Vec<_>>(), "in order, once each");
+}
