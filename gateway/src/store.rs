@@ -107,12 +107,36 @@ impl Store {
     }
 
     /// Every known cabinet with its snapshot and the last stored sequence number.
+    ///
+    /// Cabinets are taken from the audit log itself as well as from the snapshots, so a crash
+    /// between an event write and its snapshot write can never make the gateway forget where
+    /// a cabinet's sequence stands.
     pub fn load_cabinets(&self) -> Result<Vec<(CabinetSnapshot, u64)>, StoreError> {
-        let mut out = Vec::new();
+        let mut snaps = std::collections::BTreeMap::new();
         for kv in self.cabinets.iter() {
             let (_, v) = kv?;
             let snap: CabinetSnapshot = decode("cabinets", &v)?;
-            let hwm = self.high_water(&snap.id)?;
+            snaps.insert(snap.id.clone(), snap);
+        }
+        // walk the distinct cabinet prefixes of the events tree: one seek per cabinet
+        let mut from: Vec<u8> = Vec::new();
+        while let Some(kv) = self.events.range(from.clone()..).next() {
+            let (k, _) = kv?;
+            let Some(end) = k.iter().position(|b| *b == 0) else {
+                break;
+            };
+            let name = String::from_utf8_lossy(&k[..end]).into_owned();
+            if let Ok(id) = CabinetId::new(name) {
+                snaps
+                    .entry(id.clone())
+                    .or_insert_with(|| CabinetSnapshot::new(id));
+            }
+            from = k[..end].to_vec();
+            from.push(1); // the first key after every `cabinet \0 ...` key
+        }
+        let mut out = Vec::with_capacity(snaps.len());
+        for (id, snap) in snaps {
+            let hwm = self.high_water(&id)?;
             out.push((snap, hwm));
         }
         Ok(out)
@@ -245,5 +269,49 @@ impl Store {
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(cab: &str, seq: u64) -> NewEvent {
+        NewEvent {
+            cabinet: CabinetId::new(cab).expect("id"),
+            seq,
+            raw: bytes::Bytes::from_static(b"x"),
+        }
+    }
+
+    #[test]
+    fn high_water_marks_come_from_the_audit_log_even_without_snapshots() {
+        let dir = tempfile::tempdir().expect("dir");
+        {
+            let s = Store::open(dir.path()).expect("open");
+            let batch: Vec<_> = (1..=5)
+                .map(|i| ev("CAB-1", i))
+                .chain((7..=9).map(|i| ev("CAB-10", i)))
+                .chain([ev("A", 1)])
+                .collect();
+            // no snapshots written: as after a crash between the two writes
+            s.append_events(&batch, &[]).expect("append");
+        }
+        let s = Store::open(dir.path()).expect("reopen");
+        let mut got: Vec<(String, u64)> = s
+            .load_cabinets()
+            .expect("load")
+            .into_iter()
+            .map(|(c, h)| (c.id.to_string(), h))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![("A".into(), 1), ("CAB-1".into(), 5), ("CAB-10".into(), 9)]
+        );
+        let page = s
+            .events_page(&CabinetId::new("CAB-1").expect("id"), 2, 2)
+            .expect("page");
+        assert_eq!(page.iter().map(|(q, _)| *q).collect::<Vec<_>>(), vec![3, 4]);
     }
 }
