@@ -19,8 +19,8 @@ struct Cli {
     /// Path of the gateway configuration file (TOML).
     #[arg(long, short, env = "LOCKER_GATEWAY_CONFIG")]
     config: Option<PathBuf>,
-    /// Check the configuration and the certificates, print the effective configuration as
-    /// TOML, and exit without starting.
+    /// Load and validate the configuration (file plus LOCKER_* overrides), print the effective
+    /// configuration as TOML, and exit without starting anything.
     #[arg(long)]
     check: bool,
 }
