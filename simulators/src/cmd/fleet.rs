@@ -157,14 +157,40 @@ pub async fn session(
     banner(&l);
     let (view, poller) = poll_metrics(l.fleet.ctx.api.clone());
     let mut live = Live::new(view);
+    // Ctrl-C (or SIGTERM) at any point from here on stops cleanly.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let signals = tokio::spawn(async move {
+        let _ = super::wait_for_shutdown().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            while !*rx.borrow_and_update() {
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    };
     let t1 = Instant::now();
     let ramp = l.fleet.ramp_up();
     tokio::pin!(ramp);
+    let mut interrupted = false;
     loop {
         tokio::select! {
             r = &mut ramp => { r.context("starting the agents")?; break; }
+            _ = stopped() => { interrupted = true; break; }
             _ = tokio::time::sleep(Duration::from_secs(1)) => live.update(&l.fleet, &l.gateway, &[]),
         }
+    }
+    if interrupted {
+        live.finish();
+        println!("stopped by the user while starting; shutting down ...");
+        l.fleet.shutdown().await;
+        poller.abort();
+        l.gateway.stop().await;
+        return Ok(());
     }
     let rss_agents = fleet::rss_kib(None);
     live.println(&format!(
@@ -172,7 +198,12 @@ pub async fn session(
         t1.elapsed().as_secs_f64()
     ));
     let connected_by = Instant::now() + Duration::from_secs(120);
+    let stop_check = stopped();
+    tokio::pin!(stop_check);
     while Instant::now() < connected_by && l.fleet.snapshot().connected < n {
+        if futures::poll!(&mut stop_check).is_ready() {
+            break;
+        }
         live.update(&l.fleet, &l.gateway, &[]);
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -182,9 +213,7 @@ pub async fn session(
         t1.elapsed().as_secs_f64()
     ));
     let rss_connected = fleet::rss_kib(None);
-    let stop = async {
-        let _ = super::wait_for_shutdown().await;
-    };
+    let stop = stopped();
     let log = fleet::script::run(
         &l.fleet,
         &mut l.gateway,
@@ -203,10 +232,10 @@ pub async fn session(
         println!(
             "settling: restoring links, waiting for every agent to be connected and drained ..."
         );
-        let settled = l
-            .fleet
-            .settle(Duration::from_secs(script.settle_secs))
-            .await;
+        let settled = tokio::select! {
+            s = l.fleet.settle(Duration::from_secs(script.settle_secs)) => s,
+            _ = stopped() => false,
+        };
         let s = l.fleet.snapshot();
         println!(
             "settled: {settled} (connected {}/{}, outbox backlog {})",
@@ -233,6 +262,7 @@ pub async fn session(
     println!("shutting down: agents, then the gateway ...");
     l.fleet.shutdown().await;
     poller.abort();
+    signals.abort();
     l.gateway.stop().await;
     if !clean {
         anyhow::bail!("invariant violations (see the report above)");

@@ -205,6 +205,12 @@ impl SimCabinet {
             h.shutdown().await;
         }
         let h = Agent::start(self.config.clone(), self.deps.clone()).await?;
+        {
+            // A reused state directory: continue the credential versions the agent holds.
+            let held = h.status().creds_version;
+            let mut k = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+            k.creds_version = k.creds_version.max(held);
+        }
         let _ = self.first_seq.compare_exchange(
             0,
             h.status().next_seq.max(1),
