@@ -390,6 +390,14 @@ pub fn encode(p: rumqttc::mqttbytes::v4::Packet) -> Vec<u8> {
     b.to_vec()
 }
 
+/// Writes `bytes` to a raw stream and flushes it (a TLS stream may keep written bytes in
+/// its buffer until flushed).
+pub async fn send<S: tokio::io::AsyncWrite + Unpin>(s: &mut S, bytes: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    s.write_all(bytes).await.expect("write");
+    s.flush().await.expect("flush");
+}
+
 /// Reads from a raw stream until EOF or error; returns the bytes read (bounded wait).
 pub async fn read_until_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Vec<u8> {
     use tokio::io::AsyncReadExt;

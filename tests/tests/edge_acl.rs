@@ -8,7 +8,6 @@ use locker_schemas::Filter;
 use locker_tests::edge::*;
 use locker_tests::eventually;
 use rumqttc::{LastWill, QoS, SubscribeReasonCode};
-use tokio::io::AsyncWriteExt;
 
 const A_DOOR: &str = "lk/v1/CAB-A/up/door";
 const B_DOOR: &str = "lk/v1/CAB-B/up/door";
@@ -266,16 +265,13 @@ async fn garbage_after_connect_closes_only_that_connection() {
     for (garbage, reason) in cases {
         let before = fx.rejections(reason);
         let mut s = raw_tls(fx.addr, fx.tls(Some(&a))).await.expect("TLS");
-        s.write_all(&connect_bytes("x", false))
-            .await
-            .expect("write");
+        send(&mut s, &connect_bytes("x", false)).await;
         let mut connack = [0u8; 4];
         tokio::io::AsyncReadExt::read_exact(&mut s, &mut connack)
             .await
             .expect("CONNACK");
         assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
-        s.write_all(garbage).await.expect("write");
-        s.flush().await.expect("flush");
+        send(&mut s, garbage).await;
         read_until_closed(&mut s).await;
         eventually("counted", || fx.rejections(reason) == before + 1).await;
     }
@@ -294,7 +290,7 @@ async fn only_mqtt_3_1_1_connect_may_come_first() {
     let a = fx.cabinet("CAB-A");
 
     let mut s = raw_tls(fx.addr, fx.tls(Some(&a))).await.expect("TLS");
-    s.write_all(&connect_bytes("x", true)).await.expect("write");
+    send(&mut s, &connect_bytes("x", true)).await;
     assert!(
         read_until_closed(&mut s).await.is_empty(),
         "no CONNACK for MQTT 5"
@@ -305,7 +301,7 @@ async fn only_mqtt_3_1_1_connect_may_come_first() {
     .await;
 
     let mut s = raw_tls(fx.addr, fx.tls(Some(&a))).await.expect("TLS");
-    s.write_all(&[0xc0, 0x00]).await.expect("write"); // PINGREQ
+    send(&mut s, &[0xc0, 0x00]).await; // PINGREQ
     assert!(read_until_closed(&mut s).await.is_empty());
     eventually("not_connect_first counted", || {
         fx.rejections("not_connect_first") == 1
@@ -314,12 +310,8 @@ async fn only_mqtt_3_1_1_connect_may_come_first() {
 
     // A second CONNECT on a relayed connection.
     let mut s = raw_tls(fx.addr, fx.tls(Some(&a))).await.expect("TLS");
-    s.write_all(&connect_bytes("x", false))
-        .await
-        .expect("write");
-    s.write_all(&connect_bytes("y", false))
-        .await
-        .expect("write");
+    send(&mut s, &connect_bytes("x", false)).await;
+    send(&mut s, &connect_bytes("y", false)).await;
     read_until_closed(&mut s).await;
     eventually("unexpected_packet counted", || {
         fx.rejections("unexpected_packet") == 1

@@ -164,10 +164,8 @@ async fn a_client_that_stops_reading_does_not_stall_others() {
     Packet::Subscribe(sub)
         .write(&mut bytes, 1 << 16)
         .expect("encode");
-    slow.write_all(&connect_bytes("a", false))
-        .await
-        .expect("write");
-    slow.write_all(&bytes).await.expect("write");
+    send(&mut slow, &connect_bytes("a", false)).await;
+    send(&mut slow, &bytes).await;
     let mut acks = [0u8; 4 + 5];
     tokio::io::AsyncReadExt::read_exact(&mut slow, &mut acks)
         .await

@@ -169,6 +169,7 @@ async fn memory_client() {
                 .expect("encode");
         }
         s.write_all(&b).await.expect("write");
+        s.flush().await.expect("flush");
         let mut connack = [0u8; 4];
         s.read_exact(&mut connack).await.expect("CONNACK");
         assert_eq!(connack, [0x20, 2, 0, 0]);
@@ -180,6 +181,7 @@ async fn memory_client() {
             // Traffic through the link after the fact: 250 PINGREQ / PINGRESP, one at a time.
             for _ in 0..PINGS {
                 s.write_all(&[0xc0, 0]).await.expect("PINGREQ");
+                s.flush().await.expect("flush");
                 let mut pong = [0u8; 2];
                 s.read_exact(&mut pong).await.expect("PINGRESP");
             }

@@ -17,7 +17,6 @@ use locker_tests::mqtt::client_tls;
 use rumqttc::mqttbytes::v4::{Connect, LastWill, Packet, Subscribe};
 use rumqttc::mqttbytes::QoS as RawQoS;
 use rumqttc::QoS;
-use tokio::io::AsyncWriteExt;
 
 /// Held by a test while it counts descriptors.
 static FDS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -39,7 +38,7 @@ async fn cabinet(addr: std::net::SocketAddr, tls: Arc<rustls::ClientConfig>, id:
     sub.pkid = 1;
     let mut bytes = encode(Packet::Connect(c));
     bytes.extend(encode(Packet::Subscribe(sub)));
-    s.write_all(&bytes).await.expect("write");
+    send(&mut s, &bytes).await;
     assert_eq!(read_exact(&mut s, 4).await, CONNACK_OK);
     assert_eq!(read_exact(&mut s, 5).await, [0x90, 3, 0, 1, 1], "SUBACK");
     s
@@ -136,16 +135,14 @@ async fn closed_connections_leave_nothing_behind() {
             c.keep_alive = 60;
             c.last_will = Some(LastWill::new(will, "x", RawQoS::AtLeastOnce, false));
             let mut s = raw_tls(addr, tls).await.expect("TLS");
-            s.write_all(&encode(Packet::Connect(c)))
-                .await
-                .expect("write");
+            send(&mut s, &encode(Packet::Connect(c))).await;
             assert_eq!(
                 read_exact(&mut s, 4).await,
                 CONNACK_OK,
                 "the router took it"
             );
             if clean {
-                s.write_all(&DISCONNECT).await.expect("write");
+                send(&mut s, &DISCONNECT).await;
                 read_until_closed(&mut s).await;
             }
         }

@@ -6,12 +6,11 @@
 use std::time::Duration;
 
 use locker_gateway::edge::Identity;
-use locker_schemas::{CabinetId, Topic, UpKind};
+use locker_schemas::CabinetId;
 use locker_tests::edge::*;
 use locker_tests::eventually;
 use rumqttc::mqttbytes::v4::{Connect, LastWill as RawWill, Packet, PubAck};
 use rumqttc::{LastWill, QoS, SubscribeReasonCode};
-use tokio::io::AsyncWriteExt;
 
 const WILL: &str = "lk/v1/CAB-A/up/network";
 const CONNACK_OK: [u8; 4] = [0x20, 0x02, 0x00, 0x00];
@@ -51,9 +50,7 @@ async fn the_will_is_published_on_an_abnormal_end_only() {
 
     // The connection drops without DISCONNECT: the will.
     let mut s = raw_tls(fx.addr, fx.tls(Some(&a))).await.expect("TLS");
-    s.write_all(&connect_with(60, Some((WILL, "dropped"))))
-        .await
-        .expect("write");
+    send(&mut s, &connect_with(60, Some((WILL, "dropped")))).await;
     assert_eq!(read_exact(&mut s, 4).await, CONNACK_OK);
     drop(s);
     eventually("the dropped connection's will", || obs.received(WILL) == 1).await;
@@ -62,9 +59,7 @@ async fn the_will_is_published_on_an_abnormal_end_only() {
 
     // Keep alive expiry (1 s, so 1.5 s of silence) ends the session with the will.
     let mut s = raw_tls(fx.addr, fx.tls(Some(&a))).await.expect("TLS");
-    s.write_all(&connect_with(1, Some((WILL, "silent"))))
-        .await
-        .expect("write");
+    send(&mut s, &connect_with(1, Some((WILL, "silent")))).await;
     assert_eq!(read_exact(&mut s, 4).await, CONNACK_OK);
     assert!(read_until_closed(&mut s).await.is_empty());
     eventually("keep_alive_timeout counted", || {
@@ -75,9 +70,7 @@ async fn the_will_is_published_on_an_abnormal_end_only() {
 
     // Closed by the edge (on demand): the will too.
     let mut s = raw_tls(fx.addr, fx.tls(Some(&a))).await.expect("TLS");
-    s.write_all(&connect_with(60, Some((WILL, "kicked"))))
-        .await
-        .expect("write");
+    send(&mut s, &connect_with(60, Some((WILL, "kicked")))).await;
     assert_eq!(read_exact(&mut s, 4).await, CONNACK_OK);
     fx.wait_connected(1).await;
     let cab = Identity::Cabinet(CabinetId::new("CAB-A").expect("id"));
@@ -88,19 +81,15 @@ async fn the_will_is_published_on_an_abnormal_end_only() {
     // A will on another cabinet's topic is refused with the CONNECT: never published.
     let forged = "lk/v1/CAB-B/up/network";
     let mut s = raw_tls(fx.addr, fx.tls(Some(&a))).await.expect("TLS");
-    s.write_all(&connect_with(60, Some((forged, "forged"))))
-        .await
-        .expect("write");
+    send(&mut s, &connect_with(60, Some((forged, "forged")))).await;
     assert!(read_until_closed(&mut s).await.is_empty(), "no CONNACK");
     eventually("acl_will counted", || fx.rejections("acl_will") == 1).await;
 
     // A last clean session proves the order: nothing else was published in between.
     let mut s = raw_tls(fx.addr, fx.tls(Some(&a))).await.expect("TLS");
-    s.write_all(&connect_with(60, Some((WILL, "last"))))
-        .await
-        .expect("write");
+    send(&mut s, &connect_with(60, Some((WILL, "last")))).await;
     assert_eq!(read_exact(&mut s, 4).await, CONNACK_OK);
-    s.write_all(&DISCONNECT).await.expect("write");
+    send(&mut s, &DISCONNECT).await;
     read_until_closed(&mut s).await;
     fx.wait_connected(0).await;
     let c = fx.client("CAB-A", Some(&a));
@@ -125,16 +114,14 @@ async fn the_router_answers_pings_and_keep_alive_zero_is_refused() {
     let a = fx.cabinet("CAB-A");
 
     let mut s = raw_tls(fx.addr, fx.tls(Some(&a))).await.expect("TLS");
-    s.write_all(&connect_with(60, None)).await.expect("write");
+    send(&mut s, &connect_with(60, None)).await;
     assert_eq!(read_exact(&mut s, 4).await, CONNACK_OK);
-    s.write_all(&[0xc0, 0x00, 0xc0, 0x00])
-        .await
-        .expect("PINGREQ x2");
+    send(&mut s, &[0xc0, 0x00, 0xc0, 0x00]).await;
     assert_eq!(read_exact(&mut s, 4).await, [0xd0, 0x00, 0xd0, 0x00]);
     drop(s);
 
     let mut s = raw_tls(fx.addr, fx.tls(Some(&a))).await.expect("TLS");
-    s.write_all(&connect_with(0, None)).await.expect("write");
+    send(&mut s, &connect_with(0, None)).await;
     assert!(read_until_closed(&mut s).await.is_empty(), "no CONNACK");
     eventually("zero_keep_alive counted", || {
         fx.rejections("zero_keep_alive") == 1
@@ -228,11 +215,9 @@ async fn a_stray_puback_closes_only_that_connection() {
     eventually("B subscribed", || !cb.seen().suback_codes.is_empty()).await;
 
     let mut s = raw_tls(fx.addr, fx.tls(Some(&a))).await.expect("TLS");
-    s.write_all(&connect_with(60, None)).await.expect("write");
+    send(&mut s, &connect_with(60, None)).await;
     assert_eq!(read_exact(&mut s, 4).await, CONNACK_OK);
-    s.write_all(&encode(Packet::PubAck(PubAck::new(7))))
-        .await
-        .expect("write");
+    send(&mut s, &encode(Packet::PubAck(PubAck::new(7)))).await;
     read_until_closed(&mut s).await;
     eventually("unexpected_packet counted", || {
         fx.rejections("unexpected_packet") == 1

@@ -34,8 +34,10 @@ pub enum ConfigError {
 pub struct EdgeConfig {
     /// Address the mTLS MQTT listener binds (cabinets and integrators connect here).
     pub listen: SocketAddr,
-    /// Deadline for one client from TCP accept to a relayed CONNECT (TLS handshake plus the
-    /// first MQTT packet). A client that has not finished by then is dropped.
+    /// Deadline for one client from TCP accept to an accepted CONNECT (TLS handshake plus the
+    /// first MQTT packet). A client that has not finished by then is dropped. The same time
+    /// is allowed again for its broker session to start (takeover of an older connection of
+    /// the same identity, then the link).
     pub handshake_timeout_ms: u64,
     /// How many TLS handshakes may run at the same time (CPU bound); others wait for a slot
     /// within their deadline.

@@ -226,7 +226,11 @@ impl Actor {
                 let mut older = 0;
                 // Only a takeover (the identity already has a connection) needs the scan; the
                 // common case stays O(1) so a reconnect storm is not O(n^2) in this actor.
-                if self.per_identity.get(&info.identity).is_some_and(|n| *n > 0) {
+                if self
+                    .per_identity
+                    .get(&info.identity)
+                    .is_some_and(|n| *n > 0)
+                {
                     for e in self.conns.values() {
                         if e.info.identity == info.identity {
                             e.cancel.cancel();

@@ -147,6 +147,17 @@ pub(crate) async fn serve(
         Ok(Ok(est)) => est,
     };
 
+    // Boxed: `serve` keeps no handshake-time state for the life of the connection.
+    Box::pin(connected(&shared, est, peer, &cancel)).await;
+}
+
+/// Registers an established client, runs it and unregisters it.
+async fn connected(
+    shared: &Shared,
+    est: Established,
+    peer: SocketAddr,
+    cancel: &CancellationToken,
+) {
     let conn_id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let identity = est.acl.identity().clone();
     let info = ConnectionInfo {
@@ -164,11 +175,11 @@ pub(crate) async fn serve(
         .inc();
     tracing::debug!(%identity, conn_id, %peer, "edge: accepted");
 
-    let end = AssertUnwindSafe(run(&shared, est, predecessors, &cancel))
+    let end = AssertUnwindSafe(run(shared, est, predecessors, cancel))
         .catch_unwind()
         .await;
     match end {
-        Ok(End::Refused(refusal)) => refuse(&shared, identity.to_string(), refusal),
+        Ok(End::Refused(refusal)) => refuse(shared, identity.to_string(), refusal),
         Ok(End::Io(e)) => tracing::debug!(%identity, conn_id, error = %e, "edge: connection error"),
         Ok(end) => tracing::debug!(%identity, conn_id, ?end, "edge: connection closed"),
         Err(_) => {
@@ -180,7 +191,9 @@ pub(crate) async fn serve(
     shared.registry.unregister(conn_id).await;
 }
 
-/// Takeover, link, CONNACK, session; closes the link at the end.
+/// Takeover, link, session; closes the link at the end. The setup and the close run in
+/// boxed futures of their own, so the future that lives as long as the connection holds only
+/// the session's state.
 async fn run(
     shared: &Shared,
     est: Established,
@@ -194,17 +207,45 @@ async fn run(
         pending,
         ..
     } = est;
-    let window = shared.cfg.handshake_timeout();
+    let opened = Box::pin(open_link(
+        shared,
+        &mut tls,
+        &acl,
+        &session,
+        predecessors,
+        cancel,
+    ))
+    .await;
+    let mut link = match opened {
+        Ok(link) => link,
+        Err(end) => return end,
+    };
+    let outcome = session::run(shared, &mut tls, &acl, &mut link, &session, pending, cancel).await;
+    if outcome.router_gone {
+        link.router_closed();
+    }
+    Box::pin(link.close(outcome.clean)).await;
+    outcome.end
+}
 
-    // An older connection of this identity is being closed: start after it has ended.
+/// Waits for an older connection of the same identity to end (takeover), then opens the
+/// broker link; on failure answers the client with CONNACK "server unavailable".
+async fn open_link(
+    shared: &Shared,
+    tls: &mut TlsStream<TcpStream>,
+    acl: &Acl,
+    session: &Session,
+    predecessors: oneshot::Receiver<()>,
+    cancel: &CancellationToken,
+) -> Result<Link, End> {
+    let window = shared.cfg.handshake_timeout();
     tokio::select! {
         biased;
-        _ = cancel.cancelled() => return End::Cancelled,
+        _ = cancel.cancelled() => return Err(End::Cancelled),
         r = tokio::time::timeout(window, predecessors) => if r.is_err() {
             tracing::warn!(identity = %acl.identity(), "edge: the previous connection did not close in time; taking over anyway");
         },
     }
-
     let connect = shared.links.connect(
         acl.identity().client_id(),
         session.clean_session,
@@ -212,27 +253,27 @@ async fn run(
     );
     let link = tokio::select! {
         biased;
-        _ = cancel.cancelled() => return End::Cancelled,
+        _ = cancel.cancelled() => return Err(End::Cancelled),
         r = tokio::time::timeout(window, connect) => r,
     };
-    let mut link: Link = match link {
-        Ok(Ok(link)) => link,
+    match link {
+        Ok(Ok(link)) => {
+            link.trim();
+            Ok(link)
+        }
         failed => {
             let why = match failed {
                 Ok(Err(e)) => e.to_string(),
                 _ => "no link to the broker within the deadline".into(),
             };
-            let _ = tokio::time::timeout(window, tls.write_all(&CONNACK_UNAVAILABLE)).await;
-            return End::Refused((Reason::UpstreamUnavailable, why));
+            let refuse = async {
+                tls.write_all(&CONNACK_UNAVAILABLE).await?;
+                tls.flush().await
+            };
+            let _ = tokio::time::timeout(window, refuse).await;
+            Err(End::Refused((Reason::UpstreamUnavailable, why)))
         }
-    };
-
-    let outcome = session::run(shared, &mut tls, &acl, &mut link, &session, pending, cancel).await;
-    if outcome.router_gone {
-        link.router_closed();
     }
-    link.close(outcome.clean).await;
-    outcome.end
 }
 
 /// Counts and (rate-limited) logs a refusal.

@@ -134,7 +134,7 @@ impl State<'_> {
                 )))
             }
         }
-        self.write(tls, &out, cancel).await?;
+        Box::pin(self.write(tls, &out, cancel)).await?;
         drop(out);
 
         let idle = tokio::time::sleep_until(self.last_read + self.window);
@@ -167,11 +167,13 @@ impl State<'_> {
             if self.unacked.is_empty() && self.unacked.capacity() > 0 {
                 self.unacked = VecDeque::new();
             }
+            link.trim();
 
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Err(End::Cancelled),
-                n = link.rx.next() => self.downlink(tls, link, n, cancel).await?,
+                // Boxed: its state exists only while it runs.
+                n = link.rx.next() => Box::pin(self.downlink(tls, link, n, cancel)).await?,
                 r = read_client(tls, &mut rbuf, need) => match r {
                     Ok(0) => return Err(End::ClientClosed),
                     Ok(_) => self.last_read = Instant::now(),
