@@ -20,8 +20,10 @@ pub const TEST_INTEGRATOR: &str = "analytics";
 /// A gateway configuration for tests: everything on 127.0.0.1:0, certificates from `pki`,
 /// the sled database in `data_dir`, short timers.
 pub fn test_config(pki: &TestPki, data_dir: &Path) -> GatewayConfig {
-    let mut cfg = GatewayConfig::default();
-    cfg.data_dir = data_dir.to_path_buf();
+    let mut cfg = GatewayConfig {
+        data_dir: data_dir.to_path_buf(),
+        ..Default::default()
+    };
     cfg.edge.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     cfg.edge.ca_cert = pki.pki.paths().ca_cert();
     cfg.edge.server_cert = pki.pki.paths().server_cert();
