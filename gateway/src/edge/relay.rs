@@ -95,7 +95,9 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// A client that passed every check up to and including its CONNECT.
+/// A client that passed every check up to and including its CONNECT, and then its broker
+/// link: everything a connection keeps for its whole life, in one heap allocation (the
+/// futures that serve it hold only references and their own small state).
 struct Established {
     tls: TlsStream<TcpStream>,
     acl: Acl,
@@ -103,6 +105,8 @@ struct Established {
     session: Session,
     /// Bytes the client sent after its CONNECT, not yet checked.
     pending: BytesMut,
+    /// The broker link, once made.
+    link: Option<Link>,
 }
 
 /// Serves one accepted TCP connection until it closes. `_slot` and `_done` are held for the
@@ -147,14 +151,15 @@ pub(crate) async fn serve(
         Ok(Ok(est)) => est,
     };
 
-    // Boxed: `serve` keeps no handshake-time state for the life of the connection.
+    // Boxed: `serve` keeps no handshake-time state for the life of the connection (the
+    // connection's own state is in `est`, one allocation).
     Box::pin(connected(&shared, est, peer, &cancel)).await;
 }
 
 /// Registers an established client, runs it and unregisters it.
 async fn connected(
     shared: &Shared,
-    est: Established,
+    est: Box<Established>,
     peer: SocketAddr,
     cancel: &CancellationToken,
 ) {
@@ -196,35 +201,35 @@ async fn connected(
 /// the session's state.
 async fn run(
     shared: &Shared,
-    est: Established,
+    mut est: Box<Established>,
     predecessors: oneshot::Receiver<()>,
     cancel: &CancellationToken,
 ) -> End {
-    let Established {
-        mut tls,
-        acl,
-        session,
-        pending,
-        ..
-    } = est;
-    let opened = Box::pin(open_link(
-        shared,
-        &mut tls,
-        &acl,
-        &session,
-        predecessors,
-        cancel,
-    ))
-    .await;
-    let mut link = match opened {
-        Ok(link) => link,
+    let est = &mut *est;
+    match Box::pin(open_link(shared, est, predecessors, cancel)).await {
+        Ok(link) => est.link = Some(link),
         Err(end) => return end,
+    }
+    let Some(link) = est.link.as_mut() else {
+        return End::BrokerClosed;
     };
-    let outcome = session::run(shared, &mut tls, &acl, &mut link, &session, pending, cancel).await;
+    let pending = std::mem::take(&mut est.pending);
+    let outcome = session::run(
+        shared,
+        &mut est.tls,
+        &est.acl,
+        link,
+        &est.session,
+        pending,
+        cancel,
+    )
+    .await;
     if outcome.router_gone {
         link.router_closed();
     }
-    Box::pin(link.close(outcome.clean)).await;
+    if let Some(link) = est.link.take() {
+        Box::pin(link.close(outcome.clean)).await;
+    }
     outcome.end
 }
 
@@ -232,12 +237,13 @@ async fn run(
 /// broker link; on failure answers the client with CONNACK "server unavailable".
 async fn open_link(
     shared: &Shared,
-    tls: &mut TlsStream<TcpStream>,
-    acl: &Acl,
-    session: &Session,
+    est: &mut Established,
     predecessors: oneshot::Receiver<()>,
     cancel: &CancellationToken,
 ) -> Result<Link, End> {
+    let Established {
+        tls, acl, session, ..
+    } = est;
     let window = shared.cfg.handshake_timeout();
     tokio::select! {
         biased;
@@ -296,7 +302,7 @@ async fn establish(
     shared: &Shared,
     tcp: TcpStream,
     accepted_at: Instant,
-) -> Result<Established, (Option<String>, Refusal)> {
+) -> Result<Box<Established>, (Option<String>, Refusal)> {
     let _ = tcp.set_nodelay(true);
     let tls_failed = |e: io::Error| (None, (classify(&e), e.to_string()));
     // Reading the ClientHello costs no CPU worth bounding: a client that connects and stalls
@@ -371,11 +377,12 @@ async fn establish(
     let first = buf.split_to(fh.frame_length());
     shared.metrics.bytes_in.inc_by(first.len() as u64);
     let session = acl.connect(&fh, first).map_err(|r| (who.clone(), r))?;
-    Ok(Established {
+    Ok(Box::new(Established {
         tls,
         acl,
         serial,
         session,
         pending: buf,
-    })
+        link: None,
+    }))
 }

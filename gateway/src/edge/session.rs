@@ -161,7 +161,8 @@ impl State<'_> {
                     None => break,
                 }
             }
-            if rbuf.is_empty() && rbuf.capacity() > READ_BUF {
+            if rbuf.is_empty() && rbuf.capacity() > 0 {
+                // Idle between packets: hold no read buffer while waiting.
                 rbuf = BytesMut::new();
             }
             if self.unacked.is_empty() && self.unacked.capacity() > 0 {
