@@ -107,6 +107,14 @@ impl LinkFactory {
 
 /// One client's local link to the router.
 ///
+/// Memory (rumqttd 0.20): building a link allocates rumqttd's fixed-capacity queues (incoming
+/// 200 packets, outgoing 200 and a receive cache of 100 notifications, two ack logs of 100);
+/// only the pages written are resident. [`Link::trim`] frees the incoming one. The two
+/// notification queues are swapped back and forth by `LinkRx::next`, which consumes with
+/// `pop_front` and never rewinds an emptied queue, so traffic walks both rings and an active
+/// link ends up with all of them resident (about 74 KB): a one-line `cache.clear()` before
+/// the swap in rumqttd's `link/local.rs` fixes it (not reachable through its public API).
+///
 /// Push packets into `tx.buffer()` and call [`Link::notify`]; read notifications with
 /// `rx.next()` and answer `Notification::Unschedule` with `rx.wake()`. End it with
 /// [`Link::close`]; a link dropped without it is closed abnormally in the background (its will
