@@ -86,9 +86,21 @@ impl TestGateway {
             config,
         } = self;
         gw.shutdown().await;
-        let gw = Gateway::start(config.clone())
-            .await
-            .expect("gateway restarts");
+        // Blocking storage calls of the old instance that were already running finish on
+        // their own threads; the database lock is free once they have.
+        let started = std::time::Instant::now();
+        let gw = loop {
+            match Gateway::start(config.clone()).await {
+                Ok(gw) => break gw,
+                Err(e)
+                    if started.elapsed() < crate::wait::DEADLINE
+                        && e.to_string().contains("lock") =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("gateway restarts: {e}"),
+            }
+        };
         Self {
             gw,
             api,
