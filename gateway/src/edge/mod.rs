@@ -324,23 +324,15 @@ async fn crl_watch(
 /// Reads, verifies and installs the CRL, then disconnects newly revoked clients.
 async fn reload(shared: &Arc<Shared>) -> Result<usize, TlsError> {
     let tls = shared.tls.clone();
-    let crl = tokio::task::spawn_blocking(move || tls.read_crl())
-        .await
-        .map_err(|e| TlsError::Join(e.to_string()));
-    let crl = match crl.and_then(|r| r) {
-        Ok(Some(crl)) => crl,
+    let installed = tokio::task::spawn_blocking(move || {
+        tls.read_crl()?.map(|crl| tls.install_crl(crl)).transpose()
+    })
+    .await
+    .map_err(|e| TlsError::Join(e.to_string()))
+    .and_then(|r| r);
+    let serials = match installed {
+        Ok(Some(serials)) => serials,
         Ok(None) => return Ok(0),
-        Err(e) => {
-            shared
-                .metrics
-                .crl_reloads
-                .with_label_values(&["error"])
-                .inc();
-            return Err(e);
-        }
-    };
-    let serials = match shared.tls.install_crl(crl) {
-        Ok(s) => s,
         Err(e) => {
             shared
                 .metrics
