@@ -25,6 +25,7 @@ use bytes::Bytes;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{Packet, Publish};
 use rumqttd::Notification;
+use locker_schemas::Topic;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -95,18 +96,18 @@ pub struct EmbeddedBroker {
 /// Cloneable handle to publish through the gateway's link.
 #[derive(Clone)]
 pub struct Publisher {
-    tx: mpsc::Sender<(String, Bytes)>,
+    tx: mpsc::Sender<(Topic, Bytes)>,
 }
 
 impl Publisher {
     /// Queues a publish (QoS 0 at the broker; delivery is made reliable end to end by the
     /// application protocol). Waits if the link is backed up.
-    pub async fn publish(&self, topic: String, payload: Bytes) -> bool {
+    pub async fn publish(&self, topic: Topic, payload: Bytes) -> bool {
         self.tx.send((topic, payload)).await.is_ok()
     }
 
     /// Queues a publish without waiting; false if the link is backed up or gone.
-    pub fn try_publish(&self, topic: String, payload: Bytes) -> bool {
+    pub fn try_publish(&self, topic: Topic, payload: Bytes) -> bool {
         self.tx.try_send((topic, payload)).is_ok()
     }
 }
@@ -185,8 +186,8 @@ fn receive_loop(mut link_rx: LinkRx, inbound: mpsc::Sender<Inbound>) {
 }
 
 /// Publishes what the gateway queues, handing the router a batch per event.
-fn publish_loop(mut link_tx: LinkTx, mut rx: mpsc::Receiver<(String, Bytes)>) {
-    let mut batch: VecDeque<(String, Bytes)> = VecDeque::new();
+fn publish_loop(mut link_tx: LinkTx, mut rx: mpsc::Receiver<(Topic, Bytes)>) {
+    let mut batch: VecDeque<(Topic, Bytes)> = VecDeque::new();
     while let Some(first) = rx.blocking_recv() {
         batch.push_back(first);
         while batch.len() < PUBLISH_BATCH {
@@ -202,13 +203,13 @@ fn publish_loop(mut link_tx: LinkTx, mut rx: mpsc::Receiver<(String, Bytes)>) {
             let mut buf = link_tx.buffer();
             for (t, p) in batch.drain(..) {
                 buf.push_back(Packet::Publish(
-                    Publish::new(Bytes::from(t), p, false),
+                    Publish::new(Bytes::from(t.to_string()), p, false),
                     None,
                 ));
             }
         }
         // Pushes the last one and notifies the router once for the whole batch.
-        if let Err(e) = link_tx.publish(topic, payload) {
+        if let Err(e) = link_tx.publish(topic.to_string(), payload) {
             tracing::error!(error = %e, "gateway link publish failed");
             return;
         }
@@ -309,15 +310,25 @@ mod tests {
             .await
             .expect("the same id connects again once the first is gone");
         clean.close(true).await;
+        let topic = Topic::Down(
+            locker_schemas::CabinetId::new("A").expect("id"),
+            locker_schemas::DownKind::Ack,
+        );
+        sub.subscribe(topic.to_string()).await.expect("subscribe");
+        assert!(matches!(next_packet(&mut sub).await, Packet::SubAck(..)));
         assert!(
             broker
                 .publisher
-                .publish("a/x".into(), Bytes::from_static(b"x"))
+                .publish(topic.clone(), Bytes::from_static(b"x"))
                 .await
         );
         let Packet::Publish(p, _) = next_packet(&mut sub).await else {
-            panic!("expected a/x");
+            panic!("expected the gateway's publish");
         };
-        assert_eq!(&p.topic[..], b"a/x", "no will after a clean close");
+        assert_eq!(
+            &p.topic[..],
+            topic.to_string().as_bytes(),
+            "no will after a clean close"
+        );
     }
 }

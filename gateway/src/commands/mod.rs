@@ -352,7 +352,7 @@ impl Dispatcher {
         };
         match encode_downlink(&msg) {
             Ok(bytes) => {
-                let topic = Topic::Down(rec.cabinet.clone(), DownKind::Cmd).to_string();
+                let topic = Topic::Down(rec.cabinet.clone(), DownKind::Cmd);
                 if self.publisher.publish(topic, Bytes::from(bytes)).await {
                     self.metrics.sends.with_label_values(&[kind]).inc();
                 }

@@ -161,7 +161,7 @@ impl Fleet {
             ts: p.at,
         });
         if let Ok(bytes) = encode_stream(&msg) {
-            let topic = Topic::Stream(p.cabinet.clone(), StreamKind::Presence).to_string();
+            let topic = Topic::Stream(p.cabinet.clone(), StreamKind::Presence);
             self.publisher.publish(topic, Bytes::from(bytes)).await;
         }
     }

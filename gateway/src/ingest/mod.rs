@@ -244,7 +244,7 @@ impl Ingest {
         };
         match encode_downlink(&msg) {
             Ok(bytes) => {
-                let topic = Topic::Down(cabinet.clone(), DownKind::Ack).to_string();
+                let topic = Topic::Down(cabinet.clone(), DownKind::Ack);
                 if self.publisher.publish(topic, Bytes::from(bytes)).await {
                     self.metrics.acks.inc();
                 }
