@@ -35,6 +35,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    ApiTls(#[from] api::serve::ServeError),
 }
 
 /// A running gateway.
@@ -153,6 +155,14 @@ impl Gateway {
             }
         });
 
+        let api_tls = match cfg.api.tls.clone() {
+            Some(t) => Some(
+                tokio::task::spawn_blocking(move || api::serve::load_tls(&t))
+                    .await
+                    .map_err(|e| api::serve::ServeError::Join(e.to_string()))??,
+            ),
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind(cfg.api.listen)
             .await
             .map_err(|source| StartError::Api {
@@ -171,13 +181,18 @@ impl Gateway {
             metrics: metrics.clone(),
         });
         let api_cancel = cancel.clone();
-        let api_task = tokio::spawn(async move {
-            let serve = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { api_cancel.cancelled().await });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "API server stopped");
-            }
-        });
+        let api_limits = api::serve::Limits {
+            max_connections: cfg.api.max_connections,
+            header_read_timeout: std::time::Duration::from_millis(cfg.api.header_read_timeout_ms),
+        };
+        let api_task = tokio::spawn(api::serve::serve(
+            listener,
+            app,
+            api_limits,
+            api_tls,
+            metrics.api.clone(),
+            api_cancel,
+        ));
 
         Ok(Self {
             edge_addr,

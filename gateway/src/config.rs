@@ -94,6 +94,10 @@ impl GatewayConfig {
         if let Some(c) = self.edge.crl.as_mut() {
             fix(c);
         }
+        if let Some(t) = self.api.tls.as_mut() {
+            fix(&mut t.cert);
+            fix(&mut t.key);
+        }
     }
 
     /// Checks what serde cannot.
@@ -101,6 +105,11 @@ impl GatewayConfig {
         self.edge
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if self.api.max_connections == 0 || self.api.header_read_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "api.max_connections and api.header_read_timeout_ms must be above 0".into(),
+            ));
+        }
         if self.api.tokens.keys().any(|t| t.len() < 16) {
             return Err(ConfigError::Invalid(
                 "api.tokens: every token needs at least 16 characters".into(),

@@ -12,6 +12,7 @@ pub mod config;
 pub mod edge;
 pub mod fleet;
 pub mod ingest;
+pub mod json;
 pub mod metrics;
 pub mod model;
 pub mod store;

@@ -103,6 +103,18 @@ pub struct StoreMetrics {
     pub cabinets_online: IntGauge,
     /// API requests by route and status class.
     pub api_requests: IntCounterVec,
+    /// Parts of events the fleet state did not take (unknown compartment, caps), by reason.
+    pub fleet_rejected: IntCounterVec,
+}
+
+/// The API's connections (serving limits).
+#[derive(Clone)]
+pub struct ApiMetrics {
+    /// Open API connections (each holds one of `api.max_connections`).
+    pub connections_open: IntGauge,
+    /// API connections closed by the server before or instead of serving a request, by
+    /// reason (`too_many_connections`, `header_timeout`, `tls_handshake`).
+    pub connections_refused: IntCounterVec,
 }
 
 /// Every gateway metric, grouped by component.
@@ -112,6 +124,7 @@ pub struct Metrics {
     pub ingest: IngestMetrics,
     pub commands: CommandMetrics,
     pub store: StoreMetrics,
+    pub api: ApiMetrics,
 }
 
 impl Metrics {
@@ -189,12 +202,28 @@ impl Metrics {
                 "API requests by route and status class",
                 &["route", "status"],
             )?,
+            fleet_rejected: counter_vec(
+                &r,
+                "locker_fleet_rejected_total",
+                "Parts of events the fleet state did not take, by reason",
+                &["reason"],
+            )?,
+        };
+        let api = ApiMetrics {
+            connections_open: gauge(&r, "locker_api_connections_open", "Open API connections")?,
+            connections_refused: counter_vec(
+                &r,
+                "locker_api_connections_refused_total",
+                "API connections closed by the server before or instead of a request, by reason",
+                &["reason"],
+            )?,
         };
         Ok(Self {
             registry: r,
             ingest,
             commands,
             store,
+            api,
         })
     }
 

@@ -1,12 +1,15 @@
 //! The gateway's records as stored in sled and served by the API (JSON): cabinet snapshots,
 //! command records, and the JSON form of command actions.
 
-use locker_schemas::{
-    Action, CabinetId, CommandId, CompartmentId, Millis, Outcome, Uplink, UplinkBody,
-};
+use locker_schemas::{Action, CabinetId, CommandId, CompartmentId, Millis, Outcome};
 use serde::{Deserialize, Serialize};
 
-/// What the gateway knows of one cabinet.
+use crate::json::{AlarmName, ChargingName, NetworkName, SizeName};
+
+/// What the gateway knows of one cabinet (served as JSON by the API, and stored as JSON).
+///
+/// Bounded by construction: compartments come only from the cabinet's declared layout (its
+/// hello), alarms and free text are capped by the fleet actor (see `fleet::bounds`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CabinetSnapshot {
     pub id: CabinetId,
@@ -18,6 +21,8 @@ pub struct CabinetSnapshot {
     pub boot: u32,
     /// Last stored sequence number.
     pub last_seq: u64,
+    /// The declared layout (in hello order) with each door's last known state.
+    #[serde(deserialize_with = "declared_compartments")]
     pub compartments: Vec<CompartmentView>,
     pub power: Option<PowerView>,
     pub network: Option<NetworkView>,
@@ -42,83 +47,34 @@ impl CabinetSnapshot {
             alarms: Vec::new(),
         }
     }
+}
 
-    /// Folds one stored event into the snapshot.
-    pub fn apply(&mut self, u: &Uplink, now: Millis) {
-        self.last_seen = now;
-        self.boot = u.boot;
-        self.last_seq = self.last_seq.max(u.seq);
-        match &u.body {
-            UplinkBody::Hello(h) => {
-                self.firmware = h.firmware.clone();
-                self.hardware = h.hardware.clone();
-                let old = std::mem::take(&mut self.compartments);
-                self.compartments = h
-                    .compartments
-                    .iter()
-                    .map(|c| CompartmentView {
-                        id: c.id,
-                        size: format!("{:?}", c.size).to_uppercase(),
-                        open: old.iter().find(|o| o.id == c.id).and_then(|o| o.open),
-                    })
-                    .collect();
-                self.network = Some(NetworkView {
-                    kind: format!("{:?}", h.network).to_lowercase(),
-                    signal_dbm: self.network.as_ref().and_then(|n| n.signal_dbm),
-                });
-            }
-            UplinkBody::Door(d) => {
-                match self.compartments.iter_mut().find(|c| c.id == d.compartment) {
-                    Some(c) => c.open = Some(d.open),
-                    None => self.compartments.push(CompartmentView {
-                        id: d.compartment,
-                        size: String::new(),
-                        open: Some(d.open),
-                    }),
-                }
-            }
-            UplinkBody::Power(p) => {
-                self.power = Some(PowerView {
-                    battery_mv: p.battery_mv,
-                    soc_pct: p.soc_pct,
-                    pv_w: p.pv_w,
-                    load_w: p.load_w,
-                    charging: format!("{:?}", p.charging).to_lowercase(),
-                    temp_c: f64::from(p.temp_dc) / 10.0,
-                    at: u.ts,
-                })
-            }
-            UplinkBody::Network(n) => {
-                self.network = Some(NetworkView {
-                    kind: format!("{:?}", n.kind).to_lowercase(),
-                    signal_dbm: n.signal_dbm,
-                })
-            }
-            UplinkBody::Alarm(a) => {
-                let kind = format!("{:?}", a.kind);
-                self.alarms.retain(|x| {
-                    !(x.kind == kind && x.compartment == a.compartment && x.board == a.board)
-                });
-                if a.active {
-                    self.alarms.push(AlarmView {
-                        kind,
-                        compartment: a.compartment,
-                        board: a.board,
-                        detail: a.detail.clone(),
-                        since: u.ts,
-                    });
-                }
-            }
-            UplinkBody::Scan(_) | UplinkBody::Result(_) | UplinkBody::Access(_) => {}
-        }
+/// Loads stored compartments, dropping the entries older gateways added for undeclared
+/// compartments (they had no size); the declared ones come back with the next hello anyway.
+fn declared_compartments<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<CompartmentView>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Declared(CompartmentView),
+        Other(serde::de::IgnoredAny),
     }
+    let all: Vec<Stored> = Vec::deserialize(d)?;
+    Ok(all
+        .into_iter()
+        .filter_map(|c| match c {
+            Stored::Declared(c) => Some(c),
+            Stored::Other(_) => None,
+        })
+        .collect())
 }
 
 /// A compartment and its last known door state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompartmentView {
     pub id: CompartmentId,
-    pub size: String,
+    pub size: SizeName,
     pub open: Option<bool>,
 }
 
@@ -129,7 +85,7 @@ pub struct PowerView {
     pub soc_pct: u8,
     pub pv_w: u32,
     pub load_w: u32,
-    pub charging: String,
+    pub charging: ChargingName,
     pub temp_c: f64,
     pub at: Millis,
 }
@@ -137,16 +93,17 @@ pub struct PowerView {
 /// Last network report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NetworkView {
-    pub kind: String,
+    pub kind: NetworkName,
     pub signal_dbm: Option<i16>,
 }
 
 /// An alarm the cabinet reports as active.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AlarmView {
-    pub kind: String,
+    pub kind: AlarmName,
     pub compartment: Option<CompartmentId>,
     pub board: Option<u8>,
+    /// The cabinet's text, cut to the fleet's cap (on a character boundary).
     pub detail: String,
     pub since: Millis,
 }

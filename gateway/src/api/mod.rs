@@ -3,17 +3,20 @@
 //! Every `/v1` route needs `Authorization: Bearer <token>` with a token from the `[api]`
 //! table of gateway.toml; errors are JSON `{"error": "...", "message": "..."}`.
 
+pub mod cabinets;
+pub mod serve;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use locker_schemas::{codec, CabinetId, CommandId};
+use locker_schemas::{CabinetId, CommandId};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -33,6 +36,13 @@ pub struct ApiConfig {
     pub tokens: HashMap<String, String>,
     /// The longest `wait_ms` a request may ask for.
     pub max_wait_ms: u64,
+    /// A client must send a whole request head within this long, ms (this also closes idle
+    /// keep-alive connections).
+    pub header_read_timeout_ms: u64,
+    /// Open API connections at most; one more is accepted and closed at once.
+    pub max_connections: usize,
+    /// Serve the API over TLS with these PEM files (`[api.tls]`); plain HTTP without.
+    pub tls: Option<serve::ApiTlsConfig>,
 }
 
 impl Default for ApiConfig {
@@ -41,6 +51,9 @@ impl Default for ApiConfig {
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
             tokens: HashMap::new(),
             max_wait_ms: 30_000,
+            header_read_timeout_ms: 10_000,
+            max_connections: 1024,
+            tls: None,
         }
     }
 }
@@ -64,7 +77,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -147,9 +160,9 @@ async fn count(State(st): State<ApiState>, req: Request, next: Next) -> Response
 /// The API router.
 pub fn router(st: ApiState) -> Router {
     let v1 = Router::new()
-        .route("/v1/cabinets", get(list_cabinets))
-        .route("/v1/cabinets/{id}", get(get_cabinet))
-        .route("/v1/cabinets/{id}/events", get(cabinet_events))
+        .route("/v1/cabinets", get(cabinets::list_cabinets))
+        .route("/v1/cabinets/{id}", get(cabinets::get_cabinet))
+        .route("/v1/cabinets/{id}/events", get(cabinets::cabinet_events))
         .route("/v1/cabinets/{id}/commands", post(create_command))
         .route("/v1/commands/{id}", get(get_command))
         .route("/v1/commands/{id}/cancel", post(cancel_command))
@@ -162,7 +175,7 @@ pub fn router(st: ApiState) -> Router {
         .with_state(st)
 }
 
-fn parse_cabinet(id: &str) -> Result<CabinetId, ApiError> {
+pub(crate) fn parse_cabinet(id: &str) -> Result<CabinetId, ApiError> {
     CabinetId::new(id)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_cabinet_id", e.to_string()))
 }
@@ -174,61 +187,6 @@ async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
         header::HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     (h, st.metrics.render())
-}
-
-async fn list_cabinets(State(st): State<ApiState>) -> impl IntoResponse {
-    Json(json!({ "cabinets": st.fleet.list().await }))
-}
-
-async fn get_cabinet(
-    State(st): State<ApiState>,
-    Path(id): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
-    let id = parse_cabinet(&id)?;
-    match st.fleet.get(id.clone()).await {
-        Some(c) => Ok(Json(c)),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("unknown cabinet {id}"),
-        )),
-    }
-}
-
-#[derive(Deserialize)]
-struct EventsQuery {
-    /// Return events with a sequence number above this (paging cursor).
-    #[serde(default)]
-    after: u64,
-    #[serde(default = "default_limit")]
-    limit: usize,
-}
-
-fn default_limit() -> usize {
-    100
-}
-
-async fn cabinet_events(
-    State(st): State<ApiState>,
-    Path(id): Path<String>,
-    Query(q): Query<EventsQuery>,
-) -> Result<impl IntoResponse, ApiError> {
-    let id = parse_cabinet(&id)?;
-    let limit = q.limit.clamp(1, 1000);
-    let store = st.store.clone();
-    let cab = id.clone();
-    let rows = store::blocking(move || store.events_page(&cab, q.after, limit)).await?;
-    let mut events = Vec::with_capacity(rows.len());
-    for (seq, raw) in &rows {
-        match codec::decode_uplink(raw) {
-            Ok(u) => events.push(crate::audit::event_json(&u)),
-            Err(e) => events.push(json!({"seq": seq, "error": e.to_string()})),
-        }
-    }
-    let next = rows.last().map(|(s, _)| *s);
-    Ok(Json(
-        json!({ "cabinet": id, "events": events, "next_after": next }),
-    ))
 }
 
 #[derive(Deserialize)]

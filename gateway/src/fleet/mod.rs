@@ -1,9 +1,18 @@
 //! The fleet registry: one actor owns what the gateway knows of every cabinet (online state
 //! from the edge's presence, firmware and compartments from hellos, door states, power,
-//! network and active alarms from stored events). The API reads it through [`FleetHandle`];
-//! snapshots are saved to sled in the background so a restarted gateway starts informed.
+//! network and active alarms from stored events). The API reads it through [`FleetHandle`].
+//!
+//! Bounded: each cabinet's snapshot is held to its declared layout and to the caps of
+//! [`bounds::Limits`]; what is refused is counted in `locker_fleet_rejected_total{reason}` and
+//! logged once per cabinet and reason. Never stalls ingest: handling a commit is O(events)
+//! with no storage call in the loop; dirty snapshots are saved by a background saver
+//! ([`store`]) so a restarted gateway starts informed.
+
+pub mod bounds;
+pub mod store;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,7 +24,12 @@ use crate::broker::Publisher;
 use crate::ingest::Committed;
 use crate::metrics::StoreMetrics;
 use crate::model::CabinetSnapshot;
-use crate::store::{self, Store};
+
+pub use bounds::{Limits, Rejected};
+pub use store::SnapshotStore;
+
+/// How often dirty snapshots are handed to the saver.
+const SAVE_EVERY: Duration = Duration::from_secs(2);
 
 /// A change of a cabinet's connection, as the edge sees it.
 #[derive(Debug, Clone)]
@@ -64,7 +78,11 @@ impl FleetHandle {
 pub struct Fleet {
     cabinets: HashMap<CabinetId, CabinetSnapshot>,
     dirty: HashSet<CabinetId>,
-    store: Store,
+    online: usize,
+    limits: Limits,
+    /// Per cabinet, the rejection reasons already logged (a bit per [`Rejected`]).
+    logged: HashMap<CabinetId, u8>,
+    saver: mpsc::Sender<Vec<CabinetSnapshot>>,
     publisher: Publisher,
     metrics: StoreMetrics,
 }
@@ -74,9 +92,32 @@ impl Fleet {
     /// edge says otherwise). Returns its handle and the sender ingest uses for commits.
     pub fn spawn(
         loaded: Vec<CabinetSnapshot>,
-        store: Store,
+        store: impl SnapshotStore,
         publisher: Publisher,
         metrics: StoreMetrics,
+    ) -> (
+        FleetHandle,
+        mpsc::Sender<Committed>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        Self::spawn_with(
+            loaded,
+            Arc::new(store),
+            publisher,
+            metrics,
+            Limits::default(),
+            SAVE_EVERY,
+        )
+    }
+
+    /// [`Fleet::spawn`] with explicit limits and save interval.
+    pub fn spawn_with(
+        loaded: Vec<CabinetSnapshot>,
+        store: Arc<dyn SnapshotStore>,
+        publisher: Publisher,
+        metrics: StoreMetrics,
+        limits: Limits,
+        save_every: Duration,
     ) -> (
         FleetHandle,
         mpsc::Sender<Committed>,
@@ -93,32 +134,47 @@ impl Fleet {
             .collect();
         metrics.cabinets_known.set(cabinets.len() as i64);
         metrics.cabinets_online.set(0);
+        for r in Rejected::ALL {
+            metrics.fleet_rejected.with_label_values(&[r.as_str()]);
+        }
+        let (saver, saver_task) = store::spawn_saver(store, metrics.clone());
         let fleet = Fleet {
             cabinets,
             dirty: HashSet::new(),
-            store,
+            online: 0,
+            limits,
+            logged: HashMap::new(),
+            saver,
             publisher,
             metrics,
         };
-        let task = tokio::spawn(fleet.run(rx, crx));
+        let task = tokio::spawn(async move {
+            fleet.run(rx, crx, save_every).await;
+            // the actor's sender is gone: the saver finishes the batch in hand and ends
+            let _ = saver_task.await;
+        });
         (FleetHandle { tx }, ctx, task)
     }
 
     fn entry(&mut self, id: &CabinetId) -> &mut CabinetSnapshot {
         if !self.cabinets.contains_key(id) {
-            self.cabinets
-                .insert(id.clone(), CabinetSnapshot::new(id.clone()));
-            self.metrics.cabinets_known.set(self.cabinets.len() as i64);
+            self.metrics
+                .cabinets_known
+                .set(self.cabinets.len() as i64 + 1);
         }
         self.dirty.insert(id.clone());
-        // just inserted above if it was missing
         self.cabinets
             .entry(id.clone())
             .or_insert_with(|| CabinetSnapshot::new(id.clone()))
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Msg>, mut commits: mpsc::Receiver<Committed>) {
-        let mut save = tokio::time::interval(Duration::from_secs(2));
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Msg>,
+        mut commits: mpsc::Receiver<Committed>,
+        save_every: Duration,
+    ) {
+        let mut save = tokio::time::interval(save_every);
         save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -133,18 +189,60 @@ impl Fleet {
                     None => break,
                 },
                 c = commits.recv() => match c {
-                    Some(events) => {
-                        let now = now_millis();
-                        for u in events.iter() {
-                            self.entry(&u.cabinet).apply(u, now);
-                        }
-                    }
+                    Some(events) => self.on_commit(&events),
                     None => break,
                 },
-                _ = save.tick() => self.save().await,
+                _ = save.tick() => self.hand_to_saver(),
             }
         }
-        self.save().await;
+        // last batch: waiting for the saver is fine now, nothing else is served
+        if !self.dirty.is_empty() {
+            let snaps = self.take_dirty();
+            let _ = self.saver.send(snaps).await;
+        }
+    }
+
+    fn on_commit(&mut self, events: &Committed) {
+        let now = now_millis();
+        let limits = self.limits;
+        for u in events.iter() {
+            let mut rejected: Vec<Rejected> = Vec::new();
+            bounds::apply(self.entry(&u.cabinet), u, now, &limits, &mut |r| {
+                rejected.push(r)
+            });
+            for r in rejected {
+                self.reject(&u.cabinet, u.seq, r);
+            }
+        }
+    }
+
+    fn reject(&mut self, cabinet: &CabinetId, seq: u64, r: Rejected) {
+        self.metrics
+            .fleet_rejected
+            .with_label_values(&[r.as_str()])
+            .inc();
+        let logged = self.logged.entry(cabinet.clone()).or_default();
+        if *logged & r.bit() == 0 {
+            *logged |= r.bit();
+            tracing::warn!(
+                %cabinet, seq, reason = r.as_str(),
+                "fleet state refused part of an event (logged once per cabinet and reason; counted in locker_fleet_rejected_total)"
+            );
+        }
+    }
+
+    fn take_dirty(&mut self) -> Vec<CabinetSnapshot> {
+        take_dirty(&mut self.dirty, &self.cabinets)
+    }
+
+    /// Hands the dirty snapshots to the saver if it is free; never waits.
+    fn hand_to_saver(&mut self) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        if let Ok(permit) = self.saver.try_reserve() {
+            permit.send(take_dirty(&mut self.dirty, &self.cabinets));
+        }
     }
 
     async fn on_presence(&mut self, p: PresenceChange) {
@@ -154,8 +252,12 @@ impl Fleet {
         }
         snap.online = p.online;
         snap.last_seen = p.at;
-        let online = self.cabinets.values().filter(|c| c.online).count();
-        self.metrics.cabinets_online.set(online as i64);
+        if p.online {
+            self.online += 1;
+        } else {
+            self.online = self.online.saturating_sub(1);
+        }
+        self.metrics.cabinets_online.set(self.online as i64);
         let msg = StreamMessage::Presence(Presence {
             online: p.online,
             ts: p.at,
@@ -165,25 +267,14 @@ impl Fleet {
             self.publisher.publish(topic, Bytes::from(bytes)).await;
         }
     }
+}
 
-    async fn save(&mut self) {
-        if self.dirty.is_empty() {
-            return;
-        }
-        let snaps: Vec<_> = self
-            .dirty
-            .drain()
-            .filter_map(|id| self.cabinets.get(&id).cloned())
-            .collect();
-        let store = self.store.clone();
-        let saved = store::blocking(move || {
-            store.save_snapshots(&snaps)?;
-            Ok(store.size_on_disk())
-        })
-        .await;
-        match saved {
-            Ok(size) => self.metrics.size_bytes.set(size as i64),
-            Err(e) => tracing::warn!(error = %e, "cannot save fleet snapshots"),
-        }
-    }
+fn take_dirty(
+    dirty: &mut HashSet<CabinetId>,
+    cabinets: &HashMap<CabinetId, CabinetSnapshot>,
+) -> Vec<CabinetSnapshot> {
+    dirty
+        .drain()
+        .filter_map(|id| cabinets.get(&id).cloned())
+        .collect()
 }

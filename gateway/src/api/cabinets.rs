@@ -1,0 +1,97 @@
+//! The cabinet routes: the fleet's snapshots and each cabinet's audit log, answered with
+//! typed response structs (the JSON names of [`crate::json`]).
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use locker_schemas::{codec, CabinetId};
+use serde::{Deserialize, Serialize};
+
+use super::{parse_cabinet, ApiError, ApiState};
+use crate::audit::EventJson;
+use crate::model::CabinetSnapshot;
+use crate::store;
+
+/// `GET /v1/cabinets`.
+#[derive(Debug, Serialize)]
+pub struct CabinetList {
+    pub cabinets: Vec<CabinetSnapshot>,
+}
+
+/// `GET /v1/cabinets/{id}/events`: a page of the audit log.
+#[derive(Debug, Serialize)]
+pub struct EventsPage {
+    pub cabinet: CabinetId,
+    pub events: Vec<serde_json::Value>,
+    /// The cursor for the next page (the last sequence number in this one).
+    pub next_after: Option<u64>,
+}
+
+/// A stored event that no longer decodes (shown, not hidden).
+#[derive(Debug, Serialize)]
+struct Undecodable {
+    seq: u64,
+    error: String,
+}
+
+pub(super) async fn list_cabinets(State(st): State<ApiState>) -> Json<CabinetList> {
+    Json(CabinetList {
+        cabinets: st.fleet.list().await,
+    })
+}
+
+pub(super) async fn get_cabinet(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<CabinetSnapshot>, ApiError> {
+    let id = parse_cabinet(&id)?;
+    match st.fleet.get(id.clone()).await {
+        Some(c) => Ok(Json(c)),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("unknown cabinet {id}"),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct EventsQuery {
+    /// Return events with a sequence number above this (paging cursor).
+    #[serde(default)]
+    after: u64,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_limit() -> usize {
+    100
+}
+
+pub(super) async fn cabinet_events(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<EventsPage>, ApiError> {
+    let id = parse_cabinet(&id)?;
+    let limit = q.limit.clamp(1, 1000);
+    let store = st.store.clone();
+    let cab = id.clone();
+    let rows = store::blocking(move || store.events_page(&cab, q.after, limit)).await?;
+    let mut events = Vec::with_capacity(rows.len());
+    for (seq, raw) in &rows {
+        let v = match codec::decode_uplink(raw) {
+            Ok(u) => serde_json::to_value(EventJson::new(&u)),
+            Err(e) => serde_json::to_value(Undecodable {
+                seq: *seq,
+                error: e.to_string(),
+            }),
+        };
+        events.push(v.unwrap_or(serde_json::Value::Null));
+    }
+    Ok(Json(EventsPage {
+        cabinet: id,
+        events,
+        next_after: rows.last().map(|(s, _)| *s),
+    }))
+}
