@@ -24,6 +24,35 @@ impl ApiClient {
         }
     }
 
+    /// A client of an API served over TLS (`[api.tls]`) that trusts only the CA in `ca_pem`.
+    pub fn with_tls(addr: SocketAddr, token: &str, ca_pem: &[u8]) -> Self {
+        let ca = reqwest::Certificate::from_pem(ca_pem).expect("CA certificate PEM");
+        let http = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .build()
+            .expect("TLS API client");
+        Self {
+            base: format!("https://{addr}"),
+            token: token.to_owned(),
+            http,
+        }
+    }
+
+    /// GET a path with a fresh connection; the status and JSON body, or the transport error
+    /// (for tests where the server may refuse the connection).
+    pub async fn try_get(&self, path: &str) -> Result<(u16, Value), reqwest::Error> {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONNECTION, "close")
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
     /// GET a path; returns the status and the JSON body (Null if none).
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let r = self

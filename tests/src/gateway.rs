@@ -68,7 +68,13 @@ impl TestGateway {
         let gw = Gateway::start(cfg.clone()).await.expect("gateway starts");
         cfg.edge.listen = gw.edge_addr;
         cfg.api.listen = gw.api_addr;
-        let api = ApiClient::new(gw.api_addr, TEST_TOKEN);
+        let api = match &cfg.api.tls {
+            None => ApiClient::new(gw.api_addr, TEST_TOKEN),
+            Some(_) => {
+                let ca = std::fs::read(pki.ca_pem()).expect("CA PEM");
+                ApiClient::with_tls(gw.api_addr, TEST_TOKEN, &ca)
+            }
+        };
         Self {
             gw,
             api,
