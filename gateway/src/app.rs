@@ -226,6 +226,17 @@ impl Gateway {
                 let _ = api.await;
             }
         }
+        // the fleet ends by itself once ingest's commit stream has closed, after saving its
+        // last snapshots (the last task in the list)
+        if let Some(mut fleet) = tasks.pop() {
+            if tokio::time::timeout(std::time::Duration::from_secs(5), &mut fleet)
+                .await
+                .is_err()
+            {
+                fleet.abort();
+                let _ = fleet.await;
+            }
+        }
         for t in &tasks {
             t.abort();
         }

@@ -278,3 +278,125 @@ fn take_dirty(
         .filter_map(|id| cabinets.get(&id).cloned())
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Condvar, Mutex};
+
+    use locker_schemas::{CompartmentId, CompartmentInfo, Door, DoorCause, Hello, NetworkKind};
+    use locker_schemas::{Size, Uplink, UplinkBody};
+
+    use super::*;
+    use crate::broker::{BrokerConfig, EmbeddedBroker};
+    use crate::metrics::Metrics;
+    use crate::store::StoreError;
+
+    /// A snapshot store whose saves block until the test opens the gate.
+    #[derive(Default)]
+    struct Gate {
+        saves: AtomicUsize,
+        open: Mutex<bool>,
+        cv: Condvar,
+    }
+
+    impl SnapshotStore for Gate {
+        fn save(&self, _: &[CabinetSnapshot]) -> Result<u64, StoreError> {
+            self.saves.fetch_add(1, Ordering::SeqCst);
+            let mut open = self
+                .open
+                .lock()
+                .map_err(|e| StoreError::Join(e.to_string()))?;
+            while !*open {
+                open = self
+                    .cv
+                    .wait(open)
+                    .map_err(|e| StoreError::Join(e.to_string()))?;
+            }
+            Ok(0)
+        }
+    }
+
+    impl Gate {
+        fn release(&self) {
+            if let Ok(mut o) = self.open.lock() {
+                *o = true;
+            }
+            self.cv.notify_all();
+        }
+    }
+
+    fn uplink(seq: u64, body: UplinkBody) -> Committed {
+        Arc::new(vec![Uplink {
+            cabinet: CabinetId::new("CAB-1").expect("id"),
+            boot: 1,
+            seq,
+            ts: 0,
+            body,
+        }])
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_snapshot_save_never_stalls_commits_or_reads() {
+        let (inbound, _keep) = mpsc::channel(16);
+        let broker = EmbeddedBroker::start(&BrokerConfig::default(), &[], inbound)
+            .await
+            .expect("broker");
+        let metrics = Metrics::new().expect("metrics");
+        let gate = Arc::new(Gate::default());
+        let (fleet, commits, _task) = Fleet::spawn_with(
+            Vec::new(),
+            gate.clone(),
+            broker.publisher.clone(),
+            metrics.store.clone(),
+            Limits::default(),
+            Duration::from_millis(10),
+        );
+        let hello = UplinkBody::Hello(Hello {
+            firmware: "f".into(),
+            hardware: "h".into(),
+            compartments: vec![CompartmentInfo {
+                id: CompartmentId(1),
+                size: Size::M,
+            }],
+            network: NetworkKind::Lan,
+            creds_version: 0,
+        });
+        commits.send(uplink(1, hello)).await.expect("commit");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while gate.saves.load(Ordering::SeqCst) == 0 {
+            assert!(std::time::Instant::now() < deadline, "no save started");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // the save is stuck; commits (more than the channel holds) and reads go on, paced
+        // so that many save intervals pass meanwhile
+        let served = tokio::time::timeout(Duration::from_secs(30), async {
+            for seq in 2..2_000 {
+                let door = UplinkBody::Door(Door {
+                    compartment: CompartmentId(1),
+                    open: seq % 2 == 0,
+                    cause: DoorCause::Unknown,
+                });
+                commits.send(uplink(seq, door)).await.expect("commit");
+                if seq % 10 == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            // commits and reads are separate queues: read until the last commit is in
+            loop {
+                let snap = fleet.get(CabinetId::new("CAB-1").expect("id")).await;
+                if snap.as_ref().is_none_or(|s| s.last_seq == 1_999) {
+                    break snap;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        gate.release();
+        let snap = served
+            .expect("the fleet kept serving while a save was stuck")
+            .expect("cabinet known");
+        assert_eq!(snap.last_seq, 1_999);
+        assert_eq!(snap.compartments[0].open, Some(false));
+    }
+}
