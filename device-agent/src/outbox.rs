@@ -74,6 +74,8 @@ pub struct Outbox {
     pub shed: u64,
     /// Critical events dropped at the hard limit.
     pub dropped: u64,
+    /// Acks for a seq this storage never assigned (ignored: they must never delete anything).
+    pub stray_acks: u64,
 }
 
 impl Outbox {
@@ -103,6 +105,7 @@ impl Outbox {
             limits,
             shed: 0,
             dropped: 0,
+            stray_acks: 0,
         };
         Ok((ob, loaded))
     }
@@ -217,20 +220,25 @@ impl Outbox {
 
     /// Applies the gateway's "stored everything up to `seq`": deletes those events (queued on
     /// the worker, not awaited). Returns whether the ack made progress.
+    ///
+    /// An ack beyond the last seq this storage assigned cannot be about its events (the gateway
+    /// speaks of another storage life, e.g. before this storage was wiped): it is ignored,
+    /// counted in `stray_acks` and logged once, and deletes nothing.
     pub async fn ack(&mut self, seq: u64) -> Result<bool, OutboxError> {
         if seq <= self.acked {
             return Ok(false);
         }
-        if seq >= self.next_seq {
-            if seq > self.last_seq() {
+        if seq > self.last_seq() {
+            self.stray_acks += 1;
+            if self.stray_acks == 1 {
                 tracing::warn!(
                     cabinet = %self.cabinet,
                     ack = seq,
                     last = self.last_seq(),
-                    "gateway acknowledged beyond our last event; continuing after its seq"
+                    "gateway acknowledged a seq this storage never assigned; ignored (logged once, counted)"
                 );
             }
-            self.next_seq = seq + 1;
+            return Ok(false);
         }
         self.acked = seq;
         let tree = self.tree.clone();

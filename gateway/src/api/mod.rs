@@ -3,6 +3,9 @@
 //! Every `/v1` route needs `Authorization: Bearer <token>` with a token from the `[api]`
 //! table of gateway.toml; errors are JSON `{"error": "...", "message": "..."}`.
 
+mod health;
+mod quarantine;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +56,7 @@ pub struct ApiState {
     pub commands: CommandsHandle,
     pub store: Store,
     pub metrics: Metrics,
+    pub ingest: crate::ingest::IngestHandle,
 }
 
 /// An API error: a status and a JSON body.
@@ -153,11 +157,12 @@ pub fn router(st: ApiState) -> Router {
         .route("/v1/cabinets/{id}/commands", post(create_command))
         .route("/v1/commands/{id}", get(get_command))
         .route("/v1/commands/{id}/cancel", post(cancel_command))
+        .merge(quarantine::routes())
         .layer(middleware::from_fn_with_state(st.clone(), auth));
     Router::new()
         .merge(v1)
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
+        .merge(health::routes())
         .route_layer(middleware::from_fn_with_state(st.clone(), count))
         .with_state(st)
 }
@@ -221,7 +226,11 @@ async fn cabinet_events(
     let mut events = Vec::with_capacity(rows.len());
     for (seq, raw) in &rows {
         match codec::decode_uplink(raw) {
-            Ok(u) => events.push(crate::audit::event_json(&u)),
+            Ok(u) => {
+                let mut e = crate::audit::event_json(&u);
+                e["position"] = json!(seq);
+                events.push(e);
+            }
             Err(e) => events.push(json!({"seq": seq, "error": e.to_string()})),
         }
     }
