@@ -44,8 +44,9 @@ async fn events_are_stored_once_in_order_and_acknowledged() {
     eventually("cabinet connected", || cab.connected()).await;
 
     cab.send(&cab.uplink(1, hello())).await;
-    cab.send(&cab.uplink(2, door(1, true))).await;
-    cab.send(&cab.uplink(2, door(1, true))).await; // duplicate
+    let second = cab.uplink(2, door(1, true));
+    cab.send(&second).await;
+    cab.send(&second).await; // duplicate (agents replay byte for byte)
     cab.send(&cab.uplink(4, door(1, false))).await; // gap: dropped
     cab.send(&cab.uplink(3, door(1, false))).await;
     eventually("ack of 3", || cab.acked() >= 3).await;

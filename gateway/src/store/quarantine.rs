@@ -119,9 +119,9 @@ impl QuarantineStore {
         })
     }
 
-    /// A new record id (monotonic across restarts).
+    /// A new record id (monotonic across restarts, from 1: 0 is the paging start).
     pub fn next_id(&self) -> Result<u64, StoreError> {
-        Ok(self.db.generate_id()?)
+        Ok(self.db.generate_id()? + 1)
     }
 
     /// Records held.
