@@ -15,7 +15,7 @@ use crate::commands::{CommandsHandle, Dispatcher};
 use crate::config::GatewayConfig;
 use crate::edge::{Edge, EdgeHandle, PresenceEvent};
 use crate::fleet::{Fleet, FleetHandle, PresenceChange};
-use crate::ingest::{retention, Ingest, IngestHandle};
+use crate::ingest::{retention, Ingest};
 use crate::metrics::{Metrics, MetricsError};
 use crate::store::{self, Store, StoreError};
 
@@ -47,8 +47,6 @@ pub struct Gateway {
     pub fleet: FleetHandle,
     pub commands: CommandsHandle,
     pub edge: EdgeHandle,
-    /// Ingest's readiness view.
-    pub ingest_health: IngestHandle,
     store: Store,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -168,7 +166,7 @@ impl Gateway {
             commands: commands.clone(),
             store: store.clone(),
             metrics: metrics.clone(),
-            ingest: ingest_health.clone(),
+            ingest: ingest_health,
         });
         let api_cancel = cancel.clone();
         let api_task = tokio::spawn(async move {
@@ -186,7 +184,6 @@ impl Gateway {
             fleet,
             commands,
             edge,
-            ingest_health,
             store,
             cancel,
             tasks: vec![

@@ -73,6 +73,13 @@ pub struct IngestMetrics {
     pub lag_seconds: Histogram,
     /// Acknowledgements published.
     pub acks: IntCounter,
+    /// Quarantine, storage lives, storage failure and retention (behind one pointer, so the
+    /// gateway's handle stays small).
+    pub faults: std::sync::Arc<IngestFaultMetrics>,
+}
+
+/// Ingest's fault metrics.
+pub struct IngestFaultMetrics {
     /// Uplinks quarantined (kept with their bytes, acknowledged if placeable), by reason.
     pub quarantined: IntCounterVec,
     /// Old quarantine records dropped by the caps.
@@ -144,6 +151,7 @@ impl Metrics {
             flush_seconds: histogram(&r, "locker_ingest_flush_seconds", "Time to write and flush one group commit", latency_buckets())?,
             lag_seconds: histogram(&r, "locker_ingest_lag_seconds", "From receipt at ingest to durable storage", latency_buckets())?,
             acks: counter(&r, "locker_ingest_acks_total", "Acknowledgements published to cabinets")?,
+            faults: std::sync::Arc::new(IngestFaultMetrics {
             quarantined: counter_vec(&r, "locker_ingest_quarantined_total", "Uplinks quarantined with their raw bytes, by reason", &["reason"])?,
             quarantine_dropped: counter(&r, "locker_ingest_quarantine_dropped_total", "Oldest quarantine records dropped by the caps")?,
             quarantine_held: gauge(&r, "locker_ingest_quarantine_records", "Quarantine records held")?,
@@ -152,6 +160,7 @@ impl Metrics {
             storage_failing: gauge(&r, "locker_ingest_storage_failing", "1 while group commits to storage fail (nothing is acknowledged meanwhile)")?,
             storage_errors: counter(&r, "locker_ingest_storage_errors_total", "Failed group commit attempts")?,
             pruned: counter(&r, "locker_ingest_pruned_total", "Audit log entries deleted by retention")?,
+            }),
         };
         let commands = CommandMetrics {
             created: counter_vec(

@@ -254,14 +254,14 @@ impl Ingest {
                         tracing::warn!(failures, "storage writable again; ingest resumed");
                     }
                     self.health.storage_failing.store(false, Ordering::SeqCst);
-                    self.metrics.storage_failing.set(0);
+                    self.metrics.faults.storage_failing.set(0);
                     break;
                 }
                 (back, Err(e)) => {
                     msgs = back;
                     failures += 1;
-                    self.metrics.storage_errors.inc();
-                    self.metrics.storage_failing.set(1);
+                    self.metrics.faults.storage_errors.inc();
+                    self.metrics.faults.storage_failing.set(1);
                     self.health.storage_failing.store(true, Ordering::SeqCst);
                     if let Ok(mut last) = self.health.last_error.lock() {
                         *last = e.to_string();

@@ -314,8 +314,9 @@ impl Core {
                 self.store
                     .append_events(&entries, &quarantined, self.limits, &new_cabinets)?;
             flush = Some(started.elapsed());
-            self.metrics.quarantine_dropped.inc_by(dropped);
+            self.metrics.faults.quarantine_dropped.inc_by(dropped);
             self.metrics
+                .faults
                 .quarantine_held
                 .set(i64::try_from(self.store.quarantine().len()).unwrap_or(i64::MAX));
         }
@@ -324,14 +325,14 @@ impl Core {
         let m = &self.metrics;
         m.duplicates.inc_by(tally.duplicates);
         m.gaps.inc_by(tally.gaps);
-        m.stale.inc_by(tally.stale);
-        m.new_lives.inc_by(tally.new_lives);
+        m.faults.stale.inc_by(tally.stale);
+        m.faults.new_lives.inc_by(tally.new_lives);
         m.foreign.inc_by(tally.foreign);
         for (reason, n) in tally.decode_errors {
             m.decode_errors.with_label_values(&[reason]).inc_by(n);
         }
         for (reason, n) in tally.quarantined {
-            m.quarantined.with_label_values(&[reason]).inc_by(n);
+            m.faults.quarantined.with_label_values(&[reason]).inc_by(n);
         }
         Ok(BatchOutcome {
             acks: acks.into_iter().collect(),

@@ -34,7 +34,7 @@ pub async fn prune_once(
         loop {
             let (st, c) = (store.clone(), cab.clone());
             let n = store::blocking(move || st.audit().prune(&c, cutoff, max, batch)).await?;
-            metrics.pruned.inc_by(n);
+            metrics.faults.pruned.inc_by(n);
             total += n;
             if (n as usize) < batch {
                 break;

@@ -84,14 +84,16 @@ pub struct QuarantineLimits {
     pub max_total: u64,
 }
 
-/// The quarantine's store interface (cheap to clone).
+/// The quarantine's store interface (cheap to clone: one pointer).
 #[derive(Clone)]
-pub struct QuarantineStore {
+pub struct QuarantineStore(Arc<Inner>);
+
+struct Inner {
     db: sled::Db,
     items: sled::Tree,
     by_cabinet: sled::Tree,
     /// Records held (counted once at open, then kept up to date).
-    count: Arc<AtomicU64>,
+    count: AtomicU64,
 }
 
 fn index_key(cabinet: &CabinetId, id: u64) -> Vec<u8> {
@@ -111,22 +113,22 @@ impl QuarantineStore {
     pub(super) fn open(db: &sled::Db) -> Result<Self, StoreError> {
         let items = db.open_tree("quarantine")?;
         let count = items.len() as u64;
-        Ok(Self {
+        Ok(Self(Arc::new(Inner {
             db: db.clone(),
             by_cabinet: db.open_tree("quarantine_by_cabinet")?,
             items,
-            count: Arc::new(AtomicU64::new(count)),
-        })
+            count: AtomicU64::new(count),
+        })))
     }
 
     /// A new record id (monotonic across restarts, from 1: 0 is the paging start).
     pub fn next_id(&self) -> Result<u64, StoreError> {
-        Ok(self.db.generate_id()? + 1)
+        Ok(self.0.db.generate_id()? + 1)
     }
 
     /// Records held.
     pub fn len(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
+        self.0.count.load(Ordering::Relaxed)
     }
 
     /// Whether the quarantine is empty.
@@ -146,20 +148,21 @@ impl QuarantineStore {
         }
         let mut touched: Vec<&CabinetId> = Vec::new();
         for r in recs {
-            self.items.insert(r.id.to_be_bytes(), r.encode()?)?;
+            self.0.items.insert(r.id.to_be_bytes(), r.encode()?)?;
             if let Some(c) = &r.cabinet {
-                self.by_cabinet.insert(index_key(c, r.id), &[])?;
+                self.0.by_cabinet.insert(index_key(c, r.id), &[])?;
                 if !touched.contains(&c) {
                     touched.push(c);
                 }
             }
-            self.count.fetch_add(1, Ordering::Relaxed);
+            self.0.count.fetch_add(1, Ordering::Relaxed);
         }
         let mut dropped = 0;
         for c in touched {
-            let held = self.by_cabinet.scan_prefix(prefix(c)).count() as u64;
+            let held = self.0.by_cabinet.scan_prefix(prefix(c)).count() as u64;
             let over = held.saturating_sub(limits.max_per_cabinet);
             let old: Vec<u64> = self
+                .0
                 .by_cabinet
                 .scan_prefix(prefix(c))
                 .keys()
@@ -171,7 +174,7 @@ impl QuarantineStore {
             }
         }
         while self.len() > limits.max_total {
-            let Some(kv) = self.items.iter().next() else {
+            let Some(kv) = self.0.items.iter().next() else {
                 break;
             };
             let (k, _) = kv?;
@@ -181,13 +184,13 @@ impl QuarantineStore {
     }
 
     fn remove(&self, id: u64) -> Result<bool, StoreError> {
-        let Some(v) = self.items.remove(id.to_be_bytes())? else {
+        let Some(v) = self.0.items.remove(id.to_be_bytes())? else {
             return Ok(false);
         };
-        self.count.fetch_sub(1, Ordering::Relaxed);
+        self.0.count.fetch_sub(1, Ordering::Relaxed);
         if let Ok(rec) = QuarantineRecord::decode(&v) {
             if let Some(c) = &rec.cabinet {
-                self.by_cabinet.remove(index_key(c, id))?;
+                self.0.by_cabinet.remove(index_key(c, id))?;
             }
         }
         Ok(true)
@@ -195,7 +198,7 @@ impl QuarantineStore {
 
     /// One record.
     pub fn get(&self, id: u64) -> Result<Option<QuarantineRecord>, StoreError> {
-        match self.items.get(id.to_be_bytes())? {
+        match self.0.items.get(id.to_be_bytes())? {
             None => Ok(None),
             Some(v) => Ok(Some(QuarantineRecord::decode(&v)?)),
         }
@@ -205,6 +208,7 @@ impl QuarantineStore {
     pub fn page(&self, after: u64, limit: usize) -> Result<Vec<QuarantineRecord>, StoreError> {
         let mut out = Vec::new();
         for kv in self
+            .0
             .items
             .range(after.saturating_add(1).to_be_bytes()..)
             .take(limit)
@@ -224,7 +228,7 @@ impl QuarantineStore {
         let start = index_key(cabinet, after.saturating_add(1));
         let end = index_key(cabinet, u64::MAX);
         let mut out = Vec::new();
-        for k in self.by_cabinet.range(start..=end).keys().take(limit) {
+        for k in self.0.by_cabinet.range(start..=end).keys().take(limit) {
             if let Some(r) = self.get(id_of(&k?))? {
                 out.push(r);
             }
