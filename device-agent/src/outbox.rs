@@ -285,6 +285,43 @@ impl Outbox {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn an_ack_beyond_what_this_storage_assigned_deletes_nothing() {
+        let dir = tempfile::tempdir().expect("dir");
+        let st = Storage::open(&dir.path().join("db"), std::time::Duration::from_millis(5))
+            .expect("storage");
+        let cab = CabinetId::new("CAB-1").expect("id");
+        let limits = OutboxConfig {
+            max_events: 100,
+            nearly_full_percent: 80,
+            hard_max_events: 200,
+        };
+        let (mut ob, _) = Outbox::open(&st, &cab, limits).await.expect("open");
+        for i in 0..3 {
+            let body = UplinkBody::Scan(locker_schemas::Scan {
+                source: locker_schemas::ScanSource::Keypad,
+                value: format!("{i}"),
+            });
+            ob.append(1_000, body, Vec::new()).await.expect("append");
+        }
+        // a gateway that remembers an older storage life acknowledges its old high-water mark
+        assert!(!ob.ack(10).await.expect("ack"));
+        assert!(!ob.ack(11).await.expect("ack"));
+        assert_eq!(ob.stray_acks, 2);
+        assert_eq!((ob.acked(), ob.depth(), ob.next_seq()), (0, 3, 4));
+        let kept: Vec<u64> = ob
+            .read(1, 10)
+            .await
+            .expect("read")
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(kept, vec![1, 2, 3], "nothing deleted");
+        // a real ack still works
+        assert!(ob.ack(2).await.expect("ack"));
+        assert_eq!(ob.depth(), 1);
+    }
+
     #[test]
     fn admission_sheds_telemetry_first_and_keeps_critical_to_the_hard_limit() {
         let l = OutboxConfig {
