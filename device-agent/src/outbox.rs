@@ -74,6 +74,8 @@ pub struct Outbox {
     pub shed: u64,
     /// Critical events dropped at the hard limit.
     pub dropped: u64,
+    /// Acks for a seq this storage never assigned (ignored: they must never delete anything).
+    pub stray_acks: u64,
 }
 
 impl Outbox {
@@ -103,6 +105,7 @@ impl Outbox {
             limits,
             shed: 0,
             dropped: 0,
+            stray_acks: 0,
         };
         Ok((ob, loaded))
     }
@@ -217,20 +220,25 @@ impl Outbox {
 
     /// Applies the gateway's "stored everything up to `seq`": deletes those events (queued on
     /// the worker, not awaited). Returns whether the ack made progress.
+    ///
+    /// An ack beyond the last seq this storage assigned cannot be about its events (the gateway
+    /// speaks of another storage life, e.g. before this storage was wiped): it is ignored,
+    /// counted in `stray_acks` and logged once, and deletes nothing.
     pub async fn ack(&mut self, seq: u64) -> Result<bool, OutboxError> {
         if seq <= self.acked {
             return Ok(false);
         }
-        if seq >= self.next_seq {
-            if seq > self.last_seq() {
+        if seq > self.last_seq() {
+            self.stray_acks += 1;
+            if self.stray_acks == 1 {
                 tracing::warn!(
                     cabinet = %self.cabinet,
                     ack = seq,
                     last = self.last_seq(),
-                    "gateway acknowledged beyond our last event; continuing after its seq"
+                    "gateway acknowledged a seq this storage never assigned; ignored (logged once, counted)"
                 );
             }
-            self.next_seq = seq + 1;
+            return Ok(false);
         }
         self.acked = seq;
         let tree = self.tree.clone();
@@ -276,6 +284,43 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_ack_beyond_what_this_storage_assigned_deletes_nothing() {
+        let dir = tempfile::tempdir().expect("dir");
+        let st = Storage::open(&dir.path().join("db"), std::time::Duration::from_millis(5))
+            .expect("storage");
+        let cab = CabinetId::new("CAB-1").expect("id");
+        let limits = OutboxConfig {
+            max_events: 100,
+            nearly_full_percent: 80,
+            hard_max_events: 200,
+        };
+        let (mut ob, _) = Outbox::open(&st, &cab, limits).await.expect("open");
+        for i in 0..3 {
+            let body = UplinkBody::Scan(locker_schemas::Scan {
+                source: locker_schemas::ScanSource::Keypad,
+                value: format!("{i}"),
+            });
+            ob.append(1_000, body, Vec::new()).await.expect("append");
+        }
+        // a gateway that remembers an older storage life acknowledges its old high-water mark
+        assert!(!ob.ack(10).await.expect("ack"));
+        assert!(!ob.ack(11).await.expect("ack"));
+        assert_eq!(ob.stray_acks, 2);
+        assert_eq!((ob.acked(), ob.depth(), ob.next_seq()), (0, 3, 4));
+        let kept: Vec<u64> = ob
+            .read(1, 10)
+            .await
+            .expect("read")
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(kept, vec![1, 2, 3], "nothing deleted");
+        // a real ack still works
+        assert!(ob.ack(2).await.expect("ack"));
+        assert_eq!(ob.depth(), 1);
+    }
 
     #[test]
     fn admission_sheds_telemetry_first_and_keeps_critical_to_the_hard_limit() {

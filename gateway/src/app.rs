@@ -15,7 +15,7 @@ use crate::commands::{CommandsHandle, Dispatcher};
 use crate::config::GatewayConfig;
 use crate::edge::{Edge, EdgeHandle, PresenceEvent};
 use crate::fleet::{Fleet, FleetHandle, PresenceChange};
-use crate::ingest::Ingest;
+use crate::ingest::{retention, Ingest};
 use crate::metrics::{Metrics, MetricsError};
 use crate::store::{self, Store, StoreError};
 
@@ -81,13 +81,9 @@ impl Gateway {
                     path: db_path.display().to_string(),
                     source,
                 })?;
-        let known: Vec<_> = cabinets
-            .iter()
-            .map(|(s, hwm)| (s.id.clone(), *hwm))
-            .collect();
         let snapshots: Vec<_> = cabinets.into_iter().map(|(s, _)| s).collect();
         tracing::info!(
-            cabinets = known.len(),
+            cabinets = snapshots.len(),
             pending_commands = pending.len(),
             "store opened"
         );
@@ -120,15 +116,16 @@ impl Gateway {
             store.clone(),
             publisher.clone(),
             metrics.ingest.clone(),
-            known,
             vec![fleet_commits, command_commits],
         );
-        let ingest_cancel = cancel.clone();
-        let ingest_task = tokio::spawn(async move {
-            if let Err(e) = ingest.run(inbound_rx, ingest_cancel).await {
-                tracing::error!(error = %e, "ingest stopped: storage failed");
-            }
-        });
+        let ingest_health = ingest.handle();
+        let ingest_task = tokio::spawn(ingest.run(inbound_rx, cancel.clone()));
+        let retention_task = tokio::spawn(retention::run(
+            cfg.ingest.clone(),
+            store.clone(),
+            metrics.ingest.clone(),
+            cancel.clone(),
+        ));
 
         let (presence_tx, mut presence_rx) = mpsc::channel::<PresenceEvent>(4096);
         let (edge, edge_addr) = Edge::start(
@@ -179,6 +176,7 @@ impl Gateway {
             commands: commands.clone(),
             store: store.clone(),
             metrics: metrics.clone(),
+            ingest: ingest_health,
         });
         let api_cancel = cancel.clone();
         let api_limits = api::serve::Limits {
@@ -203,9 +201,21 @@ impl Gateway {
             edge,
             store,
             cancel,
-            tasks: vec![api_task, presence_task, dispatch_task, fleet_task],
+            tasks: vec![
+                api_task,
+                presence_task,
+                dispatch_task,
+                fleet_task,
+                retention_task,
+            ],
             ingest: ingest_task,
         })
+    }
+
+    /// The gateway's storage (tests reach the fault-injection seam of the audit log through
+    /// it: `store().audit().set_write_fault(true)`).
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// Stops accepting, closes connections, lets ingest finish what it has, and flushes.

@@ -73,6 +73,29 @@ pub struct IngestMetrics {
     pub lag_seconds: Histogram,
     /// Acknowledgements published.
     pub acks: IntCounter,
+    /// Quarantine, storage lives, storage failure and retention (behind one pointer, so the
+    /// gateway's handle stays small).
+    pub faults: std::sync::Arc<IngestFaultMetrics>,
+}
+
+/// Ingest's fault metrics.
+pub struct IngestFaultMetrics {
+    /// Uplinks quarantined (kept with their bytes, acknowledged if placeable), by reason.
+    pub quarantined: IntCounterVec,
+    /// Old quarantine records dropped by the caps.
+    pub quarantine_dropped: IntCounter,
+    /// Quarantine records held.
+    pub quarantine_held: IntGauge,
+    /// Uplinks behind the high-water mark that match nothing stored (dropped, never acked).
+    pub stale: IntCounter,
+    /// New storage lives started (an agent whose storage was wiped began again at seq 1).
+    pub new_lives: IntCounter,
+    /// 1 while group commits fail (storage alarm), else 0.
+    pub storage_failing: IntGauge,
+    /// Failed group commit attempts.
+    pub storage_errors: IntCounter,
+    /// Audit entries deleted by retention.
+    pub pruned: IntCounter,
 }
 
 /// Commands: the offline queue and the dispatcher.
@@ -141,6 +164,16 @@ impl Metrics {
             flush_seconds: histogram(&r, "locker_ingest_flush_seconds", "Time to write and flush one group commit", latency_buckets())?,
             lag_seconds: histogram(&r, "locker_ingest_lag_seconds", "From receipt at ingest to durable storage", latency_buckets())?,
             acks: counter(&r, "locker_ingest_acks_total", "Acknowledgements published to cabinets")?,
+            faults: std::sync::Arc::new(IngestFaultMetrics {
+            quarantined: counter_vec(&r, "locker_ingest_quarantined_total", "Uplinks quarantined with their raw bytes, by reason", &["reason"])?,
+            quarantine_dropped: counter(&r, "locker_ingest_quarantine_dropped_total", "Oldest quarantine records dropped by the caps")?,
+            quarantine_held: gauge(&r, "locker_ingest_quarantine_records", "Quarantine records held")?,
+            stale: counter(&r, "locker_ingest_stale_total", "Uplinks behind the high-water mark matching nothing stored (dropped, not acknowledged)")?,
+            new_lives: counter(&r, "locker_ingest_new_lives_total", "Cabinets that started a new storage life (wiped agent storage)")?,
+            storage_failing: gauge(&r, "locker_ingest_storage_failing", "1 while group commits to storage fail (nothing is acknowledged meanwhile)")?,
+            storage_errors: counter(&r, "locker_ingest_storage_errors_total", "Failed group commit attempts")?,
+            pruned: counter(&r, "locker_ingest_pruned_total", "Audit log entries deleted by retention")?,
+            }),
         };
         let commands = CommandMetrics {
             created: counter_vec(

@@ -108,6 +108,18 @@ impl TestCabinet {
         }
     }
 
+    /// Stops the agent and gives it empty storage, as a new SD card or a re-flash would: the
+    /// next [`TestCabinet::boot`] starts with boot 1 and seq 1. (The old database is left in
+    /// place, unused: sled keeps its files locked for as long as the process holds it.)
+    pub async fn wipe_storage(&mut self) {
+        self.stop().await;
+        self.storage = None;
+        let n = std::fs::read_dir(self.dir.path())
+            .map(|d| d.count())
+            .unwrap_or(0);
+        self.config.storage.path = self.dir.path().join(format!("db-wiped-{n}"));
+    }
+
     /// Points the agent at another gateway address (takes effect on the next boot).
     pub fn set_edge(&mut self, edge: SocketAddr) {
         self.config.mqtt.host = edge.ip().to_string();

@@ -44,8 +44,9 @@ async fn events_are_stored_once_in_order_and_acknowledged() {
     eventually("cabinet connected", || cab.connected()).await;
 
     cab.send(&cab.uplink(1, hello())).await;
-    cab.send(&cab.uplink(2, door(1, true))).await;
-    cab.send(&cab.uplink(2, door(1, true))).await; // duplicate
+    let second = cab.uplink(2, door(1, true));
+    cab.send(&second).await;
+    cab.send(&second).await; // duplicate (agents replay byte for byte)
     cab.send(&cab.uplink(4, door(1, false))).await; // gap: dropped
     cab.send(&cab.uplink(3, door(1, false))).await;
     eventually("ack of 3", || cab.acked() >= 3).await;
@@ -288,6 +289,7 @@ async fn garbage_and_forged_payloads_are_counted_and_others_keep_being_served() 
         }
     })
     .await;
+    eventually("A's placed forgery acknowledged", || a.acked() == 1).await;
     // an oversized packet closes A's connection at the edge; B is unaffected
     a.send_raw("lk/v1/CAB-A/up/door", vec![0x9f; 70_000]).await;
     eventually("A dropped", || {
@@ -302,11 +304,22 @@ async fn garbage_and_forged_payloads_are_counted_and_others_keep_being_served() 
         Some(3),
         "B's events are stored, the forgery is not"
     );
-    let (s, _) = gw.api.get("/v1/cabinets/CAB-A/events").await;
+    let (s, page) = gw.api.get("/v1/cabinets/CAB-A/events").await;
     assert_eq!(s, 200);
     assert_eq!(
-        a.acked(),
-        0,
-        "nothing of A's garbage was stored or acknowledged"
+        page["events"].as_array().map(Vec::len),
+        Some(0),
+        "nothing of A's is an event"
     );
+    // The forgery had a readable head: it is quarantined in A's sequence and acknowledged
+    // (so it cannot stall A); the garbage had none: quarantined unplaced, not acknowledged.
+    let (_, q) = gw.api.get("/v1/cabinets/CAB-A/quarantine").await;
+    let reasons: Vec<&str> = q["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter_map(|r| r["reason"].as_str())
+        .collect();
+    assert_eq!(reasons, vec!["malformed", "foreign"], "{q}");
+    assert_eq!(a.acked(), 1, "only the placed forgery was acknowledged");
 }

@@ -125,6 +125,8 @@ pub struct Counters {
     pub shed_events: u64,
     pub dropped_critical: u64,
     pub storage_errors: u64,
+    /// Acks for a seq this storage never assigned (ignored, nothing deleted).
+    pub stray_acks: u64,
 }
 
 /// A snapshot of the agent's state.

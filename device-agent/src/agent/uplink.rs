@@ -22,7 +22,7 @@ impl Core {
                     self.recent.pop_front();
                 }
             }
-            Ok(false) => {}
+            Ok(false) => self.counters.stray_acks = self.outbox.stray_acks,
             Err(e) => {
                 self.counters.storage_errors += 1;
                 tracing::error!(error = %e, "ack not applied");

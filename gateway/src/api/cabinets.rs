@@ -23,14 +23,23 @@ pub struct CabinetList {
 pub struct EventsPage {
     pub cabinet: CabinetId,
     pub events: Vec<serde_json::Value>,
-    /// The cursor for the next page (the last sequence number in this one).
+    /// The cursor for the next page (the last audit position in this one).
     pub next_after: Option<u64>,
+}
+
+/// A stored event with its audit position (the paging cursor; positions keep increasing
+/// across a cabinet's storage lives, while `seq` restarts when its storage is wiped).
+#[derive(Debug, Serialize)]
+struct Positioned<'a> {
+    position: u64,
+    #[serde(flatten)]
+    event: EventJson<'a>,
 }
 
 /// A stored event that no longer decodes (shown, not hidden).
 #[derive(Debug, Serialize)]
 struct Undecodable {
-    seq: u64,
+    position: u64,
     error: String,
 }
 
@@ -57,7 +66,7 @@ pub(super) async fn get_cabinet(
 
 #[derive(Deserialize)]
 pub(super) struct EventsQuery {
-    /// Return events with a sequence number above this (paging cursor).
+    /// Return events with an audit position above this (paging cursor).
     #[serde(default)]
     after: u64,
     #[serde(default = "default_limit")]
@@ -79,11 +88,14 @@ pub(super) async fn cabinet_events(
     let cab = id.clone();
     let rows = store::blocking(move || store.events_page(&cab, q.after, limit)).await?;
     let mut events = Vec::with_capacity(rows.len());
-    for (seq, raw) in &rows {
+    for (position, raw) in &rows {
         let v = match codec::decode_uplink(raw) {
-            Ok(u) => serde_json::to_value(EventJson::new(&u)),
+            Ok(u) => serde_json::to_value(Positioned {
+                position: *position,
+                event: EventJson::new(&u),
+            }),
             Err(e) => serde_json::to_value(Undecodable {
-                seq: *seq,
+                position: *position,
                 error: e.to_string(),
             }),
         };

@@ -4,6 +4,8 @@
 //! table of gateway.toml; errors are JSON `{"error": "...", "message": "..."}`.
 
 pub mod cabinets;
+mod health;
+mod quarantine;
 pub mod serve;
 
 use std::collections::HashMap;
@@ -66,6 +68,7 @@ pub struct ApiState {
     pub commands: CommandsHandle,
     pub store: Store,
     pub metrics: Metrics,
+    pub ingest: crate::ingest::IngestHandle,
 }
 
 /// An API error: a status and a JSON body.
@@ -166,11 +169,12 @@ pub fn router(st: ApiState) -> Router {
         .route("/v1/cabinets/{id}/commands", post(create_command))
         .route("/v1/commands/{id}", get(get_command))
         .route("/v1/commands/{id}/cancel", post(cancel_command))
+        .merge(quarantine::routes())
         .layer(middleware::from_fn_with_state(st.clone(), auth));
     Router::new()
         .merge(v1)
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
+        .merge(health::routes())
         .route_layer(middleware::from_fn_with_state(st.clone(), count))
         .with_state(st)
 }

@@ -22,10 +22,10 @@ use std::collections::VecDeque;
 use std::thread;
 
 use bytes::Bytes;
+use locker_schemas::Topic;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{Packet, Publish};
 use rumqttd::Notification;
-use locker_schemas::Topic;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -104,6 +104,11 @@ impl Publisher {
     /// application protocol). Waits if the link is backed up.
     pub async fn publish(&self, topic: Topic, payload: Bytes) -> bool {
         self.tx.send((topic, payload)).await.is_ok()
+    }
+
+    /// Whether the gateway's link to the router is still there (for readiness).
+    pub fn is_open(&self) -> bool {
+        !self.tx.is_closed()
     }
 
     /// Queues a publish without waiting; false if the link is backed up or gone.

@@ -1,26 +1,33 @@
 //! Ingest: every uplink the broker forwards to the gateway's link goes through here. It is
-//! decoded, checked (the envelope's cabinet must match the topic's), deduplicated against the
-//! cabinet's high-water mark, appended to the audit log with one flush per group of events
-//! (group commit), acknowledged up to what is durably stored, and then handed to the fleet
-//! state and the command dispatcher.
+//! judged against its cabinet's storage life ([`plan`]: deduplication by (cabinet, boot, seq),
+//! new lives after a wiped agent, quarantine of what cannot be accepted as is), written to the
+//! audit log with one flush per group of events (group commit), acknowledged up to what is
+//! durably stored, and then handed to the fleet state and the command dispatcher.
 //!
-//! Ordering: a cabinet's events are accepted only in sequence (`seq == last + 1`). A duplicate
-//! (`seq <= last`) or a gap (`seq > last + 1`, e.g. when the broker skipped a message) is dropped
-//! and answered with an ack of `last`, and the cabinet resends from there (go-back-N). A cabinet
-//! the gateway has never seen starts at whatever sequence number it sends first.
+//! Storage failures never stop ingest: the batch is kept and retried with capped exponential
+//! backoff, nothing of it is acknowledged until it is durable, `locker_ingest_storage_failing`
+//! is 1 and `/readyz` answers 503 meanwhile ([`IngestHandle`]). While it retries, the inbound
+//! channel fills and the broker holds, then skips (go-back-N resends; nothing is lost).
+//!
+//! Owns: the lives of the cabinets ([`plan::Core`]), the retention task ([`retention`]).
 
-use std::collections::HashMap;
-use std::time::Instant;
+pub mod head;
+mod logonce;
+mod plan;
+pub mod retention;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use locker_schemas::codec::encode_downlink;
-use locker_schemas::{codec, Ack, CabinetId, DownKind, Downlink, DownlinkBody, Topic, Uplink};
+use locker_schemas::{now_millis, Ack, CabinetId, DownKind, Downlink, DownlinkBody, Topic, Uplink};
 use tokio::sync::mpsc;
 
 use crate::broker::{Inbound, Publisher};
 use crate::metrics::IngestMetrics;
-use crate::model::CabinetSnapshot;
-use crate::store::{self, NewEvent, Store, StoreError};
+use crate::store::{QuarantineLimits, Store, StoreError};
 
 /// Events stored in one commit, passed on to the fleet state and the dispatcher.
 pub type Committed = std::sync::Arc<Vec<Uplink>>;
@@ -31,211 +38,293 @@ pub type Committed = std::sync::Arc<Vec<Uplink>>;
 pub struct IngestConfig {
     /// The largest group commit, events.
     pub max_batch: usize,
+    /// First wait before retrying a group commit that failed, ms (doubles per failure).
+    pub retry_initial_ms: u64,
+    /// Longest wait between retries of a failing group commit, ms.
+    pub retry_max_ms: u64,
+    /// `/readyz` fails when a batch has waited longer than this to become durable, ms.
+    pub ready_max_lag_ms: u64,
+    /// Quarantined uplinks kept per cabinet (oldest dropped first, counted).
+    pub quarantine_max_per_cabinet: u64,
+    /// Quarantined uplinks kept in all.
+    pub quarantine_max_total: u64,
+    /// Audit log retention, days by the cabinet's clock (0 = keep forever).
+    pub retention_days: u64,
+    /// Most audit entries kept per cabinet (0 = no limit).
+    pub retention_max_events: u64,
+    /// How often the retention task runs, ms.
+    pub retention_interval_ms: u64,
+    /// Most entries deleted per blocking step of the retention task.
+    pub retention_batch: usize,
 }
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        Self { max_batch: 8192 }
+        Self {
+            max_batch: 8192,
+            retry_initial_ms: 50,
+            retry_max_ms: 5_000,
+            ready_max_lag_ms: 10_000,
+            quarantine_max_per_cabinet: 1_000,
+            quarantine_max_total: 100_000,
+            retention_days: 0,
+            retention_max_events: 0,
+            retention_interval_ms: 3_600_000,
+            retention_batch: 1_000,
+        }
     }
 }
 
-/// The ingest actor's state: the high-water mark of every cabinet.
+impl IngestConfig {
+    fn limits(&self) -> QuarantineLimits {
+        QuarantineLimits {
+            max_per_cabinet: self.quarantine_max_per_cabinet.max(1),
+            max_total: self.quarantine_max_total.max(1),
+        }
+    }
+}
+
+/// What ingest reports about itself (shared with [`IngestHandle`]).
+#[derive(Default)]
+struct Health {
+    storage_failing: AtomicBool,
+    last_error: Mutex<String>,
+    /// Gateway clock when the batch being committed was taken in, ms (0 = idle).
+    batch_since_ms: AtomicU64,
+    /// Whether the inbound channel from the broker is closed (the link is gone).
+    inbound_closed: AtomicBool,
+}
+
+/// One `/readyz` check.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// A cloneable view of ingest for readiness checks.
+#[derive(Clone)]
+pub struct IngestHandle {
+    health: Arc<Health>,
+    publisher: Publisher,
+    max_lag: Duration,
+}
+
+impl IngestHandle {
+    /// The readiness checks: storage writable, broker link alive, ingest lag under the limit.
+    pub fn checks(&self) -> Vec<Check> {
+        let h = &self.health;
+        let failing = h.storage_failing.load(Ordering::SeqCst);
+        let storage = Check {
+            name: "storage",
+            ok: !failing,
+            detail: if failing {
+                h.last_error
+                    .lock()
+                    .map(|e| e.clone())
+                    .unwrap_or_else(|p| p.into_inner().clone())
+            } else {
+                "writable".into()
+            },
+        };
+        let link_ok = !h.inbound_closed.load(Ordering::SeqCst) && self.publisher.is_open();
+        let broker = Check {
+            name: "broker",
+            ok: link_ok,
+            detail: if link_ok {
+                "linked"
+            } else {
+                "the gateway's broker link is closed"
+            }
+            .into(),
+        };
+        let since = h.batch_since_ms.load(Ordering::SeqCst);
+        let lag = if since == 0 {
+            0
+        } else {
+            now_millis().saturating_sub(since)
+        };
+        let lag_ok = u128::from(lag) <= self.max_lag.as_millis();
+        let lag = Check {
+            name: "ingest_lag",
+            ok: lag_ok,
+            detail: format!("{lag} ms (limit {} ms)", self.max_lag.as_millis()),
+        };
+        vec![storage, broker, lag]
+    }
+}
+
+/// The ingest actor.
 pub struct Ingest {
     cfg: IngestConfig,
-    store: Store,
+    core: Arc<Mutex<plan::Core>>,
     publisher: Publisher,
     metrics: IngestMetrics,
-    hwm: HashMap<CabinetId, u64>,
     committed: Vec<mpsc::Sender<Committed>>,
-    logged: LogOnce,
-}
-
-/// Remembers which (cabinet, reason) pairs were already logged, so a misbehaving cabinet is
-/// logged once (and counted every time) instead of flooding the log. Bounded: when full it
-/// forgets everything and starts again.
-#[derive(Default)]
-struct LogOnce(std::collections::HashSet<(CabinetId, &'static str)>);
-
-impl LogOnce {
-    const MAX: usize = 10_000;
-
-    fn first(&mut self, cabinet: &CabinetId, reason: &'static str) -> bool {
-        if self.0.len() >= Self::MAX {
-            self.0.clear();
-        }
-        self.0.insert((cabinet.clone(), reason))
-    }
-}
-
-/// What became of one inbound publish.
-enum Verdict {
-    Accept(Uplink),
-    Duplicate,
-    Gap,
-    Reject,
+    health: Arc<Health>,
 }
 
 impl Ingest {
-    /// Creates the actor with the high-water marks loaded from the store; every commit is
-    /// sent to each of `committed` (bounded: a slow consumer slows ingest, it never loses).
+    /// Creates the actor (cabinets' lives are read from the audit log on first sight); every
+    /// commit is sent to each of `committed` (bounded: a slow consumer slows ingest, it never
+    /// loses).
     pub fn new(
         cfg: IngestConfig,
         store: Store,
         publisher: Publisher,
         metrics: IngestMetrics,
-        known: impl IntoIterator<Item = (CabinetId, u64)>,
         committed: Vec<mpsc::Sender<Committed>>,
     ) -> Self {
+        let core = plan::Core::new(store, cfg.limits(), metrics.clone());
         Self {
             cfg,
-            store,
+            core: Arc::new(Mutex::new(core)),
             publisher,
             metrics,
-            hwm: known.into_iter().collect(),
             committed,
-            logged: LogOnce::default(),
+            health: Arc::new(Health::default()),
         }
     }
 
-    fn judge(
-        &mut self,
-        msg: &Inbound,
-        pending: &mut HashMap<CabinetId, u64>,
-    ) -> (Verdict, Option<CabinetId>) {
-        let topic = match std::str::from_utf8(&msg.topic)
-            .ok()
-            .and_then(|t| t.parse::<Topic>().ok())
-        {
-            Some(Topic::Up(c, k)) => (c, k),
-            _ => {
-                self.metrics.foreign.inc();
-                return (Verdict::Reject, None);
-            }
-        };
-        let (cabinet, kind) = topic;
-        let u = match codec::decode_uplink(&msg.payload) {
-            Ok(u) => u,
-            Err(e) => {
-                self.metrics
-                    .decode_errors
-                    .with_label_values(&[e.label()])
-                    .inc();
-                tracing::debug!(%cabinet, error = %e, "undecodable uplink dropped");
-                return (Verdict::Reject, Some(cabinet));
-            }
-        };
-        if u.cabinet != cabinet || u.body.kind() != kind {
-            self.metrics.foreign.inc();
-            if self.logged.first(&cabinet, "foreign") {
-                tracing::warn!(%cabinet, claimed = %u.cabinet, kind = %kind, "uplink envelope does not match its topic; dropped (logged once per cabinet)");
-            }
-            return (Verdict::Reject, Some(cabinet));
-        }
-        let last = match pending.get(&cabinet).or_else(|| self.hwm.get(&cabinet)) {
-            Some(l) => *l,
-            // a cabinet never seen before starts wherever it is
-            None => u.seq.saturating_sub(1),
-        };
-        if u.seq <= last {
-            self.metrics.duplicates.inc();
-            pending.entry(cabinet.clone()).or_insert(last);
-            (Verdict::Duplicate, Some(cabinet))
-        } else if u.seq > last + 1 {
-            self.metrics.gaps.inc();
-            pending.entry(cabinet.clone()).or_insert(last);
-            (Verdict::Gap, Some(cabinet))
-        } else {
-            pending.insert(cabinet.clone(), u.seq);
-            (Verdict::Accept(u), Some(cabinet))
+    /// The readiness view.
+    pub fn handle(&self) -> IngestHandle {
+        IngestHandle {
+            health: self.health.clone(),
+            publisher: self.publisher.clone(),
+            max_lag: Duration::from_millis(self.cfg.ready_max_lag_ms),
         }
     }
 
-    /// Runs until the inbound channel closes.
     /// Runs until the inbound channel closes or `cancel` fires (then it commits what it
-    /// already received and returns).
+    /// already received, if storage lets it, and returns).
     pub async fn run(
         mut self,
         mut inbound: mpsc::Receiver<Inbound>,
         cancel: tokio_util::sync::CancellationToken,
-    ) -> Result<(), StoreError> {
-        let mut buf = Vec::with_capacity(self.cfg.max_batch);
+    ) {
+        let max = self.cfg.max_batch.max(1);
+        let mut buf = Vec::with_capacity(max);
         loop {
             buf.clear();
             let n = tokio::select! {
-                n = inbound.recv_many(&mut buf, self.cfg.max_batch) => n,
+                n = inbound.recv_many(&mut buf, max) => n,
                 _ = cancel.cancelled() => {
-                    while buf.len() < self.cfg.max_batch {
+                    while buf.len() < max {
                         match inbound.try_recv() {
                             Ok(m) => buf.push(m),
                             Err(_) => break,
                         }
                     }
                     if !buf.is_empty() {
-                        self.commit(&buf).await?;
+                        // one attempt: a failing store must not hold up shutdown
+                        let _ = self.commit(std::mem::take(&mut buf)).await;
                     }
-                    return Ok(());
+                    return;
                 }
             };
             if n == 0 {
-                return Ok(());
+                self.health.inbound_closed.store(true, Ordering::SeqCst);
+                return;
             }
-            self.commit(&buf).await?;
+            buf = self
+                .commit_until_durable(std::mem::take(&mut buf), &cancel)
+                .await;
         }
     }
 
-    async fn commit(&mut self, msgs: &[Inbound]) -> Result<(), StoreError> {
-        let started = Instant::now();
-        // cabinet -> last seq after this batch (only cabinets that need an ack)
-        let mut pending: HashMap<CabinetId, u64> = HashMap::new();
-        let mut accepted = Vec::new();
-        let mut rows = Vec::new();
-        let mut new_cabinets = Vec::new();
-        for m in msgs {
-            if let (Verdict::Accept(u), Some(cab)) = self.judge(m, &mut pending) {
-                if !self.hwm.contains_key(&cab)
-                    && !new_cabinets.iter().any(|c: &CabinetSnapshot| c.id == cab)
-                {
-                    new_cabinets.push(CabinetSnapshot::new(cab.clone()));
+    /// Commits a batch, retrying with capped exponential backoff while storage fails.
+    /// Returns the (emptied or abandoned) buffer for reuse.
+    async fn commit_until_durable(
+        &mut self,
+        mut msgs: Vec<Inbound>,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Vec<Inbound> {
+        self.health
+            .batch_since_ms
+            .store(now_millis().max(1), Ordering::SeqCst);
+        let mut wait = Duration::from_millis(self.cfg.retry_initial_ms.max(1));
+        let max_wait = Duration::from_millis(self.cfg.retry_max_ms.max(1));
+        let mut failures = 0u64;
+        loop {
+            match self.commit(msgs).await {
+                (back, Ok(())) => {
+                    msgs = back;
+                    if failures > 0 {
+                        tracing::warn!(failures, "storage writable again; ingest resumed");
+                    }
+                    self.health.storage_failing.store(false, Ordering::SeqCst);
+                    self.metrics.faults.storage_failing.set(0);
+                    break;
                 }
-                rows.push(NewEvent {
-                    cabinet: cab,
-                    seq: u.seq,
-                    raw: m.payload.clone(),
-                });
-                accepted.push(u);
+                (back, Err(e)) => {
+                    msgs = back;
+                    failures += 1;
+                    self.metrics.faults.storage_errors.inc();
+                    self.metrics.faults.storage_failing.set(1);
+                    self.health.storage_failing.store(true, Ordering::SeqCst);
+                    if let Ok(mut last) = self.health.last_error.lock() {
+                        *last = e.to_string();
+                    }
+                    if failures == 1 {
+                        tracing::error!(error = %e, "group commit failed: nothing acknowledged; retrying with backoff (logged once per outage)");
+                    } else {
+                        tracing::debug!(error = %e, failures, "group commit failed again");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = cancel.cancelled() => break,
+                    }
+                    wait = (wait * 2).min(max_wait);
+                }
             }
         }
-        if !rows.is_empty() {
-            let store = self.store.clone();
-            let n = rows.len();
-            let flush_started = Instant::now();
-            store::blocking(move || store.append_events(&rows, &new_cabinets)).await?;
-            self.metrics
-                .flush_seconds
-                .observe(flush_started.elapsed().as_secs_f64());
-            self.metrics.batch_size.observe(n as f64);
+        self.health.batch_since_ms.store(0, Ordering::SeqCst);
+        msgs.clear();
+        msgs
+    }
+
+    /// One attempt at a batch: judge, write, flush on a blocking thread; then acknowledge and
+    /// pass on. Returns the messages (for a retry) and whether it is durable.
+    async fn commit(&mut self, msgs: Vec<Inbound>) -> (Vec<Inbound>, Result<(), StoreError>) {
+        let started = Instant::now();
+        let core = self.core.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let r = {
+                let mut c = core.lock().unwrap_or_else(|p| p.into_inner());
+                c.process(&msgs, now_millis())
+            };
+            (msgs, r)
+        })
+        .await;
+        let (msgs, out) = match joined {
+            Ok((msgs, Ok(out))) => (msgs, out),
+            Ok((msgs, Err(e))) => return (msgs, Err(e)),
+            Err(e) => return (Vec::new(), Err(StoreError::Join(e.to_string()))),
+        };
+        if let Some(flush) = out.flush {
+            self.metrics.flush_seconds.observe(flush.as_secs_f64());
+            self.metrics.batch_size.observe(out.stored as f64);
             self.metrics
                 .lag_seconds
                 .observe(started.elapsed().as_secs_f64());
         }
-        for u in &accepted {
+        for u in &out.accepted {
             self.metrics
                 .events
                 .with_label_values(&[u.body.kind().as_str()])
                 .inc();
         }
-        // Everything in `pending` is now durable: advance and acknowledge.
-        for (cab, seq) in pending {
-            self.hwm.insert(cab.clone(), seq);
-            self.ack(&cab, seq).await;
+        for (cab, seq) in &out.acks {
+            self.ack(cab, *seq).await;
         }
-        if !accepted.is_empty() {
-            let committed: Committed = std::sync::Arc::new(accepted);
+        if !out.accepted.is_empty() {
+            let committed: Committed = std::sync::Arc::new(out.accepted);
             for tx in &self.committed {
                 let _ = tx.send(committed.clone()).await;
             }
         }
-        Ok(())
+        (msgs, Ok(()))
     }
 
     async fn ack(&self, cabinet: &CabinetId, seq: u64) {

@@ -1,11 +1,10 @@
-//! Durable state in one sled database: the audit log of every stored uplink, the cabinets the
-//! gateway knows (with their last fleet snapshot), and the command log with its per-cabinet
-//! offline queue.
+//! Durable state in one sled database: the audit log of every stored uplink ([`events`]), the
+//! quarantine of uplinks that could not be accepted as they are ([`quarantine`]), the cabinets
+//! the gateway knows (with their last fleet snapshot), and the command log with its
+//! per-cabinet offline queue.
 //!
 //! Trees and keys:
-//! - `events`: `cabinet \0 seq(u64 BE)` -> the uplink exactly as the cabinet sent it (CBOR);
-//!   the per-cabinet high-water mark is the last key under the cabinet's prefix, so events and
-//!   the ingest position can never disagree after a crash;
+//! - `events`, `quarantine`, `quarantine_by_cabinet`: see [`events`] and [`quarantine`];
 //! - `cabinets`: `cabinet` -> JSON [`CabinetSnapshot`];
 //! - `commands`: `command id (16 bytes)` -> JSON [`CommandRecord`];
 //! - `queue`: `cabinet \0 command id` -> empty: commands still waiting for an outcome, in
@@ -13,10 +12,15 @@
 //!
 //! Every method here blocks (sled I/O); actors call them through `spawn_blocking`.
 
+pub mod events;
+pub mod quarantine;
+
 use locker_schemas::{CabinetId, CommandId};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::model::{CabinetSnapshot, CommandRecord};
+pub use events::{AuditEntry, AuditLog, Life, NewEntry};
+pub use quarantine::{QuarantineLimits, QuarantineRecord, QuarantineStore};
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,25 +39,11 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
-    events: sled::Tree,
+    audit: AuditLog,
+    quarantine: QuarantineStore,
     cabinets: sled::Tree,
     commands: sled::Tree,
     queue: sled::Tree,
-}
-
-/// One uplink to append to the audit log.
-pub struct NewEvent {
-    pub cabinet: CabinetId,
-    pub seq: u64,
-    pub raw: bytes::Bytes,
-}
-
-fn event_key(cabinet: &CabinetId, seq: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(cabinet.as_str().len() + 9);
-    k.extend_from_slice(cabinet.as_str().as_bytes());
-    k.push(0);
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
 }
 
 fn prefix(cabinet: &CabinetId) -> Vec<u8> {
@@ -98,7 +88,8 @@ impl Store {
             .cache_capacity(128 * 1024 * 1024)
             .open()?;
         Ok(Self {
-            events: db.open_tree("events")?,
+            audit: AuditLog::open(&db)?,
+            quarantine: QuarantineStore::open(&db)?,
             cabinets: db.open_tree("cabinets")?,
             commands: db.open_tree("commands")?,
             queue: db.open_tree("queue")?,
@@ -118,21 +109,10 @@ impl Store {
             let snap: CabinetSnapshot = decode("cabinets", &v)?;
             snaps.insert(snap.id.clone(), snap);
         }
-        // walk the distinct cabinet prefixes of the events tree: one seek per cabinet
-        let mut from: Vec<u8> = Vec::new();
-        while let Some(kv) = self.events.range(from.clone()..).next() {
-            let (k, _) = kv?;
-            let Some(end) = k.iter().position(|b| *b == 0) else {
-                break;
-            };
-            let name = String::from_utf8_lossy(&k[..end]).into_owned();
-            if let Ok(id) = CabinetId::new(name) {
-                snaps
-                    .entry(id.clone())
-                    .or_insert_with(|| CabinetSnapshot::new(id));
-            }
-            from = k[..end].to_vec();
-            from.push(1); // the first key after every `cabinet \0 ...` key
+        for id in self.audit.cabinets()? {
+            snaps
+                .entry(id.clone())
+                .or_insert_with(|| CabinetSnapshot::new(id));
         }
         let mut out = Vec::with_capacity(snaps.len());
         for (id, snap) in snaps {
@@ -142,42 +122,43 @@ impl Store {
         Ok(out)
     }
 
-    /// The last stored sequence number of a cabinet (0 if none).
-    pub fn high_water(&self, cabinet: &CabinetId) -> Result<u64, StoreError> {
-        match self.events.scan_prefix(prefix(cabinet)).next_back() {
-            None => Ok(0),
-            Some(kv) => {
-                let (k, _) = kv?;
-                let n = k.len();
-                let seq: [u8; 8] = k
-                    .get(n.saturating_sub(8)..)
-                    .and_then(|s| s.try_into().ok())
-                    .ok_or(StoreError::Corrupt {
-                        tree: "events",
-                        detail: "short key".into(),
-                    })?;
-                Ok(u64::from_be_bytes(seq))
-            }
-        }
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
     }
 
-    /// Appends a group of events and the snapshots of new cabinets, then flushes: when this
-    /// returns Ok, everything in the batch is on disk and may be acknowledged.
+    /// The quarantine.
+    pub fn quarantine(&self) -> &QuarantineStore {
+        &self.quarantine
+    }
+
+    /// The last audit position of a cabinet (0 if none): monotonic per cabinet.
+    pub fn high_water(&self, cabinet: &CabinetId) -> Result<u64, StoreError> {
+        self.audit.high_water(cabinet)
+    }
+
+    /// Appends a group of audit entries, quarantine records and the snapshots of new cabinets
+    /// (only where none exists), then flushes: when this returns Ok, everything in the batch
+    /// is on disk and may be acknowledged. Returns how many old quarantine records the caps
+    /// dropped.
     pub fn append_events(
         &self,
-        events: &[NewEvent],
+        entries: &[NewEntry],
+        quarantined: &[QuarantineRecord],
+        limits: QuarantineLimits,
         new_cabinets: &[CabinetSnapshot],
-    ) -> Result<(), StoreError> {
-        let mut b = sled::Batch::default();
-        for e in events {
-            b.insert(event_key(&e.cabinet, e.seq), e.raw.as_ref());
-        }
-        self.events.apply_batch(b)?;
+    ) -> Result<u64, StoreError> {
+        self.audit.append(entries)?;
+        let dropped = self.quarantine.insert(quarantined, limits)?;
         for c in new_cabinets {
-            self.cabinets.insert(c.id.as_str().as_bytes(), encode(c)?)?;
+            let _ = self.cabinets.compare_and_swap(
+                c.id.as_str().as_bytes(),
+                None as Option<&[u8]>,
+                Some(encode(c)?),
+            )?;
         }
         self.db.flush()?;
-        Ok(())
+        Ok(dropped)
     }
 
     /// Saves fleet snapshots (not flushed: they are caches rebuilt from events and presence).
@@ -188,27 +169,15 @@ impl Store {
         Ok(())
     }
 
-    /// A page of a cabinet's audit log: events with `seq > after`, oldest first.
+    /// A page of a cabinet's audit log: stored uplinks `(position, CBOR)` with
+    /// `position > after`, oldest first (quarantined events are in [`Store::quarantine`]).
     pub fn events_page(
         &self,
         cabinet: &CabinetId,
         after: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let start = event_key(cabinet, after.saturating_add(1));
-        let end = event_key(cabinet, u64::MAX);
-        let mut out = Vec::new();
-        for kv in self.events.range(start..=end).take(limit) {
-            let (k, v) = kv?;
-            let n = k.len();
-            let seq = k
-                .get(n.saturating_sub(8)..)
-                .and_then(|s| <[u8; 8]>::try_from(s).ok())
-                .map(u64::from_be_bytes)
-                .unwrap_or(0);
-            out.push((seq, v.to_vec()));
-        }
-        Ok(out)
+        self.audit.events_page(cabinet, after, limit)
     }
 
     /// Records a command (new or updated); pending commands are in the cabinet's queue, final
@@ -276,11 +245,11 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn ev(cab: &str, seq: u64) -> NewEvent {
-        NewEvent {
+    fn ev(cab: &str, seq: u64) -> NewEntry {
+        NewEntry {
             cabinet: CabinetId::new(cab).expect("id"),
-            seq,
-            raw: bytes::Bytes::from_static(b"x"),
+            position: seq,
+            entry: AuditEntry::Event(b"\x80".to_vec()),
         }
     }
 
@@ -295,7 +264,11 @@ mod tests {
                 .chain([ev("A", 1)])
                 .collect();
             // no snapshots written: as after a crash between the two writes
-            s.append_events(&batch, &[]).expect("append");
+            let limits = QuarantineLimits {
+                max_per_cabinet: 10,
+                max_total: 10,
+            };
+            s.append_events(&batch, &[], limits, &[]).expect("append");
         }
         let s = Store::open(dir.path()).expect("reopen");
         let mut got: Vec<(String, u64)> = s
