@@ -29,13 +29,13 @@ fn hello() -> UplinkBody {
 }
 
 /// A gateway with short resend timers and a raw cabinet that has said hello.
-async fn setup(id: &str) -> (TestPki, TestGateway, RawCabinet) {
+async fn setup(id: &str, give_up_after_ms: u64) -> (TestPki, TestGateway, RawCabinet) {
     let mut pki = TestPki::new();
     let cert = pki.cabinet(id);
     let gw = TestGateway::start_with(&pki, |c| {
         c.commands.resend_after_ms = 200;
         c.commands.resend_max_ms = 800;
-        c.commands.give_up_after_ms = 600;
+        c.commands.give_up_after_ms = give_up_after_ms;
         c.commands.tick_ms = 50;
     })
     .await;
@@ -71,7 +71,7 @@ fn sends_of(cab: &RawCabinet, id: &str) -> Vec<locker_schemas::Command> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resends_back_off_and_end_in_no_answer_and_a_late_result_is_still_recorded() {
-    let (_pki, gw, cab) = setup("CAB-NA").await;
+    let (_pki, gw, cab) = setup("CAB-NA", 600).await;
     let (s, rec) = gw
         .api
         .post(
@@ -133,7 +133,7 @@ async fn resends_back_off_and_end_in_no_answer_and_a_late_result_is_still_record
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_of_a_sent_command_stops_resends_and_the_outcome_stays_the_cabinets() {
-    let (_pki, gw, cab) = setup("CAB-CX").await;
+    let (_pki, gw, cab) = setup("CAB-CX", 600_000).await;
     let post = |c: u16| {
         let api = gw.api.clone();
         async move {
@@ -203,7 +203,7 @@ async fn cancel_of_a_sent_command_stops_resends_and_the_outcome_stays_the_cabine
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_refuses_what_a_cabinet_cannot_take() {
-    let (_pki, gw, cab) = setup("CAB-BIG").await;
+    let (_pki, gw, cab) = setup("CAB-BIG", 600_000).await;
     let post = |action: Value| {
         let api = gw.api.clone();
         async move {
