@@ -75,7 +75,7 @@ impl Gateway {
         .map_err(store_err)?;
         let st = store.clone();
         let (cabinets, pending) =
-            store::blocking(move || Ok((st.load_cabinets()?, st.pending_commands()?)))
+            store::blocking(move || Ok((st.load_cabinets()?, crate::commands::recover(&st)?)))
                 .await
                 .map_err(|source| StartError::Store {
                     path: db_path.display().to_string(),

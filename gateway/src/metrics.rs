@@ -113,6 +113,10 @@ pub struct CommandMetrics {
     pub sends: IntCounterVec,
     /// Results for unknown or already finished commands.
     pub stray_results: IntCounter,
+    /// Results that came after their command ended `no_answer` (recorded as `late_outcome`).
+    pub late_results: IntCounter,
+    /// Outcomes found in the audit log at start (stored, but not recorded before a stop).
+    pub recovered: IntCounter,
 }
 
 /// Storage and fleet.
@@ -215,6 +219,16 @@ impl Metrics {
                 &r,
                 "locker_commands_stray_results_total",
                 "Results for unknown or already finished commands",
+            )?,
+            late_results: counter(
+                &r,
+                "locker_commands_late_results_total",
+                "Results that came after their command ended no_answer",
+            )?,
+            recovered: counter(
+                &r,
+                "locker_commands_recovered_total",
+                "Command outcomes found in the audit log at start",
             )?,
         };
         let store = StoreMetrics {

@@ -1,7 +1,7 @@
-//! The gateway's records as stored in sled and served by the API (JSON): cabinet snapshots,
-//! command records, and the JSON form of command actions.
+//! The gateway's records as stored in sled and served by the API (JSON): cabinet snapshots.
+//! (Command records are in [`crate::commands::record`], re-exported here.)
 
-use locker_schemas::{Action, CabinetId, CommandId, CompartmentId, Millis, Outcome};
+use locker_schemas::{CabinetId, CompartmentId, Millis};
 use serde::{Deserialize, Serialize};
 
 use crate::json::{AlarmName, ChargingName, NetworkName, SizeName};
@@ -108,95 +108,5 @@ pub struct AlarmView {
     pub since: Millis,
 }
 
-/// A command action in JSON: `{"type": "unlock", "compartment": 3}`, `{"type": "unlock_all"}`,
-/// `{"type": "set_config", "values": {"k": "v"}}`, `{"type": "power_save", "on": true}`,
-/// `{"type": "reboot"}`, `{"type": "sync_credentials"}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum ActionSpec {
-    Unlock {
-        compartment: CompartmentId,
-    },
-    UnlockAll,
-    SetConfig {
-        values: std::collections::BTreeMap<String, String>,
-    },
-    PowerSave {
-        on: bool,
-    },
-    Reboot,
-    SyncCredentials,
-}
-
-impl ActionSpec {
-    /// The wire action.
-    pub fn to_action(&self) -> Action {
-        match self {
-            ActionSpec::Unlock { compartment } => Action::UnlockCompartment(*compartment),
-            ActionSpec::UnlockAll => Action::UnlockAll,
-            ActionSpec::SetConfig { values } => {
-                Action::SetConfig(values.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            }
-            ActionSpec::PowerSave { on } => Action::PowerSave(*on),
-            ActionSpec::Reboot => Action::Reboot,
-            ActionSpec::SyncCredentials => Action::SyncCredentials,
-        }
-    }
-}
-
-/// Where a command is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CommandState {
-    /// Waiting in the offline queue (never sent).
-    Queued,
-    /// Sent at least once; waiting for the cabinet's result.
-    Sent,
-    /// Has its one final outcome.
-    Done,
-}
-
-/// A command and its one outcome.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CommandRecord {
-    pub id: CommandId,
-    pub cabinet: CabinetId,
-    pub action: ActionSpec,
-    pub issued_at: Millis,
-    pub expires_at: Millis,
-    pub ttl_ms: u32,
-    /// The API client that created it.
-    pub created_by: String,
-    pub state: CommandState,
-    pub sends: u32,
-    pub last_sent_at: Option<Millis>,
-    #[serde(with = "outcome_name")]
-    pub outcome: Option<Outcome>,
-    pub detail: String,
-    pub finished_at: Option<Millis>,
-}
-
-mod outcome_name {
-    use locker_schemas::Outcome;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(o: &Option<Outcome>, s: S) -> Result<S::Ok, S::Error> {
-        match o {
-            Some(o) => s.serialize_str(o.as_str()),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Outcome>, D::Error> {
-        let s: Option<String> = Option::deserialize(d)?;
-        match s {
-            None => Ok(None),
-            Some(s) => Outcome::ALL
-                .iter()
-                .copied()
-                .find(|o| o.as_str() == s)
-                .map(Some)
-                .ok_or_else(|| serde::de::Error::custom(format!("unknown outcome {s:?}"))),
-        }
-    }
-}
+// The command records live with the dispatcher that owns them.
+pub use crate::commands::record::{ActionSpec, CommandRecord, CommandState};

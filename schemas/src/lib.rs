@@ -9,6 +9,7 @@
 pub mod codec;
 pub mod downlink;
 pub mod ids;
+pub mod limits;
 pub mod stream;
 pub mod topics;
 pub mod uplink;

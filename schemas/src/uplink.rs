@@ -270,6 +270,11 @@ pub enum Outcome {
     Cancelled = 5,
     /// A non-door action (config, power save, reboot, sync) was carried out.
     Done = 6,
+    /// The cabinet does not support this action (yet); nothing was done.
+    Unsupported = 7,
+    /// Gateway-made, never sent by a cabinet: the command was sent but the cabinet never
+    /// answered before the gateway gave up. Says nothing about whether a door opened.
+    NoAnswer = 8,
 }
 
 impl Outcome {
@@ -282,6 +287,8 @@ impl Outcome {
         Outcome::Rejected,
         Outcome::Cancelled,
         Outcome::Done,
+        Outcome::Unsupported,
+        Outcome::NoAnswer,
     ];
 
     /// The snake_case name used in the API and metrics.
@@ -294,6 +301,8 @@ impl Outcome {
             Outcome::Rejected => "rejected",
             Outcome::Cancelled => "cancelled",
             Outcome::Done => "done",
+            Outcome::Unsupported => "unsupported",
+            Outcome::NoAnswer => "no_answer",
         }
     }
 }

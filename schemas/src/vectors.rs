@@ -147,6 +147,17 @@ pub fn uplinks() -> Vec<(&'static str, Uplink)> {
             ),
         ),
         (
+            "up-result-unsupported",
+            up(
+                9,
+                UplinkBody::Result(CommandResult {
+                    command: command_id(),
+                    outcome: Outcome::Unsupported,
+                    detail: "credential sync from the gateway is not available yet".into(),
+                }),
+            ),
+        ),
+        (
             "up-access",
             up(
                 8,
@@ -180,7 +191,7 @@ pub fn downlinks() -> Vec<(&'static str, Downlink)> {
         ("down-cmd-unlock-all", Action::UnlockAll),
         (
             "down-cmd-set-config",
-            Action::SetConfig(vec![("door_left_open_s".into(), "120".into())]),
+            Action::SetConfig(vec![("timing.door_left_open_s".into(), "120".into())]),
         ),
         ("down-cmd-power-save", Action::PowerSave(true)),
         ("down-cmd-reboot", Action::Reboot),

@@ -285,6 +285,12 @@ fn wrong_payloads_fail_the_cddl_and_the_codec() {
             mutate("up-door", &[6, 2], Value::Bytes(vec![0x01; 15])),
         ),
         (
+            "outcome 9",
+            "up-result",
+            "uplink",
+            mutate("up-result", &[6, 1], int(9)),
+        ),
+        (
             "door cause 2",
             "up-door",
             "uplink",

@@ -118,12 +118,13 @@ async fn remote_unlock_opens_the_door_once_and_redelivery_never_fires_again() {
 
     // the audit log has the door opening with its cause, then the result
     cab.board.close_door(2).expect("close");
-    eventually_async("door closed in the audit log", || {
+    eventually_async("door closed and every answer in the audit log", || {
         let api = gw.api.clone();
         async move {
             let ev = events(&api, "CAB-E1").await;
-            ev.iter()
+            (ev.iter()
                 .any(|e| e["kind"] == json!("door") && e["data"]["open"] == json!(false))
+                && ev.iter().filter(|e| e["kind"] == json!("result")).count() >= 5)
                 .then_some(())
         }
     })
@@ -134,11 +135,14 @@ async fn remote_unlock_opens_the_door_once_and_redelivery_never_fires_again() {
         .find(|e| e["kind"] == json!("door") && e["data"]["open"] == json!(true))
         .expect("door open event");
     assert_eq!(opened["data"]["cause"]["command"], json!(id.to_string()));
-    assert_eq!(
-        ev.iter().filter(|e| e["kind"] == json!("result")).count(),
-        1,
-        "exactly one result"
-    );
+    // one result for the execution, and the same stored answer again for each of the four
+    // redeliveries (never a second execution)
+    let results: Vec<&Value> = ev.iter().filter(|e| e["kind"] == json!("result")).collect();
+    assert_eq!(results.len(), 5, "{results:?}");
+    for r in &results {
+        assert_eq!(r["data"], results[0]["data"], "same outcome and detail");
+    }
+    assert_eq!(results[0]["data"]["outcome"], json!("opened"), "{results:?}");
     let seqs: Vec<u64> = ev.iter().map(|e| e["seq"].as_u64().expect("seq")).collect();
     assert!(
         seqs.windows(2).all(|w| w[1] == w[0] + 1),
@@ -305,4 +309,122 @@ async fn events_made_before_the_gateway_exists_arrive_in_order_once_it_is_up() {
     let n = seqs.len() as u64;
     assert!(n > backlog, "the backlog and the hello after connecting");
     assert_eq!(seqs, (1..=n).collect::<Vec<_>>(), "in order, once each");
+}
+
+/// Waits until the audit log of `cab` holds a Result for command `id`.
+async fn result_stored(api: &ApiClient, cab: &str, id: &str) {
+    eventually_async("the result is in the audit log", || {
+        let api = api.clone();
+        async move {
+            events(&api, cab)
+                .await
+                .iter()
+                .any(|e| e["kind"] == json!("result") && e["data"]["command"] == json!(id))
+                .then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_stored_but_not_recorded_before_a_stop_is_recovered_from_the_audit_log() {
+    let mut pki = TestPki::new();
+    let gw = TestGateway::start(&pki).await;
+    let mut cab = TestCabinet::start(&mut pki, "CAB-R1", gw.edge_addr()).await;
+    online(&gw.api, "CAB-R1").await;
+
+    // ingest stores the Result; the dispatcher does not get to record it before the stop
+    gw.gw.commands.hold_results_for_tests(true).await;
+    let r = unlock(&gw.api, "CAB-R1", 4, 60_000, 0).await;
+    let id = r["id"].as_str().expect("id").to_owned();
+    result_stored(&gw.api, "CAB-R1", &id).await;
+    assert!(gw.api.get(&format!("/v1/commands/{id}")).await.1["outcome"].is_null());
+    // the cabinet stays away: only the gateway's own audit log can give the outcome
+    cab.stop().await;
+    let gw = gw.restart().await;
+    let rec = gw.api.get(&format!("/v1/commands/{id}")).await.1;
+    assert_eq!(rec["outcome"], json!("opened"), "recovered at start: {rec}");
+    assert_eq!(rec["state"], json!("done"));
+    assert_eq!(gw.api.metric("locker_commands_recovered_total").await, 1.0);
+    assert_eq!(cab.pulses(4), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_finished_command_is_answered_with_its_stored_outcome() {
+    let mut pki = TestPki::new();
+    let gw = TestGateway::start(&pki).await;
+    let cab = TestCabinet::start(&mut pki, "CAB-R2", gw.edge_addr()).await;
+    online(&gw.api, "CAB-R2").await;
+
+    // the gateway misses the first Result (held), so it resends; the agent must answer the
+    // resend with the stored outcome, without firing again
+    gw.gw.commands.hold_results_for_tests(true).await;
+    let r = unlock(&gw.api, "CAB-R2", 5, 60_000, 0).await;
+    let id = r["id"].as_str().expect("id").to_owned();
+    result_stored(&gw.api, "CAB-R2", &id).await;
+    eventually_async("answered again after a resend", || {
+        let api = gw.api.clone();
+        let id = id.clone();
+        async move {
+            let n = events(&api, "CAB-R2")
+                .await
+                .iter()
+                .filter(|e| e["kind"] == json!("result") && e["data"]["command"] == json!(id))
+                .count();
+            (n >= 2).then_some(())
+        }
+    })
+    .await;
+    gw.gw.commands.hold_results_for_tests(false).await;
+    let done = outcome(&gw.api, &id).await;
+    assert_eq!(done["outcome"], json!("opened"), "{done}");
+    assert_eq!(cab.pulses(5), 1, "a resend never fires the lock again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_config_changes_persists_and_reports_and_sync_credentials_is_unsupported() {
+    let mut pki = TestPki::new();
+    let gw = TestGateway::start(&pki).await;
+    let mut cab = TestCabinet::start(&mut pki, "CAB-SC", gw.edge_addr()).await;
+    online(&gw.api, "CAB-SC").await;
+    let command = |action: Value| {
+        let api = gw.api.clone();
+        async move {
+            let (s, r) = api
+                .post(
+                    "/v1/cabinets/CAB-SC/commands",
+                    json!({"action": action, "wait_ms": 15000}),
+                )
+                .await;
+            assert!(s == 200 || s == 202, "{s} {r}");
+            if r["outcome"].is_string() {
+                r
+            } else {
+                outcome(&api, r["id"].as_str().expect("id")).await
+            }
+        }
+    };
+    let r = command(json!({"type": "set_config", "values": {"timing.door_left_open_s": "120"}})).await;
+    assert_eq!(r["outcome"], json!("done"), "{r}");
+    assert_eq!(r["detail"], json!("timing.door_left_open_s: 300 -> 120"));
+
+    // persisted: after a restart the agent starts from the value it was set to
+    cab.stop().await;
+    cab.boot().await;
+    online(&gw.api, "CAB-SC").await;
+    let r = command(json!({"type": "set_config", "values": {"timing.door_left_open_s": "90", "timing.unlock_confirm_ms": "2500"}})).await;
+    assert_eq!(r["outcome"], json!("done"), "{r}");
+    assert_eq!(
+        r["detail"],
+        json!("timing.door_left_open_s: 120 -> 90; timing.unlock_confirm_ms: 2000 -> 2500")
+    );
+
+    let r = command(json!({"type": "sync_credentials"})).await;
+    assert_eq!(r["outcome"], json!("unsupported"), "{r}");
+    assert_eq!(
+        gw.api
+            .metric("locker_commands_outcomes_total{outcome=\"unsupported\"}")
+            .await,
+        1.0
+    );
 }

@@ -1,5 +1,7 @@
 //! Door safety as a property: for any interleaving of unlock commands, redeliveries of the same
-//! command, commands that expire before delivery, and restarts of the gateway and of the agent,
+//! command, commands that expire before delivery, and restarts of the gateway or of the agent
+//! at any step of a command (between commands; with a command in flight, sent and not yet
+//! answered; and between ingest storing a Result and the dispatcher recording its outcome),
 //! every command ends with exactly one outcome, a lock fires at most once per command, it fires
 //! exactly for the commands reported `opened`, and an expired command never fires.
 
@@ -23,6 +25,22 @@ enum Op {
     ExpireWhileOffline(u16),
     RestartGateway,
     RestartAgent,
+    /// Unlock and restart one side as soon as the command is sent: it may not have reached
+    /// the agent yet, be running there, or be answered but not yet stored.
+    InFlight(u16, Side),
+    /// Unlock, let ingest store its Result while the dispatcher is held, then restart one
+    /// side before the dispatcher records the outcome.
+    StoredNotRecorded(u16, Side),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Gateway,
+    Agent,
+}
+
+fn side() -> impl Strategy<Value = Side> {
+    prop_oneof![Just(Side::Gateway), Just(Side::Agent)]
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -32,6 +50,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (1u16..=4).prop_map(Op::ExpireWhileOffline),
         1 => Just(Op::RestartGateway),
         1 => Just(Op::RestartAgent),
+        2 => ((1u16..=4), side()).prop_map(|(c, s)| Op::InFlight(c, s)),
+        2 => ((1u16..=4), side()).prop_map(|(c, s)| Op::StoredNotRecorded(c, s)),
     ]
 }
 
@@ -56,6 +76,83 @@ async fn online(gw: &TestGateway, id: &str) {
     .await;
 }
 
+async fn result_stored(gw: &TestGateway, id: &str) {
+    eventually_async("the result is in the audit log", || {
+        let api = gw.api.clone();
+        async move {
+            let mut after = 0u64;
+            loop {
+                let (_, page) = api
+                    .get(&format!("/v1/cabinets/CAB-P/events?after={after}&limit=1000"))
+                    .await;
+                let batch = page["events"].as_array().cloned().unwrap_or_default();
+                let Some(last) = batch.last().and_then(|e| e["seq"].as_u64()) else {
+                    return None;
+                };
+                if batch
+                    .iter()
+                    .any(|e| e["kind"] == json!("result") && e["data"]["command"] == json!(id))
+                {
+                    return Some(());
+                }
+                after = last;
+            }
+        }
+    })
+    .await;
+}
+
+async fn post_unlock(gw: &TestGateway, c: u16) -> String {
+    let (s, r) = gw
+        .api
+        .post(
+            "/v1/cabinets/CAB-P/commands",
+            json!({"action": {"type": "unlock", "compartment": c}, "ttl_ms": 60000}),
+        )
+        .await;
+    assert_eq!(s, 202, "{r}");
+    r["id"].as_str().expect("id").to_owned()
+}
+
+/// Restarts one side and waits until the cabinet is back online.
+async fn restart(side: Side, gw: TestGateway, cab: &mut TestCabinet) -> TestGateway {
+    let gw = match side {
+        Side::Gateway => gw.restart().await,
+        Side::Agent => {
+            cab.stop().await;
+            cab.boot().await;
+            gw
+        }
+    };
+    online(&gw, "CAB-P").await;
+    gw
+}
+
+/// Waits for an unlock's outcome, remembers it for redelivery, and closes its door again.
+async fn settle(
+    gw: &TestGateway,
+    cab: &TestCabinet,
+    id: String,
+    c: u16,
+    commands: &mut Vec<(String, u16, bool)>,
+) -> Command {
+    let rec = final_outcome(gw, &id).await;
+    let cmd = Command {
+        id: id.parse::<CommandId>().expect("id"),
+        issued_at: rec["issued_at"].as_u64().expect("t"),
+        expires_at: rec["expires_at"].as_u64().expect("t"),
+        ttl_ms: 60_000,
+        action: Action::UnlockCompartment(CompartmentId(c)),
+    };
+    commands.push((id, c, false));
+    cab.board.close_door(usize::from(c - 1)).expect("close");
+    locker_tests::eventually("the agent sees the door closed", || {
+        !cab.status().open_doors.contains(&CompartmentId(c))
+    })
+    .await;
+    cmd
+}
+
 async fn run(ops: Vec<Op>) {
     let mut pki = TestPki::new();
     let mut gw = TestGateway::start(&pki).await;
@@ -66,29 +163,22 @@ async fn run(ops: Vec<Op>) {
     for op in ops {
         match op {
             Op::Unlock(c) => {
-                let (s, r) = gw
-                    .api
-                    .post(
-                        "/v1/cabinets/CAB-P/commands",
-                        json!({"action": {"type": "unlock", "compartment": c}, "ttl_ms": 60000}),
-                    )
-                    .await;
-                assert_eq!(s, 202, "{r}");
-                let id = r["id"].as_str().expect("id").to_owned();
-                let rec = final_outcome(&gw, &id).await;
-                last = Some(Command {
-                    id: id.parse::<CommandId>().expect("id"),
-                    issued_at: rec["issued_at"].as_u64().expect("t"),
-                    expires_at: rec["expires_at"].as_u64().expect("t"),
-                    ttl_ms: 60_000,
-                    action: Action::UnlockCompartment(CompartmentId(c)),
-                });
-                commands.push((id, c, false));
-                cab.board.close_door(usize::from(c - 1)).expect("close");
-                locker_tests::eventually("the agent sees the door closed", || {
-                    !cab.status().open_doors.contains(&CompartmentId(c))
-                })
-                .await;
+                let id = post_unlock(&gw, c).await;
+                last = Some(settle(&gw, &cab, id, c, &mut commands).await);
+            }
+            Op::InFlight(c, side) => {
+                let id = post_unlock(&gw, c).await;
+                gw = restart(side, gw, &mut cab).await;
+                last = Some(settle(&gw, &cab, id, c, &mut commands).await);
+            }
+            Op::StoredNotRecorded(c, side) => {
+                gw.gw.commands.hold_results_for_tests(true).await;
+                let id = post_unlock(&gw, c).await;
+                result_stored(&gw, &id).await;
+                gw = restart(side, gw, &mut cab).await;
+                // a restarted gateway has a new dispatcher; a kept one is let go again
+                gw.gw.commands.hold_results_for_tests(false).await;
+                last = Some(settle(&gw, &cab, id, c, &mut commands).await);
             }
             Op::Redeliver => {
                 if let Some(cmd) = last.clone() {
@@ -117,15 +207,8 @@ async fn run(ops: Vec<Op>) {
                 online(&gw, "CAB-P").await;
                 final_outcome(&gw, &id).await;
             }
-            Op::RestartGateway => {
-                gw = gw.restart().await;
-                online(&gw, "CAB-P").await;
-            }
-            Op::RestartAgent => {
-                cab.stop().await;
-                cab.boot().await;
-                online(&gw, "CAB-P").await;
-            }
+            Op::RestartGateway => gw = restart(Side::Gateway, gw, &mut cab).await,
+            Op::RestartAgent => gw = restart(Side::Agent, gw, &mut cab).await,
         }
     }
     // every command has exactly one final outcome; pulses match the `opened` ones exactly
@@ -155,7 +238,7 @@ async fn run(ops: Vec<Op>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 10, max_shrink_iters: 8, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 12, max_shrink_iters: 8, ..ProptestConfig::default() })]
     #[test]
     fn a_door_opens_at_most_once_per_command_and_never_after_expiry(ops in proptest::collection::vec(op(), 3..9)) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");

@@ -113,6 +113,7 @@ impl Core {
         let clock_floor = config.clock.floor_millis()?;
         let cfg = Arc::new(config);
         let (outbox, loaded) = Outbox::open(&deps.storage, &cabinet, cfg.outbox.clone()).await?;
+        let cfg = super::exec::with_stored_settings(cfg, &loaded.config_overrides);
         let now = Instant::now();
         let window = Window::new(
             outbox.acked(),
@@ -275,7 +276,7 @@ impl Core {
         self.stop().await
     }
 
-    fn next_wakeup(&self) -> Instant {
+    pub(super) fn next_wakeup(&self) -> Instant {
         let mut t = Instant::now() + Duration::from_secs(3_600);
         if let Some(d) = self.window.deadline() {
             t = t.min(d);
@@ -299,7 +300,7 @@ impl Core {
         t
     }
 
-    async fn on_tick(&mut self) {
+    pub(super) async fn on_tick(&mut self) {
         let now = Instant::now();
         if self.window.on_tick(now) {
             self.counters.rewinds += 1;
@@ -444,6 +445,7 @@ impl Core {
     async fn stop(mut self) -> ExitReason {
         let exit = self.exit.clone().unwrap_or(ExitReason::Shutdown);
         tracing::info!(cabinet = %self.cabinet, ?exit, "agent stopping");
+        self.drain_jobs().await;
         if let Some(c) = self.mqtt.take() {
             let _ = c.try_disconnect();
         }

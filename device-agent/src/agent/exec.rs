@@ -4,16 +4,25 @@
 //! else: an id already there is a duplicate and does nothing. A new one is judged for expiry
 //! (absolute `expires_at` by a sane wall clock, relative `ttl_ms` by the monotonic clock since
 //! receipt); an expired command is reported Expired and never pulses. Locks are fired at most
-//! once per command and the one Result is written atomically with the outcome record. A command
-//! found started-but-unfinished at start-up is reported Rejected ("interrupted by restart") and
-//! never re-executed.
+//! once per command and the one Result is written atomically with the outcome record (outcome
+//! and detail). A command found started-but-unfinished at start-up is reported Rejected
+//! ("interrupted by restart") and never re-executed.
+//!
+//! Idempotent answers: a redelivered command that already finished is answered with its stored
+//! Result again (same outcome, same detail) as a new event, and never executed again; this is
+//! what lets a gateway that lost an outcome (killed between storing the Result and recording
+//! it) learn it from a resend. A redelivery of a command still running is ignored (its Result
+//! follows).
+//!
+//! `set_config` changes the runtime keys of [`locker_schemas::limits::RuntimeKey`], validated
+//! like the configuration file, persisted with the Result in one atomic write (applied over the
+//! file at every start), and reported in the detail (`key: old -> new`). `sync_credentials`
+//! answers `unsupported` until the gateway syncs credentials.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
-use locker_schemas::{
-    Action, Command, CommandId, CommandResult, CompartmentId, Hello, Outcome, UplinkBody,
-};
+use locker_schemas::{Action, Command, CommandId, CommandResult, CompartmentId, Outcome, UplinkBody};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -42,6 +51,22 @@ pub fn judge_expiry(
         ));
     }
     None
+}
+
+/// The configuration with the runtime settings stored by earlier `set_config` commands applied
+/// (settings that no longer validate are logged and skipped: the file's value stays).
+pub(super) fn with_stored_settings(
+    cfg: std::sync::Arc<crate::config::AgentConfig>,
+    stored: &[(String, String)],
+) -> std::sync::Arc<crate::config::AgentConfig> {
+    let mut cfg = cfg;
+    for kv in stored {
+        match cfg.with_runtime_settings(std::slice::from_ref(kv)) {
+            Ok((next, _)) => cfg = std::sync::Arc::new(next),
+            Err(e) => tracing::error!(key = %kv.0, error = %e, "stored runtime setting ignored"),
+        }
+    }
+    cfg
 }
 
 /// An unlock in progress (one compartment, or all for UnlockAll).
@@ -145,9 +170,18 @@ impl Core {
                 tracing::error!(cabinet = %self.cabinet, command = %id, error = %e, "cannot record the command; not executing it");
                 return;
             }
-            Ok(CommandRecord::Started | CommandRecord::Finished(_)) => {
+            Ok(CommandRecord::Started) => {
                 self.counters.duplicate_commands += 1;
-                tracing::info!(cabinet = %self.cabinet, command = %id, "duplicate command ignored");
+                tracing::info!(cabinet = %self.cabinet, command = %id, "duplicate of a running command ignored");
+                if let Some(w) = waiter {
+                    self.publish_status();
+                    let _ = w.send(ExecOutcome::Duplicate);
+                }
+                return;
+            }
+            Ok(CommandRecord::Finished(_)) => {
+                self.counters.duplicate_commands += 1;
+                self.answer_again(id).await;
                 if let Some(w) = waiter {
                     self.publish_status();
                     let _ = w.send(ExecOutcome::Duplicate);
@@ -185,36 +219,107 @@ impl Core {
                 let all = self.doors.keys().copied().collect();
                 self.start_unlock(id, all, true).await
             }
-            Action::SetConfig(kv) => {
-                let keys: Vec<_> = kv.iter().map(|(k, _)| k.as_str()).collect();
-                let detail = format!(
-                    "acknowledged {}; this agent does not change its configuration at run time",
-                    keys.join(",")
-                );
-                self.finish(id, Outcome::Done, detail).await
-            }
+            Action::SetConfig(kv) => self.set_config(id, &kv).await,
             Action::PowerSave(on) => {
                 self.power_save = on;
                 self.finish(id, Outcome::Done, format!("power save {on}"))
                     .await
             }
             Action::SyncCredentials => {
-                let hello = UplinkBody::Hello(Hello {
-                    firmware: env!("CARGO_PKG_VERSION").into(),
-                    hardware: self.cfg.hardware.clone(),
-                    compartments: self.compartments.clone(),
-                    network: self.cfg.network.kind.into(),
-                    creds_version: self.creds.version(),
-                });
-                self.emit(hello, Vec::new()).await;
                 let v = self.creds.version();
-                self.finish(id, Outcome::Done, format!("creds_version={v}"))
-                    .await
+                let detail = format!(
+                    "credential sync from the gateway is not available yet; keeping the cached set (version {v})"
+                );
+                self.finish(id, Outcome::Unsupported, detail).await
             }
             Action::Reboot => {
                 self.finish(id, Outcome::Done, "restarting".into()).await;
                 self.exit = Some(super::ExitReason::Reboot);
             }
+        }
+    }
+
+    /// Answers a redelivered finished command with its stored Result (a new event, same
+    /// outcome and detail); nothing is executed.
+    async fn answer_again(&mut self, id: CommandId) {
+        let stored = self
+            .outbox
+            .with_tree(Durability::None, move |t| storage::finished_result(t, id))
+            .await;
+        match stored {
+            Ok(Some((outcome, detail))) => {
+                tracing::info!(cabinet = %self.cabinet, command = %id, %outcome, "redelivered finished command: answering its stored outcome again");
+                let result = CommandResult {
+                    command: id,
+                    outcome,
+                    detail,
+                };
+                self.emit(UplinkBody::Result(result), Vec::new()).await;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.counters.storage_errors += 1;
+                tracing::error!(cabinet = %self.cabinet, command = %id, error = %e, "cannot read a finished command's outcome");
+            }
+        }
+    }
+
+    /// Applies a `set_config` (validated like the file), persists it with the Result, reports
+    /// what changed.
+    async fn set_config(&mut self, id: CommandId, kv: &[(String, String)]) {
+        let (next, changes) = match self.cfg.with_runtime_settings(kv) {
+            Ok(x) => x,
+            Err(e) => return self.finish(id, Outcome::Rejected, e.to_string()).await,
+        };
+        let stored = self
+            .outbox
+            .with_tree(Durability::None, storage::config_overrides)
+            .await;
+        let mut overrides: std::collections::BTreeMap<String, String> = match stored {
+            Ok(v) => v.into_iter().collect(),
+            Err(e) => {
+                self.counters.storage_errors += 1;
+                let detail = format!("cannot read the stored configuration: {e}");
+                return self.finish(id, Outcome::Rejected, detail).await;
+            }
+        };
+        for (k, _, new) in &changes {
+            overrides.insert(k.name().to_owned(), new.to_string());
+        }
+        let overrides: Vec<(String, String)> = overrides.into_iter().collect();
+        let detail = changes
+            .iter()
+            .map(|(k, old, new)| format!("{k}: {old} -> {new}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        tracing::info!(cabinet = %self.cabinet, command = %id, %detail, "runtime configuration changed");
+        self.cfg = std::sync::Arc::new(next);
+        self.finish_with(
+            id,
+            Outcome::Done,
+            detail,
+            vec![storage::config_overrides_write(&overrides)],
+        )
+        .await
+    }
+
+    /// On a clean stop, lets unlocks already fired finish (door confirmed or jammed, bounded
+    /// by `unlock_confirm_ms`), so a restart never leaves a fired lock without its true
+    /// outcome. (After `kill -9` such a command is reported `rejected`, "interrupted by
+    /// restart".)
+    pub(super) async fn drain_jobs(&mut self) {
+        let deadline = Instant::now()
+            + Duration::from_millis(self.cfg.timing.unlock_confirm_ms.saturating_add(500));
+        while !self.jobs.is_empty() && Instant::now() < deadline {
+            let wake = self.next_wakeup().min(deadline);
+            tokio::select! {
+                ev = self.io_rx.recv() => match ev {
+                    Some(ev) => self.on_io(ev).await,
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(wake) => self.on_tick().await,
+            }
+            self.after_change().await;
         }
     }
 
@@ -326,17 +431,25 @@ impl Core {
 
     /// Writes a command's one outcome and its Result event atomically, and answers a waiter.
     pub(super) async fn finish(&mut self, id: CommandId, outcome: Outcome, detail: String) {
+        self.finish_with(id, outcome, detail, Vec::new()).await
+    }
+
+    /// [`Core::finish`] with more writes in the same atomic batch.
+    async fn finish_with(
+        &mut self,
+        id: CommandId,
+        outcome: Outcome,
+        detail: String,
+        mut extra: Vec<Write>,
+    ) {
         tracing::info!(cabinet = %self.cabinet, command = %id, %outcome, %detail, "command finished");
+        extra.push(Write::finish_command(id, outcome, &detail));
         let result = CommandResult {
             command: id,
             outcome,
             detail,
         };
-        self.emit(
-            UplinkBody::Result(result.clone()),
-            vec![Write::finish_command(id, outcome)],
-        )
-        .await;
+        self.emit(UplinkBody::Result(result.clone()), extra).await;
         if let Some(w) = self.waiters.remove(&id) {
             self.publish_status();
             let _ = w.send(ExecOutcome::Result(result));

@@ -4,6 +4,7 @@
 //!
 //! `device-agent/agent.example.toml` documents every key; the rules are in [`validate`].
 
+mod runtime;
 mod validate;
 
 use std::path::{Path, PathBuf};

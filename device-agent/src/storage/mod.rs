@@ -5,8 +5,8 @@ pub mod store;
 pub mod worker;
 
 pub use store::{
-    ack, acked, append, claim_command, command_record, creds_write, forget_oldest_commands, load,
-    read, read_all, write,
+    ack, acked, append, claim_command, command_record, config_overrides, config_overrides_write,
+    creds_write, finished_result, forget_oldest_commands, load, read, read_all, write,
 };
 pub use store::{
     alarm_key, command_key, outbox_key, AlarmKey, CommandRecord, Loaded, StoredEvent, Write,

@@ -5,7 +5,10 @@
 //! Key layout:
 //! - `o` + seq (u64 big-endian) -> kind code (1 byte) + the uplink exactly as encoded once;
 //! - `mboot` -> boot counter (u32 BE); `macked` -> last seq the gateway acknowledged (u64 BE);
-//! - `c` + command id (16 bytes) -> `[0]` started, `[1, outcome]` finished;
+//! - `c` + command id (16 bytes) -> `[0]` started, `[1, outcome] + detail (UTF-8)` finished
+//!   (the detail is kept so a redelivered command is answered with the same Result);
+//! - `mcfg` -> runtime configuration set by `set_config` (`key=value` lines, see
+//!   [`config_overrides_write`]);
 //! - `k` -> the cached credential set, encoded as a downlink;
 //! - `a` + kind + compartment + board -> detail of an active alarm.
 
@@ -23,6 +26,7 @@ const ALARM: u8 = b'a';
 const CREDS: &[u8] = b"k";
 const BOOT: &[u8] = b"mboot";
 const ACKED: &[u8] = b"macked";
+const CONFIG: &[u8] = b"mcfg";
 
 /// The outbox key of `seq`.
 pub fn outbox_key(seq: u64) -> [u8; 9] {
@@ -97,9 +101,12 @@ pub enum Write {
 }
 
 impl Write {
-    /// Records a command's final outcome.
-    pub fn finish_command(id: CommandId, outcome: Outcome) -> Self {
-        Write::Put(command_key(id).to_vec(), vec![1, outcome as u8])
+    /// Records a command's final outcome and its detail (answered again on redelivery).
+    pub fn finish_command(id: CommandId, outcome: Outcome, detail: &str) -> Self {
+        let mut v = Vec::with_capacity(2 + detail.len());
+        v.extend_from_slice(&[1, outcome as u8]);
+        v.extend_from_slice(detail.as_bytes());
+        Write::Put(command_key(id).to_vec(), v)
     }
 }
 
@@ -116,7 +123,7 @@ pub enum CommandRecord {
 
 fn parse_record(v: &[u8]) -> CommandRecord {
     match v {
-        [1, o] => Outcome::ALL
+        [1, o, ..] => Outcome::ALL
             .iter()
             .copied()
             .find(|x| *x as u8 == *o)
@@ -153,6 +160,8 @@ pub struct Loaded {
     pub remembered: u64,
     pub creds: Option<Credentials>,
     pub alarms: Vec<(AlarmKey, String)>,
+    /// Runtime configuration set by `set_config` commands (key, value), applied over the file.
+    pub config_overrides: Vec<(String, String)>,
 }
 
 fn be_u64(v: &[u8]) -> u64 {
@@ -219,7 +228,9 @@ pub fn load(tree: &Tree) -> Result<Loaded, StorageError> {
             alarms.push((key, String::from_utf8_lossy(&v).into_owned()));
         }
     }
+    let config_overrides = config_overrides(tree)?;
     Ok(Loaded {
+        config_overrides,
         boot,
         acked,
         last_seq,
@@ -341,6 +352,41 @@ pub fn claim_command(tree: &Tree, id: CommandId) -> Result<CommandRecord, Storag
     }
 }
 
+/// The stored outcome and detail of a finished command (`None` if unknown or not finished).
+pub fn finished_result(
+    tree: &Tree,
+    id: CommandId,
+) -> Result<Option<(Outcome, String)>, StorageError> {
+    let Some(v) = tree.get(command_key(id))? else {
+        return Ok(None);
+    };
+    Ok(match parse_record(&v) {
+        CommandRecord::Finished(o) => Some((
+            o,
+            String::from_utf8_lossy(v.get(2..).unwrap_or_default()).into_owned(),
+        )),
+        _ => None,
+    })
+}
+
+/// The runtime configuration set by `set_config` commands, in key order.
+pub fn config_overrides(tree: &Tree) -> Result<Vec<(String, String)>, StorageError> {
+    let Some(v) = tree.get(CONFIG)? else {
+        return Ok(Vec::new());
+    };
+    Ok(String::from_utf8_lossy(&v)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect())
+}
+
+/// The write that replaces the stored runtime configuration.
+pub fn config_overrides_write(kv: &[(String, String)]) -> Write {
+    let text: String = kv.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    Write::Put(CONFIG.to_vec(), text.into_bytes())
+}
+
 /// What the memory knows of a command, without recording anything.
 pub fn command_record(tree: &Tree, id: CommandId) -> Result<Option<CommandRecord>, StorageError> {
     Ok(tree.get(command_key(id))?.map(|v| parse_record(&v)))
@@ -411,11 +457,24 @@ mod tests {
             claim_command(&t, id).expect("claim"),
             CommandRecord::Started
         );
-        write(&t, &[Write::finish_command(id, Outcome::Jammed)]).expect("finish");
+        write(&t, &[Write::finish_command(id, Outcome::Jammed, "door 3")]).expect("finish");
         assert_eq!(
             claim_command(&t, id).expect("claim"),
             CommandRecord::Finished(Outcome::Jammed)
         );
+        assert_eq!(
+            finished_result(&t, id).expect("read"),
+            Some((Outcome::Jammed, "door 3".into()))
+        );
+        // records written before details were kept still read as finished
+        let old = CommandId::generate();
+        write(&t, &[Write::Put(command_key(old).to_vec(), vec![1, Outcome::Opened as u8])])
+            .expect("old record");
+        assert_eq!(
+            finished_result(&t, old).expect("read"),
+            Some((Outcome::Opened, String::new()))
+        );
+        write(&t, &[Write::Del(command_key(old).to_vec())]).expect("del");
         let l = load(&t).expect("load");
         assert!(l.interrupted.is_empty());
         assert_eq!(l.remembered, 1);

@@ -10,23 +10,23 @@ pub mod serve;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
-use locker_schemas::{CabinetId, CommandId};
+use axum::{Json, Router};
+use locker_schemas::CabinetId;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::commands::{CommandError, CommandsHandle, NewCommand};
+use crate::commands::CommandsHandle;
 use crate::fleet::FleetHandle;
 use crate::metrics::Metrics;
-use crate::model::ActionSpec;
 use crate::store::{self, Store};
+
+mod commands;
 
 /// API settings (the `[api]` table of gateway.toml).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,21 +99,6 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<CommandError> for ApiError {
-    fn from(e: CommandError) -> Self {
-        let (status, code) = match &e {
-            CommandError::Ttl { .. } => (StatusCode::BAD_REQUEST, "bad_ttl"),
-            CommandError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            CommandError::AlreadySent(_) | CommandError::Finished(_) => {
-                (StatusCode::CONFLICT, "conflict")
-            }
-            CommandError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
-            CommandError::Closed => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-        };
-        ApiError::new(status, code, e.to_string())
-    }
-}
-
 impl From<store::StoreError> for ApiError {
     fn from(e: store::StoreError) -> Self {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string())
@@ -166,9 +151,9 @@ pub fn router(st: ApiState) -> Router {
         .route("/v1/cabinets", get(cabinets::list_cabinets))
         .route("/v1/cabinets/{id}", get(cabinets::get_cabinet))
         .route("/v1/cabinets/{id}/events", get(cabinets::cabinet_events))
-        .route("/v1/cabinets/{id}/commands", post(create_command))
-        .route("/v1/commands/{id}", get(get_command))
-        .route("/v1/commands/{id}/cancel", post(cancel_command))
+        .route("/v1/cabinets/{id}/commands", post(commands::create_command))
+        .route("/v1/commands/{id}", get(commands::get_command))
+        .route("/v1/commands/{id}/cancel", post(commands::cancel_command))
         .merge(quarantine::routes())
         .layer(middleware::from_fn_with_state(st.clone(), auth));
     Router::new()
@@ -191,95 +176,4 @@ async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
         header::HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     (h, st.metrics.render())
-}
-
-#[derive(Deserialize)]
-struct CreateCommand {
-    action: ActionSpec,
-    ttl_ms: Option<u32>,
-    /// Wait up to this long for the outcome before answering.
-    #[serde(default)]
-    wait_ms: u64,
-}
-
-async fn create_command(
-    State(st): State<ApiState>,
-    Extension(client): Extension<Client>,
-    Path(id): Path<String>,
-    body: Result<Json<CreateCommand>, axum::extract::rejection::JsonRejection>,
-) -> Result<Response, ApiError> {
-    let Json(body) =
-        body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
-    let cabinet = parse_cabinet(&id)?;
-    let Some(snapshot) = st.fleet.get(cabinet.clone()).await else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("unknown cabinet {cabinet}"),
-        ));
-    };
-    if let ActionSpec::Unlock { compartment } = &body.action {
-        if !snapshot.compartments.is_empty()
-            && !snapshot.compartments.iter().any(|c| c.id == *compartment)
-        {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "unknown_compartment",
-                format!("cabinet {cabinet} has no compartment {compartment}"),
-            ));
-        }
-    }
-    let rec = st
-        .commands
-        .create(NewCommand {
-            cabinet,
-            action: body.action,
-            ttl_ms: body.ttl_ms,
-            created_by: client.0,
-        })
-        .await?;
-    let wait = body.wait_ms.min(st.cfg.max_wait_ms);
-    if wait == 0 {
-        return Ok((StatusCode::ACCEPTED, Json(rec)).into_response());
-    }
-    let rec = st
-        .commands
-        .wait(rec.id, Duration::from_millis(wait))
-        .await?
-        .unwrap_or(rec);
-    let status = if rec.outcome.is_some() {
-        StatusCode::OK
-    } else {
-        StatusCode::ACCEPTED
-    };
-    Ok((status, Json(rec)).into_response())
-}
-
-fn parse_command(id: &str) -> Result<CommandId, ApiError> {
-    id.parse().map_err(|e: locker_schemas::IdError| {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_command_id", e.to_string())
-    })
-}
-
-async fn get_command(
-    State(st): State<ApiState>,
-    Path(id): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
-    let id = parse_command(&id)?;
-    match st.commands.get(id).await? {
-        Some(r) => Ok(Json(r)),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("unknown command {id}"),
-        )),
-    }
-}
-
-async fn cancel_command(
-    State(st): State<ApiState>,
-    Path(id): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
-    let id = parse_command(&id)?;
-    Ok(Json(st.commands.cancel(id).await?))
 }

@@ -6,19 +6,19 @@
 //! Trees and keys:
 //! - `events`, `quarantine`, `quarantine_by_cabinet`: see [`events`] and [`quarantine`];
 //! - `cabinets`: `cabinet` -> JSON [`CabinetSnapshot`];
-//! - `commands`: `command id (16 bytes)` -> JSON [`CommandRecord`];
-//! - `queue`: `cabinet \0 command id` -> empty: commands still waiting for an outcome, in
-//!   creation order (ids are ULIDs).
+//! - `commands`, `queue`: the command log, behind [`commands::CommandStore`].
 //!
 //! Every method here blocks (sled I/O); actors call them through `spawn_blocking`.
 
+pub mod commands;
 pub mod events;
 pub mod quarantine;
 
-use locker_schemas::{CabinetId, CommandId};
+use locker_schemas::CabinetId;
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::model::{CabinetSnapshot, CommandRecord};
+use crate::model::CabinetSnapshot;
+pub use commands::CommandStore;
 pub use events::{AuditEntry, AuditLog, Life, NewEntry};
 pub use quarantine::{QuarantineLimits, QuarantineRecord, QuarantineStore};
 
@@ -42,20 +42,7 @@ pub struct Store {
     audit: AuditLog,
     quarantine: QuarantineStore,
     cabinets: sled::Tree,
-    commands: sled::Tree,
-    queue: sled::Tree,
-}
-
-fn prefix(cabinet: &CabinetId) -> Vec<u8> {
-    let mut k = cabinet.as_str().as_bytes().to_vec();
-    k.push(0);
-    k
-}
-
-fn queue_key(cabinet: &CabinetId, id: CommandId) -> Vec<u8> {
-    let mut k = prefix(cabinet);
-    k.extend_from_slice(&id.to_bytes());
-    k
+    commands: CommandStore,
 }
 
 fn decode<T: DeserializeOwned>(tree: &'static str, v: &[u8]) -> Result<T, StoreError> {
@@ -91,8 +78,7 @@ impl Store {
             audit: AuditLog::open(&db)?,
             quarantine: QuarantineStore::open(&db)?,
             cabinets: db.open_tree("cabinets")?,
-            commands: db.open_tree("commands")?,
-            queue: db.open_tree("queue")?,
+            commands: CommandStore::open(&db)?,
             db,
         })
     }
@@ -180,53 +166,9 @@ impl Store {
         self.audit.events_page(cabinet, after, limit)
     }
 
-    /// Records a command (new or updated); pending commands are in the cabinet's queue, final
-    /// ones are removed from it. Flushed before returning.
-    pub fn put_command(&self, rec: &CommandRecord) -> Result<(), StoreError> {
-        self.put_commands(std::slice::from_ref(rec))
-    }
-
-    /// Records several commands with one flush.
-    pub fn put_commands(&self, recs: &[CommandRecord]) -> Result<(), StoreError> {
-        for rec in recs {
-            self.commands.insert(rec.id.to_bytes(), encode(rec)?)?;
-            let qk = queue_key(&rec.cabinet, rec.id);
-            if rec.outcome.is_some() {
-                self.queue.remove(qk)?;
-            } else {
-                self.queue.insert(qk, &[])?;
-            }
-        }
-        self.db.flush()?;
-        Ok(())
-    }
-
-    /// One command by id.
-    pub fn get_command(&self, id: CommandId) -> Result<Option<CommandRecord>, StoreError> {
-        match self.commands.get(id.to_bytes())? {
-            None => Ok(None),
-            Some(v) => Ok(Some(decode("commands", &v)?)),
-        }
-    }
-
-    /// Every command still waiting for an outcome, oldest first per cabinet.
-    pub fn pending_commands(&self) -> Result<Vec<CommandRecord>, StoreError> {
-        let mut out = Vec::new();
-        for kv in self.queue.iter() {
-            let (k, _) = kv?;
-            let n = k.len();
-            let id: [u8; 16] = k
-                .get(n.saturating_sub(16)..)
-                .and_then(|s| s.try_into().ok())
-                .ok_or(StoreError::Corrupt {
-                    tree: "queue",
-                    detail: "short key".into(),
-                })?;
-            if let Some(rec) = self.get_command(CommandId::from_bytes(id))? {
-                out.push(rec);
-            }
-        }
-        Ok(out)
+    /// The command log (owned by the dispatcher).
+    pub fn commands(&self) -> &CommandStore {
+        &self.commands
     }
 
     /// Bytes on disk.

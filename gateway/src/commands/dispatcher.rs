@@ -1,0 +1,523 @@
+//! The dispatcher actor: owns every command without a final outcome, sends and resends them
+//! (backoff with jitter, one last resend past expiry), records outcomes from the committed
+//! stream, gives up (`no_answer`) on commands the cabinet never answers, and records late
+//! results. See the module doc of [`crate::commands`] for the life of a command.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+use bytes::Bytes;
+use locker_schemas::codec::encode_downlink;
+use locker_schemas::limits::{parse_settings, MAX_COMMAND_BYTES};
+use locker_schemas::{
+    now_millis, CabinetId, Command, CommandId, CommandResult, DownKind, Downlink, DownlinkBody,
+    Millis, Outcome, Topic, UplinkBody,
+};
+use rand::Rng;
+use tokio::sync::{mpsc, oneshot};
+
+use super::record::{ActionSpec, CommandRecord, CommandState};
+use super::{CommandError, CommandsConfig, CommandsHandle, Msg, NewCommand, Recovered};
+use crate::broker::Publisher;
+use crate::ingest::Committed;
+use crate::metrics::CommandMetrics;
+use crate::store::{self, Store, StoreError};
+
+/// The dispatcher actor.
+pub struct Dispatcher {
+    cfg: CommandsConfig,
+    store: Store,
+    publisher: Publisher,
+    metrics: CommandMetrics,
+    pending: HashMap<CommandId, CommandRecord>,
+    by_cabinet: HashMap<CabinetId, BTreeSet<CommandId>>,
+    ready: HashSet<CabinetId>,
+    waiters: HashMap<CommandId, Vec<oneshot::Sender<CommandRecord>>>,
+    /// Test hook: stored events are left in the channel while set.
+    held: bool,
+}
+
+/// The wire form of a command as sent now (the relative TTL is what remains, so a cabinet
+/// with a wrong clock still judges it).
+fn downlink(rec: &CommandRecord, now: Millis) -> Downlink {
+    let remaining = rec.expires_at.saturating_sub(now).min(u64::from(u32::MAX)) as u32;
+    Downlink {
+        body: DownlinkBody::Command(Command {
+            id: rec.id,
+            issued_at: rec.issued_at,
+            expires_at: rec.expires_at,
+            ttl_ms: remaining,
+            action: rec.action.to_action(),
+        }),
+    }
+}
+
+/// Refuses what a cabinet would not take: `set_config` keys and values it rejects, and
+/// commands whose encoded downlink is over [`MAX_COMMAND_BYTES`].
+fn check_acceptable(rec: &CommandRecord) -> Result<(), CommandError> {
+    let len = encode_downlink(&downlink(rec, rec.issued_at))
+        .map(|b| b.len())
+        .unwrap_or(usize::MAX);
+    if len > MAX_COMMAND_BYTES {
+        return Err(CommandError::TooLarge {
+            len,
+            max: MAX_COMMAND_BYTES,
+        });
+    }
+    if let ActionSpec::SetConfig { values } = &rec.action {
+        let kv: Vec<(String, String)> = values
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        parse_settings(&kv)?;
+    }
+    Ok(())
+}
+
+impl Dispatcher {
+    /// Starts the dispatcher with what [`super::recover`] found at start. Returns its handle
+    /// and the sender ingest uses to pass on stored events (hellos and results).
+    pub fn spawn(
+        cfg: CommandsConfig,
+        store: Store,
+        publisher: Publisher,
+        metrics: CommandMetrics,
+        recovered: Recovered,
+    ) -> (
+        CommandsHandle,
+        mpsc::Sender<Committed>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (tx, rx) = mpsc::channel(1024);
+        let (ctx, crx) = mpsc::channel(256);
+        let mut d = Dispatcher {
+            cfg,
+            store,
+            publisher,
+            metrics,
+            pending: HashMap::new(),
+            by_cabinet: HashMap::new(),
+            ready: HashSet::new(),
+            waiters: HashMap::new(),
+            held: false,
+        };
+        for rec in &recovered.finished {
+            d.count_outcome(rec);
+            d.metrics.recovered.inc();
+        }
+        for rec in recovered.pending {
+            d.track(rec);
+        }
+        let task = tokio::spawn(d.run(rx, crx));
+        (CommandsHandle { tx }, ctx, task)
+    }
+
+    fn track(&mut self, rec: CommandRecord) {
+        self.by_cabinet
+            .entry(rec.cabinet.clone())
+            .or_default()
+            .insert(rec.id);
+        self.pending.insert(rec.id, rec);
+        self.metrics.queue_depth.set(self.pending.len() as i64);
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>, mut commits: mpsc::Receiver<Committed>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.tick_ms.max(10)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => self.on_msg(m).await,
+                    None => break,
+                },
+                c = commits.recv(), if !self.held => match c {
+                    Some(events) => self.on_committed(&events).await,
+                    None => break,
+                },
+                _ = tick.tick() => self.on_tick().await,
+            }
+        }
+    }
+
+    fn get_stored(&self, id: CommandId, reply: oneshot::Sender<Result<Option<CommandRecord>, CommandError>>) {
+        let store = self.store.clone();
+        // reads are quick; do them off the actor so it keeps dispatching
+        tokio::spawn(async move {
+            let r = store::blocking(move || store.commands().get_command(id)).await;
+            let _ = reply.send(r.map_err(CommandError::from));
+        });
+    }
+
+    async fn on_msg(&mut self, m: Msg) {
+        match m {
+            Msg::Create(c, reply) => {
+                let r = self.create(c).await;
+                let _ = reply.send(r);
+            }
+            Msg::Get(id, reply) => match self.pending.get(&id) {
+                Some(rec) => {
+                    let _ = reply.send(Ok(Some(rec.clone())));
+                }
+                None => self.get_stored(id, reply),
+            },
+            Msg::Wait(id, reply) => {
+                if self.pending.contains_key(&id) {
+                    self.waiters.entry(id).or_default().push(reply);
+                } else {
+                    let store = self.store.clone();
+                    tokio::spawn(async move {
+                        let r = store::blocking(move || store.commands().get_command(id)).await;
+                        if let Ok(Some(rec)) = r {
+                            let _ = reply.send(rec);
+                        }
+                    });
+                }
+            }
+            Msg::Cancel(id, reply) => {
+                let r = self.cancel(id).await;
+                let _ = reply.send(r);
+            }
+            Msg::Offline(cab) => {
+                self.ready.remove(&cab);
+            }
+            Msg::HoldResults(hold, reply) => {
+                self.held = hold;
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    async fn cancel(&mut self, id: CommandId) -> Result<CommandRecord, CommandError> {
+        let Some(rec) = self.pending.get_mut(&id) else {
+            let store = self.store.clone();
+            return match store::blocking(move || store.commands().get_command(id)).await {
+                Ok(Some(_)) => Err(CommandError::Finished(id)),
+                Ok(None) => Err(CommandError::NotFound(id)),
+                Err(e) => Err(e.into()),
+            };
+        };
+        match rec.state {
+            CommandState::Queued => self
+                .finish(id, Outcome::Cancelled, "cancelled through the API".into())
+                .await
+                .ok_or(CommandError::NotFound(id)),
+            _ if rec.cancel_requested_at.is_some() => Ok(rec.clone()),
+            _ => {
+                // it may already have run: stop resending; the outcome stays the cabinet's
+                rec.cancel_requested_at = Some(now_millis());
+                let rec = rec.clone();
+                self.persist(vec![rec.clone()]).await?;
+                tracing::info!(%id, cabinet = %rec.cabinet, "cancel of a sent command: no more resends");
+                Ok(rec)
+            }
+        }
+    }
+
+    async fn create(&mut self, c: NewCommand) -> Result<CommandRecord, CommandError> {
+        let ttl = c.ttl_ms.unwrap_or(self.cfg.default_ttl_ms);
+        if ttl == 0 || ttl > self.cfg.max_ttl_ms {
+            return Err(CommandError::Ttl {
+                max: self.cfg.max_ttl_ms,
+            });
+        }
+        let now = now_millis();
+        let mut rec = CommandRecord {
+            id: CommandId::generate(),
+            cabinet: c.cabinet,
+            action: c.action,
+            issued_at: now,
+            expires_at: now + u64::from(ttl),
+            ttl_ms: ttl,
+            created_by: c.created_by,
+            state: CommandState::Queued,
+            sends: 0,
+            last_sent_at: None,
+            outcome: None,
+            detail: String::new(),
+            finished_at: None,
+            audit_from: 0,
+            next_send_at: None,
+            final_sent: false,
+            cancel_requested_at: None,
+            late_outcome: None,
+            late_detail: String::new(),
+        };
+        check_acceptable(&rec)?;
+        self.metrics
+            .created
+            .with_label_values(&[rec.action.to_action().name()])
+            .inc();
+        let ready = self.ready.contains(&rec.cabinet);
+        if ready {
+            // persist as sent, then send: one flush on the fast path
+            self.mark_sent(&mut rec, now);
+        }
+        // the cabinet's audit position is read before the command can be sent, so its
+        // Result (if any) is always after it
+        let store = self.store.clone();
+        let rec = store::blocking(move || {
+            rec.audit_from = store.high_water(&rec.cabinet)?;
+            store.commands().put_command(&rec)?;
+            Ok(rec)
+        })
+        .await?;
+        self.track(rec.clone());
+        if ready {
+            self.publish(&rec, "first").await;
+        } else {
+            tracing::debug!(id = %rec.id, cabinet = %rec.cabinet, "command queued for an offline cabinet");
+        }
+        Ok(rec)
+    }
+
+    /// The wait before the resend after send number `sends`: `resend_after` doubling per
+    /// send up to `resend_max`, plus up to a quarter of jitter.
+    fn backoff(&self, sends: u32) -> u64 {
+        let base = self.cfg.resend_after_ms.max(1);
+        let d = base
+            .saturating_mul(1u64 << sends.saturating_sub(1).min(30))
+            .min(self.cfg.resend_max_ms.max(base));
+        d + rand::thread_rng().gen_range(0..=d / 4)
+    }
+
+    fn mark_sent(&self, rec: &mut CommandRecord, now: u64) {
+        rec.state = CommandState::Sent;
+        rec.sends += 1;
+        rec.last_sent_at = Some(now);
+        rec.next_send_at = Some(now + self.backoff(rec.sends));
+        if now > rec.expires_at {
+            rec.final_sent = true;
+        }
+    }
+
+    async fn persist(&self, recs: Vec<CommandRecord>) -> Result<(), StoreError> {
+        let store = self.store.clone();
+        store::blocking(move || store.commands().put_commands(&recs)).await
+    }
+
+    async fn publish(&self, rec: &CommandRecord, kind: &'static str) {
+        match encode_downlink(&downlink(rec, now_millis())) {
+            Ok(bytes) => {
+                let topic = Topic::Down(rec.cabinet.clone(), DownKind::Cmd);
+                if self.publisher.publish(topic, Bytes::from(bytes)).await {
+                    self.metrics.sends.with_label_values(&[kind]).inc();
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode command"),
+        }
+    }
+
+    /// Whether a sent command is due to be (re)sent now.
+    fn resend_due(&self, rec: &CommandRecord, now: u64, on_hello: bool) -> bool {
+        if rec.cancel_requested_at.is_some() {
+            return false;
+        }
+        if now > rec.expires_at {
+            // one last resend past expiry (again after a reconnect)
+            return !rec.final_sent || on_hello;
+        }
+        on_hello || rec.next_send_at.is_none_or(|t| now >= t)
+    }
+
+    /// Sends (or resends) what is due for one ready cabinet; expires never-sent commands.
+    async fn dispatch(&mut self, cabinet: &CabinetId, on_hello: bool) {
+        let Some(ids) = self.by_cabinet.get(cabinet) else {
+            return;
+        };
+        let ids: Vec<CommandId> = ids.iter().copied().collect();
+        let now = now_millis();
+        let mut to_send = Vec::new();
+        let mut to_expire = Vec::new();
+        for id in ids {
+            let Some(rec) = self.pending.get(&id) else {
+                continue;
+            };
+            match rec.state {
+                CommandState::Queued if now > rec.expires_at => to_expire.push(id),
+                CommandState::Queued => to_send.push(id),
+                CommandState::Sent if self.resend_due(rec, now, on_hello) => to_send.push(id),
+                _ => {}
+            }
+        }
+        for id in to_expire {
+            self.finish(
+                id,
+                Outcome::Expired,
+                "expired before it could be delivered".into(),
+            )
+            .await;
+        }
+        let mut updated = Vec::new();
+        for id in &to_send {
+            let Some(mut rec) = self.pending.get(id).cloned() else {
+                continue;
+            };
+            let kind = if rec.sends == 0 { "first" } else { "resend" };
+            self.mark_sent(&mut rec, now);
+            updated.push((rec, kind));
+        }
+        if updated.is_empty() {
+            return;
+        }
+        if let Err(e) = self
+            .persist(updated.iter().map(|(r, _)| r.clone()).collect())
+            .await
+        {
+            tracing::error!(error = %e, "cannot persist command state; not sending");
+            return;
+        }
+        for (rec, kind) in updated {
+            self.publish(&rec, kind).await;
+            self.pending.insert(rec.id, rec);
+        }
+    }
+
+    async fn on_committed(&mut self, events: &Committed) {
+        let mut hellos = Vec::new();
+        for u in events.iter() {
+            match &u.body {
+                UplinkBody::Hello(_) => hellos.push(u.cabinet.clone()),
+                UplinkBody::Result(r) => {
+                    if self
+                        .pending
+                        .get(&r.command)
+                        .is_some_and(|p| p.cabinet == u.cabinet)
+                    {
+                        self.finish(r.command, r.outcome, r.detail.clone()).await;
+                    } else {
+                        self.late_or_stray(&u.cabinet, r).await;
+                    }
+                }
+                _ => {}
+            }
+        }
+        for cab in hellos {
+            self.ready.insert(cab.clone());
+            self.dispatch(&cab, true).await;
+        }
+    }
+
+    /// A Result for no pending command: a repeat answer (counted as stray), or the late
+    /// answer to a command that ended `no_answer` (recorded on its record).
+    async fn late_or_stray(&mut self, cabinet: &CabinetId, r: &CommandResult) {
+        self.metrics.stray_results.inc();
+        let store = self.store.clone();
+        let (id, cab, outcome, detail) = (r.command, cabinet.clone(), r.outcome, r.detail.clone());
+        let late = store::blocking(move || {
+            let Some(mut rec) = store.commands().get_command(id)? else {
+                return Ok(None);
+            };
+            if rec.state != CommandState::Unconfirmed
+                || rec.cabinet != cab
+                || rec.late_outcome.is_some()
+            {
+                return Ok(None);
+            }
+            rec.late_outcome = Some(outcome);
+            rec.late_detail = detail;
+            store.commands().put_command(&rec)?;
+            Ok(Some(rec))
+        })
+        .await;
+        match late {
+            Ok(Some(rec)) => {
+                self.metrics.late_results.inc();
+                tracing::warn!(command = %rec.id, cabinet = %rec.cabinet, %outcome, "late result for a command that ended no_answer; recorded as its late_outcome");
+            }
+            Ok(None) => {
+                tracing::debug!(command = %r.command, %cabinet, "result for no pending command")
+            }
+            Err(e) => tracing::error!(error = %e, command = %r.command, "cannot record a late result"),
+        }
+    }
+
+    /// When a sent command with no answer is given up: `give_up_after` past its expiry, or
+    /// past the cancel that stopped its resends.
+    fn give_up_at(&self, rec: &CommandRecord) -> u64 {
+        rec.expires_at
+            .min(rec.cancel_requested_at.unwrap_or(u64::MAX))
+            .saturating_add(self.cfg.give_up_after_ms)
+    }
+
+    async fn on_tick(&mut self) {
+        let now = now_millis();
+        // never-sent commands expire wherever their cabinet is; sent ones with no answer
+        // long enough end no_answer
+        let mut expired = Vec::new();
+        let mut unanswered = Vec::new();
+        for r in self.pending.values() {
+            match r.state {
+                CommandState::Queued if now > r.expires_at => expired.push(r.id),
+                CommandState::Sent if now > self.give_up_at(r) => unanswered.push(r.id),
+                _ => {}
+            }
+        }
+        for id in expired {
+            self.finish(
+                id,
+                Outcome::Expired,
+                "expired before it could be delivered".into(),
+            )
+            .await;
+        }
+        for id in unanswered {
+            let detail = "sent, but the cabinet never answered; whether it ran is unknown (a late answer is recorded as late_outcome)".to_owned();
+            self.finish(id, Outcome::NoAnswer, detail).await;
+        }
+        let ready: Vec<CabinetId> = self
+            .by_cabinet
+            .keys()
+            .filter(|c| self.ready.contains(*c))
+            .cloned()
+            .collect();
+        for cab in ready {
+            self.dispatch(&cab, false).await;
+        }
+    }
+
+    fn count_outcome(&self, rec: &CommandRecord) {
+        let Some(outcome) = rec.outcome else {
+            return;
+        };
+        self.metrics
+            .outcomes
+            .with_label_values(&[outcome.as_str()])
+            .inc();
+        let action = rec.action.to_action();
+        self.metrics
+            .latency_seconds
+            .with_label_values(&[action.name()])
+            .observe(
+                rec.finished_at
+                    .unwrap_or(rec.issued_at)
+                    .saturating_sub(rec.issued_at) as f64
+                    / 1000.0,
+            );
+    }
+
+    /// Records a command's one outcome, persists it and wakes its waiters.
+    async fn finish(
+        &mut self,
+        id: CommandId,
+        outcome: Outcome,
+        detail: String,
+    ) -> Option<CommandRecord> {
+        let mut rec = self.pending.remove(&id)?;
+        if let Some(set) = self.by_cabinet.get_mut(&rec.cabinet) {
+            set.remove(&id);
+            if set.is_empty() {
+                self.by_cabinet.remove(&rec.cabinet);
+            }
+        }
+        super::recover::set_outcome(&mut rec, outcome, detail, now_millis());
+        if let Err(e) = self.persist(vec![rec.clone()]).await {
+            tracing::error!(error = %e, %id, "cannot persist command outcome");
+        }
+        self.metrics.queue_depth.set(self.pending.len() as i64);
+        self.count_outcome(&rec);
+        for w in self.waiters.remove(&id).unwrap_or_default() {
+            let _ = w.send(rec.clone());
+        }
+        Some(rec)
+    }
+}
