@@ -77,8 +77,9 @@ async fn stalls_at_every_phase_do_not_delay_a_cabinet() {
         tls.push(stalled_before_connect(fx.addr, tls_x.clone()).await);
     }
     eventually(
-        "every stalled ClientHello is mid-handshake at the edge",
-        || fx.metric("locker_edge_handshakes_in_flight", None) >= AFTER_HELLO as u64,
+        // At least as many as the 1,024 handshake slots the edge used to have.
+        "the stalled ClientHellos are mid-handshake at the edge",
+        || fx.metric("locker_edge_handshakes_in_flight", None) >= 1024,
     )
     .await;
 
@@ -91,11 +92,11 @@ async fn stalls_at_every_phase_do_not_delay_a_cabinet() {
         started.elapsed()
     );
     assert_eq!(fx.rejections("handshake_timeout"), 0, "no stall expired");
-    assert_eq!(
-        fx.metric("locker_edge_handshakes_in_flight", None),
-        AFTER_HELLO as u64,
-        "the stalls are all still there"
-    );
+    eventually("every stalled ClientHello is mid-handshake, none given up", || {
+        fx.metric("locker_edge_handshakes_in_flight", None) == AFTER_HELLO as u64
+    })
+    .await;
+    assert_eq!(fx.rejections("handshake_timeout"), 0, "no stall expired");
     drop((raw, hellos, tls));
 }
 
