@@ -92,9 +92,10 @@ async fn stalls_at_every_phase_do_not_delay_a_cabinet() {
         started.elapsed()
     );
     assert_eq!(fx.rejections("handshake_timeout"), 0, "no stall expired");
-    eventually("every stalled ClientHello is mid-handshake, none given up", || {
-        fx.metric("locker_edge_handshakes_in_flight", None) == AFTER_HELLO as u64
-    })
+    eventually(
+        "every stalled ClientHello is mid-handshake, none given up",
+        || fx.metric("locker_edge_handshakes_in_flight", None) == AFTER_HELLO as u64,
+    )
     .await;
     assert_eq!(fx.rejections("handshake_timeout"), 0, "no stall expired");
     drop((raw, hellos, tls));

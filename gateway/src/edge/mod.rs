@@ -13,11 +13,12 @@
 //! descriptor. The edge is the authority on cabinet presence ([`PresenceEvent`]).
 //!
 //! Submodules: [`config`] (settings), `tls` (rustls configuration and CRL), `identity`,
-//! `acl` (packet rules), `relay` (one connection up to its session), `session` (the MQTT
-//! session over the link), `registry` (connection table, presence, takeover, disconnects),
-//! `metrics`.
+//! `acl` (packet rules), `bucket` (the uplink rate limit), `relay` (one connection up to its
+//! session), `session` (the MQTT session over the link), `registry` (connection table,
+//! presence, takeover, disconnects), `metrics`.
 
 mod acl;
+mod bucket;
 pub mod config;
 mod identity;
 mod metrics;

@@ -28,6 +28,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::io;
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
@@ -38,11 +39,12 @@ use rumqttd::protocol::{Error as MqttError, Packet, Protocol, QoS};
 use rumqttd::Notification;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use super::acl::{qos_bits, Acl, Refusal, Session as ConnectInfo};
+use super::bucket::Bucket;
 use super::metrics::Reason;
 use super::relay::{Shared, READ_BUF};
 use crate::broker::Link;
@@ -100,38 +102,6 @@ struct State<'a> {
     bucket: Option<Bucket>,
     /// The distinct filters an integrator subscribed to on this connection.
     filters: HashSet<String>,
-}
-
-/// A token bucket: `rate` tokens per second, at most `burst` stored.
-struct Bucket {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn new(rate: u32, burst: u32) -> Self {
-        Self {
-            tokens: f64::from(burst),
-            rate: f64::from(rate),
-            burst: f64::from(burst),
-            at: Instant::now(),
-        }
-    }
-
-    /// Takes a token, or says how long until one is there.
-    fn take(&mut self, now: Instant) -> Option<Duration> {
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            None
-        } else {
-            Some(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
-        }
-    }
 }
 
 /// Longest single wait on the certificate's end (a timer is re-armed after it).
@@ -202,9 +172,8 @@ impl State<'_> {
         let expiry = tokio::time::sleep_until(cert_end.min(Instant::now() + EXPIRY_STEP));
         tokio::pin!(expiry);
         // While the uplink rate limit holds the client: until when (nothing is read).
-        let mut throttled: Option<Instant> = None;
-        let throttle = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(throttle);
+        // (Allocated only while throttled: an idle session keeps no timer for it.)
+        let mut throttled: Option<Pin<Box<Sleep>>> = None;
         let mut need = 0;
         loop {
             // Hand what the client already sent to the router, a batch per notification.
@@ -218,8 +187,7 @@ impl State<'_> {
                         .metrics
                         .throttled_seconds
                         .inc_by(wait.as_secs_f64());
-                    throttled = Some(until);
-                    throttle.as_mut().reset(until);
+                    throttled = Some(Box::pin(tokio::time::sleep_until(until)));
                 }
                 if batch.pushed > 0 {
                     tokio::select! {
@@ -256,7 +224,12 @@ impl State<'_> {
                     Ok(_) => self.last_read = Instant::now(),
                     Err(e) => return Err(End::Io(e)),
                 },
-                _ = &mut throttle, if throttled.is_some() => {
+                _ = async {
+                    match throttled.as_mut() {
+                        Some(t) => t.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                }, if throttled.is_some() => {
                     // The client was sending all along: its keep alive counts from now.
                     throttled = None;
                     self.last_read = Instant::now();
