@@ -179,6 +179,15 @@ impl EdgeFixture {
     }
 }
 
+/// Sets the overall handshake deadline and every phase deadline (ClientHello, TLS, CONNECT)
+/// to `ms`.
+pub fn handshake_deadlines(cfg: &mut EdgeConfig, ms: u64) {
+    cfg.handshake_timeout_ms = ms;
+    cfg.hello_timeout_ms = ms;
+    cfg.tls_timeout_ms = ms;
+    cfg.connect_timeout_ms = ms;
+}
+
 /// Sums the samples of `name` in Prometheus text (those with `label`'s value, if given).
 pub fn metric(text: &str, name: &str, label: Option<(&str, &str)>) -> u64 {
     let mut total = 0.0;

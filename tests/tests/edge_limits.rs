@@ -15,8 +15,7 @@ async fn idle_sockets_do_not_stop_a_cabinet_from_connecting() {
     // would time out rather than pass after they expire. The retired handshake-slot setting
     // is still accepted (and ignored).
     let mut fx = EdgeFixture::start(|cfg| {
-        cfg.handshake_timeout_ms = 120_000;
-        cfg.hello_timeout_ms = 120_000;
+        handshake_deadlines(cfg, 120_000);
         cfg.max_concurrent_handshakes = Some(8);
     })
     .await;
@@ -56,10 +55,7 @@ async fn stalls_at_every_phase_do_not_delay_a_cabinet() {
     const AFTER_HELLO: usize = 1100;
     const BEFORE_CONNECT: usize = 300;
     let mut fx = EdgeFixture::start(|cfg| {
-        cfg.handshake_timeout_ms = 60_000;
-        cfg.hello_timeout_ms = 60_000;
-        cfg.tls_timeout_ms = 60_000;
-        cfg.connect_timeout_ms = 60_000;
+        handshake_deadlines(cfg, 60_000);
     })
     .await;
     let (a, x) = (fx.cabinet("CAB-A"), fx.cabinet("CAB-X"));
@@ -127,8 +123,7 @@ async fn each_handshake_phase_has_its_own_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_per_address_handshake_limit_refuses_at_once_when_configured() {
     let mut fx = EdgeFixture::start(|cfg| {
-        cfg.handshake_timeout_ms = 60_000;
-        cfg.hello_timeout_ms = 60_000;
+        handshake_deadlines(cfg, 60_000);
         cfg.max_handshakes_per_address = 2;
     })
     .await;

@@ -41,7 +41,8 @@ pub struct EdgeConfig {
     pub handshake_timeout_ms: u64,
     /// Phase deadline: from TCP accept to a complete TLS ClientHello.
     pub hello_timeout_ms: u64,
-    /// Phase deadline: from the ClientHello to a completed TLS handshake.
+    /// Phase deadline: from the ClientHello to a completed TLS handshake (longer than the
+    /// others: in a reconnect storm a handshake may queue for CPU).
     pub tls_timeout_ms: u64,
     /// Phase deadline: from the completed TLS handshake to a complete MQTT CONNECT.
     pub connect_timeout_ms: u64,
@@ -93,7 +94,7 @@ impl Default for EdgeConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8883)),
             handshake_timeout_ms: 10_000,
             hello_timeout_ms: 5_000,
-            tls_timeout_ms: 5_000,
+            tls_timeout_ms: 8_000,
             connect_timeout_ms: 5_000,
             max_concurrent_handshakes: None,
             max_handshakes_per_address: 0,
