@@ -176,21 +176,16 @@ impl TlsState {
     pub fn install_crl(&self, crl: Crl) -> Result<Option<Arc<HashSet<String>>>, TlsError> {
         let mut installed = self.installed.lock().unwrap_or_else(|p| p.into_inner());
         let (number, ders) = &*installed;
-        let newer = match (*number, crl.number) {
-            // A CRL without a number was installed (not made by locker-pki): any replaces it.
-            (None, _) => true,
-            (Some(old), Some(new)) => new > old,
-            (Some(_), None) => false,
-        };
-        if !newer {
-            if crl.number == *number && crl.ders == *ders {
-                return Ok(None);
+        match replacement(*number, ders, &crl) {
+            Replace::Install => {}
+            Replace::Same => return Ok(None),
+            Replace::Stale => {
+                return Err(TlsError::Stale {
+                    path: self.crl_path.clone().unwrap_or_default(),
+                    installed: *number,
+                    offered: crl.number,
+                })
             }
-            return Err(TlsError::Stale {
-                path: self.crl_path.clone().unwrap_or_default(),
-                installed: *number,
-                offered: crl.number,
-            });
         }
         let config = build(
             &self.fixed,
@@ -204,6 +199,32 @@ impl TlsState {
         self.revoked.store(serials.clone());
         *installed = (crl.number, crl.ders);
         Ok(Some(serials))
+    }
+}
+
+/// What to do with an offered CRL, given the installed one's number and bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum Replace {
+    Install,
+    /// The installed CRL again: nothing to do.
+    Same,
+    /// Not newer than the installed one: refused.
+    Stale,
+}
+
+fn replacement(
+    number: Option<u64>,
+    ders: &[CertificateRevocationListDer<'static>],
+    offered: &Crl,
+) -> Replace {
+    if offered.number == number && offered.ders == ders {
+        return Replace::Same;
+    }
+    match (number, offered.number) {
+        // A CRL without a number was installed (not made by locker-pki): any replaces it.
+        (None, _) => Replace::Install,
+        (Some(old), Some(new)) if new > old => Replace::Install,
+        _ => Replace::Stale,
     }
 }
 
@@ -300,5 +321,39 @@ fn bad(path: &Path, what: String) -> TlsError {
     TlsError::Bad {
         path: path.to_owned(),
         what,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn crl(number: Option<u64>, bytes: &[u8]) -> Crl {
+        Crl {
+            ders: vec![CertificateRevocationListDer::from(bytes.to_vec())],
+            serials: HashSet::new(),
+            number,
+        }
+    }
+
+    #[test]
+    fn only_a_higher_crl_number_replaces_the_installed_crl() {
+        let installed = crl(Some(5), b"five");
+        let ders = &installed.ders;
+        let r = |offered: &Crl| replacement(installed.number, ders, offered);
+        assert_eq!(r(&crl(Some(6), b"six")), Replace::Install);
+        assert_eq!(r(&crl(Some(5), b"five")), Replace::Same);
+        assert_eq!(r(&crl(Some(5), b"other five")), Replace::Stale);
+        assert_eq!(r(&crl(Some(4), b"four")), Replace::Stale);
+        assert_eq!(r(&crl(None, b"unnumbered")), Replace::Stale);
+        // Nothing numbered installed yet: anything newer-looking goes in.
+        assert_eq!(
+            replacement(None, &crl(None, b"x").ders, &crl(Some(1), b"one")),
+            Replace::Install
+        );
+        assert_eq!(
+            replacement(None, &crl(None, b"x").ders, &crl(None, b"x")),
+            Replace::Same
+        );
     }
 }
