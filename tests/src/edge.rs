@@ -2,7 +2,10 @@
 //! broker (rumqttd's router, in-process) and the mTLS edge in front of it on `127.0.0.1:0`,
 //! with presence recorded and metrics readable; rumqttc clients over mutual TLS with a
 //! [`Client`] that records what it sees; an in-process [`Observer`] on the broker itself; a
-//! raw TLS client for hand-made bytes; and process measurements (open fds, RSS).
+//! raw TLS client for hand-made bytes; sockets stalled at each handshake phase
+//! ([`stalled_before_hello`], [`stalled_after_hello`], [`stalled_before_connect`]);
+//! short-lived certificates ([`EdgeFixture::cabinet_valid_for`]); and process measurements
+//! (open fds, RSS).
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -102,6 +105,21 @@ impl EdgeFixture {
         self.pki.cabinet(id)
     }
 
+    /// Issues a cabinet certificate whose notAfter is `secs` seconds from now.
+    pub fn cabinet_valid_for(&mut self, id: &str, secs: i64) -> IssuedCert {
+        let before = self.pki.pki.leaf_validity();
+        self.pki
+            .pki
+            .set_leaf_validity(time::Duration::seconds(secs))
+            .expect("leaf validity");
+        let cert = self.pki.cabinet(id);
+        self.pki
+            .pki
+            .set_leaf_validity(before)
+            .expect("leaf validity");
+        cert
+    }
+
     /// Issues an integrator certificate.
     pub fn integrator(&mut self, name: &str) -> IssuedCert {
         self.pki.integrator(name)
@@ -159,6 +177,15 @@ impl EdgeFixture {
         })
         .await;
     }
+}
+
+/// Sets the overall handshake deadline and every phase deadline (ClientHello, TLS, CONNECT)
+/// to `ms`.
+pub fn handshake_deadlines(cfg: &mut EdgeConfig, ms: u64) {
+    cfg.handshake_timeout_ms = ms;
+    cfg.hello_timeout_ms = ms;
+    cfg.tls_timeout_ms = ms;
+    cfg.connect_timeout_ms = ms;
 }
 
 /// Sums the samples of `name` in Prometheus text (those with `label`'s value, if given).
@@ -357,6 +384,37 @@ impl Drop for Observer {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A TCP connection to the edge that sends nothing (stalled before its ClientHello).
+pub async fn stalled_before_hello(addr: SocketAddr) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(addr).await.expect("connect")
+}
+
+/// A TCP connection to the edge that sent a real TLS ClientHello (made by a rustls client
+/// connection that is then never driven again) and nothing more.
+pub async fn stalled_after_hello(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let name = ServerName::try_from("localhost").expect("server name");
+    let mut conn = rustls::ClientConnection::new(tls, name).expect("client connection");
+    let mut hello = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut hello).expect("ClientHello bytes");
+    }
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(&hello).await.expect("write ClientHello");
+    tcp
+}
+
+/// A completed TLS handshake with the edge, and then no CONNECT.
+pub async fn stalled_before_connect(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    raw_tls(addr, tls).await.expect("TLS handshake")
 }
 
 /// A raw TLS connection to the edge (for hand-made bytes).

@@ -12,10 +12,11 @@ use tokio::io::AsyncWriteExt;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_sockets_do_not_stop_a_cabinet_from_connecting() {
     // A deadline longer than the test's own: if stalled sockets held up the cabinet, the test
-    // would time out rather than pass after they expire. Fewer handshake slots than sockets.
+    // would time out rather than pass after they expire. The retired handshake-slot setting
+    // is still accepted (and ignored).
     let mut fx = EdgeFixture::start(|cfg| {
-        cfg.handshake_timeout_ms = 120_000;
-        cfg.max_concurrent_handshakes = 8;
+        handshake_deadlines(cfg, 120_000);
+        cfg.max_concurrent_handshakes = Some(8);
     })
     .await;
     let mut idle = Vec::new();
@@ -42,6 +43,119 @@ async fn idle_sockets_do_not_stop_a_cabinet_from_connecting() {
         .await;
     fx.wait_connected(1).await;
     drop(idle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalls_at_every_phase_do_not_delay_a_cabinet() {
+    // The case: ~1,100 sockets that sent a real ClientHello and stalled (more than
+    // the 1,024 handshake slots the edge used to have), plus stalls before the ClientHello and
+    // before the CONNECT. Every deadline is far beyond the test's own, so the cabinet can only
+    // get in while all of them are still held open.
+    const BEFORE_HELLO: usize = 300;
+    const AFTER_HELLO: usize = 1100;
+    const BEFORE_CONNECT: usize = 300;
+    let mut fx = EdgeFixture::start(|cfg| {
+        handshake_deadlines(cfg, 60_000);
+    })
+    .await;
+    let (a, x) = (fx.cabinet("CAB-A"), fx.cabinet("CAB-X"));
+    let tls_x = fx.tls(Some(&x));
+    let mut raw = Vec::new();
+    for _ in 0..BEFORE_HELLO {
+        raw.push(stalled_before_hello(fx.addr).await);
+    }
+    let mut hellos = Vec::new();
+    for _ in 0..AFTER_HELLO {
+        hellos.push(stalled_after_hello(fx.addr, tls_x.clone()).await);
+    }
+    let mut tls = Vec::new();
+    for _ in 0..BEFORE_CONNECT {
+        tls.push(stalled_before_connect(fx.addr, tls_x.clone()).await);
+    }
+    eventually(
+        // At least as many as the 1,024 handshake slots the edge used to have.
+        "the stalled ClientHellos are mid-handshake at the edge",
+        || fx.metric("locker_edge_handshakes_in_flight", None) >= 1024,
+    )
+    .await;
+
+    let started = std::time::Instant::now();
+    let c = fx.client("CAB-A", Some(&a));
+    c.wait_connected("a valid cabinet connects while every stall is held open")
+        .await;
+    eprintln!(
+        "valid cabinet connected {:?} after {BEFORE_HELLO} + {AFTER_HELLO} + {BEFORE_CONNECT} stalled sockets",
+        started.elapsed()
+    );
+    assert_eq!(fx.rejections("handshake_timeout"), 0, "no stall expired");
+    eventually(
+        "every stalled ClientHello is mid-handshake, none given up",
+        || fx.metric("locker_edge_handshakes_in_flight", None) == AFTER_HELLO as u64,
+    )
+    .await;
+    assert_eq!(fx.rejections("handshake_timeout"), 0, "no stall expired");
+    drop((raw, hellos, tls));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_handshake_phase_has_its_own_deadline() {
+    let mut fx = EdgeFixture::start(|cfg| {
+        cfg.handshake_timeout_ms = 60_000;
+        cfg.hello_timeout_ms = 300;
+        cfg.tls_timeout_ms = 300;
+        cfg.connect_timeout_ms = 300;
+    })
+    .await;
+    let x = fx.cabinet("CAB-X");
+    let tls_x = fx.tls(Some(&x));
+    let mut raw = stalled_before_hello(fx.addr).await;
+    let mut hello = stalled_after_hello(fx.addr, tls_x.clone()).await;
+    let mut tls = stalled_before_connect(fx.addr, tls_x).await;
+    assert!(read_until_closed(&mut raw).await.is_empty());
+    read_until_closed(&mut hello).await;
+    read_until_closed(&mut tls).await;
+    eventually("three phase timeouts counted", || {
+        fx.rejections("handshake_timeout") == 3
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_address_handshake_limit_refuses_at_once_when_configured() {
+    let mut fx = EdgeFixture::start(|cfg| {
+        handshake_deadlines(cfg, 60_000);
+        cfg.max_handshakes_per_address = 2;
+    })
+    .await;
+    let a = fx.cabinet("CAB-A");
+    let stalls = vec![
+        stalled_before_hello(fx.addr).await,
+        stalled_before_hello(fx.addr).await,
+    ];
+    let mut third = stalled_before_hello(fx.addr).await;
+    assert!(read_until_closed(&mut third).await.is_empty());
+    eventually("refusal counted", || {
+        fx.rejections("too_many_from_address") == 1
+    })
+    .await;
+    drop(stalls);
+    eventually("the dropped stalls end their handshakes", || {
+        fx.rejections("tls_error") == 2
+    })
+    .await;
+    // Established connections do not count: the slots are the handshakes'.
+    let c = fx.client("CAB-A", Some(&a));
+    c.wait_connected("A once the stalls are gone").await;
+    let more = [
+        stalled_before_hello(fx.addr).await,
+        stalled_before_hello(fx.addr).await,
+    ];
+    eventually("both accepted", || {
+        fx.metric("locker_edge_accepted_total", None) >= 6
+    })
+    .await;
+    assert_eq!(fx.rejections("too_many_from_address"), 1);
+    drop(more);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -87,7 +87,7 @@ async fn memory_through_edge() {
     let n = cabinets();
     let mut fx = EdgeFixture::start(|cfg| {
         cfg.max_connections = 4 * n;
-        cfg.handshake_timeout_ms = 600_000;
+        handshake_deadlines(cfg, 600_000);
     })
     .await;
     let ids: Vec<CabinetId> = (0..n)

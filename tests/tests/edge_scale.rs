@@ -52,7 +52,7 @@ async fn fifteen_hundred_cabinets_at_once_cost_one_descriptor_each() {
     // busy machine handshake slowly).
     let mut fx = EdgeFixture::start(|cfg| {
         cfg.max_connections = 2 * N;
-        cfg.handshake_timeout_ms = 300_000;
+        handshake_deadlines(cfg, 300_000);
     })
     .await;
     let obs = fx.observer(&[]).await;

@@ -129,7 +129,7 @@ pub fn verify_crl_signature(crl_pem_or_der: &[u8], ca_cert_der: &[u8]) -> Result
 }
 
 /// The CRL number of a CRL (PEM or DER), if it carries one that fits in a `u64`.
-pub(crate) fn crl_number(crl_pem_or_der: &[u8]) -> Result<Option<u64>, PkiError> {
+pub fn crl_number(crl_pem_or_der: &[u8]) -> Result<Option<u64>, PkiError> {
     with_crl(crl_pem_or_der, |crl| {
         Ok(crl.crl_number().and_then(|n| {
             let digits = n.to_bytes_be();

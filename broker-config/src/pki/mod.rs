@@ -78,7 +78,9 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 pub use authority::{InitOptions, Pki};
-pub use inspect::{identity_from_cert_der, revoked_serials, serial_hex, verify_crl_signature};
+pub use inspect::{
+    crl_number, identity_from_cert_der, revoked_serials, serial_hex, verify_crl_signature,
+};
 pub use store::PkiPaths;
 
 /// The subject `O` of every fleet certificate.

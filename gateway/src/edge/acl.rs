@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use locker_schemas::{Filter, Topic};
+use locker_schemas::{DownKind, Filter, Topic};
 use rumqttd::protocol::v4::{FixedHeader, PacketType};
 use rumqttd::protocol::{Error as MqttError, LastWill, Packet};
 
@@ -25,24 +25,36 @@ pub(crate) struct Session {
     /// Seconds; never 0 (refused like rumqttd does).
     pub keep_alive: u16,
     pub clean_session: bool,
-    /// The will (its topic already checked), kept by the edge and published by it.
+    /// The will (its topic already checked, its retain flag cleared), kept by the edge and
+    /// published by it.
     pub will: Option<LastWill>,
+    /// The client asked for a retained will; the edge cleared the flag (cabinets never plant
+    /// retained state).
+    pub will_retain_cleared: bool,
 }
 
 /// The rules for one connected identity.
 pub(crate) struct Acl {
     identity: Identity,
-    /// Filters a SUBSCRIBE filter must lie within (one of).
+    /// For an integrator: filters a SUBSCRIBE filter must lie within (one of). For a cabinet:
+    /// the exact filters it may subscribe to (its `down/#` and each `down/{kind}` topic).
     subscribe: Vec<Filter>,
 }
 
 impl Acl {
-    /// The rules for `identity`: a cabinet subscribes within its own downlinks and publishes
-    /// to its own uplinks; an integrator subscribes within its configured ACL entries (none if
-    /// it has none) and never publishes.
+    /// The rules for `identity`: a cabinet subscribes to exactly its own downlink filters
+    /// (`down/#` or one `down/{kind}` topic; anything else, even within them, is refused: the
+    /// broker keeps state per distinct filter) and publishes to its own uplinks; an integrator
+    /// subscribes within its configured ACL entries (none if it has none) and never publishes.
     pub fn new(identity: Identity, integrator_acls: &BTreeMap<String, Vec<Filter>>) -> Self {
         let subscribe = match &identity {
-            Identity::Cabinet(c) => vec![Filter::cabinet_downlinks(c)],
+            Identity::Cabinet(c) => std::iter::once(Filter::cabinet_downlinks(c))
+                .chain(
+                    DownKind::ALL
+                        .iter()
+                        .filter_map(|k| Filter::new(Topic::Down(c.clone(), *k).to_string()).ok()),
+                )
+                .collect(),
             Identity::Integrator(name) => integrator_acls.get(name).cloned().unwrap_or_default(),
         };
         Self {
@@ -68,6 +80,9 @@ impl Acl {
 
     /// Whether the identity may subscribe to `filter`.
     pub fn may_subscribe(&self, filter: &str) -> bool {
+        if let Identity::Cabinet(_) = self.identity {
+            return self.subscribe.iter().any(|own| own.as_str() == filter);
+        }
         match Filter::new(filter) {
             Ok(f) => self.subscribe.iter().any(|outer| f.is_within(outer)),
             Err(_) => false,
@@ -144,17 +159,21 @@ impl Acl {
         if connect.keep_alive == 0 {
             return Err((Reason::ZeroKeepAlive, "keep alive 0 is not allowed".into()));
         }
-        if let Some(w) = &will {
+        let mut will = will;
+        let mut will_retain_cleared = false;
+        if let Some(w) = &mut will {
             let topic = std::str::from_utf8(&w.topic).unwrap_or_default();
             if topic.is_empty() || !self.may_publish(topic) {
                 let shown = String::from_utf8_lossy(&w.topic);
                 return Err((Reason::AclWill, format!("will topic {shown:?}")));
             }
+            will_retain_cleared = std::mem::take(&mut w.retain);
         }
         Ok(Session {
             keep_alive: connect.keep_alive,
             clean_session: connect.clean_session,
             will,
+            will_retain_cleared,
         })
     }
 }
@@ -255,6 +274,18 @@ mod tests {
         }
         assert!(acl.may_subscribe("lk/v1/A/down/#"));
         assert!(acl.may_subscribe("lk/v1/A/down/cmd"));
+        assert!(acl.may_subscribe("lk/v1/A/down/ack"));
+        assert!(acl.may_subscribe("lk/v1/A/down/creds"));
+        // Only exactly those: no made-up filters within its downlinks.
+        for f in [
+            "lk/v1/A/down/+",
+            "lk/v1/A/down/nope",
+            "lk/v1/A/down/cmd/#",
+            "lk/v1/A/down/x1",
+            "lk/v1/A/down/cmd/+",
+        ] {
+            assert!(!acl.may_subscribe(f), "{f}");
+        }
         assert!(!acl.may_subscribe("lk/v1/B/down/#"));
         assert!(!acl.may_subscribe("lk/v1/+/down/#"));
         assert!(!acl.may_subscribe("#"));
@@ -293,7 +324,8 @@ mod tests {
         let will = s.will.expect("will kept");
         assert_eq!(&will.topic[..], b"lk/v1/A/up/network");
         assert_eq!(&will.message[..], b"bye");
-        assert!(will.retain);
+        assert!(!will.retain, "a cabinet's will is never retained");
+        assert!(s.will_retain_cleared);
 
         let mut c = Connect::new("x");
         c.last_will = Some(CLastWill::new(

@@ -39,11 +39,35 @@ pub struct EdgeConfig {
     /// is allowed again for its broker session to start (takeover of an older connection of
     /// the same identity, then the link).
     pub handshake_timeout_ms: u64,
-    /// How many TLS handshakes may run at the same time (CPU bound); others wait for a slot
-    /// within their deadline.
-    pub max_concurrent_handshakes: usize,
+    /// Phase deadline: from TCP accept to a complete TLS ClientHello.
+    pub hello_timeout_ms: u64,
+    /// Phase deadline: from the ClientHello to a completed TLS handshake (longer than the
+    /// others: in a reconnect storm a handshake may queue for CPU).
+    pub tls_timeout_ms: u64,
+    /// Phase deadline: from the completed TLS handshake to a complete MQTT CONNECT.
+    pub connect_timeout_ms: u64,
+    /// No longer used (kept so older configuration files still load; a warning is logged).
+    /// Handshakes never wait for a slot: a client waiting for bytes holds nothing scarce, and
+    /// handshakes in progress are bounded by `max_connections` and the phase deadlines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_handshakes: Option<usize>,
+    /// Connections still in their handshake (accepted, CONNECT not yet accepted) allowed
+    /// from one IP address; more are refused at accept. 0 turns the limit off. Cabinets on
+    /// 4G share carrier NAT addresses: keep it off or generous.
+    pub max_handshakes_per_address: usize,
     /// Connections (handshaking or established) above this number are refused at accept.
     pub max_connections: usize,
+    /// Most distinct subscription filters one integrator connection may hold; a SUBSCRIBE
+    /// beyond it closes the connection. (Cabinets may subscribe only to their own downlink
+    /// filters, so they never hold more than a handful.)
+    pub max_filters_per_client: usize,
+    /// Sustained uplink PUBLISH rate allowed per cabinet connection (messages per second).
+    /// Above it the edge stops reading that cabinet's socket until tokens refill (TCP pushes
+    /// back; nothing is dropped). 0 turns the limit off.
+    pub uplink_rate_per_s: u32,
+    /// Burst of uplink publishes a cabinet may send above the sustained rate (the token
+    /// bucket's size); covers an outbox replay after an outage.
+    pub uplink_burst: u32,
     /// Largest MQTT packet a client may send (remaining length, bytes); larger ones close
     /// the connection.
     pub max_packet_bytes: usize,
@@ -69,8 +93,15 @@ impl Default for EdgeConfig {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8883)),
             handshake_timeout_ms: 10_000,
-            max_concurrent_handshakes: 1024,
+            hello_timeout_ms: 5_000,
+            tls_timeout_ms: 8_000,
+            connect_timeout_ms: 5_000,
+            max_concurrent_handshakes: None,
+            max_handshakes_per_address: 0,
             max_connections: 20_000,
+            max_filters_per_client: 64,
+            uplink_rate_per_s: 100,
+            uplink_burst: 2_000,
             max_packet_bytes: 64 * 1024,
             ca_cert: PathBuf::from("pki/ca.pem"),
             server_cert: PathBuf::from("pki/server.pem"),
@@ -88,6 +119,21 @@ impl EdgeConfig {
         Duration::from_millis(self.handshake_timeout_ms)
     }
 
+    /// The phase deadline for the ClientHello.
+    pub fn hello_timeout(&self) -> Duration {
+        Duration::from_millis(self.hello_timeout_ms)
+    }
+
+    /// The phase deadline for the rest of the TLS handshake.
+    pub fn tls_timeout(&self) -> Duration {
+        Duration::from_millis(self.tls_timeout_ms)
+    }
+
+    /// The phase deadline for the CONNECT.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
     /// The CRL poll interval as a duration.
     pub fn crl_check_interval(&self) -> Duration {
         Duration::from_millis(self.crl_check_interval_ms)
@@ -97,7 +143,10 @@ impl EdgeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (field, v) in [
             ("handshake_timeout_ms", self.handshake_timeout_ms as usize),
-            ("max_concurrent_handshakes", self.max_concurrent_handshakes),
+            ("hello_timeout_ms", self.hello_timeout_ms as usize),
+            ("tls_timeout_ms", self.tls_timeout_ms as usize),
+            ("connect_timeout_ms", self.connect_timeout_ms as usize),
+            ("max_filters_per_client", self.max_filters_per_client),
             ("max_connections", self.max_connections),
             ("max_packet_bytes", self.max_packet_bytes),
             ("crl_check_interval_ms", self.crl_check_interval_ms as usize),
@@ -105,6 +154,11 @@ impl EdgeConfig {
             if v == 0 {
                 return Err(ConfigError::Zero { field });
             }
+        }
+        if self.uplink_rate_per_s > 0 && self.uplink_burst == 0 {
+            return Err(ConfigError::Zero {
+                field: "uplink_burst",
+            });
         }
         for (name, filters) in &self.integrator_acls {
             CabinetId::validate(name)

@@ -1,5 +1,6 @@
 //! Who a connected client is: the [`Identity`] taken from its verified client certificate
-//! (role from the subject OU, name from the CN) and the certificate serial used for revocation.
+//! (role from the subject OU, name from the CN), the certificate serial used for revocation,
+//! and the end of its validity ([`not_after`]).
 
 use std::fmt;
 
@@ -82,4 +83,15 @@ pub(crate) fn from_cert_der(der: &[u8]) -> Result<(Identity, String), IdentityEr
         Role::Integrator => Identity::integrator(name)?,
     };
     Ok((identity, serial))
+}
+
+/// When a certificate (DER) stops being valid: its notAfter.
+pub(crate) fn not_after(der: &[u8]) -> Result<std::time::SystemTime, IdentityError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| IdentityError::Parse(e.to_string()))?;
+    let secs = cert.validity().not_after.timestamp();
+    let secs =
+        u64::try_from(secs).map_err(|_| IdentityError::Parse("notAfter before 1970".into()))?;
+    Ok(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
 }

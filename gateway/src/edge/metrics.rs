@@ -2,7 +2,7 @@
 //! connection is refused or closed for ([`Reason`]).
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Counter, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
 };
 
 /// Why the edge refused a client or closed its connection. Each is a `reason` label value of
@@ -49,6 +49,15 @@ pub enum Reason {
     /// Nothing came from the client for 1.5 times its keep alive, or it did not take what the
     /// edge had to send within that time.
     KeepAliveTimeout,
+    /// Refused at accept: `max_handshakes_per_address` handshakes from this address running.
+    TooManyFromAddress,
+    /// A SUBSCRIBE beyond `max_filters_per_client` distinct filters.
+    TooManyFilters,
+    /// The client certificate's validity ended (at a resumed handshake, or while connected).
+    CertExpired,
+    /// Not a refusal (and not in [`Reason::ALL`]): a cabinet's retain flag was cleared and
+    /// the message passed on; counted in `locker_edge_retain_cleared_total`, logged once.
+    RetainCleared,
 }
 
 impl Reason {
@@ -73,6 +82,9 @@ impl Reason {
         Reason::UpstreamUnavailable,
         Reason::ZeroKeepAlive,
         Reason::KeepAliveTimeout,
+        Reason::TooManyFromAddress,
+        Reason::TooManyFilters,
+        Reason::CertExpired,
     ];
 
     /// The metric label value.
@@ -97,6 +109,10 @@ impl Reason {
             Reason::UpstreamUnavailable => "upstream_unavailable",
             Reason::ZeroKeepAlive => "zero_keep_alive",
             Reason::KeepAliveTimeout => "keep_alive_timeout",
+            Reason::TooManyFromAddress => "too_many_from_address",
+            Reason::TooManyFilters => "too_many_filters",
+            Reason::CertExpired => "cert_expired",
+            Reason::RetainCleared => "retain_cleared",
         }
     }
 
@@ -131,6 +147,10 @@ pub(crate) struct EdgeMetrics {
     pub bytes_out: IntCounter,
     pub crl_reloads: IntCounterVec,
     pub revoked_serials: IntGauge,
+    pub crl_number: IntGauge,
+    pub retain_cleared: IntCounterVec,
+    pub throttled_seconds: Counter,
+    pub throttled: IntCounter,
 }
 
 impl EdgeMetrics {
@@ -200,13 +220,32 @@ impl EdgeMetrics {
             crl_reloads: IntCounterVec::new(
                 Opts::new(
                     "locker_edge_crl_reloads_total",
-                    "Revocation list reloads, by result (ok, error)",
+                    "Revocation list reloads, by result (ok, error, stale: a CRL Number not above the installed one)",
                 ),
                 &["result"],
             )?,
             revoked_serials: IntGauge::new(
                 "locker_edge_revoked_serials",
                 "Certificate serials on the loaded revocation list",
+            )?,
+            crl_number: IntGauge::new(
+                "locker_edge_crl_number",
+                "CRL Number of the installed revocation list (a reload must carry a higher one)",
+            )?,
+            retain_cleared: IntCounterVec::new(
+                Opts::new(
+                    "locker_edge_retain_cleared_total",
+                    "Cabinet publishes and wills whose retain flag the edge cleared (delivered, never stored), by what (publish, will)",
+                ),
+                &["what"],
+            )?,
+            throttled_seconds: Counter::new(
+                "locker_edge_uplink_throttled_seconds_total",
+                "Time cabinet sockets were not read because their uplink rate limit was reached",
+            )?,
+            throttled: IntCounter::new(
+                "locker_edge_uplink_throttled_total",
+                "Times a cabinet's uplink was paused by its rate limit",
             )?,
         };
         registry.register(Box::new(m.open.clone()))?;
@@ -221,6 +260,10 @@ impl EdgeMetrics {
         registry.register(Box::new(m.bytes_out.clone()))?;
         registry.register(Box::new(m.crl_reloads.clone()))?;
         registry.register(Box::new(m.revoked_serials.clone()))?;
+        registry.register(Box::new(m.crl_number.clone()))?;
+        registry.register(Box::new(m.retain_cleared.clone()))?;
+        registry.register(Box::new(m.throttled_seconds.clone()))?;
+        registry.register(Box::new(m.throttled.clone()))?;
         for r in Reason::ALL {
             m.rejections.with_label_values(&[r.as_str()]);
             if r.is_acl() {
@@ -234,7 +277,10 @@ impl EdgeMetrics {
         for kind in ["full", "resumed"] {
             m.handshakes.with_label_values(&[kind]);
         }
-        for res in ["ok", "error"] {
+        for what in ["publish", "will"] {
+            m.retain_cleared.with_label_values(&[what]);
+        }
+        for res in ["ok", "error", "stale"] {
             m.crl_reloads.with_label_values(&[res]);
         }
         Ok(m)

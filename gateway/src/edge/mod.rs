@@ -1,7 +1,8 @@
 //! The mTLS edge in front of the embedded broker (architecture sections 2 and 4, invariant 5).
 //!
 //! It owns the public MQTT listener: TLS handshakes run concurrently, each in its own task
-//! with a deadline and bounded by a semaphore, so a stalled client never blocks another; the
+//! with per-phase deadlines and holding nothing scarce while it waits for the peer, so
+//! stalled clients (up to `max_connections` of them) never delay another; the
 //! client certificate must chain to the fleet CA and not be revoked (the CRL is re-read when
 //! it changes, and clients whose serial becomes revoked are disconnected); the identity comes
 //! from the certificate. Each client's MQTT 3.1.1 session is then served in-process through
@@ -12,11 +13,12 @@
 //! descriptor. The edge is the authority on cabinet presence ([`PresenceEvent`]).
 //!
 //! Submodules: [`config`] (settings), `tls` (rustls configuration and CRL), `identity`,
-//! `acl` (packet rules), `relay` (one connection up to its session), `session` (the MQTT
-//! session over the link), `registry` (connection table, presence, takeover, disconnects),
-//! `metrics`.
+//! `acl` (packet rules), `bucket` (the uplink rate limit), `relay` (one connection up to its
+//! session), `session` (the MQTT session over the link), `registry` (connection table,
+//! presence, takeover, disconnects), `metrics`.
 
 mod acl;
+mod bucket;
 pub mod config;
 mod identity;
 mod metrics;
@@ -31,7 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -44,7 +46,7 @@ pub use tls::TlsError;
 use crate::broker::LinkFactory;
 use metrics::EdgeMetrics;
 use registry::Registry;
-use relay::{Shared, Slot};
+use relay::{AddrSlot, Shared, Slot};
 use tls::{FileSig, TlsState};
 
 /// Why the edge could not start or reload.
@@ -85,6 +87,12 @@ impl Edge {
         presence: mpsc::Sender<PresenceEvent>,
     ) -> Result<(EdgeHandle, SocketAddr), EdgeError> {
         cfg.validate()?;
+        if cfg.max_concurrent_handshakes.is_some() {
+            tracing::warn!(
+                "edge.max_concurrent_handshakes is no longer used (handshakes never wait for a \
+                 slot; see edge.hello_timeout_ms, tls_timeout_ms, connect_timeout_ms): remove it"
+            );
+        }
         let load_cfg = cfg.clone();
         let (tls, crl_sig) = tokio::task::spawn_blocking(move || TlsState::load(&load_cfg))
             .await
@@ -92,6 +100,9 @@ impl Edge {
         let tls = Arc::new(tls);
         let metrics = EdgeMetrics::register(registry)?;
         metrics.revoked_serials.set(tls.revoked().len() as i64);
+        metrics
+            .crl_number
+            .set(tls.crl_number().map_or(0, |n| n as i64));
 
         let listener = TcpListener::bind(cfg.listen)
             .await
@@ -106,7 +117,7 @@ impl Edge {
 
         let registry = Registry::spawn(presence, tls.revoked(), metrics.clone());
         let shared = Arc::new(Shared {
-            handshakes: Semaphore::new(cfg.max_concurrent_handshakes),
+            per_address: std::sync::Mutex::new(std::collections::HashMap::new()),
             cfg,
             links,
             tls,
@@ -251,9 +262,30 @@ async fn accept_loop(
             drop(tcp);
             continue;
         }
+        let addr_slot = if shared.cfg.max_handshakes_per_address > 0 {
+            match AddrSlot::take(&shared, peer.ip()) {
+                Some(s) => Some(s),
+                None => {
+                    shared.metrics.reject(Reason::TooManyFromAddress);
+                    shared.registry.report(
+                        peer.ip().to_string(),
+                        Reason::TooManyFromAddress,
+                        format!(
+                            "{} handshakes from this address in progress",
+                            shared.cfg.max_handshakes_per_address
+                        ),
+                    );
+                    drop(tcp);
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
         let slot = Slot::take(&shared);
         tokio::spawn(relay::serve(
             slot,
+            addr_slot,
             tcp,
             peer,
             accepted_at,
@@ -331,18 +363,27 @@ async fn reload(shared: &Arc<Shared>) -> Result<usize, TlsError> {
     .map_err(|e| TlsError::Join(e.to_string()))
     .and_then(|r| r);
     let serials = match installed {
-        Ok(Some(serials)) => serials,
-        Ok(None) => return Ok(0),
+        Ok(Some(Some(serials))) => serials,
+        // No CRL configured, or the installed one again.
+        Ok(None) | Ok(Some(None)) => return Ok(0),
         Err(e) => {
+            let result = match e {
+                TlsError::Stale { .. } => "stale",
+                _ => "error",
+            };
             shared
                 .metrics
                 .crl_reloads
-                .with_label_values(&["error"])
+                .with_label_values(&[result])
                 .inc();
             return Err(e);
         }
     };
     shared.metrics.crl_reloads.with_label_values(&["ok"]).inc();
     shared.metrics.revoked_serials.set(serials.len() as i64);
+    shared
+        .metrics
+        .crl_number
+        .set(shared.tls.crl_number().map_or(0, |n| n as i64));
     Ok(shared.registry.revoked(serials).await)
 }

@@ -356,7 +356,7 @@ impl Actor {
                     }
                 };
                 if let Some(suppressed) = suppressed {
-                    tracing::warn!(%who, %reason, suppressed, "edge refused a client: {detail}");
+                    tracing::warn!(%who, %reason, suppressed, "edge refused (or corrected) a client: {detail}");
                 }
             }
         }

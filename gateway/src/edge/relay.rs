@@ -1,15 +1,23 @@
-//! One client connection, from TCP accept to close: the TLS handshake (bounded by the
-//! handshake semaphore and the deadline), identity and revocation checks, the first-packet
-//! CONNECT check, registration (presence, takeover of an older connection of the same
-//! identity), the broker link (a rumqttd local link, in-process), the CONNACK, and then the
-//! [`session`](super::session) loop until the connection ends; the link is closed last (the
-//! will published on an abnormal end).
+//! One client connection, from TCP accept to close: the TLS handshake, identity, revocation
+//! and certificate-expiry checks, the first-packet CONNECT check, registration (presence,
+//! takeover of an older connection of the same identity), the broker link (a rumqttd local
+//! link, in-process), the CONNACK, and then the [`session`](super::session) loop until the
+//! connection ends; the link is closed last (the will published on an abnormal end, but not
+//! for a client cut off because its certificate was revoked or expired).
+//!
+//! A handshake never holds anything scarce while it waits for the peer: no slot or permit is
+//! taken around it. Each phase (TCP accept to ClientHello, the rest of TLS, the CONNECT) has
+//! its own deadline inside the overall one; handshakes in progress count against
+//! `max_connections` (file descriptors are the real limit) and, if configured, against a
+//! per-address limit ([`AddrSlot`]).
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use futures::FutureExt;
@@ -17,7 +25,7 @@ use rumqttd::protocol::v4::check;
 use rumqttd::protocol::Error as MqttError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
@@ -49,7 +57,8 @@ pub(crate) struct Shared {
     pub tls: Arc<TlsState>,
     pub metrics: EdgeMetrics,
     pub registry: Registry,
-    pub handshakes: Semaphore,
+    /// Handshakes in progress per client address (only with `max_handshakes_per_address`).
+    pub per_address: Mutex<HashMap<IpAddr, usize>>,
     pub next_id: AtomicU64,
     /// Connections accepted and not yet closed (handshaking or established).
     pub live: AtomicUsize,
@@ -79,6 +88,47 @@ impl Drop for Slot {
     }
 }
 
+/// Holds one of an address's handshake slots (with `max_handshakes_per_address`); frees it
+/// on drop.
+pub(crate) struct AddrSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl AddrSlot {
+    /// Takes a slot for `ip`; `None` when the address is at its limit. Only called when the
+    /// limit is on.
+    pub fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<Self> {
+        let limit = shared.cfg.max_handshakes_per_address;
+        let mut map = shared.per_address.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            shared: shared.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddrSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .shared
+            .per_address
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Counts a running handshake for as long as it lives.
 struct InFlight<'a>(&'a prometheus::IntGauge);
 
@@ -102,6 +152,8 @@ struct Established {
     tls: TlsStream<TcpStream>,
     acl: Acl,
     serial: String,
+    /// When the client certificate stops being valid (its notAfter).
+    cert_end: SystemTime,
     session: Session,
     /// Bytes the client sent after its CONNECT, not yet checked.
     pending: BytesMut,
@@ -111,8 +163,10 @@ struct Established {
 
 /// Serves one accepted TCP connection until it closes. `_slot` and `_done` are held for the
 /// life of the task (connection count and shutdown completion).
+/// `addr_slot` (the per-address handshake count) is released once the handshake ends.
 pub(crate) async fn serve(
     slot: Slot,
+    addr_slot: Option<AddrSlot>,
     tcp: TcpStream,
     peer: SocketAddr,
     accepted_at: Instant,
@@ -150,6 +204,7 @@ pub(crate) async fn serve(
         }
         Ok(Ok(est)) => est,
     };
+    drop(addr_slot);
 
     // Boxed: `serve` keeps no handshake-time state for the life of the connection (the
     // connection's own state is in `est`, one allocation).
@@ -214,6 +269,11 @@ async fn run(
         return End::BrokerClosed;
     };
     let pending = std::mem::take(&mut est.pending);
+    let cert_end = Instant::now()
+        + est
+            .cert_end
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
     let outcome = session::run(
         shared,
         &mut est.tls,
@@ -221,14 +281,22 @@ async fn run(
         link,
         &est.session,
         pending,
+        cert_end,
         cancel,
     )
     .await;
     if outcome.router_gone {
         link.router_closed();
     }
+    // A client cut off because its certificate was revoked or has expired publishes no will:
+    // it is no longer trusted to speak.
+    let cut_off = match &outcome.end {
+        End::Refused((Reason::CertExpired | Reason::Revoked, _)) => true,
+        End::Cancelled => shared.tls.revoked().contains(&est.serial),
+        _ => false,
+    };
     if let Some(link) = est.link.take() {
-        Box::pin(link.close(outcome.clean)).await;
+        Box::pin(link.close(outcome.clean || cut_off)).await;
     }
     outcome.end
 }
@@ -304,22 +372,29 @@ async fn establish(
     accepted_at: Instant,
 ) -> Result<Box<Established>, (Option<String>, Refusal)> {
     let _ = tcp.set_nodelay(true);
+    let cfg = &shared.cfg;
     let tls_failed = |e: io::Error| (None, (classify(&e), e.to_string()));
-    // Reading the ClientHello costs no CPU worth bounding: a client that connects and stalls
-    // holds no handshake slot.
-    let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
+    let timed_out = |phase: &str, after: Duration| {
+        (
+            None,
+            (
+                Reason::HandshakeTimeout,
+                format!("no {phase} within {after:?}"),
+            ),
+        )
+    };
+    // Nothing scarce is held while waiting for the peer, in any phase: each phase has its own
+    // deadline, and handshakes in progress are bounded by `max_connections`.
+    let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
+    let hello = tokio::time::timeout(cfg.hello_timeout(), hello)
         .await
+        .map_err(|_| timed_out("ClientHello", cfg.hello_timeout()))?
         .map_err(tls_failed)?;
     let mut tls = {
-        let _permit = shared
-            .handshakes
-            .acquire()
-            .await
-            .map_err(|_| (None, (Reason::TlsError, "edge is shutting down".into())))?;
         let _g = InFlight::new(&shared.metrics.handshakes_in_flight);
-        hello
-            .into_stream(shared.tls.config())
+        tokio::time::timeout(cfg.tls_timeout(), hello.into_stream(shared.tls.config()))
             .await
+            .map_err(|_| timed_out("TLS handshake", cfg.tls_timeout()))?
             .map_err(tls_failed)?
     };
     shared
@@ -344,6 +419,19 @@ async fn establish(
     let (identity, serial) = identity::from_cert_der(der.as_ref())
         .map_err(|e| (None, (Reason::BadIdentity, e.to_string())))?;
     let who = Some(identity.to_string());
+    // A resumed session skips certificate verification (rustls restores the certificate
+    // from the ticket): the validity period is checked here, on every handshake.
+    let cert_end = identity::not_after(der.as_ref())
+        .map_err(|e| (who.clone(), (Reason::BadIdentity, e.to_string())))?;
+    if cert_end <= SystemTime::now() {
+        return Err((
+            who,
+            (
+                Reason::CertExpired,
+                format!("certificate {serial} has expired ({kind} handshake)"),
+            ),
+        ));
+    }
     if shared.tls.revoked().contains(&serial) {
         // A resumed session skips verification: the CRL is checked here too.
         return Err((
@@ -355,17 +443,28 @@ async fn establish(
 
     let max = shared.max_packet();
     let mut buf = BytesMut::with_capacity(READ_BUF);
+    let connect_by = Instant::now() + cfg.connect_timeout();
     let fh = loop {
         match check(buf.iter(), max) {
             Ok(fh) => break fh,
             Err(MqttError::InsufficientBytes(n)) => {
                 buf.reserve(n);
-                match tls.read_buf(&mut buf).await {
-                    Ok(0) => {
+                match tokio::time::timeout_at(connect_by, tls.read_buf(&mut buf)).await {
+                    Ok(Ok(0)) => {
                         return Err((who, (Reason::ClosedEarly, "closed before CONNECT".into())))
                     }
-                    Ok(_) => {}
-                    Err(e) => return Err((who, (Reason::ClosedEarly, e.to_string()))),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err((who, (Reason::ClosedEarly, e.to_string()))),
+                    Err(_) => {
+                        let after = cfg.connect_timeout();
+                        return Err((
+                            who,
+                            (
+                                Reason::HandshakeTimeout,
+                                format!("no CONNECT within {after:?} of the TLS handshake"),
+                            ),
+                        ));
+                    }
                 }
             }
             Err(e @ MqttError::PayloadSizeLimitExceeded(_)) => {
@@ -377,10 +476,25 @@ async fn establish(
     let first = buf.split_to(fh.frame_length());
     shared.metrics.bytes_in.inc_by(first.len() as u64);
     let session = acl.connect(&fh, first).map_err(|r| (who.clone(), r))?;
+    if session.will_retain_cleared {
+        shared
+            .metrics
+            .retain_cleared
+            .with_label_values(&["will"])
+            .inc();
+        if let Some(who) = &who {
+            shared.registry.report(
+                who.clone(),
+                Reason::RetainCleared,
+                "retained will: kept without retain".into(),
+            );
+        }
+    }
     Ok(Box::new(Established {
         tls,
         acl,
         serial,
+        cert_end,
         session,
         pending: buf,
         link: None,

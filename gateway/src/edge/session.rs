@@ -14,27 +14,37 @@
 //!   written in one go; `Unschedule` is answered with `wake` once they are written.
 //! - Keep alive: nothing from the client for 1.5 x its keep alive, or a write it does not
 //!   take within that time, ends the session.
+//! - Abuse limits: a cabinet's PUBLISH with retain (or a retained will, see `acl`) is passed
+//!   on with the flag cleared and counted (cabinets never plant retained state); a cabinet's
+//!   uplink publishes go through a token bucket, and when it is empty the session stops
+//!   reading the socket until a token is back (TCP pushes back on the cabinet, nothing is
+//!   dropped); an integrator may subscribe to at most `max_filters_per_client` distinct
+//!   filters per connection (counted without decrement on UNSUBSCRIBE: rumqttd keeps a filter's
+//!   state after the last unsubscribe).
+//! - Certificate lifetime: the session ends when the client certificate's notAfter passes.
 //!
 //! Nothing is read while a write waits (backpressure in both directions), and an idle session
 //! holds no read or write buffer.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::io;
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use futures::FutureExt;
 use rumqttd::local::LinkError;
-use rumqttd::protocol::v4::{check, V4};
+use rumqttd::protocol::v4::{check, PacketType, V4};
 use rumqttd::protocol::{Error as MqttError, Packet, Protocol, QoS};
 use rumqttd::Notification;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use super::acl::{qos_bits, Acl, Refusal, Session as ConnectInfo};
+use super::bucket::Bucket;
 use super::metrics::Reason;
 use super::relay::{Shared, READ_BUF};
 use crate::broker::Link;
@@ -88,9 +98,18 @@ struct State<'a> {
     /// Packet ids of the QoS 1 publishes sent to the client and not yet acknowledged, oldest
     /// first (the router allows at most 100).
     unacked: VecDeque<u16>,
+    /// A cabinet's uplink rate limit (none for integrators, or when turned off).
+    bucket: Option<Bucket>,
+    /// The distinct filters an integrator subscribed to on this connection.
+    filters: HashSet<String>,
 }
 
-/// Runs the session from the CONNACK until it ends.
+/// Longest single wait on the certificate's end (a timer is re-armed after it).
+const EXPIRY_STEP: Duration = Duration::from_secs(24 * 3600);
+
+/// Runs the session from the CONNACK until it ends; `cert_end` is when the client's
+/// certificate stops being valid.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     shared: &Shared,
     tls: &mut TlsStream<TcpStream>,
@@ -98,8 +117,16 @@ pub(crate) async fn run(
     link: &mut Link,
     connect: &ConnectInfo,
     pending: BytesMut,
+    cert_end: Instant,
     cancel: &CancellationToken,
 ) -> Outcome {
+    let cfg = &shared.cfg;
+    let bucket = match acl.identity() {
+        super::Identity::Cabinet(_) if cfg.uplink_rate_per_s > 0 => {
+            Some(Bucket::new(cfg.uplink_rate_per_s, cfg.uplink_burst))
+        }
+        _ => None,
+    };
     let mut st = State {
         shared,
         acl,
@@ -108,8 +135,10 @@ pub(crate) async fn run(
         window: Duration::from_millis(u64::from(connect.keep_alive) * 1500),
         last_read: Instant::now(),
         unacked: VecDeque::new(),
+        bucket,
+        filters: HashSet::new(),
     };
-    match st.serve(tls, link, pending, cancel).await {
+    match st.serve(tls, link, pending, cert_end, cancel).await {
         Ok(()) => Outcome::from(End::ClientDisconnected),
         Err(end) => Outcome::from(end),
     }
@@ -122,6 +151,7 @@ impl State<'_> {
         tls: &mut TlsStream<TcpStream>,
         link: &mut Link,
         mut rbuf: BytesMut,
+        cert_end: Instant,
         cancel: &CancellationToken,
     ) -> Result<(), End> {
         let mut out = BytesMut::new();
@@ -139,12 +169,26 @@ impl State<'_> {
 
         let idle = tokio::time::sleep_until(self.last_read + self.window);
         tokio::pin!(idle);
+        let expiry = tokio::time::sleep_until(cert_end.min(Instant::now() + EXPIRY_STEP));
+        tokio::pin!(expiry);
+        // While the uplink rate limit holds the client: until when (nothing is read).
+        // (Allocated only while throttled: an idle session keeps no timer for it.)
+        let mut throttled: Option<Pin<Box<Sleep>>> = None;
         let mut need = 0;
         loop {
             // Hand what the client already sent to the router, a batch per notification.
-            while !rbuf.is_empty() {
+            while !rbuf.is_empty() && throttled.is_none() {
                 let batch = self.uplink(&mut rbuf, link);
                 need = batch.need;
+                if let Some(wait) = batch.throttle {
+                    let until = Instant::now() + wait;
+                    self.shared.metrics.throttled.inc();
+                    self.shared
+                        .metrics
+                        .throttled_seconds
+                        .inc_by(wait.as_secs_f64());
+                    throttled = Some(Box::pin(tokio::time::sleep_until(until)));
+                }
                 if batch.pushed > 0 {
                     tokio::select! {
                         biased;
@@ -157,7 +201,7 @@ impl State<'_> {
                 match batch.end {
                     Some(Ok(())) => return Ok(()),
                     Some(Err(end)) => return Err(end),
-                    None if batch.full => continue,
+                    None if batch.full || batch.throttle.is_some() => continue,
                     None => break,
                 }
             }
@@ -175,11 +219,31 @@ impl State<'_> {
                 _ = cancel.cancelled() => return Err(End::Cancelled),
                 // Boxed: its state exists only while it runs.
                 n = link.rx.next() => Box::pin(self.downlink(tls, link, n, cancel)).await?,
-                r = read_client(tls, &mut rbuf, need) => match r {
+                r = read_client(tls, &mut rbuf, need), if throttled.is_none() => match r {
                     Ok(0) => return Err(End::ClientClosed),
                     Ok(_) => self.last_read = Instant::now(),
                     Err(e) => return Err(End::Io(e)),
                 },
+                _ = async {
+                    match throttled.as_mut() {
+                        Some(t) => t.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                }, if throttled.is_some() => {
+                    // The client was sending all along: its keep alive counts from now.
+                    throttled = None;
+                    self.last_read = Instant::now();
+                }
+                _ = &mut expiry => {
+                    let now = Instant::now();
+                    if now >= cert_end {
+                        return Err(End::Refused((
+                            Reason::CertExpired,
+                            "the client certificate expired while connected".into(),
+                        )));
+                    }
+                    expiry.as_mut().reset(cert_end.min(now + EXPIRY_STEP));
+                }
                 _ = &mut idle => {
                     let due = self.last_read + self.window;
                     if Instant::now() >= due {
@@ -216,6 +280,13 @@ impl State<'_> {
                 }
             };
             let len = fh.frame_length();
+            if let (Some(bucket), Ok(PacketType::Publish)) = (&mut self.bucket, fh.packet_type()) {
+                if let Some(wait) = bucket.take(Instant::now()) {
+                    // The packet stays in `buf`: it is handled once a token is back.
+                    batch.throttle = Some(wait);
+                    return batch;
+                }
+            }
             let packet = match V4.read_mut(buf, self.max_packet) {
                 Ok(p) => p,
                 Err(e) => {
@@ -245,6 +316,21 @@ impl State<'_> {
                     Packet::PubAck(ack, None)
                 }
                 Packet::Subscribe(mut s, _) => {
+                    if let super::Identity::Integrator(_) = self.acl.identity() {
+                        for f in &s.filters {
+                            if !self.filters.contains(&f.path) {
+                                self.filters.insert(f.path.clone());
+                            }
+                        }
+                        let cap = self.shared.cfg.max_filters_per_client;
+                        if self.filters.len() > cap {
+                            batch.end = Some(Err(End::Refused((
+                                Reason::TooManyFilters,
+                                format!("more than {cap} distinct subscription filters"),
+                            ))));
+                            return batch;
+                        }
+                    }
                     for f in &mut s.filters {
                         if f.qos == QoS::ExactlyOnce {
                             f.qos = QoS::AtLeastOnce;
@@ -257,8 +343,22 @@ impl State<'_> {
                     batch.end = Some(Ok(()));
                     return batch;
                 }
-                Packet::Publish(p, _) => {
+                Packet::Publish(mut p, _) => {
                     debug_assert!(qos_bits(&fh) < 2);
+                    if p.retain {
+                        // Delivered, never stored: cabinets do not plant retained state.
+                        p.retain = false;
+                        self.shared
+                            .metrics
+                            .retain_cleared
+                            .with_label_values(&["publish"])
+                            .inc();
+                        self.shared.registry.report(
+                            self.acl.identity().to_string(),
+                            Reason::RetainCleared,
+                            "PUBLISH with retain: passed on without it".into(),
+                        );
+                    }
                     Packet::Publish(p, None)
                 }
                 p => p,
@@ -390,6 +490,9 @@ struct Batch {
     full: bool,
     /// Bytes still missing for the next packet.
     need: usize,
+    /// The next packet is an uplink PUBLISH and the rate limit has no token for it yet:
+    /// read nothing for this long.
+    throttle: Option<Duration>,
     /// The session ends: `Ok` on DISCONNECT, the reason otherwise.
     end: Option<Result<(), End>>,
 }

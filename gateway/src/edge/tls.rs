@@ -4,13 +4,18 @@
 //!
 //! The ticketer and the session cache are shared by every configuration built here, so clients
 //! keep resuming across CRL reloads. Because a resumed session skips certificate verification,
-//! the edge also checks each client's serial against [`TlsState::revoked`] itself after every
-//! handshake.
+//! the edge also checks each client's serial against [`TlsState::revoked`] (and the
+//! certificate's validity period) itself after every handshake.
+//!
+//! A CRL replaces the installed one only if its CRL Number (the X.509 extension) is higher: an
+//! older CRL put back (a restored backup, a stale copy) could un-revoke certificates. A CRL
+//! with the same number and the same bytes is a no-op; anything else is refused and the
+//! installed CRL stays.
 
 use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
@@ -42,6 +47,16 @@ pub enum TlsError {
     Verifier(#[from] rustls::server::VerifierBuilderError),
     #[error("TLS loading task failed: {0}")]
     Join(String),
+    #[error(
+        "{}: CRL Number {offered:?} is not higher than the installed CRL's ({installed:?}); \
+         keeping the installed one (re-sign with `locker-pki refresh-crl`)",
+        path.display()
+    )]
+    Stale {
+        path: PathBuf,
+        installed: Option<u64>,
+        offered: Option<u64>,
+    },
 }
 
 /// The revocation list as loaded: DER for rustls, serials for the edge's own checks.
@@ -49,6 +64,8 @@ pub enum TlsError {
 pub(crate) struct Crl {
     pub ders: Vec<CertificateRevocationListDer<'static>>,
     pub serials: HashSet<String>,
+    /// The CRL Number (the highest, if the file holds several CRLs).
+    pub number: Option<u64>,
 }
 
 /// The fixed TLS material (CA and server identity), read once at start.
@@ -68,6 +85,8 @@ pub(crate) struct TlsState {
     config: ArcSwap<ServerConfig>,
     revoked: ArcSwap<HashSet<String>>,
     crl_path: Option<PathBuf>,
+    /// The installed CRL's number and bytes (to refuse older ones and skip identical ones).
+    installed: Mutex<(Option<u64>, Vec<CertificateRevocationListDer<'static>>)>,
 }
 
 /// The change-detection signature of the CRL file.
@@ -107,6 +126,7 @@ impl TlsState {
         let sessions: Arc<dyn StoresServerSessions> =
             rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
         let config = build(&fixed, &provider, &ticketer, &sessions, &crl)?;
+        let installed = Mutex::new((crl.number, crl.ders.clone()));
         Ok((
             Self {
                 fixed,
@@ -116,6 +136,7 @@ impl TlsState {
                 config: ArcSwap::from_pointee(config),
                 revoked: ArcSwap::from_pointee(crl.serials),
                 crl_path: cfg.crl.clone(),
+                installed,
             },
             sig,
         ))
@@ -144,8 +165,28 @@ impl TlsState {
         }
     }
 
-    /// Installs a new revocation list: new handshakes use it at once. Returns the new set.
-    pub fn install_crl(&self, crl: Crl) -> Result<Arc<HashSet<String>>, TlsError> {
+    /// The installed CRL's number.
+    pub fn crl_number(&self) -> Option<u64> {
+        self.installed.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
+
+    /// Installs a new revocation list if its CRL Number is higher than the installed one's:
+    /// new handshakes use it at once. Returns the new set, or `None` if `crl` is the installed
+    /// one again (same number, same bytes). A lower or equal number is [`TlsError::Stale`].
+    pub fn install_crl(&self, crl: Crl) -> Result<Option<Arc<HashSet<String>>>, TlsError> {
+        let mut installed = self.installed.lock().unwrap_or_else(|p| p.into_inner());
+        let (number, ders) = &*installed;
+        match replacement(*number, ders, &crl) {
+            Replace::Install => {}
+            Replace::Same => return Ok(None),
+            Replace::Stale => {
+                return Err(TlsError::Stale {
+                    path: self.crl_path.clone().unwrap_or_default(),
+                    installed: *number,
+                    offered: crl.number,
+                })
+            }
+        }
         let config = build(
             &self.fixed,
             &self.provider,
@@ -156,7 +197,34 @@ impl TlsState {
         let serials = Arc::new(crl.serials);
         self.config.store(Arc::new(config));
         self.revoked.store(serials.clone());
-        Ok(serials)
+        *installed = (crl.number, crl.ders);
+        Ok(Some(serials))
+    }
+}
+
+/// What to do with an offered CRL, given the installed one's number and bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum Replace {
+    Install,
+    /// The installed CRL again: nothing to do.
+    Same,
+    /// Not newer than the installed one: refused.
+    Stale,
+}
+
+fn replacement(
+    number: Option<u64>,
+    ders: &[CertificateRevocationListDer<'static>],
+    offered: &Crl,
+) -> Replace {
+    if offered.number == number && offered.ders == ders {
+        return Replace::Same;
+    }
+    match (number, offered.number) {
+        // A CRL without a number was installed (not made by locker-pki): any replaces it.
+        (None, _) => Replace::Install,
+        (Some(old), Some(new)) if new > old => Replace::Install,
+        _ => Replace::Stale,
     }
 }
 
@@ -207,6 +275,7 @@ fn load_crl(path: &Path, ca_ders: &[CertificateDer<'static>]) -> Result<Crl, Tls
         return Err(bad(path, "no X509 CRL block in the file".into()));
     }
     let mut serials = HashSet::new();
+    let mut number = None;
     for der in &ders {
         // A CRL not signed by the fleet CA would make rustls refuse every client: refuse it
         // here instead and keep the previous one.
@@ -219,8 +288,15 @@ fn load_crl(path: &Path, ca_ders: &[CertificateDer<'static>]) -> Result<Crl, Tls
         let s = locker_broker_config::pki::revoked_serials(der.as_ref())
             .map_err(|e| bad(path, e.to_string()))?;
         serials.extend(s);
+        let n = locker_broker_config::pki::crl_number(der.as_ref())
+            .map_err(|e| bad(path, e.to_string()))?;
+        number = number.max(n);
     }
-    Ok(Crl { ders, serials })
+    Ok(Crl {
+        ders,
+        serials,
+        number,
+    })
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -245,5 +321,39 @@ fn bad(path: &Path, what: String) -> TlsError {
     TlsError::Bad {
         path: path.to_owned(),
         what,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn crl(number: Option<u64>, bytes: &[u8]) -> Crl {
+        Crl {
+            ders: vec![CertificateRevocationListDer::from(bytes.to_vec())],
+            serials: HashSet::new(),
+            number,
+        }
+    }
+
+    #[test]
+    fn only_a_higher_crl_number_replaces_the_installed_crl() {
+        let installed = crl(Some(5), b"five");
+        let ders = &installed.ders;
+        let r = |offered: &Crl| replacement(installed.number, ders, offered);
+        assert_eq!(r(&crl(Some(6), b"six")), Replace::Install);
+        assert_eq!(r(&crl(Some(5), b"five")), Replace::Same);
+        assert_eq!(r(&crl(Some(5), b"other five")), Replace::Stale);
+        assert_eq!(r(&crl(Some(4), b"four")), Replace::Stale);
+        assert_eq!(r(&crl(None, b"unnumbered")), Replace::Stale);
+        // Nothing numbered installed yet: anything newer-looking goes in.
+        assert_eq!(
+            replacement(None, &crl(None, b"x").ders, &crl(Some(1), b"one")),
+            Replace::Install
+        );
+        assert_eq!(
+            replacement(None, &crl(None, b"x").ders, &crl(None, b"x")),
+            Replace::Same
+        );
     }
 }

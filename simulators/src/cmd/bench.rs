@@ -127,17 +127,23 @@ fn gateway_bin(c: &Common) -> PathBuf {
     c.gateway_bin.clone().unwrap_or_else(default_gateway_bin)
 }
 
-async fn fresh_gateway(c: &Common, name: &str, pki: &Path) -> anyhow::Result<GatewayRunner> {
+async fn fresh_gateway(
+    c: &Common,
+    name: &str,
+    pki: &Path,
+    tweak: impl FnOnce(&mut locker_gateway::config::GatewayConfig),
+) -> anyhow::Result<GatewayRunner> {
     let dir = c.state.join(name);
     let _ = std::fs::remove_dir_all(&dir);
     let paths = locker_broker_config::pki::PkiPaths::new(pki);
-    let cfg = fleet_gateway_config(
+    let mut cfg = fleet_gateway_config(
         &dir,
         &paths,
         ([127, 0, 0, 1], free_port()?).into(),
         ([127, 0, 0, 1], free_port()?).into(),
         TOKEN,
     );
+    tweak(&mut cfg);
     GatewayRunner::child(&gateway_bin(c), &cfg, &dir, TOKEN)
         .await
         .with_context(|| format!("starting {}", gateway_bin(c).display()))
@@ -256,7 +262,7 @@ async fn settle_rss(pid: Option<u32>) -> Option<u64> {
 
 async fn connect(c: &Common, n: usize, concurrency: usize) -> anyhow::Result<()> {
     let (pki, clients) = client_configs(c, "CAB-", n).await?;
-    let gw = fresh_gateway(c, "gw-connect", &pki).await?;
+    let gw = fresh_gateway(c, "gw-connect", &pki, |_| {}).await?;
     let rss0 = settle_rss(gw.pid()).await;
     let r = connect_all(gw.edge, &clients, concurrency).await;
     let rss1 = settle_rss(gw.pid()).await;
@@ -510,7 +516,9 @@ async fn unlock(c: &Common, n: usize, unlocks: usize, concurrency: usize) -> any
 
 async fn uplink(c: &Common, publishers: usize, messages: u64) -> anyhow::Result<()> {
     let (pki, clients) = client_configs(c, "UPL-", publishers).await?;
-    let gw = fresh_gateway(c, "gw-uplink", &pki).await?;
+    // A few publishers each far above a cabinet's rate: the per-cabinet uplink limit is off
+    // for this raw-throughput measurement.
+    let gw = fresh_gateway(c, "gw-uplink", &pki, |cfg| cfg.edge.uplink_rate_per_s = 0).await?;
     let api = Api::new(gw.api, TOKEN);
     let before = api
         .metrics()
