@@ -1,4 +1,5 @@
-//! Restarts: a command interrupted while it executed is reported once and never re-executed;
+//! Restarts: a command that was executing when the agent stopped is reported once and never
+//! re-executed (a clean stop lets a fired unlock finish first, so its outcome is the door's);
 //! acks delete from the outbox; the sequence and boot counter survive restarts.
 #![allow(clippy::unwrap_used)]
 
@@ -14,12 +15,14 @@ async fn started_but_unfinished_command_is_not_re_executed_after_restart() {
     let b = board(1).await;
     let st = storage(&dir);
     let mut cfg = config("CAB-RST", &dir, &[&b]);
-    cfg.timing.unlock_confirm_ms = 60_000;
+    // long enough that the stop below comes while the command still waits for its door
+    cfg.timing.unlock_confirm_ms = 3_000;
     b.sim.set_jammed(2, true).unwrap();
     let h = start(cfg.clone(), &st).await;
     ready(&h, 1).await;
     let cmd = unlock(3);
-    // Run the command; once the lock has fired, stop the agent mid-execution.
+    // Run the command; once the lock has fired, stop the agent mid-execution: the stop waits
+    // for the fired unlock to end (the door never opens: jammed) instead of guessing.
     let h = exec_until_pulse(h, cmd.clone(), &b).await;
     h.shutdown().await;
     assert_eq!(b.sim.pulse_count(2).unwrap(), 1);
@@ -36,8 +39,7 @@ async fn started_but_unfinished_command_is_not_re_executed_after_restart() {
         .collect();
     assert_eq!(results.len(), 1, "{results:?}");
     assert_eq!(results[0].command, cmd.id);
-    assert_eq!(results[0].outcome, Outcome::Rejected);
-    assert_eq!(results[0].detail, "interrupted by restart");
+    assert_eq!(results[0].outcome, Outcome::Jammed, "{results:?}");
     assert_eq!(ob.last().unwrap().boot, 2);
     assert_eq!(
         h.execute(cmd.clone()).await.unwrap(),
