@@ -71,6 +71,18 @@ async fn slow_clients_are_cut_after_the_header_timeout_while_others_are_served()
             .get()
     };
     eventually("header timeouts counted", || refused() >= 20).await;
+
+    // the same clock closes a keep-alive connection left idle after its answer
+    let mut idle = TcpStream::connect(addr).await.expect("connect");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        .await
+        .expect("write a request");
+    let got = read_until_closed(&mut idle).await;
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"),
+        "answered, then closed when idle: {}",
+        String::from_utf8_lossy(&got)
+    );
     let (status, _) = gw.api.get("/v1/cabinets").await;
     assert_eq!(status, 200);
 }
