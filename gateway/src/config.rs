@@ -110,6 +110,11 @@ impl GatewayConfig {
                 "api.max_connections and api.header_read_timeout_ms must be above 0".into(),
             ));
         }
+        if self.api.request_timeout_ms <= self.api.max_wait_ms {
+            return Err(ConfigError::Invalid(
+                "api.request_timeout_ms must be above api.max_wait_ms".into(),
+            ));
+        }
         if self.api.tokens.keys().any(|t| t.len() < 16) {
             return Err(ConfigError::Invalid(
                 "api.tokens: every token needs at least 16 characters".into(),

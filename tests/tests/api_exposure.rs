@@ -71,6 +71,42 @@ async fn slow_clients_are_cut_after_the_header_timeout_while_others_are_served()
             .get()
     };
     eventually("header timeouts counted", || refused() >= 20).await;
+
+    // the same clock closes a keep-alive connection left idle after its answer
+    let mut idle = TcpStream::connect(addr).await.expect("connect");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        .await
+        .expect("write a request");
+    let got = read_until_closed(&mut idle).await;
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"),
+        "answered, then closed when idle: {}",
+        String::from_utf8_lossy(&got)
+    );
+    let (status, _) = gw.api.get("/v1/cabinets").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_dripping_its_body_is_answered_408_and_closed() {
+    let pki = TestPki::new();
+    let gw = TestGateway::start_with(&pki, |c| {
+        c.api.max_wait_ms = 100;
+        c.api.request_timeout_ms = 300;
+    })
+    .await;
+    let mut s = TcpStream::connect(gw.gw.api_addr).await.expect("connect");
+    let head = format!(
+        "POST /v1/cabinets/CAB-1/commands HTTP/1.1\r\nHost: gateway\r\n\
+         Authorization: Bearer {}\r\ncontent-type: application/json\r\n\
+         Content-Length: 1000\r\n\r\n{{\"action\": ",
+        locker_tests::api::TEST_TOKEN
+    );
+    s.write_all(head.as_bytes()).await.expect("write head");
+    let got = read_until_closed(&mut s).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
     let (status, _) = gw.api.get("/v1/cabinets").await;
     assert_eq!(status, 200);
 }

@@ -43,6 +43,9 @@ pub struct ApiConfig {
     pub header_read_timeout_ms: u64,
     /// Open API connections at most; one more is accepted and closed at once.
     pub max_connections: usize,
+    /// The longest a request may take from its head to its answer, body and `wait_ms`
+    /// included, ms (above `max_wait_ms`).
+    pub request_timeout_ms: u64,
     /// Serve the API over TLS with these PEM files (`[api.tls]`); plain HTTP without.
     pub tls: Option<serve::ApiTlsConfig>,
 }
@@ -55,6 +58,7 @@ impl Default for ApiConfig {
             max_wait_ms: 30_000,
             header_read_timeout_ms: 10_000,
             max_connections: 1024,
+            request_timeout_ms: 60_000,
             tls: None,
         }
     }
@@ -129,6 +133,25 @@ async fn auth(State(st): State<ApiState>, mut req: Request, next: Next) -> Respo
     }
 }
 
+/// Bounds a whole request, body included (a client dripping its body would otherwise hold
+/// its connection, one of `api.max_connections`, for ever): `408 request_timeout` after
+/// `api.request_timeout_ms`; the unread rest of the body makes hyper close the connection.
+async fn deadline(State(st): State<ApiState>, req: Request, next: Next) -> Response {
+    let limit = Duration::from_millis(st.cfg.request_timeout_ms);
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request took longer than {} ms",
+                st.cfg.request_timeout_ms
+            ),
+        )
+        .into_response(),
+    }
+}
+
 async fn count(State(st): State<ApiState>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
@@ -160,6 +183,7 @@ pub fn router(st: ApiState) -> Router {
         .merge(v1)
         .route("/metrics", get(metrics))
         .merge(health::routes())
+        .route_layer(middleware::from_fn_with_state(st.clone(), deadline))
         .route_layer(middleware::from_fn_with_state(st.clone(), count))
         .with_state(st)
 }

@@ -195,7 +195,65 @@ pub fn apply(
 
 #[cfg(test)]
 mod tests {
+    use locker_schemas::{
+        Alarm, AlarmKind, CabinetId, CompartmentId, CompartmentInfo, Hello, NetworkKind, Size,
+    };
+
     use super::*;
+
+    fn up(seq: u64, body: UplinkBody) -> Uplink {
+        Uplink {
+            cabinet: CabinetId::new("CAB-1").expect("id"),
+            boot: 1,
+            seq,
+            ts: 0,
+            body,
+        }
+    }
+
+    #[test]
+    fn a_declared_layout_is_deduplicated_and_capped_and_alarms_need_declared_compartments() {
+        let mut snap = CabinetSnapshot::new(CabinetId::new("CAB-1").expect("id"));
+        let mut seen = Vec::new();
+        let limits = Limits::default();
+        // every id twice, 2,000 distinct
+        let compartments = (0..4_000u16)
+            .map(|i| CompartmentInfo {
+                id: CompartmentId(i / 2),
+                size: Size::L,
+            })
+            .collect();
+        let hello = UplinkBody::Hello(Hello {
+            firmware: "f".into(),
+            hardware: "h".into(),
+            compartments,
+            network: NetworkKind::Wifi,
+            creds_version: 0,
+        });
+        apply(&mut snap, &up(1, hello), 0, &limits, &mut |r| seen.push(r));
+        assert_eq!(snap.compartments.len(), limits.max_compartments);
+        assert_eq!(snap.compartments[1].id, CompartmentId(1));
+        assert_eq!(seen, vec![Rejected::TooManyCompartments]);
+
+        seen.clear();
+        let alarm = |c: u16| {
+            UplinkBody::Alarm(Alarm {
+                kind: AlarmKind::ForcedOpen,
+                active: true,
+                compartment: Some(CompartmentId(c)),
+                board: None,
+                detail: String::new(),
+            })
+        };
+        apply(&mut snap, &up(2, alarm(5_000)), 0, &limits, &mut |r| {
+            seen.push(r)
+        });
+        apply(&mut snap, &up(3, alarm(5)), 0, &limits, &mut |r| {
+            seen.push(r)
+        });
+        assert_eq!(seen, vec![Rejected::UnknownCompartment]);
+        assert_eq!(snap.alarms.len(), 1);
+    }
 
     #[test]
     fn truncation_keeps_whole_characters() {
