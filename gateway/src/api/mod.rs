@@ -202,7 +202,7 @@ async fn get_cabinet(
 
 #[derive(Deserialize)]
 struct EventsQuery {
-    /// Return events with a sequence number above this (paging cursor).
+    /// Return events with an audit position above this (paging cursor).
     #[serde(default)]
     after: u64,
     #[serde(default = "default_limit")]
