@@ -5,6 +5,7 @@
 //!
 //! Trees and keys:
 //! - `events`, `quarantine`, `quarantine_by_cabinet`: see [`events`] and [`quarantine`];
+//! - `health`: `probe` -> the time of the last readiness probe (written and flushed);
 //! - `cabinets`: `cabinet` -> JSON [`CabinetSnapshot`];
 //! - `commands`: `command id (16 bytes)` -> JSON [`CommandRecord`];
 //! - `queue`: `cabinet \0 command id` -> empty: commands still waiting for an outcome, in
@@ -41,6 +42,8 @@ pub struct Store {
     db: sled::Db,
     audit: AuditLog,
     quarantine: QuarantineStore,
+    /// One key written and flushed by the readiness probe.
+    health: sled::Tree,
     cabinets: sled::Tree,
     commands: sled::Tree,
     queue: sled::Tree,
@@ -90,6 +93,7 @@ impl Store {
         Ok(Self {
             audit: AuditLog::open(&db)?,
             quarantine: QuarantineStore::open(&db)?,
+            health: db.open_tree("health")?,
             cabinets: db.open_tree("cabinets")?,
             commands: db.open_tree("commands")?,
             queue: db.open_tree("queue")?,
@@ -130,6 +134,16 @@ impl Store {
     /// The quarantine.
     pub fn quarantine(&self) -> &QuarantineStore {
         &self.quarantine
+    }
+
+    /// The readiness probe: writes and flushes one small key (fails while a write fault is
+    /// injected into the audit log, as a full disk would).
+    pub fn probe_writable(&self) -> Result<(), StoreError> {
+        self.audit.check_writable()?;
+        self.health
+            .insert(b"probe", &locker_schemas::now_millis().to_be_bytes())?;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// The last audit position of a cabinet (0 if none): monotonic per cabinet.
