@@ -340,6 +340,8 @@ async fn a_failing_store_keeps_ingest_alive_acks_nothing_and_fails_readiness() {
     eventually("ack 1", || cab.acked() == 1).await;
 
     gw.gw.store().audit().set_write_fault(true);
+    let (s, body) = gw.api.get("/readyz").await;
+    assert_eq!(s, 503, "the probe sees it while ingest is idle: {body}");
     cab.send(&cab.uplink(2, door(1, true))).await;
     eventually_async("storage alarm raised", || {
         let api = gw.api.clone();

@@ -180,7 +180,7 @@ impl AuditLog {
     }
 
     /// Fails if a write fault is injected.
-    pub(super) fn check_writable(&self) -> Result<(), StoreError> {
+    pub fn check_writable(&self) -> Result<(), StoreError> {
         if self.fault.load(Ordering::SeqCst) {
             return Err(StoreError::Sled(sled::Error::Io(std::io::Error::other(
                 "injected write fault (no space left on device)",

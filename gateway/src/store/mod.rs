@@ -5,6 +5,7 @@
 //!
 //! Trees and keys:
 //! - `events`, `quarantine`, `quarantine_by_cabinet`: see [`events`] and [`quarantine`];
+//! - `health`: `probe` -> the time of the last readiness probe (written and flushed);
 //! - `cabinets`: `cabinet` -> JSON [`CabinetSnapshot`];
 //! - `commands`, `queue`: the command log, behind [`commands::CommandStore`].
 //!
@@ -41,6 +42,8 @@ pub struct Store {
     db: sled::Db,
     audit: AuditLog,
     quarantine: QuarantineStore,
+    /// One key written and flushed by the readiness probe.
+    health: sled::Tree,
     cabinets: sled::Tree,
     commands: CommandStore,
 }
@@ -77,6 +80,7 @@ impl Store {
         Ok(Self {
             audit: AuditLog::open(&db)?,
             quarantine: QuarantineStore::open(&db)?,
+            health: db.open_tree("health")?,
             cabinets: db.open_tree("cabinets")?,
             commands: CommandStore::open(&db)?,
             db,
@@ -116,6 +120,16 @@ impl Store {
     /// The quarantine.
     pub fn quarantine(&self) -> &QuarantineStore {
         &self.quarantine
+    }
+
+    /// The readiness probe: writes and flushes one small key (fails while a write fault is
+    /// injected into the audit log, as a full disk would).
+    pub fn probe_writable(&self) -> Result<(), StoreError> {
+        self.audit.check_writable()?;
+        self.health
+            .insert(b"probe", &locker_schemas::now_millis().to_be_bytes())?;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// The last audit position of a cabinet (0 if none): monotonic per cabinet.
