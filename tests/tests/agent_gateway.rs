@@ -142,7 +142,11 @@ async fn remote_unlock_opens_the_door_once_and_redelivery_never_fires_again() {
     for r in &results {
         assert_eq!(r["data"], results[0]["data"], "same outcome and detail");
     }
-    assert_eq!(results[0]["data"]["outcome"], json!("opened"), "{results:?}");
+    assert_eq!(
+        results[0]["data"]["outcome"],
+        json!("opened"),
+        "{results:?}"
+    );
     let seqs: Vec<u64> = ev.iter().map(|e| e["seq"].as_u64().expect("seq")).collect();
     assert!(
         seqs.windows(2).all(|w| w[1] == w[0] + 1),
@@ -404,7 +408,8 @@ async fn set_config_changes_persists_and_reports_and_sync_credentials_is_unsuppo
             }
         }
     };
-    let r = command(json!({"type": "set_config", "values": {"timing.door_left_open_s": "120"}})).await;
+    let r =
+        command(json!({"type": "set_config", "values": {"timing.door_left_open_s": "120"}})).await;
     assert_eq!(r["outcome"], json!("done"), "{r}");
     assert_eq!(r["detail"], json!("timing.door_left_open_s: 300 -> 120"));
 

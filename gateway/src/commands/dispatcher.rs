@@ -65,10 +65,8 @@ fn check_acceptable(rec: &CommandRecord) -> Result<(), CommandError> {
         });
     }
     if let ActionSpec::SetConfig { values } = &rec.action {
-        let kv: Vec<(String, String)> = values
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let kv: Vec<(String, String)> =
+            values.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         parse_settings(&kv)?;
     }
     Ok(())
@@ -139,7 +137,11 @@ impl Dispatcher {
         }
     }
 
-    fn get_stored(&self, id: CommandId, reply: oneshot::Sender<Result<Option<CommandRecord>, CommandError>>) {
+    fn get_stored(
+        &self,
+        id: CommandId,
+        reply: oneshot::Sender<Result<Option<CommandRecord>, CommandError>>,
+    ) {
         let store = self.store.clone();
         // reads are quick; do them off the actor so it keeps dispatching
         tokio::spawn(async move {
@@ -438,7 +440,9 @@ impl Dispatcher {
             Ok(None) => {
                 tracing::debug!(command = %r.command, %cabinet, "result for no pending command")
             }
-            Err(e) => tracing::error!(error = %e, command = %r.command, "cannot record a late result"),
+            Err(e) => {
+                tracing::error!(error = %e, command = %r.command, "cannot record a late result")
+            }
         }
     }
 
