@@ -133,12 +133,15 @@ mod tests {
         .expect("valid");
         assert_eq!(
             ok,
-            vec![(RuntimeKey::DoorLeftOpenS, 120), (RuntimeKey::LateOpenGraceMs, 0)]
+            vec![
+                (RuntimeKey::DoorLeftOpenS, 120),
+                (RuntimeKey::LateOpenGraceMs, 0)
+            ]
         );
         let e = parse_settings(&[("mqtt.host".into(), "x".into())]).expect_err("unknown");
         assert!(e.to_string().contains("mqtt.host"), "{e}");
-        let e = parse_settings(&[("timing.unlock_confirm_ms".into(), "5".into())])
-            .expect_err("range");
+        let e =
+            parse_settings(&[("timing.unlock_confirm_ms".into(), "5".into())]).expect_err("range");
         assert!(e.to_string().contains("100..=60000"), "{e}");
         assert!(parse_settings(&[]).is_err());
     }

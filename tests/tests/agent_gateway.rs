@@ -142,7 +142,11 @@ async fn remote_unlock_opens_the_door_once_and_redelivery_never_fires_again() {
     for r in &results {
         assert_eq!(r["data"], results[0]["data"], "same outcome and detail");
     }
-    assert_eq!(results[0]["data"]["outcome"], json!("opened"), "{results:?}");
+    assert_eq!(
+        results[0]["data"]["outcome"],
+        json!("opened"),
+        "{results:?}"
+    );
     let seqs: Vec<u64> = ev.iter().map(|e| e["seq"].as_u64().expect("seq")).collect();
     assert!(
         seqs.windows(2).all(|w| w[1] == w[0] + 1),
@@ -404,7 +408,8 @@ async fn set_config_changes_persists_and_reports_and_sync_credentials_is_unsuppo
             }
         }
     };
-    let r = command(json!({"type": "set_config", "values": {"timing.door_left_open_s": "120"}})).await;
+    let r =
+        command(json!({"type": "set_config", "values": {"timing.door_left_open_s": "120"}})).await;
     assert_eq!(r["outcome"], json!("done"), "{r}");
     assert_eq!(r["detail"], json!("timing.door_left_open_s: 300 -> 120"));
 
@@ -427,4 +432,33 @@ async fn set_config_changes_persists_and_reports_and_sync_credentials_is_unsuppo
             .await,
         1.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_gateway_with_unlocks_in_flight_gives_each_its_one_outcome() {
+    let mut pki = TestPki::new();
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut cfg = test_config(&pki, data.path());
+    cfg.edge.listen = free_addr();
+    cfg.api.listen = free_addr();
+    let mut gw = GatewayProcess::start(&cfg);
+    let cab = TestCabinet::start(&mut pki, "CAB-K9C", gw.edge_addr).await;
+    online(&gw.api, "CAB-K9C").await;
+
+    // unlocks sent one after the other, the gateway killed right after the last one was sent:
+    // each is somewhere between sent, executed, stored and recorded when the process dies
+    let mut ids = Vec::new();
+    for c in 1..=3u16 {
+        let r = unlock(&gw.api, "CAB-K9C", c, 60_000, 0).await;
+        ids.push((c, r["id"].as_str().expect("id").to_owned()));
+    }
+    gw.kill9();
+    gw.restart();
+    for (c, id) in &ids {
+        let r = outcome(&gw.api, id).await;
+        assert_eq!(r["outcome"], json!("opened"), "{r}");
+        assert_eq!(cab.pulses(*c), 1, "compartment {c} fired exactly once");
+    }
+    let status = gw.terminate();
+    assert!(status.success(), "{status:?}");
 }

@@ -91,7 +91,11 @@ async fn resends_back_off_and_end_in_no_answer_and_a_late_result_is_still_record
     // backoff: 200, 400, 800, 800 ... ms in 2.5 s of life is at most 5 sends, plus the last
     // one past expiry; a fixed 200 ms resend would have sent about 13
     assert!((2..=7).contains(&n), "sends with backoff: {n}: {done}");
-    assert_eq!(done["final_sent"], json!(true), "one last resend past expiry");
+    assert_eq!(
+        done["final_sent"],
+        json!(true),
+        "one last resend past expiry"
+    );
     eventually("every send arrived", || {
         sends_of(&cab, &id).len() as u64 >= n
     })
@@ -212,22 +216,36 @@ async fn the_api_refuses_what_a_cabinet_cannot_take() {
         }
     };
     // 100 KB of set_config: more than a cabinet's MQTT packet limit
-    let (s, e) = post(json!({"type": "set_config", "values": {"timing.door_left_open_s": "9".repeat(100_000)}})).await;
+    let (s, e) = post(
+        json!({"type": "set_config", "values": {"timing.door_left_open_s": "9".repeat(100_000)}}),
+    )
+    .await;
     assert_eq!(s, 413, "{e}");
     assert_eq!(e["error"], json!("too_large"));
-    assert!(e["message"].as_str().expect("message").contains("4096"), "{e}");
+    assert!(
+        e["message"].as_str().expect("message").contains("4096"),
+        "{e}"
+    );
     // keys and values the agent would reject
     let (s, e) = post(json!({"type": "set_config", "values": {"mqtt.host": "evil.example"}})).await;
     assert_eq!(s, 400, "{e}");
     assert_eq!(e["error"], json!("bad_config"));
-    assert!(e["message"].as_str().expect("m").contains("mqtt.host"), "{e}");
-    let (s, e) = post(json!({"type": "set_config", "values": {"timing.door_left_open_s": "0"}})).await;
+    assert!(
+        e["message"].as_str().expect("m").contains("mqtt.host"),
+        "{e}"
+    );
+    let (s, e) =
+        post(json!({"type": "set_config", "values": {"timing.door_left_open_s": "0"}})).await;
     assert_eq!(s, 400, "{e}");
-    assert!(e["message"].as_str().expect("m").contains("1..=86400"), "{e}");
+    assert!(
+        e["message"].as_str().expect("m").contains("1..=86400"),
+        "{e}"
+    );
     let (s, e) = post(json!({"type": "set_config", "values": {}})).await;
     assert_eq!(s, 400, "{e}");
     // nothing of it reached the cabinet, and a valid one does
-    let (s, r) = post(json!({"type": "set_config", "values": {"timing.door_left_open_s": "120"}})).await;
+    let (s, r) =
+        post(json!({"type": "set_config", "values": {"timing.door_left_open_s": "120"}})).await;
     assert_eq!(s, 202, "{r}");
     let id = r["id"].as_str().expect("id").to_owned();
     eventually("valid set_config delivered", || !cab.commands().is_empty()).await;

@@ -83,12 +83,12 @@ async fn result_stored(gw: &TestGateway, id: &str) {
             let mut after = 0u64;
             loop {
                 let (_, page) = api
-                    .get(&format!("/v1/cabinets/CAB-P/events?after={after}&limit=1000"))
+                    .get(&format!(
+                        "/v1/cabinets/CAB-P/events?after={after}&limit=1000"
+                    ))
                     .await;
                 let batch = page["events"].as_array().cloned().unwrap_or_default();
-                let Some(last) = batch.last().and_then(|e| e["seq"].as_u64()) else {
-                    return None;
-                };
+                let last = batch.last().and_then(|e| e["seq"].as_u64())?;
                 if batch
                     .iter()
                     .any(|e| e["kind"] == json!("result") && e["data"]["command"] == json!(id))

@@ -22,7 +22,9 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
-use locker_schemas::{Action, Command, CommandId, CommandResult, CompartmentId, Outcome, UplinkBody};
+use locker_schemas::{
+    Action, Command, CommandId, CommandResult, CompartmentId, Outcome, UplinkBody,
+};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 

@@ -468,8 +468,14 @@ mod tests {
         );
         // records written before details were kept still read as finished
         let old = CommandId::generate();
-        write(&t, &[Write::Put(command_key(old).to_vec(), vec![1, Outcome::Opened as u8])])
-            .expect("old record");
+        write(
+            &t,
+            &[Write::Put(
+                command_key(old).to_vec(),
+                vec![1, Outcome::Opened as u8],
+            )],
+        )
+        .expect("old record");
         assert_eq!(
             finished_result(&t, old).expect("read"),
             Some((Outcome::Opened, String::new()))

@@ -33,8 +33,8 @@ pub struct Dispatcher {
     by_cabinet: HashMap<CabinetId, BTreeSet<CommandId>>,
     ready: HashSet<CabinetId>,
     waiters: HashMap<CommandId, Vec<oneshot::Sender<CommandRecord>>>,
-    /// Test hook: stored events are left in the channel while set.
-    held: bool,
+    /// Test hook: while set, stored Results are put aside here instead of being recorded.
+    held: Option<Vec<(CabinetId, CommandResult)>>,
 }
 
 /// The wire form of a command as sent now (the relative TTL is what remains, so a cabinet
@@ -65,10 +65,8 @@ fn check_acceptable(rec: &CommandRecord) -> Result<(), CommandError> {
         });
     }
     if let ActionSpec::SetConfig { values } = &rec.action {
-        let kv: Vec<(String, String)> = values
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let kv: Vec<(String, String)> =
+            values.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         parse_settings(&kv)?;
     }
     Ok(())
@@ -99,7 +97,7 @@ impl Dispatcher {
             by_cabinet: HashMap::new(),
             ready: HashSet::new(),
             waiters: HashMap::new(),
-            held: false,
+            held: None,
         };
         for rec in &recovered.finished {
             d.count_outcome(rec);
@@ -130,7 +128,7 @@ impl Dispatcher {
                     Some(m) => self.on_msg(m).await,
                     None => break,
                 },
-                c = commits.recv(), if !self.held => match c {
+                c = commits.recv() => match c {
                     Some(events) => self.on_committed(&events).await,
                     None => break,
                 },
@@ -139,7 +137,11 @@ impl Dispatcher {
         }
     }
 
-    fn get_stored(&self, id: CommandId, reply: oneshot::Sender<Result<Option<CommandRecord>, CommandError>>) {
+    fn get_stored(
+        &self,
+        id: CommandId,
+        reply: oneshot::Sender<Result<Option<CommandRecord>, CommandError>>,
+    ) {
         let store = self.store.clone();
         // reads are quick; do them off the actor so it keeps dispatching
         tokio::spawn(async move {
@@ -180,8 +182,14 @@ impl Dispatcher {
             Msg::Offline(cab) => {
                 self.ready.remove(&cab);
             }
-            Msg::HoldResults(hold, reply) => {
-                self.held = hold;
+            Msg::HoldResults(true, reply) => {
+                self.held.get_or_insert_with(Vec::new);
+                let _ = reply.send(());
+            }
+            Msg::HoldResults(false, reply) => {
+                for (cabinet, r) in self.held.take().unwrap_or_default() {
+                    self.on_result(&cabinet, &r).await;
+                }
                 let _ = reply.send(());
             }
         }
@@ -377,23 +385,28 @@ impl Dispatcher {
         for u in events.iter() {
             match &u.body {
                 UplinkBody::Hello(_) => hellos.push(u.cabinet.clone()),
-                UplinkBody::Result(r) => {
-                    if self
-                        .pending
-                        .get(&r.command)
-                        .is_some_and(|p| p.cabinet == u.cabinet)
-                    {
-                        self.finish(r.command, r.outcome, r.detail.clone()).await;
-                    } else {
-                        self.late_or_stray(&u.cabinet, r).await;
-                    }
-                }
+                UplinkBody::Result(r) => match &mut self.held {
+                    Some(held) => held.push((u.cabinet.clone(), r.clone())),
+                    None => self.on_result(&u.cabinet, r).await,
+                },
                 _ => {}
             }
         }
         for cab in hellos {
             self.ready.insert(cab.clone());
             self.dispatch(&cab, true).await;
+        }
+    }
+
+    async fn on_result(&mut self, cabinet: &CabinetId, r: &CommandResult) {
+        if self
+            .pending
+            .get(&r.command)
+            .is_some_and(|p| &p.cabinet == cabinet)
+        {
+            self.finish(r.command, r.outcome, r.detail.clone()).await;
+        } else {
+            self.late_or_stray(cabinet, r).await;
         }
     }
 
@@ -427,7 +440,9 @@ impl Dispatcher {
             Ok(None) => {
                 tracing::debug!(command = %r.command, %cabinet, "result for no pending command")
             }
-            Err(e) => tracing::error!(error = %e, command = %r.command, "cannot record a late result"),
+            Err(e) => {
+                tracing::error!(error = %e, command = %r.command, "cannot record a late result")
+            }
         }
     }
 

@@ -180,9 +180,10 @@ impl CommandsHandle {
         let _ = self.tx.send(Msg::Offline(cabinet)).await;
     }
 
-    /// For fault-injection tests only: while held, the dispatcher does not take stored events
-    /// (results, hellos) from ingest, so a test can stop the gateway between ingest storing
-    /// a Result and the dispatcher recording the outcome. Returns once in effect.
+    /// For fault-injection tests only: while held, the dispatcher puts stored Results aside
+    /// (in memory) instead of recording them, so a test can stop the gateway between ingest
+    /// storing a Result and the dispatcher recording the outcome; releasing records them.
+    /// Returns once in effect.
     #[doc(hidden)]
     pub async fn hold_results_for_tests(&self, hold: bool) {
         let (tx, rx) = oneshot::channel();

@@ -138,10 +138,9 @@ pub fn check_cabinet(r: &mut Report, f: &CabinetFacts<'_>) {
                 "{}: command {id}: API says {o}, the cabinet reported {outs:?}",
                 f.id
             )),
-            (Some(o), None) if o != "expired" && o != "cancelled" && o != "no_answer" => r.problem(format!(
-                "{}: command {id} has outcome {o} but no result event",
-                f.id
-            )),
+            (Some(o), None) if o != "expired" && o != "cancelled" && o != "no_answer" => r.problem(
+                format!("{}: command {id} has outcome {o} but no result event", f.id),
+            ),
             _ => {}
         }
     }
