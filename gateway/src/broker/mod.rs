@@ -22,10 +22,10 @@ use std::collections::VecDeque;
 use std::thread;
 
 use bytes::Bytes;
+use locker_schemas::Topic;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{Packet, Publish};
 use rumqttd::Notification;
-use locker_schemas::Topic;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
