@@ -93,7 +93,9 @@ pub fn apply(
 ) {
     snap.last_seen = now;
     snap.boot = u.boot;
-    snap.last_seq = snap.last_seq.max(u.seq);
+    // committed events arrive in the order ingest accepted them, so the last one is the
+    // cabinet's position in its current storage life (a wiped cabinet starts again at 1)
+    snap.last_seq = u.seq;
     let mut text = |s: &str| {
         let (t, cut) = truncate(s, limits.max_text_bytes);
         if cut {
@@ -209,6 +211,26 @@ mod tests {
             ts: 0,
             body,
         }
+    }
+
+    #[test]
+    fn the_last_seq_follows_a_new_storage_life() {
+        let mut snap = CabinetSnapshot::new(CabinetId::new("CAB-1").expect("id"));
+        let limits = Limits::default();
+        let network = |seq| {
+            up(
+                seq,
+                UplinkBody::Network(locker_schemas::Network {
+                    kind: NetworkKind::Lan,
+                    signal_dbm: None,
+                }),
+            )
+        };
+        apply(&mut snap, &network(500), 0, &limits, &mut |_| {});
+        assert_eq!(snap.last_seq, 500);
+        // the cabinet's storage was wiped: ingest accepted seq 1 of its new life
+        apply(&mut snap, &network(1), 0, &limits, &mut |_| {});
+        assert_eq!(snap.last_seq, 1);
     }
 
     #[test]
