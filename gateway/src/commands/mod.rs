@@ -20,6 +20,8 @@ use locker_schemas::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::broker::Publisher;
 use crate::ingest::Committed;
@@ -167,12 +169,17 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// Starts the dispatcher with the commands still pending in the store. Returns its handle
     /// and the sender ingest uses to pass on stored events (hellos and results).
+    ///
+    /// On `cancel` it applies the results ingest committed last (every change is persisted as
+    /// it is made, so nothing else is unsaved) and returns (the task is spawned on `tracker`).
     pub fn spawn(
         cfg: CommandsConfig,
         store: Store,
         publisher: Publisher,
         metrics: CommandMetrics,
         pending: Vec<CommandRecord>,
+        cancel: CancellationToken,
+        tracker: &TaskTracker,
     ) -> (
         CommandsHandle,
         mpsc::Sender<Committed>,
@@ -193,7 +200,7 @@ impl Dispatcher {
         for rec in pending {
             d.track(rec);
         }
-        let task = tokio::spawn(d.run(rx, crx));
+        let task = tracker.spawn(d.run(rx, crx, cancel));
         (CommandsHandle { tx }, ctx, task)
     }
 
@@ -206,20 +213,34 @@ impl Dispatcher {
         self.metrics.queue_depth.set(self.pending.len() as i64);
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Msg>, mut commits: mpsc::Receiver<Committed>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Msg>,
+        mut commits: mpsc::Receiver<Committed>,
+        cancel: CancellationToken,
+    ) {
         let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.tick_ms.max(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ingest_open = true;
         loop {
             tokio::select! {
                 m = rx.recv() => match m {
                     Some(m) => self.on_msg(m).await,
                     None => break,
                 },
-                c = commits.recv() => match c {
+                // Ingest gone (it stops first at shutdown): keep serving until cancelled.
+                c = commits.recv(), if ingest_open => match c {
                     Some(events) => self.on_committed(&events).await,
-                    None => break,
+                    None => ingest_open = false,
                 },
                 _ = tick.tick() => self.on_tick().await,
+                _ = cancel.cancelled() => {
+                    // Shutdown: ingest has stopped; record the outcomes it stored last.
+                    while let Ok(events) = commits.try_recv() {
+                        self.on_committed(&events).await;
+                    }
+                    break;
+                }
             }
         }
     }

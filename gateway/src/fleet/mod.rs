@@ -10,6 +10,8 @@ use bytes::Bytes;
 use locker_schemas::codec::encode_stream;
 use locker_schemas::{now_millis, CabinetId, Millis, Presence, StreamKind, StreamMessage, Topic};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::broker::Publisher;
 use crate::ingest::Committed;
@@ -72,11 +74,16 @@ pub struct Fleet {
 impl Fleet {
     /// Starts the actor with the snapshots loaded at startup (all marked offline until the
     /// edge says otherwise). Returns its handle and the sender ingest uses for commits.
+    ///
+    /// On `cancel` it applies the commits and presence changes already queued, saves its final
+    /// snapshot and returns (the task is spawned on `tracker`).
     pub fn spawn(
         loaded: Vec<CabinetSnapshot>,
         store: Store,
         publisher: Publisher,
         metrics: StoreMetrics,
+        cancel: CancellationToken,
+        tracker: &TaskTracker,
     ) -> (
         FleetHandle,
         mpsc::Sender<Committed>,
@@ -100,7 +107,7 @@ impl Fleet {
             publisher,
             metrics,
         };
-        let task = tokio::spawn(fleet.run(rx, crx));
+        let task = tracker.spawn(fleet.run(rx, crx, cancel));
         (FleetHandle { tx }, ctx, task)
     }
 
@@ -117,9 +124,15 @@ impl Fleet {
             .or_insert_with(|| CabinetSnapshot::new(id.clone()))
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Msg>, mut commits: mpsc::Receiver<Committed>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Msg>,
+        mut commits: mpsc::Receiver<Committed>,
+        cancel: CancellationToken,
+    ) {
         let mut save = tokio::time::interval(Duration::from_secs(2));
         save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ingest_open = true;
         loop {
             tokio::select! {
                 m = rx.recv() => match m {
@@ -132,19 +145,35 @@ impl Fleet {
                     }
                     None => break,
                 },
-                c = commits.recv() => match c {
-                    Some(events) => {
-                        let now = now_millis();
-                        for u in events.iter() {
-                            self.entry(&u.cabinet).apply(u, now);
-                        }
-                    }
-                    None => break,
+                // Ingest gone (it stops first at shutdown): keep serving until cancelled.
+                c = commits.recv(), if ingest_open => match c {
+                    Some(events) => self.on_committed(&events),
+                    None => ingest_open = false,
                 },
                 _ = save.tick() => self.save().await,
+                _ = cancel.cancelled() => {
+                    // Shutdown: ingest and the presence forwarder have stopped; take in what
+                    // they handed over last before the final save.
+                    while let Ok(events) = commits.try_recv() {
+                        self.on_committed(&events);
+                    }
+                    while let Ok(m) = rx.try_recv() {
+                        if let Msg::Presence(p) = m {
+                            self.on_presence(p).await;
+                        }
+                    }
+                    break;
+                }
             }
         }
         self.save().await;
+    }
+
+    fn on_committed(&mut self, events: &Committed) {
+        let now = now_millis();
+        for u in events.iter() {
+            self.entry(&u.cabinet).apply(u, now);
+        }
     }
 
     async fn on_presence(&mut self, p: PresenceChange) {
