@@ -11,16 +11,15 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use locker_schemas::UplinkBody;
+use locker_sim::fleet::gateway::PortReservation;
 use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A loopback port held for the whole test (the agent's scanner binds it in every round; no
+/// MQTT server ever listens on the other one, so connections to it are refused).
+fn reserve() -> PortReservation {
+    PortReservation::loopback().unwrap()
 }
 
 fn write_config(dir: &Path, board: SocketAddr, scanner: u16, mqtt_port: u16) -> std::path::PathBuf {
@@ -110,8 +109,9 @@ async fn scan_until(port: u16, prefix: &str, n: usize, busy: Duration) -> Vec<(S
 async fn outbox_survives_kill_9_without_gaps_or_duplicates() {
     let (_d, dir) = tempdir();
     let b = board(1).await;
-    let scanner = free_port();
-    let cfg = write_config(&dir, b.addr, scanner, free_port());
+    let (scanner_port, mqtt_port) = (reserve(), reserve());
+    let scanner = scanner_port.addr().port();
+    let cfg = write_config(&dir, b.addr, scanner, mqtt_port.addr().port());
 
     // Doors keep moving the whole time, making door and alarm events concurrently.
     let sim = b.sim.clone();

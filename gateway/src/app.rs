@@ -1,13 +1,31 @@
 //! Wiring: starts every gateway component in order (store, broker, fleet, dispatcher, ingest,
 //! edge, API) and stops them in reverse, flushing the store last.
+//!
+//! Every task of the gateway is spawned on one [`TaskTracker`] and stopped through one
+//! [`CancellationToken`] (a child token per shutdown phase, so the phases run in order):
+//!
+//! 1. the edge stops accepting and closes every connection (the edge's own shutdown), and the
+//!    cabinets' last presence changes are handed on;
+//! 2. ingest commits what it has received and acknowledges it;
+//! 3. the actors (fleet, dispatcher) apply what ingest committed last, save their state (the
+//!    fleet's final snapshot; the dispatcher persists every change as it makes it) and return;
+//!    the broker link then closes (its last publisher is gone);
+//! 4. the API finishes its in-flight requests;
+//! 5. the store is flushed.
+//!
+//! `shutdown_grace_ms` bounds the whole sequence: whatever is still running then is aborted,
+//! with a log line naming it, and the store is flushed anyway.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use locker_schemas::Filter;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::api::{self, ApiState};
 use crate::broker::{BrokerError, EmbeddedBroker};
@@ -39,6 +57,38 @@ pub enum StartError {
     ApiTls(#[from] api::serve::ServeError),
 }
 
+/// The gateway's tasks by name, in the order they are stopped.
+const INGEST: &str = "ingest";
+const RETENTION: &str = "retention";
+const PRESENCE: &str = "presence";
+const FLEET: &str = "fleet";
+const DISPATCHER: &str = "dispatcher";
+const BROKER_LINK: &str = "broker link";
+const API: &str = "api";
+
+/// The cancellation tokens of the shutdown phases (children of one root token).
+struct Phases {
+    root: CancellationToken,
+    /// Ingest commits what it has; the presence forwarder hands on the last changes.
+    ingest: CancellationToken,
+    /// The fleet and the dispatcher finish, save and return.
+    actors: CancellationToken,
+    /// The API finishes its in-flight requests.
+    api: CancellationToken,
+}
+
+impl Phases {
+    fn new() -> Self {
+        let root = CancellationToken::new();
+        Self {
+            ingest: root.child_token(),
+            actors: root.child_token(),
+            api: root.child_token(),
+            root,
+        }
+    }
+}
+
 /// A running gateway.
 pub struct Gateway {
     /// Where cabinets and integrators connect (mTLS MQTT).
@@ -50,9 +100,10 @@ pub struct Gateway {
     pub commands: CommandsHandle,
     pub edge: EdgeHandle,
     store: Store,
-    cancel: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
-    ingest: JoinHandle<()>,
+    phases: Phases,
+    tracker: TaskTracker,
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
+    grace: Duration,
 }
 
 impl Gateway {
@@ -88,11 +139,16 @@ impl Gateway {
             "store opened"
         );
 
+        let phases = Phases::new();
+        let tracker = TaskTracker::new();
+        let mut tasks = Vec::new();
+
         let (inbound_tx, inbound_rx) = mpsc::channel(16 * 1024);
-        let broker = EmbeddedBroker::start(
+        let broker = EmbeddedBroker::start_tracked(
             &cfg.broker,
             &[Filter::all_uplinks().as_str().to_owned()],
             inbound_tx,
+            &tracker,
         )
         .await?;
         let publisher = broker.publisher.clone();
@@ -102,6 +158,8 @@ impl Gateway {
             store.clone(),
             publisher.clone(),
             metrics.store.clone(),
+            phases.actors.clone(),
+            &tracker,
         );
         let (commands, command_commits, dispatch_task) = Dispatcher::spawn(
             cfg.commands.clone(),
@@ -109,67 +167,89 @@ impl Gateway {
             publisher.clone(),
             metrics.commands.clone(),
             pending,
+            phases.actors.clone(),
+            &tracker,
         );
-        let cancel = CancellationToken::new();
         let ingest = Ingest::new(
             cfg.ingest.clone(),
             store.clone(),
-            publisher.clone(),
+            publisher,
             metrics.ingest.clone(),
             vec![fleet_commits, command_commits],
         );
         let ingest_health = ingest.handle();
-        let ingest_task = tokio::spawn(ingest.run(inbound_rx, cancel.clone()));
-        let retention_task = tokio::spawn(retention::run(
+        // Only the actors and ingest publish from here on: when they have returned, the
+        // broker link's queue closes and its task ends.
+        let EmbeddedBroker {
+            links, link_task, ..
+        } = broker;
+        let ingest_cancel = phases.ingest.clone();
+        let ingest_task = tracker.spawn(ingest.run(inbound_rx, ingest_cancel));
+        let retention_task = tracker.spawn(retention::run(
             cfg.ingest.clone(),
             store.clone(),
             metrics.ingest.clone(),
-            cancel.clone(),
+            phases.ingest.clone(),
         ));
+        tasks.extend([
+            (INGEST, ingest_task),
+            (RETENTION, retention_task),
+            (FLEET, fleet_task),
+            (DISPATCHER, dispatch_task),
+            (BROKER_LINK, link_task),
+        ]);
 
-        let (presence_tx, mut presence_rx) = mpsc::channel::<PresenceEvent>(4096);
-        let (edge, edge_addr) = Edge::start(
-            cfg.edge.clone(),
-            broker.links.clone(),
-            &metrics.registry,
-            presence_tx,
-        )
-        .await
-        .map_err(|e| StartError::Edge(e.to_string()))?;
-
-        let (f, c) = (fleet.clone(), commands.clone());
-        let presence_task = tokio::spawn(async move {
-            while let Some(p) = presence_rx.recv().await {
-                if !p.online {
-                    c.offline(p.cabinet.clone()).await;
+        let (presence_tx, presence_rx) = mpsc::channel::<PresenceEvent>(4096);
+        let (edge, edge_addr) =
+            match Edge::start(cfg.edge.clone(), links, &metrics.registry, presence_tx).await {
+                Ok(x) => x,
+                Err(e) => {
+                    // A start that fails half way stops what it already started.
+                    phases.root.cancel();
+                    return Err(StartError::Edge(e.to_string()));
                 }
-                f.presence(PresenceChange {
-                    cabinet: p.cabinet,
-                    online: p.online,
-                    at: p.at,
-                })
-                .await;
-            }
-        });
+            };
+        let presence_task = tracker.spawn(forward_presence(
+            presence_rx,
+            fleet.clone(),
+            commands.clone(),
+            phases.ingest.clone(),
+        ));
+        tasks.push((PRESENCE, presence_task));
 
         let api_tls = match cfg.api.tls.clone() {
-            Some(t) => Some(
-                tokio::task::spawn_blocking(move || api::serve::load_tls(&t))
+            Some(t) => {
+                let loaded = tokio::task::spawn_blocking(move || api::serve::load_tls(&t))
                     .await
-                    .map_err(|e| api::serve::ServeError::Join(e.to_string()))??,
-            ),
+                    .map_err(|e| api::serve::ServeError::Join(e.to_string()))
+                    .and_then(|r| r);
+                match loaded {
+                    Ok(tls) => Some(tls),
+                    Err(e) => {
+                        edge.shutdown().await;
+                        phases.root.cancel();
+                        return Err(e.into());
+                    }
+                }
+            }
             None => None,
         };
-        let listener = tokio::net::TcpListener::bind(cfg.api.listen)
-            .await
-            .map_err(|source| StartError::Api {
-                addr: cfg.api.listen,
-                source,
-            })?;
-        let api_addr = listener.local_addr().map_err(|source| StartError::Api {
-            addr: cfg.api.listen,
-            source,
-        })?;
+        let bound = async {
+            let listener = tokio::net::TcpListener::bind(cfg.api.listen).await?;
+            let addr = listener.local_addr()?;
+            Ok::<_, std::io::Error>((listener, addr))
+        };
+        let (listener, api_addr) = match bound.await {
+            Ok(x) => x,
+            Err(source) => {
+                edge.shutdown().await;
+                phases.root.cancel();
+                return Err(StartError::Api {
+                    addr: cfg.api.listen,
+                    source,
+                });
+            }
+        };
         let app = api::router(ApiState {
             cfg: Arc::new(cfg.api.clone()),
             fleet: fleet.clone(),
@@ -178,19 +258,19 @@ impl Gateway {
             metrics: metrics.clone(),
             ingest: ingest_health,
         });
-        let api_cancel = cancel.clone();
         let api_limits = api::serve::Limits {
             max_connections: cfg.api.max_connections,
-            header_read_timeout: std::time::Duration::from_millis(cfg.api.header_read_timeout_ms),
+            header_read_timeout: Duration::from_millis(cfg.api.header_read_timeout_ms),
         };
-        let api_task = tokio::spawn(api::serve::serve(
+        let api_task = tracker.spawn(api::serve::serve(
             listener,
             app,
             api_limits,
             api_tls,
             metrics.api.clone(),
-            api_cancel,
+            phases.api.clone(),
         ));
+        tasks.push((API, api_task));
 
         Ok(Self {
             edge_addr,
@@ -200,15 +280,10 @@ impl Gateway {
             commands,
             edge,
             store,
-            cancel,
-            tasks: vec![
-                api_task,
-                presence_task,
-                dispatch_task,
-                fleet_task,
-                retention_task,
-            ],
-            ingest: ingest_task,
+            phases,
+            tracker,
+            tasks,
+            grace: Duration::from_millis(cfg.shutdown_grace_ms),
         })
     }
 
@@ -218,45 +293,104 @@ impl Gateway {
         &self.store
     }
 
-    /// Stops accepting, closes connections, lets ingest finish what it has, and flushes.
-    pub async fn shutdown(self) {
-        self.edge.shutdown().await;
-        self.cancel.cancel();
-        let _ = self.ingest.await;
-        // the API shuts down gracefully (its connection tasks hold the store): give it a
-        // moment, then abort whatever is left
-        let mut tasks = self.tasks;
-        if !tasks.is_empty() {
-            let mut api = tasks.remove(0);
-            if tokio::time::timeout(std::time::Duration::from_secs(5), &mut api)
-                .await
-                .is_err()
-            {
-                api.abort();
-                let _ = api.await;
+    /// Stops the gateway in order (see the module doc): the edge, ingest, the actors (which
+    /// save their state), the API, then flushes the store. Whatever has not returned within
+    /// the grace period is aborted, with a log line naming it.
+    pub async fn shutdown(mut self) {
+        let deadline = Instant::now() + self.grace;
+        if tokio::time::timeout_at(deadline, self.edge.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_ms = self.grace.as_millis() as u64,
+                "edge connections still closing after the grace period"
+            );
+        }
+        // The registry answers in order: once it has listed the connections, the presence
+        // changes of every connection the edge closed are in the presence channel.
+        let _ = tokio::time::timeout_at(deadline, self.edge.connected()).await;
+
+        self.phases.ingest.cancel();
+        self.wait(&[PRESENCE, INGEST, RETENTION], deadline).await;
+        self.phases.actors.cancel();
+        self.wait(&[FLEET, DISPATCHER, BROKER_LINK], deadline).await;
+        self.phases.api.cancel();
+        self.wait(&[API], deadline).await;
+        self.phases.root.cancel();
+        self.tracker.close();
+        if tokio::time::timeout_at(deadline, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            for (name, task) in &self.tasks {
+                if !task.is_finished() {
+                    tracing::warn!(
+                        task = name,
+                        grace_ms = self.grace.as_millis() as u64,
+                        "still running after the shutdown grace period: aborted"
+                    );
+                    task.abort();
+                }
             }
+            // Aborted tasks end at their next await (a blocking storage call they started
+            // still completes on its own thread).
+            self.tracker.wait().await;
         }
-        // the fleet ends by itself once ingest's commit stream has closed, after saving its
-        // last snapshots (the last task in the list)
-        if let Some(mut fleet) = tasks.pop() {
-            if tokio::time::timeout(std::time::Duration::from_secs(5), &mut fleet)
-                .await
-                .is_err()
-            {
-                fleet.abort();
-                let _ = fleet.await;
-            }
-        }
-        for t in &tasks {
-            t.abort();
-        }
-        // wait until every task is gone, so nothing holds the database any more
-        for t in tasks {
-            let _ = t.await;
-        }
-        let store = self.store;
+        let store = self.store.clone();
         if let Err(e) = store::blocking(move || store.flush()).await {
             tracing::error!(error = %e, "final flush failed");
         }
+    }
+
+    /// Waits (until `deadline`) for the named tasks to return.
+    async fn wait(&mut self, names: &[&str], deadline: Instant) {
+        for (name, task) in self.tasks.iter_mut() {
+            if names.contains(name) && !task.is_finished() {
+                match tokio::time::timeout_at(deadline, &mut *task).await {
+                    Ok(Err(e)) if e.is_panic() => {
+                        tracing::error!(task = *name, error = %e, "task panicked")
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Hands the edge's presence changes to the dispatcher and the fleet. On `stop` it hands on
+/// what is already queued (the connections the edge closed last) and returns.
+async fn forward_presence(
+    mut rx: mpsc::Receiver<PresenceEvent>,
+    fleet: FleetHandle,
+    commands: CommandsHandle,
+    stop: CancellationToken,
+) {
+    let forward = |p: PresenceEvent| {
+        let (f, c) = (&fleet, &commands);
+        async move {
+            if !p.online {
+                c.offline(p.cabinet.clone()).await;
+            }
+            f.presence(PresenceChange {
+                cabinet: p.cabinet,
+                online: p.online,
+                at: p.at,
+            })
+            .await;
+        }
+    };
+    loop {
+        tokio::select! {
+            biased;
+            p = rx.recv() => match p {
+                Some(p) => forward(p).await,
+                None => return,
+            },
+            _ = stop.cancelled() => break,
+        }
+    }
+    while let Ok(p) = rx.try_recv() {
+        forward(p).await;
     }
 }

@@ -39,6 +39,9 @@ pub struct GatewayConfig {
     pub commands: CommandsConfig,
     /// The HTTP API and /metrics.
     pub api: ApiConfig,
+    /// How long a shutdown may take, ms: the edge closes, ingest commits, the actors save,
+    /// the API drains; whatever is still running then is aborted (and logged by name).
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for GatewayConfig {
@@ -50,6 +53,7 @@ impl Default for GatewayConfig {
             ingest: IngestConfig::default(),
             commands: CommandsConfig::default(),
             api: ApiConfig::default(),
+            shutdown_grace_ms: 10_000,
         }
     }
 }
@@ -100,7 +104,8 @@ impl GatewayConfig {
         }
     }
 
-    /// Checks what serde cannot.
+    /// Checks what serde cannot: values the gateway cannot run with (zero-sized batches,
+    /// windows and limits, a default TTL above the maximum, short tokens).
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.edge
             .validate()
@@ -115,10 +120,69 @@ impl GatewayConfig {
                 "api.request_timeout_ms must be above api.max_wait_ms".into(),
             ));
         }
+        let (b, c) = (&self.broker, &self.commands);
+        for (key, v) in [
+            ("ingest.max_batch", self.ingest.max_batch as u64),
+            ("broker.max_connections", b.max_connections as u64),
+            ("broker.max_payload_size", b.max_payload_size as u64),
+            ("broker.max_inflight_count", b.max_inflight_count as u64),
+            (
+                "broker.max_outgoing_packet_count",
+                b.max_outgoing_packet_count,
+            ),
+            ("broker.max_segment_size", b.max_segment_size as u64),
+            ("broker.max_segment_count", b.max_segment_count as u64),
+            ("commands.default_ttl_ms", u64::from(c.default_ttl_ms)),
+            ("commands.max_ttl_ms", u64::from(c.max_ttl_ms)),
+            ("commands.resend_after_ms", c.resend_after_ms),
+            ("commands.resend_max_ms", c.resend_max_ms),
+            ("commands.tick_ms", c.tick_ms),
+            ("shutdown_grace_ms", self.shutdown_grace_ms),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} must be greater than zero"
+                )));
+            }
+        }
+        if c.resend_max_ms < c.resend_after_ms {
+            return Err(ConfigError::Invalid(format!(
+                "commands.resend_max_ms ({}) is below commands.resend_after_ms ({})",
+                c.resend_max_ms, c.resend_after_ms
+            )));
+        }
+        if c.default_ttl_ms > c.max_ttl_ms {
+            return Err(ConfigError::Invalid(format!(
+                "commands.default_ttl_ms ({}) is above commands.max_ttl_ms ({})",
+                c.default_ttl_ms, c.max_ttl_ms
+            )));
+        }
         if self.api.tokens.keys().any(|t| t.len() < 16) {
             return Err(ConfigError::Invalid(
                 "api.tokens: every token needs at least 16 characters".into(),
             ));
+        }
+        Ok(())
+    }
+
+    /// Checks that every file the gateway reads at start can be opened (the fleet CA, the
+    /// server certificate and key, the CRL); `locker-gateway --check` runs it. Blocking.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        let e = &self.edge;
+        let files = [
+            ("edge.ca_cert", Some(&e.ca_cert)),
+            ("edge.server_cert", Some(&e.server_cert)),
+            ("edge.server_key", Some(&e.server_key)),
+            ("edge.crl", e.crl.as_ref()),
+        ];
+        for (key, path) in files {
+            let Some(path) = path else { continue };
+            if let Err(err) = std::fs::File::open(path) {
+                return Err(ConfigError::Invalid(format!(
+                    "{key}: cannot read {}: {err}",
+                    path.display()
+                )));
+            }
         }
         Ok(())
     }

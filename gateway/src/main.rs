@@ -19,8 +19,10 @@ struct Cli {
     /// Path of the gateway configuration file (TOML).
     #[arg(long, short, env = "LOCKER_GATEWAY_CONFIG")]
     config: Option<PathBuf>,
-    /// Load and validate the configuration (file plus LOCKER_* overrides), print the effective
-    /// configuration as TOML, and exit without starting anything.
+    /// Load and validate the configuration (file plus LOCKER_* overrides): zero-sized batches,
+    /// windows and limits, and that the certificate, key and CRL files can be read. Prints the
+    /// effective configuration as TOML and exits without starting anything; exits non-zero
+    /// naming the key and the file when something would fail at start.
     #[arg(long)]
     check: bool,
 }
@@ -37,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let cfg = GatewayConfig::load(cli.config.as_deref()).context("loading the configuration")?;
     if cli.check {
+        cfg.check_files().context("checking the configuration")?;
         println!(
             "{}",
             toml::to_string_pretty(&cfg).context("printing the configuration")?

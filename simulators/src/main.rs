@@ -35,10 +35,16 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Fleet runs have thousands of agents: only warnings unless RUST_LOG says otherwise.
-    cmd::init_tracing(match cli.command {
-        Command::Lockboard(_) | Command::Charger(_) => "info",
-        _ => "warn,rumqttd=off,locker_gateway::edge::registry=error",
-    });
+    let quiet = "warn,rumqttd=off,locker_gateway::edge::registry=error";
+    match &cli.command {
+        Command::Lockboard(_) | Command::Charger(_) => cmd::init_tracing("info"),
+        // The demo's standard output is its summary: the logs go to a file it names.
+        Command::Demo(args) => cmd::init_tracing_file(
+            "warn,locker_gateway=info,rumqttd=off,locker_gateway::edge::registry=warn",
+            &args.log_path(),
+        )?,
+        _ => cmd::init_tracing(quiet),
+    }
     match cli.command {
         Command::Lockboard(args) => cmd::lockboard::run(args).await,
         Command::Charger(args) => cmd::charger::run(args).await,

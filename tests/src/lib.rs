@@ -7,7 +7,9 @@
 //!   `locker-gateway` binary, for `kill -9` tests;
 //! - [`mqtt`]: rumqttc clients with a cabinet's or an integrator's certificate;
 //! - [`api::ApiClient`]: the HTTP API with a bearer token;
-//! - [`eventually`]: polls a condition until a deadline (tests never sleep a fixed time).
+//! - [`eventually`]: polls a condition until a deadline (tests never sleep a fixed time);
+//! - [`net`]: ports reserved for servers that start (or restart) later, without the
+//!   bind-and-release race.
 
 pub mod agent;
 pub mod api;
@@ -15,6 +17,7 @@ pub mod cabinet;
 pub mod edge;
 pub mod gateway;
 pub mod mqtt;
+pub mod net;
 pub mod pki;
 pub mod wait;
 

@@ -180,19 +180,15 @@ async fn offline_commands_are_delivered_on_return_and_expired_ones_never_fire() 
     assert_eq!(cab.pulses(2), 0, "an expired command never fires");
 }
 
-/// Picks a free loopback port (for a gateway process that must come back on the same one).
-fn free_addr() -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_gateway_mid_stream_loses_and_duplicates_nothing() {
     let mut pki = TestPki::new();
     let data = tempfile::tempdir().expect("temp dir");
     let mut cfg = test_config(&pki, data.path());
-    cfg.edge.listen = free_addr();
-    cfg.api.listen = free_addr();
+    // the gateway process comes back on the same ports after kill -9
+    let (edge, api) = (locker_tests::net::reserve(), locker_tests::net::reserve());
+    cfg.edge.listen = edge.addr();
+    cfg.api.listen = api.addr();
     let t0 = std::time::Instant::now();
     let mut gw = GatewayProcess::start(&cfg);
     eprintln!("[{:?}] gateway process up", t0.elapsed());
@@ -272,8 +268,10 @@ async fn kill_9_of_the_gateway_mid_stream_loses_and_duplicates_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_made_before_the_gateway_exists_arrive_in_order_once_it_is_up() {
     let mut pki = TestPki::new();
-    let edge = free_addr();
-    // the cabinet starts first: nothing listens on its gateway address yet
+    let reserved = locker_tests::net::reserve();
+    let edge = reserved.addr();
+    // the cabinet starts first: nothing listens on its gateway address yet (connections to a
+    // reserved port are refused)
     let cab = TestCabinet::start(&mut pki, "CAB-EARLY", edge).await;
     for door in 0..5 {
         cab.board.open_door(door).expect("open");
@@ -439,8 +437,10 @@ async fn kill_9_of_the_gateway_with_unlocks_in_flight_gives_each_its_one_outcome
     let mut pki = TestPki::new();
     let data = tempfile::tempdir().expect("temp dir");
     let mut cfg = test_config(&pki, data.path());
-    cfg.edge.listen = free_addr();
-    cfg.api.listen = free_addr();
+    // the gateway process comes back on the same ports after kill -9
+    let (edge, api) = (locker_tests::net::reserve(), locker_tests::net::reserve());
+    cfg.edge.listen = edge.addr();
+    cfg.api.listen = api.addr();
     let mut gw = GatewayProcess::start(&cfg);
     let cab = TestCabinet::start(&mut pki, "CAB-K9C", gw.edge_addr).await;
     online(&gw.api, "CAB-K9C").await;

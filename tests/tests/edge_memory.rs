@@ -13,14 +13,13 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use locker_schemas::CabinetId;
 use locker_tests::edge::*;
 use rumqttc::mqttbytes::v4::{Packet, Subscribe};
 use rumqttc::mqttbytes::QoS;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Pings each `pings`-stage client exchanges before it idles.
@@ -143,7 +142,7 @@ async fn memory_client() {
         let id = format!("MEM-{i:05}");
         let cert = std::fs::read(dir.join("cabinets").join(format!("{id}.pem"))).expect("cert");
         let key = std::fs::read(dir.join("cabinets").join(format!("{id}.key"))).expect("key");
-        let cfg = tls_config(&ca, &cert, &key);
+        let cfg = locker_tests::pki::client_tls_pem(&ca, &cert, &key);
         let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let name = ServerName::try_from("localhost").expect("name");
         let mut s: Box<dyn Conn> = Box::new(
@@ -198,32 +197,3 @@ async fn memory_client() {
 
 trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
-
-fn tls_config(ca: &[u8], cert: &[u8], key: &[u8]) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut &ca[..]) {
-        roots.add(c.expect("CA")).expect("add CA");
-    }
-    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &cert[..])
-        .map(|c| c.expect("cert"))
-        .collect();
-    let key = rustls_pemfile::private_key(&mut &key[..])
-        .expect("key")
-        .expect("a key");
-    let key = match key {
-        PrivateKeyDer::Pkcs8(k) => {
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(k.secret_pkcs8_der().to_vec()))
-        }
-        k => k,
-    };
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .expect("client cert"),
-    )
-}

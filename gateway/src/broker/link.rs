@@ -39,8 +39,7 @@ type NotifyFuture = Pin<Box<dyn Future<Output = bool> + Send>>;
 /// Mints the `DeviceData` event of a connection (see the module doc).
 type NotifyFn = dyn Fn(ConnectionId) -> Option<NotifyFuture> + Send + Sync;
 /// Builds a link (blocking: waits for the router's CONNACK).
-pub(super) type BuildFn =
-    dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), String> + Send + Sync;
+type BuildFn = dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), String> + Send + Sync;
 
 /// Makes local links to the router (cheap to clone).
 #[derive(Clone)]
@@ -92,11 +91,6 @@ impl LinkFactory {
     /// The largest packet the router should be handed (remaining length, bytes).
     pub fn max_payload_size(&self) -> usize {
         self.max_payload_size
-    }
-
-    /// The blocking link builder (for the gateway's own link, built on a blocking thread).
-    pub(super) fn builder(&self) -> Arc<BuildFn> {
-        self.build.clone()
     }
 
     /// Most packets to hand to the router per notification.

@@ -8,32 +8,39 @@
 //! `RemoteLink` uses behind its TCP listeners. So a cabinet costs the gateway one file
 //! descriptor (its own socket) and no network-link buffers.
 //!
-//! The gateway's link (client id `gw:internal`, which no certificate identity can take because
-//! ':' is not allowed in ids) is driven by two dedicated threads, where blocking is fine: one
-//! receives notifications (and answers `Unschedule` by re-arming the link), the other
-//! publishes (a batch per router event). Async code talks to them through bounded channels.
-//! The router and these threads live as long as the process.
+//! The gateway's own link (client id `gw:internal`, which no certificate identity can take
+//! because ':' is not allowed in ids) is the same async [`Link`] the edge uses per client, owned
+//! by one task (`gw-link`, on the runtime; no OS thread, no blocking call): it hands the router
+//! what the gateway publishes in batches (one router event per batch) and forwards the publishes
+//! the router delivers to ingest's bounded channel. While ingest is full the task stops reading
+//! the link (rumqttd buffers, then parks the link with `Unschedule`) but keeps publishing, so an
+//! ingest waiting to publish an ack never waits on it. The task ends when every [`Publisher`] is
+//! dropped (the actors that publish have stopped), closing the link; the router thread lives as
+//! long as the process.
 
 mod link;
 
 pub use link::{Link, LinkFactory};
 
 use std::collections::VecDeque;
-use std::thread;
 
 use bytes::Bytes;
 use locker_schemas::Topic;
-use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{Packet, Publish};
 use rumqttd::Notification;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 
 /// The client id of the gateway's own link.
 pub const INTERNAL_CLIENT_ID: &str = "gw:internal";
 
 /// Publishes the gateway's link hands to the router per notification.
 const PUBLISH_BATCH: usize = 256;
+
+/// Room for publishes queued by the gateway's components (acks, commands, presence).
+const PUBLISH_QUEUE: usize = 4096;
 
 /// Broker settings (the `[broker]` table of gateway.toml).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,8 +77,6 @@ impl Default for BrokerConfig {
 /// Why the broker could not start, or a link could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    #[error("cannot start a broker thread: {0}")]
-    Thread(std::io::Error),
     #[error("the router refused the link (connection limit reached, or it stopped): {0}")]
     Link(String),
     #[error("the router has stopped")]
@@ -91,6 +96,8 @@ pub struct EmbeddedBroker {
     pub publisher: Publisher,
     /// Makes a link per edge connection.
     pub links: LinkFactory,
+    /// The task that owns the gateway's link; it ends once every [`Publisher`] is dropped.
+    pub link_task: JoinHandle<()>,
 }
 
 /// Cloneable handle to publish through the gateway's link.
@@ -122,103 +129,110 @@ impl EmbeddedBroker {
     /// subscriptions, and returns the link factory for the edge.
     ///
     /// Every publish matching `filters` is delivered on `inbound` (a bounded channel: when
-    /// ingest falls behind, the link thread waits, and rumqttd buffers and eventually skips,
-    /// which the end-to-end acknowledgements make safe).
+    /// ingest falls behind, the link waits, and rumqttd buffers and eventually skips, which the
+    /// end-to-end acknowledgements make safe).
     pub async fn start(
         cfg: &BrokerConfig,
         filters: &[String],
         inbound: mpsc::Sender<Inbound>,
     ) -> Result<Self, BrokerError> {
+        Self::start_tracked(cfg, filters, inbound, &TaskTracker::new()).await
+    }
+
+    /// [`EmbeddedBroker::start`], with the task owning the gateway's link spawned on `tracker`.
+    pub async fn start_tracked(
+        cfg: &BrokerConfig,
+        filters: &[String],
+        inbound: mpsc::Sender<Inbound>,
+        tracker: &TaskTracker,
+    ) -> Result<Self, BrokerError> {
         let links = link::factory(cfg);
-        let build = links.builder();
-        let filters = filters.to_vec();
-        // Blocking calls (build waits for the CONNACK, subscribe uses a blocking send).
-        let (link_tx, link_rx) = tokio::task::spawn_blocking(move || {
-            let (mut tx, rx, _connack) =
-                build(INTERNAL_CLIENT_ID, true).map_err(BrokerError::Link)?;
-            for f in filters {
-                tx.subscribe(f)
-                    .map_err(|e| BrokerError::Link(e.to_string()))?;
-            }
-            Ok::<_, BrokerError>((tx, rx))
-        })
-        .await
-        .map_err(|e| BrokerError::Link(e.to_string()))??;
-
-        thread::Builder::new()
-            .name("gw-link-rx".into())
-            .spawn(move || receive_loop(link_rx, inbound))
-            .map_err(BrokerError::Thread)?;
-
-        let (tx, rx) = mpsc::channel(4096);
-        thread::Builder::new()
-            .name("gw-link-tx".into())
-            .spawn(move || publish_loop(link_tx, rx))
-            .map_err(BrokerError::Thread)?;
-
+        let mut link = links.connect(INTERNAL_CLIENT_ID.into(), true, None).await?;
+        let _connack = link.take_connack();
+        for f in filters {
+            link.subscribe(f.clone()).await?;
+        }
+        let (tx, rx) = mpsc::channel(PUBLISH_QUEUE);
+        let link_task = tracker.spawn(run_link(link, rx, inbound));
         Ok(Self {
             publisher: Publisher { tx },
             links,
+            link_task,
         })
     }
 }
 
-fn receive_loop(mut link_rx: LinkRx, inbound: mpsc::Sender<Inbound>) {
+/// The gateway's link: publishes what the gateway queues (a batch per router event) and
+/// forwards what the router delivers to `inbound`, until every [`Publisher`] is gone.
+async fn run_link(
+    mut link: Link,
+    mut outgoing: mpsc::Receiver<(Topic, Bytes)>,
+    inbound: mpsc::Sender<Inbound>,
+) {
+    let mut batch: Vec<(Topic, Bytes)> = Vec::with_capacity(PUBLISH_BATCH);
+    // Delivered by the router, not yet taken by ingest (empty unless ingest is full).
+    let mut waiting: VecDeque<Inbound> = VecDeque::new();
+    // Ingest has stopped: what the router still delivers is dropped.
+    let mut ingest_gone = false;
     loop {
-        match link_rx.recv() {
-            Ok(Some(Notification::Forward(f))) => {
-                let msg = Inbound {
-                    topic: f.publish.topic,
-                    payload: f.publish.payload,
-                };
-                if inbound.blocking_send(msg).is_err() {
-                    return; // the gateway is shutting down
+        tokio::select! {
+            n = outgoing.recv_many(&mut batch, PUBLISH_BATCH) => {
+                if n == 0 {
+                    break;
                 }
-            }
-            Ok(Some(Notification::Unschedule)) => {
-                // rumqttd parks a link whose buffer filled up until it says it is ready again.
-                if link_rx.ready().is_err() {
+                {
+                    let mut buf = link.tx.buffer();
+                    for (topic, payload) in batch.drain(..) {
+                        buf.push_back(Packet::Publish(
+                            Publish::new(Bytes::from(topic.to_string()), payload, false),
+                            None,
+                        ));
+                    }
+                }
+                if let Err(e) = link.notify().await {
+                    tracing::error!(error = %e, "gateway link to the broker closed");
                     return;
                 }
             }
-            Ok(Some(_)) | Ok(None) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "gateway link to the broker closed");
-                return;
-            }
+            permit = inbound.reserve(), if !waiting.is_empty() => match permit {
+                Ok(p) => {
+                    if let Some(msg) = waiting.pop_front() {
+                        p.send(msg);
+                    }
+                }
+                Err(_) => {
+                    ingest_gone = true;
+                    waiting.clear();
+                }
+            },
+            n = link.rx.next(), if waiting.is_empty() => match n {
+                Ok(Some(Notification::Forward(f))) => {
+                    if !ingest_gone {
+                        let msg = Inbound { topic: f.publish.topic, payload: f.publish.payload };
+                        match inbound.try_send(msg) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(msg)) => waiting.push_back(msg),
+                            Err(mpsc::error::TrySendError::Closed(_)) => ingest_gone = true,
+                        }
+                    }
+                }
+                // rumqttd parks a link whose buffer filled up until it says it is ready again.
+                Ok(Some(Notification::Unschedule)) => {
+                    if link.rx.wake().await.is_err() {
+                        tracing::error!("gateway link to the broker closed");
+                        return;
+                    }
+                }
+                Ok(Some(Notification::Disconnect(..))) | Err(_) => {
+                    link.router_closed();
+                    tracing::error!("gateway link to the broker closed");
+                    return;
+                }
+                Ok(_) => {}
+            },
         }
     }
-}
-
-/// Publishes what the gateway queues, handing the router a batch per event.
-fn publish_loop(mut link_tx: LinkTx, mut rx: mpsc::Receiver<(Topic, Bytes)>) {
-    let mut batch: VecDeque<(Topic, Bytes)> = VecDeque::new();
-    while let Some(first) = rx.blocking_recv() {
-        batch.push_back(first);
-        while batch.len() < PUBLISH_BATCH {
-            match rx.try_recv() {
-                Ok(m) => batch.push_back(m),
-                Err(_) => break,
-            }
-        }
-        let Some((topic, payload)) = batch.pop_back() else {
-            continue;
-        };
-        {
-            let mut buf = link_tx.buffer();
-            for (t, p) in batch.drain(..) {
-                buf.push_back(Packet::Publish(
-                    Publish::new(Bytes::from(t.to_string()), p, false),
-                    None,
-                ));
-            }
-        }
-        // Pushes the last one and notifies the router once for the whole batch.
-        if let Err(e) = link_tx.publish(topic.to_string(), payload) {
-            tracing::error!(error = %e, "gateway link publish failed");
-            return;
-        }
-    }
+    link.close(true).await;
 }
 
 #[cfg(test)]
@@ -335,5 +349,93 @@ mod tests {
             topic.to_string().as_bytes(),
             "no will after a clean close"
         );
+    }
+
+    fn link_threads() -> Vec<String> {
+        std::fs::read_dir("/proc/self/task")
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                    .map(|n| n.trim().to_owned())
+                    .filter(|n| n.starts_with("gw-link"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn ack_topic(cabinet: &str) -> Topic {
+        Topic::Down(
+            locker_schemas::CabinetId::new(cabinet).expect("id"),
+            locker_schemas::DownKind::Ack,
+        )
+    }
+
+    #[tokio::test]
+    async fn the_gateways_link_is_a_task_that_ends_with_its_last_publisher() {
+        let (tx, _inbound) = mpsc::channel(16);
+        let broker = EmbeddedBroker::start(&BrokerConfig::default(), &["a/#".into()], tx)
+            .await
+            .expect("broker starts");
+        assert_eq!(
+            link_threads(),
+            Vec::<String>::new(),
+            "no OS thread per direction"
+        );
+        let EmbeddedBroker {
+            publisher,
+            link_task,
+            ..
+        } = broker;
+        let second = publisher.clone();
+        drop(publisher);
+        assert!(second.try_publish(ack_topic("A"), Bytes::from_static(b"x")));
+        drop(second);
+        tokio::time::timeout(Duration::from_secs(10), link_task)
+            .await
+            .expect("the link task ends once every publisher is gone")
+            .expect("no panic");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_gateway_keeps_publishing_while_ingest_is_full() {
+        // Ingest takes one message and is then stuck (as when it waits to publish an ack).
+        let (tx, _inbound) = mpsc::channel(1);
+        let broker = EmbeddedBroker::start(&BrokerConfig::default(), &["a/#".into()], tx)
+            .await
+            .expect("broker starts");
+        let uplinks = broker
+            .links
+            .connect("up".into(), true, None)
+            .await
+            .expect("link");
+        for i in 0..300u32 {
+            uplinks
+                .publish(format!("a/{i}"), Bytes::from_static(b"u"))
+                .await
+                .expect("publish");
+        }
+        let mut sub = broker
+            .links
+            .connect("sub".into(), true, None)
+            .await
+            .expect("link");
+        let topic = ack_topic("B");
+        sub.subscribe(topic.to_string()).await.expect("subscribe");
+        assert!(matches!(next_packet(&mut sub).await, Packet::SubAck(..)));
+        for _ in 0..100 {
+            assert!(
+                broker
+                    .publisher
+                    .publish(topic.clone(), Bytes::from_static(b"ack"))
+                    .await
+            );
+        }
+        let mut got = 0;
+        while got < 100 {
+            if let Packet::Publish(p, _) = next_packet(&mut sub).await {
+                assert_eq!(&p.payload[..], b"ack");
+                got += 1;
+            }
+        }
     }
 }

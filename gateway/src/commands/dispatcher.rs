@@ -15,6 +15,8 @@ use locker_schemas::{
 };
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::record::{ActionSpec, CommandRecord, CommandState};
 use super::{CommandError, CommandsConfig, CommandsHandle, Msg, NewCommand, Recovered};
@@ -81,6 +83,8 @@ impl Dispatcher {
         publisher: Publisher,
         metrics: CommandMetrics,
         recovered: Recovered,
+        cancel: CancellationToken,
+        tracker: &TaskTracker,
     ) -> (
         CommandsHandle,
         mpsc::Sender<Committed>,
@@ -106,7 +110,7 @@ impl Dispatcher {
         for rec in recovered.pending {
             d.track(rec);
         }
-        let task = tokio::spawn(d.run(rx, crx));
+        let task = tracker.spawn(d.run(rx, crx, cancel));
         (CommandsHandle { tx }, ctx, task)
     }
 
@@ -119,20 +123,36 @@ impl Dispatcher {
         self.metrics.queue_depth.set(self.pending.len() as i64);
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Msg>, mut commits: mpsc::Receiver<Committed>) {
+    /// Serves until `cancel`; then applies the results ingest committed last (every change is
+    /// persisted as it is made, so nothing else is unsaved) and returns.
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Msg>,
+        mut commits: mpsc::Receiver<Committed>,
+        cancel: CancellationToken,
+    ) {
         let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.tick_ms.max(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ingest_open = true;
         loop {
             tokio::select! {
                 m = rx.recv() => match m {
                     Some(m) => self.on_msg(m).await,
                     None => break,
                 },
-                c = commits.recv() => match c {
+                // Ingest gone (it stops first at shutdown): keep serving until cancelled.
+                c = commits.recv(), if ingest_open => match c {
                     Some(events) => self.on_committed(&events).await,
-                    None => break,
+                    None => ingest_open = false,
                 },
                 _ = tick.tick() => self.on_tick().await,
+                _ = cancel.cancelled() => {
+                    // Shutdown: ingest has stopped; record the outcomes it stored last.
+                    while let Ok(events) = commits.try_recv() {
+                        self.on_committed(&events).await;
+                    }
+                    break;
+                }
             }
         }
     }

@@ -19,6 +19,8 @@ use bytes::Bytes;
 use locker_schemas::codec::encode_stream;
 use locker_schemas::{now_millis, CabinetId, Millis, Presence, StreamKind, StreamMessage, Topic};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::broker::Publisher;
 use crate::ingest::Committed;
@@ -90,11 +92,16 @@ pub struct Fleet {
 impl Fleet {
     /// Starts the actor with the snapshots loaded at startup (all marked offline until the
     /// edge says otherwise). Returns its handle and the sender ingest uses for commits.
+    ///
+    /// On `cancel` it applies the commits and presence changes already queued, saves its final
+    /// snapshot and returns (the task is spawned on `tracker`).
     pub fn spawn(
         loaded: Vec<CabinetSnapshot>,
         store: impl SnapshotStore,
         publisher: Publisher,
         metrics: StoreMetrics,
+        cancel: CancellationToken,
+        tracker: &TaskTracker,
     ) -> (
         FleetHandle,
         mpsc::Sender<Committed>,
@@ -107,6 +114,8 @@ impl Fleet {
             metrics,
             Limits::default(),
             SAVE_EVERY,
+            cancel,
+            tracker,
         )
     }
 
@@ -118,6 +127,8 @@ impl Fleet {
         metrics: StoreMetrics,
         limits: Limits,
         save_every: Duration,
+        cancel: CancellationToken,
+        tracker: &TaskTracker,
     ) -> (
         FleetHandle,
         mpsc::Sender<Committed>,
@@ -148,8 +159,8 @@ impl Fleet {
             publisher,
             metrics,
         };
-        let task = tokio::spawn(async move {
-            fleet.run(rx, crx, save_every).await;
+        let task = tracker.spawn(async move {
+            fleet.run(rx, crx, save_every, cancel).await;
             // the actor's sender is gone: the saver finishes the batch in hand and ends
             let _ = saver_task.await;
         });
@@ -173,9 +184,11 @@ impl Fleet {
         mut rx: mpsc::Receiver<Msg>,
         mut commits: mpsc::Receiver<Committed>,
         save_every: Duration,
+        cancel: CancellationToken,
     ) {
         let mut save = tokio::time::interval(save_every);
         save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ingest_open = true;
         loop {
             tokio::select! {
                 m = rx.recv() => match m {
@@ -188,11 +201,25 @@ impl Fleet {
                     }
                     None => break,
                 },
-                c = commits.recv() => match c {
+                // Ingest gone (it stops first at shutdown): keep serving until cancelled.
+                c = commits.recv(), if ingest_open => match c {
                     Some(events) => self.on_commit(&events),
-                    None => break,
+                    None => ingest_open = false,
                 },
                 _ = save.tick() => self.hand_to_saver(),
+                _ = cancel.cancelled() => {
+                    // Shutdown: ingest and the presence forwarder have stopped; take in what
+                    // they handed over last before the final save.
+                    while let Ok(events) = commits.try_recv() {
+                        self.on_commit(&events);
+                    }
+                    while let Ok(m) = rx.try_recv() {
+                        if let Msg::Presence(p) = m {
+                            self.on_presence(p).await;
+                        }
+                    }
+                    break;
+                }
             }
         }
         // last batch: waiting for the saver is fine now, nothing else is served
@@ -351,6 +378,8 @@ mod tests {
             metrics.store.clone(),
             Limits::default(),
             Duration::from_millis(10),
+            CancellationToken::new(),
+            &TaskTracker::new(),
         );
         let hello = UplinkBody::Hello(Hello {
             firmware: "f".into(),

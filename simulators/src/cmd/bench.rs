@@ -14,9 +14,7 @@ use locker_sim::bench::mosquitto::Mosquitto;
 use locker_sim::bench::mqtt::{connect_hold, publisher, PublishStats};
 use locker_sim::bench::Percentiles;
 use locker_sim::fleet::api::{metric_sum, Api};
-use locker_sim::fleet::gateway::{
-    default_gateway_bin, fleet_gateway_config, free_port, GatewayRunner,
-};
+use locker_sim::fleet::gateway::{default_gateway_bin, fleet_gateway_config, GatewayRunner};
 use locker_sim::fleet::link::{FleetTls, LinkSwitch};
 use locker_sim::fleet::{self, rss_kib, FleetOptions, GatewayMode};
 use rand::Rng as _;
@@ -139,8 +137,8 @@ async fn fresh_gateway(
     let mut cfg = fleet_gateway_config(
         &dir,
         &paths,
-        ([127, 0, 0, 1], free_port()?).into(),
-        ([127, 0, 0, 1], free_port()?).into(),
+        ([127, 0, 0, 1], 0).into(),
+        ([127, 0, 0, 1], 0).into(),
         TOKEN,
     );
     tweak(&mut cfg);

@@ -2,6 +2,9 @@
 //! directory (reused when present), the gateway in-process with its embedded broker, a few
 //! hundred simulated cabinets running real agents, and an accelerated day with deliveries,
 //! pickups, an outage and a low-battery night, shown live; then the invariant report.
+//!
+//! Standard output carries only the summary (plain lines when it is not a terminal); the logs
+//! of the gateway, the agents and the simulator go to `<state>/logs/demo.log`, named at start.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,18 +20,23 @@ pub const DEMO_TOKEN: &str = "change-me-demo-token-0001";
 /// The integrator certificate the demo issues (read-only MQTT access to every stream).
 pub const DEMO_INTEGRATOR: &str = "demo-integrator";
 
+/// Real seconds of the default run: the whole day in three minutes.
+const DEFAULT_DURATION_S: u64 = 180;
+/// Simulated seconds in the day the demo plays.
+const DAY_S: f64 = 86_400.0;
+
 /// Options of `locker-sim demo`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Number of simulated cabinets.
     #[arg(long, default_value_t = 200)]
     cabinets: usize,
-    /// Real seconds the demo runs (default: one simulated day at --speed; Ctrl-C stops earlier).
+    /// Real seconds the demo plays, one simulated day spread over them (Ctrl-C stops earlier).
+    #[arg(long, default_value_t = DEFAULT_DURATION_S)]
+    duration: u64,
+    /// Simulated seconds per real second (default: one day over --duration; 480 for 180 s).
     #[arg(long)]
-    duration: Option<u64>,
-    /// Simulated seconds per real second (144: a day in 10 minutes).
-    #[arg(long, default_value_t = 144.0)]
-    speed: f64,
+    speed: Option<f64>,
     /// Deliveries or pickups per cabinet per real minute.
     #[arg(long, default_value_t = 2.0)]
     activity: f64,
@@ -49,12 +57,25 @@ pub struct Args {
     no_restart: bool,
 }
 
+impl Args {
+    /// Where the demo writes its logs.
+    pub fn log_path(&self) -> PathBuf {
+        self.state.join("logs").join("demo.log")
+    }
+
+    /// Real seconds of the run and the simulated clock's speed (one day over the run unless
+    /// --speed says otherwise).
+    fn timing(&self) -> (u64, f64) {
+        let duration = self.duration.max(1);
+        let speed = self.speed.unwrap_or(DAY_S / duration as f64).max(1.0);
+        (duration, speed)
+    }
+}
+
 /// Runs the demo.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let speed = args.speed.max(1.0);
-    let duration = args
-        .duration
-        .unwrap_or_else(|| (86_400.0 / speed).round().max(10.0) as u64);
+    let (duration, speed) = args.timing();
+    let log_path = args.log_path();
     let script = Script {
         cabinets: args.cabinets,
         duration,
@@ -97,8 +118,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let api = l.gateway.api;
         let edge = l.gateway.edge;
         println!();
-        println!("=== Locker Hub demo: {} cabinets, one simulated day in {duration} s (speed x{speed}) ===", args.cabinets);
+        println!("=== Locker Hub demo: {} cabinets, {:.1} simulated hours in {duration} s (speed x{speed:.0}) ===", args.cabinets, duration as f64 * speed / 3_600.0);
         println!("state directory: {}", abs(state.clone()).display());
+        println!("logs:     {} (RUST_LOG sets the level)", abs(log_path.clone()).display());
         println!("metrics:  http://{api}/metrics");
         println!("API:      curl -s -H 'Authorization: Bearer {DEMO_TOKEN}' http://{api}/v1/cabinets/CAB-000001");
         println!("          curl -s -H 'Authorization: Bearer {DEMO_TOKEN}' 'http://{api}/v1/cabinets/CAB-000001/events?limit=20'");
@@ -117,4 +139,36 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         println!();
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn timing(argv: &[&str]) -> (u64, f64) {
+        let cli = Cli::try_parse_from(std::iter::once("demo").chain(argv.iter().copied()))
+            .expect("arguments parse");
+        cli.args.timing()
+    }
+
+    #[test]
+    fn the_default_run_plays_the_whole_day_in_about_three_minutes() {
+        let (duration, speed) = timing(&[]);
+        assert!(duration <= 200, "{duration} s");
+        assert!(
+            (duration as f64 * speed - DAY_S).abs() < 1.0,
+            "the whole day"
+        );
+        // a longer run spreads the same day; an explicit speed is kept
+        let (duration, speed) = timing(&["--duration", "600"]);
+        assert_eq!((duration, speed), (600, 144.0));
+        assert_eq!(timing(&["--duration", "10", "--speed", "60"]), (10, 60.0));
+    }
 }

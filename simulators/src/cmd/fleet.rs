@@ -245,8 +245,7 @@ pub async fn session(
         println!("{report}");
         clean = report.is_clean();
     }
-    let st = &l.fleet.ctx.stats;
-    println!("activity: {st:?}");
+    println!("activity: {}", l.fleet.ctx.stats);
     if let (Some(before), Some(after), Some(conn)) = (l.rss_before_kib, rss_agents, rss_connected) {
         println!(
             "memory (simulator process RSS): {before} KiB before the cabinets, {after} KiB with {n} agents started, {conn} KiB connected: {:.1} KiB per cabinet (agent + simulated hardware + TLS client{})",

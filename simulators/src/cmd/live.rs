@@ -1,5 +1,6 @@
 //! The live summary of a fleet run, shared by `fleet` and `demo`: an indicatif status line block
-//! refreshed every second on a terminal (a plain line every 5 s otherwise) with cabinets online,
+//! refreshed every second when standard output and error are a terminal (otherwise a plain
+//! line on standard output every 5 s, no colour, no cursor movement) with cabinets online,
 //! events per second (from the gateway's metrics), commands and outcomes, alarms, outbox backlog
 //! and the last things the script did.
 
@@ -94,7 +95,8 @@ pub struct Live {
 impl Live {
     /// A display reading gateway figures from `view`.
     pub fn new(view: Arc<Mutex<GatewayView>>) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
+        let terminal = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+        let bar = terminal.then(|| {
             let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(2));
             b.set_style(
                 ProgressStyle::with_template("{spinner} {msg}")

@@ -7,20 +7,43 @@ pub mod fleet;
 pub mod live;
 pub mod lockboard;
 
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
+use std::path::Path;
 
 use anyhow::Context as _;
 use axum::Router;
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `default`).
+fn env_filter(default: &str) -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `default`); colours only on a terminal.
 pub fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Fails only if a subscriber is already set, which then keeps logging.
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(env_filter(default))
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// Logs to the file `path` (created with its directory, truncated), plain text, filtered by
+/// `RUST_LOG` (default `default`); standard output and error stay free for the summary.
+pub fn init_tracing_file(default: &str, path: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the log directory {}", dir.display()))?;
+    }
+    let file = std::fs::File::create(path)
+        .with_context(|| format!("creating the log file {}", path.display()))?;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(env_filter(default))
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .try_init();
+    Ok(())
 }
 
 /// Start the optional HTTP control surface and print its address.

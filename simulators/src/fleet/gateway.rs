@@ -41,6 +41,8 @@ enum Target {
         bin: PathBuf,
         config_path: PathBuf,
         log_path: PathBuf,
+        /// The edge and API ports, held across restarts of the child.
+        _ports: Vec<PortReservation>,
     },
     External,
 }
@@ -96,11 +98,36 @@ pub fn fleet_gateway_config(
     cfg
 }
 
-/// A free loopback port (bound and released at once).
-pub fn free_port() -> Result<u16, std::io::Error> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// A loopback port held for a server that is started (and restarted) later, without the race
+/// of "bind port 0, read the port, release it, hope nobody takes it".
+///
+/// The reservation is a socket bound with `SO_REUSEADDR` that never listens: while it lives,
+/// no other socket can bind the port (the kernel does not hand it out for port 0 either) and a
+/// connection to it is refused, yet a server that binds with `SO_REUSEADDR` (tokio's and std's
+/// listeners, Mosquitto) can listen on it, and listen again after a restart. Linux semantics.
+#[derive(Debug)]
+pub struct PortReservation {
+    _socket: tokio::net::TcpSocket,
+    addr: SocketAddr,
+}
+
+impl PortReservation {
+    /// Reserves a free port on 127.0.0.1.
+    pub fn loopback() -> Result<Self, std::io::Error> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let addr = socket.local_addr()?;
+        Ok(Self {
+            _socket: socket,
+            addr,
+        })
+    }
+
+    /// The reserved address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
 }
 
 /// Where the `locker-gateway` binary is expected: next to the running executable (or one
@@ -137,8 +164,9 @@ impl GatewayRunner {
         })
     }
 
-    /// Starts the `locker-gateway` binary with `cfg` (written to `dir/gateway.toml`; its
-    /// listeners must have fixed ports) and waits until its API answers.
+    /// Starts the `locker-gateway` binary with `cfg` (written to `dir/gateway.toml`) and waits
+    /// until its API answers. A listener on port 0 gets a reserved loopback port (see
+    /// [`PortReservation`]), held as long as the runner so restarts come back on it.
     pub async fn child(
         bin: &Path,
         cfg: &GatewayConfig,
@@ -146,8 +174,17 @@ impl GatewayRunner {
         token: &str,
     ) -> Result<Self, GatewayError> {
         std::fs::create_dir_all(dir)?;
+        let mut cfg = cfg.clone();
+        let mut ports = Vec::new();
+        for addr in [&mut cfg.edge.listen, &mut cfg.api.listen] {
+            if addr.port() == 0 {
+                let r = PortReservation::loopback()?;
+                *addr = r.addr();
+                ports.push(r);
+            }
+        }
         let config_path = dir.join("gateway.toml");
-        let text = toml::to_string(cfg).map_err(|e| GatewayError::Config(e.to_string()))?;
+        let text = toml::to_string(&cfg).map_err(|e| GatewayError::Config(e.to_string()))?;
         std::fs::write(&config_path, text)?;
         let mut r = Self {
             target: Target::Child {
@@ -155,6 +192,7 @@ impl GatewayRunner {
                 bin: bin.to_path_buf(),
                 config_path,
                 log_path: dir.join("gateway.log"),
+                _ports: ports,
             },
             edge: cfg.edge.listen,
             api: cfg.api.listen,
@@ -183,6 +221,7 @@ impl GatewayRunner {
             bin,
             config_path,
             log_path,
+            ..
         } = &mut self.target
         {
             let log = std::fs::OpenOptions::new()

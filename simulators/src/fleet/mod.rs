@@ -607,8 +607,8 @@ pub async fn launch(
             let cfg = gateway::fleet_gateway_config(
                 &gw_dir,
                 pki.paths(),
-                ([127, 0, 0, 1], gateway::free_port()?).into(),
-                ([127, 0, 0, 1], gateway::free_port()?).into(),
+                ([127, 0, 0, 1], 0).into(),
+                ([127, 0, 0, 1], 0).into(),
                 token,
             );
             GatewayRunner::child(&bin, &cfg, &gw_dir, token).await?

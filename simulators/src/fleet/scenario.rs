@@ -44,6 +44,28 @@ impl ScenarioStats {
     }
 }
 
+/// One plain line: what the people did.
+impl std::fmt::Display for ScenarioStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (deposits, pickups) = self.done();
+        write!(
+            f,
+            "{deposits} deposits ({} through the API, {} by courier badge), {pickups} pickups \
+             ({} by remote unlock, {} by PIN), {} credential syncs, {} refused or late doors, \
+             {} API errors, {} commands without an outcome when the call returned",
+            n(&self.deposits_api),
+            n(&self.deposits_badge),
+            n(&self.pickups_api),
+            n(&self.pickups_pin),
+            n(&self.creds_syncs),
+            n(&self.no_access),
+            n(&self.api_errors),
+            n(&self.commands_unresolved),
+        )
+    }
+}
+
 /// What scenarios share.
 #[derive(Debug)]
 pub struct ScenarioCtx {
