@@ -155,3 +155,43 @@ impl Agent {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The layering of the agent's modules: each part may use only the modules listed before
+    /// it (never `core`, which composes them), so there is no import circle.
+    #[test]
+    fn parts_never_import_core_or_a_later_part() {
+        let layers: [(&str, &str, &[&str]); 6] = [
+            ("types", include_str!("types.rs"), &[]),
+            ("ctx", include_str!("ctx.rs"), &[]),
+            ("uplink", include_str!("uplink.rs"), &["ctx", "types"]),
+            (
+                "doors",
+                include_str!("doors.rs"),
+                &["ctx", "types", "uplink"],
+            ),
+            (
+                "doors/access",
+                include_str!("doors/access.rs"),
+                &["ctx", "types", "uplink"],
+            ),
+            (
+                "exec",
+                include_str!("exec.rs"),
+                &["ctx", "types", "uplink", "doors"],
+            ),
+        ];
+        let modules = ["core", "types", "ctx", "uplink", "doors", "exec"];
+        for (name, src, allowed) in layers {
+            for m in modules {
+                if allowed.contains(&m) || name.starts_with(m) {
+                    continue;
+                }
+                for path in [format!("super::{m}"), format!("agent::{m}")] {
+                    assert!(!src.contains(&path), "{name} uses {path}");
+                }
+            }
+        }
+    }
+}
