@@ -1,42 +1,118 @@
-//! The door state machine, lock-board presence, power telemetry, and local access from the
-//! credential cache (scans and keypad entries), as the main loop sees them.
+//! The doors part of the agent: it owns the door states, the compartments and their sizes,
+//! lock-board presence, the pending unlocks (locks fired whose door has not opened yet) and late
+//! opens, power telemetry and the power-save flag, the request channel to the hardware task,
+//! and (in [`access`]) local access from the credential cache.
 //!
 //! A debounced opening is attributed to the command or local access whose lock was fired for
 //! that compartment (until its confirm deadline, then for a grace period); otherwise its cause is
 //! Unknown and a ForcedOpen alarm is raised. A close carries the cause of its opening and clears
 //! the door's ForcedOpen and DoorLeftOpen alarms. A door open longer than `door_left_open_s`
 //! raises DoorLeftOpen.
+//!
+//! The doors know commands only by id: what happens to a command's doors is handed back to the
+//! main loop as [`JobEvent`]s for the executor.
 
+mod access;
+
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use locker_schemas::{
-    AccessAction, AlarmKind, CompartmentId, CredKind, Door, DoorCause, LocalAccess as Access,
-    Power, Scan, ScanSource, UplinkBody,
+    AccessAction, AlarmKind, CommandId, CompartmentId, CompartmentInfo, Door, DoorCause,
+    LocalAccess as Access, Power, UplinkBody,
 };
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::core::{door_left_open_key, Cause, Core, Pending};
-use super::{Access as ScanAccess, ScanReply};
-use crate::creds::secret_hash;
-use crate::hw::{IoEvent, IoRequest};
-use crate::storage::{AlarmKey, Durability, Write};
+pub(super) use access::LocalAccess;
 
-/// A local pickup or deposit in progress.
+use super::ctx::Ctx;
+use super::types::Counters;
+use super::uplink::Uplink;
+use crate::config::AgentConfig;
+use crate::creds::CredCache;
+use crate::hw::{IoEvent, IoRequest};
+use crate::storage::AlarmKey;
+
+/// What a door is doing, as far as the agent knows.
 #[derive(Debug, Clone)]
-pub(crate) struct LocalAccess {
-    pub action: AccessAction,
-    pub reference: String,
-    pub source: ScanSource,
-    pub hash: Vec<u8>,
+struct DoorState {
+    open: Option<bool>,
+    /// Why the current (or last) opening happened.
+    cause: DoorCause,
+    opened_at: Option<Instant>,
+}
+
+/// Who is waiting for a door to open after its lock was (or will be) fired.
+#[derive(Debug, Clone)]
+pub(super) enum Cause {
+    Command(CommandId),
+    Local(LocalAccess),
+}
+
+impl Cause {
+    fn door_cause(&self) -> DoorCause {
+        match self {
+            Cause::Command(id) => DoorCause::Command(*id),
+            Cause::Local(_) => DoorCause::LocalAccess,
+        }
+    }
+}
+
+/// A lock fired (or about to be) whose door has not opened yet.
+#[derive(Debug, Clone)]
+struct Pending {
+    cause: Cause,
+    /// Set once the pulse was written (or failed): the door must open before it.
+    deadline: Option<Instant>,
+    pulse_error: Option<String>,
+}
+
+/// What happened to a door a command fired, for the executor.
+#[derive(Debug)]
+pub(super) enum JobEvent {
+    /// The command's pulse was written (or may have been): its next lock may be fired.
+    Pulsed(CommandId),
+    /// The door opened.
+    Opened(CommandId, CompartmentId),
+    /// The door did not open in time (`None`), or its lock could not be fired.
+    Failed(CommandId, CompartmentId, Option<String>),
+}
+
+/// Why a lock was not fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NotFired {
+    /// An unlock of the compartment is in progress.
+    Busy,
+    /// The hardware request queue is full.
+    QueueFull,
 }
 
 /// What the agent remembers of power telemetry.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct PowerState {
-    pub last_soc: Option<u8>,
-    pub last_report: Option<Instant>,
-    pub low: bool,
-    pub unreachable: bool,
+struct PowerState {
+    last_soc: Option<u8>,
+    last_report: Option<Instant>,
+    low: bool,
+    unreachable: bool,
+}
+
+/// The doors, boards, power and local access.
+pub(super) struct Doors {
+    io_tx: mpsc::Sender<IoRequest>,
+    doors: BTreeMap<CompartmentId, DoorState>,
+    compartments: Vec<CompartmentInfo>,
+    boards_offline: Vec<u8>,
+    pending: HashMap<CompartmentId, Pending>,
+    late: HashMap<CompartmentId, (DoorCause, Instant)>,
+    power: PowerState,
+    power_save: bool,
+    pulses: u64,
+    access: access::LocalState,
+}
+
+pub(super) fn door_left_open_key(c: CompartmentId) -> AlarmKey {
+    alarm(AlarmKind::DoorLeftOpen, Some(c), None)
 }
 
 fn alarm(kind: AlarmKind, c: Option<CompartmentId>, board: Option<u8>) -> AlarmKey {
@@ -52,105 +128,248 @@ pub fn crosses(thresholds: &[u8], prev: Option<u8>, now: u8) -> bool {
     prev.is_some_and(|p| thresholds.iter().any(|&t| (p >= t) != (now >= t)))
 }
 
-impl Core {
-    pub(super) async fn on_io(&mut self, ev: IoEvent) {
+impl Doors {
+    /// Every configured compartment, state unknown until its board is read.
+    pub fn new(cfg: &AgentConfig, io_tx: mpsc::Sender<IoRequest>, creds: CredCache) -> Self {
+        let mut compartments = Vec::new();
+        let mut doors = BTreeMap::new();
+        for b in &cfg.lock_boards {
+            for i in 0..b.locks {
+                let id = b.compartment(i);
+                compartments.push(CompartmentInfo {
+                    id,
+                    size: b.size(i),
+                });
+                doors.insert(
+                    id,
+                    DoorState {
+                        open: None,
+                        cause: DoorCause::Unknown,
+                        opened_at: None,
+                    },
+                );
+            }
+        }
+        Self {
+            io_tx,
+            doors,
+            compartments,
+            boards_offline: Vec::new(),
+            pending: HashMap::new(),
+            late: HashMap::new(),
+            power: PowerState::default(),
+            power_save: false,
+            pulses: 0,
+            access: access::LocalState::new(creds),
+        }
+    }
+
+    pub fn compartments(&self) -> &[CompartmentInfo] {
+        &self.compartments
+    }
+
+    /// Every compartment id, in order.
+    pub fn compartment_ids(&self) -> Vec<CompartmentId> {
+        self.doors.keys().copied().collect()
+    }
+
+    /// Whether the compartment is configured.
+    pub fn known(&self, c: CompartmentId) -> bool {
+        self.doors.contains_key(&c)
+    }
+
+    /// Whether the door is known to be open.
+    pub fn is_open(&self, c: CompartmentId) -> bool {
+        self.doors.get(&c).is_some_and(|d| d.open == Some(true))
+    }
+
+    /// Whether an unlock of the compartment is in progress.
+    pub fn is_pending(&self, c: CompartmentId) -> bool {
+        self.pending.contains_key(&c)
+    }
+
+    /// The unit of the compartment's lock board, if that board is offline.
+    pub fn board_offline(&self, ctx: &Ctx, c: CompartmentId) -> Option<u8> {
+        ctx.cfg()
+            .lock_boards
+            .iter()
+            .find(|b| c.0 >= b.first_compartment && c.0 - b.first_compartment < b.locks)
+            .map(|b| b.unit)
+            .filter(|u| self.boards_offline.contains(u))
+    }
+
+    pub fn set_power_save(&mut self, on: bool) {
+        self.power_save = on;
+    }
+
+    /// Fires a compartment's lock (one pulse request to the hardware task) for `cause`.
+    pub fn fire(&mut self, c: CompartmentId, cause: Cause) -> Result<(), NotFired> {
+        if self.pending.contains_key(&c) {
+            return Err(NotFired::Busy);
+        }
+        if self
+            .io_tx
+            .try_send(IoRequest::Pulse { compartment: c })
+            .is_err()
+        {
+            return Err(NotFired::QueueFull);
+        }
+        self.pulses += 1;
+        self.pending.insert(
+            c,
+            Pending {
+                cause,
+                deadline: None,
+                pulse_error: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// The earliest confirm deadline or DoorLeftOpen time, if before `t`.
+    pub fn next_wakeup(&self, ctx: &Ctx, up: &Uplink, mut t: Instant) -> Instant {
+        for p in self.pending.values() {
+            if let Some(d) = p.deadline {
+                t = t.min(d);
+            }
+        }
+        let left_open = Duration::from_secs(ctx.cfg().timing.door_left_open_s);
+        for (c, d) in &self.doors {
+            if let (Some(true), Some(at)) = (d.open, d.opened_at) {
+                if !up.alarm_active(&door_left_open_key(*c)) {
+                    t = t.min(at + left_open);
+                }
+            }
+        }
+        t
+    }
+
+    /// Fills the doors' part of the status.
+    pub fn fill(&self, c: &mut Counters) {
+        c.pulses = self.pulses;
+        self.access.fill(c);
+    }
+
+    pub fn boards_offline(&self) -> Vec<u8> {
+        self.boards_offline.clone()
+    }
+
+    pub fn open_doors(&self) -> Vec<CompartmentId> {
+        self.doors
+            .iter()
+            .filter(|(_, d)| d.open == Some(true))
+            .map(|(c, _)| *c)
+            .collect()
+    }
+
+    pub fn known_doors(&self) -> usize {
+        self.doors.values().filter(|d| d.open.is_some()).count()
+    }
+
+    pub fn power_save(&self) -> bool {
+        self.power_save
+    }
+
+    /// An event of the hardware task.
+    pub async fn on_io(&mut self, ctx: &Ctx, up: &mut Uplink, ev: IoEvent) -> Vec<JobEvent> {
+        let mut jobs = Vec::new();
         match ev {
             IoEvent::Snapshot { unit, doors } => {
                 let now = Instant::now();
                 self.boards_offline.retain(|u| *u != unit);
-                self.set_alarm(
-                    alarm(AlarmKind::LockBoardOffline, None, Some(unit)),
-                    false,
-                    format!("lock board unit {unit} answers"),
-                )
-                .await;
+                let detail = format!("lock board unit {unit} answers");
+                let key = alarm(AlarmKind::LockBoardOffline, None, Some(unit));
+                up.set_alarm(ctx, key, false, detail).await;
                 for (c, open) in doors {
                     if let Some(d) = self.doors.get_mut(&c) {
                         d.open = Some(open);
                         d.opened_at = open.then_some(now);
                     }
                     if !open {
-                        self.clear_door_alarms(c).await;
+                        clear_door_alarms(ctx, up, c).await;
                     }
                 }
             }
             IoEvent::Door { compartment, open } => {
                 if open {
-                    self.door_opened(compartment).await
+                    self.door_opened(ctx, up, compartment, &mut jobs).await
                 } else {
-                    self.door_closed(compartment).await
+                    self.door_closed(ctx, up, compartment).await
                 }
             }
             IoEvent::BoardOffline { unit, detail } => {
                 if !self.boards_offline.contains(&unit) {
                     self.boards_offline.push(unit);
                 }
-                self.set_alarm(
-                    alarm(AlarmKind::LockBoardOffline, None, Some(unit)),
-                    true,
-                    detail,
-                )
-                .await;
+                let key = alarm(AlarmKind::LockBoardOffline, None, Some(unit));
+                up.set_alarm(ctx, key, true, detail).await;
             }
             IoEvent::BoardOnline { unit } => {
                 self.boards_offline.retain(|u| *u != unit);
-                self.set_alarm(
-                    alarm(AlarmKind::LockBoardOffline, None, Some(unit)),
-                    false,
-                    format!("lock board unit {unit} answers again"),
-                )
-                .await;
+                let detail = format!("lock board unit {unit} answers again");
+                let key = alarm(AlarmKind::LockBoardOffline, None, Some(unit));
+                up.set_alarm(ctx, key, false, detail).await;
             }
             IoEvent::Pulsed {
                 compartment,
                 result,
                 maybe_fired,
-            } => self.pulsed(compartment, result, maybe_fired).await,
-            IoEvent::Parcels { token, present } => self.deposit_with(token, present).await,
-            IoEvent::Power(p) => self.on_power(p).await,
+            } => {
+                self.pulsed(ctx, up, compartment, result, maybe_fired, &mut jobs)
+                    .await
+            }
+            IoEvent::Parcels { token, present } => self.deposit_with(ctx, token, present),
+            IoEvent::Power(p) => self.on_power(ctx, up, p).await,
             IoEvent::ChargerOffline { detail } => {
                 self.power.unreachable = true;
-                self.set_alarm(alarm(AlarmKind::PowerFail, None, None), true, detail)
-                    .await;
+                let key = alarm(AlarmKind::PowerFail, None, None);
+                up.set_alarm(ctx, key, true, detail).await;
             }
         }
+        jobs
     }
 
-    async fn pulsed(&mut self, c: CompartmentId, result: Result<(), String>, maybe_fired: bool) {
+    async fn pulsed(
+        &mut self,
+        ctx: &Ctx,
+        up: &mut Uplink,
+        c: CompartmentId,
+        result: Result<(), String>,
+        maybe_fired: bool,
+        jobs: &mut Vec<JobEvent>,
+    ) {
         let Some(p) = self.pending.get_mut(&c) else {
             return;
         };
-        let confirm = Duration::from_millis(self.cfg.timing.unlock_confirm_ms);
+        let confirm = Duration::from_millis(ctx.cfg().timing.unlock_confirm_ms);
         p.deadline = Some(Instant::now() + confirm);
         let cause = p.cause.clone();
         match (&cause, result) {
-            (Cause::Command(id), Ok(())) => self.next_pulse(*id),
+            (Cause::Command(id), Ok(())) => jobs.push(JobEvent::Pulsed(*id)),
             (Cause::Command(id), Err(e)) => {
                 if maybe_fired {
                     // The reply was lost: the lock may have fired. Watch the door until the
                     // deadline; never fire again.
-                    if let Some(p) = self.pending.get_mut(&c) {
-                        p.pulse_error = Some(e);
-                    }
-                    self.next_pulse(*id);
+                    p.pulse_error = Some(e);
+                    jobs.push(JobEvent::Pulsed(*id));
                 } else {
                     self.pending.remove(&c);
-                    self.next_pulse(*id);
-                    self.job_door_failed(*id, c, Some(e)).await;
+                    jobs.push(JobEvent::Pulsed(*id));
+                    jobs.push(JobEvent::Failed(*id, c, Some(e)));
                 }
             }
             (Cause::Local(la), Ok(())) => {
-                self.counters.local_accesses += 1;
+                self.access.counted_access();
                 let body = UplinkBody::Access(Access {
                     compartment: c,
                     action: la.action,
                     reference: la.reference.clone(),
                     source: la.source,
                 });
-                self.emit(body, Vec::new()).await;
+                up.emit(ctx, body, Vec::new()).await;
             }
             (Cause::Local(_), Err(e)) => {
-                tracing::warn!(cabinet = %self.cabinet, compartment = %c, error = %e, "local access: lock not fired");
+                tracing::warn!(cabinet = %ctx.cabinet(), compartment = %c, error = %e, "local access: lock not fired");
                 if !maybe_fired {
                     self.pending.remove(&c);
                 }
@@ -158,7 +377,13 @@ impl Core {
         }
     }
 
-    async fn door_opened(&mut self, c: CompartmentId) {
+    async fn door_opened(
+        &mut self,
+        ctx: &Ctx,
+        up: &mut Uplink,
+        c: CompartmentId,
+        jobs: &mut Vec<JobEvent>,
+    ) {
         let now = Instant::now();
         let pending = self.pending.remove(&c);
         let cause = match &pending {
@@ -173,17 +398,15 @@ impl Core {
             d.cause = cause;
             d.opened_at = Some(now);
         }
-        self.emit(
-            UplinkBody::Door(Door {
-                compartment: c,
-                open: true,
-                cause,
-            }),
-            Vec::new(),
-        )
-        .await;
+        let body = UplinkBody::Door(Door {
+            compartment: c,
+            open: true,
+            cause,
+        });
+        up.emit(ctx, body, Vec::new()).await;
         if cause == DoorCause::Unknown {
-            self.set_alarm(
+            up.set_alarm(
+                ctx,
                 alarm(AlarmKind::ForcedOpen, Some(c), None),
                 true,
                 format!("compartment {c} opened without a command or local access"),
@@ -191,17 +414,15 @@ impl Core {
             .await;
         }
         match pending.map(|p| p.cause) {
-            Some(Cause::Command(id)) => self.job_door_opened(id, c).await,
-            Some(Cause::Local(la))
-                if la.action == AccessAction::Pickup && self.creds.remove(&la.hash) =>
-            {
-                self.persist_creds().await;
+            Some(Cause::Command(id)) => jobs.push(JobEvent::Opened(id, c)),
+            Some(Cause::Local(la)) if la.action == AccessAction::Pickup => {
+                self.access.picked_up(up, &la).await
             }
             _ => {}
         }
     }
 
-    async fn door_closed(&mut self, c: CompartmentId) {
+    async fn door_closed(&mut self, ctx: &Ctx, up: &mut Uplink, c: CompartmentId) {
         let cause = match self.doors.get_mut(&c) {
             Some(d) => {
                 d.open = Some(false);
@@ -210,72 +431,57 @@ impl Core {
             }
             None => DoorCause::Unknown,
         };
-        self.emit(
-            UplinkBody::Door(Door {
-                compartment: c,
-                open: false,
-                cause,
-            }),
-            Vec::new(),
-        )
-        .await;
-        self.clear_door_alarms(c).await;
-    }
-
-    async fn clear_door_alarms(&mut self, c: CompartmentId) {
-        self.set_alarm(
-            alarm(AlarmKind::ForcedOpen, Some(c), None),
-            false,
-            format!("compartment {c} closed"),
-        )
-        .await;
-        self.set_alarm(
-            door_left_open_key(c),
-            false,
-            format!("compartment {c} closed"),
-        )
-        .await;
+        let body = UplinkBody::Door(Door {
+            compartment: c,
+            open: false,
+            cause,
+        });
+        up.emit(ctx, body, Vec::new()).await;
+        clear_door_alarms(ctx, up, c).await;
     }
 
     /// Fires confirm deadlines that passed.
-    pub(super) async fn check_deadlines(&mut self, now: Instant) {
+    pub fn check_deadlines(&mut self, ctx: &Ctx, now: Instant) -> Vec<JobEvent> {
         let due: Vec<CompartmentId> = self
             .pending
             .iter()
             .filter(|(_, p)| p.deadline.is_some_and(|d| d <= now))
             .map(|(c, _)| *c)
             .collect();
-        let grace = Duration::from_millis(self.cfg.timing.late_open_grace_ms);
+        let grace = Duration::from_millis(ctx.cfg().timing.late_open_grace_ms);
+        let mut jobs = Vec::new();
         for c in due {
             let Some(p) = self.pending.remove(&c) else {
                 continue;
             };
             self.late.insert(c, (p.cause.door_cause(), now + grace));
             match p.cause {
-                Cause::Command(id) => self.job_door_failed(id, c, p.pulse_error).await,
+                Cause::Command(id) => jobs.push(JobEvent::Failed(id, c, p.pulse_error)),
                 Cause::Local(_) => {
-                    tracing::warn!(cabinet = %self.cabinet, compartment = %c, "local access: door did not open")
+                    tracing::warn!(cabinet = %ctx.cabinet(), compartment = %c, "local access: door did not open")
                 }
             }
         }
         self.late.retain(|_, (_, until)| *until > now);
+        jobs
     }
 
     /// Raises DoorLeftOpen for doors open too long.
-    pub(super) async fn check_left_open(&mut self, now: Instant) {
-        let limit = Duration::from_secs(self.cfg.timing.door_left_open_s);
+    pub async fn check_left_open(&mut self, ctx: &Ctx, up: &mut Uplink, now: Instant) {
+        let limit = Duration::from_secs(ctx.cfg().timing.door_left_open_s);
         let due: Vec<CompartmentId> = self
             .doors
             .iter()
             .filter(|(c, d)| {
                 d.open == Some(true)
                     && d.opened_at.is_some_and(|t| now >= t + limit)
-                    && !self.alarms.contains_key(&door_left_open_key(**c))
+                    && !up.alarm_active(&door_left_open_key(**c))
             })
             .map(|(c, _)| *c)
             .collect();
         for c in due {
-            self.set_alarm(
+            up.set_alarm(
+                ctx,
                 door_left_open_key(c),
                 true,
                 format!("compartment {c} open for more than {} s", limit.as_secs()),
@@ -284,8 +490,8 @@ impl Core {
         }
     }
 
-    async fn on_power(&mut self, p: Power) {
-        let Some(cfg) = self.cfg.charger.clone() else {
+    async fn on_power(&mut self, ctx: &Ctx, up: &mut Uplink, p: Power) {
+        let Some(cfg) = ctx.cfg().charger.clone() else {
             return;
         };
         let now = Instant::now();
@@ -300,137 +506,29 @@ impl Core {
         let (low, mv) = (self.power.low, p.battery_mv);
         if crossed || due {
             self.power.last_report = Some(now);
-            self.emit(UplinkBody::Power(p), Vec::new()).await;
+            up.emit(ctx, UplinkBody::Power(p), Vec::new()).await;
         }
         let detail = if low {
             format!("battery at {mv} mV (floor {} mV)", cfg.battery_min_mv)
         } else {
             format!("battery at {mv} mV")
         };
-        self.set_alarm(alarm(AlarmKind::PowerFail, None, None), low, detail)
+        up.set_alarm(ctx, alarm(AlarmKind::PowerFail, None, None), low, detail)
             .await;
     }
+}
 
-    /// A scan or keypad entry: a Scan event, then local access if a cached credential matches.
-    pub(super) async fn on_scan(
-        &mut self,
-        source: ScanSource,
-        value: String,
-    ) -> Result<ScanReply, String> {
-        self.counters.scans += 1;
-        let hash = secret_hash(&value, &self.cabinet);
-        let seq = self
-            .emit(UplinkBody::Scan(Scan { source, value }), Vec::new())
-            .await;
-        let now = self.clock_sane().then(|| self.now_millis());
-        let Some(cred) = self.creds.find(&hash, now).cloned() else {
-            return Ok(ScanReply {
-                seq,
-                access: ScanAccess::None,
-            });
-        };
-        let la = LocalAccess {
-            action: match cred.kind {
-                CredKind::Pickup => AccessAction::Pickup,
-                CredKind::Deposit => AccessAction::Deposit,
-            },
-            reference: cred.reference.clone(),
-            source,
-            hash: hash.to_vec(),
-        };
-        let access = match (cred.kind, cred.compartment) {
-            (CredKind::Pickup, Some(c)) => {
-                if self.fire_local(c, la) {
-                    ScanAccess::Pickup(c)
-                } else {
-                    ScanAccess::None
-                }
-            }
-            (CredKind::Pickup, None) => ScanAccess::None,
-            (CredKind::Deposit, _) => {
-                self.next_token += 1;
-                let token = self.next_token;
-                match self.io_tx.try_send(IoRequest::ReadParcels { token }) {
-                    Ok(()) => {
-                        self.deposits.insert(token, la);
-                        ScanAccess::Deposit
-                    }
-                    Err(_) => ScanAccess::None,
-                }
-            }
-        };
-        Ok(ScanReply { seq, access })
-    }
-
-    /// Fires a compartment's lock for a local access; false if it cannot be fired now.
-    fn fire_local(&mut self, c: CompartmentId, la: LocalAccess) -> bool {
-        let closed = self.doors.get(&c).is_some_and(|d| d.open != Some(true));
-        if !closed || self.pending.contains_key(&c) {
-            tracing::info!(cabinet = %self.cabinet, compartment = %c, "local access: compartment open or busy");
-            return false;
-        }
-        if self
-            .io_tx
-            .try_send(IoRequest::Pulse { compartment: c })
-            .is_err()
-        {
-            return false;
-        }
-        self.counters.pulses += 1;
-        self.pending.insert(
-            c,
-            Pending {
-                cause: Cause::Local(la),
-                deadline: None,
-                pulse_error: None,
-            },
-        );
-        true
-    }
-
-    async fn deposit_with(&mut self, token: u64, present: Vec<(CompartmentId, bool)>) {
-        let Some(la) = self.deposits.remove(&token) else {
-            return;
-        };
-        let size_of =
-            |c: CompartmentId| self.compartments.iter().find(|i| i.id == c).map(|i| i.size);
-        let choice = present
-            .iter()
-            .filter(|(c, parcel)| {
-                !parcel
-                    && self.doors.get(c).is_some_and(|d| d.open == Some(false))
-                    && !self.pending.contains_key(c)
-            })
-            .map(|(c, _)| (size_of(*c), *c))
-            .min()
-            .map(|(_, c)| c);
-        match choice {
-            Some(c) => {
-                if !self.fire_local(c, la) {
-                    tracing::warn!(cabinet = %self.cabinet, "deposit: lock could not be fired");
-                }
-            }
-            None => tracing::warn!(cabinet = %self.cabinet, "deposit: no empty compartment"),
-        }
-    }
-
-    async fn persist_creds(&mut self) {
-        let Some(set) = self.creds.set().cloned() else {
-            return;
-        };
-        let w: Write = match crate::storage::creds_write(&set) {
-            Ok(w) => w,
-            Err(e) => return tracing::error!(error = %e, "credentials not stored"),
-        };
-        if let Err(e) = self
-            .outbox
-            .with_tree(Durability::Group, move |t| crate::storage::write(t, &[w]))
-            .await
-        {
-            self.counters.storage_errors += 1;
-            tracing::error!(error = %e, "credentials not stored");
-        }
-    }
+async fn clear_door_alarms(ctx: &Ctx, up: &mut Uplink, c: CompartmentId) {
+    let detail = format!("compartment {c} closed");
+    up.set_alarm(
+        ctx,
+        alarm(AlarmKind::ForcedOpen, Some(c), None),
+        false,
+        detail.clone(),
+    )
+    .await;
+    up.set_alarm(ctx, door_left_open_key(c), false, detail)
+        .await;
 }
 
 #[cfg(test)]

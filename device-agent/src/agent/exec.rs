@@ -19,7 +19,7 @@
 //! file at every start), and reported in the detail (`key: old -> new`). `sync_credentials`
 //! answers `unsupported` until the gateway syncs credentials.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use locker_schemas::{
@@ -28,9 +28,10 @@ use locker_schemas::{
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::core::{Cause, Core, Pending};
-use super::ExecOutcome;
-use crate::hw::IoRequest;
+use super::ctx::Ctx;
+use super::doors::{Cause, Doors, JobEvent, NotFired};
+use super::types::{Counters, ExecOutcome, ExitReason};
+use super::uplink::Uplink;
 use crate::storage::{self, CommandRecord, Durability, Write};
 
 /// Judges a command's expiry; `Some(reason)` if expired.
@@ -152,53 +153,102 @@ impl Job {
     }
 }
 
-impl Core {
-    /// Handles a command from MQTT or from the handle.
-    pub(super) async fn on_command(
+/// The command executor: the jobs in progress, the callers waiting for a result, and the
+/// durable memory of executed commands (claimed and finished through the outbox's tree).
+pub(super) struct Executor {
+    jobs: HashMap<CommandId, Job>,
+    waiters: HashMap<CommandId, oneshot::Sender<ExecOutcome>>,
+    /// Answers due to waiters; the main loop sends them after publishing the status.
+    replies: Vec<(oneshot::Sender<ExecOutcome>, ExecOutcome)>,
+    /// How many executed command ids the durable memory holds (about).
+    remembered: u64,
+    commands: u64,
+    duplicate_commands: u64,
+    expired_commands: u64,
+}
+
+impl Executor {
+    pub fn new(remembered: u64) -> Self {
+        Self {
+            jobs: HashMap::new(),
+            waiters: HashMap::new(),
+            replies: Vec::new(),
+            remembered,
+            commands: 0,
+            duplicate_commands: 0,
+            expired_commands: 0,
+        }
+    }
+
+    /// Whether unlocks are in progress.
+    pub fn has_jobs(&self) -> bool {
+        !self.jobs.is_empty()
+    }
+
+    /// The answers due to waiters (to send once the status shows their effect).
+    pub fn take_replies(&mut self) -> Vec<(oneshot::Sender<ExecOutcome>, ExecOutcome)> {
+        std::mem::take(&mut self.replies)
+    }
+
+    /// Stops waiting: every caller still waiting learns that the agent stopped.
+    pub fn drop_waiters(&mut self) {
+        self.waiters.clear();
+    }
+
+    /// Fills the executor's part of the status counters.
+    pub fn fill(&self, c: &mut Counters) {
+        c.commands = self.commands;
+        c.duplicate_commands = self.duplicate_commands;
+        c.expired_commands = self.expired_commands;
+    }
+
+    /// Handles a command from MQTT or from the handle; `Some` if the agent must stop.
+    pub async fn on_command(
         &mut self,
+        ctx: &mut Ctx,
+        doors: &mut Doors,
+        up: &mut Uplink,
         cmd: Command,
         received: Instant,
         waiter: Option<oneshot::Sender<ExecOutcome>>,
-    ) {
-        self.counters.commands += 1;
+    ) -> Option<ExitReason> {
+        self.commands += 1;
         let id = cmd.id;
-        let claim = self
-            .outbox
+        let claim = up
+            .store()
             .with_tree(Durability::Flush, move |t| storage::claim_command(t, id))
             .await;
         match claim {
             Err(e) => {
-                self.counters.storage_errors += 1;
-                tracing::error!(cabinet = %self.cabinet, command = %id, error = %e, "cannot record the command; not executing it");
-                return;
+                up.storage_error();
+                tracing::error!(cabinet = %ctx.cabinet(), command = %id, error = %e, "cannot record the command; not executing it");
+                return None;
             }
             Ok(CommandRecord::Started) => {
-                self.counters.duplicate_commands += 1;
-                tracing::info!(cabinet = %self.cabinet, command = %id, "duplicate of a running command ignored");
+                self.duplicate_commands += 1;
+                tracing::info!(cabinet = %ctx.cabinet(), command = %id, "duplicate of a running command ignored");
                 if let Some(w) = waiter {
-                    self.publish_status();
-                    let _ = w.send(ExecOutcome::Duplicate);
+                    self.replies.push((w, ExecOutcome::Duplicate));
                 }
-                return;
+                return None;
             }
             Ok(CommandRecord::Finished(_)) => {
-                self.counters.duplicate_commands += 1;
-                self.answer_again(id).await;
+                self.duplicate_commands += 1;
+                self.answer_again(ctx, up, id).await;
                 if let Some(w) = waiter {
-                    self.publish_status();
-                    let _ = w.send(ExecOutcome::Duplicate);
+                    self.replies.push((w, ExecOutcome::Duplicate));
                 }
-                return;
+                return None;
             }
             Ok(CommandRecord::New) => {}
         }
         self.remembered += 1;
-        let keep = self.cfg.commands.remember;
+        let keep = ctx.cfg().commands.remember;
         if self.remembered > keep + keep / 10 {
             let n = self.remembered - keep;
             self.remembered = keep;
-            let _ = self
-                .outbox
+            let _ = up
+                .store()
                 .with_tree(Durability::None, move |t| {
                     storage::forget_oldest_commands(t, n)
                 })
@@ -208,81 +258,95 @@ impl Core {
             self.waiters.insert(id, w);
         }
         let elapsed = Instant::now().saturating_duration_since(received);
-        if let Some(why) = judge_expiry(&cmd, self.now_millis(), self.clock_sane(), elapsed) {
-            self.counters.expired_commands += 1;
-            tracing::info!(cabinet = %self.cabinet, command = %id, %why, "command expired");
-            self.finish(id, Outcome::Expired, why).await;
-            return;
+        if let Some(why) = judge_expiry(&cmd, ctx.now_millis(), ctx.clock_sane(), elapsed) {
+            self.expired_commands += 1;
+            tracing::info!(cabinet = %ctx.cabinet(), command = %id, %why, "command expired");
+            self.finish(ctx, up, id, Outcome::Expired, why).await;
+            return None;
         }
-        tracing::info!(cabinet = %self.cabinet, command = %id, action = cmd.action.name(), "executing command");
+        tracing::info!(cabinet = %ctx.cabinet(), command = %id, action = cmd.action.name(), "executing command");
         match cmd.action {
-            Action::UnlockCompartment(c) => self.start_unlock(id, vec![c], false).await,
-            Action::UnlockAll => {
-                let all = self.doors.keys().copied().collect();
-                self.start_unlock(id, all, true).await
+            Action::UnlockCompartment(c) => {
+                self.start_unlock(ctx, doors, up, id, vec![c], false).await
             }
-            Action::SetConfig(kv) => self.set_config(id, &kv).await,
+            Action::UnlockAll => {
+                let all = doors.compartment_ids();
+                self.start_unlock(ctx, doors, up, id, all, true).await
+            }
+            Action::SetConfig(kv) => self.set_config(ctx, up, id, &kv).await,
             Action::PowerSave(on) => {
-                self.power_save = on;
-                self.finish(id, Outcome::Done, format!("power save {on}"))
+                doors.set_power_save(on);
+                self.finish(ctx, up, id, Outcome::Done, format!("power save {on}"))
                     .await
             }
             Action::SyncCredentials => {
-                let v = self.creds.version();
+                let v = doors.creds_version();
                 let detail = format!(
                     "credential sync from the gateway is not available yet; keeping the cached set (version {v})"
                 );
-                self.finish(id, Outcome::Unsupported, detail).await
+                self.finish(ctx, up, id, Outcome::Unsupported, detail).await
             }
             Action::Reboot => {
-                self.finish(id, Outcome::Done, "restarting".into()).await;
-                self.exit = Some(super::ExitReason::Reboot);
+                self.finish(ctx, up, id, Outcome::Done, "restarting".into())
+                    .await;
+                return Some(ExitReason::Reboot);
             }
         }
+        None
     }
 
     /// Answers a redelivered finished command with its stored Result (a new event, same
     /// outcome and detail); nothing is executed.
-    async fn answer_again(&mut self, id: CommandId) {
-        let stored = self
-            .outbox
+    async fn answer_again(&mut self, ctx: &Ctx, up: &mut Uplink, id: CommandId) {
+        let stored = up
+            .store()
             .with_tree(Durability::None, move |t| storage::finished_result(t, id))
             .await;
         match stored {
             Ok(Some((outcome, detail))) => {
-                tracing::info!(cabinet = %self.cabinet, command = %id, %outcome, "redelivered finished command: answering its stored outcome again");
+                tracing::info!(cabinet = %ctx.cabinet(), command = %id, %outcome, "redelivered finished command: answering its stored outcome again");
                 let result = CommandResult {
                     command: id,
                     outcome,
                     detail,
                 };
-                self.emit(UplinkBody::Result(result), Vec::new()).await;
+                up.emit(ctx, UplinkBody::Result(result), Vec::new()).await;
             }
             Ok(None) => {}
             Err(e) => {
-                self.counters.storage_errors += 1;
-                tracing::error!(cabinet = %self.cabinet, command = %id, error = %e, "cannot read a finished command's outcome");
+                up.storage_error();
+                tracing::error!(cabinet = %ctx.cabinet(), command = %id, error = %e, "cannot read a finished command's outcome");
             }
         }
     }
 
     /// Applies a `set_config` (validated like the file), persists it with the Result, reports
     /// what changed.
-    async fn set_config(&mut self, id: CommandId, kv: &[(String, String)]) {
-        let (next, changes) = match self.cfg.with_runtime_settings(kv) {
+    async fn set_config(
+        &mut self,
+        ctx: &mut Ctx,
+        up: &mut Uplink,
+        id: CommandId,
+        kv: &[(String, String)],
+    ) {
+        let (next, changes) = match ctx.cfg().with_runtime_settings(kv) {
             Ok(x) => x,
-            Err(e) => return self.finish(id, Outcome::Rejected, e.to_string()).await,
+            Err(e) => {
+                return self
+                    .finish(ctx, up, id, Outcome::Rejected, e.to_string())
+                    .await
+            }
         };
-        let stored = self
-            .outbox
+        let stored = up
+            .store()
             .with_tree(Durability::None, storage::config_overrides)
             .await;
         let mut overrides: std::collections::BTreeMap<String, String> = match stored {
             Ok(v) => v.into_iter().collect(),
             Err(e) => {
-                self.counters.storage_errors += 1;
+                up.storage_error();
                 let detail = format!("cannot read the stored configuration: {e}");
-                return self.finish(id, Outcome::Rejected, detail).await;
+                return self.finish(ctx, up, id, Outcome::Rejected, detail).await;
             }
         };
         for (k, _, new) in &changes {
@@ -294,9 +358,11 @@ impl Core {
             .map(|(k, old, new)| format!("{k}: {old} -> {new}"))
             .collect::<Vec<_>>()
             .join("; ");
-        tracing::info!(cabinet = %self.cabinet, command = %id, %detail, "runtime configuration changed");
-        self.cfg = std::sync::Arc::new(next);
+        tracing::info!(cabinet = %ctx.cabinet(), command = %id, %detail, "runtime configuration changed");
+        ctx.set_cfg(std::sync::Arc::new(next));
         self.finish_with(
+            ctx,
+            up,
             id,
             Outcome::Done,
             detail,
@@ -305,51 +371,30 @@ impl Core {
         .await
     }
 
-    /// On a clean stop, lets unlocks already fired finish (door confirmed or jammed, bounded
-    /// by `unlock_confirm_ms`), so a restart never leaves a fired lock without its true
-    /// outcome. (After `kill -9` such a command is reported `rejected`, "interrupted by
-    /// restart".)
-    pub(super) async fn drain_jobs(&mut self) {
-        let deadline = Instant::now()
-            + Duration::from_millis(self.cfg.timing.unlock_confirm_ms.saturating_add(500));
-        while !self.jobs.is_empty() && Instant::now() < deadline {
-            let wake = self.next_wakeup().min(deadline);
-            tokio::select! {
-                ev = self.io_rx.recv() => match ev {
-                    Some(ev) => self.on_io(ev).await,
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(wake) => self.on_tick().await,
-            }
-            self.after_change().await;
-        }
-    }
-
-    fn board_offline(&self, c: CompartmentId) -> Option<u8> {
-        self.cfg
-            .lock_boards
-            .iter()
-            .find(|b| c.0 >= b.first_compartment && c.0 - b.first_compartment < b.locks)
-            .map(|b| b.unit)
-            .filter(|u| self.boards_offline.contains(u))
-    }
-
-    async fn start_unlock(&mut self, id: CommandId, comps: Vec<CompartmentId>, all: bool) {
+    async fn start_unlock(
+        &mut self,
+        ctx: &Ctx,
+        doors: &mut Doors,
+        up: &mut Uplink,
+        id: CommandId,
+        comps: Vec<CompartmentId>,
+        all: bool,
+    ) {
         let mut job = Job {
             all,
             ..Job::default()
         };
         for c in comps {
-            let Some(door) = self.doors.get(&c) else {
+            if !doors.known(c) {
                 job.skipped.push((c, format!("unknown compartment {c}")));
                 continue;
-            };
-            if door.open == Some(true) {
+            }
+            if doors.is_open(c) {
                 job.already_open.push(c);
-            } else if let Some(u) = self.board_offline(c) {
+            } else if let Some(u) = doors.board_offline(ctx, c) {
                 job.skipped
                     .push((c, format!("lock board unit {u} is offline")));
-            } else if self.pending.contains_key(&c) {
+            } else if doors.is_pending(c) {
                 job.skipped
                     .push((c, format!("an unlock of compartment {c} is in progress")));
             } else {
@@ -357,67 +402,62 @@ impl Core {
             }
         }
         self.jobs.insert(id, job);
-        self.next_pulse(id);
-        self.maybe_finish_job(id).await;
+        self.next_pulse(doors, id);
+        self.maybe_finish_job(ctx, up, id).await;
+    }
+
+    /// What happened to a door a job fired.
+    pub async fn on_job_event(
+        &mut self,
+        ctx: &Ctx,
+        doors: &mut Doors,
+        up: &mut Uplink,
+        ev: JobEvent,
+    ) {
+        match ev {
+            JobEvent::Pulsed(id) => self.next_pulse(doors, id),
+            JobEvent::Opened(id, c) => {
+                if let Some(job) = self.jobs.get_mut(&id) {
+                    job.waiting.remove(&c);
+                    job.opened.push(c);
+                }
+                self.maybe_finish_job(ctx, up, id).await;
+            }
+            JobEvent::Failed(id, c, error) => {
+                if let Some(job) = self.jobs.get_mut(&id) {
+                    job.waiting.remove(&c);
+                    match error {
+                        Some(e) => job.errors.push((c, e)),
+                        None => job.jammed.push(c),
+                    }
+                }
+                self.maybe_finish_job(ctx, up, id).await;
+            }
+        }
     }
 
     /// Fires the next lock of a job (one pulse at a time; confirmations overlap).
-    pub(super) fn next_pulse(&mut self, id: CommandId) {
+    fn next_pulse(&mut self, doors: &mut Doors, id: CommandId) {
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
         while let Some(c) = job.remaining.pop_front() {
-            if self.pending.contains_key(&c) {
-                job.skipped
-                    .push((c, format!("an unlock of compartment {c} is in progress")));
-                continue;
-            }
-            match self.io_tx.try_send(IoRequest::Pulse { compartment: c }) {
+            match doors.fire(c, Cause::Command(id)) {
                 Ok(()) => {
-                    self.counters.pulses += 1;
-                    self.pending.insert(
-                        c,
-                        Pending {
-                            cause: Cause::Command(id),
-                            deadline: None,
-                            pulse_error: None,
-                        },
-                    );
                     job.waiting.insert(c);
                     return;
                 }
-                Err(_) => job.errors.push((c, "hardware request queue full".into())),
+                Err(NotFired::Busy) => job
+                    .skipped
+                    .push((c, format!("an unlock of compartment {c} is in progress"))),
+                Err(NotFired::QueueFull) => {
+                    job.errors.push((c, "hardware request queue full".into()))
+                }
             }
         }
     }
 
-    /// A door a job waited for opened.
-    pub(super) async fn job_door_opened(&mut self, id: CommandId, c: CompartmentId) {
-        if let Some(job) = self.jobs.get_mut(&id) {
-            job.waiting.remove(&c);
-            job.opened.push(c);
-        }
-        self.maybe_finish_job(id).await;
-    }
-
-    /// A door a job waited for did not open in time (or its pulse failed).
-    pub(super) async fn job_door_failed(
-        &mut self,
-        id: CommandId,
-        c: CompartmentId,
-        error: Option<String>,
-    ) {
-        if let Some(job) = self.jobs.get_mut(&id) {
-            job.waiting.remove(&c);
-            match error {
-                Some(e) => job.errors.push((c, e)),
-                None => job.jammed.push(c),
-            }
-        }
-        self.maybe_finish_job(id).await;
-    }
-
-    pub(super) async fn maybe_finish_job(&mut self, id: CommandId) {
+    async fn maybe_finish_job(&mut self, ctx: &Ctx, up: &mut Uplink, id: CommandId) {
         let done = self
             .jobs
             .get(&id)
@@ -426,35 +466,45 @@ impl Core {
             return;
         }
         if let Some(job) = self.jobs.remove(&id) {
-            let (outcome, detail) = job.outcome(self.cfg.timing.unlock_confirm_ms);
-            self.finish(id, outcome, detail).await;
+            let (outcome, detail) = job.outcome(ctx.cfg().timing.unlock_confirm_ms);
+            self.finish(ctx, up, id, outcome, detail).await;
         }
     }
 
     /// Writes a command's one outcome and its Result event atomically, and answers a waiter.
-    pub(super) async fn finish(&mut self, id: CommandId, outcome: Outcome, detail: String) {
-        self.finish_with(id, outcome, detail, Vec::new()).await
+    pub async fn finish(
+        &mut self,
+        ctx: &Ctx,
+        up: &mut Uplink,
+        id: CommandId,
+        outcome: Outcome,
+        detail: String,
+    ) {
+        self.finish_with(ctx, up, id, outcome, detail, Vec::new())
+            .await
     }
 
-    /// [`Core::finish`] with more writes in the same atomic batch.
+    /// [`Executor::finish`] with more writes in the same atomic batch.
     async fn finish_with(
         &mut self,
+        ctx: &Ctx,
+        up: &mut Uplink,
         id: CommandId,
         outcome: Outcome,
         detail: String,
         mut extra: Vec<Write>,
     ) {
-        tracing::info!(cabinet = %self.cabinet, command = %id, %outcome, %detail, "command finished");
+        tracing::info!(cabinet = %ctx.cabinet(), command = %id, %outcome, %detail, "command finished");
         extra.push(Write::finish_command(id, outcome, &detail));
         let result = CommandResult {
             command: id,
             outcome,
             detail,
         };
-        self.emit(UplinkBody::Result(result.clone()), extra).await;
+        up.emit(ctx, UplinkBody::Result(result.clone()), extra)
+            .await;
         if let Some(w) = self.waiters.remove(&id) {
-            self.publish_status();
-            let _ = w.send(ExecOutcome::Result(result));
+            self.replies.push((w, ExecOutcome::Result(result)));
         }
     }
 }

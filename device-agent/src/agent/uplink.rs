@@ -1,20 +1,176 @@
-//! The uplink side of the main loop: storing events through the outbox, publishing them in seq
-//! order within the go-back-N window (from a small read-ahead buffer), applying the gateway's
-//! acks, raising and clearing alarms, and publishing the agent's status.
+//! The uplink part of the agent: it owns the sled outbox (and through it the cabinet's storage
+//! tree), the go-back-N window, a small read-ahead of stored events, the MQTT client with its
+//! event-loop task and event receiver, the "request queue full" back-off, and the set of active
+//! alarms (raised and cleared as durable Alarm events).
+//!
+//! Storing events, publishing them in seq order within the window, applying the gateway's acks
+//! and raising alarms all go through [`Uplink`]'s methods; the other parts get it lent as
+//! `&mut Uplink` to emit.
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
-use locker_schemas::{Alarm, Topic, UplinkBody};
-use rumqttc::QoS;
+use locker_schemas::{Alarm, Filter, Topic, UplinkBody};
+use rumqttc::{AsyncClient, Publish, QoS};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::core::Core;
-use super::AgentStatus;
-use crate::outbox::{nearly_full_mark, Appended};
+use super::ctx::Ctx;
+use super::types::{AgentError, Counters};
+use crate::outbox::{nearly_full_mark, Appended, Outbox};
+use crate::session::{self, MqttEvent, Window};
 use crate::storage::{AlarmKey, StoredEvent, Write};
 
-impl Core {
-    pub(super) async fn on_ack(&mut self, seq: u64) {
+/// The outbox, the window, the MQTT session and the active alarms.
+pub(super) struct Uplink {
+    outbox: Outbox,
+    window: Window,
+    /// A contiguous run of stored events (fresh ones, or a read-ahead of a backlog), so events
+    /// are published without a storage read each; at most two windows long.
+    recent: VecDeque<StoredEvent>,
+    mqtt: Option<AsyncClient>,
+    mqtt_task: Option<JoinHandle<()>>,
+    mqtt_rx: Option<mpsc::Receiver<MqttEvent>>,
+    publish_blocked: Option<Instant>,
+    alarms: HashMap<AlarmKey, String>,
+    rewinds: u64,
+    published: u64,
+    connects: u64,
+    storage_errors: u64,
+}
+
+impl Uplink {
+    /// Takes over the opened outbox and the stored alarms, and starts the MQTT session (if
+    /// enabled).
+    pub async fn start(
+        ctx: &Ctx,
+        outbox: Outbox,
+        alarms: HashMap<AlarmKey, String>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Self, AgentError> {
+        let cfg = ctx.cfg();
+        let window = Window::new(
+            outbox.acked(),
+            outbox.last_seq(),
+            cfg.mqtt.window,
+            Duration::from_millis(cfg.mqtt.ack_timeout_ms),
+            Instant::now(),
+        );
+        let (mqtt, mqtt_task, mqtt_rx) = if cfg.mqtt.enabled {
+            let tls = match (tls, cfg.mqtt.tls) {
+                (Some(t), true) => Some(t),
+                (None, true) => {
+                    let m = cfg.mqtt.clone();
+                    Some(
+                        tokio::task::spawn_blocking(move || {
+                            session::client_config_from_files(
+                                &m.ca_cert,
+                                &m.client_cert,
+                                &m.client_key,
+                            )
+                        })
+                        .await
+                        .map_err(|e| AgentError::Refused(format!("TLS loader: {e}")))??,
+                    )
+                }
+                (_, false) => None,
+            };
+            let opts = session::mqtt::options(&cfg.mqtt, ctx.cabinet(), tls);
+            let (ev_tx, ev_rx) = mpsc::channel(64);
+            let (client, task) = session::mqtt::spawn(opts, &cfg.mqtt, ev_tx);
+            (Some(client), Some(task), Some(ev_rx))
+        } else {
+            (None, None, None)
+        };
+        Ok(Self {
+            outbox,
+            window,
+            recent: VecDeque::new(),
+            mqtt,
+            mqtt_task,
+            mqtt_rx,
+            publish_blocked: None,
+            alarms,
+            rewinds: 0,
+            published: 0,
+            connects: 0,
+            storage_errors: 0,
+        })
+    }
+
+    /// The outbox, for the parts' own storage reads and writes in the cabinet's tree.
+    pub fn store(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// Counts a storage error of another part's write through [`Uplink::store`].
+    pub fn storage_error(&mut self) {
+        self.storage_errors += 1;
+    }
+
+    /// The next MQTT session event; never resolves while there is no session.
+    pub async fn recv(&mut self) -> Option<MqttEvent> {
+        match &mut self.mqtt_rx {
+            Some(r) => r.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The MQTT session task ended: no more events from it.
+    pub fn session_ended(&mut self) {
+        self.mqtt_rx = None;
+        self.window.on_disconnect();
+    }
+
+    /// Connected: subscribe to the cabinet's downlinks and open the window.
+    pub fn on_connected(&mut self, ctx: &Ctx) {
+        self.connects += 1;
+        if let Some(c) = &self.mqtt {
+            let f = Filter::cabinet_downlinks(ctx.cabinet());
+            if let Err(e) = c.try_subscribe(f.as_str(), QoS::AtLeastOnce) {
+                tracing::error!(error = %e, "could not queue the subscription");
+            }
+        }
+        self.window.on_connect(Instant::now());
+        self.publish_blocked = None;
+    }
+
+    pub fn on_disconnected(&mut self) {
+        self.window.on_disconnect();
+    }
+
+    /// Acknowledges a received downlink to the broker.
+    pub fn ack_delivery(&self, p: &Publish) {
+        if let Some(c) = &self.mqtt {
+            let _ = c.try_ack(p);
+        }
+    }
+
+    /// The earliest of the window's ack deadline and the publish back-off, if before `t`.
+    pub fn next_wakeup(&self, mut t: Instant) -> Instant {
+        if let Some(d) = self.window.deadline() {
+            t = t.min(d);
+        }
+        if let Some(b) = self.publish_blocked {
+            t = t.min(b);
+        }
+        t
+    }
+
+    /// Timers: resend after an ack timeout, end the publish back-off.
+    pub fn on_tick(&mut self, ctx: &Ctx, now: Instant) {
+        if self.window.on_tick(now) {
+            self.rewinds += 1;
+            tracing::debug!(cabinet = %ctx.cabinet(), from = self.window.next_send(), "no ack progress: resending from the first unacknowledged event");
+        }
+        if self.publish_blocked.is_some_and(|b| b <= now) {
+            self.publish_blocked = None;
+        }
+    }
+
+    pub async fn on_ack(&mut self, seq: u64) {
         match self.outbox.ack(seq).await {
             Ok(true) => {
                 self.window.on_ack(seq, Instant::now());
@@ -22,9 +178,10 @@ impl Core {
                     self.recent.pop_front();
                 }
             }
-            Ok(false) => self.counters.stray_acks = self.outbox.stray_acks,
+            // Counted by the outbox (see `fill`).
+            Ok(false) => {}
             Err(e) => {
-                self.counters.storage_errors += 1;
+                self.storage_errors += 1;
                 tracing::error!(error = %e, "ack not applied");
             }
         }
@@ -32,8 +189,8 @@ impl Core {
 
     /// Stores an event (and its side writes) and publishes what the window allows; returns its
     /// seq if stored.
-    pub async fn emit(&mut self, body: UplinkBody, extra: Vec<Write>) -> Option<u64> {
-        let ts = self.now_millis();
+    pub async fn emit(&mut self, ctx: &Ctx, body: UplinkBody, extra: Vec<Write>) -> Option<u64> {
+        let ts = ctx.now_millis();
         match self.outbox.append(ts, body, extra).await {
             Ok(Appended::Stored(ev)) => {
                 let seq = ev.seq;
@@ -41,30 +198,24 @@ impl Core {
                 if self.recent.back().is_none_or(|b| b.seq + 1 == seq) {
                     self.recent.push_back(ev);
                 }
-                while self.recent.len() > 2 * usize::from(self.cfg.mqtt.window) {
+                while self.recent.len() > 2 * usize::from(ctx.cfg().mqtt.window) {
                     self.recent.pop_front();
                 }
-                self.pump().await;
+                self.pump(ctx).await;
                 Some(seq)
             }
-            Ok(Appended::Shed) => {
-                self.counters.shed_events += 1;
-                None
-            }
-            Ok(Appended::Dropped) => {
-                self.counters.dropped_critical += 1;
-                None
-            }
+            // Shed and dropped events are counted by the outbox (see `fill`).
+            Ok(Appended::Shed) | Ok(Appended::Dropped) => None,
             Err(e) => {
-                self.counters.storage_errors += 1;
-                tracing::error!(cabinet = %self.cabinet, error = %e, "event not stored");
+                self.storage_errors += 1;
+                tracing::error!(cabinet = %ctx.cabinet(), error = %e, "event not stored");
                 None
             }
         }
     }
 
     /// Publishes what the window allows.
-    pub async fn pump(&mut self) {
+    pub async fn pump(&mut self, ctx: &Ctx) {
         if self.publish_blocked.is_some() {
             return;
         }
@@ -79,11 +230,11 @@ impl Core {
             });
             if !cached {
                 // Read ahead a whole window of the backlog at once.
-                let ahead = n.max(usize::from(self.cfg.mqtt.window));
+                let ahead = n.max(usize::from(ctx.cfg().mqtt.window));
                 match self.outbox.read(from, ahead).await {
                     Ok(v) => self.recent = v.into(),
                     Err(e) => {
-                        self.counters.storage_errors += 1;
+                        self.storage_errors += 1;
                         tracing::error!(error = %e, "outbox unreadable");
                         return;
                     }
@@ -93,15 +244,15 @@ impl Core {
             let events: Vec<StoredEvent> =
                 self.recent.iter().skip(start).take(n).cloned().collect();
             if events.first().map(|e| e.seq) != Some(from) {
-                tracing::error!(cabinet = %self.cabinet, from, "outbox does not hold the next event to send");
+                tracing::error!(cabinet = %ctx.cabinet(), from, "outbox does not hold the next event to send");
                 return;
             }
             for ev in events {
-                let topic = Topic::Up(self.cabinet.clone(), ev.kind).to_string();
+                let topic = Topic::Up(ctx.cabinet().clone(), ev.kind).to_string();
                 match client.try_publish(topic, QoS::AtLeastOnce, false, ev.payload) {
                     Ok(()) => {
                         self.window.mark_sent(ev.seq, Instant::now());
-                        self.counters.published += 1;
+                        self.published += 1;
                     }
                     Err(_) => {
                         // The request queue is full: try again shortly.
@@ -113,8 +264,13 @@ impl Core {
         }
     }
 
+    /// Whether an alarm is active.
+    pub fn alarm_active(&self, key: &AlarmKey) -> bool {
+        self.alarms.contains_key(key)
+    }
+
     /// Raises or clears an alarm (once per key).
-    pub async fn set_alarm(&mut self, key: AlarmKey, active: bool, detail: String) {
+    pub async fn set_alarm(&mut self, ctx: &Ctx, key: AlarmKey, active: bool, detail: String) {
         if self.alarms.contains_key(&key) == active {
             return;
         }
@@ -132,16 +288,17 @@ impl Core {
             detail: detail.clone(),
         });
         if active {
-            tracing::warn!(cabinet = %self.cabinet, kind = ?key.kind, compartment = ?key.compartment, board = ?key.board, %detail, "alarm raised");
+            tracing::warn!(cabinet = %ctx.cabinet(), kind = ?key.kind, compartment = ?key.compartment, board = ?key.board, %detail, "alarm raised");
             self.alarms.insert(key, detail);
         } else {
-            tracing::info!(cabinet = %self.cabinet, kind = ?key.kind, compartment = ?key.compartment, board = ?key.board, "alarm cleared");
+            tracing::info!(cabinet = %ctx.cabinet(), kind = ?key.kind, compartment = ?key.compartment, board = ?key.board, "alarm cleared");
             self.alarms.remove(&key);
         }
-        self.emit(body, vec![w]).await;
+        self.emit(ctx, body, vec![w]).await;
     }
 
-    pub(super) async fn after_change(&mut self) {
+    /// After every change: the OutboxNearlyFull alarm (with hysteresis), then publish.
+    pub async fn after_change(&mut self, ctx: &Ctx) {
         let depth = self.outbox.depth();
         let mark = nearly_full_mark(self.outbox.limits());
         let key = AlarmKey {
@@ -150,26 +307,20 @@ impl Core {
             board: None,
         };
         if depth >= mark {
-            self.set_alarm(
-                key,
-                true,
-                format!(
-                    "outbox holds {depth} events (limit {})",
-                    self.outbox.limits().max_events
-                ),
-            )
-            .await;
+            let detail = format!(
+                "outbox holds {depth} events (limit {})",
+                self.outbox.limits().max_events
+            );
+            self.set_alarm(ctx, key, true, detail).await;
         } else if depth < mark / 2 {
-            self.set_alarm(key, false, format!("outbox holds {depth} events"))
+            self.set_alarm(ctx, key, false, format!("outbox holds {depth} events"))
                 .await;
         }
-        self.pump().await;
-        self.publish_status();
+        self.pump(ctx).await;
     }
 
-    pub fn publish_status(&mut self) {
-        self.counters.shed_events = self.outbox.shed;
-        self.counters.dropped_critical = self.outbox.dropped;
+    /// Active alarms, in a stable order.
+    pub fn alarms(&self) -> Vec<Alarm> {
         let mut alarms: Vec<Alarm> = self
             .alarms
             .iter()
@@ -182,34 +333,43 @@ impl Core {
             })
             .collect();
         alarms.sort_by_key(|a| (a.kind as u8, a.compartment, a.board));
-        let s = AgentStatus {
-            cabinet: self.cabinet.clone(),
-            boot: self.outbox.boot(),
-            running: self.exit.is_none(),
-            mqtt_connected: self.window.connected(),
-            outbox_depth: self.outbox.depth(),
-            last_acked_seq: self.outbox.acked(),
-            next_seq: self.outbox.next_seq(),
-            alarms,
-            boards_offline: self.boards_offline.clone(),
-            open_doors: self
-                .doors
-                .iter()
-                .filter(|(_, d)| d.open == Some(true))
-                .map(|(c, _)| *c)
-                .collect(),
-            known_doors: self.doors.values().filter(|d| d.open.is_some()).count(),
-            creds_version: self.creds.version(),
-            power_save: self.power_save,
-            counters: self.counters.clone(),
-        };
-        self.status_tx.send_if_modified(|old| {
-            if *old == s {
-                false
-            } else {
-                *old = s;
-                true
+        alarms
+    }
+
+    pub fn connected(&self) -> bool {
+        self.window.connected()
+    }
+
+    /// Fills the uplink's part of the status counters (storage errors add up across parts).
+    pub fn fill(&self, c: &mut Counters) {
+        c.rewinds = self.rewinds;
+        c.published = self.published;
+        c.connects = self.connects;
+        c.shed_events = self.outbox.shed;
+        c.dropped_critical = self.outbox.dropped;
+        c.stray_acks = self.outbox.stray_acks;
+        c.storage_errors += self.storage_errors;
+    }
+
+    /// Disconnects, waiting a little for the session task to end.
+    pub async fn disconnect(&mut self) {
+        if let Some(c) = self.mqtt.take() {
+            let _ = c.try_disconnect();
+        }
+        if let Some(mut t) = self.mqtt_task.take() {
+            if tokio::time::timeout(Duration::from_secs(2), &mut t)
+                .await
+                .is_err()
+            {
+                t.abort();
             }
-        });
+        }
+    }
+
+    /// Flushes the storage (on a clean stop).
+    pub async fn flush(&self) {
+        if let Err(e) = self.outbox.storage().flush().await {
+            tracing::error!(error = %e, "final flush failed");
+        }
     }
 }

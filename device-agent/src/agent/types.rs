@@ -1,0 +1,193 @@
+//! The agent's shared vocabulary: the public types its handle and host exchange ([`AgentDeps`],
+//! [`AgentStatus`], [`Counters`], [`ExecOutcome`], [`ScanReply`], [`ExitReason`],
+//! [`AgentError`], [`ScanSender`]) and the requests the handle sends to the main loop. A leaf:
+//! every other module of the agent may use it; it uses none of them.
+
+use std::sync::Arc;
+
+use locker_schemas::{
+    Alarm, CabinetId, Command, CommandResult, CompartmentId, DownlinkBody, ScanSource, Uplink,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::ConfigError;
+use crate::hw::ModbusConnector;
+use crate::outbox::OutboxError;
+use crate::session::TlsError;
+use crate::storage::Storage;
+
+/// Why an agent could not start or be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    #[error("the agent has stopped")]
+    Stopped,
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// What an agent needs from its host process. Everything here may be shared between agents
+/// (the storage worker and database, the connector, the clock); the TLS configuration only
+/// between agents with the same client certificate (see [`crate::session::tls`]).
+#[derive(Clone)]
+pub struct AgentDeps {
+    /// The storage worker over the (possibly shared) sled database; the agent uses the tree
+    /// named after its cabinet id.
+    pub storage: Storage,
+    /// The MQTT TLS client configuration; `None` builds it from the configured PEM files
+    /// (when `mqtt.tls` is on).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// How Modbus transports are made.
+    pub modbus: ModbusConnector,
+    /// The wall clock.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl AgentDeps {
+    /// Real TCP Modbus, the system clock, TLS from the configured files.
+    pub fn new(storage: Storage) -> Self {
+        Self {
+            storage,
+            tls: None,
+            modbus: ModbusConnector::Tcp,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// What `execute` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecOutcome {
+    /// The command ran (or was judged) now; its one Result event is in the outbox.
+    Result(CommandResult),
+    /// The id was executed before (or is being executed): nothing was done.
+    Duplicate,
+}
+
+/// What a scan led to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No valid cached credential matched.
+    None,
+    /// A pickup credential matched; this compartment's lock is being fired.
+    Pickup(CompartmentId),
+    /// A deposit credential matched; an empty compartment is being looked for.
+    Deposit,
+}
+
+/// The reply to a scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanReply {
+    /// The seq of the Scan event (durable), `None` if the outbox dropped it.
+    pub seq: Option<u64>,
+    pub access: Access,
+}
+
+/// Why the agent stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitReason {
+    /// `shutdown` was called.
+    Shutdown,
+    /// A Reboot command was executed: the supervisor should start the agent again.
+    Reboot,
+    /// An internal part failed.
+    Failed(String),
+}
+
+/// Counters of things worth a metric.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub commands: u64,
+    pub duplicate_commands: u64,
+    pub expired_commands: u64,
+    pub pulses: u64,
+    pub scans: u64,
+    pub local_accesses: u64,
+    pub bad_downlinks: u64,
+    pub rewinds: u64,
+    pub published: u64,
+    pub connects: u64,
+    pub shed_events: u64,
+    pub dropped_critical: u64,
+    pub storage_errors: u64,
+    /// Acks for a seq this storage never assigned (ignored, nothing deleted).
+    pub stray_acks: u64,
+}
+
+/// A snapshot of the agent's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentStatus {
+    pub cabinet: CabinetId,
+    pub boot: u32,
+    pub running: bool,
+    pub mqtt_connected: bool,
+    pub outbox_depth: u64,
+    pub last_acked_seq: u64,
+    pub next_seq: u64,
+    /// Active alarms.
+    pub alarms: Vec<Alarm>,
+    /// Unit ids of lock boards currently offline.
+    pub boards_offline: Vec<u8>,
+    /// Doors known to be open.
+    pub open_doors: Vec<CompartmentId>,
+    /// Doors whose state is known (their board was read at least once).
+    pub known_doors: usize,
+    pub creds_version: u64,
+    pub power_save: bool,
+    pub counters: Counters,
+}
+
+pub(crate) enum Request {
+    Execute {
+        cmd: Command,
+        reply: oneshot::Sender<ExecOutcome>,
+    },
+    Scan {
+        source: ScanSource,
+        value: String,
+        reply: oneshot::Sender<Result<ScanReply, String>>,
+    },
+    Outbox {
+        reply: oneshot::Sender<Result<Vec<Uplink>, String>>,
+    },
+    Downlink {
+        body: DownlinkBody,
+        reply: oneshot::Sender<()>,
+    },
+    Shutdown,
+}
+
+/// A cloneable sender of scans into one agent (what scanner input tasks hold).
+#[derive(Clone)]
+pub struct ScanSender {
+    pub(super) tx: mpsc::Sender<Request>,
+}
+
+impl ScanSender {
+    /// Injects one scan or keypad entry, as if read at the cabinet.
+    pub async fn scan(&self, source: ScanSource, value: String) -> Result<ScanReply, AgentError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Scan {
+                source,
+                value,
+                reply,
+            })
+            .await
+            .map_err(|_| AgentError::Stopped)?;
+        rx.await
+            .map_err(|_| AgentError::Stopped)?
+            .map_err(AgentError::Refused)
+    }
+
+    /// Whether the agent is gone.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
