@@ -2,7 +2,8 @@
 //! agent resumes its TLS session (an abbreviated handshake, counted in
 //! `locker_edge_tls_handshakes_total{kind="resumed"}`); a revoked cabinet holding tickets is
 //! refused on its resumed handshakes after the CRL reload; the session cache resumes clients
-//! when tickets are off; and with both off every handshake is a full one.
+//! when tickets are off; with both off every handshake is a full one; and a restart voids
+//! every ticket (keys live in memory), so a cabinet revoked meanwhile meets the CRL.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -50,7 +51,11 @@ async fn a_reconnecting_agent_resumes_its_tls_session() {
     let gw = TestGateway::start(&pki).await;
     let _cab = TestCabinet::start(&mut pki, "CAB-1", gw.edge_addr()).await;
     sessions(&gw, 1.0).await;
-    assert_eq!(gw.api.metric(FULL).await, 1.0, "the first connect is a full handshake");
+    assert_eq!(
+        gw.api.metric(FULL).await,
+        1.0,
+        "the first connect is a full handshake"
+    );
     assert_eq!(gw.api.metric(RESUMED).await, 0.0);
 
     // The agent keeps its TLS configuration (and the tickets it got) across reconnects.
@@ -84,7 +89,12 @@ async fn a_revoked_cabinet_cannot_resume_after_the_crl_reload() {
     gw.gw.edge.reload_revocations().await.expect("CRL reload");
     // The connected CAB-R is cut off; its reconnects resume (with tickets from before the
     // revocation) and are refused all the same.
-    metric_at_least(&gw, r#"locker_edge_rejections_total{reason="revoked"}"#, 2.0).await;
+    metric_at_least(
+        &gw,
+        r#"locker_edge_rejections_total{reason="revoked"}"#,
+        2.0,
+    )
+    .await;
     metric_at_least(&gw, RESUMED, resumed + 1.0).await;
     assert_eq!(
         gw.api.metric(CABINET_SESSIONS).await,
@@ -128,4 +138,44 @@ async fn without_tickets_the_session_cache_resumes_and_without_both_nothing_does
     sessions(&gw, 2.0).await;
     assert_eq!(gw.api.metric(FULL).await, 2.0);
     assert_eq!(gw.api.metric(RESUMED).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_tickets_are_void_and_a_cabinet_revoked_meanwhile_stays_out() {
+    let mut pki = TestPki::new();
+    let gw = TestGateway::start(&pki).await;
+    let _revoked = TestCabinet::start(&mut pki, "CAB-R", gw.edge_addr()).await;
+    let _ok = TestCabinet::start(&mut pki, "CAB-OK", gw.edge_addr()).await;
+    sessions(&gw, 2.0).await;
+    for id in ["CAB-R", "CAB-OK"] {
+        drop_connection(&gw, id).await;
+    }
+    sessions(&gw, 4.0).await;
+    assert_eq!(
+        gw.api.metric(RESUMED).await,
+        2.0,
+        "both hold working tickets"
+    );
+
+    // Revoked while the gateway restarts (the edge reads the new CRL at start).
+    pki.revoke("CAB-R");
+    let gw = gw.restart().await;
+    sessions(&gw, 1.0).await;
+    metric_at_least(
+        &gw,
+        r#"locker_edge_rejections_total{reason="revoked"}"#,
+        1.0,
+    )
+    .await;
+    // Ticket keys live in memory: the restarted edge makes full handshakes (which check the
+    // CRL) until it has issued tickets of its own.
+    assert_eq!(gw.api.metric(RESUMED).await, 0.0);
+    assert_eq!(gw.api.metric(CABINET_SESSIONS).await, 1.0);
+    let connected = gw.gw.edge.connected().await;
+    assert_eq!(connected.len(), 1);
+    assert_eq!(connected[0].identity.to_string(), "CAB-OK");
+    // And the new tickets work.
+    drop_connection(&gw, "CAB-OK").await;
+    sessions(&gw, 2.0).await;
+    assert_eq!(gw.api.metric(RESUMED).await, 1.0);
 }
