@@ -33,7 +33,8 @@ pub enum MqttEvent {
     Message(Publish, Instant),
 }
 
-/// Builds the rumqttc options for a cabinet.
+/// Builds the rumqttc options for a cabinet. `tls` is kept for the life of the session task:
+/// every reconnect uses the same `Arc<ClientConfig>` and so resumes its TLS session.
 pub fn options(
     cfg: &MqttConfig,
     cabinet: &CabinetId,

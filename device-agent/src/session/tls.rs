@@ -4,11 +4,22 @@
 //! A `ClientConfig` carries ONE client identity and its own TLS session (resumption) cache, so
 //! agents may share an `Arc<ClientConfig>` only if they share the certificate too: a resumed
 //! session keeps the identity of the handshake that created it.
+//!
+//! Resumption: the agent builds its configuration once and keeps the same `Arc` for its whole
+//! life (rumqttc's `TlsConfiguration::Rustls` clones that `Arc` for every connect), so the
+//! tickets the gateway sent on one connection make the next handshake an abbreviated one. The
+//! store is in memory (a restarted agent makes one full handshake) and small: a cabinet talks
+//! to one gateway ([`RESUMPTION_SERVERS`]).
 
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls::client::Resumption;
 use rustls::{ClientConfig, RootCertStore};
+
+/// Server names whose resumption tickets are kept (rustls keeps a few tickets per name); the
+/// agent talks to one gateway, so a couple covers a changed address.
+pub const RESUMPTION_SERVERS: usize = 2;
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -64,10 +75,11 @@ pub fn client_config_from_pem(
         })?
         .ok_or(TlsError::NoKey)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = ClientConfig::builder_with_provider(provider)
+    let mut cfg = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)?;
+    cfg.resumption = Resumption::in_memory_sessions(RESUMPTION_SERVERS);
     Ok(cfg)
 }
 

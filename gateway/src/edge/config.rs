@@ -23,9 +23,15 @@ pub enum ConfigError {
         filter: String,
         example: String,
     },
+    #[error("edge.tls_ticket_rotation_s must be between 1 and {MAX_TICKET_ROTATION_S}, not {0}")]
+    TicketRotation(u32),
     #[error("integrator name {0:?} in edge.integrator_acls is not a valid identity: {1}")]
     BadIntegratorName(String, locker_schemas::IdError),
 }
+
+/// The longest a TLS ticket key may be used (6 hours: rustls' own ticket key life, which
+/// the edge's rotation sits on top of).
+pub const MAX_TICKET_ROTATION_S: u32 = 6 * 60 * 60;
 
 /// The edge listener: TLS termination, identity, ACLs and limits. Every field has a default;
 /// durations are in milliseconds.
@@ -82,6 +88,16 @@ pub struct EdgeConfig {
     pub crl: Option<PathBuf>,
     /// How often the CRL file's modification time and size are checked for changes.
     pub crl_check_interval_ms: u64,
+    /// Issue stateless TLS session tickets (encrypted with in-memory keys that rotate), so a
+    /// reconnecting client resumes with an abbreviated handshake. The CRL and the certificate's
+    /// validity are checked on resumed handshakes too; tickets do not survive a restart.
+    pub tls_tickets: bool,
+    /// How long one ticket key encrypts new tickets, in seconds (1 to 21,600); a ticket is
+    /// accepted for up to twice this, then the client makes a full handshake.
+    pub tls_ticket_rotation_s: u32,
+    /// Server-side TLS sessions kept in memory for clients that resume by session id (TLS 1.2
+    /// clients without tickets, and every client when `tls_tickets` is off). 0 turns it off.
+    pub tls_session_cache: usize,
     /// Integrator name (the certificate's CN) -> the subscription filters it may use; a
     /// SUBSCRIBE filter must lie within one of them. Entries may not match any cabinet
     /// `down` topic. Integrators never publish.
@@ -108,6 +124,9 @@ impl Default for EdgeConfig {
             server_key: PathBuf::from("pki/server.key"),
             crl: Some(PathBuf::from("pki/crl.pem")),
             crl_check_interval_ms: 2_000,
+            tls_tickets: true,
+            tls_ticket_rotation_s: MAX_TICKET_ROTATION_S,
+            tls_session_cache: 20_000,
             integrator_acls: BTreeMap::new(),
         }
     }
@@ -154,6 +173,9 @@ impl EdgeConfig {
             if v == 0 {
                 return Err(ConfigError::Zero { field });
             }
+        }
+        if !(1..=MAX_TICKET_ROTATION_S).contains(&self.tls_ticket_rotation_s) {
+            return Err(ConfigError::TicketRotation(self.tls_ticket_rotation_s));
         }
         if self.uplink_rate_per_s > 0 && self.uplink_burst == 0 {
             return Err(ConfigError::Zero {
@@ -239,6 +261,16 @@ mod tests {
             ..EdgeConfig::default()
         };
         assert!(matches!(cfg.validate(), Err(ConfigError::Zero { .. })));
+        for bad in [0, MAX_TICKET_ROTATION_S + 1] {
+            let cfg = EdgeConfig {
+                tls_ticket_rotation_s: bad,
+                ..EdgeConfig::default()
+            };
+            assert!(matches!(
+                cfg.validate(),
+                Err(ConfigError::TicketRotation(_))
+            ));
+        }
         let mut cfg = EdgeConfig::default();
         cfg.integrator_acls
             .insert("erp".into(), vec![f("lk/v1/+/+/#")]);

@@ -2,10 +2,13 @@
 //! mutual-TLS rustls server configuration (ring provider, client certificates verified against
 //! the fleet CA and the CRL, session resumption tickets), and swaps it when the CRL changes.
 //!
-//! The ticketer and the session cache are shared by every configuration built here, so clients
-//! keep resuming across CRL reloads. Because a resumed session skips certificate verification,
-//! the edge also checks each client's serial against [`TlsState::revoked`] (and the
-//! certificate's validity period) itself after every handshake.
+//! Session resumption (`edge.tls_tickets`, `tls_ticket_rotation_s`, `tls_session_cache`): the
+//! ticketer (stateless TLS 1.3 tickets under in-memory keys that rotate, see [`ticketer`]) and
+//! the session cache (by id) are shared by every configuration built here, so clients keep
+//! resuming across CRL reloads; a restart starts with new keys and an empty cache (full
+//! handshakes). Because a resumed session skips certificate verification, the edge also checks
+//! each client's serial against [`TlsState::revoked`] (and the certificate's validity period)
+//! itself after every handshake, full or resumed.
 //!
 //! A CRL replaces the installed one only if its CRL Number (the X.509 extension) is higher: an
 //! older CRL put back (a restored backup, a stale copy) could un-revoke certificates. A CRL
@@ -19,16 +22,17 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use rustls::crypto::CryptoProvider;
-use rustls::server::{ProducesTickets, StoresServerSessions, WebPkiClientVerifier};
+use rustls::crypto::{CryptoProvider, GetRandomFailed};
+use rustls::server::{
+    NoServerSessionStorage, ProducesTickets, ServerSessionMemoryCache, StoresServerSessions,
+    WebPkiClientVerifier,
+};
+use rustls::ticketer::TicketRotator;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 use super::config::EdgeConfig;
 use super::metrics::Reason;
-
-/// How many server-side TLS sessions (by id) are cached; tickets carry the rest.
-const SESSION_CACHE: usize = 256;
 
 /// Why the TLS material could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -122,9 +126,15 @@ impl TlsState {
             None => (Crl::default(), None),
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let ticketer = rustls::crypto::ring::Ticketer::new()?;
-        let sessions: Arc<dyn StoresServerSessions> =
-            rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
+        let ticketer: Arc<dyn ProducesTickets> = if cfg.tls_tickets {
+            ticketer(cfg.tls_ticket_rotation_s)?
+        } else {
+            Arc::new(NoTickets)
+        };
+        let sessions: Arc<dyn StoresServerSessions> = match cfg.tls_session_cache {
+            0 => Arc::new(NoServerSessionStorage {}),
+            n => ServerSessionMemoryCache::new(n),
+        };
         let config = build(&fixed, &provider, &ticketer, &sessions, &crl)?;
         let installed = Mutex::new((crl.number, crl.ders.clone()));
         Ok((
@@ -225,6 +235,67 @@ fn replacement(
         (None, _) => Replace::Install,
         (Some(old), Some(new)) if new > old => Replace::Install,
         _ => Replace::Stale,
+    }
+}
+
+/// Stateless session tickets whose key rotates every `rotation_s` seconds: new tickets are
+/// encrypted with the current key, and a ticket is accepted while its key is the current or
+/// the previous one (up to twice `rotation_s`); older keys are erased. The keys live in memory
+/// only.
+pub(crate) fn ticketer(rotation_s: u32) -> Result<Arc<dyn ProducesTickets>, TlsError> {
+    Ok(Arc::new(TicketRotator::new(rotation_s, fresh_ticket_key)?))
+}
+
+/// A new random ticket key: rustls' own ticketer (ring, ChaCha20-Poly1305), whose built-in
+/// six-hour rotation never comes into play under [`ticketer`]'s shorter one.
+fn fresh_ticket_key() -> Result<Box<dyn ProducesTickets>, GetRandomFailed> {
+    match rustls::crypto::ring::Ticketer::new() {
+        Ok(t) => Ok(Box::new(TicketKey(t))),
+        Err(_) => Err(GetRandomFailed),
+    }
+}
+
+/// One generation of ticket keys (see [`fresh_ticket_key`]).
+#[derive(Debug)]
+struct TicketKey(Arc<dyn ProducesTickets>);
+
+impl ProducesTickets for TicketKey {
+    fn enabled(&self) -> bool {
+        self.0.enabled()
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.0.lifetime()
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        self.0.encrypt(plain)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        self.0.decrypt(cipher)
+    }
+}
+
+/// No tickets (`edge.tls_tickets = false`): clients resume through the session cache, if any.
+#[derive(Debug)]
+struct NoTickets;
+
+impl ProducesTickets for NoTickets {
+    fn enabled(&self) -> bool {
+        false
+    }
+
+    fn lifetime(&self) -> u32 {
+        0
+    }
+
+    fn encrypt(&self, _plain: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+
+    fn decrypt(&self, _cipher: &[u8]) -> Option<Vec<u8>> {
+        None
     }
 }
 
@@ -334,6 +405,29 @@ mod tests {
             serials: HashSet::new(),
             number,
         }
+    }
+
+    #[test]
+    fn ticket_keys_rotate_and_old_tickets_stop_resuming() {
+        let t = ticketer(1).expect("ticketer");
+        assert!(t.enabled());
+        assert_eq!(t.lifetime(), 2, "a ticket lives for two rotation periods");
+        let old = t.encrypt(b"session").expect("ticket");
+        assert_eq!(t.decrypt(&old).as_deref(), Some(&b"session"[..]));
+        // Poll (no fixed wait): once the key that made `old` has been rotated out twice, it is
+        // erased and `old` resumes nothing, while tickets under the current key still work.
+        let start = std::time::Instant::now();
+        while t.decrypt(&old).is_some() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(30),
+                "the ticket key never rotated"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let new = t.encrypt(b"session").expect("ticket");
+        assert_ne!(new, old);
+        assert_eq!(t.decrypt(&new).as_deref(), Some(&b"session"[..]));
+        assert!(!NoTickets.enabled());
     }
 
     #[test]
