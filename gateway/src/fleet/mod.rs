@@ -89,6 +89,13 @@ pub struct Fleet {
     metrics: StoreMetrics,
 }
 
+/// The fleet's bounds and how often it saves its snapshots.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    pub limits: Limits,
+    pub save_every: Duration,
+}
+
 impl Fleet {
     /// Starts the actor with the snapshots loaded at startup (all marked offline until the
     /// edge says otherwise). Returns its handle and the sender ingest uses for commits.
@@ -112,8 +119,10 @@ impl Fleet {
             Arc::new(store),
             publisher,
             metrics,
-            Limits::default(),
-            SAVE_EVERY,
+            Tuning {
+                limits: Limits::default(),
+                save_every: SAVE_EVERY,
+            },
             cancel,
             tracker,
         )
@@ -125,8 +134,7 @@ impl Fleet {
         store: Arc<dyn SnapshotStore>,
         publisher: Publisher,
         metrics: StoreMetrics,
-        limits: Limits,
-        save_every: Duration,
+        tuning: Tuning,
         cancel: CancellationToken,
         tracker: &TaskTracker,
     ) -> (
@@ -134,6 +142,7 @@ impl Fleet {
         mpsc::Sender<Committed>,
         tokio::task::JoinHandle<()>,
     ) {
+        let Tuning { limits, save_every } = tuning;
         let (tx, rx) = mpsc::channel(1024);
         let (ctx, crx) = mpsc::channel(256);
         let cabinets: HashMap<_, _> = loaded
@@ -376,8 +385,10 @@ mod tests {
             gate.clone(),
             broker.publisher.clone(),
             metrics.store.clone(),
-            Limits::default(),
-            Duration::from_millis(10),
+            Tuning {
+                limits: Limits::default(),
+                save_every: Duration::from_millis(10),
+            },
             CancellationToken::new(),
             &TaskTracker::new(),
         );

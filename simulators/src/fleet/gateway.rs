@@ -31,9 +31,11 @@ pub enum GatewayError {
     Io(#[from] std::io::Error),
 }
 
+// One per simulator process: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Target {
     InProcess {
-        gw: Option<Gateway>,
+        gw: Option<Box<Gateway>>,
         cfg: Box<GatewayConfig>,
     },
     Child {
@@ -156,7 +158,10 @@ impl GatewayRunner {
         cfg.edge.listen = edge;
         cfg.api.listen = api;
         Ok(Self {
-            target: Target::InProcess { gw: Some(gw), cfg },
+            target: Target::InProcess {
+                gw: Some(Box::new(gw)),
+                cfg,
+            },
             edge,
             api,
             token: token.to_owned(),
@@ -259,7 +264,7 @@ impl GatewayRunner {
     /// The in-process gateway, if any.
     pub fn in_process_gateway(&self) -> Option<&Gateway> {
         match &self.target {
-            Target::InProcess { gw, .. } => gw.as_ref(),
+            Target::InProcess { gw, .. } => gw.as_deref(),
             _ => None,
         }
     }
@@ -299,7 +304,7 @@ impl GatewayRunner {
                 for _ in 0..50 {
                     match Gateway::start((**cfg).clone()).await {
                         Ok(g) => {
-                            *gw = Some(g);
+                            *gw = Some(Box::new(g));
                             last = None;
                             break;
                         }
