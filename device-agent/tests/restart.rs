@@ -69,7 +69,10 @@ async fn started_but_unfinished_command_is_not_re_executed_after_restart() {
         })
         .collect();
     assert_eq!(again.len(), 2, "{again:?}");
-    assert_eq!(again[0], again[1], "the duplicate was answered with the stored outcome");
+    assert_eq!(
+        again[0], again[1],
+        "the duplicate was answered with the stored outcome"
+    );
     h.shutdown().await;
 }
 

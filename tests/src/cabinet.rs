@@ -141,3 +141,35 @@ impl Drop for RawCabinet {
         self.task.abort();
     }
 }
+
+/// Uplink bodies that raw-cabinet tests send.
+pub mod bodies {
+    use locker_schemas::{
+        CompartmentId, CompartmentInfo, Door, DoorCause, Hello, NetworkKind, Size, UplinkBody,
+    };
+
+    /// A hello declaring compartments `1..=n` (size M) on LAN, firmware "test 1".
+    pub fn hello(n: u16) -> UplinkBody {
+        UplinkBody::Hello(Hello {
+            firmware: "test 1".into(),
+            hardware: "raw".into(),
+            compartments: (1..=n)
+                .map(|i| CompartmentInfo {
+                    id: CompartmentId(i),
+                    size: Size::M,
+                })
+                .collect(),
+            network: NetworkKind::Lan,
+            creds_version: 0,
+        })
+    }
+
+    /// A door of compartment `c` opening or closing for no known cause.
+    pub fn door(c: u16, open: bool) -> UplinkBody {
+        UplinkBody::Door(Door {
+            compartment: CompartmentId(c),
+            open,
+            cause: DoorCause::Unknown,
+        })
+    }
+}

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 
 use locker_gateway::api::serve::ApiTlsConfig;
-use locker_schemas::{CompartmentId, CompartmentInfo, Hello, NetworkKind, Size, UplinkBody};
+use locker_tests::cabinet::bodies::hello;
 use locker_tests::cabinet::RawCabinet;
 use locker_tests::edge::read_until_closed;
 use locker_tests::gateway::TestGateway;
@@ -23,19 +23,6 @@ async fn slowloris(addr: SocketAddr) -> TcpStream {
         .await
         .expect("write half a head");
     s
-}
-
-fn hello() -> UplinkBody {
-    UplinkBody::Hello(Hello {
-        firmware: "test 1".into(),
-        hardware: "raw".into(),
-        compartments: vec![CompartmentInfo {
-            id: CompartmentId(1),
-            size: Size::M,
-        }],
-        network: NetworkKind::Lan,
-        creds_version: 0,
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,7 +148,7 @@ async fn connections_beyond_the_cap_never_reach_handlers_and_the_edge_still_acce
     // the MQTT edge still takes a cabinet, and its events are stored
     let cab = RawCabinet::connect(&pki, &cert, "CAB-CAP", gw.edge_addr());
     eventually("cabinet connected", || cab.connected()).await;
-    cab.send(&cab.uplink(1, hello())).await;
+    cab.send(&cab.uplink(1, hello(1))).await;
     eventually("hello acknowledged", || cab.acked() >= 1).await;
 
     // once the slow clients go, the API answers again

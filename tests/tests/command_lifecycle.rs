@@ -4,29 +4,13 @@
 //! stops its resends and leaves the outcome to the cabinet, and the API refuses commands a
 //! cabinet cannot take (too large, unknown or bad `set_config` keys) with clear errors.
 
-use locker_schemas::{
-    CommandResult, CompartmentId, CompartmentInfo, Hello, NetworkKind, Outcome, Size, UplinkBody,
-};
+use locker_schemas::{CommandResult, Outcome, UplinkBody};
+use locker_tests::cabinet::bodies::hello;
 use locker_tests::cabinet::RawCabinet;
 use locker_tests::gateway::TestGateway;
 use locker_tests::pki::TestPki;
 use locker_tests::{eventually, eventually_async};
 use serde_json::{json, Value};
-
-fn hello() -> UplinkBody {
-    UplinkBody::Hello(Hello {
-        firmware: "test 1".into(),
-        hardware: "raw".into(),
-        compartments: (1..=4)
-            .map(|i| CompartmentInfo {
-                id: CompartmentId(i),
-                size: Size::M,
-            })
-            .collect(),
-        network: NetworkKind::Lan,
-        creds_version: 0,
-    })
-}
 
 /// A gateway with short resend timers and a raw cabinet that has said hello.
 async fn setup(id: &str, give_up_after_ms: u64) -> (TestPki, TestGateway, RawCabinet) {
@@ -41,7 +25,7 @@ async fn setup(id: &str, give_up_after_ms: u64) -> (TestPki, TestGateway, RawCab
     .await;
     let cab = RawCabinet::connect(&pki, &cert, id, gw.edge_addr());
     eventually("cabinet connected", || cab.connected()).await;
-    cab.send(&cab.uplink(1, hello())).await;
+    cab.send(&cab.uplink(1, hello(4))).await;
     eventually("hello stored", || cab.acked() >= 1).await;
     (pki, gw, cab)
 }

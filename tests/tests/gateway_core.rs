@@ -2,38 +2,13 @@
 //! the audit log API, and commands with their outcomes, driven by a hand-made cabinet so the
 //! wire is fully under the test's control.
 
-use locker_schemas::{
-    CommandResult, CompartmentId, CompartmentInfo, Door, DoorCause, Hello, NetworkKind, Outcome,
-    Size, UplinkBody,
-};
+use locker_schemas::{CommandResult, Outcome, UplinkBody};
+use locker_tests::cabinet::bodies::{door, hello};
 use locker_tests::cabinet::RawCabinet;
 use locker_tests::gateway::TestGateway;
 use locker_tests::pki::TestPki;
 use locker_tests::{eventually, eventually_async};
 use serde_json::json;
-
-fn hello() -> UplinkBody {
-    UplinkBody::Hello(Hello {
-        firmware: "test 1".into(),
-        hardware: "raw".into(),
-        compartments: (1..=4)
-            .map(|i| CompartmentInfo {
-                id: CompartmentId(i),
-                size: Size::M,
-            })
-            .collect(),
-        network: NetworkKind::Lan,
-        creds_version: 0,
-    })
-}
-
-fn door(c: u16, open: bool) -> UplinkBody {
-    UplinkBody::Door(Door {
-        compartment: CompartmentId(c),
-        open,
-        cause: DoorCause::Unknown,
-    })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_are_stored_once_in_order_and_acknowledged() {
@@ -43,7 +18,7 @@ async fn events_are_stored_once_in_order_and_acknowledged() {
     let cab = RawCabinet::connect(&pki, &cert, "CAB-1", gw.edge_addr());
     eventually("cabinet connected", || cab.connected()).await;
 
-    cab.send(&cab.uplink(1, hello())).await;
+    cab.send(&cab.uplink(1, hello(4))).await;
     let second = cab.uplink(2, door(1, true));
     cab.send(&second).await;
     cab.send(&second).await; // duplicate (agents replay byte for byte)
@@ -89,7 +64,7 @@ async fn commands_get_exactly_one_outcome() {
     let gw = TestGateway::start(&pki).await;
     let cab = RawCabinet::connect(&pki, &cert, "CAB-2", gw.edge_addr());
     eventually("cabinet connected", || cab.connected()).await;
-    cab.send(&cab.uplink(1, hello())).await;
+    cab.send(&cab.uplink(1, hello(4))).await;
     eventually("hello stored", || cab.acked() >= 1).await;
 
     // unknown compartment and bad requests are refused with clear JSON errors
@@ -202,7 +177,7 @@ async fn offline_commands_wait_and_expired_ones_never_leave() {
     {
         let cab = RawCabinet::connect(&pki, &cert, "CAB-3", gw.edge_addr());
         eventually("connected", || cab.connected()).await;
-        cab.send(&cab.uplink(1, hello())).await;
+        cab.send(&cab.uplink(1, hello(4))).await;
         eventually("hello stored", || cab.acked() >= 1).await;
         cab.client.disconnect().await.expect("disconnect");
     }
@@ -240,7 +215,7 @@ async fn offline_commands_wait_and_expired_ones_never_leave() {
 
     let cab = RawCabinet::connect(&pki, &cert, "CAB-3", gw.edge_addr());
     eventually("reconnected", || cab.connected()).await;
-    cab.send(&cab.uplink(2, hello())).await;
+    cab.send(&cab.uplink(2, hello(4))).await;
     let got = eventually_async("queued command delivered", || {
         let c = cab.commands();
         async move { (!c.is_empty()).then_some(c) }
@@ -273,7 +248,7 @@ async fn garbage_and_forged_payloads_are_counted_and_others_keep_being_served() 
     )
     .await;
 
-    b.send(&b.uplink(1, hello())).await;
+    b.send(&b.uplink(1, hello(4))).await;
     b.send(&b.uplink(2, door(2, true))).await;
     eventually("B acknowledged", || b.acked() >= 2).await;
     eventually_async("decode errors counted", || {

@@ -6,40 +6,15 @@
 //! retention prunes old entries but never a cabinet's place in its sequence.
 
 use locker_schemas::codec::encode_uplink;
-use locker_schemas::{
-    CabinetId, CompartmentId, CompartmentInfo, Door, DoorCause, DownlinkBody, Hello, NetworkKind,
-    Size, Topic, UpKind, Uplink, UplinkBody,
-};
+use locker_schemas::{CabinetId, DownlinkBody, Topic, UpKind, Uplink, UplinkBody};
 use locker_tests::agent::TestCabinet;
 use locker_tests::api::ApiClient;
+use locker_tests::cabinet::bodies::{door, hello};
 use locker_tests::cabinet::RawCabinet;
 use locker_tests::gateway::TestGateway;
 use locker_tests::pki::TestPki;
 use locker_tests::{eventually, eventually_async};
 use serde_json::{json, Value};
-
-fn hello() -> UplinkBody {
-    UplinkBody::Hello(Hello {
-        firmware: "test 1".into(),
-        hardware: "raw".into(),
-        compartments: (1..=4)
-            .map(|i| CompartmentInfo {
-                id: CompartmentId(i),
-                size: Size::M,
-            })
-            .collect(),
-        network: NetworkKind::Lan,
-        creds_version: 0,
-    })
-}
-
-fn door(c: u16, open: bool) -> UplinkBody {
-    UplinkBody::Door(Door {
-        compartment: CompartmentId(c),
-        open,
-        cause: DoorCause::Unknown,
-    })
-}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -93,7 +68,7 @@ async fn uplinks_that_cannot_be_accepted_are_quarantined_acknowledged_and_never_
     eventually("cabinet connected", || cab.connected()).await;
     let on = |k: UpKind| Topic::Up(cab.id.clone(), k).to_string();
 
-    cab.send(&cab.uplink(1, hello())).await;
+    cab.send(&cab.uplink(1, hello(4))).await;
     // 2: a schema bump shipped to the agent before the gateway
     let mut v2 = encode_uplink(&cab.uplink(2, door(1, true))).expect("encode");
     assert_eq!(v2[1], 0x01, "version is the first element");
@@ -197,7 +172,7 @@ async fn a_wiped_cabinet_starts_a_new_life_and_old_acks_never_reach_it() {
     let gw = TestGateway::start(&pki).await;
     let cab = RawCabinet::connect(&pki, &cert, "CAB-W", gw.edge_addr());
     eventually("cabinet connected", || cab.connected()).await;
-    cab.send(&cab.uplink(1, hello())).await;
+    cab.send(&cab.uplink(1, hello(4))).await;
     for s in 2..=5 {
         cab.send(&cab.uplink(s, door(1, s % 2 == 0))).await;
     }
@@ -225,7 +200,7 @@ async fn a_wiped_cabinet_starts_a_new_life_and_old_acks_never_reach_it() {
         acks_since(&cab, mark).is_empty(),
         "no ack for an unverifiable uplink"
     );
-    cab.send(&new(1, hello())).await;
+    cab.send(&new(1, hello(4))).await;
     cab.send(&n2).await;
     cab.send(&new(3, door(2, false))).await;
     eventually("new life acknowledged", || {
@@ -336,7 +311,7 @@ async fn a_failing_store_keeps_ingest_alive_acks_nothing_and_fails_readiness() {
     assert_eq!(s, 200, "{body}");
     let cab = RawCabinet::connect(&pki, &cert, "CAB-S", gw.edge_addr());
     eventually("cabinet connected", || cab.connected()).await;
-    cab.send(&cab.uplink(1, hello())).await;
+    cab.send(&cab.uplink(1, hello(4))).await;
     eventually("ack 1", || cab.acked() == 1).await;
 
     gw.gw.store().audit().set_write_fault(true);
@@ -383,7 +358,7 @@ async fn retention_prunes_old_entries_but_never_a_cabinets_place() {
     .await;
     let cab = RawCabinet::connect(&pki, &cert, "CAB-R", gw.edge_addr());
     eventually("cabinet connected", || cab.connected()).await;
-    cab.send(&cab.uplink(1, hello())).await;
+    cab.send(&cab.uplink(1, hello(4))).await;
     for s in 2..=10 {
         cab.send(&cab.uplink(s, door(1, s % 2 == 0))).await;
     }
