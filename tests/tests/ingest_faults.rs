@@ -182,8 +182,9 @@ async fn a_wiped_cabinet_starts_a_new_life_and_old_acks_never_reach_it() {
     // storage wiped: boot 1, seq 1 again, with different events. Its seq 2 arrives first
     // (the broker skipped seq 1): it matches nothing stored and must not be acknowledged
     // with the old life's numbers.
+    let id = cab.id.clone();
     let new = |seq: u64, body: UplinkBody| Uplink {
-        cabinet: cab.id.clone(),
+        cabinet: id.clone(),
         boot: 1,
         seq,
         ts: locker_schemas::now_millis() + 1_000,
@@ -230,7 +231,9 @@ async fn a_wiped_cabinet_starts_a_new_life_and_old_acks_never_reach_it() {
         "the new life's own event"
     );
 
-    // after a restart the gateway derives the same life from the log
+    // after a restart the gateway derives the same life from the log (the first client goes
+    // away first: two clients with one identity would keep taking the session from each other)
+    drop(cab);
     let gw = gw.restart().await;
     let cab = RawCabinet::connect(&pki, &cert, "CAB-W", gw.edge_addr());
     eventually("reconnected", || cab.connected()).await;
