@@ -5,7 +5,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use locker_schemas::{codec, CabinetId};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::{parse_cabinet, ApiError, ApiState};
 use crate::audit::EventJson;
@@ -64,26 +64,13 @@ pub(super) async fn get_cabinet(
     }
 }
 
-#[derive(Deserialize)]
-pub(super) struct EventsQuery {
-    /// Return events with an audit position above this (paging cursor).
-    #[serde(default)]
-    after: u64,
-    #[serde(default = "default_limit")]
-    limit: usize,
-}
-
-fn default_limit() -> usize {
-    100
-}
-
 pub(super) async fn cabinet_events(
     State(st): State<ApiState>,
     Path(id): Path<String>,
-    Query(q): Query<EventsQuery>,
+    Query(q): Query<super::PageQuery>,
 ) -> Result<Json<EventsPage>, ApiError> {
     let id = parse_cabinet(&id)?;
-    let limit = q.limit.clamp(1, 1000);
+    let limit = q.limit();
     let store = st.store.clone();
     let cab = id.clone();
     let rows = store::blocking(move || store.events_page(&cab, q.after, limit)).await?;

@@ -189,6 +189,27 @@ pub fn router(st: ApiState) -> Router {
         .with_state(st)
 }
 
+/// `?after=N&limit=M` of every paged listing: entries after the cursor `after` (an audit
+/// position, a quarantine id), at most `limit` of them (1 to 1,000, default 100).
+#[derive(Debug, Deserialize)]
+pub(crate) struct PageQuery {
+    #[serde(default)]
+    pub after: u64,
+    #[serde(default = "PageQuery::default_limit")]
+    limit: usize,
+}
+
+impl PageQuery {
+    fn default_limit() -> usize {
+        100
+    }
+
+    /// The requested page size, clamped to 1..=1000.
+    pub fn limit(&self) -> usize {
+        self.limit.clamp(1, 1000)
+    }
+}
+
 pub(crate) fn parse_cabinet(id: &str) -> Result<CabinetId, ApiError> {
     CabinetId::new(id)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_cabinet_id", e.to_string()))

@@ -11,7 +11,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
+
 use serde_json::{json, Value};
 
 use super::{parse_cabinet, ApiError, ApiState};
@@ -22,19 +22,6 @@ pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/v1/quarantine", get(fleet))
         .route("/v1/cabinets/{id}/quarantine", get(cabinet))
-}
-
-#[derive(Deserialize)]
-struct PageQuery {
-    /// Records with an id above this (paging cursor).
-    #[serde(default)]
-    after: u64,
-    #[serde(default = "default_limit")]
-    limit: usize,
-}
-
-fn default_limit() -> usize {
-    100
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -64,9 +51,9 @@ fn page(recs: &[QuarantineRecord]) -> Value {
 
 async fn fleet(
     State(st): State<ApiState>,
-    Query(q): Query<PageQuery>,
+    Query(q): Query<super::PageQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let limit = q.limit.clamp(1, 1000);
+    let limit = q.limit();
     let s = st.store.clone();
     let recs = store::blocking(move || s.quarantine().page(q.after, limit)).await?;
     Ok(Json(page(&recs)))
@@ -75,10 +62,10 @@ async fn fleet(
 async fn cabinet(
     State(st): State<ApiState>,
     Path(id): Path<String>,
-    Query(q): Query<PageQuery>,
+    Query(q): Query<super::PageQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_cabinet(&id)?;
-    let limit = q.limit.clamp(1, 1000);
+    let limit = q.limit();
     let s = st.store.clone();
     let recs = store::blocking(move || s.quarantine().cabinet_page(&id, q.after, limit)).await?;
     Ok(Json(page(&recs)))

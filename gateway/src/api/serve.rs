@@ -15,8 +15,7 @@
 //! - on shutdown the loop stops accepting, every connection finishes its in-flight request
 //!   and closes; connection tasks live in a `JoinSet`, so they end with the serving task.
 
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,14 +45,8 @@ pub struct ApiTlsConfig {
 /// Why the API could not be served.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("reading {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{}: {what}", path.display())]
-    Bad { path: PathBuf, what: String },
+    #[error("API TLS files: {0}")]
+    Files(#[from] crate::edge::TlsError),
     #[error("API TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("API TLS loading task failed: {0}")]
@@ -69,27 +62,8 @@ pub struct Limits {
 
 /// Loads the API's TLS acceptor from PEM files (blocking reads: call at start).
 pub fn load_tls(cfg: &ApiTlsConfig) -> Result<TlsAcceptor, ServeError> {
-    let read = |p: &Path| {
-        std::fs::read(p).map_err(|source| ServeError::Read {
-            path: p.to_path_buf(),
-            source,
-        })
-    };
-    let bad = |p: &Path, what: String| ServeError::Bad {
-        path: p.to_path_buf(),
-        what,
-    };
-    let cert_pem = read(&cfg.cert)?;
-    let chain = rustls_pemfile::certs(&mut cert_pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(&cfg.cert, format!("not PEM: {e}")))?;
-    if chain.is_empty() {
-        return Err(bad(&cfg.cert, "no certificate in the file".into()));
-    }
-    let key_pem = read(&cfg.key)?;
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| bad(&cfg.key, format!("not PEM: {e}")))?
-        .ok_or_else(|| bad(&cfg.key, "no private key in the file".into()))?;
+    let chain = crate::edge::read_certs(&cfg.cert)?;
+    let key = crate::edge::read_key(&cfg.key)?;
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

@@ -42,6 +42,7 @@ pub use identity::{Identity, IdentityError};
 pub use metrics::Reason;
 pub use registry::{ConnectionInfo, PresenceEvent};
 pub use tls::TlsError;
+pub(crate) use tls::{read_certs, read_key};
 
 use crate::broker::LinkFactory;
 use metrics::EdgeMetrics;

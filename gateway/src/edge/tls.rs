@@ -108,10 +108,7 @@ impl TlsState {
             })?;
         }
         let chain = read_certs(&cfg.server_cert)?;
-        let key_pem = read(&cfg.server_key)?;
-        let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-            .map_err(|e| bad(&cfg.server_key, format!("not PEM: {e}")))?
-            .ok_or_else(|| bad(&cfg.server_key, "no private key in the file".into()))?;
+        let key = read_key(&cfg.server_key)?;
         let fixed = Fixed {
             roots: Arc::new(roots),
             ca_ders,
@@ -370,7 +367,16 @@ fn load_crl(path: &Path, ca_ders: &[CertificateDer<'static>]) -> Result<Crl, Tls
     })
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// A PEM private key (the API's TLS loads its key the same way).
+pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(path)?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|e| bad(path, format!("not PEM: {e}")))?
+        .ok_or_else(|| bad(path, "no private key in the file".into()))
+}
+
+/// A PEM certificate chain (the API's TLS loads its chain the same way).
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(path)?;
     let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<_, _>>()
