@@ -169,11 +169,14 @@ impl GatewayConfig {
     /// server certificate and key, the CRL); `locker-gateway --check` runs it. Blocking.
     pub fn check_files(&self) -> Result<(), ConfigError> {
         let e = &self.edge;
+        let tls = self.api.tls.as_ref();
         let files = [
             ("edge.ca_cert", Some(&e.ca_cert)),
             ("edge.server_cert", Some(&e.server_cert)),
             ("edge.server_key", Some(&e.server_key)),
             ("edge.crl", e.crl.as_ref()),
+            ("api.tls.cert", tls.map(|t| &t.cert)),
+            ("api.tls.key", tls.map(|t| &t.key)),
         ];
         for (key, path) in files {
             let Some(path) = path else { continue };
