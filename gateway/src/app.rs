@@ -9,8 +9,8 @@
 //! 2. ingest commits what it has received and acknowledges it;
 //! 3. the actors (fleet, dispatcher) apply what ingest committed last, save their state (the
 //!    fleet's final snapshot; the dispatcher persists every change as it makes it) and return;
-//!    the broker link then closes (its last publisher is gone);
-//! 4. the API finishes its in-flight requests;
+//! 4. the API finishes its in-flight requests; the broker link then closes (its last publisher
+//!    is gone);
 //! 5. the store is flushed.
 //!
 //! `shutdown_grace_ms` bounds the whole sequence: whatever is still running then is aborted,
@@ -314,9 +314,11 @@ impl Gateway {
         self.phases.ingest.cancel();
         self.wait(&[PRESENCE, INGEST, RETENTION], deadline).await;
         self.phases.actors.cancel();
-        self.wait(&[FLEET, DISPATCHER, BROKER_LINK], deadline).await;
+        self.wait(&[FLEET, DISPATCHER], deadline).await;
         self.phases.api.cancel();
         self.wait(&[API], deadline).await;
+        // the API's readiness check holds a publisher: the link ends after the API
+        self.wait(&[BROKER_LINK], deadline).await;
         self.phases.root.cancel();
         self.tracker.close();
         if tokio::time::timeout_at(deadline, self.tracker.wait())
