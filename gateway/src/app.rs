@@ -201,7 +201,7 @@ impl Gateway {
 
         let (presence_tx, presence_rx) = mpsc::channel::<PresenceEvent>(4096);
         let (edge, edge_addr) =
-            match Edge::start(cfg.edge.clone(), links, &metrics.registry, presence_tx).await {
+            match Edge::start(edge_config(&cfg), links, &metrics.registry, presence_tx).await {
                 Ok(x) => x,
                 Err(e) => {
                     // A start that fails half way stops what it already started.
@@ -358,6 +358,16 @@ impl Gateway {
             }
         }
     }
+}
+
+/// The edge's settings, with the defaults that depend on the gateway's (the ticket key file
+/// lives in the data directory unless configured elsewhere).
+fn edge_config(cfg: &GatewayConfig) -> crate::edge::EdgeConfig {
+    let mut edge = cfg.edge.clone();
+    if edge.tls_ticket_key_file.is_none() {
+        edge.tls_ticket_key_file = Some(cfg.data_dir.join("tls-ticket-keys"));
+    }
+    edge
 }
 
 /// Hands the edge's presence changes to the dispatcher and the fleet. On `stop` it hands on

@@ -98,6 +98,9 @@ impl GatewayConfig {
         if let Some(c) = self.edge.crl.as_mut() {
             fix(c);
         }
+        if let Some(k) = self.edge.tls_ticket_key_file.as_mut() {
+            fix(k);
+        }
         if let Some(t) = self.api.tls.as_mut() {
             fix(&mut t.cert);
             fix(&mut t.key);

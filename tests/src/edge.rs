@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use locker_broker_config::pki::IssuedCert;
-use locker_gateway::broker::{BrokerConfig, EmbeddedBroker, Link};
+use locker_gateway::broker::{BrokerConfig, EmbeddedBroker, Link, Publisher};
 use locker_gateway::edge::{Edge, EdgeConfig, EdgeHandle, PresenceEvent};
 use locker_gateway::metrics::Metrics;
-use locker_schemas::Filter;
+use locker_schemas::{Filter, Topic};
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, TlsConfiguration, Transport};
 use rustls::pki_types::ServerName;
 use tokio::sync::mpsc;
@@ -150,7 +150,7 @@ impl EdgeFixture {
             .connect(format!("obs:{}", self.observers), true, None)
             .await
             .expect("observer link");
-        Observer::start(link, filters).await
+        Observer::start(link, self.broker.publisher.clone(), filters).await
     }
 
     /// `locker_edge_rejections_total{reason}`.
@@ -318,7 +318,8 @@ async fn drive(mut el: EventLoop, seen: Arc<Mutex<Seen>>) {
 type Messages = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 
 /// An in-process client of the broker: records every publish forwarded to it and publishes
-/// (QoS 0) through its own link.
+/// (QoS 0) through its own link; a cabinet downlink (`lk/v1/{id}/down/{kind}`) goes the way the
+/// gateway sends it, straight to the cabinet's session ([`locker_gateway::broker::Direct`]).
 pub struct Observer {
     publish: mpsc::Sender<(String, Vec<u8>)>,
     seen: Messages,
@@ -326,7 +327,7 @@ pub struct Observer {
 }
 
 impl Observer {
-    async fn start(mut link: Link, filters: &[&str]) -> Self {
+    async fn start(mut link: Link, publisher: Publisher, filters: &[&str]) -> Self {
         for f in filters {
             link.subscribe(*f).await.expect("observer subscribes");
         }
@@ -337,11 +338,16 @@ impl Observer {
             loop {
                 tokio::select! {
                     p = rx.recv() => match p {
-                        Some((topic, payload)) => {
-                            if link.publish(topic, payload).await.is_err() {
-                                return;
+                        Some((topic, payload)) => match topic.parse::<Topic>() {
+                            Ok(t @ Topic::Down(..)) => {
+                                publisher.publish(t, payload.into()).await;
                             }
-                        }
+                            _ => {
+                                if link.publish(topic, payload).await.is_err() {
+                                    return;
+                                }
+                            }
+                        },
                         None => return,
                     },
                     m = link.next_publish() => match m {

@@ -1,7 +1,9 @@
-//! MQTT sessions through the edge's in-process link to the broker: the will is published by
-//! the edge on an abnormal end only (and its topic is checked), keep alive is enforced, the
-//! router answers PINGREQ, QoS 1 flows both ways beyond the router's inflight window, a client
-//! cannot confuse the router with a stray PUBACK, and persistent sessions resume.
+//! MQTT sessions through the edge (a cabinet's served by the edge itself, an integrator's over
+//! its in-process link to the broker): the will is published by the edge on an abnormal end
+//! only (and its topic is checked), keep alive is enforced, PINGREQ is answered, QoS 1 flows
+//! both ways beyond the inflight window, a client cannot confuse the edge with a stray PUBACK,
+//! an integrator's persistent session resumes, and a cabinet has no broker session (its
+//! commands wait in the gateway's queue instead).
 
 use std::time::Duration;
 
@@ -232,7 +234,45 @@ async fn a_stray_puback_closes_only_that_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_persistent_session_resumes_with_what_came_meanwhile() {
+async fn an_integrators_persistent_session_resumes_with_what_came_meanwhile() {
+    let mut fx = EdgeFixture::start(|_| {}).await;
+    let erp = fx.integrator("erp");
+    let a = fx.cabinet("CAB-A");
+    let options = || {
+        let mut o = mqtt_options("erp", fx.addr, fx.tls(Some(&erp)));
+        o.set_clean_session(false);
+        o
+    };
+    let c = Client::start(options());
+    c.wait_connected("erp connects").await;
+    assert_eq!(c.seen().sessions_present, vec![false]);
+    c.client
+        .subscribe("lk/v1/+/up/door", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    eventually("subscribed", || !c.seen().suback_codes.is_empty()).await;
+    c.client.disconnect().await.expect("disconnect");
+    fx.wait_connected(0).await;
+    drop(c);
+
+    let cab = fx.client("CAB-A", Some(&a));
+    cab.wait_connected("A connects").await;
+    cab.client
+        .publish("lk/v1/CAB-A/up/door", QoS::AtLeastOnce, false, "while away")
+        .await
+        .expect("publish");
+    eventually("PUBACKed", || cab.seen().pubacks == 1).await;
+    let c = Client::start(options());
+    c.wait_connected("erp reconnects").await;
+    assert_eq!(c.seen().sessions_present, vec![true]);
+    eventually("the event published while away", || {
+        c.received("lk/v1/CAB-A/up/door") == 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cabinet_has_no_broker_session_and_downlinks_while_away_are_counted_as_dropped() {
     let mut fx = EdgeFixture::start(|_| {}).await;
     let obs = fx.observer(&[]).await;
     let a = fx.cabinet("CAB-A");
@@ -243,7 +283,6 @@ async fn a_persistent_session_resumes_with_what_came_meanwhile() {
     };
     let c = Client::start(options());
     c.wait_connected("A connects").await;
-    assert_eq!(c.seen().sessions_present, vec![false]);
     c.client
         .subscribe("lk/v1/CAB-A/down/#", QoS::AtLeastOnce)
         .await
@@ -253,12 +292,28 @@ async fn a_persistent_session_resumes_with_what_came_meanwhile() {
     fx.wait_connected(0).await;
     drop(c);
 
+    // The gateway's command queue (sled) is what keeps a cabinet's commands while it is away;
+    // the broker keeps nothing for it.
     obs.publish("lk/v1/CAB-A/down/cmd", "while away").await;
+    eventually("counted as dropped", || {
+        fx.metric(
+            "locker_broker_downlinks_dropped_total",
+            Some(("reason", "offline")),
+        ) == 1
+    })
+    .await;
     let c = Client::start(options());
     c.wait_connected("A reconnects").await;
-    assert_eq!(c.seen().sessions_present, vec![true]);
-    eventually("the command sent while away", || {
+    assert_eq!(c.seen().sessions_present, vec![false]);
+    c.client
+        .subscribe("lk/v1/CAB-A/down/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    eventually("subscribed", || !c.seen().suback_codes.is_empty()).await;
+    obs.publish("lk/v1/CAB-A/down/cmd", "now").await;
+    eventually("the command sent while connected", || {
         c.received("lk/v1/CAB-A/down/cmd") == 1
     })
     .await;
+    assert_eq!(c.seen().publishes[0].1, b"now".to_vec());
 }

@@ -25,7 +25,7 @@ use rumqttd::protocol::{
 use rumqttd::{ConnectionId, Notification, Router, RouterConfig};
 use tokio::sync::Semaphore;
 
-use super::{BrokerConfig, BrokerError, Inbound};
+use super::{BrokerConfig, BrokerError, Direct, Inbound};
 
 /// How many links may wait for the router's CONNACK at once (each waits on a blocking-pool
 /// thread; the router answers in order anyway, so more would only cost threads).
@@ -49,6 +49,7 @@ pub struct LinkFactory {
     builds: Arc<Semaphore>,
     max_payload_size: usize,
     max_batch: usize,
+    direct: Option<Direct>,
 }
 
 impl LinkFactory {
@@ -86,6 +87,15 @@ impl LinkFactory {
         })
         .await
         .map_err(|e| BrokerError::Link(e.to_string()))?
+    }
+
+    /// The direct cabinet paths (set once the broker has started).
+    pub fn direct(&self) -> Option<&Direct> {
+        self.direct.as_ref()
+    }
+
+    pub(super) fn set_direct(&mut self, direct: Direct) {
+        self.direct = Some(direct);
     }
 
     /// The largest packet the router should be handed (remaining length, bytes).
@@ -310,5 +320,6 @@ pub(super) fn factory(cfg: &BrokerConfig) -> LinkFactory {
         builds: Arc::new(Semaphore::new(CONCURRENT_BUILDS)),
         max_payload_size: cfg.max_payload_size,
         max_batch: cfg.max_inflight_count.max(1),
+        direct: None,
     }
 }

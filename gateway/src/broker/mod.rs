@@ -18,8 +18,10 @@
 //! dropped (the actors that publish have stopped), closing the link; the router thread lives as
 //! long as the process.
 
+mod direct;
 mod link;
 
+pub use direct::{Delivery, Direct, Downlink, SessionSlot};
 pub use link::{Link, LinkFactory};
 
 use std::collections::VecDeque;
@@ -104,12 +106,18 @@ pub struct EmbeddedBroker {
 #[derive(Clone)]
 pub struct Publisher {
     tx: mpsc::Sender<(Topic, Bytes)>,
+    direct: Direct,
 }
 
 impl Publisher {
     /// Queues a publish (QoS 0 at the broker; delivery is made reliable end to end by the
-    /// application protocol). Waits if the link is backed up.
+    /// application protocol). Waits if the link is backed up. A cabinet downlink goes straight
+    /// to the cabinet's session without waiting (see [`Direct`]); `false` if it was dropped
+    /// (the cabinet is offline or not reading).
     pub async fn publish(&self, topic: Topic, payload: Bytes) -> bool {
+        if let Topic::Down(cabinet, kind) = &topic {
+            return self.direct.deliver(cabinet, *kind, payload) == Delivery::Queued;
+        }
         self.tx.send((topic, payload)).await.is_ok()
     }
 
@@ -120,6 +128,9 @@ impl Publisher {
 
     /// Queues a publish without waiting; false if the link is backed up or gone.
     pub fn try_publish(&self, topic: Topic, payload: Bytes) -> bool {
+        if let Topic::Down(cabinet, kind) = &topic {
+            return self.direct.deliver(cabinet, *kind, payload) == Delivery::Queued;
+        }
         self.tx.try_send((topic, payload)).is_ok()
     }
 }
@@ -146,7 +157,9 @@ impl EmbeddedBroker {
         inbound: mpsc::Sender<Inbound>,
         tracker: &TaskTracker,
     ) -> Result<Self, BrokerError> {
-        let links = link::factory(cfg);
+        let mut links = link::factory(cfg);
+        let direct = Direct::start(&links).await?;
+        links.set_direct(direct.clone());
         let mut link = links.connect(INTERNAL_CLIENT_ID.into(), true, None).await?;
         let _connack = link.take_connack();
         for f in filters {
@@ -155,7 +168,7 @@ impl EmbeddedBroker {
         let (tx, rx) = mpsc::channel(PUBLISH_QUEUE);
         let link_task = tracker.spawn(run_link(link, rx, inbound));
         Ok(Self {
-            publisher: Publisher { tx },
+            publisher: Publisher { tx, direct },
             links,
             link_task,
         })
@@ -329,10 +342,7 @@ mod tests {
             .await
             .expect("the same id connects again once the first is gone");
         clean.close(true).await;
-        let topic = Topic::Down(
-            locker_schemas::CabinetId::new("A").expect("id"),
-            locker_schemas::DownKind::Ack,
-        );
+        let topic = stream_topic("A");
         sub.subscribe(topic.to_string()).await.expect("subscribe");
         assert!(matches!(next_packet(&mut sub).await, Packet::SubAck(..)));
         assert!(
@@ -363,11 +373,118 @@ mod tests {
             .unwrap_or_default()
     }
 
-    fn ack_topic(cabinet: &str) -> Topic {
-        Topic::Down(
+    fn stream_topic(cabinet: &str) -> Topic {
+        Topic::Stream(
             locker_schemas::CabinetId::new(cabinet).expect("id"),
-            locker_schemas::DownKind::Ack,
+            locker_schemas::StreamKind::Presence,
         )
+    }
+
+    #[tokio::test]
+    async fn downlinks_go_to_the_cabinets_session_or_are_counted_as_dropped() {
+        let (tx, _inbound) = mpsc::channel(16);
+        let broker = EmbeddedBroker::start(&BrokerConfig::default(), &[], tx)
+            .await
+            .expect("broker starts");
+        let direct = broker.links.direct().expect("direct paths").clone();
+        let a = locker_schemas::CabinetId::new("A").expect("id");
+        let ack = Topic::Down(a.clone(), locker_schemas::DownKind::Ack);
+        assert!(
+            !broker
+                .publisher
+                .publish(ack.clone(), Bytes::from_static(b"1"))
+                .await,
+            "offline: dropped"
+        );
+        let (old_slot, mut old_rx) = direct.register(a.clone(), 1);
+        assert!(
+            broker
+                .publisher
+                .publish(ack.clone(), Bytes::from_static(b"2"))
+                .await
+        );
+        let got = old_rx.recv().await.expect("delivered");
+        assert_eq!(&got.payload[..], b"2");
+        // A newer session of the cabinet takes the entry over; the old one's end leaves it.
+        let (slot, mut rx) = direct.register(a.clone(), 2);
+        drop(old_slot);
+        assert!(
+            broker
+                .publisher
+                .publish(ack.clone(), Bytes::from_static(b"3"))
+                .await
+        );
+        assert_eq!(&rx.recv().await.expect("delivered").payload[..], b"3");
+        assert!(
+            old_rx.recv().await.is_none(),
+            "the old session's queue is closed"
+        );
+        // A session that does not read: its queue fills, then downlinks are dropped.
+        for _ in 0..direct::SESSION_QUEUE {
+            assert!(broker
+                .publisher
+                .try_publish(ack.clone(), Bytes::from_static(b"x")));
+        }
+        assert!(!broker
+            .publisher
+            .try_publish(ack.clone(), Bytes::from_static(b"y")));
+        drop(slot);
+        assert!(
+            !broker
+                .publisher
+                .publish(ack, Bytes::from_static(b"4"))
+                .await
+        );
+        let families: Vec<_> = direct
+            .collectors()
+            .iter()
+            .flat_map(|c| c.collect())
+            .collect();
+        let dropped = |reason: &str| -> f64 {
+            families
+                .iter()
+                .filter(|f| f.get_name() == "locker_broker_downlinks_dropped_total")
+                .flat_map(|f| f.get_metric())
+                .filter(|m| m.get_label().iter().any(|l| l.get_value() == reason))
+                .map(|m| m.get_counter().get_value())
+                .sum()
+        };
+        assert_eq!(dropped("offline"), 2.0);
+        assert_eq!(dropped("full"), 1.0);
+    }
+
+    #[tokio::test]
+    async fn cabinet_uplinks_reach_the_router_in_order_through_the_shared_links() {
+        let (tx, mut inbound) = mpsc::channel(1024);
+        let broker = EmbeddedBroker::start(&BrokerConfig::default(), &["lk/v1/+/up/#".into()], tx)
+            .await
+            .expect("broker starts");
+        let direct = broker.links.direct().expect("direct paths").clone();
+        let ids: Vec<_> = (0..8)
+            .map(|i| locker_schemas::CabinetId::new(format!("C{i}")).expect("id"))
+            .collect();
+        for n in 0..50u32 {
+            for id in &ids {
+                let topic = Topic::Up(id.clone(), locker_schemas::UpKind::Scan).to_string();
+                let p = Publish::new(
+                    Bytes::from(topic),
+                    Bytes::from(n.to_be_bytes().to_vec()),
+                    false,
+                );
+                assert!(direct.uplink(id, vec![p]).await);
+            }
+        }
+        let mut next: std::collections::HashMap<Bytes, u32> = Default::default();
+        for _ in 0..(50 * ids.len()) {
+            let m = tokio::time::timeout(Duration::from_secs(10), inbound.recv())
+                .await
+                .expect("in time")
+                .expect("open");
+            let n = u32::from_be_bytes(m.payload[..4].try_into().expect("4 bytes"));
+            let want = next.entry(m.topic.clone()).or_insert(0);
+            assert_eq!(n, *want, "in order per cabinet");
+            *want += 1;
+        }
     }
 
     #[tokio::test]
@@ -388,7 +505,7 @@ mod tests {
         } = broker;
         let second = publisher.clone();
         drop(publisher);
-        assert!(second.try_publish(ack_topic("A"), Bytes::from_static(b"x")));
+        assert!(second.try_publish(stream_topic("A"), Bytes::from_static(b"x")));
         drop(second);
         tokio::time::timeout(Duration::from_secs(10), link_task)
             .await
@@ -419,7 +536,7 @@ mod tests {
             .connect("sub".into(), true, None)
             .await
             .expect("link");
-        let topic = ack_topic("B");
+        let topic = stream_topic("B");
         sub.subscribe(topic.to_string()).await.expect("subscribe");
         assert!(matches!(next_packet(&mut sub).await, Packet::SubAck(..)));
         for _ in 0..100 {

@@ -88,10 +88,16 @@ pub struct EdgeConfig {
     pub crl: Option<PathBuf>,
     /// How often the CRL file's modification time and size are checked for changes.
     pub crl_check_interval_ms: u64,
-    /// Issue stateless TLS session tickets (encrypted with in-memory keys that rotate), so a
+    /// Issue stateless TLS session tickets (encrypted with keys that rotate), so a
     /// reconnecting client resumes with an abbreviated handshake. The CRL and the certificate's
-    /// validity are checked on resumed handshakes too; tickets do not survive a restart.
+    /// validity are checked on resumed handshakes too.
     pub tls_tickets: bool,
+    /// File that keeps the ticket keys across restarts (mode 0600; as sensitive as the server
+    /// key), so the fleet resumes its sessions after a gateway restart instead of paying full
+    /// handshakes in the reconnect storm. Default (`None`): `<data_dir>/tls-ticket-keys`; the
+    /// edge on its own (no gateway around it) keeps the keys in memory only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ticket_key_file: Option<PathBuf>,
     /// How long one ticket key encrypts new tickets, in seconds (1 to 21,600); a ticket is
     /// accepted for up to twice this, then the client makes a full handshake.
     pub tls_ticket_rotation_s: u32,
@@ -125,6 +131,7 @@ impl Default for EdgeConfig {
             crl: Some(PathBuf::from("pki/crl.pem")),
             crl_check_interval_ms: 2_000,
             tls_tickets: true,
+            tls_ticket_key_file: None,
             tls_ticket_rotation_s: MAX_TICKET_ROTATION_S,
             tls_session_cache: 20_000,
             integrator_acls: BTreeMap::new(),

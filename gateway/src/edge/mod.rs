@@ -12,19 +12,27 @@
 //! alive is enforced. No socket is opened towards the broker: a cabinet costs one file
 //! descriptor. The edge is the authority on cabinet presence ([`PresenceEvent`]).
 //!
-//! Submodules: [`config`] (settings), `tls` (rustls configuration and CRL), `identity`,
-//! `acl` (packet rules), `bucket` (the uplink rate limit), `relay` (one connection up to its
-//! session), `session` (the MQTT session over the link), `registry` (connection table,
-//! presence, takeover, disconnects), `metrics`.
+//! Cabinets are the exception to "a link per client": a cabinet's session is served by the edge
+//! itself (`cabinet`), its downlinks handed to it directly and its uplinks passed to the router
+//! through a few shared links ([`crate::broker::Direct`]), because a router connection and
+//! subscription per cabinet is what limited a 10,000-cabinet fleet (BENCHMARKS.md).
+//!
+//! Submodules: [`config`] (settings), `tls` (rustls configuration and CRL), `tickets` (TLS
+//! ticket keys kept across restarts), `identity`, `acl` (packet rules), `bucket` (the uplink
+//! rate limit), `relay` (one connection up to its session), `session` (an integrator's MQTT
+//! session over its link), `cabinet` (a cabinet's session, served directly), `registry`
+//! (connection table, presence, takeover, disconnects), `metrics`.
 
 mod acl;
 mod bucket;
+mod cabinet;
 pub mod config;
 mod identity;
 mod metrics;
 mod registry;
 mod relay;
 mod session;
+mod tickets;
 mod tls;
 
 use std::net::SocketAddr;
@@ -100,6 +108,11 @@ impl Edge {
             .map_err(|e| TlsError::Join(e.to_string()))??;
         let tls = Arc::new(tls);
         let metrics = EdgeMetrics::register(registry)?;
+        if let Some(direct) = links.direct() {
+            for c in direct.collectors() {
+                registry.register(c)?;
+            }
+        }
         metrics.revoked_serials.set(tls.revoked().len() as i64);
         metrics
             .crl_number
@@ -136,6 +149,9 @@ impl Edge {
             cancel.clone(),
             done_tx.clone(),
         ));
+        if let Some(keys) = shared.tls.tickets().cloned() {
+            tokio::spawn(rotate_tickets(keys, cancel.clone(), done_tx.clone()));
+        }
         tokio::spawn(crl_watch(
             shared.clone(),
             crl_sig,
@@ -350,6 +366,35 @@ async fn crl_watch(
         }
         if let Some(reply) = reply {
             let _ = reply.send(result.map_err(|e| e.to_string()));
+        }
+    }
+}
+
+/// Rotates the TLS ticket keys when due and writes them to their file (on the blocking pool).
+async fn rotate_tickets(
+    keys: Arc<tickets::TicketKeys>,
+    cancel: CancellationToken,
+    _done: mpsc::Sender<()>,
+) {
+    let mut tick = tokio::time::interval(keys.check_every());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let k = keys.clone();
+        let r = tokio::task::spawn_blocking(move || match k.rotate_if_due() {
+            Ok(true) => k.save().map(|()| true),
+            other => other,
+        })
+        .await;
+        match r {
+            Ok(Ok(true)) => tracing::info!("edge: TLS ticket key rotated"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "edge: TLS ticket key rotation failed"),
+            Err(e) => tracing::error!(error = %e, "edge: TLS ticket key rotation task failed"),
         }
     }
 }

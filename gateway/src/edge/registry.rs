@@ -84,7 +84,7 @@ impl Registry {
         let (tx, rx) = mpsc::channel(INBOX);
         let actor = Actor {
             conns: HashMap::new(),
-            takeovers: Vec::new(),
+            takeovers: HashMap::new(),
             per_identity: HashMap::new(),
             presence,
             revoked,
@@ -160,10 +160,12 @@ struct Entry {
 
 struct Actor {
     conns: HashMap<u64, Entry>,
-    /// New connections waiting for older ones of their identity to close: (identity, its
+    /// New connections waiting for older ones of their identity to close: identity -> (its
     /// connection id, whom to tell).
-    takeovers: Vec<(Identity, u64, oneshot::Sender<()>)>,
-    per_identity: HashMap<Identity, usize>,
+    takeovers: HashMap<Identity, Vec<(u64, oneshot::Sender<()>)>>,
+    /// The open connections of each identity, by connection id (ascending: ids only grow).
+    /// Every lookup by identity goes through this index, so no operation scans the table.
+    per_identity: HashMap<Identity, Vec<u64>>,
     presence: mpsc::Sender<PresenceEvent>,
     revoked: Arc<HashSet<String>>,
     metrics: EdgeMetrics,
@@ -172,27 +174,28 @@ struct Actor {
 }
 
 impl Actor {
-    /// After `closed` (of `identity`) left: releases the takeovers that no longer wait for
-    /// anyone, and drops the one of `closed` itself.
+    /// After `closed` (of `identity`) left: releases the takeovers of that identity that no
+    /// longer wait for anyone, and drops the one of `closed` itself. Touches only `identity`'s
+    /// entries.
     fn takeover_progress(&mut self, identity: &Identity, closed: u64) {
-        if self.takeovers.is_empty() {
+        let Some(waiting) = self.takeovers.remove(identity) else {
             return;
-        }
-        let conns = &self.conns;
-        let pending = std::mem::take(&mut self.takeovers);
-        for (who, id, ready) in pending {
+        };
+        let open = self.per_identity.get(identity);
+        let mut still = Vec::new();
+        for (id, ready) in waiting {
             if id == closed {
                 continue; // closed before it took over: its sender drops
             }
-            let waits = &who == identity
-                && conns
-                    .values()
-                    .any(|e| e.info.identity == who && e.info.conn_id < id);
-            if &who == identity && !waits {
-                let _ = ready.send(());
+            let waits = open.is_some_and(|ids| ids.iter().any(|c| *c < id));
+            if waits {
+                still.push((id, ready));
             } else {
-                self.takeovers.push((who, id, ready));
+                let _ = ready.send(());
             }
+        }
+        if !still.is_empty() {
+            self.takeovers.insert(identity.clone(), still);
         }
     }
 
@@ -224,15 +227,9 @@ impl Actor {
                     return;
                 }
                 let mut older = 0;
-                // Only a takeover (the identity already has a connection) needs the scan; the
-                // common case stays O(1) so a reconnect storm is not O(n^2) in this actor.
-                if self
-                    .per_identity
-                    .get(&info.identity)
-                    .is_some_and(|n| *n > 0)
-                {
-                    for e in self.conns.values() {
-                        if e.info.identity == info.identity {
+                if let Some(ids) = self.per_identity.get(&info.identity) {
+                    for id in ids {
+                        if let Some(e) = self.conns.get(id) {
                             e.cancel.cancel();
                             older += 1;
                         }
@@ -248,13 +245,15 @@ impl Actor {
                         "edge: takeover, closing older connections first"
                     );
                     self.takeovers
-                        .push((info.identity.clone(), info.conn_id, ready));
+                        .entry(info.identity.clone())
+                        .or_default()
+                        .push((info.conn_id, ready));
                 }
                 let role = info.identity.role();
                 self.metrics.open.with_label_values(&[role]).inc();
-                let n = self.per_identity.entry(info.identity.clone()).or_insert(0);
-                *n += 1;
-                let first = *n == 1;
+                let ids = self.per_identity.entry(info.identity.clone()).or_default();
+                ids.push(info.conn_id);
+                let first = ids.len() == 1;
                 let event = match (&info.identity, first) {
                     (Identity::Cabinet(c), true) => Some(PresenceEvent {
                         cabinet: c.clone(),
@@ -274,21 +273,21 @@ impl Actor {
                     return;
                 };
                 let identity = entry.info.identity;
+                let last = match self.per_identity.get_mut(&identity) {
+                    Some(ids) => {
+                        ids.retain(|c| *c != conn_id);
+                        ids.is_empty()
+                    }
+                    None => true,
+                };
+                if last {
+                    self.per_identity.remove(&identity);
+                }
                 self.takeover_progress(&identity, conn_id);
                 self.metrics
                     .open
                     .with_label_values(&[identity.role()])
                     .dec();
-                let last = match self.per_identity.get_mut(&identity) {
-                    Some(n) if *n > 1 => {
-                        *n -= 1;
-                        false
-                    }
-                    _ => {
-                        self.per_identity.remove(&identity);
-                        true
-                    }
-                };
                 if let (Identity::Cabinet(c), true) = (identity, last) {
                     let ev = PresenceEvent {
                         cabinet: c,
@@ -301,9 +300,11 @@ impl Actor {
             }
             Cmd::Disconnect(identity, reply) => {
                 let mut n = 0;
-                for e in self.conns.values().filter(|e| e.info.identity == identity) {
-                    e.cancel.cancel();
-                    n += 1;
+                for id in self.per_identity.get(&identity).into_iter().flatten() {
+                    if let Some(e) = self.conns.get(id) {
+                        e.cancel.cancel();
+                        n += 1;
+                    }
                 }
                 let _ = reply.send(n);
             }

@@ -32,13 +32,15 @@ use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::acl::{Acl, Refusal, Session};
+use super::cabinet;
 use super::config::EdgeConfig;
 use super::identity;
 use super::metrics::{EdgeMetrics, Reason};
 use super::registry::{ConnectionInfo, Registry};
 use super::session::{self, End};
 use super::tls::{classify, TlsState};
-use crate::broker::{Link, LinkFactory};
+use crate::broker::{Direct, Link, LinkFactory};
+use locker_schemas::CabinetId;
 
 /// Initial size of a connection's read buffer (it grows for a bigger packet and shrinks back
 /// after it; it is freed while the connection is idle).
@@ -235,7 +237,7 @@ async fn connected(
         .inc();
     tracing::debug!(%identity, conn_id, %peer, "edge: accepted");
 
-    let end = AssertUnwindSafe(run(shared, est, predecessors, cancel))
+    let end = AssertUnwindSafe(run(shared, est, conn_id, predecessors, cancel))
         .catch_unwind()
         .await;
     match end {
@@ -257,11 +259,23 @@ async fn connected(
 async fn run(
     shared: &Shared,
     mut est: Box<Established>,
+    conn_id: u64,
     predecessors: oneshot::Receiver<()>,
     cancel: &CancellationToken,
 ) -> End {
     let est = &mut *est;
-    match Box::pin(open_link(shared, est, predecessors, cancel)).await {
+    if wait_for_predecessors(shared, est.acl.identity(), predecessors, cancel)
+        .await
+        .is_err()
+    {
+        return End::Cancelled;
+    }
+    if let (super::Identity::Cabinet(id), Some(direct)) =
+        (est.acl.identity().clone(), shared.links.direct())
+    {
+        return Box::pin(run_cabinet(shared, est, &id, direct, conn_id, cancel)).await;
+    }
+    match Box::pin(open_link(shared, est, cancel)).await {
         Ok(link) => est.link = Some(link),
         Err(end) => return end,
     }
@@ -301,25 +315,79 @@ async fn run(
     outcome.end
 }
 
-/// Waits for an older connection of the same identity to end (takeover), then opens the
-/// broker link; on failure answers the client with CONNACK "server unavailable".
+/// Waits for an older connection of the same identity to end (takeover); `Err` if this one
+/// was closed meanwhile.
+async fn wait_for_predecessors(
+    shared: &Shared,
+    identity: &super::Identity,
+    predecessors: oneshot::Receiver<()>,
+    cancel: &CancellationToken,
+) -> Result<(), ()> {
+    let window = shared.cfg.handshake_timeout();
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => return Err(()),
+        r = tokio::time::timeout(window, predecessors) => if r.is_err() {
+            tracing::warn!(%identity, "edge: the previous connection did not close in time; taking over anyway");
+        },
+    }
+    Ok(())
+}
+
+/// A cabinet's session, served by the edge itself (no link of its own, see
+/// [`crate::broker::Direct`]); its will goes to the router through its shared uplink link.
+async fn run_cabinet(
+    shared: &Shared,
+    est: &mut Established,
+    id: &CabinetId,
+    direct: &Direct,
+    conn_id: u64,
+    cancel: &CancellationToken,
+) -> End {
+    let pending = std::mem::take(&mut est.pending);
+    let cert_end = Instant::now()
+        + est
+            .cert_end
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+    let outcome = cabinet::run(
+        shared,
+        &mut est.tls,
+        &est.acl,
+        direct,
+        id,
+        conn_id,
+        &est.session,
+        pending,
+        cert_end,
+        cancel,
+    )
+    .await;
+    let cut_off = match &outcome.end {
+        End::Refused((Reason::CertExpired | Reason::Revoked, _)) => true,
+        End::Cancelled => shared.tls.revoked().contains(&est.serial),
+        _ => false,
+    };
+    if !(outcome.clean || cut_off) {
+        if let Some(w) = est.session.will.take() {
+            let will = rumqttd::protocol::Publish::new(w.topic, w.message, false);
+            direct.uplink(id, vec![will]).await;
+        }
+    }
+    outcome.end
+}
+
+/// Opens the broker link (after any takeover); on failure answers the client with CONNACK
+/// "server unavailable".
 async fn open_link(
     shared: &Shared,
     est: &mut Established,
-    predecessors: oneshot::Receiver<()>,
     cancel: &CancellationToken,
 ) -> Result<Link, End> {
     let Established {
         tls, acl, session, ..
     } = est;
     let window = shared.cfg.handshake_timeout();
-    tokio::select! {
-        biased;
-        _ = cancel.cancelled() => return Err(End::Cancelled),
-        r = tokio::time::timeout(window, predecessors) => if r.is_err() {
-            tracing::warn!(identity = %acl.identity(), "edge: the previous connection did not close in time; taking over anyway");
-        },
-    }
     let connect = shared.links.connect(
         acl.identity().client_id(),
         session.clean_session,

@@ -50,7 +50,7 @@ use super::relay::{Shared, READ_BUF};
 use crate::broker::Link;
 
 /// Router output encoded before it is written (a backlog is written in chunks of this size).
-const WRITE_CHUNK: usize = 16 * 1024;
+pub(super) const WRITE_CHUNK: usize = 16 * 1024;
 
 /// How a session ended.
 #[derive(Debug)]
@@ -105,7 +105,7 @@ struct State<'a> {
 }
 
 /// Longest single wait on the certificate's end (a timer is re-armed after it).
-const EXPIRY_STEP: Duration = Duration::from_secs(24 * 3600);
+pub(super) const EXPIRY_STEP: Duration = Duration::from_secs(24 * 3600);
 
 /// Runs the session from the CONNACK until it ends; `cert_end` is when the client's
 /// certificate stops being valid.
@@ -459,25 +459,37 @@ impl State<'_> {
         bytes: &[u8],
         cancel: &CancellationToken,
     ) -> Result<(), End> {
-        let write = async {
-            tls.write_all(bytes).await?;
-            tls.flush().await
-        };
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => Err(End::Cancelled),
-            r = tokio::time::timeout(self.window, write) => match r {
-                Ok(Ok(())) => {
-                    self.shared.metrics.bytes_out.inc_by(bytes.len() as u64);
-                    Ok(())
-                }
-                Ok(Err(e)) => Err(End::Io(e)),
-                Err(_) => Err(End::Refused((
-                    Reason::KeepAliveTimeout,
-                    format!("the client did not read for {:?}", self.window),
-                ))),
-            },
-        }
+        write_client(self.shared, tls, bytes, self.window, cancel).await
+    }
+}
+
+/// Writes and flushes `bytes` to the client, which has `window` (one keep-alive window) to
+/// take them.
+pub(super) async fn write_client(
+    shared: &Shared,
+    tls: &mut TlsStream<TcpStream>,
+    bytes: &[u8],
+    window: Duration,
+    cancel: &CancellationToken,
+) -> Result<(), End> {
+    let write = async {
+        tls.write_all(bytes).await?;
+        tls.flush().await
+    };
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(End::Cancelled),
+        r = tokio::time::timeout(window, write) => match r {
+            Ok(Ok(())) => {
+                shared.metrics.bytes_out.inc_by(bytes.len() as u64);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(End::Io(e)),
+            Err(_) => Err(End::Refused((
+                Reason::KeepAliveTimeout,
+                format!("the client did not read for {window:?}"),
+            ))),
+        },
     }
 }
 
@@ -498,7 +510,7 @@ struct Batch {
 }
 
 /// The packet id of an encoded QoS 1 or 2 PUBLISH frame (`None` for QoS 0).
-fn publish_pkid(frame: &[u8]) -> Option<u16> {
+pub(super) fn publish_pkid(frame: &[u8]) -> Option<u16> {
     let fh = check(frame.iter(), usize::MAX).ok()?;
     if (fh.byte1 >> 1) & 0b11 == 0 {
         return None;
@@ -512,7 +524,7 @@ fn publish_pkid(frame: &[u8]) -> Option<u16> {
 /// Reads more client bytes into `buf`. Between packets the connection is idle: no buffer is
 /// held while waiting (one byte is read into the stack first), then whatever is already
 /// decrypted is taken without waiting. Cancel-safe (the only wait is the first read).
-async fn read_client(
+pub(super) async fn read_client(
     tls: &mut TlsStream<TcpStream>,
     buf: &mut BytesMut,
     need: usize,

@@ -2,11 +2,11 @@
 //! mutual-TLS rustls server configuration (ring provider, client certificates verified against
 //! the fleet CA and the CRL, session resumption tickets), and swaps it when the CRL changes.
 //!
-//! Session resumption (`edge.tls_tickets`, `tls_ticket_rotation_s`, `tls_session_cache`): the
-//! ticketer (stateless TLS 1.3 tickets under in-memory keys that rotate, see [`ticketer`]) and
-//! the session cache (by id) are shared by every configuration built here, so clients keep
-//! resuming across CRL reloads; a restart starts with new keys and an empty cache (full
-//! handshakes). Because a resumed session skips certificate verification, the edge also checks
+//! Session resumption (`edge.tls_tickets`, `tls_ticket_rotation_s`, `tls_ticket_key_file`,
+//! `tls_session_cache`): the ticketer (stateless TLS 1.3 tickets under rotating keys kept in a
+//! file, see [`super::tickets`]) and the session cache (by id) are shared by every configuration
+//! built here, so clients keep resuming across CRL reloads and, through the key file, across
+//! restarts (the session-id cache starts empty). Because a resumed session skips certificate verification, the edge also checks
 //! each client's serial against [`TlsState::revoked`] (and the certificate's validity period)
 //! itself after every handshake, full or resumed.
 //!
@@ -22,17 +22,17 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use rustls::crypto::{CryptoProvider, GetRandomFailed};
+use rustls::crypto::CryptoProvider;
 use rustls::server::{
     NoServerSessionStorage, ProducesTickets, ServerSessionMemoryCache, StoresServerSessions,
     WebPkiClientVerifier,
 };
-use rustls::ticketer::TicketRotator;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 use super::config::EdgeConfig;
 use super::metrics::Reason;
+use super::tickets::{Loaded, TicketError, TicketKeys};
 
 /// Why the TLS material could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +51,8 @@ pub enum TlsError {
     Verifier(#[from] rustls::server::VerifierBuilderError),
     #[error("TLS loading task failed: {0}")]
     Join(String),
+    #[error("TLS ticket keys: {0}")]
+    Tickets(#[from] TicketError),
     #[error(
         "{}: CRL Number {offered:?} is not higher than the installed CRL's ({installed:?}); \
          keeping the installed one (re-sign with `locker-pki refresh-crl`)",
@@ -85,6 +87,8 @@ pub(crate) struct TlsState {
     fixed: Fixed,
     provider: Arc<CryptoProvider>,
     ticketer: Arc<dyn ProducesTickets>,
+    /// The ticket keys (when tickets are on), for the rotation task.
+    tickets: Option<Arc<TicketKeys>>,
     sessions: Arc<dyn StoresServerSessions>,
     config: ArcSwap<ServerConfig>,
     revoked: ArcSwap<HashSet<String>>,
@@ -123,10 +127,32 @@ impl TlsState {
             None => (Crl::default(), None),
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let ticketer: Arc<dyn ProducesTickets> = if cfg.tls_tickets {
-            ticketer(cfg.tls_ticket_rotation_s)?
+        let tickets = if cfg.tls_tickets {
+            let (keys, loaded) = TicketKeys::load(
+                cfg.tls_ticket_rotation_s,
+                cfg.tls_ticket_key_file.as_deref(),
+            )?;
+            match loaded {
+                Loaded::InMemory => {
+                    tracing::info!("edge: TLS ticket keys in memory only (no key file)")
+                }
+                Loaded::Restored(n) => {
+                    tracing::info!(
+                        keys = n,
+                        "edge: TLS ticket keys restored: tickets issued before the restart resume"
+                    )
+                }
+                Loaded::Fresh(why) => {
+                    tracing::info!(%why, "edge: new TLS ticket keys (earlier tickets need a full handshake)")
+                }
+            }
+            Some(Arc::new(keys))
         } else {
-            Arc::new(NoTickets)
+            None
+        };
+        let ticketer: Arc<dyn ProducesTickets> = match &tickets {
+            Some(k) => k.clone(),
+            None => Arc::new(NoTickets),
         };
         let sessions: Arc<dyn StoresServerSessions> = match cfg.tls_session_cache {
             0 => Arc::new(NoServerSessionStorage {}),
@@ -139,6 +165,7 @@ impl TlsState {
                 fixed,
                 provider,
                 ticketer,
+                tickets,
                 sessions,
                 config: ArcSwap::from_pointee(config),
                 revoked: ArcSwap::from_pointee(crl.serials),
@@ -147,6 +174,11 @@ impl TlsState {
             },
             sig,
         ))
+    }
+
+    /// The ticket keys, when tickets are on (rotated by the edge's rotation task).
+    pub fn tickets(&self) -> Option<&Arc<TicketKeys>> {
+        self.tickets.as_ref()
     }
 
     /// The current server configuration.
@@ -232,45 +264,6 @@ fn replacement(
         (None, _) => Replace::Install,
         (Some(old), Some(new)) if new > old => Replace::Install,
         _ => Replace::Stale,
-    }
-}
-
-/// Stateless session tickets whose key rotates every `rotation_s` seconds: new tickets are
-/// encrypted with the current key, and a ticket is accepted while its key is the current or
-/// the previous one (up to twice `rotation_s`); older keys are erased. The keys live in memory
-/// only.
-pub(crate) fn ticketer(rotation_s: u32) -> Result<Arc<dyn ProducesTickets>, TlsError> {
-    Ok(Arc::new(TicketRotator::new(rotation_s, fresh_ticket_key)?))
-}
-
-/// A new random ticket key: rustls' own ticketer (ring, ChaCha20-Poly1305), whose built-in
-/// six-hour rotation never comes into play under [`ticketer`]'s shorter one.
-fn fresh_ticket_key() -> Result<Box<dyn ProducesTickets>, GetRandomFailed> {
-    match rustls::crypto::ring::Ticketer::new() {
-        Ok(t) => Ok(Box::new(TicketKey(t))),
-        Err(_) => Err(GetRandomFailed),
-    }
-}
-
-/// One generation of ticket keys (see [`fresh_ticket_key`]).
-#[derive(Debug)]
-struct TicketKey(Arc<dyn ProducesTickets>);
-
-impl ProducesTickets for TicketKey {
-    fn enabled(&self) -> bool {
-        self.0.enabled()
-    }
-
-    fn lifetime(&self) -> u32 {
-        self.0.lifetime()
-    }
-
-    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
-        self.0.encrypt(plain)
-    }
-
-    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
-        self.0.decrypt(cipher)
     }
 }
 
@@ -414,26 +407,9 @@ mod tests {
     }
 
     #[test]
-    fn ticket_keys_rotate_and_old_tickets_stop_resuming() {
-        let t = ticketer(1).expect("ticketer");
-        assert!(t.enabled());
-        assert_eq!(t.lifetime(), 2, "a ticket lives for two rotation periods");
-        let old = t.encrypt(b"session").expect("ticket");
-        assert_eq!(t.decrypt(&old).as_deref(), Some(&b"session"[..]));
-        // Poll (no fixed wait): once the key that made `old` has been rotated out twice, it is
-        // erased and `old` resumes nothing, while tickets under the current key still work.
-        let start = std::time::Instant::now();
-        while t.decrypt(&old).is_some() {
-            assert!(
-                start.elapsed() < std::time::Duration::from_secs(30),
-                "the ticket key never rotated"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        let new = t.encrypt(b"session").expect("ticket");
-        assert_ne!(new, old);
-        assert_eq!(t.decrypt(&new).as_deref(), Some(&b"session"[..]));
+    fn without_tickets_none_are_issued() {
         assert!(!NoTickets.enabled());
+        assert_eq!(NoTickets.encrypt(b"session"), None);
     }
 
     #[test]

@@ -1,0 +1,465 @@
+//! One cabinet's MQTT session, served by the edge itself: no router connection of its own
+//! (see [`crate::broker::Direct`] for why). The edge speaks the broker's side of MQTT 3.1.1 for
+//! the few things a cabinet does:
+//!
+//! - CONNACK (accepted; no session is kept between connections: a cabinet's state that matters
+//!   is end to end, its outbox and the gateway's command queue, and the agent subscribes on
+//!   every connect);
+//! - PUBLISH (QoS 0 or 1, checked by the [`Acl`], retain cleared, rate limited by the token
+//!   bucket): handed in order to the router through the cabinet's shared uplink link, then
+//!   acknowledged (PUBACK) in order; the router holds it in memory exactly as it did when each
+//!   cabinet had its own link, and the application acknowledgement stays the real one;
+//! - SUBSCRIBE / UNSUBSCRIBE of its own downlink topics (the ACL allows nothing else): recorded
+//!   here and answered with SUBACK (QoS 2 granted as 1) / UNSUBACK; PINGREQ: PINGRESP;
+//! - downlinks: the gateway's publishes to `lk/v1/{cabinet}/down/{kind}` arrive on the
+//!   session's queue and are sent at the subscription's QoS; QoS 1 ones get a packet id and at
+//!   most [`MAX_INFLIGHT`] wait for the cabinet's PUBACK (in any order; a PUBACK for no
+//!   outstanding id ends the session).
+//!
+//! Keep alive, certificate expiry, cancellation and write backpressure work as in the
+//! integrators' [`session`](super::session): nothing is read while a write waits.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use locker_schemas::{CabinetId, Topic};
+use rumqttc::mqttbytes::v4 as wire;
+use rumqttc::mqttbytes::QoS as WireQoS;
+use rumqttd::protocol::v4::{check, PacketType, V4};
+use rumqttd::protocol::{matches, Error as MqttError, Packet, Protocol, Publish, QoS};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+
+use super::acl::{qos_bits, Acl, Session as ConnectInfo};
+use super::bucket::Bucket;
+use super::metrics::Reason;
+use super::relay::Shared;
+use super::session::{
+    publish_pkid, read_client, write_client, End, Outcome, EXPIRY_STEP, WRITE_CHUNK,
+};
+use crate::broker::{Direct, Downlink};
+
+/// Most QoS 1 downlinks sent to a cabinet and not yet acknowledged (rumqttd's own limit).
+pub const MAX_INFLIGHT: usize = 100;
+
+/// A reply owed to the cabinet, in the order its packets came.
+enum Reply {
+    PubAck(u16),
+    SubAck(u16, Vec<wire::SubscribeReasonCode>),
+    UnsubAck(u16),
+    PingResp,
+}
+
+/// What one [`Cabinet::uplink`] pass read.
+#[derive(Default)]
+struct Batch {
+    publishes: Vec<Publish>,
+    replies: Vec<Reply>,
+    /// Packets taken from the buffer.
+    taken: usize,
+    full: bool,
+    need: usize,
+    throttle: Option<Duration>,
+    end: Option<Result<(), End>>,
+}
+
+struct Cabinet<'a> {
+    shared: &'a Shared,
+    acl: &'a Acl,
+    direct: &'a Direct,
+    id: &'a CabinetId,
+    max_packet: usize,
+    max_batch: usize,
+    window: Duration,
+    last_read: Instant,
+    /// Packet ids of QoS 1 downlinks not yet acknowledged, oldest first.
+    unacked: VecDeque<u16>,
+    next_pkid: u16,
+    /// The cabinet's subscriptions: filter and granted QoS.
+    subs: Vec<(String, QoS)>,
+    bucket: Option<Bucket>,
+}
+
+/// Serves cabinet `id` (connection `conn_id`) from its CONNACK until the session ends.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run(
+    shared: &Shared,
+    tls: &mut TlsStream<TcpStream>,
+    acl: &Acl,
+    direct: &Direct,
+    id: &CabinetId,
+    conn_id: u64,
+    connect: &ConnectInfo,
+    pending: BytesMut,
+    cert_end: Instant,
+    cancel: &CancellationToken,
+) -> Outcome {
+    let cfg = &shared.cfg;
+    let (slot, mut mailbox) = direct.register(id.clone(), conn_id);
+    let mut cab = Cabinet {
+        shared,
+        acl,
+        direct,
+        id,
+        max_packet: shared.max_packet(),
+        max_batch: shared.links.max_batch(),
+        window: Duration::from_millis(u64::from(connect.keep_alive) * 1500),
+        last_read: Instant::now(),
+        unacked: VecDeque::new(),
+        next_pkid: 0,
+        subs: Vec::new(),
+        bucket: (cfg.uplink_rate_per_s > 0)
+            .then(|| Bucket::new(cfg.uplink_rate_per_s, cfg.uplink_burst)),
+    };
+    let r = cab
+        .serve(tls, &mut mailbox, pending, cert_end, cancel)
+        .await;
+    drop(slot);
+    match r {
+        Ok(()) => Outcome::from(End::ClientDisconnected),
+        Err(end) => Outcome::from(end),
+    }
+}
+
+impl Cabinet<'_> {
+    async fn serve(
+        &mut self,
+        tls: &mut TlsStream<TcpStream>,
+        mailbox: &mut mpsc::Receiver<Downlink>,
+        mut rbuf: BytesMut,
+        cert_end: Instant,
+        cancel: &CancellationToken,
+    ) -> Result<(), End> {
+        let mut out = BytesMut::new();
+        encode(
+            &wire::ConnAck::new(wire::ConnectReturnCode::Success, false),
+            &mut out,
+        )?;
+        self.write(tls, &out, cancel).await?;
+        out = BytesMut::new();
+
+        let idle = tokio::time::sleep_until(self.last_read + self.window);
+        tokio::pin!(idle);
+        let expiry = tokio::time::sleep_until(cert_end.min(Instant::now() + EXPIRY_STEP));
+        tokio::pin!(expiry);
+        let mut throttled: Option<Pin<Box<Sleep>>> = None;
+        let mut need = 0;
+        loop {
+            while !rbuf.is_empty() && throttled.is_none() {
+                let batch = self.uplink(&mut rbuf);
+                need = batch.need;
+                if let Some(wait) = batch.throttle {
+                    self.shared.metrics.throttled.inc();
+                    self.shared
+                        .metrics
+                        .throttled_seconds
+                        .inc_by(wait.as_secs_f64());
+                    throttled = Some(Box::pin(tokio::time::sleep_until(Instant::now() + wait)));
+                }
+                if !batch.publishes.is_empty() {
+                    tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => return Err(End::Cancelled),
+                        ok = self.direct.uplink(self.id, batch.publishes) => if !ok {
+                            return Err(End::BrokerClosed);
+                        },
+                    }
+                }
+                for r in batch.replies {
+                    match r {
+                        Reply::PubAck(pkid) => encode(&wire::PubAck::new(pkid), &mut out)?,
+                        Reply::SubAck(pkid, codes) => {
+                            encode(&wire::SubAck::new(pkid, codes), &mut out)?
+                        }
+                        Reply::UnsubAck(pkid) => encode(&wire::UnsubAck::new(pkid), &mut out)?,
+                        Reply::PingResp => encode(&wire::PingResp, &mut out)?,
+                    }
+                }
+                if out.len() >= WRITE_CHUNK {
+                    self.write(tls, &out, cancel).await?;
+                    out.clear();
+                }
+                match batch.end {
+                    Some(Ok(())) => {
+                        if !out.is_empty() {
+                            let _ = self.write(tls, &out, cancel).await;
+                        }
+                        return Ok(());
+                    }
+                    Some(Err(end)) => return Err(end),
+                    None if batch.full || batch.throttle.is_some() => continue,
+                    None => break,
+                }
+            }
+            if !out.is_empty() {
+                self.write(tls, &out, cancel).await?;
+                out = BytesMut::new();
+            }
+            if rbuf.is_empty() && rbuf.capacity() > 0 {
+                // Idle between packets: hold no read buffer while waiting.
+                rbuf = BytesMut::new();
+            }
+            if self.unacked.is_empty() && self.unacked.capacity() > 0 {
+                self.unacked = VecDeque::new();
+            }
+
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(End::Cancelled),
+                d = mailbox.recv(), if self.unacked.len() < MAX_INFLIGHT => match d {
+                    Some(d) => {
+                        self.downlink(d, &mut out)?;
+                        while self.unacked.len() < MAX_INFLIGHT && out.len() < WRITE_CHUNK {
+                            match mailbox.try_recv() {
+                                Ok(d) => self.downlink(d, &mut out)?,
+                                Err(_) => break,
+                            }
+                        }
+                        if !out.is_empty() {
+                            self.write(tls, &out, cancel).await?;
+                            out = BytesMut::new();
+                        }
+                    }
+                    // A newer session of this cabinet took the table entry over.
+                    None => return Err(End::Cancelled),
+                },
+                r = read_client(tls, &mut rbuf, need), if throttled.is_none() => match r {
+                    Ok(0) => return Err(End::ClientClosed),
+                    Ok(_) => self.last_read = Instant::now(),
+                    Err(e) => return Err(End::Io(e)),
+                },
+                _ = async {
+                    match throttled.as_mut() {
+                        Some(t) => t.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                }, if throttled.is_some() => {
+                    throttled = None;
+                    self.last_read = Instant::now();
+                }
+                _ = &mut expiry => {
+                    let now = Instant::now();
+                    if now >= cert_end {
+                        return Err(End::Refused((
+                            Reason::CertExpired,
+                            "the client certificate expired while connected".into(),
+                        )));
+                    }
+                    expiry.as_mut().reset(cert_end.min(now + EXPIRY_STEP));
+                }
+                _ = &mut idle => {
+                    let due = self.last_read + self.window;
+                    if Instant::now() >= due {
+                        return Err(End::Refused((
+                            Reason::KeepAliveTimeout,
+                            format!("nothing from the client for {:?}", self.window),
+                        )));
+                    }
+                    idle.as_mut().reset(due);
+                }
+            }
+        }
+    }
+
+    async fn write(
+        &self,
+        tls: &mut TlsStream<TcpStream>,
+        bytes: &[u8],
+        cancel: &CancellationToken,
+    ) -> Result<(), End> {
+        write_client(self.shared, tls, bytes, self.window, cancel).await
+    }
+
+    /// Encodes a downlink for the cabinet at the QoS of its best matching subscription (not
+    /// at all if none matches).
+    fn downlink(&mut self, d: Downlink, out: &mut BytesMut) -> Result<(), End> {
+        let topic = Topic::Down(self.id.clone(), d.kind).to_string();
+        let qos = self
+            .subs
+            .iter()
+            .filter(|(f, _)| matches(&topic, f))
+            .map(|(_, q)| *q)
+            .max_by_key(|q| *q as u8);
+        let Some(qos) = qos else {
+            return Ok(());
+        };
+        let mut p = wire::Publish {
+            dup: false,
+            qos: WireQoS::AtMostOnce,
+            retain: false,
+            topic,
+            pkid: 0,
+            payload: d.payload,
+        };
+        if qos != QoS::AtMostOnce {
+            p.qos = WireQoS::AtLeastOnce;
+            p.pkid = self.pkid();
+            self.unacked.push_back(p.pkid);
+        }
+        encode(&p, out)
+    }
+
+    /// The next packet id not awaiting an acknowledgement.
+    fn pkid(&mut self) -> u16 {
+        loop {
+            self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+            if !self.unacked.contains(&self.next_pkid) {
+                return self.next_pkid;
+            }
+        }
+    }
+
+    /// Parses and checks complete packets from `buf`, at most one batch: the publishes to
+    /// hand on and the replies owed, in order.
+    fn uplink(&mut self, buf: &mut BytesMut) -> Batch {
+        let mut b = Batch::default();
+        while b.taken < self.max_batch {
+            let fh = match check(buf.iter(), self.max_packet) {
+                Ok(fh) => fh,
+                Err(MqttError::InsufficientBytes(n)) => {
+                    b.need = n;
+                    return b;
+                }
+                Err(e @ MqttError::PayloadSizeLimitExceeded(_)) => {
+                    b.end = Some(Err(End::Refused((Reason::Oversized, e.to_string()))));
+                    return b;
+                }
+                Err(e) => {
+                    b.end = Some(Err(End::Refused((Reason::Malformed, e.to_string()))));
+                    return b;
+                }
+            };
+            let len = fh.frame_length();
+            let is_publish = matches!(fh.packet_type(), Ok(PacketType::Publish));
+            if is_publish {
+                if let Some(bucket) = &mut self.bucket {
+                    if let Some(wait) = bucket.take(Instant::now()) {
+                        b.throttle = Some(wait);
+                        return b;
+                    }
+                }
+            }
+            let pkid = if is_publish && qos_bits(&fh) == 1 {
+                buf.get(..len).and_then(publish_pkid)
+            } else {
+                None
+            };
+            let packet = match V4.read_mut(buf, self.max_packet) {
+                Ok(p) => p,
+                Err(e) => {
+                    b.end = Some(Err(End::Refused((Reason::Malformed, e.to_string()))));
+                    return b;
+                }
+            };
+            b.taken += 1;
+            self.shared.metrics.bytes_in.inc_by(len as u64);
+            if let Err(r) = self.acl.inspect(&fh, &packet) {
+                b.end = Some(Err(End::Refused(r)));
+                return b;
+            }
+            match packet {
+                Packet::Publish(p, _) => {
+                    if p.retain {
+                        self.shared
+                            .metrics
+                            .retain_cleared
+                            .with_label_values(&["publish"])
+                            .inc();
+                        self.shared.registry.report(
+                            self.acl.identity().to_string(),
+                            Reason::RetainCleared,
+                            "PUBLISH with retain: passed on without it".into(),
+                        );
+                    }
+                    b.publishes.push(Publish::new(p.topic, p.payload, false));
+                    if let Some(id) = pkid {
+                        b.replies.push(Reply::PubAck(id));
+                    }
+                }
+                Packet::PubAck(ack, _) => match self.unacked.iter().position(|i| *i == ack.pkid) {
+                    Some(at) => {
+                        self.unacked.remove(at);
+                    }
+                    None => {
+                        b.end = Some(Err(End::Refused((
+                            Reason::UnexpectedPacket,
+                            format!("PUBACK {} for no publish awaiting one", ack.pkid),
+                        ))));
+                        return b;
+                    }
+                },
+                Packet::Subscribe(s, _) => {
+                    let mut codes = Vec::with_capacity(s.filters.len());
+                    for f in s.filters {
+                        let qos = match f.qos {
+                            QoS::AtMostOnce => QoS::AtMostOnce,
+                            _ => QoS::AtLeastOnce,
+                        };
+                        codes.push(wire::SubscribeReasonCode::Success(match qos {
+                            QoS::AtMostOnce => WireQoS::AtMostOnce,
+                            _ => WireQoS::AtLeastOnce,
+                        }));
+                        self.subs.retain(|(p, _)| *p != f.path);
+                        self.subs.push((f.path, qos));
+                    }
+                    b.replies.push(Reply::SubAck(s.pkid, codes));
+                }
+                Packet::Unsubscribe(u, _) => {
+                    self.subs.retain(|(p, _)| !u.filters.contains(p));
+                    b.replies.push(Reply::UnsubAck(u.pkid));
+                }
+                Packet::PingReq(_) => b.replies.push(Reply::PingResp),
+                Packet::Disconnect(..) => {
+                    b.end = Some(Ok(()));
+                    return b;
+                }
+                other => {
+                    b.end = Some(Err(End::Refused((
+                        Reason::UnexpectedPacket,
+                        format!("a cabinet may not send {other:?}"),
+                    ))));
+                    return b;
+                }
+            }
+        }
+        b.full = true;
+        b
+    }
+}
+
+/// A packet the edge writes to a cabinet.
+trait Encode {
+    fn write_to(&self, out: &mut BytesMut) -> Result<usize, rumqttc::mqttbytes::Error>;
+}
+
+macro_rules! encodes {
+    ($($t:ty),*) => {$(
+        impl Encode for $t {
+            fn write_to(&self, out: &mut BytesMut) -> Result<usize, rumqttc::mqttbytes::Error> {
+                self.write(out)
+            }
+        }
+    )*};
+}
+encodes!(
+    wire::ConnAck,
+    wire::PubAck,
+    wire::SubAck,
+    wire::UnsubAck,
+    wire::PingResp,
+    wire::Publish
+);
+
+fn encode(p: &impl Encode, out: &mut BytesMut) -> Result<(), End> {
+    p.write_to(out).map(|_| ()).map_err(|e| {
+        End::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("encoding a packet for the cabinet: {e:?}"),
+        ))
+    })
+}
