@@ -443,9 +443,9 @@ mod tests {
         let dropped = |reason: &str| -> f64 {
             families
                 .iter()
-                .filter(|f| f.get_name() == "locker_broker_downlinks_dropped_total")
+                .filter(|f| f.name() == "locker_broker_downlinks_dropped_total")
                 .flat_map(|f| f.get_metric())
-                .filter(|m| m.get_label().iter().any(|l| l.get_value() == reason))
+                .filter(|m| m.get_label().iter().any(|l| l.value() == reason))
                 .map(|m| m.get_counter().get_value())
                 .sum()
         };

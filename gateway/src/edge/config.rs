@@ -63,6 +63,13 @@ pub struct EdgeConfig {
     pub max_handshakes_per_address: usize,
     /// Connections (handshaking or established) above this number are refused at accept.
     pub max_connections: usize,
+    /// Admission control for reconnect storms: TLS handshakes past their ClientHello (the part
+    /// that costs CPU) allowed at once. A new one beyond it is closed at once (counted as
+    /// `busy`) and the client retries after its jittered backoff, so handshakes in progress
+    /// finish instead of all slowing down past their deadlines together. Clients that offer a
+    /// session to resume (they were connected before; an abbreviated handshake is cheap) may
+    /// use all of it, others only half. 0 turns it off.
+    pub max_handshakes_in_progress: usize,
     /// Most distinct subscription filters one integrator connection may hold; a SUBSCRIBE
     /// beyond it closes the connection. (Cabinets may subscribe only to their own downlink
     /// filters, so they never hold more than a handful.)
@@ -121,6 +128,7 @@ impl Default for EdgeConfig {
             max_concurrent_handshakes: None,
             max_handshakes_per_address: 0,
             max_connections: 20_000,
+            max_handshakes_in_progress: 1_024,
             max_filters_per_client: 64,
             uplink_rate_per_s: 100,
             uplink_burst: 2_000,

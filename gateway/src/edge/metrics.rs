@@ -55,6 +55,10 @@ pub enum Reason {
     TooManyFilters,
     /// The client certificate's validity ended (at a resumed handshake, or while connected).
     CertExpired,
+    /// Refused right after its ClientHello because `max_handshakes_in_progress` were running
+    /// (a client offering no session to resume is refused at half of it): the client backs off
+    /// and retries instead of every handshake slowing down together.
+    Busy,
     /// Not a refusal (and not in [`Reason::ALL`]): a cabinet's retain flag was cleared and
     /// the message passed on; counted in `locker_edge_retain_cleared_total`, logged once.
     RetainCleared,
@@ -85,6 +89,7 @@ impl Reason {
         Reason::TooManyFromAddress,
         Reason::TooManyFilters,
         Reason::CertExpired,
+        Reason::Busy,
     ];
 
     /// The metric label value.
@@ -112,6 +117,7 @@ impl Reason {
             Reason::TooManyFromAddress => "too_many_from_address",
             Reason::TooManyFilters => "too_many_filters",
             Reason::CertExpired => "cert_expired",
+            Reason::Busy => "busy",
             Reason::RetainCleared => "retain_cleared",
         }
     }

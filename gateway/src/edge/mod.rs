@@ -18,7 +18,7 @@
 //! subscription per cabinet is what limited a 10,000-cabinet fleet (BENCHMARKS.md).
 //!
 //! Submodules: [`config`] (settings), `tls` (rustls configuration and CRL), `tickets` (TLS
-//! ticket keys kept across restarts), `identity`, `acl` (packet rules), `bucket` (the uplink
+//! ticket keys kept across restarts), `hello` (admission control at the ClientHello), `identity`, `acl` (packet rules), `bucket` (the uplink
 //! rate limit), `relay` (one connection up to its session), `session` (an integrator's MQTT
 //! session over its link), `cabinet` (a cabinet's session, served directly), `registry`
 //! (connection table, presence, takeover, disconnects), `metrics`.
@@ -27,6 +27,7 @@ mod acl;
 mod bucket;
 mod cabinet;
 pub mod config;
+mod hello;
 mod identity;
 mod metrics;
 mod registry;
@@ -139,6 +140,7 @@ impl Edge {
             registry,
             next_id: AtomicU64::new(1),
             live: AtomicUsize::new(0),
+            admissions: hello::Admissions::default(),
         });
         let cancel = CancellationToken::new();
         let (done_tx, done_rx) = mpsc::channel(1);

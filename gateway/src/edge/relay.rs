@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use super::acl::{Acl, Refusal, Session};
 use super::cabinet;
 use super::config::EdgeConfig;
+use super::hello;
 use super::identity;
 use super::metrics::{EdgeMetrics, Reason};
 use super::registry::{ConnectionInfo, Registry};
@@ -64,6 +65,8 @@ pub(crate) struct Shared {
     pub next_id: AtomicU64,
     /// Connections accepted and not yet closed (handshaking or established).
     pub live: AtomicUsize,
+    /// TLS handshakes admitted and running (`max_handshakes_in_progress`).
+    pub admissions: hello::Admissions,
 }
 
 impl Shared {
@@ -453,11 +456,34 @@ async fn establish(
     };
     // Nothing scarce is held while waiting for the peer, in any phase: each phase has its own
     // deadline, and handshakes in progress are bounded by `max_connections`.
+    let hello_by = Instant::now() + cfg.hello_timeout();
+    let max = cfg.max_handshakes_in_progress;
+    let resuming = if max > 0 {
+        tokio::time::timeout_at(hello_by, hello::offers_resumption(&tcp))
+            .await
+            .map_err(|_| timed_out("ClientHello", cfg.hello_timeout()))?
+            .map_err(tls_failed)?
+    } else {
+        false
+    };
     let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
-    let hello = tokio::time::timeout(cfg.hello_timeout(), hello)
+    let hello = tokio::time::timeout_at(hello_by, hello)
         .await
         .map_err(|_| timed_out("ClientHello", cfg.hello_timeout()))?
         .map_err(tls_failed)?;
+    // Admission: the CPU of the handshake is spent from here on.
+    let Some(_admitted) = shared.admissions.admit(max, resuming) else {
+        let kind = if resuming { "resuming" } else { "full" };
+        return Err((
+            None,
+            (
+                Reason::Busy,
+                format!(
+                    "{max} handshakes in progress ({kind} handshake refused; the client retries)"
+                ),
+            ),
+        ));
+    };
     let mut tls = {
         let _g = InFlight::new(&shared.metrics.handshakes_in_flight);
         tokio::time::timeout(cfg.tls_timeout(), hello.into_stream(shared.tls.config()))

@@ -1,0 +1,69 @@
+//! Admission control at the ClientHello (`edge.max_handshakes_in_progress`): when that many
+//! TLS handshakes are running, a new one is closed at once and counted as `busy` (the client
+//! retries after its backoff) instead of every handshake slowing down together; a client that
+//! offers a session to resume (it was connected before) may use all the places, one that
+//! offers nothing only half.
+
+use locker_tests::edge::*;
+use locker_tests::eventually;
+
+const CONNACK_OK: [u8; 4] = [0x20, 0x02, 0x00, 0x00];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_limit_new_handshakes_are_refused_at_once_and_resuming_ones_preferred() {
+    let mut fx = EdgeFixture::start(|c| {
+        c.max_handshakes_in_progress = 2;
+        c.tls_timeout_ms = 60_000;
+        c.handshake_timeout_ms = 60_000;
+    })
+    .await;
+    let (a, b) = (fx.cabinet("CAB-A"), fx.cabinet("CAB-B"));
+    let a_tls = fx.tls(Some(&a));
+
+    // A connects once (a full handshake) and so holds a ticket.
+    let mut s = raw_tls(fx.addr, a_tls.clone()).await.expect("TLS");
+    send(&mut s, &connect_bytes("CAB-A", false)).await;
+    assert_eq!(read_exact(&mut s, 4).await, CONNACK_OK);
+    drop(s);
+    fx.wait_connected(0).await;
+
+    // One client stalls in its handshake after the ClientHello: the one place a handshake
+    // that resumes nothing may take (half of 2) is used.
+    let _stalled = stalled_after_hello(fx.addr, fx.tls(Some(&b))).await;
+    eventually("the stalled handshake is admitted", || {
+        fx.metric("locker_edge_handshakes_in_flight", None) == 1
+    })
+    .await;
+
+    // A new full handshake is refused at once (not after a deadline) and counted.
+    let refused = raw_tls(fx.addr, fx.tls(Some(&b))).await;
+    assert!(refused.is_err(), "refused: {:?}", refused.map(|_| ()));
+    eventually("counted as busy", || fx.rejections("busy") == 1).await;
+
+    // A, offering its ticket, is let in and resumes.
+    let mut s = raw_tls(fx.addr, a_tls).await.expect("A resumes while busy");
+    send(&mut s, &connect_bytes("CAB-A", false)).await;
+    assert_eq!(read_exact(&mut s, 4).await, CONNACK_OK);
+    assert_eq!(
+        fx.metric(
+            "locker_edge_tls_handshakes_total",
+            Some(("kind", "resumed"))
+        ),
+        1
+    );
+    assert_eq!(fx.rejections("busy"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_admission_off_a_stalled_handshake_refuses_no_one() {
+    let mut fx = EdgeFixture::start(|c| c.max_handshakes_in_progress = 0).await;
+    let b = fx.cabinet("CAB-B");
+    let _stalled: Vec<_> =
+        futures::future::join_all((0..3).map(|_| stalled_after_hello(fx.addr, fx.tls(Some(&b)))))
+            .await;
+    let c = fx.cabinet("CAB-C");
+    let mut s = raw_tls(fx.addr, fx.tls(Some(&c))).await.expect("TLS");
+    send(&mut s, &connect_bytes("CAB-C", false)).await;
+    assert_eq!(read_exact(&mut s, 4).await, CONNACK_OK);
+    assert_eq!(fx.rejections("busy"), 0);
+}
