@@ -2,7 +2,8 @@
 //! TLS handshakes are running, a new one is closed at once and counted as `busy` (the client
 //! retries after its backoff) instead of every handshake slowing down together; a client that
 //! offers a session to resume (it was connected before) may use all the places, one that
-//! offers nothing only half.
+//! offers nothing only half. And what each handshake costs: the edge picks the SHA-256 suite
+//! (hardware-accelerated) whatever the client prefers, and hands out spare tickets.
 
 use locker_tests::edge::*;
 use locker_tests::eventually;
@@ -66,4 +67,35 @@ async fn with_admission_off_a_stalled_handshake_refuses_no_one() {
     send(&mut s, &connect_bytes("CAB-C", false)).await;
     assert_eq!(read_exact(&mut s, 4).await, CONNACK_OK);
     assert_eq!(fx.rejections("busy"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_picks_aes128_sha256_and_hands_out_spare_tickets() {
+    let mut fx = EdgeFixture::start(|_| {}).await;
+    let a = fx.cabinet("CAB-A");
+    // A stock rustls client prefers AES-256-GCM-SHA384; the edge's order wins.
+    let mut s = raw_tls(fx.addr, fx.tls(Some(&a))).await.expect("TLS");
+    let suite = s.get_ref().1.negotiated_cipher_suite().map(|c| c.suite());
+    assert_eq!(suite, Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
+    send(&mut s, &connect_bytes("CAB-A", false)).await;
+    assert_eq!(read_exact(&mut s, 4).await, CONNACK_OK);
+    // Four tickets came with the handshake: four attempts can resume (one per attempt, also
+    // one refused as busy).
+    let tls = fx.tls(Some(&a));
+    let first = raw_tls(fx.addr, tls.clone()).await.expect("TLS");
+    let mut first = first;
+    send(&mut first, &connect_bytes("CAB-A", false)).await;
+    assert_eq!(read_exact(&mut first, 4).await, CONNACK_OK);
+    drop(first);
+    for n in 1..=4u64 {
+        let s = raw_tls(fx.addr, tls.clone()).await.expect("TLS");
+        drop(s);
+        eventually("resumed", || {
+            fx.metric(
+                "locker_edge_tls_handshakes_total",
+                Some(("kind", "resumed")),
+            ) == n
+        })
+        .await;
+    }
 }

@@ -2,8 +2,8 @@
 //! agent resumes its TLS session (an abbreviated handshake, counted in
 //! `locker_edge_tls_handshakes_total{kind="resumed"}`); a revoked cabinet holding tickets is
 //! refused on its resumed handshakes after the CRL reload; the session cache resumes clients
-//! when tickets are off; with both off every handshake is a full one; and a restart voids
-//! every ticket (keys live in memory), so a cabinet revoked meanwhile meets the CRL.
+//! when tickets are off; with both off every handshake is a full one; tickets survive a restart
+//! (the keys are kept in the data directory) while a cabinet revoked meanwhile stays out.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

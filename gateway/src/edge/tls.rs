@@ -126,7 +126,7 @@ impl TlsState {
             }
             None => (Crl::default(), None),
         };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(provider());
         let tickets = if cfg.tls_tickets {
             let (keys, loaded) = TicketKeys::load(
                 cfg.tls_ticket_rotation_s,
@@ -323,7 +323,32 @@ fn build(
         .with_single_cert(fixed.chain.clone(), fixed.key.clone_key())?;
     config.ticketer = ticketer.clone();
     config.session_storage = sessions.clone();
+    // The server picks the suite (see [`provider`]); spare tickets let a client whose
+    // attempt was refused (busy) still resume on its next one.
+    config.ignore_client_order = true;
+    config.send_tls13_tickets = TICKETS_PER_HANDSHAKE;
     Ok(config)
+}
+
+/// Tickets sent after each handshake (rustls' default is 2): a client spends one per attempt,
+/// also on an attempt the edge refuses as busy in a storm.
+const TICKETS_PER_HANDSHAKE: usize = 4;
+
+/// rustls' ring provider with the TLS 1.3 suites in the edge's order of preference: AES-128-GCM
+/// with SHA-256 first. Every handshake, full or resumed, runs its key schedule and transcript
+/// on the suite's hash, and SHA-256 has hardware support where SHA-384 does not (the storm
+/// profile showed `sha512_block_data_order_nohw` as the edge's top function).
+fn provider() -> CryptoProvider {
+    use rustls::crypto::ring::cipher_suite as cs;
+    let mut p = rustls::crypto::ring::default_provider();
+    let rank = |s: &rustls::SupportedCipherSuite| match s.suite() {
+        x if x == cs::TLS13_AES_128_GCM_SHA256.suite() => 0,
+        x if x == cs::TLS13_CHACHA20_POLY1305_SHA256.suite() => 1,
+        x if x == cs::TLS13_AES_256_GCM_SHA384.suite() => 2,
+        _ => 3,
+    };
+    p.cipher_suites.sort_by_key(rank);
+    p
 }
 
 fn load_crl(path: &Path, ca_ders: &[CertificateDer<'static>]) -> Result<Crl, TlsError> {
