@@ -20,7 +20,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use locker_schemas::Filter;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -146,7 +145,9 @@ impl Gateway {
         let (inbound_tx, inbound_rx) = mpsc::channel(16 * 1024);
         let broker = EmbeddedBroker::start_tracked(
             &cfg.broker,
-            &[Filter::all_uplinks().as_str().to_owned()],
+            // Cabinet uplinks reach ingest straight from the edge (broker::Direct); the
+            // gateway's link subscribes to nothing.
+            &[],
             inbound_tx,
             &tracker,
         )

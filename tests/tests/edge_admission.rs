@@ -14,6 +14,7 @@ const CONNACK_OK: [u8; 4] = [0x20, 0x02, 0x00, 0x00];
 async fn past_the_limit_new_handshakes_are_refused_at_once_and_resuming_ones_preferred() {
     let mut fx = EdgeFixture::start(|c| {
         c.max_handshakes_in_progress = 2;
+        c.admission_hold_ms = 60_000;
         c.tls_timeout_ms = 60_000;
         c.handshake_timeout_ms = 60_000;
     })
@@ -98,4 +99,44 @@ async fn the_edge_picks_aes128_sha256_and_hands_out_spare_tickets() {
         })
         .await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_handshake_gives_its_place_back_after_the_hold() {
+    let mut fx = EdgeFixture::start(|c| {
+        c.max_handshakes_in_progress = 2;
+        c.admission_hold_ms = 200;
+        c.tls_timeout_ms = 60_000;
+        c.handshake_timeout_ms = 60_000;
+    })
+    .await;
+    let (b, c) = (fx.cabinet("CAB-B"), fx.cabinet("CAB-C"));
+    // A stalled handshake takes the one place a full handshake may use (half of 2) ...
+    let _stalled = stalled_after_hello(fx.addr, fx.tls(Some(&b))).await;
+    // ... and gives it back 200 ms after it was admitted: a new full handshake is refused
+    // until then (maybe not at all on a slow machine), and gets in while the stall is still
+    // open.
+    let started = std::time::Instant::now();
+    let mut refused = 0;
+    let mut s = loop {
+        match raw_tls(fx.addr, fx.tls(Some(&c))).await {
+            Ok(s) => break s,
+            Err(_) => {
+                refused += 1;
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(30),
+                    "the stalled handshake never gave its place back"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    send(&mut s, &connect_bytes("CAB-C", false)).await;
+    assert_eq!(read_exact(&mut s, 4).await, CONNACK_OK);
+    assert_eq!(fx.rejections("busy"), refused);
+    assert_eq!(
+        fx.metric("locker_edge_handshakes_in_flight", None),
+        1,
+        "the stall is still open"
+    );
 }

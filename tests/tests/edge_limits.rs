@@ -56,6 +56,9 @@ async fn stalls_at_every_phase_do_not_delay_a_cabinet() {
     const BEFORE_CONNECT: usize = 300;
     let mut fx = EdgeFixture::start(|cfg| {
         handshake_deadlines(cfg, 60_000);
+        // Admission control off: this is about stalls holding nothing (with it on, a stalled
+        // handshake holds a place for `admission_hold_ms` only: edge_admission.rs).
+        cfg.max_handshakes_in_progress = 0;
     })
     .await;
     let (a, x) = (fx.cabinet("CAB-A"), fx.cabinet("CAB-X"));

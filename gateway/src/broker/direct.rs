@@ -9,9 +9,10 @@
 //! a reconnect storm and most of the gateway's memory (BENCHMARKS.md). A cabinet's downlinks are
 //! only ever published by the gateway itself (integrators may never reach `down` topics), so the
 //! edge serves a cabinet's subscription itself and the gateway hands its downlinks straight to
-//! that cabinet's session; a cabinet's uplinks (and its will) go to the router through one of
-//! [`UPLINK_LINKS`] shared links, chosen by cabinet so each cabinet's order is kept, where the
-//! gateway's ingest and the integrators' subscriptions receive them as before.
+//! that cabinet's session. A cabinet's uplinks (and its will) go to the gateway's ingest
+//! straight from the session (in order, waiting while ingest is full: TCP pushes back on the
+//! cabinet), and to the router through one of [`UPLINK_LINKS`] shared links, chosen by cabinet
+//! so each cabinet's order is kept, for the integrators' subscriptions.
 //!
 //! Nothing here is durable, exactly like the router: a downlink for a cabinet that is offline,
 //! or whose session queue is full, is dropped and counted
@@ -31,7 +32,7 @@ use rumqttd::protocol::{Packet, Publish};
 use rumqttd::Notification;
 use tokio::sync::mpsc;
 
-use super::{BrokerError, Link, LinkFactory};
+use super::{BrokerError, Inbound, Link, LinkFactory};
 
 /// Shared links carrying cabinet uplinks to the router.
 pub const UPLINK_LINKS: usize = 4;
@@ -84,6 +85,8 @@ impl Drop for SessionSlot {
 
 struct Inner {
     sessions: RwLock<HashMap<CabinetId, (u64, mpsc::Sender<Downlink>)>>,
+    /// The gateway's ingest.
+    ingest: mpsc::Sender<Inbound>,
     uplinks: Vec<mpsc::Sender<Vec<Publish>>>,
     dropped: IntCounterVec,
     delivered: IntCounter,
@@ -99,7 +102,10 @@ impl Direct {
     /// Connects the shared uplink links to the router. Their tasks end when the last handle
     /// is dropped (they are not tracked: like the router thread, they live as long as anything
     /// can use them, and shutting down never waits for them).
-    pub(super) async fn start(links: &LinkFactory) -> Result<Self, BrokerError> {
+    pub(super) async fn start(
+        links: &LinkFactory,
+        ingest: mpsc::Sender<Inbound>,
+    ) -> Result<Self, BrokerError> {
         let mut uplinks = Vec::with_capacity(UPLINK_LINKS);
         for i in 0..UPLINK_LINKS {
             let mut link = links.connect(format!("gw:edge-{i}"), true, None).await?;
@@ -125,6 +131,7 @@ impl Direct {
         Ok(Self {
             inner: Arc::new(Inner {
                 sessions: RwLock::new(HashMap::new()),
+                ingest,
                 uplinks,
                 dropped,
                 delivered,
@@ -186,11 +193,21 @@ impl Direct {
         sent
     }
 
-    /// Hands `cabinet`'s uplink publishes (QoS 0 at the router, in order) to its shared link;
-    /// waits while that link is backed up. `false` if the router is gone.
+    /// Hands `cabinet`'s uplink publishes, in order, to the gateway's ingest and then (QoS 0)
+    /// to its shared router link; waits while either is backed up. `false` if the router is
+    /// gone. (Once ingest has stopped, at shutdown, they go to the router only.)
     pub async fn uplink(&self, cabinet: &CabinetId, publishes: Vec<Publish>) -> bool {
         if publishes.is_empty() {
             return true;
+        }
+        for p in &publishes {
+            let msg = Inbound {
+                topic: p.topic.clone(),
+                payload: p.payload.clone(),
+            };
+            if self.inner.ingest.send(msg).await.is_err() {
+                break;
+            }
         }
         let mut h = DefaultHasher::new();
         cabinet.hash(&mut h);

@@ -141,7 +141,9 @@ impl EmbeddedBroker {
     ///
     /// Every publish matching `filters` is delivered on `inbound` (a bounded channel: when
     /// ingest falls behind, the link waits, and rumqttd buffers and eventually skips, which the
-    /// end-to-end acknowledgements make safe).
+    /// end-to-end acknowledgements make safe). Cabinet uplinks and wills are delivered on
+    /// `inbound` straight from the edge ([`Direct`]), not through the router: `filters` should
+    /// not match them (they would arrive twice).
     pub async fn start(
         cfg: &BrokerConfig,
         filters: &[String],
@@ -158,7 +160,7 @@ impl EmbeddedBroker {
         tracker: &TaskTracker,
     ) -> Result<Self, BrokerError> {
         let mut links = link::factory(cfg);
-        let direct = Direct::start(&links).await?;
+        let direct = Direct::start(&links, inbound.clone()).await?;
         links.set_direct(direct.clone());
         let mut link = links.connect(INTERNAL_CLIENT_ID.into(), true, None).await?;
         let _connack = link.take_connack();
@@ -456,10 +458,18 @@ mod tests {
     #[tokio::test]
     async fn cabinet_uplinks_reach_the_router_in_order_through_the_shared_links() {
         let (tx, mut inbound) = mpsc::channel(1024);
-        let broker = EmbeddedBroker::start(&BrokerConfig::default(), &["lk/v1/+/up/#".into()], tx)
+        let broker = EmbeddedBroker::start(&BrokerConfig::default(), &[], tx)
             .await
             .expect("broker starts");
         let direct = broker.links.direct().expect("direct paths").clone();
+        // An integrator-like subscriber on the router.
+        let mut sub = broker
+            .links
+            .connect("sub".into(), true, None)
+            .await
+            .expect("link");
+        sub.subscribe("lk/v1/+/up/#").await.expect("subscribe");
+        assert!(matches!(next_packet(&mut sub).await, Packet::SubAck(..)));
         let ids: Vec<_> = (0..8)
             .map(|i| locker_schemas::CabinetId::new(format!("C{i}")).expect("id"))
             .collect();
@@ -474,9 +484,23 @@ mod tests {
                 assert!(direct.uplink(id, vec![p]).await);
             }
         }
+        // Ingest gets each once, in order per cabinet, straight from the edge ...
         let mut next: std::collections::HashMap<Bytes, u32> = Default::default();
         for _ in 0..(50 * ids.len()) {
             let m = tokio::time::timeout(Duration::from_secs(10), inbound.recv())
+                .await
+                .expect("in time")
+                .expect("open");
+            let n = u32::from_be_bytes(m.payload[..4].try_into().expect("4 bytes"));
+            let want = next.entry(m.topic.clone()).or_insert(0);
+            assert_eq!(n, *want, "in order per cabinet");
+            *want += 1;
+        }
+        assert!(inbound.try_recv().is_err(), "and only once");
+        // ... and the router's subscribers get them too, in order per cabinet.
+        let mut next: std::collections::HashMap<Bytes, u32> = Default::default();
+        for _ in 0..(50 * ids.len()) {
+            let m = tokio::time::timeout(Duration::from_secs(10), sub.next_publish())
                 .await
                 .expect("in time")
                 .expect("open");

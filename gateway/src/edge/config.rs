@@ -70,6 +70,10 @@ pub struct EdgeConfig {
     /// session to resume (they were connected before; an abbreviated handshake is cheap) may
     /// use all of it, others only half. 0 turns it off.
     pub max_handshakes_in_progress: usize,
+    /// A handshake counted in `max_handshakes_in_progress` that is still waiting for its client
+    /// after this long gives its place back (it is no longer using CPU), so clients that stall
+    /// mid-handshake hold a place for at most this long.
+    pub admission_hold_ms: u64,
     /// Most distinct subscription filters one integrator connection may hold; a SUBSCRIBE
     /// beyond it closes the connection. (Cabinets may subscribe only to their own downlink
     /// filters, so they never hold more than a handful.)
@@ -129,6 +133,7 @@ impl Default for EdgeConfig {
             max_handshakes_per_address: 0,
             max_connections: 20_000,
             max_handshakes_in_progress: 1_024,
+            admission_hold_ms: 1_000,
             max_filters_per_client: 64,
             uplink_rate_per_s: 100,
             uplink_burst: 2_000,
@@ -148,6 +153,11 @@ impl Default for EdgeConfig {
 }
 
 impl EdgeConfig {
+    /// How long an admitted handshake holds its place.
+    pub fn admission_hold(&self) -> Duration {
+        Duration::from_millis(self.admission_hold_ms)
+    }
+
     /// The handshake deadline as a duration.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)

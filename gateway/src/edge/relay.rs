@@ -472,7 +472,7 @@ async fn establish(
         .map_err(|_| timed_out("ClientHello", cfg.hello_timeout()))?
         .map_err(tls_failed)?;
     // Admission: the CPU of the handshake is spent from here on.
-    let Some(_admitted) = shared.admissions.admit(max, resuming) else {
+    let Some(admitted) = shared.admissions.admit(max, resuming) else {
         let kind = if resuming { "resuming" } else { "full" };
         return Err((
             None,
@@ -485,8 +485,24 @@ async fn establish(
         ));
     };
     let mut tls = {
+        // The place is held while the handshake can be using CPU; a handshake still waiting
+        // for its client after `admission_hold_ms` gives it back (a stalled client then holds
+        // nothing scarce, as before admission control).
         let _g = InFlight::new(&shared.metrics.handshakes_in_flight);
-        tokio::time::timeout(cfg.tls_timeout(), hello.into_stream(shared.tls.config()))
+        let mut admitted = Some(admitted);
+        let handshake = hello.into_stream(shared.tls.config());
+        tokio::pin!(handshake);
+        let hold = tokio::time::sleep(cfg.admission_hold());
+        tokio::pin!(hold);
+        let run = async {
+            loop {
+                tokio::select! {
+                    r = &mut handshake => break r,
+                    _ = &mut hold, if admitted.is_some() => admitted = None,
+                }
+            }
+        };
+        tokio::time::timeout(cfg.tls_timeout(), run)
             .await
             .map_err(|_| timed_out("TLS handshake", cfg.tls_timeout()))?
             .map_err(tls_failed)?
