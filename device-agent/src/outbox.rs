@@ -12,6 +12,8 @@
 //!
 //! Critical events are flushed before `append` returns; telemetry waits for a group commit.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use locker_schemas::{codec, CabinetId, Millis, Uplink, UplinkBody};
 use sled::Tree;
 
@@ -76,6 +78,8 @@ pub struct Outbox {
     pub dropped: u64,
     /// Acks for a seq this storage never assigned (ignored: they must never delete anything).
     pub stray_acks: u64,
+    /// Storage writes this outbox (and the parts writing through it) waited to be flushed.
+    flushed_writes: AtomicU64,
 }
 
 impl Outbox {
@@ -106,6 +110,7 @@ impl Outbox {
             shed: 0,
             dropped: 0,
             stray_acks: 0,
+            flushed_writes: AtomicU64::new(0),
         };
         Ok((ob, loaded))
     }
@@ -145,6 +150,12 @@ impl Outbox {
         self.next_seq - 1
     }
 
+    /// How many storage writes of this cabinet waited for a flush (events, command claims,
+    /// credential writes): the agent's flushes per action.
+    pub fn flushed_writes(&self) -> u64 {
+        self.flushed_writes.load(Ordering::Relaxed)
+    }
+
     /// The limits.
     pub fn limits(&self) -> &OutboxConfig {
         &self.limits
@@ -158,64 +169,87 @@ impl Outbox {
         body: UplinkBody,
         extra: Vec<Write>,
     ) -> Result<Appended, OutboxError> {
-        let sheddable = body.is_sheddable();
-        match admit(&self.limits, self.depth(), sheddable) {
-            Admission::Store => {}
-            Admission::Shed => {
-                self.shed += 1;
-                if self.shed.is_power_of_two() {
-                    tracing::warn!(cabinet = %self.cabinet, shed = self.shed, "outbox full: shedding telemetry");
-                }
-                self.write_extra(extra).await?;
-                return Ok(Appended::Shed);
-            }
-            Admission::Drop => {
-                self.dropped += 1;
-                tracing::error!(
-                    cabinet = %self.cabinet,
-                    dropped = self.dropped,
-                    kind = %body.kind(),
-                    "outbox at its hard limit: CRITICAL EVENT DROPPED"
-                );
-                self.write_extra(extra).await?;
-                return Ok(Appended::Dropped);
-            }
-        }
-        let seq = self.next_seq;
-        let kind = body.kind();
-        let up = Uplink {
-            cabinet: self.cabinet.clone(),
-            boot: self.boot,
-            seq,
-            ts,
-            body,
-        };
-        let payload = codec::encode_uplink(&up).map_err(|e| OutboxError::Encode(e.to_string()))?;
-        let durability = if sheddable {
-            Durability::Group
-        } else {
-            Durability::Flush
-        };
-        let tree = self.tree.clone();
-        let p = payload.clone();
-        self.storage
-            .run(durability, move || {
-                storage::append(&tree, seq, kind, &p, &extra)
-            })
-            .await??;
-        self.next_seq += 1;
-        Ok(Appended::Stored(StoredEvent { seq, kind, payload }))
+        let mut out = self.append_many(vec![(ts, body, extra)]).await?;
+        out.pop()
+            .ok_or_else(|| OutboxError::Encode("no event appended".into()))
     }
 
-    async fn write_extra(&self, extra: Vec<Write>) -> Result<(), OutboxError> {
-        if extra.is_empty() {
-            return Ok(());
+    /// Stores several events in order, each under the policy of the module doc, in ONE atomic
+    /// storage write with ONE flush (if any of them needs one): a door opening and the Result
+    /// of the command that opened it cost one flush, and a crash keeps both or neither.
+    pub async fn append_many(
+        &mut self,
+        items: Vec<(Millis, UplinkBody, Vec<Write>)>,
+    ) -> Result<Vec<Appended>, OutboxError> {
+        let mut depth = self.depth();
+        let mut next = self.next_seq;
+        let mut entries: Vec<storage::Entry> = Vec::with_capacity(items.len());
+        let mut out = Vec::with_capacity(items.len());
+        let mut durability = Durability::None;
+        for (ts, body, extra) in items {
+            let sheddable = body.is_sheddable();
+            match admit(&self.limits, depth, sheddable) {
+                Admission::Store => {}
+                Admission::Shed => {
+                    self.shed += 1;
+                    if self.shed.is_power_of_two() {
+                        tracing::warn!(cabinet = %self.cabinet, shed = self.shed, "outbox full: shedding telemetry");
+                    }
+                    if !extra.is_empty() {
+                        durability = Durability::Flush;
+                        entries.push((None, extra));
+                    }
+                    out.push(Appended::Shed);
+                    continue;
+                }
+                Admission::Drop => {
+                    self.dropped += 1;
+                    tracing::error!(
+                        cabinet = %self.cabinet,
+                        dropped = self.dropped,
+                        kind = %body.kind(),
+                        "outbox at its hard limit: CRITICAL EVENT DROPPED"
+                    );
+                    if !extra.is_empty() {
+                        durability = Durability::Flush;
+                        entries.push((None, extra));
+                    }
+                    out.push(Appended::Dropped);
+                    continue;
+                }
+            }
+            let seq = next;
+            let kind = body.kind();
+            let up = Uplink {
+                cabinet: self.cabinet.clone(),
+                boot: self.boot,
+                seq,
+                ts,
+                body,
+            };
+            let payload =
+                codec::encode_uplink(&up).map_err(|e| OutboxError::Encode(e.to_string()))?;
+            durability = match (durability, sheddable) {
+                (_, false) | (Durability::Flush, _) => Durability::Flush,
+                _ => Durability::Group,
+            };
+            entries.push((Some((seq, kind, payload.clone())), extra));
+            out.push(Appended::Stored(StoredEvent { seq, kind, payload }));
+            next += 1;
+            depth += 1;
+        }
+        if entries.is_empty() {
+            return Ok(out);
+        }
+        if durability == Durability::Flush {
+            self.flushed_writes.fetch_add(1, Ordering::Relaxed);
         }
         let tree = self.tree.clone();
         self.storage
-            .run(Durability::Flush, move || storage::write(&tree, &extra))
+            .run(durability, move || storage::append_many(&tree, &entries))
             .await??;
-        Ok(())
+        self.next_seq = next;
+        Ok(out)
     }
 
     /// Applies the gateway's "stored everything up to `seq`": deletes those events (queued on
@@ -276,6 +310,9 @@ impl Outbox {
         T: Send + 'static,
         F: FnOnce(&Tree) -> Result<T, StorageError> + Send + 'static,
     {
+        if durability == Durability::Flush {
+            self.flushed_writes.fetch_add(1, Ordering::Relaxed);
+        }
         let tree = self.tree.clone();
         Ok(self.storage.run(durability, move || f(&tree)).await??)
     }

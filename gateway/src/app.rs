@@ -176,7 +176,7 @@ impl Gateway {
             store.clone(),
             publisher,
             metrics.ingest.clone(),
-            vec![fleet_commits, command_commits],
+            vec![command_commits, fleet_commits],
         );
         let ingest_health = ingest.handle();
         // Only the actors and ingest publish from here on: when they have returned, the

@@ -73,6 +73,8 @@ pub struct IngestMetrics {
     pub lag_seconds: Histogram,
     /// Acknowledgements published.
     pub acks: IntCounter,
+    /// `locker_store_flushes_total{store}` (ingest counts `audit`).
+    pub flushes: IntCounterVec,
     /// Quarantine, storage lives, storage failure and retention (behind one pointer, so the
     /// gateway's handle stays small).
     pub faults: std::sync::Arc<IngestFaultMetrics>,
@@ -117,6 +119,9 @@ pub struct CommandMetrics {
     pub late_results: IntCounter,
     /// Outcomes found in the audit log at start (stored, but not recorded before a stop).
     pub recovered: IntCounter,
+    /// `locker_store_flushes_total{store}`: flushes of the database by store (the dispatcher
+    /// counts `commands`, ingest counts `audit`).
+    pub flushes: IntCounterVec,
 }
 
 /// Storage and fleet.
@@ -158,7 +163,14 @@ impl Metrics {
     /// Creates and registers every metric in a fresh registry.
     pub fn new() -> Result<Self, MetricsError> {
         let r = Registry::new();
+        let flushes = counter_vec(
+            &r,
+            "locker_store_flushes_total",
+            "Flushes (fsyncs) of the database, by the store that asked for them",
+            &["store"],
+        )?;
         let ingest = IngestMetrics {
+            flushes: flushes.clone(),
             events: counter_vec(&r, "locker_ingest_events_total", "Events durably stored, by kind", &["kind"])?,
             duplicates: counter(&r, "locker_ingest_duplicates_total", "Uplinks already stored (dropped and re-acknowledged)")?,
             gaps: counter(&r, "locker_ingest_gaps_total", "Uplinks ahead of the next expected sequence number (dropped, resent by the cabinet)")?,
@@ -230,6 +242,7 @@ impl Metrics {
                 "locker_commands_recovered_total",
                 "Command outcomes found in the audit log at start",
             )?,
+            flushes,
         };
         let store = StoreMetrics {
             size_bytes: gauge(

@@ -462,3 +462,76 @@ async fn kill_9_of_the_gateway_with_unlocks_in_flight_gives_each_its_one_outcome
     let status = gw.terminate();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_unlock_costs_one_command_store_flush_and_two_agent_flushes() {
+    let mut pki = TestPki::new();
+    let gw = TestGateway::start(&pki).await;
+    let cab = TestCabinet::start(&mut pki, "CAB-FL", gw.edge_addr()).await;
+    online(&gw.api, "CAB-FL").await;
+    let commands_flushes = r#"locker_store_flushes_total{store="commands"}"#;
+    let before = gw.api.metric(commands_flushes).await;
+    let agent_before = cab.status().counters.flushed_writes;
+
+    let r = unlock(&gw.api, "CAB-FL", 2, 60_000, 10_000).await;
+    assert_eq!(r["outcome"], json!("opened"), "{r}");
+    // the record is written before the answer: a read right after it agrees
+    let id = r["id"].as_str().expect("id");
+    let rec = gw.api.get(&format!("/v1/commands/{id}")).await.1;
+    assert_eq!(rec["outcome"], json!("opened"), "{rec}");
+    assert_eq!(rec["state"], json!("done"), "{rec}");
+
+    // the gateway flushes the command once (written as sent, then sent); its outcome comes
+    // from the Result that ingest already flushed into the audit log
+    assert_eq!(gw.api.metric(commands_flushes).await - before, 1.0);
+    assert!(
+        gw.api
+            .metric(r#"locker_store_flushes_total{store="audit"}"#)
+            .await
+            >= 1.0
+    );
+    // the agent flushes the claim before the pulse, then the door opening with the Result
+    assert_eq!(cab.status().counters.flushed_writes - agent_before, 2);
+    let ev = events(&gw.api, "CAB-FL").await;
+    let kinds: Vec<&str> = ev
+        .iter()
+        .rev()
+        .take(2)
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        vec!["result", "door"],
+        "door opening then its Result"
+    );
+    assert_eq!(cab.pulses(2), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_answered_to_the_api_survives_kill_9_right_after_the_answer() {
+    let mut pki = TestPki::new();
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut cfg = test_config(&pki, data.path());
+    let (edge, api) = (locker_tests::net::reserve(), locker_tests::net::reserve());
+    cfg.edge.listen = edge.addr();
+    cfg.api.listen = api.addr();
+    let mut gw = GatewayProcess::start(&cfg);
+    let mut cab = TestCabinet::start(&mut pki, "CAB-K9A", gw.edge_addr).await;
+    online(&gw.api, "CAB-K9A").await;
+
+    // the outcome is answered once the Result is durable in the audit log; its record on the
+    // command is written without a flush, so kill -9 may lose it: recovery gives it back
+    let r = unlock(&gw.api, "CAB-K9A", 3, 60_000, 10_000).await;
+    assert_eq!(r["outcome"], json!("opened"), "{r}");
+    let id = r["id"].as_str().expect("id").to_owned();
+    gw.kill9();
+    // the cabinet stays away: only the gateway's own storage can give the outcome
+    cab.stop().await;
+    gw.restart();
+    let rec = gw.api.get(&format!("/v1/commands/{id}")).await.1;
+    assert_eq!(rec["outcome"], json!("opened"), "after kill -9: {rec}");
+    assert_eq!(rec["state"], json!("done"), "{rec}");
+    assert_eq!(cab.pulses(3), 1);
+    let status = gw.terminate();
+    assert!(status.success(), "{status:?}");
+}

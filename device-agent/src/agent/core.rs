@@ -371,6 +371,7 @@ impl Core {
         let exit = self.exit.clone().unwrap_or(ExitReason::Shutdown);
         tracing::info!(cabinet = %self.ctx.cabinet(), ?exit, "agent stopping");
         self.drain_jobs().await;
+        self.uplink.commit(&self.ctx).await;
         self.uplink.disconnect().await;
         if let Some(t) = self.scanner_task.take() {
             t.abort();

@@ -403,7 +403,9 @@ impl Doors {
             open: true,
             cause,
         });
-        up.emit(ctx, body, Vec::new()).await;
+        // stored with what follows it (the Result of the command that fired the lock, an
+        // alarm, the pickup) in one write and one flush; at the end of this step at the latest
+        up.stage(ctx, body, Vec::new());
         if cause == DoorCause::Unknown {
             up.set_alarm(
                 ctx,

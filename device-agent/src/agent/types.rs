@@ -118,6 +118,9 @@ pub struct Counters {
     pub storage_errors: u64,
     /// Acks for a seq this storage never assigned (ignored, nothing deleted).
     pub stray_acks: u64,
+    /// Storage writes that waited for a flush (a remote unlock costs two: the command's claim,
+    /// and its door opening written with its Result).
+    pub flushed_writes: u64,
 }
 
 /// A snapshot of the agent's state.

@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use locker_schemas::{Alarm, Filter, Topic, UplinkBody};
+use locker_schemas::{Alarm, Filter, Millis, Topic, UplinkBody};
 use rumqttc::{AsyncClient, Publish, QoS};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -34,6 +34,9 @@ pub(super) struct Uplink {
     mqtt_task: Option<JoinHandle<()>>,
     mqtt_rx: Option<mpsc::Receiver<MqttEvent>>,
     publish_blocked: Option<Instant>,
+    /// Events staged to be stored with the next emit (one atomic write, one flush), or at the
+    /// end of the main loop's step at the latest.
+    staged: Vec<(Millis, UplinkBody, Vec<Write>)>,
     alarms: HashMap<AlarmKey, String>,
     rewinds: u64,
     published: u64,
@@ -92,6 +95,7 @@ impl Uplink {
             mqtt_task,
             mqtt_rx,
             publish_blocked: None,
+            staged: Vec::new(),
             alarms,
             rewinds: 0,
             published: 0,
@@ -187,25 +191,51 @@ impl Uplink {
         }
     }
 
-    /// Stores an event (and its side writes) and publishes what the window allows; returns its
-    /// seq if stored.
+    /// Stores an event (and its side writes), together with the events staged before it, in
+    /// one write, and publishes what the window allows; returns its seq if stored. When it
+    /// returns, the event is as durable as its kind asks (flushed for critical events).
     pub async fn emit(&mut self, ctx: &Ctx, body: UplinkBody, extra: Vec<Write>) -> Option<u64> {
-        let ts = ctx.now_millis();
-        match self.outbox.append(ts, body, extra).await {
-            Ok(Appended::Stored(ev)) => {
-                let seq = ev.seq;
-                self.window.on_stored(seq);
-                if self.recent.back().is_none_or(|b| b.seq + 1 == seq) {
-                    self.recent.push_back(ev);
+        self.stage(ctx, body, extra);
+        self.commit(ctx).await
+    }
+
+    /// Stages an event to be stored with the next [`Uplink::emit`] or [`Uplink::commit`] (the
+    /// main loop commits at the end of every step): a door opening then shares the flush of
+    /// the Result that follows it. Nothing is published before it is stored.
+    pub fn stage(&mut self, ctx: &Ctx, body: UplinkBody, extra: Vec<Write>) {
+        self.staged.push((ctx.now_millis(), body, extra));
+    }
+
+    /// Stores the staged events in one write and publishes what the window allows; returns
+    /// the seq of the last one if it was stored.
+    pub async fn commit(&mut self, ctx: &Ctx) -> Option<u64> {
+        if self.staged.is_empty() {
+            return None;
+        }
+        let items = std::mem::take(&mut self.staged);
+        match self.outbox.append_many(items).await {
+            Ok(appended) => {
+                let mut last = None;
+                for a in appended {
+                    // Shed and dropped events are counted by the outbox (see `fill`).
+                    last = match a {
+                        Appended::Stored(ev) => {
+                            let seq = ev.seq;
+                            self.window.on_stored(seq);
+                            if self.recent.back().is_none_or(|b| b.seq + 1 == seq) {
+                                self.recent.push_back(ev);
+                            }
+                            Some(seq)
+                        }
+                        Appended::Shed | Appended::Dropped => None,
+                    };
                 }
                 while self.recent.len() > 2 * usize::from(ctx.cfg().mqtt.window) {
                     self.recent.pop_front();
                 }
                 self.pump(ctx).await;
-                Some(seq)
+                last
             }
-            // Shed and dropped events are counted by the outbox (see `fill`).
-            Ok(Appended::Shed) | Ok(Appended::Dropped) => None,
             Err(e) => {
                 self.storage_errors += 1;
                 tracing::error!(cabinet = %ctx.cabinet(), error = %e, "event not stored");
@@ -297,8 +327,10 @@ impl Uplink {
         self.emit(ctx, body, vec![w]).await;
     }
 
-    /// After every change: the OutboxNearlyFull alarm (with hysteresis), then publish.
+    /// After every change: what is staged is stored, the OutboxNearlyFull alarm (with
+    /// hysteresis), then publish.
     pub async fn after_change(&mut self, ctx: &Ctx) {
+        self.commit(ctx).await;
         let depth = self.outbox.depth();
         let mark = nearly_full_mark(self.outbox.limits());
         let key = AlarmKey {
@@ -348,6 +380,7 @@ impl Uplink {
         c.shed_events = self.outbox.shed;
         c.dropped_critical = self.outbox.dropped;
         c.stray_acks = self.outbox.stray_acks;
+        c.flushed_writes = self.outbox.flushed_writes();
         c.storage_errors += self.storage_errors;
     }
 

@@ -266,6 +266,32 @@ pub fn append(
     Ok(())
 }
 
+/// One entry of [`append_many`]: an event `(seq, kind, payload)` (none if it was shed or
+/// dropped) and the writes that go with it.
+pub type Entry = (Option<(u64, UpKind, Vec<u8>)>, Vec<Write>);
+
+/// Appends several events with their side writes in ONE atomic batch (so one flush makes
+/// them all durable, and a crash keeps all or none of them).
+pub fn append_many(tree: &Tree, entries: &[Entry]) -> Result<(), StorageError> {
+    let mut b = Batch::default();
+    for (event, extra) in entries {
+        if let Some((seq, kind, payload)) = event {
+            let mut value = Vec::with_capacity(payload.len() + 1);
+            value.push(up_kind_code(*kind));
+            value.extend_from_slice(payload);
+            b.insert(&outbox_key(*seq), value);
+        }
+        for w in extra {
+            match w {
+                Write::Put(k, v) => b.insert(k.as_slice(), v.as_slice()),
+                Write::Del(k) => b.remove(k.as_slice()),
+            }
+        }
+    }
+    tree.apply_batch(b)?;
+    Ok(())
+}
+
 /// Applies writes atomically (no event).
 pub fn write(tree: &Tree, writes: &[Write]) -> Result<(), StorageError> {
     let mut b = Batch::default();

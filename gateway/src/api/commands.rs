@@ -22,7 +22,9 @@ impl From<CommandError> for ApiError {
             CommandError::BadConfig(_) => (StatusCode::BAD_REQUEST, "bad_config"),
             CommandError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             CommandError::Finished(_) => (StatusCode::CONFLICT, "conflict"),
-            CommandError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
+            CommandError::Store(_) | CommandError::GroupCommit(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "storage")
+            }
             CommandError::Closed => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
         };
         ApiError::new(status, code, e.to_string())
@@ -75,24 +77,22 @@ pub(super) async fn create_command(
             ));
         }
     }
-    let rec = st
-        .commands
-        .create(NewCommand {
-            cabinet,
-            action: body.action,
-            ttl_ms: body.ttl_ms,
-            created_by: client.0,
-        })
-        .await?;
+    let new = NewCommand {
+        cabinet,
+        action: body.action,
+        ttl_ms: body.ttl_ms,
+        created_by: client.0,
+    };
     let wait = body.wait_ms.min(st.cfg.max_wait_ms);
     if wait == 0 {
+        let rec = st.commands.create(new).await?;
         return Ok((StatusCode::ACCEPTED, Json(rec)).into_response());
     }
+    // the waiter goes with the command: no second round trip to the dispatcher
     let rec = st
         .commands
-        .wait(rec.id, Duration::from_millis(wait))
-        .await?
-        .unwrap_or(rec);
+        .create_and_wait(new, Duration::from_millis(wait))
+        .await?;
     Ok(record(rec))
 }
 

@@ -2,6 +2,13 @@
 //! (backoff with jitter, one last resend past expiry), records outcomes from the committed
 //! stream, gives up (`no_answer`) on commands the cabinet never answers, and records late
 //! results. See the module doc of [`crate::commands`] for the life of a command.
+//!
+//! Disk on the unlock path: new commands are written in group commits (one flush for every
+//! command created while the previous group was being written), off the actor's loop, so
+//! results keep being recorded meanwhile; an outcome from a cabinet's Result is written without
+//! a flush (the Result is durable in the audit log, and [`super::recover`] rebuilds the outcome
+//! from it after a crash) before its waiters are woken; the outcomes the gateway decides alone
+//! (`expired`, `cancelled`, `no_answer`) and every send are flushed before they take effect.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
@@ -19,10 +26,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::record::{ActionSpec, CommandRecord, CommandState};
-use super::{CommandError, CommandsConfig, CommandsHandle, Msg, NewCommand, Recovered};
+use super::{CommandError, CommandsConfig, CommandsHandle, Msg, NewCommand, Recovered, Waiter};
 use crate::broker::Publisher;
 use crate::ingest::Committed;
 use crate::metrics::CommandMetrics;
+use crate::store::commands::Sync;
 use crate::store::{self, Store, StoreError};
 
 /// The dispatcher actor.
@@ -34,9 +42,31 @@ pub struct Dispatcher {
     pending: HashMap<CommandId, CommandRecord>,
     by_cabinet: HashMap<CabinetId, BTreeSet<CommandId>>,
     ready: HashSet<CabinetId>,
-    waiters: HashMap<CommandId, Vec<oneshot::Sender<CommandRecord>>>,
+    waiters: HashMap<CommandId, Vec<Waiter>>,
     /// Test hook: while set, stored Results are put aside here instead of being recorded.
     held: Option<Vec<(CabinetId, CommandResult)>>,
+    /// New commands waiting for the next group commit.
+    creating: Vec<Creating>,
+    /// New commands in the group commit being written.
+    committing: Vec<Creating>,
+}
+
+/// A new command on its way to disk, with who waits for it.
+struct Creating {
+    rec: CommandRecord,
+    reply: oneshot::Sender<Result<CommandRecord, CommandError>>,
+    waiter: Option<Waiter>,
+}
+
+/// A group commit of new commands being written (on a blocking thread).
+type GroupCommit = tokio::task::JoinHandle<Result<Vec<CommandRecord>, StoreError>>;
+
+/// Waits for the group commit in flight, if any (never resolves without one).
+async fn group_done(group: &mut Option<GroupCommit>) -> Result<Vec<CommandRecord>, StoreError> {
+    match group.as_mut() {
+        Some(h) => h.await.map_err(|e| StoreError::Join(e.to_string()))?,
+        None => std::future::pending().await,
+    }
 }
 
 /// The wire form of a command as sent now (the relative TTL is what remains, so a cabinet
@@ -102,6 +132,8 @@ impl Dispatcher {
             ready: HashSet::new(),
             waiters: HashMap::new(),
             held: None,
+            creating: Vec::new(),
+            committing: Vec::new(),
         };
         for rec in &recovered.finished {
             d.count_outcome(rec);
@@ -134,12 +166,20 @@ impl Dispatcher {
         let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.tick_ms.max(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ingest_open = true;
+        let mut group: Option<GroupCommit> = None;
         loop {
+            if group.is_none() && !self.creating.is_empty() {
+                group = Some(self.start_group_commit());
+            }
             tokio::select! {
                 m = rx.recv() => match m {
                     Some(m) => self.on_msg(m).await,
                     None => break,
                 },
+                r = group_done(&mut group) => {
+                    group = None;
+                    self.created(r).await;
+                }
                 // Ingest gone (it stops first at shutdown): keep serving until cancelled.
                 c = commits.recv(), if ingest_open => match c {
                     Some(events) => self.on_committed(&events).await,
@@ -147,7 +187,14 @@ impl Dispatcher {
                 },
                 _ = tick.tick() => self.on_tick().await,
                 _ = cancel.cancelled() => {
-                    // Shutdown: ingest has stopped; record the outcomes it stored last.
+                    // Shutdown: finish the group commit being written (its callers get their
+                    // commands); commands not yet written are refused (`Closed`).
+                    if group.is_some() {
+                        let r = group_done(&mut group).await;
+                        self.created(r).await;
+                    }
+                    self.creating.clear();
+                    // ingest has stopped; record the outcomes it stored last.
                     while let Ok(events) = commits.try_recv() {
                         self.on_committed(&events).await;
                     }
@@ -172,10 +219,12 @@ impl Dispatcher {
 
     async fn on_msg(&mut self, m: Msg) {
         match m {
-            Msg::Create(c, reply) => {
-                let r = self.create(c).await;
-                let _ = reply.send(r);
-            }
+            Msg::Create(c, reply, waiter) => match self.new_command(c) {
+                Ok(rec) => self.creating.push(Creating { rec, reply, waiter }),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
             Msg::Get(id, reply) => match self.pending.get(&id) {
                 Some(rec) => {
                     let _ = reply.send(Ok(Some(rec.clone())));
@@ -207,9 +256,8 @@ impl Dispatcher {
                 let _ = reply.send(());
             }
             Msg::HoldResults(false, reply) => {
-                for (cabinet, r) in self.held.take().unwrap_or_default() {
-                    self.on_result(&cabinet, &r).await;
-                }
+                let held = self.held.take().unwrap_or_default();
+                self.on_results(held).await;
                 let _ = reply.send(());
             }
         }
@@ -234,14 +282,16 @@ impl Dispatcher {
                 // it may already have run: stop resending; the outcome stays the cabinet's
                 rec.cancel_requested_at = Some(now_millis());
                 let rec = rec.clone();
-                self.persist(vec![rec.clone()]).await?;
+                self.persist(vec![rec.clone()], Sync::Flush).await?;
                 tracing::info!(%id, cabinet = %rec.cabinet, "cancel of a sent command: no more resends");
                 Ok(rec)
             }
         }
     }
 
-    async fn create(&mut self, c: NewCommand) -> Result<CommandRecord, CommandError> {
+    /// Validates a new command and makes its record (marked sent if its cabinet is ready: it
+    /// is written as sent, then sent, so the fast path costs one flush).
+    fn new_command(&self, c: NewCommand) -> Result<CommandRecord, CommandError> {
         let ttl = c.ttl_ms.unwrap_or(self.cfg.default_ttl_ms);
         if ttl == 0 || ttl > self.cfg.max_ttl_ms {
             return Err(CommandError::Ttl {
@@ -271,31 +321,68 @@ impl Dispatcher {
             late_detail: String::new(),
         };
         check_acceptable(&rec)?;
-        self.metrics
-            .created
-            .with_label_values(&[rec.action.to_action().name()])
-            .inc();
-        let ready = self.ready.contains(&rec.cabinet);
-        if ready {
-            // persist as sent, then send: one flush on the fast path
+        if self.ready.contains(&rec.cabinet) {
             self.mark_sent(&mut rec, now);
         }
-        // the cabinet's audit position is read before the command can be sent, so its
-        // Result (if any) is always after it
-        let store = self.store.clone();
-        let rec = store::blocking(move || {
-            rec.audit_from = store.high_water(&rec.cabinet)?;
-            store.commands().put_command(&rec)?;
-            Ok(rec)
-        })
-        .await?;
-        self.track(rec.clone());
-        if ready {
-            self.publish(&rec, "first").await;
-        } else {
-            tracing::debug!(id = %rec.id, cabinet = %rec.cabinet, "command queued for an offline cabinet");
-        }
         Ok(rec)
+    }
+
+    /// Writes the new commands waiting so far with one flush, on a blocking thread.
+    fn start_group_commit(&mut self) -> GroupCommit {
+        self.committing = std::mem::take(&mut self.creating);
+        let mut recs: Vec<CommandRecord> = self.committing.iter().map(|c| c.rec.clone()).collect();
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            // the cabinet's audit position is read before the command can be sent, so its
+            // Result (if any) is always after it
+            for rec in &mut recs {
+                rec.audit_from = store.high_water(&rec.cabinet)?;
+            }
+            store.commands().put_commands(&recs, Sync::Flush)?;
+            Ok(recs)
+        })
+    }
+
+    /// A group commit of new commands ended: track, send and answer them (or refuse them all
+    /// if it failed: nothing of them was sent).
+    async fn created(&mut self, r: Result<Vec<CommandRecord>, StoreError>) {
+        let group = std::mem::take(&mut self.committing);
+        let recs = match r {
+            Ok(recs) => recs,
+            Err(e) => {
+                tracing::error!(error = %e, commands = group.len(), "cannot persist new commands; refused");
+                let msg = e.to_string();
+                for c in group {
+                    let _ = c.reply.send(Err(CommandError::GroupCommit(msg.clone())));
+                }
+                return;
+            }
+        };
+        self.metrics.flushes.with_label_values(&["commands"]).inc();
+        let mut queued = BTreeSet::new();
+        for (rec, c) in recs.into_iter().zip(group) {
+            self.metrics
+                .created
+                .with_label_values(&[rec.action.to_action().name()])
+                .inc();
+            self.track(rec.clone());
+            if let Some(w) = c.waiter {
+                self.waiters.entry(rec.id).or_default().push(w);
+            }
+            if rec.state == CommandState::Sent {
+                self.publish(&rec, "first").await;
+            } else {
+                tracing::debug!(id = %rec.id, cabinet = %rec.cabinet, "command queued for an offline cabinet");
+                queued.insert(rec.cabinet.clone());
+            }
+            let _ = c.reply.send(Ok(rec));
+        }
+        // a cabinet whose hello came while these were written gets them now
+        for cab in queued {
+            if self.ready.contains(&cab) {
+                self.dispatch(&cab, false).await;
+            }
+        }
     }
 
     /// The wait before the resend after send number `sends`: `resend_after` doubling per
@@ -318,9 +405,13 @@ impl Dispatcher {
         }
     }
 
-    async fn persist(&self, recs: Vec<CommandRecord>) -> Result<(), StoreError> {
+    async fn persist(&self, recs: Vec<CommandRecord>, sync: Sync) -> Result<(), StoreError> {
         let store = self.store.clone();
-        store::blocking(move || store.commands().put_commands(&recs)).await
+        store::blocking(move || store.commands().put_commands(&recs, sync)).await?;
+        if sync == Sync::Flush {
+            self.metrics.flushes.with_label_values(&["commands"]).inc();
+        }
+        Ok(())
     }
 
     async fn publish(&self, rec: &CommandRecord, kind: &'static str) {
@@ -388,7 +479,10 @@ impl Dispatcher {
             return;
         }
         if let Err(e) = self
-            .persist(updated.iter().map(|(r, _)| r.clone()).collect())
+            .persist(
+                updated.iter().map(|(r, _)| r.clone()).collect(),
+                Sync::Flush,
+            )
             .await
         {
             tracing::error!(error = %e, "cannot persist command state; not sending");
@@ -402,32 +496,41 @@ impl Dispatcher {
 
     async fn on_committed(&mut self, events: &Committed) {
         let mut hellos = Vec::new();
+        let mut results = Vec::new();
         for u in events.iter() {
             match &u.body {
                 UplinkBody::Hello(_) => hellos.push(u.cabinet.clone()),
                 UplinkBody::Result(r) => match &mut self.held {
                     Some(held) => held.push((u.cabinet.clone(), r.clone())),
-                    None => self.on_result(&u.cabinet, r).await,
+                    None => results.push((u.cabinet.clone(), r.clone())),
                 },
                 _ => {}
             }
         }
+        self.on_results(results).await;
         for cab in hellos {
             self.ready.insert(cab.clone());
             self.dispatch(&cab, true).await;
         }
     }
 
-    async fn on_result(&mut self, cabinet: &CabinetId, r: &CommandResult) {
-        if self
-            .pending
-            .get(&r.command)
-            .is_some_and(|p| &p.cabinet == cabinet)
-        {
-            self.finish(r.command, r.outcome, r.detail.clone()).await;
-        } else {
-            self.late_or_stray(cabinet, r).await;
+    /// Records the outcomes that stored Results give, all in one write without a flush (each
+    /// Result is already durable in the audit log: after a crash [`super::recover`] gives the
+    /// command the same outcome), then wakes their waiters. Late and stray Results aside.
+    async fn on_results(&mut self, results: Vec<(CabinetId, CommandResult)>) {
+        let mut done = Vec::new();
+        for (cabinet, r) in results {
+            if self
+                .pending
+                .get(&r.command)
+                .is_some_and(|p| p.cabinet == cabinet)
+            {
+                done.extend(self.take_finished(r.command, r.outcome, r.detail));
+            } else {
+                self.late_or_stray(&cabinet, &r).await;
+            }
         }
+        self.record_outcomes(done, Sync::Buffered).await;
     }
 
     /// A Result for no pending command: a repeat answer (counted as stray), or the late
@@ -454,6 +557,7 @@ impl Dispatcher {
         .await;
         match late {
             Ok(Some(rec)) => {
+                self.metrics.flushes.with_label_values(&["commands"]).inc();
                 self.metrics.late_results.inc();
                 tracing::warn!(command = %rec.id, cabinet = %rec.cabinet, %outcome, "late result for a command that ended no_answer; recorded as its late_outcome");
             }
@@ -530,8 +634,8 @@ impl Dispatcher {
             );
     }
 
-    /// Records a command's one outcome, persists it and wakes its waiters.
-    async fn finish(
+    /// Takes a pending command out of the queue with its one outcome (not yet written).
+    fn take_finished(
         &mut self,
         id: CommandId,
         outcome: Outcome,
@@ -545,14 +649,37 @@ impl Dispatcher {
             }
         }
         super::recover::set_outcome(&mut rec, outcome, detail, now_millis());
-        if let Err(e) = self.persist(vec![rec.clone()]).await {
-            tracing::error!(error = %e, %id, "cannot persist command outcome");
+        Some(rec)
+    }
+
+    /// Writes finished records (one write), counts them and wakes their waiters. Written
+    /// before the waiters are woken, so a read right after the answer sees the outcome.
+    async fn record_outcomes(&mut self, recs: Vec<CommandRecord>, sync: Sync) {
+        if recs.is_empty() {
+            return;
+        }
+        if let Err(e) = self.persist(recs.clone(), sync).await {
+            tracing::error!(error = %e, commands = recs.len(), "cannot persist command outcomes");
         }
         self.metrics.queue_depth.set(self.pending.len() as i64);
-        self.count_outcome(&rec);
-        for w in self.waiters.remove(&id).unwrap_or_default() {
-            let _ = w.send(rec.clone());
+        for rec in recs {
+            self.count_outcome(&rec);
+            for w in self.waiters.remove(&rec.id).unwrap_or_default() {
+                let _ = w.send(rec.clone());
+            }
         }
+    }
+
+    /// Records an outcome the gateway decides alone (`expired`, `cancelled`, `no_answer`: in
+    /// no audit log, so flushed) and wakes its waiters.
+    async fn finish(
+        &mut self,
+        id: CommandId,
+        outcome: Outcome,
+        detail: String,
+    ) -> Option<CommandRecord> {
+        let rec = self.take_finished(id, outcome, detail)?;
+        self.record_outcomes(vec![rec.clone()], Sync::Flush).await;
         Some(rec)
     }
 }

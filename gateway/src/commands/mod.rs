@@ -92,6 +92,9 @@ pub enum CommandError {
     Finished(CommandId),
     #[error("storage: {0}")]
     Store(#[from] StoreError),
+    /// A group commit of new commands failed (the same error for every command in it).
+    #[error("storage: {0}")]
+    GroupCommit(String),
     #[error("the command dispatcher is shutting down")]
     Closed,
 }
@@ -105,16 +108,22 @@ pub struct NewCommand {
     pub created_by: String,
 }
 
+/// Where the dispatcher sends a command's record once it has its outcome.
+pub(crate) type Waiter = oneshot::Sender<CommandRecord>;
+
 pub(crate) enum Msg {
+    /// A new command, and optionally a waiter for its outcome (registered with the command,
+    /// so waiting costs no second message).
     Create(
         NewCommand,
         oneshot::Sender<Result<CommandRecord, CommandError>>,
+        Option<Waiter>,
     ),
     Get(
         CommandId,
         oneshot::Sender<Result<Option<CommandRecord>, CommandError>>,
     ),
-    Wait(CommandId, oneshot::Sender<CommandRecord>),
+    Wait(CommandId, Waiter),
     Cancel(
         CommandId,
         oneshot::Sender<Result<CommandRecord, CommandError>>,
@@ -144,7 +153,23 @@ impl CommandsHandle {
 
     /// Creates, persists and (if the cabinet is ready) sends a command.
     pub async fn create(&self, c: NewCommand) -> Result<CommandRecord, CommandError> {
-        self.call(|tx| Msg::Create(c, tx)).await
+        self.call(|tx| Msg::Create(c, tx, None)).await
+    }
+
+    /// [`CommandsHandle::create`], then waits up to `timeout` for the outcome (one message to
+    /// the dispatcher); returns the record as it is then.
+    pub async fn create_and_wait(
+        &self,
+        c: NewCommand,
+        timeout: Duration,
+    ) -> Result<CommandRecord, CommandError> {
+        let (wtx, wrx) = oneshot::channel();
+        let rec = self.call(|tx| Msg::Create(c, tx, Some(wtx))).await?;
+        match tokio::time::timeout(timeout, wrx).await {
+            Ok(Ok(done)) => Ok(done),
+            // timed out (or the dispatcher stopped): the record as it is now
+            _ => Ok(self.get(rec.id).await?.unwrap_or(rec)),
+        }
     }
 
     /// A command by id (pending or finished).

@@ -98,7 +98,9 @@ pub fn recover(store: &Store) -> Result<Recovered, StoreError> {
         }
     }
     if !out.finished.is_empty() {
-        store.commands().put_commands(&out.finished)?;
+        store
+            .commands()
+            .put_commands(&out.finished, crate::store::commands::Sync::Flush)?;
     }
     Ok(out)
 }

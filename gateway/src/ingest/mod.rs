@@ -303,6 +303,7 @@ impl Ingest {
             Err(e) => return (Vec::new(), Err(StoreError::Join(e.to_string()))),
         };
         if let Some(flush) = out.flush {
+            self.metrics.flushes.with_label_values(&["audit"]).inc();
             self.metrics.flush_seconds.observe(flush.as_secs_f64());
             self.metrics.batch_size.observe(out.stored as f64);
             self.metrics
@@ -315,14 +316,16 @@ impl Ingest {
                 .with_label_values(&[u.body.kind().as_str()])
                 .inc();
         }
-        for (cab, seq) in &out.acks {
-            self.ack(cab, *seq).await;
-        }
+        // Stored events go on to the consumers (the dispatcher first: a Result is the end of
+        // a remote unlock someone is waiting for) before the acks, which only free outboxes.
         if !out.accepted.is_empty() {
             let committed: Committed = std::sync::Arc::new(out.accepted);
             for tx in &self.committed {
                 let _ = tx.send(committed.clone()).await;
             }
+        }
+        for (cab, seq) in &out.acks {
+            self.ack(cab, *seq).await;
         }
         (msgs, Ok(()))
     }

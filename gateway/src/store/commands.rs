@@ -5,11 +5,28 @@
 //!   creation order (ids are ULIDs).
 //!
 //! Every method blocks (sled I/O); the dispatcher calls them through [`super::blocking`].
+//!
+//! Writes say whether they are flushed ([`Sync`]): a new command and every state the gateway
+//! decides on its own are flushed before the dispatcher acts on them; an outcome that came in
+//! a cabinet's Result is not, because that Result is already durable in the audit log and
+//! [`crate::commands::recover`] gives the command the same outcome from it after a crash. The
+//! record is written before its queue entry is removed, so a crash that keeps only a prefix of
+//! the writes never leaves a command out of the queue without its outcome.
 
 use locker_schemas::{CabinetId, CommandId};
 
 use super::{decode, encode, StoreError};
 use crate::commands::record::CommandRecord;
+
+/// Whether a write is flushed before it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    /// On disk when the call returns.
+    Flush,
+    /// In sled's buffers: on disk with the next flush of the database (any group commit of
+    /// ingest, sled's own periodic flush, the shutdown flush), lost by a crash before it.
+    Buffered,
+}
 
 /// The command trees (cheap to clone).
 #[derive(Clone)]
@@ -39,11 +56,12 @@ impl CommandStore {
     /// Records a command (new or updated); pending commands are in the cabinet's queue, final
     /// ones are removed from it. Flushed before returning.
     pub fn put_command(&self, rec: &CommandRecord) -> Result<(), StoreError> {
-        self.put_commands(std::slice::from_ref(rec))
+        self.put_commands(std::slice::from_ref(rec), Sync::Flush)
     }
 
-    /// Records several commands with one flush.
-    pub fn put_commands(&self, recs: &[CommandRecord]) -> Result<(), StoreError> {
+    /// Records several commands; with [`Sync::Flush`], one flush for all of them (a group
+    /// commit) before returning.
+    pub fn put_commands(&self, recs: &[CommandRecord], sync: Sync) -> Result<(), StoreError> {
         for rec in recs {
             self.commands.insert(rec.id.to_bytes(), encode(rec)?)?;
             let qk = queue_key(&rec.cabinet, rec.id);
@@ -53,7 +71,9 @@ impl CommandStore {
                 self.queue.insert(qk, &[])?;
             }
         }
-        self.db.flush()?;
+        if sync == Sync::Flush {
+            self.db.flush()?;
+        }
         Ok(())
     }
 
@@ -78,8 +98,11 @@ impl CommandStore {
                     tree: "queue",
                     detail: "short key".into(),
                 })?;
+            // a record with its outcome whose queue entry a crash kept is not pending
             if let Some(rec) = self.get_command(CommandId::from_bytes(id))? {
-                out.push(rec);
+                if rec.outcome.is_none() {
+                    out.push(rec);
+                }
             }
         }
         Ok(out)

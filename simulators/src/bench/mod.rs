@@ -32,6 +32,7 @@ pub struct Percentiles {
     pub p50_us: u64,
     pub p90_us: u64,
     pub p99_us: u64,
+    pub p999_us: u64,
     pub max_us: u64,
 }
 
@@ -43,6 +44,7 @@ impl Percentiles {
             p50_us: h.value_at_quantile(0.50),
             p90_us: h.value_at_quantile(0.90),
             p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
             max_us: h.max(),
         }
     }
@@ -53,11 +55,12 @@ impl std::fmt::Display for Percentiles {
         let ms = |us: u64| us as f64 / 1000.0;
         write!(
             f,
-            "n={} p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            "n={} p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms",
             self.count,
             ms(self.p50_us),
             ms(self.p90_us),
             ms(self.p99_us),
+            ms(self.p999_us),
             ms(self.max_us)
         )
     }

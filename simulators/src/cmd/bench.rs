@@ -77,6 +77,11 @@ pub enum Bench {
         /// Unlock calls in flight at once.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+        /// The fleet's normal traffic while measuring: scenarios (deposits, pickups: scans,
+        /// door events) per cabinet per minute, as `fleet --activity`; power telemetry runs
+        /// anyway. 0 = an idle fleet.
+        #[arg(long, default_value_t = 0.0)]
+        activity: f64,
     },
     /// Sustained uplink: P mTLS publishers each send M events at QoS 1; through the gateway
     /// (edge, broker, ingest, sled, acknowledged = durable, verified via the API) vs Mosquitto
@@ -112,7 +117,8 @@ pub async fn run(b: Bench) -> anyhow::Result<()> {
             cabinets,
             unlocks,
             concurrency,
-        } => unlock(&common, cabinets, unlocks, concurrency).await,
+            activity,
+        } => unlock(&common, cabinets, unlocks, concurrency, activity).await,
         Bench::Uplink {
             common,
             publishers,
@@ -439,14 +445,24 @@ async fn storm(c: &Common, n: usize, backlog: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn unlock(c: &Common, n: usize, unlocks: usize, concurrency: usize) -> anyhow::Result<()> {
+async fn unlock(
+    c: &Common,
+    n: usize,
+    unlocks: usize,
+    concurrency: usize,
+    activity: f64,
+) -> anyhow::Result<()> {
     let pki = c.state.join("pki");
     let name = "unlock";
     let _ = std::fs::remove_dir_all(c.state.join(name));
     let mode = GatewayMode::Child {
         bin: gateway_bin(c),
     };
-    let l = fleet::launch(agent_options(c, n, name), &pki, mode, TOKEN).await?;
+    let opts = FleetOptions {
+        activity_per_min: activity,
+        ..agent_options(c, n, name)
+    };
+    let l = fleet::launch(opts, &pki, mode, TOKEN).await?;
     l.fleet.ramp_up().await?;
     let up = wait_for(Duration::from_secs(300), || {
         l.fleet.snapshot().connected == n
@@ -465,6 +481,30 @@ async fn unlock(c: &Common, n: usize, unlocks: usize, concurrency: usize) -> any
     let gate = Arc::new(Semaphore::new(concurrency.max(1)));
     let locks = usize::from(l.fleet.opts.locks);
     let mut tasks = tokio::task::JoinSet::new();
+    // the fleet's normal traffic, if asked: scenarios started every 100 ms, as in `fleet`
+    let traffic = async {
+        let (mut carry, mut last) = (0.0, Instant::now());
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = Instant::now();
+            l.fleet.tick(now - last, &mut carry);
+            last = now;
+        }
+    };
+    tokio::pin!(traffic);
+    if activity > 0.0 {
+        // a few seconds of traffic before measuring
+        let _ = tokio::time::timeout(Duration::from_secs(3), &mut traffic).await;
+        println!("fleet traffic: {activity} scenarios per cabinet per minute");
+    }
+    let flushes = |text: &str, store: &str| {
+        locker_sim::fleet::api::metric_with(
+            text,
+            "locker_store_flushes_total",
+            &format!("store=\"{store}\""),
+        )
+    };
+    let m0 = api.metrics().await.unwrap_or_default();
     let start = Instant::now();
     let mut order: Vec<usize> = (0..unlocks).collect();
     {
@@ -473,31 +513,45 @@ async fn unlock(c: &Common, n: usize, unlocks: usize, concurrency: usize) -> any
             order.swap(i, rng.gen_range(0..=i));
         }
     }
-    for k in order {
-        let (api, hist, outcomes, gate) =
-            (api.clone(), hist.clone(), outcomes.clone(), gate.clone());
-        let cab = l.fleet.cabinets[k % n].id.to_string();
-        let compartment = u16::try_from((k / n) % locks + 1).unwrap_or(1);
-        let permit = gate.acquire_owned().await?;
-        tasks.spawn(async move {
-            let t = Instant::now();
-            let r = api.unlock(&cab, compartment, 60_000, 10_000).await;
-            let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
-            drop(permit);
-            let o = match r {
-                Ok(v) => v["outcome"].as_str().unwrap_or("none").to_owned(),
-                Err(e) => format!("error: {e}"),
+    // the unlocks, issued and awaited while the traffic (if any) keeps running
+    let work = async {
+        for k in order {
+            let (api, hist, outcomes, gate) =
+                (api.clone(), hist.clone(), outcomes.clone(), gate.clone());
+            let cab = l.fleet.cabinets[k % n].id.to_string();
+            let compartment = u16::try_from((k / n) % locks + 1).unwrap_or(1);
+            let Ok(permit) = gate.clone().acquire_owned().await else {
+                break;
             };
-            if o == "opened" {
-                let _ = hist.lock().map(|mut h| h.record(us.max(1))).map_err(|_| ());
-            }
-            if let Ok(mut m) = outcomes.lock() {
-                *m.entry(o).or_default() += 1;
-            }
-        });
+            tasks.spawn(async move {
+                let t = Instant::now();
+                let r = api.unlock(&cab, compartment, 60_000, 10_000).await;
+                let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
+                drop(permit);
+                let o = match r {
+                    Ok(v) => v["outcome"].as_str().unwrap_or("none").to_owned(),
+                    Err(e) => format!("error: {e}"),
+                };
+                if o == "opened" {
+                    let _ = hist.lock().map(|mut h| h.record(us.max(1))).map_err(|_| ());
+                }
+                if let Ok(mut m) = outcomes.lock() {
+                    *m.entry(o).or_default() += 1;
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    };
+    if activity > 0.0 {
+        tokio::select! {
+            _ = work => {}
+            _ = &mut traffic => {}
+        }
+    } else {
+        work.await;
     }
-    while tasks.join_next().await.is_some() {}
     let elapsed = start.elapsed();
+    let m1 = api.metrics().await.unwrap_or_default();
     let p = hist.lock().map(|h| Percentiles::of(&h)).unwrap_or_default();
     println!(
         "remote unlock with {n} agents connected, {unlocks} unlocks, {concurrency} in flight, in {:.1} s: opened round trip {p}",
@@ -506,6 +560,12 @@ async fn unlock(c: &Common, n: usize, unlocks: usize, concurrency: usize) -> any
     println!(
         "  outcomes: {:?}",
         outcomes.lock().map(|m| m.clone()).unwrap_or_default()
+    );
+    let per = |store: &str| (flushes(&m1, store) - flushes(&m0, store)) / unlocks.max(1) as f64;
+    println!(
+        "  gateway flushes per unlock: commands {:.2}, audit {:.2} (shared with all other traffic)",
+        per("commands"),
+        per("audit")
     );
     l.fleet.shutdown().await;
     l.gateway.stop().await;
