@@ -63,4 +63,14 @@ fn demo_without_a_terminal_prints_a_plain_summary_and_logs_to_a_file() {
         stdout.contains("invariant"),
         "the report is printed:\n{stdout}"
     );
+    let cpu = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("script phase with 3 agents: CPU: simulator process "))
+        .expect("the simulator's CPU over the script is printed");
+    assert!(
+        cpu.contains(" core-s in ")
+            && cpu.contains(" cores")
+            && cpu.contains("per agent per second"),
+        "core-seconds, cores and the cost per agent: {cpu}"
+    );
 }

@@ -1,4 +1,5 @@
-//! Lock board over real Modbus clients (tokio-modbus), over TCP and over a duplex stream.
+//! Lock board over real Modbus clients (tokio-modbus), over TCP, over a duplex stream and over
+//! the fleet's in-memory link.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -31,6 +32,9 @@ macro_rules! both_transports {
         }
         mod duplex {
             $(#[tokio::test] async fn $name() { super::$name(super::Transport::Duplex).await })*
+        }
+        mod memory {
+            $(#[tokio::test] async fn $name() { super::$name(super::Transport::Memory).await })*
         }
     };
 }

@@ -1,15 +1,49 @@
-//! Raw MBAP bytes against `serve_stream`: exact answers, malformed PDUs, broken framing.
+//! Raw MBAP bytes against `serve_stream` and against the in-memory link
+//! (`ModbusServer::connect_memory`): exact answers, malformed PDUs, broken framing.
 #![allow(clippy::unwrap_used)]
 
 use locker_sim::{LockBoardConfig, LockBoardSim};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 #[tokio::test]
 async fn raw_frames_over_a_duplex_stream() {
     let board = LockBoardSim::new(LockBoardConfig::default()).unwrap();
-    let (mut client, served) = tokio::io::duplex(1024);
+    let (client, served) = tokio::io::duplex(1024);
     let task = board.serve_stream(served);
+    raw_frames(&board, client).await;
+    task.await.unwrap();
+}
 
+#[tokio::test]
+async fn raw_frames_over_the_in_memory_link() {
+    let board = LockBoardSim::new(LockBoardConfig::default()).unwrap();
+    let client = board.modbus_server().connect_memory();
+    raw_frames(&board, client).await;
+}
+
+#[tokio::test]
+async fn in_memory_link_answers_pipelined_and_split_frames_in_order() {
+    let board = LockBoardSim::new(LockBoardConfig::default()).unwrap();
+    let mut client = board.modbus_server().connect_memory();
+    // Two requests in one write, the second one split across two writes.
+    let first = [0, 7, 0, 0, 0, 6, 1, 0x04, 0, 1, 0, 1];
+    let second = [0, 8, 0, 0, 0, 6, 1, 0x02, 0, 0, 0, 16];
+    let mut bytes = first.to_vec();
+    bytes.extend_from_slice(&second[..5]);
+    client.write_all(&bytes).await.unwrap();
+    client.write_all(&second[5..]).await.unwrap();
+    let mut answer = [0u8; 11 + 11];
+    client.read_exact(&mut answer).await.unwrap();
+    assert_eq!(
+        answer,
+        [
+            0, 7, 0, 0, 0, 5, 1, 0x04, 2, 0, 16, // lock count 16
+            0, 8, 0, 0, 0, 5, 1, 0x02, 2, 0, 0 // 16 doors closed
+        ]
+    );
+}
+
+async fn raw_frames(board: &LockBoardSim, mut client: impl AsyncRead + AsyncWrite + Unpin) {
     // FC04 read input registers 0..2, transaction 0x1234, unit 1.
     client
         .write_all(&[0x12, 0x34, 0, 0, 0, 6, 1, 0x04, 0, 0, 0, 2])
@@ -49,5 +83,4 @@ async fn raw_frames_over_a_duplex_stream() {
     let mut rest = Vec::new();
     client.read_to_end(&mut rest).await.unwrap();
     assert!(rest.is_empty());
-    task.await.unwrap();
 }

@@ -1,11 +1,13 @@
 //! Load benchmarks (`locker-sim bench ...`): the building blocks.
 //!
 //! - [`machine`]: what the figures were measured on;
+//! - [`cpu`]: the simulator's and a child gateway's CPU over a measured phase;
 //! - [`mosquitto`]: a Mosquitto broker with TLS and required client certificates from the same
 //!   PKI, for side-by-side runs;
 //! - [`mqtt`]: minimal mTLS MQTT 3.1.1 clients (connect-and-hold for the connect benchmark) and
 //!   rumqttc publishers (QoS 1) for the uplink benchmark, with go-back-N on the gateway's acks.
 
+pub mod cpu;
 pub mod machine;
 pub mod mosquitto;
 pub mod mqtt;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use locker_sim::bench::cpu::CpuSpan;
 use locker_sim::bench::machine::Machine;
 use locker_sim::bench::mosquitto::Mosquitto;
 use locker_sim::bench::mqtt::{connect_hold, publisher, PublishStats};
@@ -268,9 +269,12 @@ async fn connect(c: &Common, n: usize, concurrency: usize) -> anyhow::Result<()>
     let (pki, clients) = client_configs(c, "CAB-", n).await?;
     let gw = fresh_gateway(c, "gw-connect", &pki, |_| {}).await?;
     let rss0 = settle_rss(gw.pid()).await;
+    let cpu = CpuSpan::start(gw.pid());
     let r = connect_all(gw.edge, &clients, concurrency).await;
+    let cpu = cpu.stop(gw.pid());
     let rss1 = settle_rss(gw.pid()).await;
     let g_rate = report_connect("gateway", &r, rss0, rss1);
+    println!("  connect phase {cpu}");
     let api = Api::new(gw.api, TOKEN);
     if let Ok(m) = api.metrics().await {
         println!(
@@ -288,9 +292,12 @@ async fn connect(c: &Common, n: usize, concurrency: usize) -> anyhow::Result<()>
     let paths = locker_broker_config::pki::PkiPaths::new(&pki);
     let m = Mosquitto::start(&c.state.join("mosquitto"), &paths).await?;
     let rss0 = settle_rss(m.pid()).await;
+    let cpu = CpuSpan::start(None);
     let r = connect_all(m.addr, &clients, concurrency).await;
+    let cpu = cpu.stop(None);
     let rss1 = settle_rss(m.pid()).await;
     let m_rate = report_connect("mosquitto", &r, rss0, rss1);
+    println!("  connect phase {cpu}");
     drop(r);
     m.stop().await;
     println!(
@@ -344,6 +351,7 @@ async fn storm(c: &Common, n: usize, backlog: usize) -> anyhow::Result<()> {
         bin: gateway_bin(c),
     };
     let mut l = fleet::launch(agent_options(c, n, name), &pki, mode, TOKEN).await?;
+    let cpu = CpuSpan::start(l.gateway.pid());
     l.fleet.ramp_up().await?;
     let up = wait_for(Duration::from_secs(300), || {
         l.fleet.snapshot().connected == n
@@ -352,6 +360,7 @@ async fn storm(c: &Common, n: usize, backlog: usize) -> anyhow::Result<()> {
     println!("gateway: {n} agents connected after the ramp: {}", secs(up));
     let drained = wait_for(Duration::from_secs(120), || l.fleet.snapshot().outbox == 0).await;
     println!("  initial outboxes drained: {}", secs(drained));
+    println!("  ramp and connect phase {}", cpu.stop(l.gateway.pid()));
     l.gateway.kill().await;
     let down = wait_for(Duration::from_secs(30), || {
         l.fleet.snapshot().connected == 0
@@ -371,6 +380,7 @@ async fn storm(c: &Common, n: usize, backlog: usize) -> anyhow::Result<()> {
         s.outbox
     );
     let t = Instant::now();
+    let cpu = CpuSpan::start(None);
     l.gateway.respawn().await?;
     let started = t.elapsed();
     let mut online = None;
@@ -391,6 +401,7 @@ async fn storm(c: &Common, n: usize, backlog: usize) -> anyhow::Result<()> {
         secs(online),
         secs(replayed)
     );
+    println!("  storm phase {}", cpu.stop(l.gateway.pid()));
     let g_online = online;
     if let Some(g) = fleet::rss_kib(l.gateway.pid()) {
         println!("  gateway RSS after the storm: {g} KiB");
@@ -421,6 +432,7 @@ async fn storm(c: &Common, n: usize, backlog: usize) -> anyhow::Result<()> {
         secs(up)
     );
     let t = Instant::now();
+    let cpu = CpuSpan::start(None);
     m.restart().await?;
     let started = t.elapsed();
     let _ = wait_for(Duration::from_secs(30), || l.fleet.snapshot().connected < n).await;
@@ -434,6 +446,7 @@ async fn storm(c: &Common, n: usize, backlog: usize) -> anyhow::Result<()> {
         started.as_secs_f64(),
         secs(online)
     );
+    println!("  storm phase {}", cpu.stop(None));
     if let (Some(g), Some(mq)) = (g_online, online) {
         println!(
             "ratio (mosquitto time / gateway time, >1 = gateway faster): {:.2}",
@@ -505,6 +518,7 @@ async fn unlock(
         )
     };
     let m0 = api.metrics().await.unwrap_or_default();
+    let cpu = CpuSpan::start(l.gateway.pid());
     let start = Instant::now();
     let mut order: Vec<usize> = (0..unlocks).collect();
     {
@@ -552,6 +566,7 @@ async fn unlock(
     }
     let elapsed = start.elapsed();
     let m1 = api.metrics().await.unwrap_or_default();
+    let cpu = cpu.stop(l.gateway.pid());
     let p = hist.lock().map(|h| Percentiles::of(&h)).unwrap_or_default();
     println!(
         "remote unlock with {n} agents connected, {unlocks} unlocks, {concurrency} in flight, in {:.1} s: opened round trip {p}",
@@ -567,6 +582,7 @@ async fn unlock(
         per("commands"),
         per("audit")
     );
+    println!("  unlock phase {cpu}");
     l.fleet.shutdown().await;
     l.gateway.stop().await;
     Ok(())
@@ -584,7 +600,9 @@ async fn uplink(c: &Common, publishers: usize, messages: u64) -> anyhow::Result<
         .map(|m| metric_sum(&m, "locker_ingest_events_total"))
         .unwrap_or(0.0);
     let total = publishers as u64 * messages;
+    let cpu = CpuSpan::start(gw.pid());
     let g = run_publishers(gw.edge, &clients, messages, true).await?;
+    let cpu = cpu.stop(gw.pid());
     let m = api.metrics().await.unwrap_or_default();
     let stored = metric_sum(&m, "locker_ingest_events_total") - before;
     let mut last_ok = 0;
@@ -609,13 +627,16 @@ async fn uplink(c: &Common, publishers: usize, messages: u64) -> anyhow::Result<
         metric_sum(&m, "locker_ingest_batch_events_sum")
             / metric_sum(&m, "locker_ingest_batch_events_count").max(1.0)
     );
+    println!("  uplink phase {cpu}");
     gw.stop().await;
     if c.no_mosquitto {
         return Ok(());
     }
     let paths = locker_broker_config::pki::PkiPaths::new(&pki);
     let mq = Mosquitto::start(&c.state.join("mosquitto"), &paths).await?;
+    let cpu = CpuSpan::start(None);
     let r = run_publishers(mq.addr, &clients, messages, false).await?;
+    println!("  uplink phase {}", cpu.stop(None));
     let m_rate = total as f64 / r.0.as_secs_f64().max(1e-9);
     println!(
         "mosquitto raw uplink (QoS 1 PUBACKed, not durable): {total} messages in {:.2} s = {m_rate:.0} messages/s",

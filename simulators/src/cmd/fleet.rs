@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use locker_sim::bench::cpu::CpuSpan;
 use locker_sim::fleet::{self, FleetOptions, GatewayMode, Launched};
 
 use super::live::{poll_metrics, Live};
@@ -174,6 +175,7 @@ pub async fn session(
         }
     };
     let t1 = Instant::now();
+    let start_cpu = CpuSpan::start(l.gateway.pid());
     let ramp = l.fleet.ramp_up();
     tokio::pin!(ramp);
     let mut interrupted = false;
@@ -212,7 +214,12 @@ pub async fn session(
         l.fleet.snapshot().connected,
         t1.elapsed().as_secs_f64()
     ));
+    live.println(&format!(
+        "  starting and connecting: {}",
+        start_cpu.stop(l.gateway.pid())
+    ));
     let rss_connected = fleet::rss_kib(None);
+    let script_cpu = CpuSpan::start(l.gateway.pid());
     let stop = stopped();
     let log = fleet::script::run(
         &l.fleet,
@@ -222,10 +229,25 @@ pub async fn session(
         |f, g, log| live.update(f, g, log),
     )
     .await;
+    let cpu = script_cpu.stop(l.gateway.pid());
     live.finish();
     for h in &log {
         println!("[{:>6.1}s] {}", h.at.as_secs_f64(), h.what);
     }
+    println!(
+        "script phase with {n} agents: {cpu}{}",
+        cpu.simulator
+            .map(|s| format!(
+                "; simulator {:.1} us of CPU per agent per second{}",
+                s.us_per_unit_s(n),
+                if l.gateway.in_process_gateway().is_some() {
+                    " (the in-process gateway included)"
+                } else {
+                    ""
+                }
+            ))
+            .unwrap_or_default()
+    );
     let interrupted = log.iter().any(|h| h.what == "stopped by the user");
     let mut clean = true;
     if !script.no_verify && !interrupted {

@@ -1,7 +1,8 @@
 //! One simulated cabinet: a REAL agent (`locker_agent::Agent`) with its own simulated lock board
-//! and charge controller served in-process over `tokio::io::duplex` (real Modbus TCP framing, no
-//! sockets), its own certificate and link switch, and what the simulated people know about it
-//! (which compartments hold parcels and the pickup codes the "parcel service" handed out).
+//! and charge controller served in-process (real Modbus TCP framing over an in-memory link that
+//! the device answers inline: no sockets, no pipe, no task; see [`crate::modbus::memory`]), its
+//! own certificate and link switch, and what the simulated people know about it (which
+//! compartments hold parcels and the pickup codes the "parcel service" handed out).
 //!
 //! The parcel service is played by the simulator: the gateway has no parcel domain yet, so the
 //! credential set is delivered to the agent as the `creds` downlink it would receive
@@ -98,6 +99,25 @@ pub fn courier_badge(id: &CabinetId) -> String {
     format!("BADGE-{id}")
 }
 
+/// How a cabinet's agent reaches its simulated hardware: the address `board` is the lock board
+/// (unit 1), `charger` the charge controller (unit 2).
+pub fn hardware_connector(board: &LockBoardSim, charger: &ChargerSim) -> ModbusConnector {
+    // Each link is served inline by the simulated device (no pipe, no task; see
+    // `crate::modbus::memory`); the agent's Modbus client is the real one.
+    let (b, c) = (board.modbus_server(), charger.modbus_server());
+    ModbusConnector::custom(move |addr: String| {
+        let link = match addr.as_str() {
+            "board" => Ok(b.connect_memory()),
+            "charger" => Ok(c.connect_memory()),
+            other => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no simulated device at {other}"),
+            )),
+        };
+        std::future::ready(link)
+    })
+}
+
 impl SimCabinet {
     /// Builds the simulated hardware and the agent configuration (the agent is not started).
     pub fn new(
@@ -153,24 +173,7 @@ impl SimCabinet {
             ..AgentCharger::default()
         });
         config.timing.door_left_open_s = 120;
-        let (b, c) = (board.clone(), charger.clone());
-        let modbus = ModbusConnector::custom(move |addr: String| {
-            let (b, c) = (b.clone(), c.clone());
-            async move {
-                let (agent_side, sim_side) = tokio::io::duplex(1024);
-                match addr.as_str() {
-                    "board" => drop(b.serve_stream(sim_side)),
-                    "charger" => drop(c.serve_stream(sim_side)),
-                    other => {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::NotFound,
-                            format!("no simulated device at {other}"),
-                        ))
-                    }
-                }
-                Ok(agent_side)
-            }
-        });
+        let modbus = hardware_connector(&board, &charger);
         let deps = AgentDeps {
             storage,
             tls: Some(tls),

@@ -10,7 +10,13 @@
 //!   `tokio::io::duplex` pipe. tokio-modbus 0.17 cannot do this: its server only accepts from a
 //!   `TcpListener` and its MBAP codec is crate-private, so [`stream`] holds a minimal MBAP
 //!   adapter: requests are decoded with tokio-modbus' public `Request::try_from(Bytes)`, responses
-//!   are encoded by our own small encoder. Both paths call the same [`ModbusServer::dispatch`].
+//!   are encoded by our own small encoder; or
+//! * an in-process client link with no pipe and no task ([`ModbusServer::connect_memory`], see
+//!   [`memory`]): the fleet simulator's path, the same MBAP framing as [`stream`], each request
+//!   answered inside the client's write.
+//!
+//! Every path executes requests through [`ModbusServer::execute`] (route, link faults, the
+//! device) and delivers the answer after the device's delay.
 //!
 //! Unit ids: a request for a unit id that no device on this server has is answered with the
 //! exception `GatewayTargetDevice` (0x0B), as an RS-485/TCP gateway would, so a misconfigured
@@ -21,7 +27,10 @@
 //! request at once and sends the answer D later (so a client that gives up early may still
 //! have moved the hardware: the realistic "lost reply" case).
 
+pub mod memory;
 pub mod stream;
+
+pub use memory::MemoryLink;
 
 use std::{
     future::Future,
@@ -221,40 +230,40 @@ impl ModbusServer {
         }
     }
 
-    fn device(&self, unit: u8) -> Option<Arc<dyn ModbusDevice>> {
-        self.devices.iter().find(|d| d.unit_id() == unit).cloned()
+    fn device(&self, unit: u8) -> Option<&Arc<dyn ModbusDevice>> {
+        self.devices.iter().find(|d| d.unit_id() == unit)
+    }
+
+    /// Execute one request now: route by unit id and apply the device's link faults. The
+    /// answer is due after the returned delay (see [`Execution::finish`]).
+    pub(crate) fn execute(&self, unit: u8, request: &Request<'_>) -> Execution {
+        let Some(device) = self.device(unit) else {
+            tracing::debug!(unit, "request for unknown unit id");
+            return Execution::Now(Err(ExceptionCode::GatewayTargetDevice));
+        };
+        let link = device.link();
+        if link.unresponsive() {
+            link.dropped.fetch_add(1, Ordering::Relaxed);
+            return Execution::Drop;
+        }
+        let result = device.handle(request);
+        Execution::Device {
+            device: Arc::clone(device),
+            result,
+            delay: link.delay(),
+        }
     }
 
     /// Execute one request: route by unit id, apply the device's link faults.
     /// `Ok(None)` means "send nothing".
     pub fn dispatch(&self, request: SlaveRequest<'static>) -> DispatchFuture {
-        let device = self.device(request.slave);
-        Box::pin(async move {
-            let Some(device) = device else {
-                tracing::debug!(unit = request.slave, "request for unknown unit id");
-                return Err(ExceptionCode::GatewayTargetDevice);
-            };
-            let link = device.link();
-            if link.unresponsive() {
-                link.dropped.fetch_add(1, Ordering::Relaxed);
-                return Ok(None);
-            }
-            let result = device.handle(&request.request);
-            let delay = link.delay();
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            if link.unresponsive() {
-                // Went dead while "slow": the answer is lost.
-                link.dropped.fetch_add(1, Ordering::Relaxed);
-                return Ok(None);
-            }
-            match &result {
-                Ok(_) => link.answered.fetch_add(1, Ordering::Relaxed),
-                Err(_) => link.exceptions.fetch_add(1, Ordering::Relaxed),
-            };
-            result.map(Some)
-        })
+        let execution = self.execute(request.slave, &request.request);
+        Box::pin(async move { execution.finish().await.transpose() })
+    }
+
+    /// A client link to this server's devices, served inline with no task (see [`memory`]).
+    pub fn connect_memory(&self) -> MemoryLink {
+        MemoryLink::new(self.clone())
     }
 
     /// Serve real Modbus TCP (tokio-modbus' server) until the returned task is aborted.
@@ -318,6 +327,58 @@ impl ModbusServer {
     {
         stream::run(self, transport).await
     }
+}
+
+/// What executing a request left to do.
+pub(crate) enum Execution {
+    /// Send nothing: the device is unresponsive.
+    Drop,
+    /// Answer at once (no device behind the unit id).
+    Now(Result<Response, ExceptionCode>),
+    /// The device's answer, due after `delay` (see [`deliver`]).
+    Device {
+        device: Arc<dyn ModbusDevice>,
+        result: Result<Response, ExceptionCode>,
+        delay: Duration,
+    },
+}
+
+impl Execution {
+    /// Wait out the device's delay; the answer to send, if any.
+    pub(crate) async fn finish(self) -> Option<Result<Response, ExceptionCode>> {
+        match self {
+            Self::Drop => None,
+            Self::Now(result) => Some(result),
+            Self::Device {
+                device,
+                result,
+                delay,
+            } => {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                deliver(device.as_ref(), result)
+            }
+        }
+    }
+}
+
+/// The device's answer is due now: lost if the device went unresponsive while "slow",
+/// otherwise counted and returned.
+pub(crate) fn deliver(
+    device: &dyn ModbusDevice,
+    result: Result<Response, ExceptionCode>,
+) -> Option<Result<Response, ExceptionCode>> {
+    let link = device.link();
+    if link.unresponsive() {
+        link.dropped.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    match &result {
+        Ok(_) => link.answered.fetch_add(1, Ordering::Relaxed),
+        Err(_) => link.exceptions.fetch_add(1, Ordering::Relaxed),
+    };
+    Some(result)
 }
 
 /// Our tokio-modbus [`Service`]: forwards to [`ModbusServer::dispatch`].

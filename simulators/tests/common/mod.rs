@@ -14,6 +14,8 @@ pub enum Transport {
     Tcp,
     /// `tokio::io::duplex` served by `serve_stream` (our MBAP adapter).
     Duplex,
+    /// The in-memory link the fleet simulator uses (`connect_memory`: no pipe, no task).
+    Memory,
 }
 
 /// Serve `server` over `transport` and return a connected client for `unit`.
@@ -33,6 +35,7 @@ pub async fn connect(server: &ModbusServer, transport: Transport, unit: u8) -> C
             let _task = server.serve_stream(served);
             tcp::attach_slave(client, Slave(unit))
         }
+        Transport::Memory => tcp::attach_slave(server.connect_memory(), Slave(unit)),
     }
 }
 
