@@ -383,6 +383,8 @@ async fn storm(c: &Common, n: usize, backlog: usize) -> anyhow::Result<()> {
     let cpu = CpuSpan::start(None);
     l.gateway.respawn().await?;
     let started = t.elapsed();
+    // Right after start: the store is open, (almost) no cabinet is connected yet.
+    let rss_start = fleet::rss_kib(l.gateway.pid());
     let mut online = None;
     let mut replayed = None;
     while t.elapsed() < Duration::from_secs(300) && replayed.is_none() {
@@ -404,7 +406,14 @@ async fn storm(c: &Common, n: usize, backlog: usize) -> anyhow::Result<()> {
     println!("  storm phase {}", cpu.stop(l.gateway.pid()));
     let g_online = online;
     if let Some(g) = fleet::rss_kib(l.gateway.pid()) {
-        println!("  gateway RSS after the storm: {g} KiB");
+        let per = g as f64 / n as f64;
+        let growth = rss_start.map_or(String::new(), |s0| {
+            format!(
+                "; {:.1} KiB per cabinet above the freshly started process ({s0} KiB)",
+                g.saturating_sub(s0) as f64 / n as f64
+            )
+        });
+        println!("  gateway RSS after the storm: {g} KiB = {per:.1} KiB per connected cabinet{growth}");
     }
     l.fleet.shutdown().await;
     l.gateway.stop().await;
@@ -583,6 +592,12 @@ async fn unlock(
         per("audit")
     );
     println!("  unlock phase {cpu}");
+    if let Some(g) = fleet::rss_kib(l.gateway.pid()) {
+        println!(
+            "  gateway RSS after the unlocks: {g} KiB = {:.1} KiB per connected cabinet",
+            g as f64 / n as f64
+        );
+    }
     l.fleet.shutdown().await;
     l.gateway.stop().await;
     Ok(())
