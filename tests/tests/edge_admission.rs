@@ -140,3 +140,27 @@ async fn a_stalled_handshake_gives_its_place_back_after_the_hold() {
         "the stall is still open"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_certificate_gets_the_certificate_revoked_alert_in_the_handshake() {
+    use tokio::io::AsyncReadExt;
+    // The edge checks revocation against the serials of the CRL it verified once (not by
+    // verifying the CRL's signature again in every handshake); the client still learns why.
+    let mut fx = EdgeFixture::start(|_| {}).await;
+    let r = fx.cabinet("CAB-R");
+    fx.pki.revoke("CAB-R");
+    fx.edge.reload_revocations().await.expect("reload");
+    let err = match raw_tls(fx.addr, fx.tls(Some(&r))).await {
+        // TLS 1.3: the client may finish its side first; the alert comes with the next read.
+        Ok(mut s) => {
+            let mut b = [0u8; 8];
+            s.read(&mut b).await.expect_err("refused")
+        }
+        Err(e) => e,
+    };
+    assert!(
+        format!("{err:?}").contains("CertificateRevoked"),
+        "alert: {err:?}"
+    );
+    eventually("counted", || fx.rejections("revoked") == 1).await;
+}

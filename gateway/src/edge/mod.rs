@@ -17,7 +17,8 @@
 //! through a few shared links ([`crate::broker::Direct`]), because a router connection and
 //! subscription per cabinet is what limited a 10,000-cabinet fleet (BENCHMARKS.md).
 //!
-//! Submodules: [`config`] (settings), `tls` (rustls configuration and CRL), `tickets` (TLS
+//! Submodules: [`config`] (settings), `tls` (rustls configuration and CRL), `verifier` (client
+//! certificates against the fleet CA and the revoked serials), `tickets` (TLS
 //! ticket keys kept across restarts), `hello` (admission control at the ClientHello), `identity`, `acl` (packet rules), `bucket` (the uplink
 //! rate limit), `relay` (one connection up to its session), `session` (an integrator's MQTT
 //! session over its link), `cabinet` (a cabinet's session, served directly), `registry`
@@ -35,6 +36,7 @@ mod relay;
 mod session;
 mod tickets;
 mod tls;
+mod verifier;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -33,6 +33,7 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyD
 use super::config::EdgeConfig;
 use super::metrics::Reason;
 use super::tickets::{Loaded, TicketError, TicketKeys};
+use super::verifier::RevocationAware;
 
 /// Why the TLS material could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -313,10 +314,11 @@ fn build(
     sessions: &Arc<dyn StoresServerSessions>,
     crl: &Crl,
 ) -> Result<ServerConfig, TlsError> {
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(fixed.roots.clone(), provider.clone())
-            .with_crls(crl.ders.iter().cloned())
-            .build()?;
+    // Revocation against the serials of the CRL verified once at load, not by WebPKI on
+    // every handshake (see `verifier`).
+    let webpki = WebPkiClientVerifier::builder_with_provider(fixed.roots.clone(), provider.clone())
+        .build()?;
+    let verifier = Arc::new(RevocationAware::new(webpki, Arc::new(crl.serials.clone())));
     let mut config = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)

@@ -404,6 +404,16 @@ async fn storm(c: &Common, n: usize, backlog: usize) -> anyhow::Result<()> {
         secs(replayed)
     );
     println!("  storm phase {}", cpu.stop(l.gateway.pid()));
+    if let Ok(m) = l.fleet.ctx.api.metrics().await {
+        let with = |name: &str, label: &str| locker_sim::fleet::api::metric_with(&m, name, label);
+        println!(
+            "  gateway handshakes: {:.0} resumed, {:.0} full; refused as busy {:.0}, handshake timeouts {:.0}",
+            with("locker_edge_tls_handshakes_total", "kind=\"resumed\""),
+            with("locker_edge_tls_handshakes_total", "kind=\"full\""),
+            with("locker_edge_rejections_total", "reason=\"busy\""),
+            with("locker_edge_rejections_total", "reason=\"handshake_timeout\""),
+        );
+    }
     let g_online = online;
     if let Some(g) = fleet::rss_kib(l.gateway.pid()) {
         let per = g as f64 / n as f64;
@@ -413,7 +423,9 @@ async fn storm(c: &Common, n: usize, backlog: usize) -> anyhow::Result<()> {
                 g.saturating_sub(s0) as f64 / n as f64
             )
         });
-        println!("  gateway RSS after the storm: {g} KiB = {per:.1} KiB per connected cabinet{growth}");
+        println!(
+            "  gateway RSS after the storm: {g} KiB = {per:.1} KiB per connected cabinet{growth}"
+        );
     }
     l.fleet.shutdown().await;
     l.gateway.stop().await;
