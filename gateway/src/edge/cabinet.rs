@@ -20,28 +20,25 @@
 //! integrators' [`session`](super::session): nothing is read while a write waits.
 
 use std::collections::VecDeque;
-use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use locker_schemas::{CabinetId, Topic};
 use rumqttc::mqttbytes::v4 as wire;
 use rumqttc::mqttbytes::QoS as WireQoS;
-use rumqttd::protocol::v4::{check, PacketType, V4};
-use rumqttd::protocol::{matches, Error as MqttError, Packet, Protocol, Publish, QoS};
+use rumqttd::protocol::{matches, Packet, Publish, QoS};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
-use super::acl::{qos_bits, Acl, Session as ConnectInfo};
+use super::acl::{Acl, Session as ConnectInfo};
 use super::bucket::Bucket;
 use super::metrics::Reason;
 use super::relay::Shared;
-use super::session::{
-    publish_pkid, read_client, write_client, End, Outcome, EXPIRY_STEP, WRITE_CHUNK,
-};
+use super::session::{End, Outcome};
+use super::wire::{next_packet, read_client, write_client, Clock, Next, WRITE_CHUNK};
 use crate::broker::{Direct, Downlink};
 
 /// Most QoS 1 downlinks sent to a cabinet and not yet acknowledged (rumqttd's own limit).
@@ -143,23 +140,14 @@ impl Cabinet<'_> {
         self.write(tls, &out, cancel).await?;
         out = BytesMut::new();
 
-        let idle = tokio::time::sleep_until(self.last_read + self.window);
-        tokio::pin!(idle);
-        let expiry = tokio::time::sleep_until(cert_end.min(Instant::now() + EXPIRY_STEP));
-        tokio::pin!(expiry);
-        let mut throttled: Option<Pin<Box<Sleep>>> = None;
+        let mut clock = Clock::new(self.last_read, self.window, cert_end);
         let mut need = 0;
         loop {
-            while !rbuf.is_empty() && throttled.is_none() {
+            while !rbuf.is_empty() && !clock.throttled() {
                 let batch = self.uplink(&mut rbuf);
                 need = batch.need;
                 if let Some(wait) = batch.throttle {
-                    self.shared.metrics.throttled.inc();
-                    self.shared
-                        .metrics
-                        .throttled_seconds
-                        .inc_by(wait.as_secs_f64());
-                    throttled = Some(Box::pin(tokio::time::sleep_until(Instant::now() + wait)));
+                    clock.throttle(self.shared, wait);
                 }
                 if !batch.publishes.is_empty() {
                     tokio::select! {
@@ -208,6 +196,7 @@ impl Cabinet<'_> {
                 self.unacked = VecDeque::new();
             }
 
+            let throttled = clock.throttled();
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Err(End::Cancelled),
@@ -228,39 +217,14 @@ impl Cabinet<'_> {
                     // A newer session of this cabinet took the table entry over.
                     None => return Err(End::Cancelled),
                 },
-                r = read_client(tls, &mut rbuf, need), if throttled.is_none() => match r {
+                r = read_client(tls, &mut rbuf, need), if !throttled => match r {
                     Ok(0) => return Err(End::ClientClosed),
                     Ok(_) => self.last_read = Instant::now(),
                     Err(e) => return Err(End::Io(e)),
                 },
-                _ = async {
-                    match throttled.as_mut() {
-                        Some(t) => t.as_mut().await,
-                        None => std::future::pending().await,
-                    }
-                }, if throttled.is_some() => {
-                    throttled = None;
+                r = clock.fire(self.last_read) => {
+                    r?;
                     self.last_read = Instant::now();
-                }
-                _ = &mut expiry => {
-                    let now = Instant::now();
-                    if now >= cert_end {
-                        return Err(End::Refused((
-                            Reason::CertExpired,
-                            "the client certificate expired while connected".into(),
-                        )));
-                    }
-                    expiry.as_mut().reset(cert_end.min(now + EXPIRY_STEP));
-                }
-                _ = &mut idle => {
-                    let due = self.last_read + self.window;
-                    if Instant::now() >= due {
-                        return Err(End::Refused((
-                            Reason::KeepAliveTimeout,
-                            format!("nothing from the client for {:?}", self.window),
-                        )));
-                    }
-                    idle.as_mut().reset(due);
                 }
             }
         }
@@ -319,49 +283,28 @@ impl Cabinet<'_> {
     fn uplink(&mut self, buf: &mut BytesMut) -> Batch {
         let mut b = Batch::default();
         while b.taken < self.max_batch {
-            let fh = match check(buf.iter(), self.max_packet) {
-                Ok(fh) => fh,
-                Err(MqttError::InsufficientBytes(n)) => {
+            let (packet, pkid) = match next_packet(
+                self.shared,
+                self.acl,
+                self.bucket.as_mut(),
+                buf,
+                self.max_packet,
+            ) {
+                Next::Packet(_, packet, pkid) => (packet, pkid),
+                Next::Need(n) => {
                     b.need = n;
                     return b;
                 }
-                Err(e @ MqttError::PayloadSizeLimitExceeded(_)) => {
-                    b.end = Some(Err(End::Refused((Reason::Oversized, e.to_string()))));
+                Next::Throttle(wait) => {
+                    b.throttle = Some(wait);
                     return b;
                 }
-                Err(e) => {
-                    b.end = Some(Err(End::Refused((Reason::Malformed, e.to_string()))));
-                    return b;
-                }
-            };
-            let len = fh.frame_length();
-            let is_publish = matches!(fh.packet_type(), Ok(PacketType::Publish));
-            if is_publish {
-                if let Some(bucket) = &mut self.bucket {
-                    if let Some(wait) = bucket.take(Instant::now()) {
-                        b.throttle = Some(wait);
-                        return b;
-                    }
-                }
-            }
-            let pkid = if is_publish && qos_bits(&fh) == 1 {
-                buf.get(..len).and_then(publish_pkid)
-            } else {
-                None
-            };
-            let packet = match V4.read_mut(buf, self.max_packet) {
-                Ok(p) => p,
-                Err(e) => {
-                    b.end = Some(Err(End::Refused((Reason::Malformed, e.to_string()))));
+                Next::End(end) => {
+                    b.end = Some(Err(end));
                     return b;
                 }
             };
             b.taken += 1;
-            self.shared.metrics.bytes_in.inc_by(len as u64);
-            if let Err(r) = self.acl.inspect(&fh, &packet) {
-                b.end = Some(Err(End::Refused(r)));
-                return b;
-            }
             match packet {
                 Packet::Publish(p, _) => {
                     if p.retain {

@@ -21,7 +21,7 @@
 //! certificates against the fleet CA and the revoked serials), `tickets` (TLS
 //! ticket keys kept across restarts), `hello` (admission control at the ClientHello), `identity`, `acl` (packet rules), `bucket` (the uplink
 //! rate limit), `relay` (one connection up to its session), `session` (an integrator's MQTT
-//! session over its link), `cabinet` (a cabinet's session, served directly), `registry`
+//! session over its link), `cabinet` (a cabinet's session, served directly), `wire` (what both sessions share), `registry`
 //! (connection table, presence, takeover, disconnects), `metrics`.
 
 mod acl;
@@ -37,6 +37,7 @@ mod session;
 mod tickets;
 mod tls;
 mod verifier;
+mod wire;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

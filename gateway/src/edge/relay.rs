@@ -166,6 +166,27 @@ struct Established {
     link: Option<Link>,
 }
 
+impl Established {
+    /// When the client certificate stops being valid, as a timer instant.
+    fn cert_deadline(&self) -> Instant {
+        Instant::now()
+            + self
+                .cert_end
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+    }
+
+    /// Whether a session that ended with `end` was cut off because its certificate was
+    /// revoked or has expired: it publishes no will (it is no longer trusted to speak).
+    fn cut_off(&self, shared: &Shared, end: &End) -> bool {
+        match end {
+            End::Refused((Reason::CertExpired | Reason::Revoked, _)) => true,
+            End::Cancelled => shared.tls.revoked().contains(&self.serial),
+            _ => false,
+        }
+    }
+}
+
 /// Serves one accepted TCP connection until it closes. `_slot` and `_done` are held for the
 /// life of the task (connection count and shutdown completion).
 /// `addr_slot` (the per-address handshake count) is released once the handshake ends.
@@ -282,15 +303,11 @@ async fn run(
         Ok(link) => est.link = Some(link),
         Err(end) => return end,
     }
+    let cert_end = est.cert_deadline();
+    let pending = std::mem::take(&mut est.pending);
     let Some(link) = est.link.as_mut() else {
         return End::BrokerClosed;
     };
-    let pending = std::mem::take(&mut est.pending);
-    let cert_end = Instant::now()
-        + est
-            .cert_end
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO);
     let outcome = session::run(
         shared,
         &mut est.tls,
@@ -305,13 +322,7 @@ async fn run(
     if outcome.router_gone {
         link.router_closed();
     }
-    // A client cut off because its certificate was revoked or has expired publishes no will:
-    // it is no longer trusted to speak.
-    let cut_off = match &outcome.end {
-        End::Refused((Reason::CertExpired | Reason::Revoked, _)) => true,
-        End::Cancelled => shared.tls.revoked().contains(&est.serial),
-        _ => false,
-    };
+    let cut_off = est.cut_off(shared, &outcome.end);
     if let Some(link) = est.link.take() {
         Box::pin(link.close(outcome.clean || cut_off)).await;
     }
@@ -348,11 +359,7 @@ async fn run_cabinet(
     cancel: &CancellationToken,
 ) -> End {
     let pending = std::mem::take(&mut est.pending);
-    let cert_end = Instant::now()
-        + est
-            .cert_end
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO);
+    let cert_end = est.cert_deadline();
     let outcome = cabinet::run(
         shared,
         &mut est.tls,
@@ -366,11 +373,7 @@ async fn run_cabinet(
         cancel,
     )
     .await;
-    let cut_off = match &outcome.end {
-        End::Refused((Reason::CertExpired | Reason::Revoked, _)) => true,
-        End::Cancelled => shared.tls.revoked().contains(&est.serial),
-        _ => false,
-    };
+    let cut_off = est.cut_off(shared, &outcome.end);
     if !(outcome.clean || cut_off) {
         if let Some(w) = est.session.will.take() {
             let will = rumqttd::protocol::Publish::new(w.topic, w.message, false);

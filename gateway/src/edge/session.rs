@@ -28,29 +28,25 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::io;
-use std::pin::Pin;
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use futures::FutureExt;
 use rumqttd::local::LinkError;
-use rumqttd::protocol::v4::{check, PacketType, V4};
-use rumqttd::protocol::{Error as MqttError, Packet, Protocol, QoS};
+use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::{Packet, Protocol, QoS};
 use rumqttd::Notification;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use super::acl::{qos_bits, Acl, Refusal, Session as ConnectInfo};
 use super::bucket::Bucket;
 use super::metrics::Reason;
-use super::relay::{Shared, READ_BUF};
+use super::relay::Shared;
+use super::wire::{next_packet, publish_pkid, read_client, write_client, Clock, Next, WRITE_CHUNK};
 use crate::broker::Link;
-
-/// Router output encoded before it is written (a backlog is written in chunks of this size).
-pub(super) const WRITE_CHUNK: usize = 16 * 1024;
 
 /// How a session ended.
 #[derive(Debug)]
@@ -103,9 +99,6 @@ struct State<'a> {
     /// The distinct filters an integrator subscribed to on this connection.
     filters: HashSet<String>,
 }
-
-/// Longest single wait on the certificate's end (a timer is re-armed after it).
-pub(super) const EXPIRY_STEP: Duration = Duration::from_secs(24 * 3600);
 
 /// Runs the session from the CONNACK until it ends; `cert_end` is when the client's
 /// certificate stops being valid.
@@ -167,27 +160,15 @@ impl State<'_> {
         Box::pin(self.write(tls, &out, cancel)).await?;
         drop(out);
 
-        let idle = tokio::time::sleep_until(self.last_read + self.window);
-        tokio::pin!(idle);
-        let expiry = tokio::time::sleep_until(cert_end.min(Instant::now() + EXPIRY_STEP));
-        tokio::pin!(expiry);
-        // While the uplink rate limit holds the client: until when (nothing is read).
-        // (Allocated only while throttled: an idle session keeps no timer for it.)
-        let mut throttled: Option<Pin<Box<Sleep>>> = None;
+        let mut clock = Clock::new(self.last_read, self.window, cert_end);
         let mut need = 0;
         loop {
             // Hand what the client already sent to the router, a batch per notification.
-            while !rbuf.is_empty() && throttled.is_none() {
+            while !rbuf.is_empty() && !clock.throttled() {
                 let batch = self.uplink(&mut rbuf, link);
                 need = batch.need;
                 if let Some(wait) = batch.throttle {
-                    let until = Instant::now() + wait;
-                    self.shared.metrics.throttled.inc();
-                    self.shared
-                        .metrics
-                        .throttled_seconds
-                        .inc_by(wait.as_secs_f64());
-                    throttled = Some(Box::pin(tokio::time::sleep_until(until)));
+                    clock.throttle(self.shared, wait);
                 }
                 if batch.pushed > 0 {
                     tokio::select! {
@@ -214,45 +195,21 @@ impl State<'_> {
             }
             link.trim();
 
+            let throttled = clock.throttled();
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Err(End::Cancelled),
                 // Boxed: its state exists only while it runs.
                 n = link.rx.next() => Box::pin(self.downlink(tls, link, n, cancel)).await?,
-                r = read_client(tls, &mut rbuf, need), if throttled.is_none() => match r {
+                r = read_client(tls, &mut rbuf, need), if !throttled => match r {
                     Ok(0) => return Err(End::ClientClosed),
                     Ok(_) => self.last_read = Instant::now(),
                     Err(e) => return Err(End::Io(e)),
                 },
-                _ = async {
-                    match throttled.as_mut() {
-                        Some(t) => t.as_mut().await,
-                        None => std::future::pending().await,
-                    }
-                }, if throttled.is_some() => {
-                    // The client was sending all along: its keep alive counts from now.
-                    throttled = None;
+                r = clock.fire(self.last_read) => {
+                    r?;
+                    // The pause ended; the client was sending all along.
                     self.last_read = Instant::now();
-                }
-                _ = &mut expiry => {
-                    let now = Instant::now();
-                    if now >= cert_end {
-                        return Err(End::Refused((
-                            Reason::CertExpired,
-                            "the client certificate expired while connected".into(),
-                        )));
-                    }
-                    expiry.as_mut().reset(cert_end.min(now + EXPIRY_STEP));
-                }
-                _ = &mut idle => {
-                    let due = self.last_read + self.window;
-                    if Instant::now() >= due {
-                        return Err(End::Refused((
-                            Reason::KeepAliveTimeout,
-                            format!("nothing from the client for {:?}", self.window),
-                        )));
-                    }
-                    idle.as_mut().reset(due);
                 }
             }
         }
@@ -264,41 +221,27 @@ impl State<'_> {
         let mut batch = Batch::default();
         let mut queue = link.tx.buffer();
         while batch.pushed < self.max_batch {
-            let fh = match check(buf.iter(), self.max_packet) {
-                Ok(fh) => fh,
-                Err(MqttError::InsufficientBytes(n)) => {
+            let (fh, packet) = match next_packet(
+                self.shared,
+                self.acl,
+                self.bucket.as_mut(),
+                buf,
+                self.max_packet,
+            ) {
+                Next::Packet(fh, packet, _) => (fh, packet),
+                Next::Need(n) => {
                     batch.need = n;
                     return batch;
                 }
-                Err(e @ MqttError::PayloadSizeLimitExceeded(_)) => {
-                    batch.end = Some(Err(End::Refused((Reason::Oversized, e.to_string()))));
-                    return batch;
-                }
-                Err(e) => {
-                    batch.end = Some(Err(End::Refused((Reason::Malformed, e.to_string()))));
-                    return batch;
-                }
-            };
-            let len = fh.frame_length();
-            if let (Some(bucket), Ok(PacketType::Publish)) = (&mut self.bucket, fh.packet_type()) {
-                if let Some(wait) = bucket.take(Instant::now()) {
-                    // The packet stays in `buf`: it is handled once a token is back.
+                Next::Throttle(wait) => {
                     batch.throttle = Some(wait);
                     return batch;
                 }
-            }
-            let packet = match V4.read_mut(buf, self.max_packet) {
-                Ok(p) => p,
-                Err(e) => {
-                    batch.end = Some(Err(End::Refused((Reason::Malformed, e.to_string()))));
+                Next::End(end) => {
+                    batch.end = Some(Err(end));
                     return batch;
                 }
             };
-            self.shared.metrics.bytes_in.inc_by(len as u64);
-            if let Err(r) = self.acl.inspect(&fh, &packet) {
-                batch.end = Some(Err(End::Refused(r)));
-                return batch;
-            }
             let packet = match packet {
                 Packet::PubAck(ack, _) => {
                     if self.unacked.front() != Some(&ack.pkid) {
@@ -463,36 +406,6 @@ impl State<'_> {
     }
 }
 
-/// Writes and flushes `bytes` to the client, which has `window` (one keep-alive window) to
-/// take them.
-pub(super) async fn write_client(
-    shared: &Shared,
-    tls: &mut TlsStream<TcpStream>,
-    bytes: &[u8],
-    window: Duration,
-    cancel: &CancellationToken,
-) -> Result<(), End> {
-    let write = async {
-        tls.write_all(bytes).await?;
-        tls.flush().await
-    };
-    tokio::select! {
-        biased;
-        _ = cancel.cancelled() => Err(End::Cancelled),
-        r = tokio::time::timeout(window, write) => match r {
-            Ok(Ok(())) => {
-                shared.metrics.bytes_out.inc_by(bytes.len() as u64);
-                Ok(())
-            }
-            Ok(Err(e)) => Err(End::Io(e)),
-            Err(_) => Err(End::Refused((
-                Reason::KeepAliveTimeout,
-                format!("the client did not read for {window:?}"),
-            ))),
-        },
-    }
-}
-
 /// What one [`State::uplink`] pass did.
 #[derive(Default)]
 struct Batch {
@@ -507,69 +420,4 @@ struct Batch {
     throttle: Option<Duration>,
     /// The session ends: `Ok` on DISCONNECT, the reason otherwise.
     end: Option<Result<(), End>>,
-}
-
-/// The packet id of an encoded QoS 1 or 2 PUBLISH frame (`None` for QoS 0).
-pub(super) fn publish_pkid(frame: &[u8]) -> Option<u16> {
-    let fh = check(frame.iter(), usize::MAX).ok()?;
-    if (fh.byte1 >> 1) & 0b11 == 0 {
-        return None;
-    }
-    let vh = frame.get(fh.fixed_header_len..)?;
-    let topic_len = usize::from(u16::from_be_bytes([*vh.first()?, *vh.get(1)?]));
-    let id = vh.get(2 + topic_len..4 + topic_len)?;
-    Some(u16::from_be_bytes([id[0], id[1]]))
-}
-
-/// Reads more client bytes into `buf`. Between packets the connection is idle: no buffer is
-/// held while waiting (one byte is read into the stack first), then whatever is already
-/// decrypted is taken without waiting. Cancel-safe (the only wait is the first read).
-pub(super) async fn read_client(
-    tls: &mut TlsStream<TcpStream>,
-    buf: &mut BytesMut,
-    need: usize,
-) -> io::Result<usize> {
-    if !buf.is_empty() {
-        // Inside a packet: wait for the rest of it.
-        buf.reserve(need.max(256));
-        return tls.read_buf(buf).await;
-    }
-    let mut one = [0u8; 1];
-    if tls.read(&mut one).await? == 0 {
-        return Ok(0);
-    }
-    buf.reserve(READ_BUF);
-    buf.put_u8(one[0]);
-    match tls.read_buf(buf).now_or_never() {
-        Some(Ok(n)) => Ok(1 + n),
-        // An end or error right after the byte is seen by the next read.
-        Some(Err(_)) | None => Ok(1),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use bytes::Bytes;
-    use rumqttd::protocol::Publish;
-
-    #[test]
-    fn publish_packet_ids_are_read_back_from_the_encoding() {
-        let mut out = BytesMut::new();
-        let p = Publish::new(Bytes::from_static(b"a/b"), Bytes::from_static(b"x"), false);
-        V4.write(Packet::Publish(p, None), &mut out)
-            .expect("encodes");
-        assert_eq!(publish_pkid(&out), None);
-        // A QoS 1 publish as the router sends it (decoded from the wire: the fields that
-        // carry QoS and id are not settable from outside rumqttd).
-        let mut wire = BytesMut::from(&[0x32, 8, 0, 3, b'a', b'/', b'b', 0x01, 0x2c, b'x'][..]);
-        let Packet::Publish(p, _) = V4.read_mut(&mut wire, 100).expect("parses") else {
-            panic!("not a publish");
-        };
-        let mut out = BytesMut::new();
-        V4.write(Packet::Publish(p, None), &mut out)
-            .expect("encodes");
-        assert_eq!(publish_pkid(&out), Some(300));
-        assert_eq!(publish_pkid(&[0x32, 3, 0, 9, b'a']), None, "truncated");
-    }
 }
