@@ -38,7 +38,7 @@ use super::bucket::Bucket;
 use super::metrics::Reason;
 use super::relay::Shared;
 use super::session::{End, Outcome};
-use super::wire::{next_packet, read_client, write_client, Clock, Next, WRITE_CHUNK};
+use super::wire::{next_packet, read_client, write_client, Clock, WRITE_CHUNK};
 use crate::broker::{Direct, Downlink};
 
 /// Most QoS 1 downlinks sent to a cabinet and not yet acknowledged (rumqttd's own limit).
@@ -283,24 +283,16 @@ impl Cabinet<'_> {
     fn uplink(&mut self, buf: &mut BytesMut) -> Batch {
         let mut b = Batch::default();
         while b.taken < self.max_batch {
-            let (packet, pkid) = match next_packet(
+            let (_, packet, pkid) = match next_packet(
                 self.shared,
                 self.acl,
                 self.bucket.as_mut(),
                 buf,
                 self.max_packet,
             ) {
-                Next::Packet(_, packet, pkid) => (packet, pkid),
-                Next::Need(n) => {
-                    b.need = n;
-                    return b;
-                }
-                Next::Throttle(wait) => {
-                    b.throttle = Some(wait);
-                    return b;
-                }
-                Next::End(end) => {
-                    b.end = Some(Err(end));
+                Ok(taken) => taken,
+                Err(stop) => {
+                    stop.record(&mut b.need, &mut b.throttle, &mut b.end);
                     return b;
                 }
             };

@@ -45,7 +45,7 @@ use super::acl::{qos_bits, Acl, Refusal, Session as ConnectInfo};
 use super::bucket::Bucket;
 use super::metrics::Reason;
 use super::relay::Shared;
-use super::wire::{next_packet, publish_pkid, read_client, write_client, Clock, Next, WRITE_CHUNK};
+use super::wire::{next_packet, publish_pkid, read_client, write_client, Clock, WRITE_CHUNK};
 use crate::broker::Link;
 
 /// How a session ended.
@@ -221,24 +221,16 @@ impl State<'_> {
         let mut batch = Batch::default();
         let mut queue = link.tx.buffer();
         while batch.pushed < self.max_batch {
-            let (fh, packet) = match next_packet(
+            let (fh, packet, _) = match next_packet(
                 self.shared,
                 self.acl,
                 self.bucket.as_mut(),
                 buf,
                 self.max_packet,
             ) {
-                Next::Packet(fh, packet, _) => (fh, packet),
-                Next::Need(n) => {
-                    batch.need = n;
-                    return batch;
-                }
-                Next::Throttle(wait) => {
-                    batch.throttle = Some(wait);
-                    return batch;
-                }
-                Next::End(end) => {
-                    batch.end = Some(Err(end));
+                Ok(taken) => taken,
+                Err(stop) => {
+                    stop.record(&mut batch.need, &mut batch.throttle, &mut batch.end);
                     return batch;
                 }
             };

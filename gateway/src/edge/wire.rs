@@ -30,12 +30,8 @@ pub(super) const WRITE_CHUNK: usize = 16 * 1024;
 /// Longest single wait on the certificate's end (a timer is re-armed after it).
 pub(super) const EXPIRY_STEP: Duration = Duration::from_secs(24 * 3600);
 
-/// The next thing in a client's buffered bytes. (Returned and matched at once, never stored:
-/// boxing the packet would only add an allocation per packet.)
-#[allow(clippy::large_enum_variant)]
-pub(super) enum Next {
-    /// A complete packet the ACL allows; for a QoS 1 PUBLISH, its packet id.
-    Packet(FixedHeader, Packet, Option<u16>),
+/// Why a pass over the client's buffered bytes stops before a complete packet.
+pub(super) enum Stop {
     /// This many more bytes are needed for the next packet.
     Need(usize),
     /// The next packet is an uplink PUBLISH and the rate limit has no token for it yet: read
@@ -45,6 +41,25 @@ pub(super) enum Next {
     End(End),
 }
 
+impl Stop {
+    /// Records the stop in a pass's fields.
+    pub fn record(
+        self,
+        need: &mut usize,
+        throttle: &mut Option<Duration>,
+        end: &mut Option<Result<(), End>>,
+    ) {
+        match self {
+            Stop::Need(n) => *need = n,
+            Stop::Throttle(w) => *throttle = Some(w),
+            Stop::End(e) => *end = Some(Err(e)),
+        }
+    }
+}
+
+/// A complete packet the ACL allows and, for a QoS 1 PUBLISH, its packet id.
+pub(super) type Taken = (FixedHeader, Packet, Option<u16>);
+
 /// Takes the next packet from `buf` if it is complete: checks its size, the rate limit (for a
 /// PUBLISH), its encoding and the ACL, and counts its bytes.
 pub(super) fn next_packet(
@@ -53,20 +68,20 @@ pub(super) fn next_packet(
     bucket: Option<&mut Bucket>,
     buf: &mut BytesMut,
     max_packet: usize,
-) -> Next {
+) -> Result<Taken, Stop> {
     let fh = match check(buf.iter(), max_packet) {
         Ok(fh) => fh,
-        Err(MqttError::InsufficientBytes(n)) => return Next::Need(n),
+        Err(MqttError::InsufficientBytes(n)) => return Err(Stop::Need(n)),
         Err(e @ MqttError::PayloadSizeLimitExceeded(_)) => {
-            return Next::End(End::Refused((Reason::Oversized, e.to_string())))
+            return Err(Stop::End(End::Refused((Reason::Oversized, e.to_string()))))
         }
-        Err(e) => return Next::End(End::Refused((Reason::Malformed, e.to_string()))),
+        Err(e) => return Err(Stop::End(End::Refused((Reason::Malformed, e.to_string())))),
     };
     let len = fh.frame_length();
     let is_publish = matches!(fh.packet_type(), Ok(PacketType::Publish));
     if is_publish {
         if let Some(wait) = bucket.and_then(|b| b.take(Instant::now())) {
-            return Next::Throttle(wait);
+            return Err(Stop::Throttle(wait));
         }
     }
     let pkid = if is_publish && qos_bits(&fh) == 1 {
@@ -76,13 +91,13 @@ pub(super) fn next_packet(
     };
     let packet = match V4.read_mut(buf, max_packet) {
         Ok(p) => p,
-        Err(e) => return Next::End(End::Refused((Reason::Malformed, e.to_string()))),
+        Err(e) => return Err(Stop::End(End::Refused((Reason::Malformed, e.to_string())))),
     };
     shared.metrics.bytes_in.inc_by(len as u64);
     if let Err(r) = acl.inspect(&fh, &packet) {
-        return Next::End(End::Refused(r));
+        return Err(Stop::End(End::Refused(r)));
     }
-    Next::Packet(fh, packet, pkid)
+    Ok((fh, packet, pkid))
 }
 
 /// A session's timers: nothing from the client for `window` (1.5 x its keep alive), the end of
