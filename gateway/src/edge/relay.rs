@@ -294,9 +294,14 @@ async fn run(
     {
         return End::Cancelled;
     }
-    if let (super::Identity::Cabinet(id), Some(direct)) =
-        (est.acl.identity().clone(), shared.links.direct())
-    {
+    if let super::Identity::Cabinet(id) = est.acl.identity().clone() {
+        // The broker always sets the direct paths up (`EmbeddedBroker::start`).
+        let Some(direct) = shared.links.direct() else {
+            return End::Refused((
+                Reason::UpstreamUnavailable,
+                "the broker has no direct cabinet paths".into(),
+            ));
+        };
         return Box::pin(run_cabinet(shared, est, &id, direct, conn_id, cancel)).await;
     }
     match Box::pin(open_link(shared, est, cancel)).await {

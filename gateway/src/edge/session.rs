@@ -1,5 +1,5 @@
-//! One established client's MQTT session, driven like rumqttd's own `RemoteLink` but by the
-//! edge, in a single task per connection: it selects over the client's bytes, the router's
+//! One established integrator's MQTT session (cabinets are served by `cabinet`), driven like
+//! rumqttd's own `RemoteLink` but by the edge, in a single task per connection: it selects over the client's bytes, the router's
 //! notifications (from the connection's local link), the keep-alive timer and cancellation.
 //!
 //! - Client to router: bytes are framed and parsed with rumqttd's v4 codec, every packet is
@@ -14,13 +14,9 @@
 //!   written in one go; `Unschedule` is answered with `wake` once they are written.
 //! - Keep alive: nothing from the client for 1.5 x its keep alive, or a write it does not
 //!   take within that time, ends the session.
-//! - Abuse limits: a cabinet's PUBLISH with retain (or a retained will, see `acl`) is passed
-//!   on with the flag cleared and counted (cabinets never plant retained state); a cabinet's
-//!   uplink publishes go through a token bucket, and when it is empty the session stops
-//!   reading the socket until a token is back (TCP pushes back on the cabinet, nothing is
-//!   dropped); an integrator may subscribe to at most `max_filters_per_client` distinct
-//!   filters per connection (counted without decrement on UNSUBSCRIBE: rumqttd keeps a filter's
-//!   state after the last unsubscribe).
+//! - Abuse limits: an integrator never publishes (the ACL refuses it) and may subscribe to at
+//!   most `max_filters_per_client` distinct filters per connection (counted without decrement
+//!   on UNSUBSCRIBE: rumqttd keeps a filter's state after the last unsubscribe).
 //! - Certificate lifetime: the session ends when the client certificate's notAfter passes.
 //!
 //! Nothing is read while a write waits (backpressure in both directions), and an idle session
@@ -41,8 +37,7 @@ use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
-use super::acl::{qos_bits, Acl, Refusal, Session as ConnectInfo};
-use super::bucket::Bucket;
+use super::acl::{Acl, Refusal, Session as ConnectInfo};
 use super::metrics::Reason;
 use super::relay::Shared;
 use super::wire::{next_packet, publish_pkid, read_client, write_client, Clock, WRITE_CHUNK};
@@ -94,8 +89,6 @@ struct State<'a> {
     /// Packet ids of the QoS 1 publishes sent to the client and not yet acknowledged, oldest
     /// first (the router allows at most 100).
     unacked: VecDeque<u16>,
-    /// A cabinet's uplink rate limit (none for integrators, or when turned off).
-    bucket: Option<Bucket>,
     /// The distinct filters an integrator subscribed to on this connection.
     filters: HashSet<String>,
 }
@@ -113,13 +106,6 @@ pub(crate) async fn run(
     cert_end: Instant,
     cancel: &CancellationToken,
 ) -> Outcome {
-    let cfg = &shared.cfg;
-    let bucket = match acl.identity() {
-        super::Identity::Cabinet(_) if cfg.uplink_rate_per_s > 0 => {
-            Some(Bucket::new(cfg.uplink_rate_per_s, cfg.uplink_burst))
-        }
-        _ => None,
-    };
     let mut st = State {
         shared,
         acl,
@@ -128,7 +114,6 @@ pub(crate) async fn run(
         window: Duration::from_millis(u64::from(connect.keep_alive) * 1500),
         last_read: Instant::now(),
         unacked: VecDeque::new(),
-        bucket,
         filters: HashSet::new(),
     };
     match st.serve(tls, link, pending, cert_end, cancel).await {
@@ -221,10 +206,10 @@ impl State<'_> {
         let mut batch = Batch::default();
         let mut queue = link.tx.buffer();
         while batch.pushed < self.max_batch {
-            let (fh, packet, _) = match next_packet(
+            let (_, packet, _) = match next_packet(
                 self.shared,
                 self.acl,
-                self.bucket.as_mut(),
+                None, // no uplink rate limit: integrators do not publish
                 buf,
                 self.max_packet,
             ) {
@@ -278,24 +263,7 @@ impl State<'_> {
                     batch.end = Some(Ok(()));
                     return batch;
                 }
-                Packet::Publish(mut p, _) => {
-                    debug_assert!(qos_bits(&fh) < 2);
-                    if p.retain {
-                        // Delivered, never stored: cabinets do not plant retained state.
-                        p.retain = false;
-                        self.shared
-                            .metrics
-                            .retain_cleared
-                            .with_label_values(&["publish"])
-                            .inc();
-                        self.shared.registry.report(
-                            self.acl.identity().to_string(),
-                            Reason::RetainCleared,
-                            "PUBLISH with retain: passed on without it".into(),
-                        );
-                    }
-                    Packet::Publish(p, None)
-                }
+                // (No PUBLISH gets here: the ACL lets no integrator publish.)
                 p => p,
             };
             queue.push_back(packet);
