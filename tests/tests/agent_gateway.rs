@@ -13,6 +13,22 @@ use locker_tests::pki::TestPki;
 use locker_tests::{eventually, eventually_async};
 use serde_json::{json, Value};
 
+/// A configuration for a gateway process that comes back on the same ports after `kill -9`;
+/// the reservations keep the ports from other tests until they are dropped.
+fn fixed_port_config(
+    pki: &TestPki,
+    data: &std::path::Path,
+) -> (
+    locker_gateway::config::GatewayConfig,
+    [locker_tests::net::PortReservation; 2],
+) {
+    let mut cfg = test_config(pki, data);
+    let (edge, api) = (locker_tests::net::reserve(), locker_tests::net::reserve());
+    cfg.edge.listen = edge.addr();
+    cfg.api.listen = api.addr();
+    (cfg, [edge, api])
+}
+
 async fn online(api: &ApiClient, id: &str) {
     let path = format!("/v1/cabinets/{id}");
     eventually_async(&format!("{id} online with its compartments"), || {
@@ -184,11 +200,7 @@ async fn offline_commands_are_delivered_on_return_and_expired_ones_never_fire() 
 async fn kill_9_of_the_gateway_mid_stream_loses_and_duplicates_nothing() {
     let mut pki = TestPki::new();
     let data = tempfile::tempdir().expect("temp dir");
-    let mut cfg = test_config(&pki, data.path());
-    // the gateway process comes back on the same ports after kill -9
-    let (edge, api) = (locker_tests::net::reserve(), locker_tests::net::reserve());
-    cfg.edge.listen = edge.addr();
-    cfg.api.listen = api.addr();
+    let (cfg, _ports) = fixed_port_config(&pki, data.path());
     let t0 = std::time::Instant::now();
     let mut gw = GatewayProcess::start(&cfg);
     eprintln!("[{:?}] gateway process up", t0.elapsed());
@@ -436,11 +448,7 @@ async fn set_config_changes_persists_and_reports_and_sync_credentials_is_unsuppo
 async fn kill_9_of_the_gateway_with_unlocks_in_flight_gives_each_its_one_outcome() {
     let mut pki = TestPki::new();
     let data = tempfile::tempdir().expect("temp dir");
-    let mut cfg = test_config(&pki, data.path());
-    // the gateway process comes back on the same ports after kill -9
-    let (edge, api) = (locker_tests::net::reserve(), locker_tests::net::reserve());
-    cfg.edge.listen = edge.addr();
-    cfg.api.listen = api.addr();
+    let (cfg, _ports) = fixed_port_config(&pki, data.path());
     let mut gw = GatewayProcess::start(&cfg);
     let cab = TestCabinet::start(&mut pki, "CAB-K9C", gw.edge_addr).await;
     online(&gw.api, "CAB-K9C").await;
@@ -511,10 +519,7 @@ async fn a_remote_unlock_costs_one_command_store_flush_and_two_agent_flushes() {
 async fn an_outcome_answered_to_the_api_survives_kill_9_right_after_the_answer() {
     let mut pki = TestPki::new();
     let data = tempfile::tempdir().expect("temp dir");
-    let mut cfg = test_config(&pki, data.path());
-    let (edge, api) = (locker_tests::net::reserve(), locker_tests::net::reserve());
-    cfg.edge.listen = edge.addr();
-    cfg.api.listen = api.addr();
+    let (cfg, _ports) = fixed_port_config(&pki, data.path());
     let mut gw = GatewayProcess::start(&cfg);
     let mut cab = TestCabinet::start(&mut pki, "CAB-K9A", gw.edge_addr).await;
     online(&gw.api, "CAB-K9A").await;

@@ -484,30 +484,30 @@ mod tests {
                 assert!(direct.uplink(id, vec![p]).await);
             }
         }
-        // Ingest gets each once, in order per cabinet, straight from the edge ...
-        let mut next: std::collections::HashMap<Bytes, u32> = Default::default();
-        for _ in 0..(50 * ids.len()) {
-            let m = tokio::time::timeout(Duration::from_secs(10), inbound.recv())
-                .await
-                .expect("in time")
-                .expect("open");
+        /// Counts off one message: each topic's numbers must come 0, 1, 2, ...
+        fn in_order(next: &mut std::collections::HashMap<Bytes, u32>, m: &Inbound) {
             let n = u32::from_be_bytes(m.payload[..4].try_into().expect("4 bytes"));
             let want = next.entry(m.topic.clone()).or_insert(0);
             assert_eq!(n, *want, "in order per cabinet");
             *want += 1;
         }
+        let wait = Duration::from_secs(10);
+        // Ingest gets each once, in order per cabinet, straight from the edge ...
+        let mut next = Default::default();
+        for _ in 0..(50 * ids.len()) {
+            let m = tokio::time::timeout(wait, inbound.recv())
+                .await
+                .expect("in time");
+            in_order(&mut next, &m.expect("open"));
+        }
         assert!(inbound.try_recv().is_err(), "and only once");
         // ... and the router's subscribers get them too, in order per cabinet.
-        let mut next: std::collections::HashMap<Bytes, u32> = Default::default();
+        let mut next = Default::default();
         for _ in 0..(50 * ids.len()) {
-            let m = tokio::time::timeout(Duration::from_secs(10), sub.next_publish())
+            let m = tokio::time::timeout(wait, sub.next_publish())
                 .await
-                .expect("in time")
-                .expect("open");
-            let n = u32::from_be_bytes(m.payload[..4].try_into().expect("4 bytes"));
-            let want = next.entry(m.topic.clone()).or_insert(0);
-            assert_eq!(n, *want, "in order per cabinet");
-            *want += 1;
+                .expect("in time");
+            in_order(&mut next, &m.expect("open"));
         }
     }
 
