@@ -233,27 +233,38 @@ async fn a_stray_puback_closes_only_that_connection() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_integrators_persistent_session_resumes_with_what_came_meanwhile() {
-    let mut fx = EdgeFixture::start(|_| {}).await;
-    let erp = fx.integrator("erp");
-    let a = fx.cabinet("CAB-A");
-    let options = || {
-        let mut o = mqtt_options("erp", fx.addr, fx.tls(Some(&erp)));
-        o.set_clean_session(false);
-        o
-    };
-    let c = Client::start(options());
-    c.wait_connected("erp connects").await;
+/// Options of a client asking for a persistent session (clean session off).
+fn persistent(
+    fx: &EdgeFixture,
+    id: &str,
+    cert: &locker_broker_config::pki::IssuedCert,
+) -> rumqttc::MqttOptions {
+    let mut o = mqtt_options(id, fx.addr, fx.tls(Some(cert)));
+    o.set_clean_session(false);
+    o
+}
+
+/// Connects (a first session: none present), subscribes to `filter`, and disconnects cleanly.
+async fn subscribe_and_leave(fx: &EdgeFixture, options: rumqttc::MqttOptions, filter: &str) {
+    let c = Client::start(options);
+    c.wait_connected("connects").await;
     assert_eq!(c.seen().sessions_present, vec![false]);
     c.client
-        .subscribe("lk/v1/+/up/door", QoS::AtLeastOnce)
+        .subscribe(filter, QoS::AtLeastOnce)
         .await
         .expect("subscribe");
     eventually("subscribed", || !c.seen().suback_codes.is_empty()).await;
     c.client.disconnect().await.expect("disconnect");
     fx.wait_connected(0).await;
-    drop(c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_integrators_persistent_session_resumes_with_what_came_meanwhile() {
+    let mut fx = EdgeFixture::start(|_| {}).await;
+    let erp = fx.integrator("erp");
+    let a = fx.cabinet("CAB-A");
+    let options = || persistent(&fx, "erp", &erp);
+    subscribe_and_leave(&fx, options(), "lk/v1/+/up/door").await;
 
     let cab = fx.client("CAB-A", Some(&a));
     cab.wait_connected("A connects").await;
@@ -276,21 +287,8 @@ async fn a_cabinet_has_no_broker_session_and_downlinks_while_away_are_counted_as
     let mut fx = EdgeFixture::start(|_| {}).await;
     let obs = fx.observer(&[]).await;
     let a = fx.cabinet("CAB-A");
-    let options = || {
-        let mut o = mqtt_options("CAB-A", fx.addr, fx.tls(Some(&a)));
-        o.set_clean_session(false);
-        o
-    };
-    let c = Client::start(options());
-    c.wait_connected("A connects").await;
-    c.client
-        .subscribe("lk/v1/CAB-A/down/#", QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-    eventually("subscribed", || !c.seen().suback_codes.is_empty()).await;
-    c.client.disconnect().await.expect("disconnect");
-    fx.wait_connected(0).await;
-    drop(c);
+    let options = || persistent(&fx, "CAB-A", &a);
+    subscribe_and_leave(&fx, options(), "lk/v1/CAB-A/down/#").await;
 
     // The gateway's command queue (sled) is what keeps a cabinet's commands while it is away;
     // the broker keeps nothing for it.
