@@ -303,6 +303,16 @@ async fn a_cabinet_has_no_broker_session_and_downlinks_while_away_are_counted_as
     let c = Client::start(options());
     c.wait_connected("A reconnects").await;
     assert_eq!(c.seen().sessions_present, vec![false]);
+    // Connected but not subscribed (yet): not delivered, and counted.
+    obs.publish("lk/v1/CAB-A/down/cmd", "before subscribing")
+        .await;
+    eventually("counted as not subscribed", || {
+        fx.metric(
+            "locker_broker_downlinks_dropped_total",
+            Some(("reason", "not_subscribed")),
+        ) == 1
+    })
+    .await;
     c.client
         .subscribe("lk/v1/CAB-A/down/#", QoS::AtLeastOnce)
         .await

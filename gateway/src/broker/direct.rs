@@ -117,12 +117,16 @@ impl Direct {
         let dropped = IntCounterVec::new(
             Opts::new(
                 "locker_broker_downlinks_dropped_total",
-                "Downlinks for a cabinet dropped because it had no session (offline) or its \
-                 session queue was full (full); the end-to-end protocol resends them",
+                "Downlinks for a cabinet dropped because it had no session (offline), its \
+                 session queue was full (full) or it had not subscribed to the topic \
+                 (not_subscribed); the end-to-end protocol resends them",
             ),
             &["reason"],
         )
         .map_err(|e| BrokerError::Link(e.to_string()))?;
+        for reason in ["offline", "full", "not_subscribed"] {
+            dropped.with_label_values(&[reason]);
+        }
         let delivered = IntCounter::new(
             "locker_broker_downlinks_total",
             "Downlinks handed to a cabinet's session",
@@ -191,6 +195,14 @@ impl Direct {
             Delivery::Full => self.inner.dropped.with_label_values(&["full"]).inc(),
         }
         sent
+    }
+
+    /// Counts a downlink a session dropped because its cabinet had not subscribed to it.
+    pub fn not_subscribed(&self) {
+        self.inner
+            .dropped
+            .with_label_values(&["not_subscribed"])
+            .inc();
     }
 
     /// Hands `cabinet`'s uplink publishes, in order, to the gateway's ingest and then (QoS 0)

@@ -1,4 +1,5 @@
-//! Local links to the router for async code: the [`LinkFactory`] and each client's [`Link`].
+//! Local links to the router for async code: the [`LinkFactory`] and each link's [`Link`]
+//! (one per integrator connection, the gateway's own, and the shared cabinet uplink links).
 //!
 //! rumqttd keeps its router event type private, so the factory holds the router's sender only
 //! inside closures (the type is inferred, never named). Two calls of rumqttd's link API block a

@@ -1,18 +1,22 @@
 //! The embedded rumqttd broker, in-process: its configuration, the router thread, the
-//! [`LinkFactory`] that gives every edge connection its own local link to the router
-//! (submodule `link`), and the gateway's own link (publisher and uplink subscriber).
+//! [`LinkFactory`] that gives every integrator connection its own local link to the router
+//! (submodule `link`), the direct cabinet paths ([`Direct`], submodule `direct`: a cabinet's
+//! downlinks straight to its session, its uplinks straight to ingest and through shared links to
+//! the router), and the gateway's own link (publisher).
 //!
 //! There is no MQTT listener and no socket between the edge and the broker: rumqttd's router
-//! runs on its own thread (`Router::spawn`) and every client connection is a rumqttd *local
-//! link* (a pair of shared buffers plus a wake-up channel), exactly what rumqttd's own
-//! `RemoteLink` uses behind its TCP listeners. So a cabinet costs the gateway one file
-//! descriptor (its own socket) and no network-link buffers.
+//! runs on its own thread (`Router::spawn`) and every link is a rumqttd *local link* (a pair of
+//! shared buffers plus a wake-up channel), exactly what rumqttd's own `RemoteLink` uses behind
+//! its TCP listeners. So a cabinet costs the gateway one file descriptor (its own socket) and no
+//! network-link buffers.
 //!
 //! The gateway's own link (client id `gw:internal`, which no certificate identity can take
-//! because ':' is not allowed in ids) is the same async [`Link`] the edge uses per client, owned
-//! by one task (`gw-link`, on the runtime; no OS thread, no blocking call): it hands the router
-//! what the gateway publishes in batches (one router event per batch) and forwards the publishes
-//! the router delivers to ingest's bounded channel. While ingest is full the task stops reading
+//! because ':' is not allowed in ids) is the same async [`Link`] the edge uses per integrator,
+//! owned by one task (`gw-link`, on the runtime; no OS thread, no blocking call): it hands the
+//! router what the gateway publishes in batches (one router event per batch; a cabinet's
+//! downlinks skip it, see [`Publisher::publish`]) and forwards the publishes the router delivers
+//! for its subscriptions (none in the gateway: cabinet uplinks reach ingest directly) to
+//! ingest's bounded channel. While ingest is full the task stops reading
 //! the link (rumqttd buffers, then parks the link with `Unschedule`) but keeps publishing, so an
 //! ingest waiting to publish an ack never waits on it. The task ends when every [`Publisher`] is
 //! dropped (the actors that publish have stopped), closing the link; the router thread lives as

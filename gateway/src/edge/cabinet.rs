@@ -240,7 +240,7 @@ impl Cabinet<'_> {
     }
 
     /// Encodes a downlink for the cabinet at the QoS of its best matching subscription (not
-    /// at all if none matches).
+    /// at all if none matches: counted as dropped, `not_subscribed`).
     fn downlink(&mut self, d: Downlink, out: &mut BytesMut) -> Result<(), End> {
         let topic = Topic::Down(self.id.clone(), d.kind).to_string();
         let qos = self
@@ -250,6 +250,7 @@ impl Cabinet<'_> {
             .map(|(_, q)| *q)
             .max_by_key(|q| *q as u8);
         let Some(qos) = qos else {
+            self.direct.not_subscribed();
             return Ok(());
         };
         let mut p = wire::Publish {

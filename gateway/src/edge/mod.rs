@@ -5,9 +5,9 @@
 //! stalled clients (up to `max_connections` of them) never delay another; the
 //! client certificate must chain to the fleet CA and not be revoked (the CRL is re-read when
 //! it changes, and clients whose serial becomes revoked are disconnected); the identity comes
-//! from the certificate. Each client's MQTT 3.1.1 session is then served in-process through
-//! its own rumqttd local link ([`crate::broker::LinkFactory`]): the client id at the broker is
-//! the identity, every PUBLISH, SUBSCRIBE and will is checked against the identity's ACL (a
+//! from the certificate. An integrator's MQTT 3.1.1 session is then served in-process through
+//! its own rumqttd local link ([`crate::broker::LinkFactory`]), a cabinet's by the edge itself
+//! (below): the client id is the identity, every PUBLISH, SUBSCRIBE and will is checked against the identity's ACL (a
 //! violation closes that connection), the will is kept and published by the edge, and keep
 //! alive is enforced. No socket is opened towards the broker: a cabinet costs one file
 //! descriptor. The edge is the authority on cabinet presence ([`PresenceEvent`]).

@@ -1,12 +1,14 @@
 //! One client connection, from TCP accept to close: the TLS handshake, identity, revocation
 //! and certificate-expiry checks, the first-packet CONNECT check, registration (presence,
-//! takeover of an older connection of the same identity), the broker link (a rumqttd local
-//! link, in-process), the CONNACK, and then the [`session`](super::session) loop until the
-//! connection ends; the link is closed last (the will published on an abnormal end, but not
-//! for a client cut off because its certificate was revoked or expired).
+//! takeover of an older connection of the same identity), then for a cabinet its session served
+//! by the edge ([`cabinet`](super::cabinet)), for an integrator its broker link (a rumqttd local
+//! link, in-process) and the [`session`](super::session) loop, until the connection ends; the
+//! will is published on an abnormal end, but not for a client cut off because its certificate
+//! was revoked or expired.
 //!
-//! A handshake never holds anything scarce while it waits for the peer: no slot or permit is
-//! taken around it. Each phase (TCP accept to ClientHello, the rest of TLS, the CONNECT) has
+//! A handshake waiting for the peer holds nothing scarce: admission control
+//! (`max_handshakes_in_progress`, see `hello`) counts a handshake only from its ClientHello and
+//! for at most `admission_hold_ms` of waiting. Each phase (TCP accept to ClientHello, the rest of TLS, the CONNECT) has
 //! its own deadline inside the overall one; handshakes in progress count against
 //! `max_connections` (file descriptors are the real limit) and, if configured, against a
 //! per-address limit ([`AddrSlot`]).
