@@ -98,7 +98,10 @@ mod tests {
                 compartment: Some(CompartmentId(4)),
                 reference: "ORD-1".into(),
                 expires_at: 2_000,
+                carrier: String::new(),
             }],
+            part: 0,
+            parts: 1,
         }));
         assert!(c.find(&h, Some(1_000)).is_some());
         assert!(c.find(&h, Some(2_000)).is_none(), "expired");

@@ -27,6 +27,7 @@ fn cred(
         compartment: c.map(CompartmentId),
         reference: reference.into(),
         expires_at,
+        carrier: String::new(),
     }
 }
 
@@ -50,6 +51,8 @@ async fn offline_pickup_and_deposit_from_the_credential_cache() {
             cred(CredKind::Pickup, "999999", Some(6), "ORD-OLD", 1_000),
             cred(CredKind::Deposit, "COURIER-1", None, "CARRIER-A", later),
         ],
+        part: 0,
+        parts: 1,
     };
     h.downlink(DownlinkBody::Credentials(set)).await.unwrap();
     assert_eq!(h.status().creds_version, 7);

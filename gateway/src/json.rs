@@ -80,7 +80,7 @@ impl From<ChargeState> for ChargingName {
 }
 
 /// An alarm kind: `forced_open`, `door_left_open`, `tamper`, `lock_board_offline`,
-/// `power_fail`, `outbox_nearly_full`.
+/// `power_fail`, `outbox_nearly_full`, `keypad_locked`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlarmName {
@@ -96,6 +96,8 @@ pub enum AlarmName {
     PowerFail,
     #[serde(alias = "OutboxNearlyFull")]
     OutboxNearlyFull,
+    #[serde(alias = "KeypadLocked")]
+    KeypadLocked,
 }
 
 impl From<AlarmKind> for AlarmName {
@@ -107,6 +109,7 @@ impl From<AlarmKind> for AlarmName {
             AlarmKind::LockBoardOffline => AlarmName::LockBoardOffline,
             AlarmKind::PowerFail => AlarmName::PowerFail,
             AlarmKind::OutboxNearlyFull => AlarmName::OutboxNearlyFull,
+            AlarmKind::KeypadLocked => AlarmName::KeypadLocked,
         }
     }
 }
@@ -132,12 +135,13 @@ impl From<ScanSource> for ScanSourceName {
     }
 }
 
-/// What a local access did: `pickup`, `deposit`.
+/// What a local access did: `pickup`, `deposit`, `collect`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AccessActionName {
     Pickup,
     Deposit,
+    Collect,
 }
 
 impl From<AccessAction> for AccessActionName {
@@ -145,6 +149,7 @@ impl From<AccessAction> for AccessActionName {
         match a {
             AccessAction::Pickup => AccessActionName::Pickup,
             AccessAction::Deposit => AccessActionName::Deposit,
+            AccessAction::Collect => AccessActionName::Collect,
         }
     }
 }

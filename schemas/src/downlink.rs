@@ -148,8 +148,21 @@ pub struct Ack {
 pub enum CredKind {
     /// A recipient's pickup code for one compartment.
     Pickup = 0,
-    /// A courier's deposit permission.
+    /// A courier's badge or PIN: signs the courier in for deposits and collections of its
+    /// carrier's parcels (`carrier`); names no compartment.
     Deposit = 1,
+    /// A parcel's barcode: a signed-in courier of the same carrier deposits it into its
+    /// reserved compartment.
+    Parcel = 2,
+    /// A customer's return code: opens its reserved compartment to drop a parcel off (no
+    /// courier needed).
+    DropOff = 3,
+    /// A parcel waiting for its carrier to take it away (expired or a return drop-off): a
+    /// signed-in courier of the carrier collects it. No secret (the hash is empty).
+    Collect = 4,
+    /// An empty compartment the carrier (or anyone, when `carrier` is empty) may use when a
+    /// parcel does not fit its reserved one: the courier asks for the next size up. No secret.
+    Spare = 5,
 }
 
 /// One credential in the cabinet's offline cache.
@@ -160,18 +173,31 @@ pub struct Credential {
     /// never holds a code in clear.
     #[serde(with = "serde_bytes")]
     pub secret_hash: Vec<u8>,
-    /// The compartment a pickup opens; `None` for deposit permissions.
+    /// The compartment the credential opens (pickup, parcel, drop-off, collect, spare);
+    /// `None` for a courier's sign-in.
     pub compartment: Option<CompartmentId>,
-    /// The order (pickup) or carrier/courier (deposit) reference reported back on use.
+    /// The order (pickup, parcel, drop-off, collect) or courier (deposit) reference reported
+    /// back on use; empty for spares.
     pub reference: String,
     pub expires_at: Millis,
+    /// The carrier the credential belongs to (couriers open only their carrier's parcels);
+    /// empty where no carrier applies (a recipient's code, a shared spare).
+    pub carrier: String,
 }
 
-/// The full credential set for a cabinet (replaces what it held).
+/// The full credential set for a cabinet (replaces what it held), or one part of it.
+///
+/// A set too large for one message is sent in `parts` messages with the same `version`
+/// (`part` = 0..parts); the cabinet replaces its set only when it holds every part of a
+/// version, so it never runs on half a set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct Credentials {
     pub version: u64,
     pub entries: Vec<Credential>,
+    /// This message's part, from 0.
+    pub part: u16,
+    /// How many parts the set has (at least 1).
+    pub parts: u16,
 }
 
 fn down_kind_code(k: DownKind) -> u8 {

@@ -38,6 +38,16 @@ pub struct ParcelEvent {
     /// The new state, for example `deposited` or `picked_up`.
     pub state: String,
     pub ts: Millis,
+    /// The compartment the order holds, if any.
+    pub compartment: Option<crate::ids::CompartmentId>,
+    /// What caused the change, for example `api`, `local_access`, `timer` or `command`.
+    pub cause: String,
+    /// Who caused it: a token's client, a courier, `recipient` or `gateway`.
+    pub actor: String,
+    /// The exception the order is in, if any (for example `door_jammed`).
+    pub exception: Option<String>,
+    /// The carrier of the order.
+    pub carrier: String,
 }
 
 /// A message on a gateway-made stream.

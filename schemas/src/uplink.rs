@@ -205,6 +205,8 @@ pub enum AlarmKind {
     LockBoardOffline = 3,
     PowerFail = 4,
     OutboxNearlyFull = 5,
+    /// Too many wrong codes at the keypad: it is locked for a while.
+    KeypadLocked = 6,
 }
 
 /// An alarm raised (`active = true`) or cleared.
@@ -325,8 +327,12 @@ pub struct CommandResult {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize_repr, Deserialize_repr)]
 #[repr(u8)]
 pub enum AccessAction {
+    /// A recipient took a parcel out.
     Pickup = 0,
+    /// A courier (or a customer returning a parcel) put a parcel in.
     Deposit = 1,
+    /// A courier took an expired or returned parcel away.
+    Collect = 2,
 }
 
 /// An offline pickup or deposit done from the cabinet's credential cache.
@@ -334,9 +340,12 @@ pub enum AccessAction {
 pub struct LocalAccess {
     pub compartment: CompartmentId,
     pub action: AccessAction,
-    /// The order (or courier) reference of the credential that was used.
+    /// The order reference of the credential that was used.
     pub reference: String,
     pub source: ScanSource,
+    /// Who did it: the courier reference of the signed-in courier, empty for a recipient or
+    /// a customer.
+    pub actor: String,
 }
 
 impl Serialize for Uplink {

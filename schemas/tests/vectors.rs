@@ -328,7 +328,7 @@ fn wrong_payloads_fail_the_cddl_and_the_codec() {
             "unknown alarm kind",
             "up-alarm",
             "uplink",
-            mutate("up-alarm", &[6, 0], int(6)),
+            mutate("up-alarm", &[6, 0], int(7)),
         ),
         (
             "temperature over i16",

@@ -365,6 +365,7 @@ impl Doors {
                     action: la.action,
                     reference: la.reference.clone(),
                     source: la.source,
+                    actor: String::new(),
                 });
                 up.emit(ctx, body, Vec::new()).await;
             }

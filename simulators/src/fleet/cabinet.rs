@@ -330,6 +330,7 @@ impl SimCabinet {
                 compartment: None,
                 reference: "carrier-sim".into(),
                 expires_at,
+                carrier: "sim".into(),
             }];
             for (i, s) in k.slots.iter().enumerate() {
                 if let Slot::Parcel { pin } = s {
@@ -339,12 +340,15 @@ impl SimCabinet {
                         compartment: Some(CompartmentId(u16::try_from(i + 1).unwrap_or(1))),
                         reference: format!("ORD-{}-{}", self.id, i + 1),
                         expires_at,
+                        carrier: String::new(),
                     });
                 }
             }
             Credentials {
                 version: k.creds_version,
                 entries,
+                part: 0,
+                parts: 1,
             }
         };
         let g = self.agent.read().await;

@@ -141,6 +141,13 @@ impl Doors {
             action: match cred.kind {
                 CredKind::Pickup => AccessAction::Pickup,
                 CredKind::Deposit => AccessAction::Deposit,
+                // not handled by this agent yet: no access
+                _ => {
+                    return Ok(ScanReply {
+                        seq,
+                        access: ScanAccess::None,
+                    })
+                }
             },
             reference: cred.reference.clone(),
             source,
@@ -155,7 +162,8 @@ impl Doors {
                 }
             }
             (CredKind::Pickup, None) => ScanAccess::None,
-            (CredKind::Deposit, _) => {
+            (_, _) => {
+                // a deposit (the other kinds returned above)
                 self.access.next_token += 1;
                 let token = self.access.next_token;
                 match self.io_tx.try_send(IoRequest::ReadParcels { token }) {
