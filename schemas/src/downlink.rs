@@ -165,6 +165,16 @@ pub enum CredKind {
     Spare = 5,
 }
 
+/// `SHA-256(code || cabinet id)`: how a code (PIN, QR token, badge, parcel barcode) is held in
+/// a credential set, salted with the cabinet so a set leaked from one cabinet opens no other.
+pub fn secret_hash(code: &str, cabinet: &crate::CabinetId) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(code.as_bytes());
+    h.update(cabinet.as_str().as_bytes());
+    h.finalize().into()
+}
+
 /// One credential in the cabinet's offline cache.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
 pub struct Credential {

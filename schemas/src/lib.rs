@@ -10,6 +10,7 @@ pub mod codec;
 pub mod downlink;
 pub mod ids;
 pub mod limits;
+pub mod parcel_ids;
 pub mod stream;
 pub mod topics;
 pub mod uplink;
@@ -17,9 +18,10 @@ pub mod vectors;
 
 pub use codec::{DecodeError, EncodeError, MAX_PAYLOAD_BYTES, SCHEMA_VERSION};
 pub use downlink::{
-    Ack, Action, Command, CredKind, Credential, Credentials, Downlink, DownlinkBody,
+    Ack, Action, Command, CredKind, Credential, Credentials, Downlink, DownlinkBody, secret_hash,
 };
 pub use ids::{CabinetId, CommandId, CompartmentId, IdError};
+pub use parcel_ids::{CarrierId, CourierId, OrderId, SiteId, SlugError};
 pub use stream::{Presence, StreamMessage};
 pub use topics::{DownKind, Filter, StreamKind, Topic, TopicError, UpKind};
 pub use uplink::*;

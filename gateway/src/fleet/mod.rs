@@ -363,7 +363,7 @@ mod tests {
     }
 
     fn uplink(seq: u64, body: UplinkBody) -> Committed {
-        Arc::new(vec![Uplink {
+        crate::ingest::Commit::of(vec![Uplink {
             cabinet: CabinetId::new("CAB-1").expect("id"),
             boot: 1,
             seq,

@@ -29,8 +29,34 @@ use crate::broker::{Inbound, Publisher};
 use crate::metrics::IngestMetrics;
 use crate::store::{QuarantineLimits, Store, StoreError};
 
-/// Events stored in one commit, passed on to the fleet state and the dispatcher.
-pub type Committed = std::sync::Arc<Vec<Uplink>>;
+/// Events stored in one commit, passed on to the fleet state, the dispatcher and the parcel
+/// domain.
+pub type Committed = std::sync::Arc<Commit>;
+
+/// One group commit: the accepted uplinks in order, with their audit positions (so a consumer
+/// that keeps its own durable cursor can catch up from the audit log after a crash).
+#[derive(Debug, Default)]
+pub struct Commit {
+    pub events: Vec<Uplink>,
+    pub positions: Vec<u64>,
+}
+
+impl Commit {
+    /// A commit of `events` without audit positions (tests of consumers).
+    pub fn of(events: Vec<Uplink>) -> Committed {
+        std::sync::Arc::new(Commit {
+            positions: vec![0; events.len()],
+            events,
+        })
+    }
+}
+
+impl std::ops::Deref for Commit {
+    type Target = Vec<Uplink>;
+    fn deref(&self) -> &Vec<Uplink> {
+        &self.events
+    }
+}
 
 /// Ingest settings (the `[ingest]` table of gateway.toml).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -310,7 +336,7 @@ impl Ingest {
                 .lag_seconds
                 .observe(started.elapsed().as_secs_f64());
         }
-        for u in &out.accepted {
+        for (_, u) in &out.accepted {
             self.metrics
                 .events
                 .with_label_values(&[u.body.kind().as_str()])
@@ -319,7 +345,8 @@ impl Ingest {
         // Stored events go on to the consumers (the dispatcher first: a Result is the end of
         // a remote unlock someone is waiting for) before the acks, which only free outboxes.
         if !out.accepted.is_empty() {
-            let committed: Committed = std::sync::Arc::new(out.accepted);
+            let (positions, events) = out.accepted.into_iter().unzip();
+            let committed: Committed = std::sync::Arc::new(Commit { events, positions });
             for tx in &self.committed {
                 let _ = tx.send(committed.clone()).await;
             }

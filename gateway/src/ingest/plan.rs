@@ -39,7 +39,8 @@ pub(super) struct BatchOutcome {
     /// (cabinet, seq of its current life) to acknowledge.
     pub acks: Vec<(CabinetId, u64)>,
     /// Accepted uplinks, in order, for the committed-event stream.
-    pub accepted: Vec<Uplink>,
+    /// Accepted uplinks with their audit positions, in commit order.
+    pub accepted: Vec<(u64, Uplink)>,
     /// Entries written (events and quarantine markers).
     pub stored: usize,
     /// Time to write and flush, if anything was written.
@@ -251,7 +252,7 @@ impl Core {
                     let position = life.last_position();
                     let entry = match (problem, uplink) {
                         (None, Some(u)) => {
-                            accepted.push(u);
+                            accepted.push((position, u));
                             AuditEntry::Event(m.payload.to_vec())
                         }
                         (problem, _) => {
