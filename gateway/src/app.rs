@@ -7,8 +7,9 @@
 //! 1. the edge stops accepting and closes every connection (the edge's own shutdown), and the
 //!    cabinets' last presence changes are handed on;
 //! 2. ingest commits what it has received and acknowledges it;
-//! 3. the actors (fleet, dispatcher) apply what ingest committed last, save their state (the
-//!    fleet's final snapshot; the dispatcher persists every change as it makes it) and return;
+//! 3. the actors (fleet, dispatcher, parcels) apply what ingest committed last, save their
+//!    state (the fleet's final snapshot; the dispatcher and the parcel domain persist every
+//!    change as they make it) and return;
 //! 4. the API finishes its in-flight requests; the broker link then closes (its last publisher
 //!    is gone);
 //! 5. the store is flushed.
@@ -34,6 +35,7 @@ use crate::edge::{Edge, EdgeHandle, PresenceEvent};
 use crate::fleet::{Fleet, FleetHandle, PresenceChange};
 use crate::ingest::{retention, Ingest};
 use crate::metrics::{Metrics, MetricsError};
+use crate::parcels::{Parcels, ParcelsHandle};
 use crate::store::{self, Store, StoreError};
 
 /// Why the gateway could not start.
@@ -62,6 +64,7 @@ const RETENTION: &str = "retention";
 const PRESENCE: &str = "presence";
 const FLEET: &str = "fleet";
 const DISPATCHER: &str = "dispatcher";
+const PARCELS: &str = "parcels";
 const BROKER_LINK: &str = "broker link";
 const API: &str = "api";
 
@@ -97,6 +100,7 @@ pub struct Gateway {
     pub metrics: Metrics,
     pub fleet: FleetHandle,
     pub commands: CommandsHandle,
+    pub parcels: ParcelsHandle,
     pub edge: EdgeHandle,
     store: Store,
     phases: Phases,
@@ -171,12 +175,31 @@ impl Gateway {
             phases.actors.clone(),
             &tracker,
         );
+        let (parcels, parcel_commits, parcels_task) = match Parcels::spawn(
+            cfg.parcels.clone(),
+            store.clone(),
+            publisher.clone(),
+            metrics.parcels.clone(),
+            phases.actors.clone(),
+            &tracker,
+        )
+        .await
+        {
+            Ok(x) => x,
+            Err(source) => {
+                phases.root.cancel();
+                return Err(StartError::Store {
+                    path: db_path.display().to_string(),
+                    source,
+                });
+            }
+        };
         let ingest = Ingest::new(
             cfg.ingest.clone(),
             store.clone(),
             publisher,
             metrics.ingest.clone(),
-            vec![command_commits, fleet_commits],
+            vec![command_commits, fleet_commits, parcel_commits],
         );
         let ingest_health = ingest.handle();
         // Only the actors and ingest publish from here on: when they have returned, the
@@ -197,6 +220,7 @@ impl Gateway {
             (RETENTION, retention_task),
             (FLEET, fleet_task),
             (DISPATCHER, dispatch_task),
+            (PARCELS, parcels_task),
             (BROKER_LINK, link_task),
         ]);
 
@@ -214,6 +238,7 @@ impl Gateway {
             presence_rx,
             fleet.clone(),
             commands.clone(),
+            parcels.clone(),
             phases.ingest.clone(),
         ));
         tasks.push((PRESENCE, presence_task));
@@ -258,6 +283,7 @@ impl Gateway {
             store: store.clone(),
             metrics: metrics.clone(),
             ingest: ingest_health,
+            parcels: parcels.clone(),
         });
         let api_limits = api::serve::Limits {
             max_connections: cfg.api.max_connections,
@@ -279,6 +305,7 @@ impl Gateway {
             metrics,
             fleet,
             commands,
+            parcels,
             edge,
             store,
             phases,
@@ -315,7 +342,7 @@ impl Gateway {
         self.phases.ingest.cancel();
         self.wait(&[PRESENCE, INGEST, RETENTION], deadline).await;
         self.phases.actors.cancel();
-        self.wait(&[FLEET, DISPATCHER], deadline).await;
+        self.wait(&[FLEET, DISPATCHER, PARCELS], deadline).await;
         self.phases.api.cancel();
         self.wait(&[API], deadline).await;
         // the API's readiness check holds a publisher: the link ends after the API
@@ -377,14 +404,16 @@ async fn forward_presence(
     mut rx: mpsc::Receiver<PresenceEvent>,
     fleet: FleetHandle,
     commands: CommandsHandle,
+    parcels: ParcelsHandle,
     stop: CancellationToken,
 ) {
     let forward = |p: PresenceEvent| {
-        let (f, c) = (&fleet, &commands);
+        let (f, c, k) = (&fleet, &commands, &parcels);
         async move {
             if !p.online {
                 c.offline(p.cabinet.clone()).await;
             }
+            k.presence(p.cabinet.clone(), p.online).await;
             f.presence(PresenceChange {
                 cabinet: p.cabinet,
                 online: p.online,

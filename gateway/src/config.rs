@@ -39,6 +39,8 @@ pub struct GatewayConfig {
     pub commands: CommandsConfig,
     /// The HTTP API and /metrics.
     pub api: ApiConfig,
+    /// The parcel domain (pickup windows, reservations, codes).
+    pub parcels: crate::parcels::ParcelsConfig,
     /// How long a shutdown may take, ms: the edge closes, ingest commits, the actors save,
     /// the API drains; whatever is still running then is aborted (and logged by name).
     pub shutdown_grace_ms: u64,
@@ -53,6 +55,7 @@ impl Default for GatewayConfig {
             ingest: IngestConfig::default(),
             commands: CommandsConfig::default(),
             api: ApiConfig::default(),
+            parcels: crate::parcels::ParcelsConfig::default(),
             shutdown_grace_ms: 10_000,
         }
     }
@@ -165,6 +168,10 @@ impl GatewayConfig {
                 "api.tokens: every token needs at least 16 characters".into(),
             ));
         }
+        for spec in self.api.tokens.values() {
+            spec.validate().map_err(ConfigError::Invalid)?;
+        }
+        self.parcels.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

@@ -13,7 +13,7 @@ use locker_schemas::{
 use serde::{Deserialize, Serialize};
 
 /// A compartment size: `S`, `M`, `L`, `XL`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum SizeName {
     S,

@@ -15,4 +15,5 @@ pub mod ingest;
 pub mod json;
 pub mod metrics;
 pub mod model;
+pub mod parcels;
 pub mod store;

@@ -149,6 +149,29 @@ pub struct ApiMetrics {
     pub connections_refused: IntCounterVec,
 }
 
+/// The parcel domain.
+#[derive(Clone)]
+pub struct ParcelMetrics {
+    /// Orders by state (all stored orders).
+    pub orders: prometheus::IntGaugeVec,
+    /// Order transitions published, by new state.
+    pub events: IntCounterVec,
+    /// Exceptions raised on orders, by exception.
+    pub exceptions: IntCounterVec,
+    /// Allocation attempts that found no compartment.
+    pub allocation_failures: IntCounter,
+    /// Credential set parts handed to cabinets' sessions.
+    pub creds_sent: IntCounter,
+    /// Notification requests put in the outbox, by kind.
+    pub notices: IntCounterVec,
+    /// Reports from cabinets the domain could not match (unknown order or parcel), by kind.
+    pub unmatched: IntCounterVec,
+    /// Group commits of the parcel state.
+    pub commits: IntCounter,
+    /// Failed attempts to store the parcel state (retried).
+    pub storage_errors: IntCounter,
+}
+
 /// Every gateway metric, grouped by component.
 #[derive(Clone)]
 pub struct Metrics {
@@ -157,6 +180,7 @@ pub struct Metrics {
     pub commands: CommandMetrics,
     pub store: StoreMetrics,
     pub api: ApiMetrics,
+    pub parcels: ParcelMetrics,
 }
 
 impl Metrics {
@@ -278,12 +302,31 @@ impl Metrics {
                 &["reason"],
             )?,
         };
+        let parcels = ParcelMetrics {
+            orders: {
+                let g = prometheus::IntGaugeVec::new(
+                    Opts::new("locker_parcel_orders", "Orders by state"),
+                    &["state"],
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            events: counter_vec(&r, "locker_parcel_transitions_total", "Order transitions, by new state", &["state"])?,
+            exceptions: counter_vec(&r, "locker_parcel_exceptions_total", "Exceptions raised on orders, by exception", &["exception"])?,
+            allocation_failures: counter(&r, "locker_parcel_allocation_failures_total", "Allocations that found no compartment free")?,
+            creds_sent: counter(&r, "locker_parcel_creds_parts_sent_total", "Credential set parts handed to cabinet sessions")?,
+            notices: counter_vec(&r, "locker_parcel_notices_total", "Notification requests put in the outbox, by kind", &["kind"])?,
+            unmatched: counter_vec(&r, "locker_parcel_unmatched_reports_total", "Cabinet reports the parcel domain could not match, by kind", &["kind"])?,
+            commits: counter(&r, "locker_parcel_commits_total", "Group commits of the parcel state")?,
+            storage_errors: counter(&r, "locker_parcel_storage_errors_total", "Failed attempts to store the parcel state (retried)")?,
+        };
         Ok(Self {
             registry: r,
             ingest,
             commands,
             store,
             api,
+            parcels,
         })
     }
 

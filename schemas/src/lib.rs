@@ -22,7 +22,7 @@ pub use downlink::{
 };
 pub use ids::{CabinetId, CommandId, CompartmentId, IdError};
 pub use parcel_ids::{CarrierId, CourierId, OrderId, SiteId, SlugError};
-pub use stream::{Presence, StreamMessage};
+pub use stream::{AlertEvent, ParcelEvent, Presence, StreamMessage};
 pub use topics::{DownKind, Filter, StreamKind, Topic, TopicError, UpKind};
 pub use uplink::*;
 

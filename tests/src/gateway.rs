@@ -85,6 +85,12 @@ impl TestGateway {
 
     /// Shuts the gateway down cleanly and starts it again on the same data and ports.
     pub async fn restart(self) -> Self {
+        self.stop().await.start().await
+    }
+
+    /// Shuts the gateway down cleanly, keeping its data and ports for [`StoppedGateway::start`]
+    /// (the cabinets are offline meanwhile).
+    pub async fn stop(self) -> StoppedGateway {
         let Self {
             gw,
             api,
@@ -92,6 +98,25 @@ impl TestGateway {
             config,
         } = self;
         gw.shutdown().await;
+        StoppedGateway { api, data, config }
+    }
+
+    pub fn edge_addr(&self) -> SocketAddr {
+        self.gw.edge_addr
+    }
+}
+
+/// A [`TestGateway`] that was stopped: its data directory and configuration, to start again.
+pub struct StoppedGateway {
+    pub api: ApiClient,
+    pub data: tempfile::TempDir,
+    pub config: GatewayConfig,
+}
+
+impl StoppedGateway {
+    /// Starts the gateway again on the same data and ports.
+    pub async fn start(self) -> TestGateway {
+        let Self { api, data, config } = self;
         // Blocking storage calls of the old instance that were already running finish on
         // their own threads; the database lock is free once they have.
         let started = std::time::Instant::now();
@@ -107,16 +132,12 @@ impl TestGateway {
                 Err(e) => panic!("gateway restarts: {e}"),
             }
         };
-        Self {
+        TestGateway {
             gw,
             api,
             data,
             config,
         }
-    }
-
-    pub fn edge_addr(&self) -> SocketAddr {
-        self.gw.edge_addr
     }
 }
 

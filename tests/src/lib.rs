@@ -18,6 +18,7 @@ pub mod edge;
 pub mod gateway;
 pub mod mqtt;
 pub mod net;
+pub mod parcels;
 pub mod pki;
 pub mod wait;
 

@@ -1,12 +1,18 @@
 //! The HTTP API for integrators (axum): cabinets, their audit log, commands, and `/metrics`.
 //!
-//! Every `/v1` route needs `Authorization: Bearer <token>` with a token from the `[api]`
-//! table of gateway.toml; errors are JSON `{"error": "...", "message": "..."}`.
+//! Every `/v1` route needs `Authorization: Bearer <token>` with a token from the
+//! `[api.tokens]` table of gateway.toml; a token has a scope (operator, carrier or site
+//! manager, [`scope`]): the parcel routes ([`orders`], [`sites`]) enforce it on every path,
+//! the cabinet, command and quarantine routes are for operators. Errors are JSON
+//! `{"error": "<stable code>", "message": "..."}`.
 
 pub mod cabinets;
 mod health;
+mod orders;
 mod quarantine;
+pub mod scope;
 pub mod serve;
+mod sites;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,8 +41,9 @@ mod commands;
 pub struct ApiConfig {
     /// Address of the HTTP API and `/metrics`.
     pub listen: std::net::SocketAddr,
-    /// Bearer tokens and the client name each one stands for.
-    pub tokens: HashMap<String, String>,
+    /// Bearer tokens: each maps to a client name (an operator token) or to
+    /// `{ name, scope = "carrier", carrier }` / `{ name, scope = "site_manager", sites }`.
+    pub tokens: HashMap<String, scope::TokenSpec>,
     /// The longest `wait_ms` a request may ask for.
     pub max_wait_ms: u64,
     /// A client must send a whole request head within this long, ms (this also closes idle
@@ -74,6 +81,7 @@ pub struct ApiState {
     pub store: Store,
     pub metrics: Metrics,
     pub ingest: crate::ingest::IngestHandle,
+    pub parcels: crate::parcels::ParcelsHandle,
 }
 
 /// An API error: a status and a JSON body.
@@ -121,8 +129,10 @@ async fn auth(State(st): State<ApiState>, mut req: Request, next: Next) -> Respo
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match token.and_then(|t| st.cfg.tokens.get(t)) {
-        Some(name) => {
-            req.extensions_mut().insert(Client(name.clone()));
+        Some(spec) => {
+            let caller = spec.caller();
+            req.extensions_mut().insert(Client(caller.client.clone()));
+            req.extensions_mut().insert(caller);
             next.run(req).await
         }
         None => ApiError::new(
@@ -171,7 +181,7 @@ async fn count(State(st): State<ApiState>, req: Request, next: Next) -> Response
 
 /// The API router.
 pub fn router(st: ApiState) -> Router {
-    let v1 = Router::new()
+    let operator = Router::new()
         .route("/v1/cabinets", get(cabinets::list_cabinets))
         .route("/v1/cabinets/{id}", get(cabinets::get_cabinet))
         .route("/v1/cabinets/{id}/events", get(cabinets::cabinet_events))
@@ -179,6 +189,11 @@ pub fn router(st: ApiState) -> Router {
         .route("/v1/commands/{id}", get(commands::get_command))
         .route("/v1/commands/{id}/cancel", post(commands::cancel_command))
         .merge(quarantine::routes())
+        .route_layer(middleware::from_fn(scope::operator_only));
+    let v1 = Router::new()
+        .merge(operator)
+        .merge(orders::routes())
+        .merge(sites::routes())
         .layer(middleware::from_fn_with_state(st.clone(), auth));
     Router::new()
         .merge(v1)

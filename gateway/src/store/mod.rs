@@ -7,12 +7,14 @@
 //! - `events`, `quarantine`, `quarantine_by_cabinet`: see [`events`] and [`quarantine`];
 //! - `health`: `probe` -> the time of the last readiness probe (written and flushed);
 //! - `cabinets`: `cabinet` -> JSON [`CabinetSnapshot`];
-//! - `commands`, `queue`: the command log, behind [`commands::CommandStore`].
+//! - `commands`, `queue`: the command log, behind [`commands::CommandStore`];
+//! - `parcel_*`: the parcel domain, behind [`parcels::ParcelStore`].
 //!
 //! Every method here blocks (sled I/O); actors call them through `spawn_blocking`.
 
 pub mod commands;
 pub mod events;
+pub mod parcels;
 pub mod quarantine;
 
 use locker_schemas::CabinetId;
@@ -46,6 +48,7 @@ pub struct Store {
     health: sled::Tree,
     cabinets: sled::Tree,
     commands: CommandStore,
+    parcels: parcels::SledParcels,
 }
 
 fn decode<T: DeserializeOwned>(tree: &'static str, v: &[u8]) -> Result<T, StoreError> {
@@ -83,6 +86,7 @@ impl Store {
             health: db.open_tree("health")?,
             cabinets: db.open_tree("cabinets")?,
             commands: CommandStore::open(&db)?,
+            parcels: parcels::SledParcels::open(&db)?,
             db,
         })
     }
@@ -183,6 +187,11 @@ impl Store {
     /// The command log (owned by the dispatcher).
     pub fn commands(&self) -> &CommandStore {
         &self.commands
+    }
+
+    /// The parcel domain's state (owned by the parcel actor).
+    pub fn parcels(&self) -> &parcels::SledParcels {
+        &self.parcels
     }
 
     /// Bytes on disk.

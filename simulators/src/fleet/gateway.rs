@@ -94,7 +94,7 @@ pub fn fleet_gateway_config(
         ],
     )]);
     cfg.api.listen = api;
-    cfg.api.tokens = HashMap::from([(token.to_owned(), "fleet-sim".to_owned())]);
+    cfg.api.tokens = HashMap::from([(token.to_owned(), "fleet-sim".into())]);
     cfg.commands.resend_after_ms = 2_000;
     cfg.commands.tick_ms = 100;
     cfg

@@ -1,0 +1,279 @@
+//! The parcel domain's durable state, behind [`ParcelStore`] (sled here; JetStream in cluster
+//! mode later): sites, carriers, couriers, orders, each cabinet's compartment table, the
+//! credential-set versions, the per-cabinet cursor into the audit log of what the domain has
+//! applied, the notification outbox and the parcel audit trail.
+//!
+//! Trees (values are JSON): `parcel_sites`, `parcel_carriers`, `parcel_couriers` (by id),
+//! `parcel_orders` (by order id), `parcel_cabinets` (by cabinet), `parcel_meta`
+//! (`v/<cabinet>` credential version, `c/<cabinet>` applied audit position, `init`),
+//! `parcel_notices` and `parcel_audit` (by big-endian position).
+//!
+//! Blocking; the parcel actor calls it through `spawn_blocking`, one flush per batch.
+
+use std::collections::HashMap;
+
+use locker_schemas::{CabinetId, CarrierId, CompartmentId, CourierId, Millis, OrderId, SiteId};
+use serde::{Deserialize, Serialize};
+
+use super::{decode, encode, StoreError};
+use crate::parcels::alloc::CabinetSlots;
+use crate::parcels::model::{Carrier, Courier, Exception, Notice, Order, Site};
+
+/// One line of the parcel audit trail: an order's transition, an override, a partition or
+/// service change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub pos: u64,
+    pub at: Millis,
+    /// `order`, `override_open`, `partition`, `service`, `unlock`.
+    pub what: String,
+    #[serde(default)]
+    pub order: Option<OrderId>,
+    #[serde(default)]
+    pub carrier: Option<CarrierId>,
+    #[serde(default)]
+    pub site: Option<SiteId>,
+    #[serde(default)]
+    pub cabinet: Option<CabinetId>,
+    #[serde(default)]
+    pub compartment: Option<CompartmentId>,
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub to: Option<String>,
+    pub cause: String,
+    pub actor: String,
+    #[serde(default)]
+    pub exception: Option<Exception>,
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// Everything the parcel actor starts from.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub sites: Vec<Site>,
+    pub carriers: Vec<Carrier>,
+    pub couriers: Vec<Courier>,
+    pub orders: Vec<Order>,
+    pub cabinets: Vec<(CabinetId, CabinetSlots)>,
+    pub creds_versions: HashMap<CabinetId, u64>,
+    pub cursors: HashMap<CabinetId, u64>,
+    /// Whether the domain has started before (cursors were initialised).
+    pub initialized: bool,
+    pub next_notice: u64,
+    pub next_audit: u64,
+}
+
+/// What one group commit of the parcel actor writes.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub sites: Vec<Site>,
+    pub carriers: Vec<Carrier>,
+    pub couriers: Vec<Courier>,
+    pub removed_couriers: Vec<CourierId>,
+    pub orders: Vec<Order>,
+    pub cabinets: Vec<(CabinetId, CabinetSlots)>,
+    pub creds_versions: Vec<(CabinetId, u64)>,
+    pub cursors: Vec<(CabinetId, u64)>,
+    pub notices: Vec<Notice>,
+    pub audit: Vec<AuditRecord>,
+    pub initialized: bool,
+}
+
+impl Batch {
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.sites.is_empty()
+            && self.carriers.is_empty()
+            && self.couriers.is_empty()
+            && self.removed_couriers.is_empty()
+            && self.orders.is_empty()
+            && self.cabinets.is_empty()
+            && self.creds_versions.is_empty()
+            && self.cursors.is_empty()
+            && self.notices.is_empty()
+            && self.audit.is_empty()
+            && !self.initialized
+    }
+}
+
+/// The parcel domain's storage.
+pub trait ParcelStore: Send + Sync + 'static {
+    /// Everything, at start.
+    fn load(&self) -> Result<Loaded, StoreError>;
+    /// Writes a batch and makes it durable before returning.
+    fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
+    /// Notification requests with `id > after`, oldest first.
+    fn notices(&self, after: u64, limit: usize) -> Result<Vec<Notice>, StoreError>;
+    /// Audit records with `pos > after`, oldest first.
+    fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
+}
+
+/// [`ParcelStore`] on the gateway's sled database.
+#[derive(Clone)]
+pub struct SledParcels {
+    db: sled::Db,
+    sites: sled::Tree,
+    carriers: sled::Tree,
+    couriers: sled::Tree,
+    orders: sled::Tree,
+    cabinets: sled::Tree,
+    meta: sled::Tree,
+    notices: sled::Tree,
+    audit: sled::Tree,
+}
+
+impl SledParcels {
+    /// Opens the trees.
+    pub fn open(db: &sled::Db) -> Result<Self, StoreError> {
+        Ok(Self {
+            sites: db.open_tree("parcel_sites")?,
+            carriers: db.open_tree("parcel_carriers")?,
+            couriers: db.open_tree("parcel_couriers")?,
+            orders: db.open_tree("parcel_orders")?,
+            cabinets: db.open_tree("parcel_cabinets")?,
+            meta: db.open_tree("parcel_meta")?,
+            notices: db.open_tree("parcel_notices")?,
+            audit: db.open_tree("parcel_audit")?,
+            db: db.clone(),
+        })
+    }
+}
+
+fn all<T: serde::de::DeserializeOwned>(
+    tree: &sled::Tree,
+    name: &'static str,
+) -> Result<Vec<T>, StoreError> {
+    tree.iter()
+        .map(|kv| {
+            let (_, v) = kv?;
+            decode(name, &v)
+        })
+        .collect()
+}
+
+fn last_key(tree: &sled::Tree) -> Result<u64, StoreError> {
+    Ok(match tree.last()? {
+        Some((k, _)) => k
+            .as_ref()
+            .try_into()
+            .map(u64::from_be_bytes)
+            .unwrap_or_default(),
+        None => 0,
+    })
+}
+
+fn page<T: serde::de::DeserializeOwned>(
+    tree: &sled::Tree,
+    name: &'static str,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<T>, StoreError> {
+    tree.range(after.saturating_add(1).to_be_bytes()..)
+        .take(limit)
+        .map(|kv| {
+            let (_, v) = kv?;
+            decode(name, &v)
+        })
+        .collect()
+}
+
+impl ParcelStore for SledParcels {
+    fn load(&self) -> Result<Loaded, StoreError> {
+        let mut out = Loaded {
+            sites: all(&self.sites, "parcel_sites")?,
+            carriers: all(&self.carriers, "parcel_carriers")?,
+            couriers: all(&self.couriers, "parcel_couriers")?,
+            orders: all(&self.orders, "parcel_orders")?,
+            next_notice: last_key(&self.notices)? + 1,
+            next_audit: last_key(&self.audit)? + 1,
+            ..Loaded::default()
+        };
+        for kv in self.cabinets.iter() {
+            let (k, v) = kv?;
+            let id = CabinetId::new(String::from_utf8_lossy(&k).into_owned()).map_err(|e| {
+                StoreError::Corrupt {
+                    tree: "parcel_cabinets",
+                    detail: e.to_string(),
+                }
+            })?;
+            out.cabinets.push((id, decode("parcel_cabinets", &v)?));
+        }
+        for kv in self.meta.iter() {
+            let (k, v) = kv?;
+            let key = String::from_utf8_lossy(&k);
+            let num = || -> Result<u64, StoreError> {
+                v.as_ref()
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt {
+                        tree: "parcel_meta",
+                        detail: format!("{key}: not a u64"),
+                    })
+            };
+            let cab = |s: &str| {
+                CabinetId::new(s).map_err(|e| StoreError::Corrupt {
+                    tree: "parcel_meta",
+                    detail: e.to_string(),
+                })
+            };
+            if let Some(c) = key.strip_prefix("v/") {
+                out.creds_versions.insert(cab(c)?, num()?);
+            } else if let Some(c) = key.strip_prefix("c/") {
+                out.cursors.insert(cab(c)?, num()?);
+            } else if key == "init" {
+                out.initialized = true;
+            }
+        }
+        Ok(out)
+    }
+
+    fn commit(&self, b: &Batch) -> Result<(), StoreError> {
+        for s in &b.sites {
+            self.sites.insert(s.id.as_str(), encode(s)?)?;
+        }
+        for c in &b.carriers {
+            self.carriers.insert(c.id.as_str(), encode(c)?)?;
+        }
+        for c in &b.couriers {
+            self.couriers.insert(c.id.as_str(), encode(c)?)?;
+        }
+        for c in &b.removed_couriers {
+            self.couriers.remove(c.as_str())?;
+        }
+        for o in &b.orders {
+            self.orders.insert(o.id.to_string(), encode(o)?)?;
+        }
+        for (id, slots) in &b.cabinets {
+            self.cabinets.insert(id.as_str(), encode(slots)?)?;
+        }
+        for (id, v) in &b.creds_versions {
+            self.meta
+                .insert(format!("v/{id}"), v.to_be_bytes().as_slice())?;
+        }
+        for (id, p) in &b.cursors {
+            self.meta
+                .insert(format!("c/{id}"), p.to_be_bytes().as_slice())?;
+        }
+        if b.initialized {
+            self.meta.insert("init", &[1u8])?;
+        }
+        for n in &b.notices {
+            self.notices.insert(n.id.to_be_bytes(), encode(n)?)?;
+        }
+        for a in &b.audit {
+            self.audit.insert(a.pos.to_be_bytes(), encode(a)?)?;
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn notices(&self, after: u64, limit: usize) -> Result<Vec<Notice>, StoreError> {
+        page(&self.notices, "parcel_notices", after, limit)
+    }
+
+    fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        page(&self.audit, "parcel_audit", after, limit)
+    }
+}
