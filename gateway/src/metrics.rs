@@ -311,14 +311,50 @@ impl Metrics {
                 r.register(Box::new(g.clone()))?;
                 g
             },
-            events: counter_vec(&r, "locker_parcel_transitions_total", "Order transitions, by new state", &["state"])?,
-            exceptions: counter_vec(&r, "locker_parcel_exceptions_total", "Exceptions raised on orders, by exception", &["exception"])?,
-            allocation_failures: counter(&r, "locker_parcel_allocation_failures_total", "Allocations that found no compartment free")?,
-            creds_sent: counter(&r, "locker_parcel_creds_parts_sent_total", "Credential set parts handed to cabinet sessions")?,
-            notices: counter_vec(&r, "locker_parcel_notices_total", "Notification requests put in the outbox, by kind", &["kind"])?,
-            unmatched: counter_vec(&r, "locker_parcel_unmatched_reports_total", "Cabinet reports the parcel domain could not match, by kind", &["kind"])?,
-            commits: counter(&r, "locker_parcel_commits_total", "Group commits of the parcel state")?,
-            storage_errors: counter(&r, "locker_parcel_storage_errors_total", "Failed attempts to store the parcel state (retried)")?,
+            events: counter_vec(
+                &r,
+                "locker_parcel_transitions_total",
+                "Order transitions, by new state",
+                &["state"],
+            )?,
+            exceptions: counter_vec(
+                &r,
+                "locker_parcel_exceptions_total",
+                "Exceptions raised on orders, by exception",
+                &["exception"],
+            )?,
+            allocation_failures: counter(
+                &r,
+                "locker_parcel_allocation_failures_total",
+                "Allocations that found no compartment free",
+            )?,
+            creds_sent: counter(
+                &r,
+                "locker_parcel_creds_parts_sent_total",
+                "Credential set parts handed to cabinet sessions",
+            )?,
+            notices: counter_vec(
+                &r,
+                "locker_parcel_notices_total",
+                "Notification requests put in the outbox, by kind",
+                &["kind"],
+            )?,
+            unmatched: counter_vec(
+                &r,
+                "locker_parcel_unmatched_reports_total",
+                "Cabinet reports the parcel domain could not match, by kind",
+                &["kind"],
+            )?,
+            commits: counter(
+                &r,
+                "locker_parcel_commits_total",
+                "Group commits of the parcel state",
+            )?,
+            storage_errors: counter(
+                &r,
+                "locker_parcel_storage_errors_total",
+                "Failed attempts to store the parcel state (retried)",
+            )?,
         };
         Ok(Self {
             registry: r,

@@ -18,7 +18,7 @@ pub mod vectors;
 
 pub use codec::{DecodeError, EncodeError, MAX_PAYLOAD_BYTES, SCHEMA_VERSION};
 pub use downlink::{
-    Ack, Action, Command, CredKind, Credential, Credentials, Downlink, DownlinkBody, secret_hash,
+    secret_hash, Ack, Action, Command, CredKind, Credential, Credentials, Downlink, DownlinkBody,
 };
 pub use ids::{CabinetId, CommandId, CompartmentId, IdError};
 pub use parcel_ids::{CarrierId, CourierId, OrderId, SiteId, SlugError};

@@ -116,7 +116,12 @@ impl ApiClient {
     }
 
     /// POST JSON with extra headers; returns the status and the JSON body.
-    pub async fn post_with(&self, path: &str, headers: &[(&str, &str)], body: Value) -> (u16, Value) {
+    pub async fn post_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Value,
+    ) -> (u16, Value) {
         let mut req = self
             .http
             .post(format!("{}{path}", self.base))

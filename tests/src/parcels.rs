@@ -29,8 +29,12 @@ pub fn tokens(cfg: &mut GatewayConfig) {
             sites: Default::default(),
         })
     };
-    cfg.api.tokens.insert(DHL_TOKEN.into(), carrier("dhl-api", "dhl"));
-    cfg.api.tokens.insert(UPS_TOKEN.into(), carrier("ups-api", "ups"));
+    cfg.api
+        .tokens
+        .insert(DHL_TOKEN.into(), carrier("dhl-api", "dhl"));
+    cfg.api
+        .tokens
+        .insert(UPS_TOKEN.into(), carrier("ups-api", "ups"));
     cfg.api.tokens.insert(
         MANAGER_TOKEN.into(),
         TokenSpec::Scoped(ScopedToken {
@@ -46,7 +50,9 @@ pub fn tokens(cfg: &mut GatewayConfig) {
 /// through the operator API.
 pub async fn setup(op: &ApiClient, cabinets: &[&str]) {
     for (id, name) in [("dhl", "DHL"), ("ups", "UPS")] {
-        let (s, b) = op.put(&format!("/v1/carriers/{id}"), json!({"name": name})).await;
+        let (s, b) = op
+            .put(&format!("/v1/carriers/{id}"), json!({"name": name}))
+            .await;
         assert_eq!(s, 200, "{b}");
     }
     let (s, b) = op
@@ -101,14 +107,12 @@ pub async fn wait_state(client: &ApiClient, id: &str, want: &str) -> Value {
 pub async fn notice(op: &ApiClient, order: &str, kind: &str) -> Value {
     eventually_async(&format!("{kind} notice for {order}"), || async {
         let (_, b) = op.get("/v1/notifications?limit=1000").await;
-        b["notifications"]
-            .as_array()
-            .and_then(|a| {
-                a.iter()
-                    .rev()
-                    .find(|n| n["order"] == order && n["kind"] == kind)
-                    .cloned()
-            })
+        b["notifications"].as_array().and_then(|a| {
+            a.iter()
+                .rev()
+                .find(|n| n["order"] == order && n["kind"] == kind)
+                .cloned()
+        })
     })
     .await
 }

@@ -16,19 +16,26 @@ use serde_json::{json, Value};
 async fn online(api: &ApiClient, id: &str) {
     eventually_async(&format!("{id} online"), || async {
         let (s, c) = api.get(&format!("/v1/cabinets/{id}")).await;
-        (s == 200 && c["online"] == json!(true) && c["compartments"].as_array().map(Vec::len) == Some(16))
-            .then_some(())
+        (s == 200
+            && c["online"] == json!(true)
+            && c["compartments"].as_array().map(Vec::len) == Some(16))
+        .then_some(())
     })
     .await;
 }
 
 /// Waits until the cabinet holds the credential set the gateway last built for it.
 async fn creds_current(api: &ApiClient, cab: &TestCabinet) {
-    eventually_async(&format!("{} holds the current credential set", cab.id), || async {
-        let (_, b) = api.get(&format!("/v1/cabinets/{}/compartments", cab.id)).await;
-        let v = b["creds_version"].as_u64().unwrap_or(0);
-        (v > 0 && cab.status().creds_version == v).then_some(())
-    })
+    eventually_async(
+        &format!("{} holds the current credential set", cab.id),
+        || async {
+            let (_, b) = api
+                .get(&format!("/v1/cabinets/{}/compartments", cab.id))
+                .await;
+            let v = b["creds_version"].as_u64().unwrap_or(0);
+            (v > 0 && cab.status().creds_version == v).then_some(())
+        },
+    )
     .await;
 }
 
@@ -66,7 +73,10 @@ async fn a_delivery_from_order_to_pickup_with_the_code_at_the_keypad() {
 
     // the courier has no badge with them: the carrier's support opens the door remotely
     let (s, r) = dhl
-        .post(&format!("/v1/orders/{id}/unlock"), json!({"reason": "courier at the door", "wait_ms": 10_000}))
+        .post(
+            &format!("/v1/orders/{id}/unlock"),
+            json!({"reason": "courier at the door", "wait_ms": 10_000}),
+        )
         .await;
     assert_eq!(s, 200, "{r}");
     assert_eq!(r["command"]["outcome"], "opened", "{r}");
@@ -82,32 +92,72 @@ async fn a_delivery_from_order_to_pickup_with_the_code_at_the_keypad() {
     assert_eq!(pin.len(), 6);
     assert!(n["qr"].as_str().is_some_and(|q| q.starts_with("QR-")));
     assert_eq!(n["site_name"], "Test site");
-    assert!(n["expires_local"].as_str().is_some_and(|t| t.ends_with("CET") || t.ends_with("CEST")), "{n}");
+    assert!(
+        n["expires_local"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("CET") || t.ends_with("CEST")),
+        "{n}"
+    );
     creds_current(&gw.api, &cab).await;
 
     // the recipient types the PIN: the door opens, the order is picked up
     let h = cab.handle.as_ref().expect("agent");
     let reply = h.scan(ScanSource::Keypad, &pin).await.expect("scan");
-    assert!(matches!(reply.access, locker_agent::Access::Pickup(x) if x.0 == c), "{reply:?}");
+    assert!(
+        matches!(reply.access, locker_agent::Access::Pickup(x) if x.0 == c),
+        "{reply:?}"
+    );
     let o = parcels::wait_state(&dhl, &id, "picked_up").await;
-    assert_eq!(states(&o), ["created", "reserved", "deposited", "ready", "picked_up"], "{o}");
-    let last = o["history"].as_array().and_then(|h| h.last()).cloned().expect("history");
+    assert_eq!(
+        states(&o),
+        ["created", "reserved", "deposited", "ready", "picked_up"],
+        "{o}"
+    );
+    let last = o["history"]
+        .as_array()
+        .and_then(|h| h.last())
+        .cloned()
+        .expect("history");
     assert_eq!(last["cause"], "local_access");
     assert_eq!(last["actor"], "recipient");
     assert_eq!(last["compartment"], c);
-    assert_eq!(cab.pulses(c), 2, "one pulse for the deposit, one for the pickup");
+    assert_eq!(
+        cab.pulses(c),
+        2,
+        "one pulse for the deposit, one for the pickup"
+    );
     // the compartment is free again and the audit trail has every step
     let (_, comps) = gw.api.get("/v1/cabinets/CAB-P1/compartments").await;
-    let slot = comps["compartments"].as_array().expect("list").iter().find(|x| x["id"] == c).cloned().expect("slot");
+    let slot = comps["compartments"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|x| x["id"] == c)
+        .cloned()
+        .expect("slot");
     assert_eq!(slot["status"], "free", "{slot}");
     let (_, audit) = dhl.get("/v1/parcel-audit").await;
-    let mine: Vec<_> = audit["records"].as_array().expect("records").iter().filter(|r| r["order"] == id.as_str()).collect();
-    assert_eq!(mine.len(), 6, "five transitions and the remote unlock: {audit}");
+    let mine: Vec<_> = audit["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter(|r| r["order"] == id.as_str())
+        .collect();
+    assert_eq!(
+        mine.len(),
+        6,
+        "five transitions and the remote unlock: {audit}"
+    );
     // the same code does not open twice
     let again = h.scan(ScanSource::Keypad, &pin).await.expect("scan");
     assert_eq!(again.access, locker_agent::Access::None);
     assert_eq!(cab.pulses(c), 2);
-    assert_eq!(gw.api.metric("locker_parcel_orders{state=\"picked_up\"}").await, 1.0);
+    assert_eq!(
+        gw.api
+            .metric("locker_parcel_orders{state=\"picked_up\"}")
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,20 +172,29 @@ async fn an_offline_pickup_after_a_cancel_ends_picked_up_with_an_exception() {
     let id = o["id"].as_str().expect("id").to_owned();
     let c = compartment(&o);
     let (s, r) = dhl
-        .post(&format!("/v1/orders/{id}/unlock"), json!({"reason": "deposit", "wait_ms": 10_000}))
+        .post(
+            &format!("/v1/orders/{id}/unlock"),
+            json!({"reason": "deposit", "wait_ms": 10_000}),
+        )
         .await;
     assert_eq!(s, 200, "{r}");
     cab.board.close_door(usize::from(c - 1)).expect("close");
     eventually("door closed", || cab.status().open_doors.is_empty()).await;
     parcels::wait_state(&dhl, &id, "ready").await;
-    let pin = parcels::notice(&gw.api, &id, "ready").await["pin"].as_str().expect("pin").to_owned();
+    let pin = parcels::notice(&gw.api, &id, "ready").await["pin"]
+        .as_str()
+        .expect("pin")
+        .to_owned();
     creds_current(&gw.api, &cab).await;
 
     // the gateway goes away; the recipient picks up from the cabinet's cache
     let stopped = gw.stop().await;
     let h = cab.handle.as_ref().expect("agent");
     let reply = h.scan(ScanSource::Keypad, &pin).await.expect("scan");
-    assert!(matches!(reply.access, locker_agent::Access::Pickup(_)), "{reply:?}");
+    assert!(
+        matches!(reply.access, locker_agent::Access::Pickup(_)),
+        "{reply:?}"
+    );
     eventually("door open", || cab.status().open_doors.len() == 1).await;
     cab.stop().await;
 
@@ -143,7 +202,9 @@ async fn an_offline_pickup_after_a_cancel_ends_picked_up_with_an_exception() {
     // so the order is to be returned)
     let gw = stopped.start().await;
     let dhl = gw.api.with_token(DHL_TOKEN);
-    let (s, o) = dhl.post(&format!("/v1/orders/{id}/cancel"), json!({})).await;
+    let (s, o) = dhl
+        .post(&format!("/v1/orders/{id}/cancel"), json!({}))
+        .await;
     assert_eq!(s, 200, "{o}");
     assert_eq!(o["state"], "return_requested");
 
@@ -193,47 +254,93 @@ async fn carriers_never_see_each_others_orders_and_scopes_hold_on_every_path() {
     assert_eq!(list["orders"], json!([]));
     // a carrier cannot create for another carrier, nor reach the operator routes
     let (s, b) = ups
-        .post("/v1/orders", json!({"site": parcels::SITE, "size": "S", "tracking": "X1", "carrier": "dhl"}))
+        .post(
+            "/v1/orders",
+            json!({"site": parcels::SITE, "size": "S", "tracking": "X1", "carrier": "dhl"}),
+        )
         .await;
     assert_eq!(s, 403, "{b}");
-    for path in ["/v1/cabinets", "/v1/cabinets/CAB-P3/events", "/v1/quarantine"] {
+    for path in [
+        "/v1/cabinets",
+        "/v1/cabinets/CAB-P3/events",
+        "/v1/quarantine",
+    ] {
         let (s, b) = ups.get(path).await;
         assert_eq!(s, 403, "{path}: {b}");
     }
     let (s, _) = ups
-        .post("/v1/cabinets/CAB-P3/commands", json!({"action": {"unlock": {"compartment": 1}}}))
+        .post(
+            "/v1/cabinets/CAB-P3/commands",
+            json!({"action": {"unlock": {"compartment": 1}}}),
+        )
         .await;
     assert_eq!(s, 403);
     let (s, _) = ups
-        .post("/v1/cabinets/CAB-P3/compartments/1/open", json!({"reason": "let me in"}))
+        .post(
+            "/v1/cabinets/CAB-P3/compartments/1/open",
+            json!({"reason": "let me in"}),
+        )
         .await;
     assert_eq!(s, 404, "a carrier cannot override");
     // the compartment list shows UPS no DHL order id
     let (s, comps) = ups.get("/v1/cabinets/CAB-P3/compartments").await;
     assert_eq!(s, 200, "{comps}");
-    assert!(comps["compartments"].as_array().expect("list").iter().all(|c| c["order"].is_null()));
+    assert!(comps["compartments"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .all(|c| c["order"].is_null()));
     // the site manager sees the site's orders and may override, with a reason only
     let (s, b) = mgr.get(&format!("/v1/orders/{id}")).await;
     assert_eq!(s, 200, "{b}");
-    let (s, b) = mgr.post("/v1/cabinets/CAB-P3/compartments/2/open", json!({"reason": ""})).await;
+    let (s, b) = mgr
+        .post(
+            "/v1/cabinets/CAB-P3/compartments/2/open",
+            json!({"reason": ""}),
+        )
+        .await;
     assert_eq!((s, b["error"].as_str()), (400, Some("reason_required")));
     let (s, b) = mgr
-        .post("/v1/cabinets/CAB-P3/compartments/2/open", json!({"reason": "cleaning", "wait_ms": 10_000}))
+        .post(
+            "/v1/cabinets/CAB-P3/compartments/2/open",
+            json!({"reason": "cleaning", "wait_ms": 10_000}),
+        )
         .await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["outcome"], "opened");
     let (_, audit) = gw.api.get("/v1/parcel-audit").await;
-    assert!(audit["records"].as_array().expect("records").iter().any(|r| r["what"] == "override_open"
-        && r["actor"] == "site-manager" && r["detail"].as_str().is_some_and(|d| d.ends_with("cleaning"))), "{audit}");
+    assert!(
+        audit["records"]
+            .as_array()
+            .expect("records")
+            .iter()
+            .any(|r| r["what"] == "override_open"
+                && r["actor"] == "site-manager"
+                && r["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.ends_with("cleaning"))),
+        "{audit}"
+    );
     // idempotency: the same key returns the same order (200, not a second order)
     let body = json!({"site": parcels::SITE, "size": "S", "tracking": "JJD0004"});
-    let (s1, a) = dhl.post_with("/v1/orders", &[("idempotency-key", "k-1")], body.clone()).await;
-    let (s2, b) = dhl.post_with("/v1/orders", &[("idempotency-key", "k-1")], body).await;
+    let (s1, a) = dhl
+        .post_with("/v1/orders", &[("idempotency-key", "k-1")], body.clone())
+        .await;
+    let (s2, b) = dhl
+        .post_with("/v1/orders", &[("idempotency-key", "k-1")], body)
+        .await;
     assert_eq!((s1, s2), (201, 200));
     assert_eq!(a["id"], b["id"]);
     // errors are JSON with a stable code and a sentence
-    let (s, b) = dhl.post(&format!("/v1/orders/{id}/extend"), json!({"hours": 5})).await;
+    let (s, b) = dhl
+        .post(&format!("/v1/orders/{id}/extend"), json!({"hours": 5}))
+        .await;
     assert_eq!(s, 409, "{b}");
     assert_eq!(b["error"], "invalid_transition");
-    assert!(b["message"].as_str().is_some_and(|m| m.contains("reserved")), "{b}");
+    assert!(
+        b["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("reserved")),
+        "{b}"
+    );
 }

@@ -54,8 +54,9 @@ pub(super) fn bad_body(e: axum::extract::rejection::JsonRejection) -> ApiError {
 }
 
 fn parse_order(id: &str) -> Result<OrderId, ApiError> {
-    id.parse()
-        .map_err(|e: locker_schemas::SlugError| ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()))
+    id.parse().map_err(|e: locker_schemas::SlugError| {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+    })
 }
 
 async fn create(
@@ -69,10 +70,14 @@ async fn create(
         order.idempotency_key = Some(k.to_owned());
     }
     let mut r = st.parcels.create(vec![order], caller).await?;
-    let (view, new) = r
-        .pop()
-        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no result"))??;
-    let status = if new { StatusCode::CREATED } else { StatusCode::OK };
+    let (view, new) = r.pop().ok_or_else(|| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no result")
+    })??;
+    let status = if new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(view)).into_response())
 }
 

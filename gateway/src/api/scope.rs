@@ -87,12 +87,18 @@ impl TokenSpec {
     /// A carrier token names its carrier; a site manager's names at least one site.
     pub fn validate(&self) -> Result<(), String> {
         match self {
-            TokenSpec::Scoped(t) if t.scope == ScopeName::Carrier && t.carrier.is_none() => Err(
-                format!("api.tokens: the carrier token {:?} needs carrier = \"<carrier id>\"", t.name),
-            ),
-            TokenSpec::Scoped(t) if t.scope == ScopeName::SiteManager && t.sites.is_empty() => Err(
-                format!("api.tokens: the site manager token {:?} needs sites = [\"<site id>\", ...]", t.name),
-            ),
+            TokenSpec::Scoped(t) if t.scope == ScopeName::Carrier && t.carrier.is_none() => {
+                Err(format!(
+                    "api.tokens: the carrier token {:?} needs carrier = \"<carrier id>\"",
+                    t.name
+                ))
+            }
+            TokenSpec::Scoped(t) if t.scope == ScopeName::SiteManager && t.sites.is_empty() => {
+                Err(format!(
+                    "api.tokens: the site manager token {:?} needs sites = [\"<site id>\", ...]",
+                    t.name
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -132,9 +138,14 @@ mod tests {
         assert_eq!(t["op-token-000000000001"].caller().scope, Scope::Operator);
         assert_eq!(
             t["dhl-token-00000000001"].caller().scope,
-            Scope::Carrier { carrier: CarrierId::new("dhl").expect("id") }
+            Scope::Carrier {
+                carrier: CarrierId::new("dhl").expect("id")
+            }
         );
-        assert!(matches!(t["mgr-token-00000000001"].caller().scope, Scope::SiteManager { .. }));
+        assert!(matches!(
+            t["mgr-token-00000000001"].caller().scope,
+            Scope::SiteManager { .. }
+        ));
         let bad: TokenSpec = toml::from_str::<std::collections::HashMap<String, TokenSpec>>(
             r#"x = { name = "n", scope = "carrier" }"#,
         )

@@ -33,12 +33,16 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/v1/cabinets/{id}/compartments", get(compartments))
         .route("/v1/cabinets/{id}/partitions", put(partition))
         .route("/v1/cabinets/{id}/compartments/{c}/service", post(service))
-        .route("/v1/cabinets/{id}/compartments/{c}/open", post(override_open))
+        .route(
+            "/v1/cabinets/{id}/compartments/{c}/open",
+            post(override_open),
+        )
 }
 
 fn slug<T: std::str::FromStr<Err = locker_schemas::SlugError>>(s: &str) -> Result<T, ApiError> {
-    s.parse()
-        .map_err(|e: locker_schemas::SlugError| ApiError::new(StatusCode::BAD_REQUEST, "bad_id", e.to_string()))
+    s.parse().map_err(|e: locker_schemas::SlugError| {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_id", e.to_string())
+    })
 }
 
 fn compartment(s: &str) -> Result<CompartmentId, ApiError> {
@@ -123,7 +127,9 @@ async fn carriers(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(json!({"carriers": st.parcels.carriers(caller).await?})))
+    Ok(Json(
+        json!({"carriers": st.parcels.carriers(caller).await?}),
+    ))
 }
 
 #[derive(Deserialize)]

@@ -10,8 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use locker_schemas::codec::{decode_uplink, encode_downlink, encode_stream};
 use locker_schemas::{
-    now_millis, CabinetId, CarrierId, CommandId, CommandResult, CourierId, Downlink,
-    DownlinkBody, DownKind, Millis, OrderId, ParcelEvent, SiteId, StreamKind, StreamMessage, Topic,
+    now_millis, CabinetId, CarrierId, CommandId, CommandResult, CourierId, DownKind, Downlink,
+    DownlinkBody, Millis, OrderId, ParcelEvent, SiteId, StreamKind, StreamMessage, Topic,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -90,8 +90,14 @@ impl Parcels {
         metrics: ParcelMetrics,
         cancel: CancellationToken,
         tracker: &TaskTracker,
-    ) -> Result<(ParcelsHandle, mpsc::Sender<Committed>, tokio::task::JoinHandle<()>), store::StoreError>
-    {
+    ) -> Result<
+        (
+            ParcelsHandle,
+            mpsc::Sender<Committed>,
+            tokio::task::JoinHandle<()>,
+        ),
+        store::StoreError,
+    > {
         let st = store.clone();
         let loaded = store::blocking(move || st.parcels().load()).await?;
         let mut state = State::new(cfg, loaded, metrics);
@@ -241,7 +247,10 @@ impl State {
             }
         }
         if replayed > 0 {
-            tracing::info!(events = replayed, "parcel domain caught up from the audit log");
+            tracing::info!(
+                events = replayed,
+                "parcel domain caught up from the audit log"
+            );
         }
         Ok(())
     }
@@ -290,9 +299,9 @@ impl State {
             .flatten()
             .filter_map(|id| self.orders.get(id));
         let couriers = self.couriers.values().filter(|c| {
-            self.carriers.get(&c.carrier).is_some_and(|k| {
-                k.sites.is_empty() || site.is_some_and(|s| k.sites.contains(s))
-            })
+            self.carriers
+                .get(&c.carrier)
+                .is_some_and(|k| k.sites.is_empty() || site.is_some_and(|s| k.sites.contains(s)))
         });
         let entries = codes::build_set(cab, orders, couriers, self.table.cabinets.get(cab), now);
         codes::split(v, entries, codes::MAX_PART_BYTES)
@@ -401,7 +410,10 @@ async fn finish(st: &mut State, store: &Store, publisher: &Publisher, deferred: 
         d();
     }
     for (cab, ev) in std::mem::take(&mut st.events) {
-        st.metrics.events.with_label_values(&[ev.state.as_str()]).inc();
+        st.metrics
+            .events
+            .with_label_values(&[ev.state.as_str()])
+            .inc();
         if let Ok(bytes) = encode_stream(&StreamMessage::Parcel(ev)) {
             publisher
                 .publish(Topic::Stream(cab, StreamKind::Parcel), Bytes::from(bytes))

@@ -179,7 +179,12 @@ impl Table {
     }
 
     /// Marks a compartment held by `order` (whatever held it before is returned).
-    pub fn hold(&mut self, cabinet: &CabinetId, c: CompartmentId, order: OrderId) -> Option<OrderId> {
+    pub fn hold(
+        &mut self,
+        cabinet: &CabinetId,
+        c: CompartmentId,
+        order: OrderId,
+    ) -> Option<OrderId> {
         let slot = self.cabinets.get_mut(cabinet)?.slots.get_mut(&c)?;
         let before = slot.holder.replace(order);
         before.filter(|b| *b != order)
@@ -327,10 +332,16 @@ mod tests {
         // UPS gets its own M before anything shared
         t.partition(&k, &[CompartmentId(1)], Some(ups.clone()));
         let o2 = OrderId::generate();
-        assert_eq!(t.allocate(&site, &all, None, &ups, S, o2), Ok((k.clone(), CompartmentId(2))));
+        assert_eq!(
+            t.allocate(&site, &all, None, &ups, S, o2),
+            Ok((k.clone(), CompartmentId(2)))
+        );
         // DHL: no M left for it; the L belongs to UPS; XL is shared
         let o3 = OrderId::generate();
-        assert_eq!(t.allocate(&site, &all, None, &dhl, M, o3), Ok((k.clone(), CompartmentId(5))));
+        assert_eq!(
+            t.allocate(&site, &all, None, &dhl, M, o3),
+            Ok((k.clone(), CompartmentId(5)))
+        );
         assert_eq!(
             t.allocate(&site, &all, None, &dhl, S, OrderId::generate()),
             Err(AllocError::NoneFree(S))
@@ -338,12 +349,26 @@ mod tests {
         // a partition change on a held compartment waits for it to empty
         let r = t.partition(&k, &[CompartmentId(5)], Some(ups.clone()));
         assert_eq!(r.pending, vec![CompartmentId(5)]);
-        assert_eq!(t.slot(&k, CompartmentId(5)).and_then(|s| s.partition.clone()), None);
+        assert_eq!(
+            t.slot(&k, CompartmentId(5))
+                .and_then(|s| s.partition.clone()),
+            None
+        );
         t.release(&k, CompartmentId(5), o3);
-        assert_eq!(t.slot(&k, CompartmentId(5)).and_then(|s| s.partition.clone()), Some(ups));
+        assert_eq!(
+            t.slot(&k, CompartmentId(5))
+                .and_then(|s| s.partition.clone()),
+            Some(ups)
+        );
         // a board offline keeps the whole cabinet out
-        t.cabinets.get_mut(&k).expect("cab").boards_offline.insert(1);
-        assert!(t.allocate(&site, &all, None, &dhl, S, OrderId::generate()).is_err());
+        t.cabinets
+            .get_mut(&k)
+            .expect("cab")
+            .boards_offline
+            .insert(1);
+        assert!(t
+            .allocate(&site, &all, None, &dhl, S, OrderId::generate())
+            .is_err());
     }
 
     #[derive(Debug, Clone)]
@@ -358,7 +383,8 @@ mod tests {
         prop_oneof![
             (0u8..4, 0u8..2).prop_map(|(s, c)| Op::Alloc(s, c)),
             (0usize..64).prop_map(Op::Release),
-            (0u8..3, 1u8..9, proptest::option::of(0u8..2)).prop_map(|(k, c, p)| Op::Partition(k, c, p)),
+            (0u8..3, 1u8..9, proptest::option::of(0u8..2))
+                .prop_map(|(k, c, p)| Op::Partition(k, c, p)),
             (0u8..3, 1u8..9, any::<bool>()).prop_map(|(k, c, b)| Op::Service(k, c, b)),
         ]
     }

@@ -46,6 +46,14 @@ impl Why {
 impl State {
     /// Stores a changed order: the batch, the indexes, the credential set of its cabinet.
     pub(crate) fn put_order(&mut self, o: Order) {
+        let before = self.orders.get(&o.id).map(|x| x.state);
+        if before != Some(o.state) {
+            let g = &self.metrics.orders;
+            if let Some(b) = before {
+                g.with_label_values(&[b.as_str()]).dec();
+            }
+            g.with_label_values(&[o.state.as_str()]).inc();
+        }
         if let Some(c) = &o.cabinet {
             self.dirty_creds.insert(c.clone());
             if o.state.is_final() {
@@ -124,7 +132,10 @@ impl State {
             }
         }
         if let Some(e) = exception {
-            self.metrics.exceptions.with_label_values(&[e.as_str()]).inc();
+            self.metrics
+                .exceptions
+                .with_label_values(&[e.as_str()])
+                .inc();
         }
         self.record(&mut o, from, why, exception);
         self.put_order(o);
@@ -188,7 +199,10 @@ impl State {
     /// Appends a non-order audit record.
     pub(crate) fn audit(&mut self, mut r: AuditRecord) {
         if r.site.is_none() {
-            r.site = r.cabinet.as_ref().and_then(|c| self.site_of.get(c).cloned());
+            r.site = r
+                .cabinet
+                .as_ref()
+                .and_then(|c| self.site_of.get(c).cloned());
         }
         r.pos = self.next_audit;
         self.next_audit += 1;
@@ -297,10 +311,21 @@ impl State {
                 .map(ParcelError::from)
                 .unwrap_or_else(|| ParcelError::Invalid("not reservable".into())));
         }
-        let (site, want, carrier, size) =
-            (o.site.clone(), o.requested_cabinet.clone(), o.carrier.clone(), o.size);
-        let candidates = self.sites.get(&site).map(|s| s.cabinets.clone()).unwrap_or_default();
-        match self.table.allocate(&site, &candidates, want.as_ref(), &carrier, size, id) {
+        let (site, want, carrier, size) = (
+            o.site.clone(),
+            o.requested_cabinet.clone(),
+            o.carrier.clone(),
+            o.size,
+        );
+        let candidates = self
+            .sites
+            .get(&site)
+            .map(|s| s.cabinets.clone())
+            .unwrap_or_default();
+        match self
+            .table
+            .allocate(&site, &candidates, want.as_ref(), &carrier, size, id)
+        {
             Ok((cab, c)) => {
                 if let Some(o) = self.orders.get_mut(&id) {
                     o.cabinet = Some(cab.clone());
@@ -353,7 +378,11 @@ impl State {
         }
         match &u.body {
             UplinkBody::Hello(h) => {
-                let comps: Vec<_> = h.compartments.iter().map(|c| (c.id, c.size.into())).collect();
+                let comps: Vec<_> = h
+                    .compartments
+                    .iter()
+                    .map(|c| (c.id, c.size.into()))
+                    .collect();
                 let orphaned = self.table.layout(&u.cabinet, &comps);
                 if let Some(site) = self.site_of.get(&u.cabinet).cloned() {
                     if let Some(k) = self.table.cabinets.get_mut(&u.cabinet) {
@@ -362,12 +391,17 @@ impl State {
                 }
                 self.cabinet_changed(&u.cabinet);
                 for id in orphaned {
-                    self.exception(id, Exception::CompartmentRemoved, &Why::new("layout", "cabinet", now));
+                    self.exception(
+                        id,
+                        Exception::CompartmentRemoved,
+                        &Why::new("layout", "cabinet", now),
+                    );
                 }
                 let held = self.creds_versions.get(&u.cabinet).copied().unwrap_or(0);
                 if h.creds_version > held {
                     // the cabinet is ahead of us (our storage was replaced): jump past it
-                    self.creds_versions.insert(u.cabinet.clone(), h.creds_version);
+                    self.creds_versions
+                        .insert(u.cabinet.clone(), h.creds_version);
                 }
                 // a changed layout is a changed set: the set goes out with the new version
                 self.retry_waiting = true;
@@ -377,7 +411,13 @@ impl State {
             UplinkBody::Alarm(a) => match a.kind {
                 AlarmKind::ForcedOpen if a.active => {
                     if let Some(c) = a.compartment {
-                        self.out_of_service(&u.cabinet, c, OutOfService::Forced, Exception::DoorForced, now);
+                        self.out_of_service(
+                            &u.cabinet,
+                            c,
+                            OutOfService::Forced,
+                            Exception::DoorForced,
+                            now,
+                        );
                     }
                 }
                 AlarmKind::LockBoardOffline => {
@@ -402,7 +442,10 @@ impl State {
         if let Some(mut o) = self.orders.get(&id).cloned() {
             o.exception = Some(e);
             o.updated_at = why.at;
-            self.metrics.exceptions.with_label_values(&[e.as_str()]).inc();
+            self.metrics
+                .exceptions
+                .with_label_values(&[e.as_str()])
+                .inc();
             let from = o.state;
             self.record(&mut o, from, why, Some(e));
             self.put_order(o);
@@ -411,14 +454,26 @@ impl State {
 
     /// A compartment failed: out of service; its order gets the exception and, if it was
     /// only reserved, a new compartment.
-    fn out_of_service(&mut self, cab: &CabinetId, c: CompartmentId, oos: OutOfService, e: Exception, now: Millis) {
+    fn out_of_service(
+        &mut self,
+        cab: &CabinetId,
+        c: CompartmentId,
+        oos: OutOfService,
+        e: Exception,
+        now: Millis,
+    ) {
         self.table.set_service(cab, c, Some(oos));
         self.cabinet_changed(cab);
         let holder = self.table.slot(cab, c).and_then(|s| s.holder);
         if let Some(id) = holder {
-            let why = Why::new("alarm", "cabinet", now).detail(format!("compartment {c}: {}", e.as_str()));
+            let why = Why::new("alarm", "cabinet", now)
+                .detail(format!("compartment {c}: {}", e.as_str()));
             self.exception(id, e, &why);
-            if self.orders.get(&id).is_some_and(|o| o.state == OrderState::Reserved) {
+            if self
+                .orders
+                .get(&id)
+                .is_some_and(|o| o.state == OrderState::Reserved)
+            {
                 let _ = self.step(id, Step::Release, &why);
                 let _ = self.reserve(id, &why);
             }
@@ -434,17 +489,26 @@ impl State {
         } else {
             a.actor.clone()
         };
-        let why = Why::new("local_access", actor, now).detail(format!("compartment {}", a.compartment));
+        let why =
+            Why::new("local_access", actor, now).detail(format!("compartment {}", a.compartment));
         let id = match a.reference.strip_prefix("tracking:") {
             Some(tracking) => self.order_by_tracking(&u.cabinet, &a.actor, tracking),
-            None => a.reference.parse::<OrderId>().ok().filter(|id| self.orders.contains_key(id)),
+            None => a
+                .reference
+                .parse::<OrderId>()
+                .ok()
+                .filter(|id| self.orders.contains_key(id)),
         };
         let Some(id) = id else {
             self.metrics.unmatched.with_label_values(&["access"]).inc();
             tracing::warn!(cabinet = %u.cabinet, reference = %a.reference, "access for an unknown order");
             if a.action == AccessAction::Deposit {
                 // a parcel nobody accounts for is inside: keep the compartment out of allocation
-                self.table.set_service(&u.cabinet, a.compartment, Some(OutOfService::UnknownParcel));
+                self.table.set_service(
+                    &u.cabinet,
+                    a.compartment,
+                    Some(OutOfService::UnknownParcel),
+                );
                 self.cabinet_changed(&u.cabinet);
             }
             self.audit(AuditRecord {
@@ -469,7 +533,9 @@ impl State {
             AccessAction::Deposit => {
                 self.move_to(id, &u.cabinet, a.compartment, &why);
                 if let Ok(true) = self.step(id, Step::Deposited, &why) {
-                    if self.orders.get(&id).is_some_and(|o| o.kind == OrderKind::Delivery && o.state == OrderState::Deposited) {
+                    if self.orders.get(&id).is_some_and(|o| {
+                        o.kind == OrderKind::Delivery && o.state == OrderState::Deposited
+                    }) {
                         let _ = self.step(id, Step::Ready, &Why::new("gateway", "gateway", now));
                     }
                 }
@@ -494,7 +560,12 @@ impl State {
         self.orders
             .values()
             .rev()
-            .find(|o| o.carrier == carrier && &o.site == site && o.tracking == tracking && !o.state.is_final())
+            .find(|o| {
+                o.carrier == carrier
+                    && &o.site == site
+                    && o.tracking == tracking
+                    && !o.state.is_final()
+            })
             .map(|o| o.id)
     }
 
@@ -502,7 +573,9 @@ impl State {
     /// moves there (the physical world wins); another order holding it only as a reservation
     /// is moved elsewhere.
     fn move_to(&mut self, id: OrderId, cab: &CabinetId, c: CompartmentId, why: &Why) {
-        let Some(o) = self.orders.get(&id) else { return };
+        let Some(o) = self.orders.get(&id) else {
+            return;
+        };
         if o.cabinet.as_ref() == Some(cab) && o.compartment == Some(c) {
             return;
         }
@@ -513,7 +586,11 @@ impl State {
         }
         if let Some(other) = self.table.hold(cab, c, id) {
             self.exception(other, Exception::CompartmentTaken, why);
-            if self.orders.get(&other).is_some_and(|o| o.state == OrderState::Reserved) {
+            if self
+                .orders
+                .get(&other)
+                .is_some_and(|o| o.state == OrderState::Reserved)
+            {
                 if let Some(o) = self.orders.get_mut(&other) {
                     o.compartment = None;
                 }
@@ -542,8 +619,12 @@ impl State {
             self.remember_result(r);
             return;
         };
-        let Some(mut o) = self.orders.get(&id).cloned() else { return };
-        let Some(p) = o.pending_unlock.take() else { return };
+        let Some(mut o) = self.orders.get(&id).cloned() else {
+            return;
+        };
+        let Some(p) = o.pending_unlock.take() else {
+            return;
+        };
         self.orders.insert(id, o.clone());
         self.batch.orders.push(o.clone());
         let why = Why::new("command", p.actor.clone(), now)
@@ -560,13 +641,21 @@ impl State {
                 }
                 if let Ok(true) = self.step(id, step, &why) {
                     if step == Step::Deposited
-                        && self.orders.get(&id).is_some_and(|o| o.kind == OrderKind::Delivery)
+                        && self
+                            .orders
+                            .get(&id)
+                            .is_some_and(|o| o.kind == OrderKind::Delivery)
                     {
                         let _ = self.step(id, Step::Ready, &Why::new("gateway", "gateway", now));
                     }
                 }
                 if let Some(cab) = o.cabinet.take() {
-                    if self.table.slot(&cab, p.compartment).and_then(|s| s.out_of_service) == Some(OutOfService::Jammed) {
+                    if self
+                        .table
+                        .slot(&cab, p.compartment)
+                        .and_then(|s| s.out_of_service)
+                        == Some(OutOfService::Jammed)
+                    {
                         self.table.set_service(&cab, p.compartment, None);
                         self.cabinet_changed(&cab);
                     }
@@ -574,7 +663,13 @@ impl State {
             }
             CmdOutcome::Jammed => {
                 if let Some(cab) = o.cabinet.clone() {
-                    self.out_of_service(&cab, p.compartment, OutOfService::Jammed, Exception::DoorJammed, now);
+                    self.out_of_service(
+                        &cab,
+                        p.compartment,
+                        OutOfService::Jammed,
+                        Exception::DoorJammed,
+                        now,
+                    );
                 }
             }
             _ => {
@@ -595,7 +690,9 @@ impl State {
         let before = u64::from(self.cfg.reminder_before_h) * HOUR_MS;
         for o in self.orders.values() {
             match o.state {
-                OrderState::Reserved if o.reserved_until.is_some_and(|t| now >= t) => lapsed.push(o.id),
+                OrderState::Reserved if o.reserved_until.is_some_and(|t| now >= t) => {
+                    lapsed.push(o.id)
+                }
                 OrderState::Ready => match o.pickup_deadline {
                     Some(t) if now >= t => expire.push(o.id),
                     Some(t) if before > 0 && !o.reminded && now + before >= t => remind.push(o.id),
@@ -605,7 +702,11 @@ impl State {
             }
         }
         for id in lapsed {
-            let _ = self.step(id, Step::Release, &timer.clone().detail("reservation lapsed"));
+            let _ = self.step(
+                id,
+                Step::Release,
+                &timer.clone().detail("reservation lapsed"),
+            );
         }
         for id in expire {
             let _ = self.step(id, Step::Expire, &timer);

@@ -273,7 +273,10 @@ mod tests {
         assert!(parts.len() > 1, "{} parts", parts.len());
         let mut back = Vec::new();
         for (i, p) in parts.iter().enumerate() {
-            assert_eq!((p.part as usize, p.parts as usize, p.version), (i, parts.len(), 9));
+            assert_eq!(
+                (p.part as usize, p.parts as usize, p.version),
+                (i, parts.len(), 9)
+            );
             let len = encoded_len(p);
             assert!(len <= MAX_PART_BYTES, "part {i}: {len} bytes");
             back.extend(p.entries.clone());

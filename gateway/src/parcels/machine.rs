@@ -185,7 +185,10 @@ mod tests {
         }
         // a return: reserved for the drop-off, deposited by the customer, collected
         let r = OrderKind::Return;
-        assert_eq!(next(r, Deposited, Step::Collected), Ok(Outcome::Next(Returned, None)));
+        assert_eq!(
+            next(r, Deposited, Step::Collected),
+            Ok(Outcome::Next(Returned, None))
+        );
         assert!(next(r, Deposited, Step::Ready).is_err());
     }
 
@@ -194,15 +197,24 @@ mod tests {
         use OrderState::*;
         let k = OrderKind::Delivery;
         // cancelled at the API (parcel inside -> return requested), picked up offline
-        assert_eq!(next(k, Ready, Step::Cancel), Ok(Outcome::Next(ReturnRequested, None)));
+        assert_eq!(
+            next(k, Ready, Step::Cancel),
+            Ok(Outcome::Next(ReturnRequested, None))
+        );
         assert_eq!(
             next(k, ReturnRequested, Step::PickedUp),
-            Ok(Outcome::Next(PickedUp, Some(Exception::PickedUpAfterCancel)))
+            Ok(Outcome::Next(
+                PickedUp,
+                Some(Exception::PickedUpAfterCancel)
+            ))
         );
         // cancelled before the deposit, deposited offline
         assert_eq!(
             next(k, Cancelled, Step::Deposited),
-            Ok(Outcome::Next(ReturnRequested, Some(Exception::DepositedAfterCancel)))
+            Ok(Outcome::Next(
+                ReturnRequested,
+                Some(Exception::DepositedAfterCancel)
+            ))
         );
         let e = next(k, PickedUp, Step::Cancel).expect_err("refused");
         assert_eq!(e.to_string(), "the order is picked_up; cancelling needs it to be created, reserved, deposited or ready");

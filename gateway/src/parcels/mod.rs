@@ -179,7 +179,9 @@ type Reply<T> = oneshot::Sender<Result<T, ParcelError>>;
 pub enum OrderAction {
     Cancel,
     /// Adds `hours` to the pickup window (an expired order becomes ready again, new code).
-    Extend { hours: u32 },
+    Extend {
+        hours: u32,
+    },
     /// A new code is issued and sent (the old one stops working).
     ResendCode,
     RequestReturn,
@@ -204,7 +206,11 @@ pub(crate) enum Msg {
     PutCourier(Courier, Caller, Reply<views::CourierView>),
     RemoveCourier(CourierId, Caller, Reply<()>),
     Couriers(Option<CarrierId>, Caller, Reply<Vec<views::CourierView>>),
-    Create(Vec<NewOrder>, Caller, oneshot::Sender<Vec<Result<(OrderView, bool), ParcelError>>>),
+    Create(
+        Vec<NewOrder>,
+        Caller,
+        oneshot::Sender<Vec<Result<(OrderView, bool), ParcelError>>>,
+    ),
     Get(OrderId, Caller, Reply<OrderView>),
     List(OrderFilter, Caller, Reply<Vec<OrderView>>),
     Act(OrderId, OrderAction, Caller, Reply<OrderView>),
@@ -216,8 +222,21 @@ pub(crate) enum Msg {
         reason: String,
         caller: Caller,
     },
-    Partition(CabinetId, Vec<CompartmentId>, Option<CarrierId>, Caller, Reply<PartitionReport>),
-    Service(CabinetId, CompartmentId, Option<OutOfService>, String, Caller, Reply<CompartmentView>),
+    Partition(
+        CabinetId,
+        Vec<CompartmentId>,
+        Option<CarrierId>,
+        Caller,
+        Reply<PartitionReport>,
+    ),
+    Service(
+        CabinetId,
+        CompartmentId,
+        Option<OutOfService>,
+        String,
+        Caller,
+        Reply<CompartmentView>,
+    ),
     Compartments(CabinetId, Caller, Reply<(Vec<CompartmentView>, u64)>),
     Occupancy(SiteId, Caller, Reply<views::SiteOccupancy>),
     CheckOverride(CabinetId, CompartmentId, Caller, Reply<()>),

@@ -69,7 +69,10 @@ impl State {
             }
             Msg::RemoveCourier(id, c, tx) => {
                 let r = match self.couriers.get(&id) {
-                    Some(k) if c.scope == Scope::Operator || matches!(&c.scope, Scope::Carrier { carrier } if *carrier == k.carrier) => {
+                    Some(k)
+                        if c.scope == Scope::Operator
+                            || matches!(&c.scope, Scope::Carrier { carrier } if *carrier == k.carrier) =>
+                    {
                         self.couriers.remove(&id);
                         self.batch.removed_couriers.push(id);
                         self.all_creds_dirty();
@@ -143,7 +146,11 @@ impl State {
             }
             Msg::Occupancy(site, c, tx) => {
                 let r = if c.scope.sees_site(&site) && self.sites.contains_key(&site) {
-                    let cabinets = self.sites.get(&site).map(|s| s.cabinets.clone()).unwrap_or_default();
+                    let cabinets = self
+                        .sites
+                        .get(&site)
+                        .map(|s| s.cabinets.clone())
+                        .unwrap_or_default();
                     Ok(SiteOccupancy {
                         site,
                         cabinets: cabinets
@@ -173,7 +180,9 @@ impl State {
                     if known {
                         Ok(())
                     } else {
-                        Err(ParcelError::NotFound(format!("compartment {comp} of {cab}")))
+                        Err(ParcelError::NotFound(format!(
+                            "compartment {comp} of {cab}"
+                        )))
                     }
                 });
                 defer(d, tx, r)
@@ -330,13 +339,18 @@ impl State {
                 )));
             }
         }
-        if n.tracking.is_empty() || n.tracking.len() > 64 || n.tracking.chars().any(char::is_control) {
+        if n.tracking.is_empty()
+            || n.tracking.len() > 64
+            || n.tracking.chars().any(char::is_control)
+        {
             return Err(ParcelError::Invalid(
                 "tracking: 1 to 64 printable characters (the parcel barcode)".into(),
             ));
         }
         if n.pickup_window_h == Some(0) {
-            return Err(ParcelError::Invalid("pickup_window_h must be above 0".into()));
+            return Err(ParcelError::Invalid(
+                "pickup_window_h must be above 0".into(),
+            ));
         }
         let window = n
             .pickup_window_h
@@ -380,7 +394,10 @@ impl State {
             // no compartment free: the order is kept (created, no_compartment) and waits
             let _ = self.reserve(id, &why);
         }
-        let o = self.orders.get(&id).ok_or_else(|| ParcelError::NotFound(format!("order {id}")))?;
+        let o = self
+            .orders
+            .get(&id)
+            .ok_or_else(|| ParcelError::NotFound(format!("order {id}")))?;
         Ok((OrderView::from(o), true))
     }
 
@@ -429,7 +446,14 @@ impl State {
                     return Err(ParcelError::Invalid("hours: 1 to 720".into()));
                 }
                 machine::next(o.kind, o.state, Step::Extend)?;
-                let base = o.pickup_deadline.unwrap_or(now).max(if o.state == OrderState::Expired { now } else { 0 });
+                let base =
+                    o.pickup_deadline
+                        .unwrap_or(now)
+                        .max(if o.state == OrderState::Expired {
+                            now
+                        } else {
+                            0
+                        });
                 if let Some(x) = self.orders.get_mut(&id) {
                     x.pickup_deadline = Some(base + u64::from(hours) * HOUR_MS);
                     x.reminded = false;
@@ -438,12 +462,22 @@ impl State {
                 self.step(id, Step::Extend, &why)?;
             }
             OrderAction::ResendCode => match (o.kind, o.state) {
-                (OrderKind::Delivery, OrderState::Ready) | (OrderKind::Return, OrderState::Reserved) => {
+                (OrderKind::Delivery, OrderState::Ready)
+                | (OrderKind::Return, OrderState::Reserved) => {
                     let mut x = o.clone();
-                    let kind = if o.kind == OrderKind::Return { NoticeKind::ReturnCode } else { NoticeKind::Resend };
+                    let kind = if o.kind == OrderKind::Return {
+                        NoticeKind::ReturnCode
+                    } else {
+                        NoticeKind::Resend
+                    };
                     self.reissue(&mut x, kind, now);
                     let from = x.state;
-                    self.record(&mut x, from, &why.detail("code resent (the old code no longer works)"), None);
+                    self.record(
+                        &mut x,
+                        from,
+                        &why.detail("code resent (the old code no longer works)"),
+                        None,
+                    );
                     self.put_order(x);
                 }
                 _ => {
@@ -536,7 +570,9 @@ impl State {
         reason: String,
         c: Caller,
     ) {
-        let Some(mut o) = self.orders.get(&id).cloned() else { return };
+        let Some(mut o) = self.orders.get(&id).cloned() else {
+            return;
+        };
         let purpose = self
             .unlock_target(id, &c)
             .map(|t| t.purpose)
@@ -550,7 +586,8 @@ impl State {
             purpose: purpose.into(),
         });
         let from = o.state;
-        let why = Why::new("api", c.client.clone(), now).detail(format!("remote unlock {command} for {purpose}: {reason}"));
+        let why = Why::new("api", c.client.clone(), now)
+            .detail(format!("remote unlock {command} for {purpose}: {reason}"));
         self.record(&mut o, from, &why, None);
         self.put_order(o);
         if let Some(r) = self.recent_results.remove(&command) {
@@ -595,7 +632,9 @@ impl State {
             exception: None,
             detail: format!(
                 "to {}: applied {:?}, pending {:?}",
-                carrier.as_ref().map_or("shared pool".into(), |k| k.to_string()),
+                carrier
+                    .as_ref()
+                    .map_or("shared pool".into(), |k| k.to_string()),
                 r.applied.iter().map(|c| c.0).collect::<Vec<_>>(),
                 r.pending.iter().map(|c| c.0).collect::<Vec<_>>()
             ),
@@ -618,7 +657,9 @@ impl State {
             _ => return Err(ParcelError::NotFound(format!("cabinet {cab}"))),
         }
         if !self.table.set_service(&cab, comp, out) {
-            return Err(ParcelError::NotFound(format!("compartment {comp} of {cab}")));
+            return Err(ParcelError::NotFound(format!(
+                "compartment {comp} of {cab}"
+            )));
         }
         self.cabinet_changed(&cab);
         self.retry_waiting = true;
@@ -632,7 +673,14 @@ impl State {
             cabinet: Some(cab.clone()),
             compartment: Some(comp),
             from: None,
-            to: Some(if out.is_some() { "out_of_service" } else { "in_service" }.into()),
+            to: Some(
+                if out.is_some() {
+                    "out_of_service"
+                } else {
+                    "in_service"
+                }
+                .into(),
+            ),
             cause: "api".into(),
             actor: c.client.clone(),
             exception: None,
@@ -644,13 +692,20 @@ impl State {
             .ok_or_else(|| ParcelError::NotFound(format!("compartment {comp} of {cab}")))
     }
 
-    fn compartments(&self, cab: &CabinetId, c: &Caller) -> Result<Vec<CompartmentView>, ParcelError> {
+    fn compartments(
+        &self,
+        cab: &CabinetId,
+        c: &Caller,
+    ) -> Result<Vec<CompartmentView>, ParcelError> {
         let site = self.site_of.get(cab);
         let carrier = match (&c.scope, site) {
             (Scope::Operator, _) => None,
             (Scope::SiteManager { sites }, Some(s)) if sites.contains(s) => None,
             (Scope::Carrier { carrier }, Some(s))
-                if self.carriers.get(carrier).is_some_and(|k| k.sites.is_empty() || k.sites.contains(s)) =>
+                if self
+                    .carriers
+                    .get(carrier)
+                    .is_some_and(|k| k.sites.is_empty() || k.sites.contains(s)) =>
             {
                 Some(carrier)
             }
@@ -663,7 +718,9 @@ impl State {
             .slots
             .iter()
             // a carrier sees the shared pool and its own partition, never another's
-            .filter(|(_, s)| carrier.is_none() || s.partition.is_none() || s.partition.as_ref() == carrier)
+            .filter(|(_, s)| {
+                carrier.is_none() || s.partition.is_none() || s.partition.as_ref() == carrier
+            })
             .map(|(id, s)| {
                 let order = s.holder.and_then(|h| self.orders.get(&h));
                 let status = if s.out_of_service.is_some() {
@@ -682,7 +739,9 @@ impl State {
                     out_of_service: s.out_of_service,
                     partition: s.partition.clone(),
                     pending_partition: s.pending_partition.clone(),
-                    order: order.filter(|o| c.scope.sees(&o.carrier, &o.site)).map(|o| o.id),
+                    order: order
+                        .filter(|o| c.scope.sees(&o.carrier, &o.site))
+                        .map(|o| o.id),
                 }
             })
             .collect())

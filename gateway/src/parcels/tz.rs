@@ -24,7 +24,13 @@ mod tests {
         assert!(!super::valid("Mars/Olympus"));
         // 2026-12-03T17:00:00Z
         let t = 1_796_317_200_000;
-        assert_eq!(super::local_time(t, "Europe/Berlin").as_deref(), Some("2026-12-03 18:00 CET"));
-        assert_eq!(super::local_time(t, "UTC").as_deref(), Some("2026-12-03 17:00 UTC"));
+        assert_eq!(
+            super::local_time(t, "Europe/Berlin").as_deref(),
+            Some("2026-12-03 18:00 CET")
+        );
+        assert_eq!(
+            super::local_time(t, "UTC").as_deref(),
+            Some("2026-12-03 17:00 UTC")
+        );
     }
 }
