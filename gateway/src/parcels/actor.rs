@@ -123,7 +123,7 @@ impl Parcels {
 }
 
 impl State {
-    fn new(cfg: ParcelsConfig, l: Loaded, metrics: ParcelMetrics) -> Self {
+    pub(crate) fn new(cfg: ParcelsConfig, l: Loaded, metrics: ParcelMetrics) -> Self {
         let mut s = State {
             cfg,
             sites: BTreeMap::new(),

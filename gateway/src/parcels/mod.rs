@@ -15,6 +15,8 @@ pub mod codes;
 pub mod machine;
 pub mod model;
 mod ops;
+#[cfg(test)]
+mod tests;
 pub mod tz;
 pub mod views;
 
