@@ -10,8 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use locker_schemas::codec::{decode_uplink, encode_downlink, encode_stream};
 use locker_schemas::{
-    now_millis, CabinetId, CarrierId, CommandId, CommandResult, CourierId, DownKind, Downlink,
-    DownlinkBody, Millis, OrderId, ParcelEvent, SiteId, StreamKind, StreamMessage, Topic,
+    now_millis, CabinetId, CarrierId, CommandId, CourierId, DownKind, Downlink, DownlinkBody,
+    Millis, OrderId, ParcelEvent, SiteId, StreamKind, StreamMessage, Topic,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -29,8 +29,6 @@ use crate::store::{self, Store};
 
 /// Messages taken per batch at most.
 const BATCH: usize = 512;
-/// Command results kept for matching an unlock registered after its result arrived.
-const RECENT_RESULTS: usize = 4096;
 
 /// The state the actor owns.
 pub(crate) struct State {
@@ -55,14 +53,12 @@ pub(crate) struct State {
     /// Sets that could not be handed to an online cabinet: retried on the next tick.
     pub resend: BTreeSet<CabinetId>,
     pub online: HashSet<CabinetId>,
-    pub recent_results: HashMap<CommandId, CommandResult>,
     /// Remote unlocks of orders waiting for their result.
     pub pending_cmds: HashMap<CommandId, OrderId>,
     /// A compartment was freed: orders waiting for one try again on the next tick.
     pub retry_waiting: bool,
     /// Sets a cabinet's session did not take are retried (set by the tick).
     pub retry_due: bool,
-    pub recent_order: std::collections::VecDeque<CommandId>,
     pub next_notice: u64,
     pub next_audit: u64,
     pub initialized: bool,
@@ -141,11 +137,9 @@ impl State {
             dirty_creds: BTreeSet::new(),
             resend: BTreeSet::new(),
             online: HashSet::new(),
-            recent_results: HashMap::new(),
             pending_cmds: HashMap::new(),
             retry_waiting: true,
             retry_due: false,
-            recent_order: Default::default(),
             next_notice: l.next_notice.max(1),
             next_audit: l.next_audit.max(1),
             initialized: l.initialized,
@@ -253,18 +247,6 @@ impl State {
             );
         }
         Ok(())
-    }
-
-    /// Remembers a command result no unlock claimed (yet).
-    pub fn remember_result(&mut self, r: CommandResult) {
-        if self.recent_results.insert(r.command, r.clone()).is_none() {
-            self.recent_order.push_back(r.command);
-        }
-        while self.recent_order.len() > RECENT_RESULTS {
-            if let Some(old) = self.recent_order.pop_front() {
-                self.recent_results.remove(&old);
-            }
-        }
     }
 
     /// Bumps the versions of the changed credential sets into the batch; returns them to send.

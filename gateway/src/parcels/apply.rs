@@ -18,6 +18,10 @@ use super::{ParcelError, HOUR_MS};
 use crate::ingest::Commit;
 use crate::store::parcels::AuditRecord;
 
+/// A prepared remote unlock with no result after this long is forgotten (its command either
+/// never came to be, or ended without an answer: the dispatcher gives up well before).
+const STALE_UNLOCK_MS: Millis = 6 * HOUR_MS;
+
 /// Who and what caused a change.
 #[derive(Debug, Clone)]
 pub(crate) struct Why {
@@ -616,8 +620,7 @@ impl State {
     /// A command result: the end of a remote unlock of an order, if it was one.
     pub(crate) fn on_result(&mut self, r: locker_schemas::CommandResult, now: Millis) {
         let Some(id) = self.pending_cmds.remove(&r.command) else {
-            self.remember_result(r);
-            return;
+            return; // not a remote unlock of an order
         };
         let Some(mut o) = self.orders.get(&id).cloned() else {
             return;
@@ -717,6 +720,31 @@ impl State {
                 self.notice(&o, NoticeKind::Reminder, None, None, now);
                 self.batch.orders.push(o.clone());
                 self.orders.insert(id, o);
+            }
+        }
+        // a prepared unlock whose command never came to be (a crash between the two)
+        let stale: Vec<OrderId> = self
+            .orders
+            .values()
+            .filter(|o| {
+                o.pending_unlock
+                    .as_ref()
+                    .is_some_and(|p| now > p.issued_at + STALE_UNLOCK_MS)
+            })
+            .map(|o| o.id)
+            .collect();
+        for id in stale {
+            if let Some(mut o) = self.orders.get(&id).cloned() {
+                if let Some(p) = o.pending_unlock.take() {
+                    self.pending_cmds.remove(&p.command);
+                    let from = o.state;
+                    let why = timer.clone().detail(format!(
+                        "remote unlock {} ended without an outcome",
+                        p.command
+                    ));
+                    self.record(&mut o, from, &why, None);
+                    self.put_order(o);
+                }
             }
         }
         if std::mem::take(&mut self.retry_waiting) {

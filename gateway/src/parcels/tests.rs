@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 
 use locker_schemas::{
-    AccessAction, CabinetId, CommandId, CommandResult, CompartmentId, CompartmentInfo, CredKind,
-    Hello, LocalAccess, NetworkKind, Outcome as CmdOutcome, ScanSource, Size, Uplink, UplinkBody,
+    AccessAction, CabinetId, CommandResult, CompartmentId, CompartmentInfo, CredKind, Hello,
+    LocalAccess, NetworkKind, Outcome as CmdOutcome, ScanSource, Size, Uplink, UplinkBody,
 };
 use proptest::prelude::*;
 use tokio::sync::oneshot;
@@ -158,7 +158,13 @@ impl World {
         );
     }
 
-    fn order(&mut self, c: &str, size: SizeName, kind: OrderKind, tracking: &str) -> super::OrderView {
+    fn order(
+        &mut self,
+        c: &str,
+        size: SizeName,
+        kind: OrderKind,
+        tracking: &str,
+    ) -> super::OrderView {
         let n = NewOrder {
             kind,
             site: "s".parse().expect("site"),
@@ -182,7 +188,15 @@ impl World {
         r.pop().expect("one").expect("created").0
     }
 
-    fn access(&mut self, k: u32, c: u16, action: AccessAction, reference: String, actor: &str, now: u64) {
+    fn access(
+        &mut self,
+        k: u32,
+        c: u16,
+        action: AccessAction,
+        reference: String,
+        actor: &str,
+        now: u64,
+    ) {
         self.uplink(
             k,
             UplinkBody::Access(LocalAccess {
@@ -202,12 +216,22 @@ impl World {
 
     fn place(&self, id: locker_schemas::OrderId) -> (u32, u16) {
         let o = self.get(id);
-        let k = o.cabinet.as_ref().expect("cabinet").as_str()[4..].parse().expect("n");
+        let k = o.cabinet.as_ref().expect("cabinet").as_str()[4..]
+            .parse()
+            .expect("n");
         (k, o.compartment.expect("compartment").0)
     }
 
     fn notices(&self, kind: NoticeKind) -> usize {
-        self.st.metrics.notices.with_label_values(&[&serde_json::to_value(kind).expect("k").as_str().expect("s").to_owned()]).get() as usize
+        self.st
+            .metrics
+            .notices
+            .with_label_values(&[&serde_json::to_value(kind)
+                .expect("k")
+                .as_str()
+                .expect("s")
+                .to_owned()])
+            .get() as usize
     }
 
     /// The invariant: every live order holding a compartment is its slot's holder, and no
@@ -216,15 +240,29 @@ impl World {
         let mut seen = HashMap::new();
         for o in self.st.orders.values() {
             if super::machine::holds_compartment(o.state) {
-                let key = (o.cabinet.clone().expect("cabinet"), o.compartment.expect("compartment"));
-                assert!(seen.insert(key.clone(), o.id).is_none(), "two live orders in {key:?}");
-                assert_eq!(self.st.table.slot(&key.0, key.1).and_then(|s| s.holder), Some(o.id), "{key:?}");
+                let key = (
+                    o.cabinet.clone().expect("cabinet"),
+                    o.compartment.expect("compartment"),
+                );
+                assert!(
+                    seen.insert(key.clone(), o.id).is_none(),
+                    "two live orders in {key:?}"
+                );
+                assert_eq!(
+                    self.st.table.slot(&key.0, key.1).and_then(|s| s.holder),
+                    Some(o.id),
+                    "{key:?}"
+                );
             }
         }
         for (k, slots) in &self.st.table.cabinets {
             for (c, s) in &slots.slots {
                 if let Some(h) = s.holder {
-                    assert_eq!(seen.get(&(k.clone(), *c)), Some(&h), "stale holder in {k} {c}");
+                    assert_eq!(
+                        seen.get(&(k.clone(), *c)),
+                        Some(&h),
+                        "stale holder in {k} {c}"
+                    );
                 }
             }
         }
@@ -235,9 +273,17 @@ impl World {
 fn a_lapsed_reservation_frees_its_compartment_for_a_waiting_order() {
     let mut w = World::new();
     // 8 compartments in all: the 9th order waits
-    let ids: Vec<_> = (0..9).map(|i| w.order("dhl", SizeName::S, OrderKind::Delivery, &format!("T{i}")).id).collect();
+    let ids: Vec<_> = (0..9)
+        .map(|i| {
+            w.order("dhl", SizeName::S, OrderKind::Delivery, &format!("T{i}"))
+                .id
+        })
+        .collect();
     assert_eq!(w.get(ids[8]).state, OrderState::Created);
-    assert_eq!(w.get(ids[8]).exception, Some(super::model::Exception::NoCompartment));
+    assert_eq!(
+        w.get(ids[8]).exception,
+        Some(super::model::Exception::NoCompartment)
+    );
     // the smallest first: the S compartments went to the first two
     assert_eq!(w.place(ids[0]).1, 1);
     w.check();
@@ -246,7 +292,12 @@ fn a_lapsed_reservation_frees_its_compartment_for_a_waiting_order() {
     w.st.on_tick(T0 + 25 * HOUR_MS + 2);
     w.check();
     assert_eq!(w.get(ids[0]).state, OrderState::Created);
-    assert!(w.st.orders.values().any(|o| o.state == OrderState::Reserved), "the waiting order is reserved");
+    assert!(
+        w.st.orders
+            .values()
+            .any(|o| o.state == OrderState::Reserved),
+        "the waiting order is reserved"
+    );
     assert_eq!(w.get(ids[8]).exception, None);
 }
 
@@ -261,7 +312,15 @@ fn ready_reminded_expired_then_collected_by_the_carrier() {
     let deadline = w.get(o.id).pickup_deadline.expect("deadline");
     // the pickup code is in the cabinet's set, with its expiry
     let set = w.st.creds_parts(&cab(k), 1, T0);
-    assert_eq!(set[0].entries.iter().filter(|e| e.kind == CredKind::Pickup).count(), 2, "PIN and QR");
+    assert_eq!(
+        set[0]
+            .entries
+            .iter()
+            .filter(|e| e.kind == CredKind::Pickup)
+            .count(),
+        2,
+        "PIN and QR"
+    );
     w.st.on_tick(deadline - 23 * HOUR_MS);
     assert_eq!(w.notices(NoticeKind::Reminder), 1);
     w.st.on_tick(deadline - 22 * HOUR_MS);
@@ -270,17 +329,37 @@ fn ready_reminded_expired_then_collected_by_the_carrier() {
     assert_eq!(w.get(o.id).state, OrderState::Expired);
     assert_eq!(w.notices(NoticeKind::Expired), 1);
     let set = w.st.creds_parts(&cab(k), 2, T0);
-    assert!(set[0].entries.iter().all(|e| e.kind != CredKind::Pickup), "the code no longer opens");
-    assert!(set[0].entries.iter().any(|e| e.kind == CredKind::Collect && e.compartment == Some(CompartmentId(c)) && e.carrier == "dhl"));
+    assert!(
+        set[0].entries.iter().all(|e| e.kind != CredKind::Pickup),
+        "the code no longer opens"
+    );
+    assert!(set[0].entries.iter().any(|e| e.kind == CredKind::Collect
+        && e.compartment == Some(CompartmentId(c))
+        && e.carrier == "dhl"));
     // extend: ready again with a new code
-    w.call(|tx| Msg::Act(o.id, OrderAction::Extend { hours: 24 }, op(), tx)).expect("extend");
+    w.call(|tx| Msg::Act(o.id, OrderAction::Extend { hours: 24 }, op(), tx))
+        .expect("extend");
     assert_eq!(w.get(o.id).state, OrderState::Ready);
     assert_eq!(w.notices(NoticeKind::Resend), 1);
-    w.call(|tx| Msg::Act(o.id, OrderAction::RequestReturn, carrier("dhl"), tx)).expect("return");
-    w.access(k, c, AccessAction::Collect, o.id.to_string(), "dhl-c1", T0 + 100);
+    w.call(|tx| Msg::Act(o.id, OrderAction::RequestReturn, carrier("dhl"), tx))
+        .expect("return");
+    w.access(
+        k,
+        c,
+        AccessAction::Collect,
+        o.id.to_string(),
+        "dhl-c1",
+        T0 + 100,
+    );
     assert_eq!(w.get(o.id).state, OrderState::Returned);
     w.check();
-    assert!(w.st.table.slot(&cab(k), CompartmentId(c)).expect("slot").holder.is_none());
+    assert!(w
+        .st
+        .table
+        .slot(&cab(k), CompartmentId(c))
+        .expect("slot")
+        .holder
+        .is_none());
 }
 
 #[test]
@@ -291,11 +370,21 @@ fn a_return_is_dropped_off_with_its_code_and_collected() {
     assert_eq!(w.notices(NoticeKind::ReturnCode), 1);
     let (k, c) = w.place(o.id);
     let set = w.st.creds_parts(&cab(k), 1, T0);
-    assert!(set[0].entries.iter().any(|e| e.kind == CredKind::DropOff && e.compartment == Some(CompartmentId(c))));
+    assert!(set[0]
+        .entries
+        .iter()
+        .any(|e| e.kind == CredKind::DropOff && e.compartment == Some(CompartmentId(c))));
     w.access(k, c, AccessAction::Deposit, o.id.to_string(), "", T0);
-    assert_eq!(w.get(o.id).state, OrderState::Deposited, "a return is not 'ready'");
+    assert_eq!(
+        w.get(o.id).state,
+        OrderState::Deposited,
+        "a return is not 'ready'"
+    );
     let set = w.st.creds_parts(&cab(k), 2, T0);
-    assert!(set[0].entries.iter().any(|e| e.kind == CredKind::Collect && e.carrier == "ups"));
+    assert!(set[0]
+        .entries
+        .iter()
+        .any(|e| e.kind == CredKind::Collect && e.carrier == "ups"));
     w.access(k, c, AccessAction::Collect, o.id.to_string(), "ups-c1", T0);
     assert_eq!(w.get(o.id).state, OrderState::Returned);
     w.check();
@@ -311,18 +400,47 @@ fn a_deposit_in_a_bigger_compartment_moves_the_order_and_the_reservation_it_took
     assert_eq!((ka, ca), (0, 1));
     assert_eq!(cb, 4, "the L");
     // A did not fit its S: the courier used the L that B had reserved, in B's cabinet
-    w.access(kb, cb, AccessAction::Deposit, a.id.to_string(), "dhl-c1", T0);
+    w.access(
+        kb,
+        cb,
+        AccessAction::Deposit,
+        a.id.to_string(),
+        "dhl-c1",
+        T0,
+    );
     let oa = w.get(a.id);
-    assert_eq!((oa.state, oa.exception), (OrderState::Ready, Some(super::model::Exception::TooSmall)));
+    assert_eq!(
+        (oa.state, oa.exception),
+        (OrderState::Ready, Some(super::model::Exception::TooSmall))
+    );
     assert_eq!(w.place(a.id), (kb, cb));
     let ob = w.get(b.id);
-    assert_eq!(ob.exception, Some(super::model::Exception::CompartmentTaken));
+    assert_eq!(
+        ob.exception,
+        Some(super::model::Exception::CompartmentTaken)
+    );
     assert_eq!(ob.state, OrderState::Reserved, "B was moved");
     assert_ne!(w.place(b.id), (kb, cb));
     w.check();
     // the same report again (a replay) changes nothing
     let before = w.get(a.id).history.len();
-    w.st.apply_uplink(0, &Uplink { cabinet: cab(kb), boot: 1, seq: 99, ts: T0, body: UplinkBody::Access(LocalAccess { compartment: CompartmentId(cb), action: AccessAction::Deposit, reference: a.id.to_string(), source: ScanSource::Barcode, actor: "dhl-c1".into() }) }, T0);
+    w.st.apply_uplink(
+        0,
+        &Uplink {
+            cabinet: cab(kb),
+            boot: 1,
+            seq: 99,
+            ts: T0,
+            body: UplinkBody::Access(LocalAccess {
+                compartment: CompartmentId(cb),
+                action: AccessAction::Deposit,
+                reference: a.id.to_string(),
+                source: ScanSource::Barcode,
+                actor: "dhl-c1".into(),
+            }),
+        },
+        T0,
+    );
     assert_eq!(w.get(a.id).history.len(), before);
 }
 
@@ -332,12 +450,31 @@ fn a_parcel_the_cabinet_did_not_know_is_matched_by_its_tracking_number() {
     let o = w.order("dhl", SizeName::M, OrderKind::Delivery, "JJD-77");
     let (k, _) = w.place(o.id);
     // deposited offline into compartment 3 by a DHL courier who picked a size
-    w.access(k, 3, AccessAction::Deposit, "tracking:JJD-77".into(), "dhl-c1", T0);
+    w.access(
+        k,
+        3,
+        AccessAction::Deposit,
+        "tracking:JJD-77".into(),
+        "dhl-c1",
+        T0,
+    );
     assert_eq!(w.get(o.id).state, OrderState::Ready);
     assert_eq!(w.place(o.id), (k, 3));
     // an unknown parcel keeps its compartment out of allocation
-    w.access(1, 2, AccessAction::Deposit, "tracking:NOPE".into(), "dhl-c1", T0);
-    assert!(w.st.table.slot(&cab(1), CompartmentId(2)).and_then(|s| s.out_of_service).is_some());
+    w.access(
+        1,
+        2,
+        AccessAction::Deposit,
+        "tracking:NOPE".into(),
+        "dhl-c1",
+        T0,
+    );
+    assert!(w
+        .st
+        .table
+        .slot(&cab(1), CompartmentId(2))
+        .and_then(|s| s.out_of_service)
+        .is_some());
     w.check();
 }
 
@@ -346,14 +483,34 @@ fn a_jammed_door_takes_its_compartment_out_and_the_order_moves() {
     let mut w = World::new();
     let o = w.order("dhl", SizeName::S, OrderKind::Delivery, "J1");
     let (k, c) = w.place(o.id);
-    let cmd = CommandId::generate();
-    w.st.on_msg(Msg::UnlockIssued { order: o.id, command: cmd, compartment: CompartmentId(c), reason: "courier".into(), caller: carrier("dhl") }, &mut Vec::new());
-    w.uplink(k, UplinkBody::Result(CommandResult { command: cmd, outcome: CmdOutcome::Jammed, detail: String::new() }), T0);
+    let t = w
+        .call(|tx| Msg::PrepareUnlock(o.id, "courier at the door".into(), carrier("dhl"), tx))
+        .expect("prepared");
+    assert_eq!((t.compartment, t.purpose), (CompartmentId(c), "deposit"));
+    let cmd = t.command;
+    // a second remote unlock while the first waits is refused
+    assert!(w
+        .call(|tx| Msg::PrepareUnlock(o.id, "again".into(), op(), tx))
+        .is_err());
+    w.uplink(
+        k,
+        UplinkBody::Result(CommandResult {
+            command: cmd,
+            outcome: CmdOutcome::Jammed,
+            detail: String::new(),
+        }),
+        T0,
+    );
     let x = w.get(o.id);
     assert_eq!(x.exception, Some(super::model::Exception::DoorJammed));
     assert_eq!(x.state, OrderState::Reserved);
     assert_ne!(w.place(o.id), (k, c));
-    assert!(w.st.table.slot(&cab(k), CompartmentId(c)).and_then(|s| s.out_of_service).is_some());
+    assert!(w
+        .st
+        .table
+        .slot(&cab(k), CompartmentId(c))
+        .and_then(|s| s.out_of_service)
+        .is_some());
     w.check();
 }
 
@@ -443,8 +600,40 @@ fn the_cabinet_set_names_the_couriers_the_parcels_and_the_spares() {
     let set = &w.st.creds_parts(&cab(k), 3, T0)[0];
     let kinds = |kind| set.entries.iter().filter(|e| e.kind == kind).count();
     assert_eq!(kinds(CredKind::Deposit), 2, "one badge per courier");
-    let parcel = set.entries.iter().find(|e| e.kind == CredKind::Parcel).expect("parcel");
-    assert_eq!((parcel.compartment, parcel.carrier.as_str()), (Some(CompartmentId(c)), "dhl"));
-    assert_eq!(parcel.secret_hash, locker_schemas::secret_hash("JJD-1", &cab(k)).to_vec());
+    let parcel = set
+        .entries
+        .iter()
+        .find(|e| e.kind == CredKind::Parcel)
+        .expect("parcel");
+    assert_eq!(
+        (parcel.compartment, parcel.carrier.as_str()),
+        (Some(CompartmentId(c)), "dhl")
+    );
+    assert_eq!(
+        parcel.secret_hash,
+        locker_schemas::secret_hash("JJD-1", &cab(k)).to_vec()
+    );
     assert_eq!(kinds(CredKind::Spare), 3, "the free compartments");
+}
+
+#[test]
+fn a_prepared_unlock_whose_command_never_came_is_forgotten() {
+    let mut w = World::new();
+    let o = w.order("dhl", SizeName::S, OrderKind::Delivery, "P1");
+    let t = w
+        .call(|tx| Msg::PrepareUnlock(o.id, "courier at the door".into(), carrier("dhl"), tx))
+        .expect("prepared");
+    assert!(w.get(o.id).pending_unlock.is_some());
+    // the gateway died before the command was created: nothing ever answers
+    w.st.on_tick(locker_schemas::now_millis() + 7 * HOUR_MS);
+    let x = w.get(o.id);
+    assert!(x.pending_unlock.is_none());
+    assert!(x
+        .history
+        .last()
+        .is_some_and(|h| h.detail.contains(&t.command.to_string())));
+    // and a new remote unlock may be prepared
+    assert!(w
+        .call(|tx| Msg::PrepareUnlock(o.id, "again".into(), op(), tx))
+        .is_ok());
 }
