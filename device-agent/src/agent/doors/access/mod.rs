@@ -105,6 +105,16 @@ fn lock_key() -> AlarmKey {
     }
 }
 
+/// The KeypadLocked alarm's detail.
+fn lock_detail(r: LockRules) -> String {
+    format!(
+        "{} wrong codes in {} s; locked for {} s",
+        r.max,
+        r.window_ms / 1_000,
+        r.lockout_ms / 1_000
+    )
+}
+
 impl LocalState {
     /// The cache, and the keypad lock restored from storage.
     pub fn new(ctx: &Ctx, creds: CredCache, lock_until: Option<u64>) -> Self {
@@ -342,13 +352,7 @@ impl Doors {
                 up.storage_error();
                 tracing::error!(error = %e, "keypad lock not stored");
             }
-            let detail = format!(
-                "{} wrong codes in {} s; locked for {} s",
-                r.max,
-                r.window_ms / 1_000,
-                r.lockout_ms / 1_000
-            );
-            up.set_alarm(ctx, lock_key(), true, detail).await;
+            up.set_alarm(ctx, lock_key(), true, lock_detail(r)).await;
         }
         self.access
             .answer(reply, seq, Access::Refused(Refusal::WrongCode));
@@ -542,7 +546,8 @@ impl Doors {
     }
 
     /// Lifts the keypad lock once its end has come (clearing the alarm and the stored end);
-    /// clears a KeypadLocked alarm left with no lock.
+    /// keeps the KeypadLocked alarm in step with the lock (a crash between storing the lock
+    /// and raising its alarm, or an alarm left with no lock).
     pub async fn check_lock(&mut self, ctx: &Ctx, up: &mut Uplink) {
         let now = ctx.now_millis();
         let ended = self.access.lockout.end_if_due(now);
@@ -557,9 +562,14 @@ impl Doors {
                 tracing::error!(error = %e, "keypad lock end not stored");
             }
         }
-        if !self.access.lockout.is_locked(now) && up.alarm_active(&lock_key()) {
-            up.set_alarm(ctx, lock_key(), false, "keypad unlocked".into())
-                .await;
+        let locked = self.access.lockout.is_locked(now);
+        if locked != up.alarm_active(&lock_key()) {
+            let detail = if locked {
+                lock_detail(rules(ctx))
+            } else {
+                "keypad unlocked".into()
+            };
+            up.set_alarm(ctx, lock_key(), locked, detail).await;
         }
     }
 }
