@@ -50,6 +50,8 @@ pub(crate) struct State {
     /// Cursors advanced since they were last written.
     pub cursors_dirty: HashSet<CabinetId>,
     pub dirty_creds: BTreeSet<CabinetId>,
+    /// Cabinets that said hello with an old version: the current set is sent again.
+    pub send_current: BTreeSet<CabinetId>,
     /// Sets that could not be handed to an online cabinet: retried on the next tick.
     pub resend: BTreeSet<CabinetId>,
     pub online: HashSet<CabinetId>,
@@ -135,6 +137,7 @@ impl State {
             cursors: l.cursors,
             cursors_dirty: HashSet::new(),
             dirty_creds: BTreeSet::new(),
+            send_current: BTreeSet::new(),
             resend: BTreeSet::new(),
             online: HashSet::new(),
             pending_cmds: HashMap::new(),
@@ -402,8 +405,19 @@ async fn finish(st: &mut State, store: &Store, publisher: &Publisher, deferred: 
                 .await;
         }
     }
-    for (cab, parts) in sets {
-        send_set(st, publisher, &cab, &parts).await;
+    let again: Vec<CabinetId> = std::mem::take(&mut st.send_current).into_iter().collect();
+    for (cab, parts) in &sets {
+        send_set(st, publisher, cab, parts).await;
+    }
+    for cab in again {
+        if sets.iter().any(|(c, _)| *c == cab) {
+            continue; // just sent a newer one
+        }
+        let v = st.creds_versions.get(&cab).copied().unwrap_or(0);
+        if v > 0 {
+            let parts = st.creds_parts(&cab, v, now);
+            send_set(st, publisher, &cab, &parts).await;
+        }
     }
     if !std::mem::take(&mut st.retry_due) {
         return;

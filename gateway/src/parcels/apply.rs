@@ -387,13 +387,12 @@ impl State {
                     .iter()
                     .map(|c| (c.id, c.size.into()))
                     .collect();
-                let orphaned = self.table.layout(&u.cabinet, &comps);
+                let (changed, orphaned) = self.table.layout(&u.cabinet, &comps);
                 if let Some(site) = self.site_of.get(&u.cabinet).cloned() {
                     if let Some(k) = self.table.cabinets.get_mut(&u.cabinet) {
                         k.site = Some(site);
                     }
                 }
-                self.cabinet_changed(&u.cabinet);
                 for id in orphaned {
                     self.exception(
                         id,
@@ -403,12 +402,22 @@ impl State {
                 }
                 let held = self.creds_versions.get(&u.cabinet).copied().unwrap_or(0);
                 if h.creds_version > held {
-                    // the cabinet is ahead of us (our storage was replaced): jump past it
+                    // the cabinet is ahead of us (our storage was replaced): the next version
+                    // goes past it
                     self.creds_versions
                         .insert(u.cabinet.clone(), h.creds_version);
                 }
-                // a changed layout is a changed set: the set goes out with the new version
-                self.retry_waiting = true;
+                if changed
+                    || h.creds_version > held
+                    || (held == 0 && self.site_of.contains_key(&u.cabinet))
+                {
+                    // a new layout (or a version to move past) is a new set
+                    self.cabinet_changed(&u.cabinet);
+                    self.retry_waiting = true;
+                } else if h.creds_version != held {
+                    // the cabinet missed the current set (it was offline): send it again
+                    self.send_current.insert(u.cabinet.clone());
+                }
             }
             UplinkBody::Access(a) => self.on_access(u, a, now),
             UplinkBody::Result(r) => self.on_result(r.clone(), now),

@@ -637,3 +637,37 @@ fn a_prepared_unlock_whose_command_never_came_is_forgotten() {
         .call(|tx| Msg::PrepareUnlock(o.id, "again".into(), op(), tx))
         .is_ok());
 }
+
+#[test]
+fn a_hello_resends_the_set_only_to_a_cabinet_that_missed_it() {
+    let mut w = World::new();
+    w.st.dirty_creds.clear();
+    w.st.creds_versions.insert(cab(0), 7);
+    let hello = |v| {
+        UplinkBody::Hello(Hello {
+            firmware: "fw".into(),
+            hardware: "hw".into(),
+            compartments: [Size::S, Size::M, Size::M, Size::L]
+                .iter()
+                .zip(1..)
+                .map(|(s, i)| CompartmentInfo {
+                    id: CompartmentId(i),
+                    size: *s,
+                })
+                .collect(),
+            network: NetworkKind::Lan,
+            creds_version: v,
+        })
+    };
+    // current: nothing to send, nothing to write
+    w.uplink(0, hello(7), T0);
+    assert!(w.st.send_current.is_empty() && w.st.dirty_creds.is_empty());
+    // missed the last set: the current one again, same version
+    w.uplink(0, hello(5), T0);
+    assert!(w.st.send_current.contains(&cab(0)));
+    assert!(w.st.dirty_creds.is_empty());
+    // ahead of the gateway (its storage was replaced): a new set past the cabinet's version
+    w.uplink(0, hello(40), T0);
+    assert!(w.st.dirty_creds.contains(&cab(0)));
+    assert_eq!(w.st.creds_versions.get(&cab(0)), Some(&40));
+}
