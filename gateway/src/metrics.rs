@@ -152,7 +152,7 @@ pub struct ApiMetrics {
 /// The parcel domain.
 #[derive(Clone)]
 pub struct ParcelMetrics {
-    /// Orders by state (all stored orders).
+    /// Orders held in memory (live, and finished within `parcels.keep_finished_h`), by state.
     pub orders: prometheus::IntGaugeVec,
     /// Order transitions published, by new state.
     pub events: IntCounterVec,
@@ -305,7 +305,10 @@ impl Metrics {
         let parcels = ParcelMetrics {
             orders: {
                 let g = prometheus::IntGaugeVec::new(
-                    Opts::new("locker_parcel_orders", "Orders by state"),
+                    Opts::new(
+                        "locker_parcel_orders",
+                        "Orders in memory (live and recently finished), by state",
+                    ),
                     &["state"],
                 )?;
                 r.register(Box::new(g.clone()))?;

@@ -441,3 +441,36 @@ async fn couriers_deposit_and_collect_at_the_cabinet_with_badge_and_barcode_onli
     assert_eq!(o["exception"], Value::Null, "{o}");
     assert_eq!((cab.pulses(ca), cab.pulses(cb)), (2, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_orders_are_archived_and_still_readable_by_id_within_scope() {
+    let mut pki = TestPki::new();
+    let gw = TestGateway::start_with(&pki, |cfg| {
+        parcels::tokens(cfg);
+        cfg.parcels.keep_finished_h = 0;
+        cfg.parcels.tick_ms = 50;
+    })
+    .await;
+    let _cab = TestCabinet::start(&mut pki, "CAB-P5", gw.edge_addr()).await;
+    online(&gw.api, "CAB-P5").await;
+    parcels::setup(&gw.api, &["CAB-P5"]).await;
+    let (dhl, ups) = (gw.api.with_token(DHL_TOKEN), gw.api.with_token(UPS_TOKEN));
+    let o = parcels::order(&dhl, "JJD-ARCH", "S").await;
+    let id = o["id"].as_str().expect("id");
+    let (s, _) = dhl
+        .post(&format!("/v1/orders/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(s, 200);
+    eventually_async("archived (no longer listed)", || async {
+        let (_, l) = dhl.get("/v1/orders").await;
+        l["orders"]
+            .as_array()
+            .is_some_and(|a| a.is_empty())
+            .then_some(())
+    })
+    .await;
+    let (s, b) = dhl.get(&format!("/v1/orders/{id}")).await;
+    assert_eq!((s, b["state"].as_str()), (200, Some("cancelled")), "{b}");
+    let (s, _) = ups.get(&format!("/v1/orders/{id}")).await;
+    assert_eq!(s, 404);
+}

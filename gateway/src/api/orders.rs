@@ -122,8 +122,21 @@ async fn get_one(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(st.parcels.get(parse_order(&id)?, caller).await?))
+) -> Result<Response, ApiError> {
+    let id = parse_order(&id)?;
+    match st.parcels.get(id, caller.clone()).await {
+        Ok(v) => Ok(Json(v).into_response()),
+        Err(ParcelError::NotFound(what)) => {
+            // a finished order archived out of memory
+            let s = st.store.clone();
+            let old = store::blocking(move || s.parcels().archived(id)).await?;
+            match old.filter(|o| caller.scope.sees(&o.carrier, &o.site)) {
+                Some(o) => Ok(Json(crate::parcels::OrderView::from(&o)).into_response()),
+                None => Err(ParcelError::NotFound(what).into()),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn act(st: ApiState, caller: Caller, id: &str, a: OrderAction) -> Result<Response, ApiError> {

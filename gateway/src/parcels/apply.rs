@@ -756,6 +756,27 @@ impl State {
                 }
             }
         }
+        // finished orders leave memory after a while (the archive keeps them)
+        let keep = u64::from(self.cfg.keep_finished_h) * HOUR_MS;
+        let done: Vec<OrderId> = self
+            .orders
+            .values()
+            .filter(|o| o.state.is_final() && o.updated_at + keep < now)
+            .map(|o| o.id)
+            .collect();
+        for id in done {
+            if let Some(o) = self.orders.remove(&id) {
+                if let Some(k) = &o.idempotency_key {
+                    self.idem.remove(&(o.created_by.clone(), k.clone()));
+                }
+                self.metrics
+                    .orders
+                    .with_label_values(&[o.state.as_str()])
+                    .dec();
+                self.batch.orders.retain(|x| x.id != id);
+                self.batch.archived.push(o);
+            }
+        }
         if std::mem::take(&mut self.retry_waiting) {
             let waiting: Vec<OrderId> = self.waiting.iter().copied().collect();
             for id in waiting {

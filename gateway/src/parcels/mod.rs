@@ -50,6 +50,9 @@ pub struct ParcelsConfig {
     pub tick_ms: u64,
     /// Orders in one batch creation at most.
     pub max_batch: usize,
+    /// Hours a finished order (picked up, returned, cancelled) stays in memory, listed by
+    /// `GET /v1/orders`; then it is archived: still readable by id and in the audit trail.
+    pub keep_finished_h: u32,
 }
 
 impl Default for ParcelsConfig {
@@ -61,6 +64,7 @@ impl Default for ParcelsConfig {
             pin_digits: 6,
             tick_ms: 1_000,
             max_batch: 500,
+            keep_finished_h: 24,
         }
     }
 }

@@ -554,14 +554,14 @@ proptest! {
                 }
                 Op::Deposit(i) if !ids.is_empty() => {
                     let id = ids[i % ids.len()];
-                    if w.get(id).state == OrderState::Reserved {
+                    if w.st.orders.get(&id).is_some_and(|o| o.state == OrderState::Reserved) {
                         let (k, c) = w.place(id);
                         w.access(k, c, AccessAction::Deposit, id.to_string(), "dhl-c1", now);
                     }
                 }
                 Op::Pickup(i) if !ids.is_empty() => {
                     let id = ids[i % ids.len()];
-                    if w.get(id).state == OrderState::Ready {
+                    if w.st.orders.get(&id).is_some_and(|o| o.state == OrderState::Ready) {
                         let (k, c) = w.place(id);
                         w.access(k, c, AccessAction::Pickup, id.to_string(), "", now);
                     }
@@ -670,4 +670,18 @@ fn a_hello_resends_the_set_only_to_a_cabinet_that_missed_it() {
     w.uplink(0, hello(40), T0);
     assert!(w.st.dirty_creds.contains(&cab(0)));
     assert_eq!(w.st.creds_versions.get(&cab(0)), Some(&40));
+}
+
+#[test]
+fn finished_orders_leave_memory_for_the_archive() {
+    let mut w = World::new();
+    let o = w.order("dhl", SizeName::S, OrderKind::Delivery, "A1");
+    w.call(|tx| Msg::Act(o.id, OrderAction::Cancel, op(), tx))
+        .expect("cancel");
+    let live = w.order("dhl", SizeName::S, OrderKind::Delivery, "A2");
+    w.st.batch = Default::default();
+    w.st.on_tick(locker_schemas::now_millis() + 25 * HOUR_MS);
+    assert!(!w.st.orders.contains_key(&o.id), "archived");
+    assert!(w.st.batch.archived.iter().any(|x| x.id == o.id));
+    assert!(w.st.orders.contains_key(&live.id), "a live order stays");
 }

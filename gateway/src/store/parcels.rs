@@ -4,7 +4,8 @@
 //! applied, the notification outbox and the parcel audit trail.
 //!
 //! Trees (values are JSON): `parcel_sites`, `parcel_carriers`, `parcel_couriers` (by id),
-//! `parcel_orders` (by order id), `parcel_cabinets` (by cabinet), `parcel_meta`
+//! `parcel_orders` (live and recently finished orders, by id), `parcel_archive` (finished
+//! orders out of memory, by id), `parcel_cabinets` (by cabinet), `parcel_meta`
 //! (`v/<cabinet>` credential version, `c/<cabinet>` applied audit position, `init`),
 //! `parcel_notices` and `parcel_audit` (by big-endian position).
 //!
@@ -73,6 +74,8 @@ pub struct Batch {
     pub couriers: Vec<Courier>,
     pub removed_couriers: Vec<CourierId>,
     pub orders: Vec<Order>,
+    /// Finished orders moved out of memory (and out of the live tree) into the archive.
+    pub archived: Vec<Order>,
     pub cabinets: Vec<(CabinetId, CabinetSlots)>,
     pub creds_versions: Vec<(CabinetId, u64)>,
     pub cursors: Vec<(CabinetId, u64)>,
@@ -89,6 +92,7 @@ impl Batch {
             && self.couriers.is_empty()
             && self.removed_couriers.is_empty()
             && self.orders.is_empty()
+            && self.archived.is_empty()
             && self.cabinets.is_empty()
             && self.creds_versions.is_empty()
             && self.cursors.is_empty()
@@ -108,6 +112,8 @@ pub trait ParcelStore: Send + Sync + 'static {
     fn notices(&self, after: u64, limit: usize) -> Result<Vec<Notice>, StoreError>;
     /// Audit records with `pos > after`, oldest first.
     fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
+    /// An archived (finished, out of memory) order.
+    fn archived(&self, id: OrderId) -> Result<Option<Order>, StoreError>;
 }
 
 /// [`ParcelStore`] on the gateway's sled database.
@@ -118,6 +124,7 @@ pub struct SledParcels {
     carriers: sled::Tree,
     couriers: sled::Tree,
     orders: sled::Tree,
+    archive: sled::Tree,
     cabinets: sled::Tree,
     meta: sled::Tree,
     notices: sled::Tree,
@@ -132,6 +139,7 @@ impl SledParcels {
             carriers: db.open_tree("parcel_carriers")?,
             couriers: db.open_tree("parcel_couriers")?,
             orders: db.open_tree("parcel_orders")?,
+            archive: db.open_tree("parcel_archive")?,
             cabinets: db.open_tree("parcel_cabinets")?,
             meta: db.open_tree("parcel_meta")?,
             notices: db.open_tree("parcel_notices")?,
@@ -245,6 +253,10 @@ impl ParcelStore for SledParcels {
         for o in &b.orders {
             self.orders.insert(o.id.to_string(), encode(o)?)?;
         }
+        for o in &b.archived {
+            self.archive.insert(o.id.to_string(), encode(o)?)?;
+            self.orders.remove(o.id.to_string())?;
+        }
         for (id, slots) in &b.cabinets {
             self.cabinets.insert(id.as_str(), encode(slots)?)?;
         }
@@ -275,5 +287,12 @@ impl ParcelStore for SledParcels {
 
     fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
         page(&self.audit, "parcel_audit", after, limit)
+    }
+
+    fn archived(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
+        match self.archive.get(id.to_string())? {
+            Some(v) => Ok(Some(decode("parcel_archive", &v)?)),
+            None => Ok(None),
+        }
     }
 }
