@@ -166,6 +166,8 @@ pub struct ParcelMetrics {
     pub notices: IntCounterVec,
     /// Reports from cabinets the domain could not match (unknown order or parcel), by kind.
     pub unmatched: IntCounterVec,
+    /// Keypads locked at cabinets after too many wrong codes.
+    pub keypad_lockouts: IntCounter,
     /// Group commits of the parcel state.
     pub commits: IntCounter,
     /// Failed attempts to store the parcel state (retried).
@@ -347,6 +349,11 @@ impl Metrics {
                 "locker_parcel_unmatched_reports_total",
                 "Cabinet reports the parcel domain could not match, by kind",
                 &["kind"],
+            )?,
+            keypad_lockouts: counter(
+                &r,
+                "locker_parcel_keypad_lockouts_total",
+                "Keypads locked at cabinets after too many wrong codes",
             )?,
             commits: counter(
                 &r,

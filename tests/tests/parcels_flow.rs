@@ -161,6 +161,33 @@ async fn a_delivery_from_order_to_pickup_with_the_code_at_the_keypad() {
             .await,
         1.0
     );
+
+    // guessing: after five wrong codes the keypad locks, at the cabinet, and the gateway sees
+    // the alarm and counts it
+    for guess in ["000001", "000002", "000003", "000004"] {
+        let r = h.scan(ScanSource::Keypad, guess).await.expect("scan");
+        assert_eq!(
+            r.access,
+            locker_agent::Access::Refused(locker_agent::Refusal::WrongCode)
+        );
+    }
+    let r = h.scan(ScanSource::Keypad, "000005").await.expect("scan");
+    assert_eq!(
+        r.access,
+        locker_agent::Access::Refused(locker_agent::Refusal::Locked)
+    );
+    eventually_async("keypad_locked alarm at the gateway", || async {
+        let (_, c) = gw.api.get("/v1/cabinets/CAB-P1").await;
+        c["alarms"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["kind"] == "keypad_locked"))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        gw.api.metric("locker_parcel_keypad_lockouts_total").await,
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,12 +11,16 @@
 pub mod actor;
 pub mod alloc;
 mod apply;
+mod cabinets;
 pub mod codes;
 pub mod machine;
 pub mod model;
 mod ops;
+mod orders;
+mod reports;
 #[cfg(test)]
 mod tests;
+mod timers;
 pub mod tz;
 pub mod views;
 
