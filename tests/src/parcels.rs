@@ -46,6 +46,19 @@ pub fn tokens(cfg: &mut GatewayConfig) {
     );
 }
 
+/// Waits until a cabinet is online with the 16 compartments of the test board (its hello is
+/// in, so the parcel domain knows its layout).
+pub async fn online(api: &ApiClient, id: &str) {
+    eventually_async(&format!("{id} online"), || async {
+        let (s, c) = api.get(&format!("/v1/cabinets/{id}")).await;
+        (s == 200
+            && c["online"] == json!(true)
+            && c["compartments"].as_array().map(Vec::len) == Some(16))
+        .then_some(())
+    })
+    .await;
+}
+
 /// Creates the site with `cabinets`, the carriers `dhl` and `ups` and one courier each,
 /// through the operator API.
 pub async fn setup(op: &ApiClient, cabinets: &[&str]) {

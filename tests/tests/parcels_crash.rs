@@ -5,23 +5,11 @@
 
 use locker_schemas::ScanSource;
 use locker_tests::agent::TestCabinet;
-use locker_tests::api::ApiClient;
 use locker_tests::gateway::{test_config, GatewayProcess};
 use locker_tests::parcels::{self, DHL_TOKEN};
 use locker_tests::pki::TestPki;
 use locker_tests::{eventually, eventually_async};
 use serde_json::{json, Value};
-
-async fn online(api: &ApiClient, id: &str) {
-    eventually_async(&format!("{id} online"), || async {
-        let (s, c) = api.get(&format!("/v1/cabinets/{id}")).await;
-        (s == 200
-            && c["online"] == json!(true)
-            && c["compartments"].as_array().map(Vec::len) == Some(16))
-        .then_some(())
-    })
-    .await;
-}
 
 fn count(o: &Value, state: &str) -> usize {
     o["history"]
@@ -43,7 +31,7 @@ async fn kill_9_during_deposits_and_pickups_loses_and_repeats_nothing() {
     parcels::tokens(&mut cfg);
     let mut gw = GatewayProcess::start(&cfg);
     let cab = TestCabinet::start(&mut pki, "CAB-PK9", gw.edge_addr).await;
-    online(&gw.api, "CAB-PK9").await;
+    parcels::online(&gw.api, "CAB-PK9").await;
     parcels::setup(&gw.api, &["CAB-PK9"]).await;
     let dhl = gw.api.with_token(DHL_TOKEN);
     let mut orders = Vec::new();

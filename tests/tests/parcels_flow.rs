@@ -13,17 +13,6 @@ use locker_tests::pki::TestPki;
 use locker_tests::{eventually, eventually_async};
 use serde_json::{json, Value};
 
-async fn online(api: &ApiClient, id: &str) {
-    eventually_async(&format!("{id} online"), || async {
-        let (s, c) = api.get(&format!("/v1/cabinets/{id}")).await;
-        (s == 200
-            && c["online"] == json!(true)
-            && c["compartments"].as_array().map(Vec::len) == Some(16))
-        .then_some(())
-    })
-    .await;
-}
-
 /// Waits until the cabinet holds the credential set the gateway last built for it.
 async fn creds_current(api: &ApiClient, cab: &TestCabinet) {
     eventually_async(
@@ -59,7 +48,7 @@ async fn a_delivery_from_order_to_pickup_with_the_code_at_the_keypad() {
     let mut pki = TestPki::new();
     let gw = TestGateway::start_with(&pki, parcels::tokens).await;
     let cab = TestCabinet::start(&mut pki, "CAB-P1", gw.edge_addr()).await;
-    online(&gw.api, "CAB-P1").await;
+    parcels::online(&gw.api, "CAB-P1").await;
     parcels::setup(&gw.api, &["CAB-P1"]).await;
     let dhl = gw.api.with_token(DHL_TOKEN);
 
@@ -195,7 +184,7 @@ async fn an_offline_pickup_after_a_cancel_ends_picked_up_with_an_exception() {
     let mut pki = TestPki::new();
     let gw = TestGateway::start_with(&pki, parcels::tokens).await;
     let mut cab = TestCabinet::start(&mut pki, "CAB-P2", gw.edge_addr()).await;
-    online(&gw.api, "CAB-P2").await;
+    parcels::online(&gw.api, "CAB-P2").await;
     parcels::setup(&gw.api, &["CAB-P2"]).await;
     let dhl = gw.api.with_token(DHL_TOKEN);
     let o = parcels::order(&dhl, "JJD0002", "M").await;
@@ -253,7 +242,7 @@ async fn carriers_never_see_each_others_orders_and_scopes_hold_on_every_path() {
     let mut pki = TestPki::new();
     let gw = TestGateway::start_with(&pki, parcels::tokens).await;
     let _cab = TestCabinet::start(&mut pki, "CAB-P3", gw.edge_addr()).await;
-    online(&gw.api, "CAB-P3").await;
+    parcels::online(&gw.api, "CAB-P3").await;
     parcels::setup(&gw.api, &["CAB-P3"]).await;
     let (dhl, ups, mgr) = (
         gw.api.with_token(DHL_TOKEN),
@@ -381,7 +370,7 @@ async fn couriers_deposit_and_collect_at_the_cabinet_with_badge_and_barcode_onli
     let mut pki = TestPki::new();
     let gw = TestGateway::start_with(&pki, parcels::tokens).await;
     let cab = TestCabinet::start(&mut pki, "CAB-P4", gw.edge_addr()).await;
-    online(&gw.api, "CAB-P4").await;
+    parcels::online(&gw.api, "CAB-P4").await;
     parcels::setup(&gw.api, &["CAB-P4"]).await;
     let dhl = gw.api.with_token(DHL_TOKEN);
     let a = parcels::order(&dhl, "JJD-A", "M").await;
@@ -479,7 +468,7 @@ async fn finished_orders_are_archived_and_still_readable_by_id_within_scope() {
     })
     .await;
     let _cab = TestCabinet::start(&mut pki, "CAB-P5", gw.edge_addr()).await;
-    online(&gw.api, "CAB-P5").await;
+    parcels::online(&gw.api, "CAB-P5").await;
     parcels::setup(&gw.api, &["CAB-P5"]).await;
     let (dhl, ups) = (gw.api.with_token(DHL_TOKEN), gw.api.with_token(UPS_TOKEN));
     let o = parcels::order(&dhl, "JJD-ARCH", "S").await;

@@ -250,7 +250,18 @@ async fn unlock(
             return Err(e.into());
         }
     };
-    let wait = b.wait_ms.min(st.cfg.max_wait_ms);
+    let (status, rec) = waited(&st, rec, b.wait_ms).await?;
+    Ok((status, Json(json!({"target": target, "command": rec}))).into_response())
+}
+
+/// Waits up to `wait_ms` (at most `api.max_wait_ms`) for a command's outcome: 200 with a
+/// final record, 202 while it still waits.
+pub(super) async fn waited(
+    st: &ApiState,
+    rec: crate::commands::CommandRecord,
+    wait_ms: u64,
+) -> Result<(StatusCode, crate::commands::CommandRecord), ApiError> {
+    let wait = wait_ms.min(st.cfg.max_wait_ms);
     let rec = if wait > 0 {
         st.commands
             .wait(rec.id, Duration::from_millis(wait))
@@ -264,7 +275,7 @@ async fn unlock(
     } else {
         StatusCode::ACCEPTED
     };
-    Ok((status, Json(json!({"target": target, "command": rec}))).into_response())
+    Ok((status, rec))
 }
 
 /// `GET /v1/notifications?after=&limit=`: the notification outbox (codes included: the

@@ -283,19 +283,6 @@ async fn override_open(
             detail: format!("command {}: {}", rec.id, b.reason),
         })
         .await;
-    let wait = b.wait_ms.min(st.cfg.max_wait_ms);
-    let rec = if wait > 0 {
-        st.commands
-            .wait(rec.id, std::time::Duration::from_millis(wait))
-            .await?
-            .unwrap_or(rec)
-    } else {
-        rec
-    };
-    let status = if rec.outcome.is_some() {
-        StatusCode::OK
-    } else {
-        StatusCode::ACCEPTED
-    };
+    let (status, rec) = super::orders::waited(&st, rec, b.wait_ms).await?;
     Ok((status, Json(rec)).into_response())
 }

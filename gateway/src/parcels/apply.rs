@@ -226,7 +226,7 @@ impl State {
     /// Issues a new PIN (unique among the cabinet's live codes) and, for deliveries, a QR
     /// token, and queues the notice carrying them. The codes themselves are only in the
     /// notice; the order keeps their hashes.
-    fn issue_codes(&mut self, o: &mut Order, kind: NoticeKind, at: Millis) {
+    pub(crate) fn issue_codes(&mut self, o: &mut Order, kind: NoticeKind, at: Millis) {
         let Some(cab) = o.cabinet.clone() else {
             return;
         };

@@ -202,7 +202,9 @@ impl State {
                     } else {
                         NoticeKind::Resend
                     };
-                    self.reissue(&mut x, kind, now);
+                    // a new code; the old one stops working at the next credential sync
+                    x.updated_at = now;
+                    self.issue_codes(&mut x, kind, now);
                     let from = x.state;
                     self.record(
                         &mut x,
@@ -234,30 +236,6 @@ impl State {
             }
         }
         Ok(OrderView::from(self.visible(id, c)?))
-    }
-
-    /// A new code for an order (the old one stops working at the next credential sync).
-    pub(super) fn reissue(&mut self, o: &mut Order, kind: NoticeKind, now: u64) {
-        let Some(cab) = o.cabinet.clone() else { return };
-        let live: std::collections::HashSet<[u8; 32]> = self
-            .at_cabinet
-            .get(&cab)
-            .into_iter()
-            .flatten()
-            .filter(|id| **id != o.id)
-            .filter_map(|id| self.orders.get(id))
-            .flat_map(|x| [x.pin_hash, x.qr_hash])
-            .flatten()
-            .collect();
-        let (pin, h) = super::codes::new_pin(self.cfg.pin_digits, &cab, &live);
-        o.pin_hash = Some(h);
-        let qr = (o.kind == OrderKind::Delivery).then(|| {
-            let (qr, h) = super::codes::new_qr(&cab);
-            o.qr_hash = Some(h);
-            qr
-        });
-        o.updated_at = now;
-        self.notice(o, kind, Some(pin), qr, now);
     }
 
     pub(super) fn prepare_unlock(
