@@ -151,7 +151,8 @@ impl State {
             metrics,
         };
         for (id, slots) in l.cabinets {
-            s.table.cabinets.insert(id, slots);
+            s.table.cabinets.insert(id.clone(), slots);
+            s.table.touch_cabinet(&id);
         }
         for site in l.sites {
             s.index_site(&site);
@@ -170,6 +171,7 @@ impl State {
         for c in &site.cabinets {
             self.site_of.insert(c.clone(), site.id.clone());
             self.table.cabinets.entry(c.clone()).or_default().site = Some(site.id.clone());
+            self.table.touch_cabinet(c);
         }
     }
 

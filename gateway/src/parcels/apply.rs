@@ -216,6 +216,7 @@ impl State {
 
     /// The compartment table of a cabinet changed: it is written and its set is resent.
     pub(crate) fn cabinet_changed(&mut self, cab: &CabinetId) {
+        self.table.touch_cabinet(cab);
         if let Some(slots) = self.table.cabinets.get(cab) {
             self.batch.cabinets.retain(|(c, _)| c != cab);
             self.batch.cabinets.push((cab.clone(), slots.clone()));

@@ -46,6 +46,7 @@ impl State {
                     if let Some(k) = self.table.cabinets.get_mut(&u.cabinet) {
                         k.site = Some(site);
                     }
+                    self.table.touch_cabinet(&u.cabinet);
                 }
                 for id in orphaned {
                     self.exception(
