@@ -1,10 +1,15 @@
 //! The fleet simulator: N REAL agents (the `locker_agent` library) in one process, each with its
-//! own simulated lock board and solar charge controller served in-process over
-//! `tokio::io::duplex` (see [`cabinet`]), one shared sled database (a tree per agent) behind one
-//! storage worker, against a gateway (see [`gateway`]), with scripted activity (see
-//! [`scenario`]): couriers and recipients, network outages for a share of the fleet, a gateway
-//! restart, nightfall on solar cabinets. At the end [`Fleet::verify`] checks the invariants from
-//! the gateway's API (see [`report`]).
+//! own simulated lock board and solar charge controller served in-process (see [`cabinet`]),
+//! one shared sled database (a tree per agent) behind one storage worker, against a gateway
+//! (see [`gateway`]) and its parcel domain. At start the parcel world is set up through the API
+//! ([`world`]: sites, carriers with their own tokens, couriers with badges); then people follow
+//! real orders ([`scenario`]): carriers create and cancel orders, couriers deposit through
+//! remote unlocks, recipients learn their codes from the notification outbox ([`ledger`]) and
+//! type them at the cabinets, which hold them because the gateway sent them their credential
+//! sets over MQTT. The script ([`script`]) adds network outages for a share of the fleet (with
+//! offline pickups), a gateway restart and nightfall on solar cabinets. At the end
+//! [`Fleet::verify`] ([`verify`]) checks the invariants from the gateway's API, the boards and
+//! what the people did ([`report`]).
 //!
 //! - [`link`]: the per-cabinet TLS configuration with its outage switch;
 //! - [`api`]: the gateway API calls the fleet makes.
@@ -12,10 +17,13 @@
 pub mod api;
 pub mod cabinet;
 pub mod gateway;
+pub mod ledger;
 pub mod link;
 pub mod report;
 pub mod scenario;
 pub mod script;
+mod verify;
+pub mod world;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,8 +40,9 @@ use self::api::Api;
 use self::cabinet::{CabinetTemplate, SimCabinet};
 use self::gateway::GatewayRunner;
 use self::link::{FleetTls, LinkSwitch};
-use self::report::{check_cabinet, CabinetFacts, Report};
+use self::ledger::{Ledger, SimOrder, Stage};
 use self::scenario::{ScenarioCtx, ScenarioStats};
+use self::world::World;
 
 /// Why the fleet could not run.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +57,8 @@ pub enum FleetError {
     Cabinet(#[from] cabinet::CabinetError),
     #[error("gateway: {0}")]
     Gateway(#[from] gateway::GatewayError),
+    #[error("parcel world: {0}")]
+    World(#[from] world::WorldError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -91,6 +102,11 @@ pub struct FleetOptions {
     /// and some 20 ms; the unlock benchmark uses 1 ms to measure the software path).
     pub pulse: Duration,
     pub spring: Duration,
+    /// Cabinets per site.
+    pub cabinets_per_site: usize,
+    /// A recipient who never comes has their order recalled by the carrier this long after it
+    /// became ready (the gateway's pickup window is counted in hours).
+    pub recall_after: Duration,
 }
 
 impl Default for FleetOptions {
@@ -115,6 +131,8 @@ impl Default for FleetOptions {
             auto_close: Duration::from_millis(1_500),
             pulse: Duration::from_millis(100),
             spring: Duration::from_millis(20),
+            cabinets_per_site: 50,
+            recall_after: Duration::from_secs(20),
         }
     }
 }
@@ -190,6 +208,7 @@ pub struct Snapshot {
     pub commands: usize,
     pub api_errors: u64,
     pub scenarios_running: usize,
+    pub orders: u64,
 }
 
 /// A running fleet.
@@ -200,6 +219,8 @@ pub struct Fleet {
     storage: locker_agent::Storage,
     scenarios: Arc<Semaphore>,
     pub outages_done: AtomicU64,
+    /// The recipients' phones: the notification outbox poller.
+    notices: tokio::task::JoinHandle<()>,
 }
 
 const MAX_SCENARIOS: usize = 1_024;
@@ -213,6 +234,7 @@ impl Fleet {
         ca_der: &[u8],
         gw: &GatewayRunner,
         ids: Vec<CabinetId>,
+        world: World,
     ) -> Result<Self, FleetError> {
         let path = opts.state_dir.join("agents.sled");
         std::fs::create_dir_all(&opts.state_dir)?;
@@ -260,19 +282,42 @@ impl Fleet {
                 opts.start_hour,
             )?));
         }
+        let api = Api::new(gw.api, &gw.token);
+        let carriers = (0..world.carriers.len())
+            .map(|k| world.client(&api, k))
+            .collect();
         let ctx = Arc::new(ScenarioCtx {
-            api: Api::new(gw.api, &gw.token),
+            api,
+            world,
+            carriers,
+            ledger: Ledger::default(),
             stats: ScenarioStats::default(),
             commands: std::sync::Mutex::new(Vec::new()),
+            cabinets: cabinets.clone(),
+            locks: opts.locks,
+            recall_after: opts.recall_after,
+            run: rand::thread_rng().gen(),
+            next: AtomicU64::new(1),
         });
-        Ok(Self {
+        let c2 = ctx.clone();
+        let notices = tokio::spawn(async move {
+            loop {
+                if c2.ledger.poll_notices(&c2.api).await < 1_000 {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        });
+        let fleet = Self {
             opts,
             cabinets,
             ctx,
             storage,
             scenarios: Arc::new(Semaphore::new(MAX_SCENARIOS)),
             outages_done: AtomicU64::new(0),
-        })
+            notices,
+        };
+        fleet.adopt_leftovers().await;
+        Ok(fleet)
     }
 
     /// Starts every agent, each at a random instant within the ramp; returns once all started.
@@ -293,11 +338,8 @@ impl Fleet {
             let cab = self.cabinets[i].clone();
             let permit = gate.clone().acquire_owned().await;
             tasks.spawn(async move {
-                let mut r = cab.start().await;
-                if r.is_ok() {
-                    // The parcel service hands the cabinet its credential set.
-                    r = cab.sync_credentials(locker_schemas::now_millis()).await;
-                }
+                // its credential set comes from the gateway once it is connected
+                let r = cab.start().await;
                 drop(permit);
                 r
             });
@@ -338,7 +380,73 @@ impl Fleet {
             .len();
         s.api_errors = self.ctx.stats.api_errors.load(Ordering::Relaxed);
         s.scenarios_running = MAX_SCENARIOS - self.scenarios.available_permits();
+        s.orders = self.ctx.stats.orders_created.load(Ordering::Relaxed);
         s
+    }
+
+    /// A reused state directory: the gateway still has live orders at these cabinets from an
+    /// earlier run, but the boards are new. The parcels those orders say are inside are put
+    /// back on the boards (the physical world outlives a simulator run) and their carriers
+    /// recall and collect them; reservations are cancelled.
+    async fn adopt_leftovers(&self) {
+        let Ok(orders) = self.ctx.api.orders().await else {
+            return;
+        };
+        let index: std::collections::HashMap<&str, usize> = self
+            .cabinets
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.id.as_str(), i))
+            .collect();
+        for o in &orders {
+            let (Some(id), Some(state)) = (o["id"].as_str(), o["state"].as_str()) else {
+                continue;
+            };
+            let Some(&i) = o["cabinet"].as_str().and_then(|c| index.get(c)) else {
+                continue;
+            };
+            let compartment = o["compartment"]
+                .as_u64()
+                .and_then(|c| u16::try_from(c).ok())
+                .unwrap_or(0);
+            let stage = match state {
+                "deposited" | "ready" | "expired" => Stage::Ready,
+                "return_requested" => Stage::Recalled,
+                "created" | "reserved" => {
+                    let path = format!("/v1/orders/{id}/cancel");
+                    if let Err(e) = self.ctx.api.post(&path, &serde_json::json!({}), None).await {
+                        tracing::warn!(order = id, error = %e, "leftover order not cancelled");
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            if compartment > 0 {
+                let _ = self.cabinets[i]
+                    .board
+                    .put_parcel(usize::from(compartment - 1));
+            }
+            let carrier = self
+                .ctx
+                .world
+                .carriers
+                .iter()
+                .position(|c| Some(c.id.as_str()) == o["carrier"].as_str())
+                .unwrap_or(usize::MAX);
+            self.ctx.ledger.add(SimOrder {
+                id: id.to_owned(),
+                carrier,
+                cabinet: i,
+                compartment,
+                stage,
+                pin: None,
+                qr: None,
+                no_show: true,
+                ready_at: Some(std::time::Instant::now()),
+                leftover: true,
+                creds_ok: false,
+            });
+        }
     }
 
     /// Starts scenarios at random cabinets for one tick of `dt` (Poisson-ish at the configured
@@ -371,13 +479,39 @@ impl Fleet {
     /// Cuts the network of a random `share` of the fleet: new connections fail and the current
     /// one is cut (at the edge for an in-process gateway, else by restarting the agent).
     /// Returns the indices cut.
+    ///
+    /// Cabinets where a recipient's parcel waits are cut first, and those recipients come
+    /// during the outage: their pickups are served from the cabinet's credential cache and
+    /// reach the gateway when the link returns.
     pub async fn start_outage(&self, gw: &GatewayRunner, share: f64) -> Vec<usize> {
         let n = ((self.cabinets.len() as f64) * share).round() as usize;
-        let picked: Vec<usize> = {
+        let mut picked: Vec<usize> = {
             let mut rng = rand::thread_rng();
-            rand::seq::index::sample(&mut rng, self.cabinets.len(), n.min(self.cabinets.len()))
-                .into_vec()
+            let mut all: Vec<usize> = (0..self.cabinets.len()).collect();
+            all.sort_by_key(|_| rng.gen::<u32>());
+            all
         };
+        let waiting = |i: &usize| {
+            self.ctx
+                .ledger
+                .at(*i)
+                .iter()
+                .any(|o| o.stage == Stage::Ready && !o.no_show && o.pin.is_some())
+        };
+        picked.sort_by_key(|i| !waiting(i));
+        picked.truncate(n.min(self.cabinets.len()));
+        // the recipients who will come during the outage: their cabinet holds their code
+        let mut visitors = Vec::new();
+        for &i in &picked {
+            let cab = &self.cabinets[i];
+            if waiting(&i) && cab.try_claim() {
+                if scenario::creds_current(i, cab, &self.ctx, Duration::from_secs(2)).await {
+                    visitors.push(i);
+                } else {
+                    cab.release();
+                }
+            }
+        }
         for &i in &picked {
             let cab = &self.cabinets[i];
             cab.link.set_down(true);
@@ -389,6 +523,19 @@ impl Fleet {
         }
         self.outages_done
             .fetch_add(picked.len() as u64, Ordering::Relaxed);
+        for i in visitors {
+            let cab = self.cabinets[i].clone();
+            match self.scenarios.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let ctx = self.ctx.clone();
+                    tokio::spawn(async move {
+                        scenario::run(i, cab, ctx).await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => cab.release(),
+            }
+        }
         picked
     }
 
@@ -450,84 +597,6 @@ impl Fleet {
         true
     }
 
-    /// Checks the invariants against the gateway's API (see [`report`]).
-    pub async fn verify(&self) -> Report {
-        let mut by_cab: Vec<Vec<String>> = vec![Vec::new(); self.cabinets.len()];
-        for (i, id) in self
-            .ctx
-            .commands
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
-            by_cab[*i].push(id.clone());
-        }
-        let mut report = Report::default();
-        let api = self.ctx.api.clone();
-        let gate = Arc::new(Semaphore::new(16));
-        let mut tasks = tokio::task::JoinSet::new();
-        for (i, cab) in self.cabinets.iter().enumerate() {
-            let (cab, api, cmds, gate) =
-                (cab.clone(), api.clone(), by_cab[i].clone(), gate.clone());
-            tasks.spawn(async move {
-                let _p = gate.acquire_owned().await;
-                // Read the agent, then the audit log, then the agent again: compare only when
-                // the agent made no event in between (a door or a battery can report any time).
-                let mut events = api.events(cab.id.as_str()).await;
-                let mut brief = cab.brief();
-                for _ in 0..20 {
-                    let before = cab.brief();
-                    if before.is_some_and(|b| b.1 == 0) {
-                        events = api.events(cab.id.as_str()).await;
-                        brief = cab.brief();
-                        if brief == before {
-                            break;
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                let mut outcomes = Vec::with_capacity(cmds.len());
-                for id in cmds {
-                    let o = api
-                        .command(&id)
-                        .await
-                        .ok()
-                        .and_then(|v| v["outcome"].as_str().map(str::to_owned));
-                    outcomes.push((id, o));
-                }
-                (cab, events, outcomes, brief)
-            });
-        }
-        while let Some(r) = tasks.join_next().await {
-            let Ok((cab, events, outcomes, brief)) = r else {
-                report.problem("a verification task failed".into());
-                continue;
-            };
-            let events = match events {
-                Ok(e) => e,
-                Err(e) => {
-                    report.problem(format!("{}: audit log not readable: {e}", cab.id));
-                    continue;
-                }
-            };
-            let (_, outbox, _, acked, next) = brief.unwrap_or((false, u64::MAX, 0, 0, 1));
-            check_cabinet(
-                &mut report,
-                &CabinetFacts {
-                    id: cab.id.as_str(),
-                    events: &events,
-                    agent_last_seq: next.saturating_sub(1),
-                    agent_outbox: outbox,
-                    agent_acked: acked,
-                    board_pulses: cab.board.total_pulses(),
-                    first_seq: cab.first_seq.load(Ordering::Acquire),
-                    commands: &outcomes,
-                },
-            );
-        }
-        report
-    }
-
     /// Stops every agent (clean MQTT disconnect, storage flushed).
     pub async fn shutdown(&self) {
         let gate = Arc::new(Semaphore::new(512));
@@ -540,6 +609,7 @@ impl Fleet {
             });
         }
         while tasks.join_next().await.is_some() {}
+        self.notices.abort();
         let _ = self.storage.flush().await;
     }
 }
@@ -588,36 +658,37 @@ pub async fn launch(
         .await
         .map_err(|e| FleetError::Pki(e.to_string()))??;
     let gw_dir = opts.state_dir.join("gateway");
-    let gateway = match mode {
-        GatewayMode::InProcess => {
-            let cfg = gateway::fleet_gateway_config(
-                &gw_dir,
-                pki.paths(),
-                ([127, 0, 0, 1], 0).into(),
-                ([127, 0, 0, 1], 0).into(),
-                token,
-            );
-            GatewayRunner::in_process(cfg, token).await?
-        }
-        GatewayMode::InProcessAt { edge, api } => {
-            let cfg = gateway::fleet_gateway_config(&gw_dir, pki.paths(), edge, api, token);
-            GatewayRunner::in_process(cfg, token).await?
-        }
-        GatewayMode::Child { bin } => {
-            let cfg = gateway::fleet_gateway_config(
-                &gw_dir,
-                pki.paths(),
-                ([127, 0, 0, 1], 0).into(),
-                ([127, 0, 0, 1], 0).into(),
-                token,
-            );
-            GatewayRunner::child(&bin, &cfg, &gw_dir, token).await?
-        }
-        GatewayMode::External { edge, api, token } => GatewayRunner::external(edge, api, &token),
+    let world = World::plan(opts.cabinets, opts.cabinets_per_site, token);
+    let any: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
+    let config = |edge, api| {
+        let mut cfg = gateway::fleet_gateway_config(&gw_dir, pki.paths(), edge, api, token);
+        world.add_tokens(&mut cfg);
+        cfg
     };
+    let (gateway, world) = match mode {
+        GatewayMode::InProcess => (
+            GatewayRunner::in_process(config(any, any), token).await?,
+            world,
+        ),
+        GatewayMode::InProcessAt { edge, api } => (
+            GatewayRunner::in_process(config(edge, api), token).await?,
+            world,
+        ),
+        GatewayMode::Child { bin } => (
+            GatewayRunner::child(&bin, &config(any, any), &gw_dir, token).await?,
+            world,
+        ),
+        GatewayMode::External { edge, api, token } => (
+            GatewayRunner::external(edge, api, &token),
+            world.external(),
+        ),
+    };
+    world
+        .setup(&Api::new(gateway.api, &gateway.token), &ids)
+        .await?;
     let rss_before_kib = rss_kib(None);
     let ca = pki.ca_cert_der().to_vec();
-    let fleet = Fleet::build(opts, certs, &ca, &gateway, ids).await?;
+    let fleet = Fleet::build(opts, certs, &ca, &gateway, ids, world).await?;
     Ok(Launched {
         fleet,
         gateway,
