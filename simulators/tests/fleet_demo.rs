@@ -60,7 +60,12 @@ async fn five_cabinets_follow_real_orders_with_an_offline_pickup() {
     assert!(report.is_clean(), "{report}");
     assert!(report.orders_created > 0, "orders were created");
     assert!(
-        report.orders_by_state.get("picked_up").copied().unwrap_or(0) > 0,
+        report
+            .orders_by_state
+            .get("picked_up")
+            .copied()
+            .unwrap_or(0)
+            > 0,
         "orders ended picked up: {report}"
     );
     assert!(

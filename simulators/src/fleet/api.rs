@@ -70,7 +70,12 @@ impl Api {
     }
 
     /// `POST {path}` with a JSON body and optional idempotency key, the JSON answer.
-    pub async fn post(&self, path: &str, body: &Value, key: Option<&str>) -> Result<Value, ApiError> {
+    pub async fn post(
+        &self,
+        path: &str,
+        body: &Value,
+        key: Option<&str>,
+    ) -> Result<Value, ApiError> {
         let mut rq = self
             .client
             .post(format!("{}{path}", self.base))
@@ -122,7 +127,10 @@ impl Api {
         let page = self
             .get(&format!("/v1/notifications?after={after}&limit=1000"))
             .await?;
-        let items = page["notifications"].as_array().cloned().unwrap_or_default();
+        let items = page["notifications"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let next = page["next_after"].as_u64().unwrap_or(after).max(after);
         Ok((items, next))
     }

@@ -37,7 +37,8 @@ impl Stage {
     pub fn api_states(self) -> &'static [&'static str] {
         match self {
             Stage::Reserved => &["reserved"],
-            Stage::Deposited | Stage::Ready => &["deposited", "ready"],
+            // a pickup window can end during a long run
+            Stage::Deposited | Stage::Ready => &["deposited", "ready", "expired"],
             Stage::PickedUp => &["picked_up"],
             Stage::Cancelled => &["cancelled"],
             Stage::Recalled => &["return_requested"],
@@ -187,23 +188,22 @@ impl Ledger {
         }
         items.len()
     }
-
 }
 
 fn notice(g: &mut Inner, n: &Value) {
-        let kind = n["kind"].as_str().unwrap_or("");
-        if kind != "ready" && kind != "resend" {
-            return;
-        }
-        let Some(o) = n["order"].as_str().and_then(|id| g.orders.get_mut(id)) else {
-            return;
-        };
-        o.pin = n["pin"].as_str().map(str::to_owned);
-        // a new code: the cabinet must get it first
-        o.creds_ok = false;
-        o.qr = n["qr"].as_str().map(str::to_owned);
-        if matches!(o.stage, Stage::Reserved | Stage::Deposited) {
-            o.stage = Stage::Ready;
-            o.ready_at = Some(Instant::now());
-        }
+    let kind = n["kind"].as_str().unwrap_or("");
+    if kind != "ready" && kind != "resend" {
+        return;
     }
+    let Some(o) = n["order"].as_str().and_then(|id| g.orders.get_mut(id)) else {
+        return;
+    };
+    o.pin = n["pin"].as_str().map(str::to_owned);
+    // a new code: the cabinet must get it first
+    o.creds_ok = false;
+    o.qr = n["qr"].as_str().map(str::to_owned);
+    if matches!(o.stage, Stage::Reserved | Stage::Deposited) {
+        o.stage = Stage::Ready;
+        o.ready_at = Some(Instant::now());
+    }
+}

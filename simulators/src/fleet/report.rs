@@ -207,7 +207,9 @@ pub fn check_parcels(
     for id in created {
         match orders.get(id.as_str()) {
             Some(o) => *r.orders_by_state.entry(state(o)).or_default() += 1,
-            None => r.problem(format!("order {id} was created but the API does not list it")),
+            None => r.problem(format!(
+                "order {id} was created but the API does not list it"
+            )),
         }
     }
     for (id, p) in people {
@@ -215,7 +217,7 @@ pub fn check_parcels(
             continue;
         };
         let s = state(o);
-        if !p.stage.api_states().contains(&s.as_str()) && !(p.leftover && s == "expired") {
+        if !p.stage.api_states().contains(&s.as_str()) {
             r.problem(format!(
                 "order {id}: the people saw it {:?}, the API says {s}",
                 p.stage
@@ -256,8 +258,16 @@ pub fn check_parcels(
                 r.problem(format!(
                     "{} compartment {c}: the parcel sensor says {}, the orders say {} ({held:?})",
                     cab.id,
-                    if parcel { "a parcel is inside" } else { "empty" },
-                    if inside { "a parcel is inside" } else { "empty" },
+                    if parcel {
+                        "a parcel is inside"
+                    } else {
+                        "empty"
+                    },
+                    if inside {
+                        "a parcel is inside"
+                    } else {
+                        "empty"
+                    },
                 ));
             }
             let listed = cab.compartments.get(&c).cloned().flatten();

@@ -268,8 +268,13 @@ async fn create(idx: usize, ctx: &ScenarioCtx, rng: &mut StdRng) {
             None => return,
         }
     } else {
-        let Some(v) =
-            post_retrying(client, ctx, "/v1/orders/batch", &json!({ "orders": bodies })).await
+        let Some(v) = post_retrying(
+            client,
+            ctx,
+            "/v1/orders/batch",
+            &json!({ "orders": bodies }),
+        )
+        .await
         else {
             return;
         };
@@ -340,7 +345,8 @@ async fn unlock_order(
 ) -> bool {
     let i = usize::from(o.compartment.saturating_sub(1));
     let body = json!({"reason": reason, "ttl_ms": UNLOCK_TTL_MS, "wait_ms": 10_000});
-    let wait = match ctx.client(o.carrier)
+    let wait = match ctx
+        .client(o.carrier)
         .post(&format!("/v1/orders/{}/unlock", o.id), &body, None)
         .await
     {
@@ -398,7 +404,12 @@ async fn deposit(idx: usize, cab: &SimCabinet, ctx: &ScenarioCtx, o: &SimOrder) 
 
 /// Whether the cabinet holds the credential set the gateway last built for it (waiting up to
 /// `wait` for it); marks the cabinet's ready orders as known to it.
-pub async fn creds_current(idx: usize, cab: &SimCabinet, ctx: &ScenarioCtx, wait: Duration) -> bool {
+pub async fn creds_current(
+    idx: usize,
+    cab: &SimCabinet,
+    ctx: &ScenarioCtx,
+    wait: Duration,
+) -> bool {
     let Ok(v) = ctx
         .api
         .get(&format!("/v1/cabinets/{}/compartments", cab.id))
@@ -432,8 +443,13 @@ pub async fn pick_up(
     if online {
         if rng.gen_bool(0.1) {
             // the recipient asked the carrier for more time first
-            match ctx.client(o.carrier)
-                .post(&format!("/v1/orders/{}/extend", o.id), &json!({"hours": 24}), None)
+            match ctx
+                .client(o.carrier)
+                .post(
+                    &format!("/v1/orders/{}/extend", o.id),
+                    &json!({"hours": 24}),
+                    None,
+                )
                 .await
             {
                 Ok(_) => {
@@ -493,7 +509,8 @@ pub async fn pick_up(
 /// by a remote unlock.
 async fn recall_and_collect(idx: usize, cab: &SimCabinet, ctx: &ScenarioCtx, o: &SimOrder) {
     if o.stage == Stage::Ready {
-        match ctx.client(o.carrier)
+        match ctx
+            .client(o.carrier)
             .post(&format!("/v1/orders/{}/return", o.id), &json!({}), None)
             .await
         {

@@ -166,14 +166,6 @@ impl Fleet {
             .iter()
             .filter_map(|o| Some((o["id"].as_str()?, o)))
             .collect();
-        check_parcels(
-            r,
-            &by_id,
-            &cabinets,
-            &people,
-            &created,
-            &pickups,
-            access,
-        );
+        check_parcels(r, &by_id, &cabinets, &people, &created, &pickups, access);
     }
 }
