@@ -381,17 +381,23 @@ impl Fleet {
         picked.sort_by_key(|i| !waiting(i));
         picked.truncate(n.min(self.cabinets.len()));
         // the recipients who will come during the outage: their cabinet holds their code
-        let mut visitors = Vec::new();
-        for &i in &picked {
-            let cab = &self.cabinets[i];
-            if waiting(&i) && cab.try_claim() {
+        let checks = picked
+            .iter()
+            .filter(|&i| waiting(i) && self.cabinets[*i].try_claim())
+            .map(|&i| async move {
+                let cab = &self.cabinets[i];
                 if scenario::creds_current(i, cab, &self.ctx, Duration::from_secs(2)).await {
-                    visitors.push(i);
+                    Some(i)
                 } else {
                     cab.release();
+                    None
                 }
-            }
-        }
+            });
+        let visitors: Vec<usize> = futures::future::join_all(checks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         for &i in &picked {
             let cab = &self.cabinets[i];
             cab.link.set_down(true);
