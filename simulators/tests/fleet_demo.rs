@@ -73,6 +73,12 @@ async fn five_cabinets_follow_real_orders_with_an_offline_pickup() {
         "a recipient picked up while the cabinet was offline, and the cabinet reported it: {report}"
     );
     assert_eq!(report.pickups_reported, report.pickups_people);
+    let stats = &l.fleet.ctx.stats;
+    let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        n(&stats.deposits_badge) > 0 && n(&stats.deposits_api) > 0,
+        "couriers deposited with badge and barcode and by remote unlock: {stats}"
+    );
     l.fleet.shutdown().await;
     l.gateway.stop().await;
 }

@@ -249,6 +249,16 @@ impl SimCabinet {
         Ok(h.scan(source, value).await?)
     }
 
+    /// A key pressed at the cabinet (`key:collect`, `key:bigger`, `key:logout`, sizes).
+    pub async fn key(
+        &self,
+        key: locker_agent::Key,
+    ) -> Result<locker_agent::ScanReply, CabinetError> {
+        let g = self.agent.read().await;
+        let h = g.as_ref().ok_or(CabinetError::NotRunning)?;
+        Ok(h.key(key).await?)
+    }
+
     /// Takes the cabinet for one scenario; false if another one runs.
     pub fn try_claim(&self) -> bool {
         self.busy

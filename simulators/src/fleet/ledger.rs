@@ -52,6 +52,8 @@ impl Stage {
 pub struct SimOrder {
     pub id: String,
     pub carrier: usize,
+    /// The parcel barcode a courier scans.
+    pub tracking: String,
     pub cabinet: usize,
     pub compartment: u16,
     pub stage: Stage,
@@ -146,13 +148,14 @@ impl Ledger {
         }
     }
 
-    /// The cabinet `i` holds its current credential set: every code its recipients hold is in.
+    /// The cabinet `i` holds its current credential set: every parcel its couriers will bring
+    /// and every code its recipients hold is in.
     pub fn creds_held(&self, i: usize) {
         let mut g = self.lock();
         let ids = g.by_cabinet.get(&i).cloned().unwrap_or_default();
         for id in ids {
             if let Some(o) = g.orders.get_mut(&id) {
-                if o.stage == Stage::Ready && o.pin.is_some() {
+                if o.stage == Stage::Reserved || (o.stage == Stage::Ready && o.pin.is_some()) {
                     o.creds_ok = true;
                 }
             }

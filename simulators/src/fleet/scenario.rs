@@ -1,18 +1,22 @@
 //! The simulated people, following real orders of the gateway's parcel domain:
 //! - carriers create orders through the API with their own tokens (one at a time, or a batch
 //!   for a courier's route through a site), in random sizes, and cancel a few;
-//! - a courier deposits by a remote unlock of the order (`POST /v1/orders/{id}/unlock`, reason
-//!   "courier at the door"), puts the parcel in (the board's parcel sensor) and closes the door;
+//! - a courier deposits at the cabinet (badge, then the parcel's barcode: the cabinet opens the
+//!   order's compartment from its credential set, also while offline) or, with the gateway
+//!   reachable, by a remote unlock of the order (`POST /v1/orders/{id}/unlock`, reason "courier
+//!   at the door"); then puts the parcel in (the board's parcel sensor) and closes the door;
 //! - recipients learn their PIN and QR token from the notification outbox (see
 //!   [`super::ledger`]), type the PIN at the keypad or show the QR token once the cabinet holds
 //!   the credential set with their code, take the parcel out and close the door; some do so
 //!   while their cabinet is offline (the cabinet's credential cache), and the pickup reaches the
 //!   gateway when the link returns;
 //! - some recipients never come: after a while their carrier recalls the order (`/return`) and
-//!   a courier collects the parcel by a remote unlock; a few get their window extended.
+//!   a courier collects the parcel (badge and `key:collect`, or a remote unlock); a few get
+//!   their window extended.
 //!
-//! Deposits at the cabinet with a courier badge and the parcel barcode need the agent's courier
-//! sign-in, which is not in this branch yet: couriers use the remote path.
+//! Couriers and recipients act at the cabinet only once it holds the gateway's current
+//! credential set (offline: one it was seen holding), so no wrong code counts against the
+//! keypad lockout.
 //!
 //! One scenario runs per cabinet at a time (the caller claims the cabinet).
 
@@ -20,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use locker_agent::Access;
+use locker_agent::{Access, Key};
 use locker_schemas::{CompartmentId, ScanSource};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -40,6 +44,9 @@ pub struct ScenarioStats {
     pub no_room: AtomicU64,
     pub cancels: AtomicU64,
     pub deposits_api: AtomicU64,
+    pub deposits_badge: AtomicU64,
+    /// Deposits while the cabinet was offline (included in the badge ones).
+    pub deposits_offline: AtomicU64,
     pub pickups_pin: AtomicU64,
     pub pickups_qr: AtomicU64,
     /// Pickups while the cabinet was offline (included in the two above).
@@ -61,7 +68,7 @@ impl ScenarioStats {
     /// Deposits and pickups done.
     pub fn done(&self) -> (u64, u64) {
         (
-            self.deposits_api.load(Ordering::Relaxed),
+            self.deposits_api.load(Ordering::Relaxed) + self.deposits_badge.load(Ordering::Relaxed),
             self.pickups_pin.load(Ordering::Relaxed) + self.pickups_qr.load(Ordering::Relaxed),
         )
     }
@@ -75,7 +82,8 @@ impl std::fmt::Display for ScenarioStats {
         write!(
             f,
             "{} orders created ({} batches), {} cancelled ({} for want of room), {deposits} \
-             deposits by remote unlock, {pickups} pickups ({} by PIN, {} by QR, {} offline), \
+             deposits ({} by remote unlock, {} by badge and barcode, {} offline), {pickups} \
+             pickups ({} by PIN, {} by QR, {} offline), \
              {} windows extended, {} recalled and {} collected by couriers, {} recipients early \
              for their code, {} refused or late doors, {} API errors, {} unlocks without \
              `opened` when the call returned",
@@ -83,6 +91,9 @@ impl std::fmt::Display for ScenarioStats {
             n(&self.batches),
             n(&self.cancels),
             n(&self.no_room),
+            n(&self.deposits_api),
+            n(&self.deposits_badge),
+            n(&self.deposits_offline),
             n(&self.pickups_pin),
             n(&self.pickups_qr),
             n(&self.pickups_offline),
@@ -171,7 +182,7 @@ pub async fn run(idx: usize, cab: Arc<SimCabinet>, ctx: Arc<ScenarioCtx>) {
         .collect();
     let reserved: Vec<&SimOrder> = orders
         .iter()
-        .filter(|o| o.stage == Stage::Reserved)
+        .filter(|o| o.stage == Stage::Reserved && (online || o.creds_ok))
         .collect();
     let recall: Vec<&SimOrder> = orders
         .iter()
@@ -186,14 +197,18 @@ pub async fn run(idx: usize, cab: Arc<SimCabinet>, ctx: Arc<ScenarioCtx>) {
     if !ready.is_empty() && (!online || rng.gen_bool(0.6)) {
         let o = ready[rng.gen_range(0..ready.len())].clone();
         pick_up(idx, &cab, &ctx, &o, online, &mut rng).await;
-    } else if !online {
-        // nothing else happens at an offline cabinet: couriers use the remote path
-    } else if !reserved.is_empty() && rng.gen_bool(0.8) {
+    } else if !reserved.is_empty() && (!online || rng.gen_bool(0.8)) {
         let o = reserved[rng.gen_range(0..reserved.len())].clone();
-        deposit(idx, &cab, &ctx, &o).await;
+        if !online || rng.gen_bool(0.5) {
+            badge_deposit(idx, &cab, &ctx, &o, online, &mut rng).await;
+        } else {
+            deposit(idx, &cab, &ctx, &o).await;
+        }
+    } else if !online {
+        // nothing else happens at an offline cabinet
     } else if let Some(o) = recall.first() {
         let o = (*o).clone();
-        recall_and_collect(idx, &cab, &ctx, &o).await;
+        recall_and_collect(idx, &cab, &ctx, &o, &mut rng).await;
     } else if ctx.ledger.live_at(idx) + 2 < usize::from(ctx.locks) {
         create(idx, &ctx, &mut rng).await;
     }
@@ -302,6 +317,7 @@ async fn create(idx: usize, ctx: &ScenarioCtx, rng: &mut StdRng) {
         let mut o = SimOrder {
             id: id.clone(),
             carrier,
+            tracking: v["tracking"].as_str().unwrap_or_default().to_owned(),
             cabinet: j,
             compartment: v["compartment"]
                 .as_u64()
@@ -400,6 +416,66 @@ async fn deposit(idx: usize, cab: &SimCabinet, ctx: &ScenarioCtx, o: &SimOrder) 
     close(cab, i).await;
     ctx.ledger.set(&o.id, Stage::Deposited);
     ctx.stats.deposits_api.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A courier of the order's carrier signs in with their badge; `None` if refused.
+async fn sign_in(
+    cab: &SimCabinet,
+    ctx: &ScenarioCtx,
+    carrier: usize,
+    rng: &mut StdRng,
+) -> Option<()> {
+    let couriers = &ctx.world.carriers.get(carrier)?.couriers;
+    let (courier, badge) = couriers.get(rng.gen_range(0..couriers.len().max(1)))?;
+    match cab.scan(ScanSource::Rfid, badge.clone()).await {
+        Ok(r) if r.access == Access::SignedIn(courier.clone()) => Some(()),
+        Ok(r) => {
+            tracing::warn!(cabinet = %cab.id, courier, access = ?r.access, "badge refused");
+            ctx.stats.no_access.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// The courier at the cabinet: badge, then the parcel's barcode; the cabinet opens the
+/// order's compartment from its credential set (also offline); the courier puts the parcel in,
+/// closes the door and signs out.
+async fn badge_deposit(
+    idx: usize,
+    cab: &SimCabinet,
+    ctx: &ScenarioCtx,
+    o: &SimOrder,
+    online: bool,
+    rng: &mut StdRng,
+) {
+    if online && !creds_current(idx, cab, ctx, DOOR_WAIT).await {
+        ctx.stats.creds_not_yet.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    if sign_in(cab, ctx, o.carrier, rng).await.is_none() {
+        return;
+    }
+    let opened = match cab.scan(ScanSource::Barcode, o.tracking.clone()).await {
+        Ok(r) if r.access == Access::DepositInto(CompartmentId(o.compartment)) => true,
+        Ok(r) => {
+            tracing::warn!(cabinet = %cab.id, order = %o.id, access = ?r.access, "parcel refused");
+            ctx.stats.no_access.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+        Err(_) => false,
+    };
+    let i = usize::from(o.compartment.saturating_sub(1));
+    if opened && wait_door(cab, i, DOOR_WAIT).await {
+        let _ = cab.board.put_parcel(i);
+        close(cab, i).await;
+        ctx.ledger.set(&o.id, Stage::Deposited);
+        ctx.stats.deposits_badge.fetch_add(1, Ordering::Relaxed);
+        if !online {
+            ctx.stats.deposits_offline.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let _ = cab.key(Key::Logout).await;
 }
 
 /// Whether the cabinet holds the credential set the gateway last built for it (waiting up to
@@ -507,7 +583,13 @@ pub async fn pick_up(
 
 /// The recipient never came: the carrier recalls the order and a courier collects the parcel
 /// by a remote unlock.
-async fn recall_and_collect(idx: usize, cab: &SimCabinet, ctx: &ScenarioCtx, o: &SimOrder) {
+async fn recall_and_collect(
+    idx: usize,
+    cab: &SimCabinet,
+    ctx: &ScenarioCtx,
+    o: &SimOrder,
+    rng: &mut StdRng,
+) {
     if o.stage == Stage::Ready {
         match ctx
             .client(o.carrier)
@@ -524,9 +606,50 @@ async fn recall_and_collect(idx: usize, cab: &SimCabinet, ctx: &ScenarioCtx, o: 
             }
         }
     }
-    if !unlock_order(idx, cab, ctx, o, "courier collecting a recalled parcel").await {
-        return;
-    }
+    let courier = o.carrier < ctx.world.carriers.len() && rng.gen_bool(0.5);
+    let o = if courier {
+        // at the cabinet: badge, then `key:collect` opens the next parcel to collect
+        if !creds_current(idx, cab, ctx, DOOR_WAIT).await {
+            ctx.stats.creds_not_yet.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if sign_in(cab, ctx, o.carrier, rng).await.is_none() {
+            return;
+        }
+        let r = cab.key(Key::Collect).await;
+        let _ = cab.key(Key::Logout).await;
+        let c = match r {
+            Ok(r) => match r.access {
+                Access::Collect(c) => c.0,
+                other => {
+                    tracing::warn!(cabinet = %cab.id, access = ?other, "nothing collected");
+                    ctx.stats.no_access.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            },
+            Err(_) => return,
+        };
+        // the parcel in that compartment, whichever recalled order of the carrier it is
+        let Some(x) = ctx
+            .ledger
+            .at(idx)
+            .into_iter()
+            .find(|x| x.compartment == c && x.stage == Stage::Recalled)
+        else {
+            tracing::warn!(cabinet = %cab.id, compartment = c, "collected an unknown parcel");
+            return;
+        };
+        if !wait_door(cab, usize::from(c.saturating_sub(1)), DOOR_WAIT).await {
+            ctx.stats.no_access.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        x
+    } else {
+        if !unlock_order(idx, cab, ctx, o, "courier collecting a recalled parcel").await {
+            return;
+        }
+        o.clone()
+    };
     let i = usize::from(o.compartment.saturating_sub(1));
     let _ = cab.board.take_parcel(i);
     close(cab, i).await;

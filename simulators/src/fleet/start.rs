@@ -124,6 +124,7 @@ impl Fleet {
             self.ctx.ledger.add(SimOrder {
                 id: id.to_owned(),
                 carrier,
+                tracking: o["tracking"].as_str().unwrap_or_default().to_owned(),
                 cabinet: i,
                 compartment,
                 stage,
