@@ -32,6 +32,7 @@ use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use locker_schemas::CabinetId;
+use rand::seq::SliceRandom;
 use rand::Rng;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -368,7 +369,7 @@ impl Fleet {
         let mut picked: Vec<usize> = {
             let mut rng = rand::thread_rng();
             let mut all: Vec<usize> = (0..self.cabinets.len()).collect();
-            all.sort_by_key(|_| rng.gen::<u32>());
+            all.shuffle(&mut rng);
             all
         };
         let waiting = |i: &usize| {
@@ -378,7 +379,9 @@ impl Fleet {
                 .iter()
                 .any(|o| o.stage == Stage::Ready && !o.no_show && o.pin.is_some())
         };
-        picked.sort_by_key(|i| !waiting(i));
+        // each key read once: scenarios change the ledger meanwhile (a stable sort keeps the
+        // shuffle among equals)
+        picked.sort_by_cached_key(|i| !waiting(i));
         picked.truncate(n.min(self.cabinets.len()));
         // the recipients who will come during the outage: their cabinet holds their code
         let checks = picked

@@ -176,6 +176,11 @@ pub async fn launch(
     mode: GatewayMode,
     token: &str,
 ) -> Result<Launched, FleetError> {
+    // a child gateway reads its paths relative to its own configuration file: make them
+    // absolute (a relative --state would otherwise point into the gateway's directory)
+    let mut opts = opts;
+    opts.state_dir = std::path::absolute(&opts.state_dir)?;
+    let pki_dir = &std::path::absolute(pki_dir)?;
     let ids = cabinet_ids(&opts.prefix, opts.cabinets)?;
     let dir = pki_dir.to_path_buf();
     let ids2 = ids.clone();
