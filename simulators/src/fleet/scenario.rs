@@ -151,10 +151,20 @@ async fn wait_door(cab: &SimCabinet, i: usize, limit: Duration) -> bool {
 }
 
 /// The person closes the door after a moment, and the cabinet sees it closed.
+///
+/// A person takes seconds at an open door; the simulated one waits until the cabinet has seen
+/// the door open (its status) before closing it, so a door is never opened and shut between two
+/// polls of the board (the agent reports a local access when it sees the door open).
 async fn close(cab: &SimCabinet, i: usize) {
+    let c = CompartmentId(u16::try_from(i + 1).unwrap_or(1));
+    let deadline = tokio::time::Instant::now() + DOOR_WAIT;
+    while tokio::time::Instant::now() < deadline
+        && !cab.status().is_some_and(|s| s.open_doors.contains(&c))
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let _ = cab.board.close_door(i);
-    let c = CompartmentId(u16::try_from(i + 1).unwrap_or(1));
     let deadline = tokio::time::Instant::now() + DOOR_WAIT;
     while tokio::time::Instant::now() < deadline {
         if cab.status().is_some_and(|s| !s.open_doors.contains(&c)) {
