@@ -175,6 +175,8 @@ async fn close(cab: &SimCabinet, i: usize) {
 }
 
 const DOOR_WAIT: Duration = Duration::from_secs(5);
+/// A recipient comes at the earliest this long after the notice.
+const RECIPIENT_DELAY: Duration = Duration::from_secs(3);
 /// After a failed unlock call (the gateway restarting) the command may still run within its
 /// time to live: the courier waits that long at the door.
 const UNLOCK_TTL_MS: u64 = 10_000;
@@ -185,10 +187,12 @@ pub async fn run(idx: usize, cab: Arc<SimCabinet>, ctx: Arc<ScenarioCtx>) {
     let mut rng = StdRng::from_entropy();
     let online = cab.brief().is_some_and(|b| b.0) && !cab.link.is_down();
     let orders = ctx.ledger.at(idx);
+    // recipients come a while after their notice (any time while the cabinet is offline)
     let ready: Vec<&SimOrder> = orders
         .iter()
         .filter(|o| o.stage == Stage::Ready && !o.no_show && o.pin.is_some())
         .filter(|o| online || o.creds_ok)
+        .filter(|o| !online || o.ready_at.is_some_and(|t| t.elapsed() >= RECIPIENT_DELAY))
         .collect();
     let reserved: Vec<&SimOrder> = orders
         .iter()
