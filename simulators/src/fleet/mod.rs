@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod cabinet;
+mod couriers;
 pub mod gateway;
 pub mod ledger;
 pub mod link;

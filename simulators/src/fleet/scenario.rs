@@ -21,10 +21,10 @@
 //! One scenario runs per cabinet at a time (the caller claims the cabinet).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use locker_agent::{Access, Key};
+use locker_agent::Access;
 use locker_schemas::{CompartmentId, ScanSource};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -32,6 +32,7 @@ use serde_json::{json, Value};
 
 use super::api::{Api, ApiError};
 use super::cabinet::SimCabinet;
+use super::couriers::{badge_deposit, deposit, recall_and_collect};
 use super::ledger::{Ledger, Pickup, SimOrder, Stage};
 use super::world::World;
 
@@ -139,7 +140,7 @@ impl ScenarioCtx {
     }
 }
 
-async fn wait_door(cab: &SimCabinet, i: usize, limit: Duration) -> bool {
+pub(super) async fn wait_door(cab: &SimCabinet, i: usize, limit: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
     while tokio::time::Instant::now() < deadline {
         if cab.board.door_open(i).unwrap_or(false) {
@@ -155,7 +156,7 @@ async fn wait_door(cab: &SimCabinet, i: usize, limit: Duration) -> bool {
 /// A person takes seconds at an open door; the simulated one waits until the cabinet has seen
 /// the door open (its status) before closing it, so a door is never opened and shut between two
 /// polls of the board (the agent reports a local access when it sees the door open).
-async fn close(cab: &SimCabinet, i: usize) {
+pub(super) async fn close(cab: &SimCabinet, i: usize) {
     let c = CompartmentId(u16::try_from(i + 1).unwrap_or(1));
     let deadline = tokio::time::Instant::now() + DOOR_WAIT;
     while tokio::time::Instant::now() < deadline
@@ -174,12 +175,12 @@ async fn close(cab: &SimCabinet, i: usize) {
     }
 }
 
-const DOOR_WAIT: Duration = Duration::from_secs(5);
+pub(super) const DOOR_WAIT: Duration = Duration::from_secs(5);
 /// A recipient comes at the earliest this long after the notice.
 const RECIPIENT_DELAY: Duration = Duration::from_secs(3);
 /// After a failed unlock call (the gateway restarting) the command may still run within its
 /// time to live: the courier waits that long at the door.
-const UNLOCK_TTL_MS: u64 = 10_000;
+pub(super) const UNLOCK_TTL_MS: u64 = 10_000;
 const SIZES: [(&str, f64); 4] = [("S", 0.5), ("M", 0.3), ("L", 0.15), ("XL", 0.05)];
 
 /// Runs one scenario at cabinet `idx` (which the caller claimed) and releases it.
@@ -229,7 +230,7 @@ pub async fn run(idx: usize, cab: Arc<SimCabinet>, ctx: Arc<ScenarioCtx>) {
     cab.release();
 }
 
-fn api_error(ctx: &ScenarioCtx, what: &str, e: &ApiError) {
+pub(super) fn api_error(ctx: &ScenarioCtx, what: &str, e: &ApiError) {
     tracing::debug!(error = %e, "{what} failed");
     ctx.stats.api_errors.fetch_add(1, Ordering::Relaxed);
 }
@@ -365,133 +366,6 @@ async fn create(idx: usize, ctx: &ScenarioCtx, rng: &mut StdRng) {
     }
 }
 
-/// A remote unlock of an order by its carrier; true once the door is open.
-async fn unlock_order(
-    idx: usize,
-    cab: &SimCabinet,
-    ctx: &ScenarioCtx,
-    o: &SimOrder,
-    reason: &str,
-) -> bool {
-    let i = usize::from(o.compartment.saturating_sub(1));
-    let body = json!({"reason": reason, "ttl_ms": UNLOCK_TTL_MS, "wait_ms": 10_000});
-    let wait = match ctx
-        .client(o.carrier)
-        .post(&format!("/v1/orders/{}/unlock", o.id), &body, None)
-        .await
-    {
-        Ok(v) => {
-            if let Some(id) = v["command"]["id"].as_str() {
-                ctx.commands
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push((idx, id.to_owned()));
-            }
-            match v["command"]["outcome"].as_str() {
-                Some("opened") => DOOR_WAIT,
-                Some(_) => {
-                    ctx.stats
-                        .commands_unresolved
-                        .fetch_add(1, Ordering::Relaxed);
-                    return false;
-                }
-                None => {
-                    ctx.stats
-                        .commands_unresolved
-                        .fetch_add(1, Ordering::Relaxed);
-                    Duration::from_millis(UNLOCK_TTL_MS + 2_000)
-                }
-            }
-        }
-        Err(e) => {
-            api_error(ctx, "order unlock", &e);
-            if matches!(&e, ApiError::Status { status, .. } if *status < 500) {
-                return false;
-            }
-            Duration::from_millis(UNLOCK_TTL_MS + 2_000)
-        }
-    };
-    if wait_door(cab, i, wait).await {
-        true
-    } else {
-        ctx.stats.no_access.fetch_add(1, Ordering::Relaxed);
-        false
-    }
-}
-
-/// The courier at the door: the carrier opens the order's compartment remotely, the courier
-/// puts the parcel in and closes the door.
-async fn deposit(idx: usize, cab: &SimCabinet, ctx: &ScenarioCtx, o: &SimOrder) {
-    if !unlock_order(idx, cab, ctx, o, "courier at the door").await {
-        return;
-    }
-    let i = usize::from(o.compartment.saturating_sub(1));
-    let _ = cab.board.put_parcel(i);
-    close(cab, i).await;
-    ctx.ledger.set(&o.id, Stage::Deposited);
-    ctx.stats.deposits_api.fetch_add(1, Ordering::Relaxed);
-}
-
-/// A courier of the order's carrier signs in with their badge; `None` if refused.
-async fn sign_in(
-    cab: &SimCabinet,
-    ctx: &ScenarioCtx,
-    carrier: usize,
-    rng: &mut StdRng,
-) -> Option<()> {
-    let couriers = &ctx.world.carriers.get(carrier)?.couriers;
-    let (courier, badge) = couriers.get(rng.gen_range(0..couriers.len().max(1)))?;
-    match cab.scan(ScanSource::Rfid, badge.clone()).await {
-        Ok(r) if r.access == Access::SignedIn(courier.clone()) => Some(()),
-        Ok(r) => {
-            tracing::warn!(cabinet = %cab.id, courier, access = ?r.access, "badge refused");
-            ctx.stats.no_access.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-        Err(_) => None,
-    }
-}
-
-/// The courier at the cabinet: badge, then the parcel's barcode; the cabinet opens the
-/// order's compartment from its credential set (also offline); the courier puts the parcel in,
-/// closes the door and signs out.
-async fn badge_deposit(
-    idx: usize,
-    cab: &SimCabinet,
-    ctx: &ScenarioCtx,
-    o: &SimOrder,
-    online: bool,
-    rng: &mut StdRng,
-) {
-    if online && !creds_current(idx, cab, ctx, DOOR_WAIT).await {
-        ctx.stats.creds_not_yet.fetch_add(1, Ordering::Relaxed);
-        return;
-    }
-    if sign_in(cab, ctx, o.carrier, rng).await.is_none() {
-        return;
-    }
-    let opened = match cab.scan(ScanSource::Barcode, o.tracking.clone()).await {
-        Ok(r) if r.access == Access::DepositInto(CompartmentId(o.compartment)) => true,
-        Ok(r) => {
-            tracing::warn!(cabinet = %cab.id, order = %o.id, access = ?r.access, "parcel refused");
-            ctx.stats.no_access.fetch_add(1, Ordering::Relaxed);
-            false
-        }
-        Err(_) => false,
-    };
-    let i = usize::from(o.compartment.saturating_sub(1));
-    if opened && wait_door(cab, i, DOOR_WAIT).await {
-        let _ = cab.board.put_parcel(i);
-        close(cab, i).await;
-        ctx.ledger.set(&o.id, Stage::Deposited);
-        ctx.stats.deposits_badge.fetch_add(1, Ordering::Relaxed);
-        if !online {
-            ctx.stats.deposits_offline.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    let _ = cab.key(Key::Logout).await;
-}
-
 /// Whether the cabinet holds the credential set the gateway last built for it (waiting up to
 /// `wait` for it); marks the cabinet's ready orders as known to it.
 pub async fn creds_current(
@@ -593,80 +467,4 @@ pub async fn pick_up(
     if !online {
         ctx.stats.pickups_offline.fetch_add(1, Ordering::Relaxed);
     }
-}
-
-/// The recipient never came: the carrier recalls the order and a courier collects the parcel
-/// by a remote unlock.
-async fn recall_and_collect(
-    idx: usize,
-    cab: &SimCabinet,
-    ctx: &ScenarioCtx,
-    o: &SimOrder,
-    rng: &mut StdRng,
-) {
-    if o.stage == Stage::Ready {
-        match ctx
-            .client(o.carrier)
-            .post(&format!("/v1/orders/{}/return", o.id), &json!({}), None)
-            .await
-        {
-            Ok(_) => {
-                ctx.stats.recalls.fetch_add(1, Ordering::Relaxed);
-                ctx.ledger.set(&o.id, Stage::Recalled);
-            }
-            Err(e) => {
-                api_error(ctx, "return", &e);
-                return;
-            }
-        }
-    }
-    let courier = o.carrier < ctx.world.carriers.len() && rng.gen_bool(0.5);
-    let o = if courier {
-        // at the cabinet: badge, then `key:collect` opens the next parcel to collect
-        if !creds_current(idx, cab, ctx, DOOR_WAIT).await {
-            ctx.stats.creds_not_yet.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        if sign_in(cab, ctx, o.carrier, rng).await.is_none() {
-            return;
-        }
-        let r = cab.key(Key::Collect).await;
-        let _ = cab.key(Key::Logout).await;
-        let c = match r {
-            Ok(r) => match r.access {
-                Access::Collect(c) => c.0,
-                other => {
-                    tracing::warn!(cabinet = %cab.id, access = ?other, "nothing collected");
-                    ctx.stats.no_access.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-            },
-            Err(_) => return,
-        };
-        // the parcel in that compartment, whichever recalled order of the carrier it is
-        let Some(x) = ctx
-            .ledger
-            .at(idx)
-            .into_iter()
-            .find(|x| x.compartment == c && x.stage == Stage::Recalled)
-        else {
-            tracing::warn!(cabinet = %cab.id, compartment = c, "collected an unknown parcel");
-            return;
-        };
-        if !wait_door(cab, usize::from(c.saturating_sub(1)), DOOR_WAIT).await {
-            ctx.stats.no_access.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        x
-    } else {
-        if !unlock_order(idx, cab, ctx, o, "courier collecting a recalled parcel").await {
-            return;
-        }
-        o.clone()
-    };
-    let i = usize::from(o.compartment.saturating_sub(1));
-    let _ = cab.board.take_parcel(i);
-    close(cab, i).await;
-    ctx.ledger.set(&o.id, Stage::Returned);
-    ctx.stats.collected.fetch_add(1, Ordering::Relaxed);
 }
