@@ -1,7 +1,10 @@
 //! `locker-sim demo`: the whole system on one machine with nothing installed: a PKI in a state
 //! directory (reused when present), the gateway in-process with its embedded broker, a few
-//! hundred simulated cabinets running real agents, and an accelerated day with deliveries,
-//! pickups, an outage and a low-battery night, shown live; then the invariant report.
+//! hundred simulated cabinets running real agents in sites of 50, three carriers with their own
+//! API tokens, and an accelerated day of real orders (created by the carriers, deposited by
+//! couriers, picked up with the codes from the notification outbox, some offline during an
+//! outage, some recalled), a gateway restart and a low-battery night, shown live; then the
+//! invariant report.
 //!
 //! Standard output carries only the summary (plain lines when it is not a terminal); the logs
 //! of the gateway, the agents and the simulator go to `<state>/logs/demo.log`, named at start.
@@ -91,6 +94,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         backoff_max_ms: 3_000,
         settle_secs: 120,
         no_verify: false,
+        per_site: 50,
+        recall_secs: (duration / 6).clamp(5, 60),
     };
     let pki_dir = args.state.join("pki");
     let mut opts = script.options(args.state.clone());
@@ -126,6 +131,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         println!("          curl -s -H 'Authorization: Bearer {DEMO_TOKEN}' 'http://{api}/v1/cabinets/CAB-000001/events?limit=20'");
         println!("          curl -s -H 'Authorization: Bearer {DEMO_TOKEN}' -H 'content-type: application/json' \\");
         println!("            -d '{{\"action\": {{\"type\": \"unlock\", \"compartment\": 1}}, \"wait_ms\": 5000}}' http://{api}/v1/cabinets/CAB-000001/commands");
+        let world = &l.fleet.ctx.world;
+        if let Some(t) = world.carriers.first().and_then(|c| c.token.clone()) {
+            let names: Vec<String> = world
+                .carriers
+                .iter()
+                .filter_map(|c| Some(format!("{} ({})", c.id, c.token.as_deref()?)))
+                .collect();
+            println!("parcels:  {} sites of up to 50 cabinets; carrier tokens: {}", world.sites.len(), names.join(", "));
+            println!("          curl -s -H 'Authorization: Bearer {t}' 'http://{api}/v1/orders?limit=5'");
+            println!("          curl -s -H 'Authorization: Bearer {DEMO_TOKEN}' 'http://{api}/v1/notifications?limit=5'");
+            println!("          curl -s -H 'Authorization: Bearer {DEMO_TOKEN}' http://{api}/v1/cabinets/CAB-000001/compartments");
+        }
         match issued {
             Ok(()) => {
                 println!("MQTT:     mosquitto_sub -h {} -p {} --cafile {} \\", edge.ip(), edge.port(), ca.display());

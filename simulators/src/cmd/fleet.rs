@@ -1,6 +1,9 @@
 //! `locker-sim fleet`: N real agents in this process against a gateway (started as a child
-//! process by default, in-process with `--in-process`, or external with `--gateway`), scripted
-//! activity, then the invariant report and the memory per agent.
+//! process by default, in-process with `--in-process`, or external with `--gateway`), the
+//! parcel world set up through its API (sites of `--per-site` cabinets, three carriers with
+//! their own tokens, couriers), people following real orders, outages with offline pickups and
+//! a gateway restart; then the invariant report (events, commands, orders, compartments,
+//! pickups) and the memory per agent.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,9 +33,16 @@ pub struct Script {
     /// Simulated hour of day at start.
     #[arg(long, default_value_t = 8.0)]
     pub start_hour: f64,
-    /// Deliveries or pickups per cabinet per real minute.
+    /// Scenarios (an order created, a deposit, a pickup, a recall) per cabinet per real minute.
     #[arg(long, default_value_t = 1.0)]
     pub activity: f64,
+    /// Cabinets per site.
+    #[arg(long, default_value_t = 50)]
+    pub per_site: usize,
+    /// Recipients who never come (one in ten) have their order recalled by the carrier this
+    /// many seconds after it became ready (the gateway's pickup window is in hours).
+    #[arg(long, default_value_t = 20)]
+    pub recall_secs: u64,
     /// Share of the fleet (0..1) that loses its network once, at 30% of the run.
     #[arg(long, default_value_t = 0.1)]
     pub outage_share: f64,
@@ -104,6 +114,8 @@ impl Script {
             restart_at: (!self.no_restart).then_some(0.6),
             solar_share: self.solar_share,
             backoff_max_ms: self.backoff_max_ms.max(200),
+            cabinets_per_site: self.per_site.max(1),
+            recall_after: Duration::from_secs(self.recall_secs),
             ..FleetOptions::default()
         }
     }

@@ -1,5 +1,8 @@
-//! The few gateway HTTP API calls the fleet makes: create a command (optionally waiting for its
-//! outcome), read a command, page through a cabinet's audit log, read `/metrics`.
+//! The gateway HTTP API calls the fleet makes: create a command (optionally waiting for its
+//! outcome), read a command, page through a cabinet's audit log, read `/metrics`; and the
+//! parcel domain's calls (see [`super::world`] and [`super::scenario`]): sites, carriers and
+//! couriers, orders (create, batch, act, remote unlock, list), the notification outbox and a
+//! cabinet's compartments. [`Api::with_token`] gives a carrier its own client.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -44,6 +47,92 @@ impl Api {
             base: format!("http://{addr}"),
             token: token.to_owned(),
         }
+    }
+
+    /// The same client (connection pool) with another bearer token (a carrier's).
+    pub fn with_token(&self, token: &str) -> Self {
+        Self {
+            client: self.client.clone(),
+            base: self.base.clone(),
+            token: token.to_owned(),
+        }
+    }
+
+    /// `GET {path}` (path and query), the JSON answer.
+    pub async fn get(&self, path: &str) -> Result<Value, ApiError> {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        Self::json(r).await
+    }
+
+    /// `POST {path}` with a JSON body and optional idempotency key, the JSON answer.
+    pub async fn post(
+        &self,
+        path: &str,
+        body: &Value,
+        key: Option<&str>,
+    ) -> Result<Value, ApiError> {
+        let mut rq = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body);
+        if let Some(k) = key {
+            rq = rq.header("idempotency-key", k);
+        }
+        Self::json(rq.send().await?).await
+    }
+
+    /// `PUT {path}` with a JSON body, the JSON answer.
+    pub async fn put(&self, path: &str, body: &Value) -> Result<Value, ApiError> {
+        let r = self
+            .client
+            .put(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await?;
+        Self::json(r).await
+    }
+
+    /// Every order the token sees (`GET /v1/orders`, paged), oldest first.
+    pub async fn orders(&self) -> Result<Vec<Value>, ApiError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let q = match &after {
+                Some(a) => format!("/v1/orders?limit=1000&after={a}"),
+                None => "/v1/orders?limit=1000".to_owned(),
+            };
+            let page = self.get(&q).await?;
+            let orders = page["orders"].as_array().cloned().unwrap_or_default();
+            if orders.is_empty() {
+                return Ok(out);
+            }
+            out.extend(orders);
+            match page["next_after"].as_str() {
+                Some(n) if after.as_deref() != Some(n) => after = Some(n.to_owned()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// One page of the notification outbox after position `after`: the notices and the next
+    /// position.
+    pub async fn notifications(&self, after: u64) -> Result<(Vec<Value>, u64), ApiError> {
+        let page = self
+            .get(&format!("/v1/notifications?after={after}&limit=1000"))
+            .await?;
+        let items = page["notifications"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let next = page["next_after"].as_u64().unwrap_or(after).max(after);
+        Ok((items, next))
     }
 
     async fn json(r: reqwest::Response) -> Result<Value, ApiError> {

@@ -1,22 +1,22 @@
 //! One simulated cabinet: a REAL agent (`locker_agent::Agent`) with its own simulated lock board
 //! and charge controller served in-process (real Modbus TCP framing over an in-memory link that
 //! the device answers inline: no sockets, no pipe, no task; see [`crate::modbus::memory`]), its
-//! own certificate and link switch, and what the simulated people know about it (which
-//! compartments hold parcels and the pickup codes the "parcel service" handed out).
+//! own certificate and link switch. Its compartments come in four sizes ([`board_sizes`]).
 //!
-//! The parcel service is played by the simulator: the gateway has no parcel domain yet, so the
-//! credential set is delivered to the agent as the `creds` downlink it would receive
-//! (`AgentHandle::downlink`).
+//! The agent gets its credential set (recipients' codes, couriers' badges) the real way: the
+//! gateway's parcel domain builds it and publishes it on `down/creds`; the simulator never
+//! hands the agent anything in-process. What the people know about their orders is in
+//! [`super::ledger`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use locker_agent::config::{ChargerConfig as AgentCharger, LockBoardConfig as AgentBoard};
-use locker_agent::{Agent, AgentConfig, AgentDeps, AgentHandle, AgentStatus, ModbusConnector};
-use locker_schemas::{
-    CabinetId, CompartmentId, CredKind, Credential, Credentials, DownlinkBody, ScanSource,
+use locker_agent::config::{
+    ChargerConfig as AgentCharger, LockBoardConfig as AgentBoard, SizeName,
 };
+use locker_agent::{Agent, AgentConfig, AgentDeps, AgentHandle, AgentStatus, ModbusConnector};
+use locker_schemas::{CabinetId, ScanSource};
 use tokio::sync::RwLock;
 
 use super::link::LinkSwitch;
@@ -31,24 +31,6 @@ pub enum CabinetError {
     Agent(#[from] locker_agent::AgentError),
     #[error("the agent is not running")]
     NotRunning,
-}
-
-/// A compartment as the simulated people know it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Slot {
-    Empty,
-    /// Holds a parcel that can be picked up with this PIN.
-    Parcel {
-        pin: String,
-    },
-}
-
-/// What the simulated people know.
-#[derive(Debug)]
-pub struct Known {
-    pub slots: Vec<Slot>,
-    pub creds_version: u64,
-    next_order: u64,
 }
 
 /// Hardware and agent settings shared by every cabinet of a fleet.
@@ -81,7 +63,6 @@ pub struct SimCabinet {
     pub busy: AtomicBool,
     /// The first seq this run's agent produced (earlier ones are from previous runs).
     pub first_seq: std::sync::atomic::AtomicU64,
-    pub known: Mutex<Known>,
     agent: RwLock<Option<AgentHandle>>,
     status: Mutex<Option<tokio::sync::watch::Receiver<AgentStatus>>>,
     config: AgentConfig,
@@ -94,9 +75,17 @@ impl std::fmt::Debug for SimCabinet {
     }
 }
 
-/// The courier badge that may deposit in `id` (an RFID code).
-pub fn courier_badge(id: &CabinetId) -> String {
-    format!("BADGE-{id}")
+/// The sizes of a board's compartments, lock 0 first: for every 16 locks six S, six M, three L
+/// and one XL (a common parcel locker column mix).
+pub fn board_sizes(locks: u16) -> Vec<SizeName> {
+    (0..locks)
+        .map(|i| match i % 16 {
+            0..=5 => SizeName::S,
+            6..=11 => SizeName::M,
+            12..=14 => SizeName::L,
+            _ => SizeName::Xl,
+        })
+        .collect()
 }
 
 /// How a cabinet's agent reaches its simulated hardware: the address `board` is the lock board
@@ -163,6 +152,7 @@ impl SimCabinet {
             address: "board".into(),
             unit: 1,
             locks: t.locks,
+            sizes: board_sizes(t.locks),
             ..AgentBoard::default()
         }];
         config.charger = Some(AgentCharger {
@@ -180,7 +170,6 @@ impl SimCabinet {
             modbus,
             clock: Arc::new(locker_agent::SystemClock),
         };
-        let slots = vec![Slot::Empty; usize::from(t.locks)];
         Ok(Self {
             id,
             board,
@@ -189,11 +178,6 @@ impl SimCabinet {
             link,
             busy: AtomicBool::new(false),
             first_seq: std::sync::atomic::AtomicU64::new(0),
-            known: Mutex::new(Known {
-                slots,
-                creds_version: 0,
-                next_order: 0,
-            }),
             agent: RwLock::new(None),
             status: Mutex::new(None),
             config,
@@ -208,12 +192,6 @@ impl SimCabinet {
             h.shutdown().await;
         }
         let h = Agent::start(self.config.clone(), self.deps.clone()).await?;
-        {
-            // A reused state directory: continue the credential versions the agent holds.
-            let held = h.status().creds_version;
-            let mut k = self.known.lock().unwrap_or_else(PoisonError::into_inner);
-            k.creds_version = k.creds_version.max(held);
-        }
         let _ = self.first_seq.compare_exchange(
             0,
             h.status().next_seq.max(1),
@@ -271,6 +249,16 @@ impl SimCabinet {
         Ok(h.scan(source, value).await?)
     }
 
+    /// A key pressed at the cabinet (`key:collect`, `key:bigger`, `key:logout`, sizes).
+    pub async fn key(
+        &self,
+        key: locker_agent::Key,
+    ) -> Result<locker_agent::ScanReply, CabinetError> {
+        let g = self.agent.read().await;
+        let h = g.as_ref().ok_or(CabinetError::NotRunning)?;
+        Ok(h.key(key).await?)
+    }
+
     /// Takes the cabinet for one scenario; false if another one runs.
     pub fn try_claim(&self) -> bool {
         self.busy
@@ -281,79 +269,5 @@ impl SimCabinet {
     /// Releases the cabinet.
     pub fn release(&self) {
         self.busy.store(false, Ordering::Release);
-    }
-
-    /// Records a parcel in compartment index `i` and returns its new PIN.
-    pub fn add_parcel(&self, i: usize, rng: &mut impl rand::Rng) -> String {
-        let pin = format!("{:06}", rng.gen_range(0..1_000_000u32));
-        let mut k = self.known.lock().unwrap_or_else(PoisonError::into_inner);
-        k.next_order += 1;
-        if let Some(s) = k.slots.get_mut(i) {
-            *s = Slot::Parcel { pin: pin.clone() };
-        }
-        pin
-    }
-
-    /// Records that compartment index `i` is empty again.
-    pub fn clear_slot(&self, i: usize) {
-        let mut k = self.known.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(s) = k.slots.get_mut(i) {
-            *s = Slot::Empty;
-        }
-    }
-
-    /// Indices of empty and of full compartments.
-    pub fn slots(&self) -> (Vec<usize>, Vec<(usize, String)>) {
-        let k = self.known.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut empty = Vec::new();
-        let mut full = Vec::new();
-        for (i, s) in k.slots.iter().enumerate() {
-            match s {
-                Slot::Empty => empty.push(i),
-                Slot::Parcel { pin } => full.push((i, pin.clone())),
-            }
-        }
-        (empty, full)
-    }
-
-    /// Sends the current credential set (courier badge + one pickup code per parcel) to the
-    /// agent as the parcel service would.
-    pub async fn sync_credentials(&self, now: u64) -> Result<(), CabinetError> {
-        let set = {
-            let mut k = self.known.lock().unwrap_or_else(PoisonError::into_inner);
-            k.creds_version += 1;
-            let expires_at = now + 7 * 24 * 3_600_000;
-            let mut entries = vec![Credential {
-                kind: CredKind::Deposit,
-                secret_hash: locker_agent::creds::secret_hash(&courier_badge(&self.id), &self.id)
-                    .to_vec(),
-                compartment: None,
-                reference: "carrier-sim".into(),
-                expires_at,
-                carrier: "sim".into(),
-            }];
-            for (i, s) in k.slots.iter().enumerate() {
-                if let Slot::Parcel { pin } = s {
-                    entries.push(Credential {
-                        kind: CredKind::Pickup,
-                        secret_hash: locker_agent::creds::secret_hash(pin, &self.id).to_vec(),
-                        compartment: Some(CompartmentId(u16::try_from(i + 1).unwrap_or(1))),
-                        reference: format!("ORD-{}-{}", self.id, i + 1),
-                        expires_at,
-                        carrier: String::new(),
-                    });
-                }
-            }
-            Credentials {
-                version: k.creds_version,
-                entries,
-                part: 0,
-                parts: 1,
-            }
-        };
-        let g = self.agent.read().await;
-        let h = g.as_ref().ok_or(CabinetError::NotRunning)?;
-        h.downlink(DownlinkBody::Credentials(set)).await?;
-        Ok(())
     }
 }

@@ -1,29 +1,39 @@
 //! The fleet simulator: N REAL agents (the `locker_agent` library) in one process, each with its
-//! own simulated lock board and solar charge controller served in-process over
-//! `tokio::io::duplex` (see [`cabinet`]), one shared sled database (a tree per agent) behind one
-//! storage worker, against a gateway (see [`gateway`]), with scripted activity (see
-//! [`scenario`]): couriers and recipients, network outages for a share of the fleet, a gateway
-//! restart, nightfall on solar cabinets. At the end [`Fleet::verify`] checks the invariants from
-//! the gateway's API (see [`report`]).
+//! own simulated lock board and solar charge controller served in-process (see [`cabinet`]),
+//! one shared sled database (a tree per agent) behind one storage worker, against a gateway
+//! (see [`gateway`]) and its parcel domain. At start the parcel world is set up through the API
+//! ([`world`]: sites, carriers with their own tokens, couriers with badges); then people follow
+//! real orders ([`scenario`]): carriers create and cancel orders, couriers deposit through
+//! remote unlocks, recipients learn their codes from the notification outbox ([`ledger`]) and
+//! type them at the cabinets, which hold them because the gateway sent them their credential
+//! sets over MQTT. The script ([`script`]) adds network outages for a share of the fleet (with
+//! offline pickups), a gateway restart and nightfall on solar cabinets. At the end
+//! [`Fleet::verify`] ([`verify`]) checks the invariants from the gateway's API, the boards and
+//! what the people did ([`report`]).
 //!
 //! - [`link`]: the per-cabinet TLS configuration with its outage switch;
 //! - [`api`]: the gateway API calls the fleet makes.
 
 pub mod api;
 pub mod cabinet;
+mod couriers;
 pub mod gateway;
+pub mod ledger;
 pub mod link;
 pub mod report;
 pub mod scenario;
 pub mod script;
+mod start;
+mod verify;
+pub mod world;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use locker_broker_config::pki::{Pki, Role};
 use locker_schemas::CabinetId;
+use rand::seq::SliceRandom;
 use rand::Rng;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -31,9 +41,12 @@ use tokio::time::Instant;
 use self::api::Api;
 use self::cabinet::{CabinetTemplate, SimCabinet};
 use self::gateway::GatewayRunner;
+use self::ledger::{Ledger, Stage};
 use self::link::{FleetTls, LinkSwitch};
-use self::report::{check_cabinet, CabinetFacts, Report};
 use self::scenario::{ScenarioCtx, ScenarioStats};
+use self::world::World;
+
+pub use self::start::{cabinet_ids, launch, prepare_pki, rss_kib, CertKey, GatewayMode, Launched};
 
 /// Why the fleet could not run.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +61,8 @@ pub enum FleetError {
     Cabinet(#[from] cabinet::CabinetError),
     #[error("gateway: {0}")]
     Gateway(#[from] gateway::GatewayError),
+    #[error("parcel world: {0}")]
+    World(#[from] world::WorldError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -91,6 +106,11 @@ pub struct FleetOptions {
     /// and some 20 ms; the unlock benchmark uses 1 ms to measure the software path).
     pub pulse: Duration,
     pub spring: Duration,
+    /// Cabinets per site.
+    pub cabinets_per_site: usize,
+    /// A recipient who never comes has their order recalled by the carrier this long after it
+    /// became ready (the gateway's pickup window is counted in hours).
+    pub recall_after: Duration,
 }
 
 impl Default for FleetOptions {
@@ -115,64 +135,9 @@ impl Default for FleetOptions {
             auto_close: Duration::from_millis(1_500),
             pulse: Duration::from_millis(100),
             spring: Duration::from_millis(20),
+            cabinets_per_site: 50,
+            recall_after: Duration::from_secs(20),
         }
-    }
-}
-
-/// The cabinet ids of a fleet.
-pub fn cabinet_ids(prefix: &str, n: usize) -> Result<Vec<CabinetId>, FleetError> {
-    (1..=n)
-        .map(|i| {
-            CabinetId::new(format!("{prefix}{i:06}")).map_err(|e| FleetError::Pki(e.to_string()))
-        })
-        .collect()
-}
-
-/// A cabinet's certificate and PKCS#8 key, DER.
-pub type CertKey = (Vec<u8>, Vec<u8>);
-
-/// Opens the PKI in `dir` (or creates it for `localhost` and `127.0.0.1`), issues certificates
-/// in one batch for the cabinets that have none, and returns each cabinet's (cert, key) DER.
-pub fn prepare_pki(dir: &Path, ids: &[CabinetId]) -> Result<(Pki, Vec<CertKey>), FleetError> {
-    let pe = |e: locker_broker_config::pki::PkiError| FleetError::Pki(e.to_string());
-    let mut pki = if dir.join("ca.pem").exists() {
-        Pki::open(dir).map_err(pe)?
-    } else {
-        Pki::init(dir, &["localhost".into(), "127.0.0.1".into()]).map_err(pe)?
-    };
-    pki.set_fsync(false);
-    let missing: Vec<CabinetId> = ids
-        .iter()
-        .filter(|id| !pki.paths().client_cert(Role::Cabinet, id.as_str()).exists())
-        .cloned()
-        .collect();
-    for chunk in missing.chunks(1_000) {
-        pki.issue_cabinets(chunk).map_err(pe)?;
-    }
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        let cert_path = pki.paths().client_cert(Role::Cabinet, id.as_str());
-        let key_path = cert_path.with_extension("key");
-        let cert = first_pem(&std::fs::read(&cert_path)?, false)
-            .ok_or_else(|| FleetError::Pki(format!("{}: no certificate", cert_path.display())))?;
-        let key = first_pem(&std::fs::read(&key_path)?, true)
-            .ok_or_else(|| FleetError::Pki(format!("{}: no key", key_path.display())))?;
-        out.push((cert, key));
-    }
-    Ok((pki, out))
-}
-
-fn first_pem(pem: &[u8], key: bool) -> Option<Vec<u8>> {
-    if key {
-        match rustls_pemfile::private_key(&mut &pem[..]).ok()?? {
-            rustls_pki_types::PrivateKeyDer::Pkcs8(k) => Some(k.secret_pkcs8_der().to_vec()),
-            _ => None,
-        }
-    } else {
-        rustls_pemfile::certs(&mut &pem[..])
-            .next()?
-            .ok()
-            .map(|c| c.to_vec())
     }
 }
 
@@ -190,6 +155,7 @@ pub struct Snapshot {
     pub commands: usize,
     pub api_errors: u64,
     pub scenarios_running: usize,
+    pub orders: u64,
 }
 
 /// A running fleet.
@@ -200,6 +166,8 @@ pub struct Fleet {
     storage: locker_agent::Storage,
     scenarios: Arc<Semaphore>,
     pub outages_done: AtomicU64,
+    /// The recipients' phones: the notification outbox poller.
+    notices: tokio::task::JoinHandle<()>,
 }
 
 const MAX_SCENARIOS: usize = 1_024;
@@ -213,6 +181,7 @@ impl Fleet {
         ca_der: &[u8],
         gw: &GatewayRunner,
         ids: Vec<CabinetId>,
+        world: World,
     ) -> Result<Self, FleetError> {
         let path = opts.state_dir.join("agents.sled");
         std::fs::create_dir_all(&opts.state_dir)?;
@@ -260,19 +229,42 @@ impl Fleet {
                 opts.start_hour,
             )?));
         }
+        let api = Api::new(gw.api, &gw.token);
+        let carriers = (0..world.carriers.len())
+            .map(|k| world.client(&api, k))
+            .collect();
         let ctx = Arc::new(ScenarioCtx {
-            api: Api::new(gw.api, &gw.token),
+            api,
+            world,
+            carriers,
+            ledger: Ledger::default(),
             stats: ScenarioStats::default(),
             commands: std::sync::Mutex::new(Vec::new()),
+            cabinets: cabinets.clone(),
+            locks: opts.locks,
+            recall_after: opts.recall_after,
+            run: rand::thread_rng().gen(),
+            next: AtomicU64::new(1),
         });
-        Ok(Self {
+        let c2 = ctx.clone();
+        let notices = tokio::spawn(async move {
+            loop {
+                if c2.ledger.poll_notices(&c2.api).await < 1_000 {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        });
+        let fleet = Self {
             opts,
             cabinets,
             ctx,
             storage,
             scenarios: Arc::new(Semaphore::new(MAX_SCENARIOS)),
             outages_done: AtomicU64::new(0),
-        })
+            notices,
+        };
+        fleet.adopt_leftovers().await;
+        Ok(fleet)
     }
 
     /// Starts every agent, each at a random instant within the ramp; returns once all started.
@@ -293,11 +285,8 @@ impl Fleet {
             let cab = self.cabinets[i].clone();
             let permit = gate.clone().acquire_owned().await;
             tasks.spawn(async move {
-                let mut r = cab.start().await;
-                if r.is_ok() {
-                    // The parcel service hands the cabinet its credential set.
-                    r = cab.sync_credentials(locker_schemas::now_millis()).await;
-                }
+                // its credential set comes from the gateway once it is connected
+                let r = cab.start().await;
                 drop(permit);
                 r
             });
@@ -338,6 +327,7 @@ impl Fleet {
             .len();
         s.api_errors = self.ctx.stats.api_errors.load(Ordering::Relaxed);
         s.scenarios_running = MAX_SCENARIOS - self.scenarios.available_permits();
+        s.orders = self.ctx.stats.orders_created.load(Ordering::Relaxed);
         s
     }
 
@@ -371,13 +361,47 @@ impl Fleet {
     /// Cuts the network of a random `share` of the fleet: new connections fail and the current
     /// one is cut (at the edge for an in-process gateway, else by restarting the agent).
     /// Returns the indices cut.
+    ///
+    /// Cabinets where a recipient's parcel waits are cut first, and those recipients come
+    /// during the outage: their pickups are served from the cabinet's credential cache and
+    /// reach the gateway when the link returns.
     pub async fn start_outage(&self, gw: &GatewayRunner, share: f64) -> Vec<usize> {
         let n = ((self.cabinets.len() as f64) * share).round() as usize;
-        let picked: Vec<usize> = {
+        let mut picked: Vec<usize> = {
             let mut rng = rand::thread_rng();
-            rand::seq::index::sample(&mut rng, self.cabinets.len(), n.min(self.cabinets.len()))
-                .into_vec()
+            let mut all: Vec<usize> = (0..self.cabinets.len()).collect();
+            all.shuffle(&mut rng);
+            all
         };
+        let waiting = |i: &usize| {
+            self.ctx
+                .ledger
+                .at(*i)
+                .iter()
+                .any(|o| o.stage == Stage::Ready && !o.no_show && o.pin.is_some())
+        };
+        // each key read once: scenarios change the ledger meanwhile (a stable sort keeps the
+        // shuffle among equals)
+        picked.sort_by_cached_key(|i| !waiting(i));
+        picked.truncate(n.min(self.cabinets.len()));
+        // the recipients who will come during the outage: their cabinet holds their code
+        let checks = picked
+            .iter()
+            .filter(|&i| waiting(i) && self.cabinets[*i].try_claim())
+            .map(|&i| async move {
+                let cab = &self.cabinets[i];
+                if scenario::creds_current(i, cab, &self.ctx, Duration::from_secs(2)).await {
+                    Some(i)
+                } else {
+                    cab.release();
+                    None
+                }
+            });
+        let visitors: Vec<usize> = futures::future::join_all(checks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         for &i in &picked {
             let cab = &self.cabinets[i];
             cab.link.set_down(true);
@@ -389,6 +413,19 @@ impl Fleet {
         }
         self.outages_done
             .fetch_add(picked.len() as u64, Ordering::Relaxed);
+        for i in visitors {
+            let cab = self.cabinets[i].clone();
+            match self.scenarios.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let ctx = self.ctx.clone();
+                    tokio::spawn(async move {
+                        scenario::run(i, cab, ctx).await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => cab.release(),
+            }
+        }
         picked
     }
 
@@ -450,84 +487,6 @@ impl Fleet {
         true
     }
 
-    /// Checks the invariants against the gateway's API (see [`report`]).
-    pub async fn verify(&self) -> Report {
-        let mut by_cab: Vec<Vec<String>> = vec![Vec::new(); self.cabinets.len()];
-        for (i, id) in self
-            .ctx
-            .commands
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
-            by_cab[*i].push(id.clone());
-        }
-        let mut report = Report::default();
-        let api = self.ctx.api.clone();
-        let gate = Arc::new(Semaphore::new(16));
-        let mut tasks = tokio::task::JoinSet::new();
-        for (i, cab) in self.cabinets.iter().enumerate() {
-            let (cab, api, cmds, gate) =
-                (cab.clone(), api.clone(), by_cab[i].clone(), gate.clone());
-            tasks.spawn(async move {
-                let _p = gate.acquire_owned().await;
-                // Read the agent, then the audit log, then the agent again: compare only when
-                // the agent made no event in between (a door or a battery can report any time).
-                let mut events = api.events(cab.id.as_str()).await;
-                let mut brief = cab.brief();
-                for _ in 0..20 {
-                    let before = cab.brief();
-                    if before.is_some_and(|b| b.1 == 0) {
-                        events = api.events(cab.id.as_str()).await;
-                        brief = cab.brief();
-                        if brief == before {
-                            break;
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                let mut outcomes = Vec::with_capacity(cmds.len());
-                for id in cmds {
-                    let o = api
-                        .command(&id)
-                        .await
-                        .ok()
-                        .and_then(|v| v["outcome"].as_str().map(str::to_owned));
-                    outcomes.push((id, o));
-                }
-                (cab, events, outcomes, brief)
-            });
-        }
-        while let Some(r) = tasks.join_next().await {
-            let Ok((cab, events, outcomes, brief)) = r else {
-                report.problem("a verification task failed".into());
-                continue;
-            };
-            let events = match events {
-                Ok(e) => e,
-                Err(e) => {
-                    report.problem(format!("{}: audit log not readable: {e}", cab.id));
-                    continue;
-                }
-            };
-            let (_, outbox, _, acked, next) = brief.unwrap_or((false, u64::MAX, 0, 0, 1));
-            check_cabinet(
-                &mut report,
-                &CabinetFacts {
-                    id: cab.id.as_str(),
-                    events: &events,
-                    agent_last_seq: next.saturating_sub(1),
-                    agent_outbox: outbox,
-                    agent_acked: acked,
-                    board_pulses: cab.board.total_pulses(),
-                    first_seq: cab.first_seq.load(Ordering::Acquire),
-                    commands: &outcomes,
-                },
-            );
-        }
-        report
-    }
-
     /// Stops every agent (clean MQTT disconnect, storage flushed).
     pub async fn shutdown(&self) {
         let gate = Arc::new(Semaphore::new(512));
@@ -540,103 +499,7 @@ impl Fleet {
             });
         }
         while tasks.join_next().await.is_some() {}
+        self.notices.abort();
         let _ = self.storage.flush().await;
     }
-}
-
-/// Which gateway a fleet runs against.
-#[derive(Debug, Clone)]
-pub enum GatewayMode {
-    /// Started in this process (the `locker_gateway` library) on free ports.
-    InProcess,
-    /// Started in this process on these edge and API addresses.
-    InProcessAt {
-        edge: std::net::SocketAddr,
-        api: std::net::SocketAddr,
-    },
-    /// Started as a child process from this `locker-gateway` binary.
-    Child { bin: PathBuf },
-    /// Already running elsewhere.
-    External {
-        edge: std::net::SocketAddr,
-        api: std::net::SocketAddr,
-        token: String,
-    },
-}
-
-/// Everything a run needs, started.
-pub struct Launched {
-    pub fleet: Fleet,
-    pub gateway: GatewayRunner,
-    pub pki: Pki,
-    /// The process RSS (KiB) before the cabinets were built.
-    pub rss_before_kib: Option<u64>,
-}
-
-/// Prepares the PKI in `pki_dir`, starts (or reaches) the gateway with its data in
-/// `{state_dir}/gateway`, and builds the fleet (agents not yet started).
-pub async fn launch(
-    opts: FleetOptions,
-    pki_dir: &Path,
-    mode: GatewayMode,
-    token: &str,
-) -> Result<Launched, FleetError> {
-    let ids = cabinet_ids(&opts.prefix, opts.cabinets)?;
-    let dir = pki_dir.to_path_buf();
-    let ids2 = ids.clone();
-    let (pki, certs) = tokio::task::spawn_blocking(move || prepare_pki(&dir, &ids2))
-        .await
-        .map_err(|e| FleetError::Pki(e.to_string()))??;
-    let gw_dir = opts.state_dir.join("gateway");
-    let gateway = match mode {
-        GatewayMode::InProcess => {
-            let cfg = gateway::fleet_gateway_config(
-                &gw_dir,
-                pki.paths(),
-                ([127, 0, 0, 1], 0).into(),
-                ([127, 0, 0, 1], 0).into(),
-                token,
-            );
-            GatewayRunner::in_process(cfg, token).await?
-        }
-        GatewayMode::InProcessAt { edge, api } => {
-            let cfg = gateway::fleet_gateway_config(&gw_dir, pki.paths(), edge, api, token);
-            GatewayRunner::in_process(cfg, token).await?
-        }
-        GatewayMode::Child { bin } => {
-            let cfg = gateway::fleet_gateway_config(
-                &gw_dir,
-                pki.paths(),
-                ([127, 0, 0, 1], 0).into(),
-                ([127, 0, 0, 1], 0).into(),
-                token,
-            );
-            GatewayRunner::child(&bin, &cfg, &gw_dir, token).await?
-        }
-        GatewayMode::External { edge, api, token } => GatewayRunner::external(edge, api, &token),
-    };
-    let rss_before_kib = rss_kib(None);
-    let ca = pki.ca_cert_der().to_vec();
-    let fleet = Fleet::build(opts, certs, &ca, &gateway, ids).await?;
-    Ok(Launched {
-        fleet,
-        gateway,
-        pki,
-        rss_before_kib,
-    })
-}
-
-/// Resident memory of a process in KiB (`/proc/PID/status` VmRSS); `None` off Linux.
-pub fn rss_kib(pid: Option<u32>) -> Option<u64> {
-    let path = match pid {
-        Some(p) => format!("/proc/{p}/status"),
-        None => "/proc/self/status".to_owned(),
-    };
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }

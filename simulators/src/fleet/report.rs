@@ -7,12 +7,22 @@
 //!   resent command it already finished with its stored Result again);
 //! - no door opened twice for one command (at most one door-open event per command) and the
 //!   lock pulses counted by the simulated boards equal the commands with outcome `opened` plus
-//!   the local accesses (badge and PIN) in the audit log.
+//!   the local accesses (badge and PIN) in the audit log;
+//! - orders ([`check_parcels`]): no order lost (every order created in this run is listed by
+//!   the API), every order in the state the people saw it reach, no compartment held by two
+//!   live orders (and the compartment list names the live order), every board's parcel sensor
+//!   in line with the orders (a parcel inside exactly where an order is deposited, ready,
+//!   expired or waiting for its carrier; picked-up and returned compartments empty), and no
+//!   parcel released to a wrong code (every pickup the cabinets reported is one the people made
+//!   with the code their notice gave them, and every pickup they made was reported).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
+use serde_json::Value;
+
 use super::api::AuditEvent;
+use super::ledger::{Pickup, SimOrder};
 
 /// What was checked and what was found.
 #[derive(Debug, Default, Clone)]
@@ -25,6 +35,15 @@ pub struct Report {
     pub pulses_on_boards: u64,
     pub pulses_expected: u64,
     pub local_accesses: u64,
+    /// Orders created in this run, and their states at the end.
+    pub orders_created: u64,
+    pub orders_by_state: BTreeMap<String, u64>,
+    /// Pickups the people made (offline ones among them) and pickups the cabinets reported.
+    pub pickups_people: u64,
+    pub pickups_offline: u64,
+    pub pickups_reported: u64,
+    /// Compartments whose parcel sensor and holder were compared with the orders.
+    pub compartments_checked: u64,
     /// Each violated invariant, one line each (the first 50).
     pub problems: Vec<String>,
     /// Count of violations (may exceed `problems.len()`).
@@ -155,6 +174,147 @@ pub fn check_cabinet(r: &mut Report, f: &CabinetFacts<'_>) {
     }
 }
 
+/// One cabinet's compartments as the gateway lists them (compartment -> holding order) and
+/// its board's parcel sensors (lock 0 first).
+pub struct CabinetParcels {
+    pub id: String,
+    pub compartments: HashMap<u16, Option<String>>,
+    pub parcels: Vec<bool>,
+}
+
+const LIVE: [&str; 5] = [
+    "reserved",
+    "deposited",
+    "ready",
+    "expired",
+    "return_requested",
+];
+const INSIDE: [&str; 4] = ["deposited", "ready", "expired", "return_requested"];
+
+/// Checks the orders against the cabinets, the boards and the people (see the module doc).
+/// `access[i]` are the pickups cabinet `i` reported in this run: (order reference, compartment).
+pub fn check_parcels(
+    r: &mut Report,
+    orders: &HashMap<&str, &Value>,
+    cabinets: &[CabinetParcels],
+    people: &HashMap<String, SimOrder>,
+    created: &[String],
+    pickups: &[Pickup],
+    access: &[Vec<(String, u16)>],
+) {
+    let state = |o: &Value| o["state"].as_str().unwrap_or("?").to_owned();
+    r.orders_created = created.len() as u64;
+    for id in created {
+        match orders.get(id.as_str()) {
+            Some(o) => *r.orders_by_state.entry(state(o)).or_default() += 1,
+            None => r.problem(format!(
+                "order {id} was created but the API does not list it"
+            )),
+        }
+    }
+    for (id, p) in people {
+        let Some(o) = orders.get(id.as_str()) else {
+            continue;
+        };
+        let s = state(o);
+        if !p.stage.api_states().contains(&s.as_str()) {
+            r.problem(format!(
+                "order {id}: the people saw it {:?}, the API says {s}",
+                p.stage
+            ));
+        }
+    }
+    // the live order of each (cabinet, compartment)
+    let mut live: HashMap<(String, u16), Vec<(&str, String)>> = HashMap::new();
+    for (id, o) in orders {
+        let s = state(o);
+        if !LIVE.contains(&s.as_str()) {
+            continue;
+        }
+        if let (Some(cab), Some(c)) = (o["cabinet"].as_str(), o["compartment"].as_u64()) {
+            let c = u16::try_from(c).unwrap_or(0);
+            live.entry((cab.to_owned(), c)).or_default().push((id, s));
+        }
+    }
+    for ((cab, c), held) in &live {
+        if held.len() > 1 {
+            r.problem(format!(
+                "{cab} compartment {c} is held by {} live orders: {held:?}",
+                held.len()
+            ));
+        }
+    }
+    for cab in cabinets {
+        for (i, &parcel) in cab.parcels.iter().enumerate() {
+            let c = u16::try_from(i + 1).unwrap_or(0);
+            r.compartments_checked += 1;
+            let held = live.get(&(cab.id.clone(), c));
+            let holder = held.and_then(|h| h.first()).map(|(id, _)| *id);
+            let inside = held
+                .into_iter()
+                .flatten()
+                .any(|(_, s)| INSIDE.contains(&s.as_str()));
+            if parcel != inside {
+                r.problem(format!(
+                    "{} compartment {c}: the parcel sensor says {}, the orders say {} ({held:?})",
+                    cab.id,
+                    if parcel {
+                        "a parcel is inside"
+                    } else {
+                        "empty"
+                    },
+                    if inside {
+                        "a parcel is inside"
+                    } else {
+                        "empty"
+                    },
+                ));
+            }
+            let listed = cab.compartments.get(&c).cloned().flatten();
+            if listed.as_deref() != holder {
+                r.problem(format!(
+                    "{} compartment {c}: the compartment list names order {listed:?}, the live order is {holder:?}",
+                    cab.id
+                ));
+            }
+        }
+    }
+    // pickups: the people's against the cabinets'
+    r.pickups_people = pickups.len() as u64;
+    r.pickups_offline = pickups.iter().filter(|p| p.offline).count() as u64;
+    let made: HashSet<(usize, &str, u16)> = pickups
+        .iter()
+        .map(|p| (p.cabinet, p.order.as_str(), p.compartment))
+        .collect();
+    let mut reported: HashSet<(usize, &str, u16)> = HashSet::new();
+    for (i, list) in access.iter().enumerate() {
+        let name = cabinets.get(i).map_or("?", |c| c.id.as_str());
+        for (reference, c) in list {
+            r.pickups_reported += 1;
+            let key = (i, reference.as_str(), *c);
+            if !made.contains(&key) {
+                r.problem(format!(
+                    "{name} compartment {c} released a parcel to order {reference}, whose recipient did not pick up there with their code"
+                ));
+            }
+            if !reported.insert(key) {
+                r.problem(format!(
+                    "{name}: the pickup of order {reference} was reported twice"
+                ));
+            }
+        }
+    }
+    for p in pickups {
+        if !reported.contains(&(p.cabinet, p.order.as_str(), p.compartment)) {
+            let name = cabinets.get(p.cabinet).map_or("?", |c| c.id.as_str());
+            r.problem(format!(
+                "{name}: the pickup of order {} (compartment {}, offline {}) was never reported",
+                p.order, p.compartment, p.offline
+            ));
+        }
+    }
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "invariant report over {} cabinets:", self.cabinets)?;
@@ -186,6 +346,27 @@ impl fmt::Display for Report {
             self.pulses_on_boards,
             self.pulses_expected,
             self.pulses_on_boards == self.pulses_expected
+        )?;
+        let states: Vec<String> = self
+            .orders_by_state
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        writeln!(
+            f,
+            "  orders created in this run, none lost, each in the state the people saw: {} ({})",
+            self.orders_created,
+            states.join(", ")
+        )?;
+        writeln!(
+            f,
+            "  compartments held by at most one live order, parcel sensors agreeing with the orders: {} compartments",
+            self.compartments_checked
+        )?;
+        writeln!(
+            f,
+            "  pickups by the recipients' own codes: {} made ({} offline), {} reported by the cabinets",
+            self.pickups_people, self.pickups_offline, self.pickups_reported
         )?;
         if self.is_clean() {
             writeln!(f, "  RESULT: clean (0 violations)")

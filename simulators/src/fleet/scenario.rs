@@ -1,37 +1,68 @@
-//! Scripted people at a cabinet: couriers depositing (a remote unlock through the API, or their
-//! badge at the scanner) and recipients picking up (the PIN on the keypad, or a remote unlock),
-//! each opening the door, putting or taking the parcel, and leaving the door to close.
+//! The simulated people, following real orders of the gateway's parcel domain:
+//! - carriers create orders through the API with their own tokens (one at a time, or a batch
+//!   for a courier's route through a site), in random sizes, and cancel a few;
+//! - a courier deposits at the cabinet (badge, then the parcel's barcode: the cabinet opens the
+//!   order's compartment from its credential set, also while offline) or, with the gateway
+//!   reachable, by a remote unlock of the order (`POST /v1/orders/{id}/unlock`, reason "courier
+//!   at the door"); then puts the parcel in (the board's parcel sensor) and closes the door;
+//! - recipients learn their PIN and QR token from the notification outbox (see
+//!   [`super::ledger`]), type the PIN at the keypad or show the QR token once the cabinet holds
+//!   the credential set with their code, take the parcel out and close the door; some do so
+//!   while their cabinet is offline (the cabinet's credential cache), and the pickup reaches the
+//!   gateway when the link returns;
+//! - some recipients never come: after a while their carrier recalls the order (`/return`) and
+//!   a courier collects the parcel (badge and `key:collect`, or a remote unlock); a few get
+//!   their window extended.
 //!
-//! Remote paths are used only while the cabinet is connected; offline cabinets are served from
-//! their credential cache (the locker keeps working offline). One scenario runs per cabinet at
-//! a time.
+//! Couriers and recipients act at the cabinet only once it holds the gateway's current
+//! credential set (offline: one it was seen holding), so no wrong code counts against the
+//! keypad lockout.
+//!
+//! One scenario runs per cabinet at a time (the caller claims the cabinet).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use locker_agent::Access;
-use locker_schemas::ScanSource;
+use locker_schemas::{CompartmentId, ScanSource};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
 
-use super::api::Api;
-use super::cabinet::{courier_badge, SimCabinet};
+use super::api::{Api, ApiError};
+use super::cabinet::SimCabinet;
+use super::couriers::{badge_deposit, deposit, recall_and_collect};
+use super::ledger::{Ledger, Pickup, SimOrder, Stage};
+use super::world::World;
 
 /// Counters of what the people did.
 #[derive(Debug, Default)]
 pub struct ScenarioStats {
+    pub orders_created: AtomicU64,
+    pub batches: AtomicU64,
+    /// Orders created without a compartment free (cancelled right away by their carrier).
+    pub no_room: AtomicU64,
+    pub cancels: AtomicU64,
     pub deposits_api: AtomicU64,
     pub deposits_badge: AtomicU64,
-    pub pickups_api: AtomicU64,
+    /// Deposits while the cabinet was offline (included in the badge ones).
+    pub deposits_offline: AtomicU64,
     pub pickups_pin: AtomicU64,
+    pub pickups_qr: AtomicU64,
+    /// Pickups while the cabinet was offline (included in the two above).
+    pub pickups_offline: AtomicU64,
+    pub extends: AtomicU64,
+    pub recalls: AtomicU64,
+    pub collected: AtomicU64,
+    /// A recipient who came before the cabinet held their code (they come back later).
+    pub creds_not_yet: AtomicU64,
     /// API calls that failed (e.g. during a gateway restart).
     pub api_errors: AtomicU64,
-    /// Commands whose outcome was not known when the API call returned.
+    /// Remote unlocks whose outcome was not `opened` (or not known) when the call returned.
     pub commands_unresolved: AtomicU64,
-    /// Access refused or a door that did not open in time.
+    /// A code refused at the cabinet, or a door that did not open in time.
     pub no_access: AtomicU64,
-    pub creds_syncs: AtomicU64,
 }
 
 impl ScenarioStats {
@@ -39,7 +70,7 @@ impl ScenarioStats {
     pub fn done(&self) -> (u64, u64) {
         (
             self.deposits_api.load(Ordering::Relaxed) + self.deposits_badge.load(Ordering::Relaxed),
-            self.pickups_api.load(Ordering::Relaxed) + self.pickups_pin.load(Ordering::Relaxed),
+            self.pickups_pin.load(Ordering::Relaxed) + self.pickups_qr.load(Ordering::Relaxed),
         )
     }
 }
@@ -51,14 +82,26 @@ impl std::fmt::Display for ScenarioStats {
         let (deposits, pickups) = self.done();
         write!(
             f,
-            "{deposits} deposits ({} through the API, {} by courier badge), {pickups} pickups \
-             ({} by remote unlock, {} by PIN), {} credential syncs, {} refused or late doors, \
-             {} API errors, {} commands without an outcome when the call returned",
+            "{} orders created ({} batches), {} cancelled ({} for want of room), {deposits} \
+             deposits ({} by remote unlock, {} by badge and barcode, {} offline), {pickups} \
+             pickups ({} by PIN, {} by QR, {} offline), \
+             {} windows extended, {} recalled and {} collected by couriers, {} recipients early \
+             for their code, {} refused or late doors, {} API errors, {} unlocks without \
+             `opened` when the call returned",
+            n(&self.orders_created),
+            n(&self.batches),
+            n(&self.cancels),
+            n(&self.no_room),
             n(&self.deposits_api),
             n(&self.deposits_badge),
-            n(&self.pickups_api),
+            n(&self.deposits_offline),
             n(&self.pickups_pin),
-            n(&self.creds_syncs),
+            n(&self.pickups_qr),
+            n(&self.pickups_offline),
+            n(&self.extends),
+            n(&self.recalls),
+            n(&self.collected),
+            n(&self.creds_not_yet),
             n(&self.no_access),
             n(&self.api_errors),
             n(&self.commands_unresolved),
@@ -69,13 +112,35 @@ impl std::fmt::Display for ScenarioStats {
 /// What scenarios share.
 #[derive(Debug)]
 pub struct ScenarioCtx {
+    /// The operator's client (the notification channel and the simulator's own reads).
     pub api: Api,
+    pub world: World,
+    /// Each carrier's client.
+    pub carriers: Vec<Api>,
+    pub ledger: Ledger,
     pub stats: ScenarioStats,
     /// Every command created through the API: (cabinet index, command id).
     pub commands: Mutex<Vec<(usize, String)>>,
+    /// Every cabinet of the fleet (for a courier's route through a site).
+    pub cabinets: Vec<Arc<SimCabinet>>,
+    /// Locks per cabinet.
+    pub locks: u16,
+    /// A no-show's order is recalled this long after it became ready.
+    pub recall_after: Duration,
+    /// Tracking numbers and idempotency keys: `{run}-{n}`.
+    pub run: u32,
+    pub next: AtomicU64,
 }
 
-async fn wait_door(cab: &SimCabinet, i: usize, limit: Duration) -> bool {
+impl ScenarioCtx {
+    /// A carrier's client (the operator's for an order of a carrier the simulation does not
+    /// play, left over from an earlier run).
+    pub fn client(&self, carrier: usize) -> &Api {
+        self.carriers.get(carrier).unwrap_or(&self.api)
+    }
+}
+
+pub(super) async fn wait_door(cab: &SimCabinet, i: usize, limit: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
     while tokio::time::Instant::now() < deadline {
         if cab.board.door_open(i).unwrap_or(false) {
@@ -87,10 +152,20 @@ async fn wait_door(cab: &SimCabinet, i: usize, limit: Duration) -> bool {
 }
 
 /// The person closes the door after a moment, and the cabinet sees it closed.
-async fn close(cab: &SimCabinet, i: usize) {
+///
+/// A person takes seconds at an open door; the simulated one waits until the cabinet has seen
+/// the door open (its status) before closing it, so a door is never opened and shut between two
+/// polls of the board (the agent reports a local access when it sees the door open).
+pub(super) async fn close(cab: &SimCabinet, i: usize) {
+    let c = CompartmentId(u16::try_from(i + 1).unwrap_or(1));
+    let deadline = tokio::time::Instant::now() + DOOR_WAIT;
+    while tokio::time::Instant::now() < deadline
+        && !cab.status().is_some_and(|s| s.open_doors.contains(&c))
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let _ = cab.board.close_door(i);
-    let c = locker_schemas::CompartmentId(u16::try_from(i + 1).unwrap_or(1));
     let deadline = tokio::time::Instant::now() + DOOR_WAIT;
     while tokio::time::Instant::now() < deadline {
         if cab.status().is_some_and(|s| !s.open_doors.contains(&c)) {
@@ -100,149 +175,296 @@ async fn close(cab: &SimCabinet, i: usize) {
     }
 }
 
-const DOOR_WAIT: Duration = Duration::from_secs(5);
+pub(super) const DOOR_WAIT: Duration = Duration::from_secs(5);
+/// A recipient comes at the earliest this long after the notice.
+const RECIPIENT_DELAY: Duration = Duration::from_secs(3);
+/// After a failed unlock call (the gateway restarting) the command may still run within its
+/// time to live: the courier waits that long at the door.
+pub(super) const UNLOCK_TTL_MS: u64 = 10_000;
+const SIZES: [(&str, f64); 4] = [("S", 0.5), ("M", 0.3), ("L", 0.15), ("XL", 0.05)];
 
 /// Runs one scenario at cabinet `idx` (which the caller claimed) and releases it.
 pub async fn run(idx: usize, cab: Arc<SimCabinet>, ctx: Arc<ScenarioCtx>) {
     let mut rng = StdRng::from_entropy();
     let online = cab.brief().is_some_and(|b| b.0) && !cab.link.is_down();
-    let (empty, full) = cab.slots();
-    let pickup = !full.is_empty() && (empty.is_empty() || rng.gen_bool(0.5));
-    let remote = online && rng.gen_bool(0.5);
-    if pickup {
-        let (i, pin) = full[rng.gen_range(0..full.len())].clone();
-        pick_up(idx, &cab, &ctx, i, &pin, remote).await;
-    } else if !empty.is_empty() {
-        let i = empty[rng.gen_range(0..empty.len())];
-        deposit(idx, &cab, &ctx, i, remote, &mut rng).await;
+    let orders = ctx.ledger.at(idx);
+    // recipients come a while after their notice (any time while the cabinet is offline)
+    let ready: Vec<&SimOrder> = orders
+        .iter()
+        .filter(|o| o.stage == Stage::Ready && !o.no_show && o.pin.is_some())
+        .filter(|o| online || o.creds_ok)
+        .filter(|o| !online || o.ready_at.is_some_and(|t| t.elapsed() >= RECIPIENT_DELAY))
+        .collect();
+    let reserved: Vec<&SimOrder> = orders
+        .iter()
+        .filter(|o| o.stage == Stage::Reserved && (online || o.creds_ok))
+        .collect();
+    let recall: Vec<&SimOrder> = orders
+        .iter()
+        .filter(|o| {
+            o.stage == Stage::Recalled
+                || (o.stage == Stage::Ready
+                    && (o.leftover
+                        || (o.no_show
+                            && o.ready_at.is_some_and(|t| t.elapsed() >= ctx.recall_after))))
+        })
+        .collect();
+    if !ready.is_empty() && (!online || rng.gen_bool(0.6)) {
+        let o = ready[rng.gen_range(0..ready.len())].clone();
+        pick_up(idx, &cab, &ctx, &o, online, &mut rng).await;
+    } else if !reserved.is_empty() && (!online || rng.gen_bool(0.8)) {
+        let o = reserved[rng.gen_range(0..reserved.len())].clone();
+        if !online || rng.gen_bool(0.5) {
+            badge_deposit(idx, &cab, &ctx, &o, online, &mut rng).await;
+        } else {
+            deposit(idx, &cab, &ctx, &o).await;
+        }
+    } else if !online {
+        // nothing else happens at an offline cabinet
+    } else if let Some(o) = recall.first() {
+        let o = (*o).clone();
+        recall_and_collect(idx, &cab, &ctx, &o, &mut rng).await;
+    } else if ctx.ledger.live_at(idx) + 2 < usize::from(ctx.locks) {
+        create(idx, &ctx, &mut rng).await;
     }
     cab.release();
 }
 
-async fn remote_unlock(idx: usize, cab: &SimCabinet, ctx: &ScenarioCtx, i: usize) -> bool {
-    let compartment = u16::try_from(i + 1).unwrap_or(1);
-    match ctx
-        .api
-        .unlock(cab.id.as_str(), compartment, 120_000, 10_000)
+pub(super) fn api_error(ctx: &ScenarioCtx, what: &str, e: &ApiError) {
+    tracing::debug!(error = %e, "{what} failed");
+    ctx.stats.api_errors.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A new order's JSON for cabinet `i` (its idempotency key makes a retry safe).
+fn new_order(ctx: &ScenarioCtx, i: usize, rng: &mut StdRng) -> Value {
+    let n = ctx.next.fetch_add(1, Ordering::Relaxed);
+    let site = &ctx.world.sites[ctx.world.site_of[i]];
+    let mut pick = rng.gen_range(0.0..1.0);
+    let mut size = "S";
+    for (s, p) in SIZES {
+        size = s;
+        if pick < p {
+            break;
+        }
+        pick -= p;
+    }
+    json!({
+        "site": site.id,
+        "cabinet": ctx.cabinets[i].id.as_str(),
+        "size": size,
+        "tracking": format!("SIM{:08X}{n:08}", ctx.run),
+        "recipient": {"phone": format!("+49151{:07}", n % 10_000_000), "language": "de"},
+        "idempotency_key": format!("sim-{:08x}-{n}", ctx.run),
+    })
+}
+
+/// POST with retries while the gateway is away (the idempotency keys make retries safe).
+async fn post_retrying(client: &Api, ctx: &ScenarioCtx, path: &str, body: &Value) -> Option<Value> {
+    for attempt in 0..8 {
+        match client.post(path, body, None).await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                api_error(ctx, path, &e);
+                if matches!(&e, ApiError::Status { status, .. } if *status < 500) {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(500 << attempt.min(3))).await;
+            }
+        }
+    }
+    None
+}
+
+/// A carrier creates an order for cabinet `idx`, or (one time in four) a batch for a
+/// courier's route through its site; a few are cancelled right away.
+async fn create(idx: usize, ctx: &ScenarioCtx, rng: &mut StdRng) {
+    let carrier = rng.gen_range(0..ctx.world.carriers.len());
+    let client = &ctx.carriers[carrier];
+    let mut targets = vec![idx];
+    if rng.gen_bool(0.25) {
+        let site = &ctx.world.sites[ctx.world.site_of[idx]];
+        for _ in 0..3 {
+            let j = site.cabinets[rng.gen_range(0..site.cabinets.len())];
+            let up = ctx.cabinets[j].brief().is_some_and(|b| b.0);
+            if up && !targets.contains(&j) && ctx.ledger.live_at(j) + 2 < usize::from(ctx.locks) {
+                targets.push(j);
+            }
+        }
+    }
+    let bodies: Vec<Value> = targets.iter().map(|&j| new_order(ctx, j, rng)).collect();
+    let views: Vec<Value> = if bodies.len() == 1 {
+        match post_retrying(client, ctx, "/v1/orders", &bodies[0]).await {
+            Some(v) => vec![v],
+            None => return,
+        }
+    } else {
+        let Some(v) = post_retrying(
+            client,
+            ctx,
+            "/v1/orders/batch",
+            &json!({ "orders": bodies }),
+        )
         .await
-    {
-        Ok(rec) => {
-            if let Some(id) = rec["id"].as_str() {
-                ctx.commands
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push((idx, id.to_owned()));
+        else {
+            return;
+        };
+        ctx.stats.batches.fetch_add(1, Ordering::Relaxed);
+        v["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.get("order").cloned())
+            .collect()
+    };
+    for v in views {
+        let Some(id) = v["id"].as_str().map(str::to_owned) else {
+            continue;
+        };
+        let Some(j) = ctx
+            .cabinets
+            .iter()
+            .position(|c| Some(c.id.as_str()) == v["cabinet"].as_str())
+        else {
+            continue;
+        };
+        ctx.stats.orders_created.fetch_add(1, Ordering::Relaxed);
+        let reserved = v["state"] == "reserved";
+        let mut o = SimOrder {
+            id: id.clone(),
+            carrier,
+            tracking: v["tracking"].as_str().unwrap_or_default().to_owned(),
+            cabinet: j,
+            compartment: v["compartment"]
+                .as_u64()
+                .and_then(|c| u16::try_from(c).ok())
+                .unwrap_or(0),
+            stage: Stage::Reserved,
+            pin: None,
+            qr: None,
+            no_show: rng.gen_bool(0.1),
+            ready_at: None,
+            leftover: false,
+            creds_ok: false,
+        };
+        let cancel = !reserved || rng.gen_bool(0.08);
+        if cancel {
+            if !reserved {
+                ctx.stats.no_room.fetch_add(1, Ordering::Relaxed);
             }
-            if rec["outcome"].as_str() == Some("opened") {
-                true
-            } else {
-                ctx.stats
-                    .commands_unresolved
-                    .fetch_add(1, Ordering::Relaxed);
-                false
+            match client
+                .post(&format!("/v1/orders/{id}/cancel"), &json!({}), None)
+                .await
+            {
+                Ok(_) => {
+                    ctx.stats.cancels.fetch_add(1, Ordering::Relaxed);
+                    o.stage = Stage::Cancelled;
+                }
+                Err(e) => api_error(ctx, "cancel", &e),
             }
         }
-        Err(e) => {
-            tracing::debug!(cabinet = %cab.id, error = %e, "unlock call failed");
-            ctx.stats.api_errors.fetch_add(1, Ordering::Relaxed);
-            false
-        }
+        ctx.ledger.add(o);
     }
 }
 
-async fn sync(cab: &SimCabinet, ctx: &ScenarioCtx) {
-    if cab
-        .sync_credentials(locker_schemas::now_millis())
-        .await
-        .is_ok()
-    {
-        ctx.stats.creds_syncs.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-async fn deposit(
+/// Whether the cabinet holds the credential set the gateway last built for it (waiting up to
+/// `wait` for it); marks the cabinet's ready orders as known to it.
+pub async fn creds_current(
     idx: usize,
     cab: &SimCabinet,
     ctx: &ScenarioCtx,
-    i: usize,
-    remote: bool,
+    wait: Duration,
+) -> bool {
+    let Ok(v) = ctx
+        .api
+        .get(&format!("/v1/cabinets/{}/compartments", cab.id))
+        .await
+    else {
+        return false;
+    };
+    let want = v["creds_version"].as_u64().unwrap_or(u64::MAX);
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if cab.status().is_some_and(|s| s.creds_version >= want) {
+            ctx.ledger.creds_held(idx);
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The recipient types the PIN (or shows the QR token), takes the parcel and closes the door.
+pub async fn pick_up(
+    idx: usize,
+    cab: &SimCabinet,
+    ctx: &ScenarioCtx,
+    o: &SimOrder,
+    online: bool,
     rng: &mut StdRng,
 ) {
-    let slot = if remote {
-        if !remote_unlock(idx, cab, ctx, i).await || !wait_door(cab, i, DOOR_WAIT).await {
+    if online {
+        if rng.gen_bool(0.1) {
+            // the recipient asked the carrier for more time first
+            match ctx
+                .client(o.carrier)
+                .post(
+                    &format!("/v1/orders/{}/extend", o.id),
+                    &json!({"hours": 24}),
+                    None,
+                )
+                .await
+            {
+                Ok(_) => {
+                    ctx.stats.extends.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => api_error(ctx, "extend", &e),
+            }
+        }
+        // the recipient's code reaches the cabinet with its credential set; a recipient who
+        // comes before it does is told to come back (a wrong code would count against the
+        // keypad's lockout)
+        if !creds_current(idx, cab, ctx, DOOR_WAIT).await {
+            ctx.stats.creds_not_yet.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        ctx.stats.deposits_api.fetch_add(1, Ordering::Relaxed);
-        i
-    } else {
-        match cab.scan(ScanSource::Rfid, courier_badge(&cab.id)).await {
-            Ok(r) if r.access == Access::Deposit => {}
-            _ => {
-                ctx.stats.no_access.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        }
-        // The agent chose an empty compartment: find the door that opened.
-        let deadline = tokio::time::Instant::now() + DOOR_WAIT;
-        let (empty, _) = cab.slots();
-        let opened = loop {
-            if let Some(&j) = empty
-                .iter()
-                .find(|&&j| cab.board.door_open(j).unwrap_or(false))
-            {
-                break Some(j);
-            }
-            if tokio::time::Instant::now() > deadline {
-                break None;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
-        let Some(j) = opened else {
+    }
+    let (source, code) = match (&o.qr, &o.pin) {
+        (Some(qr), _) if rng.gen_bool(0.3) => (ScanSource::Qr, qr.clone()),
+        (_, Some(pin)) => (ScanSource::Keypad, pin.clone()),
+        _ => return,
+    };
+    let want = Access::Pickup(CompartmentId(o.compartment));
+    match cab.scan(source, code).await {
+        Ok(r) if r.access == want => {}
+        Ok(r) => {
+            tracing::warn!(cabinet = %cab.id, order = %o.id, access = ?r.access, "code refused");
             ctx.stats.no_access.fetch_add(1, Ordering::Relaxed);
             return;
-        };
-        ctx.stats.deposits_badge.fetch_add(1, Ordering::Relaxed);
-        j
-    };
-    let _ = cab.board.put_parcel(slot);
-    cab.add_parcel(slot, rng);
-    close(cab, slot).await;
-    sync(cab, ctx).await;
-}
-
-async fn pick_up(
-    idx: usize,
-    cab: &SimCabinet,
-    ctx: &ScenarioCtx,
-    i: usize,
-    pin: &str,
-    remote: bool,
-) {
-    if remote {
-        if !remote_unlock(idx, cab, ctx, i).await {
-            return;
         }
-        ctx.stats.pickups_api.fetch_add(1, Ordering::Relaxed);
-    } else {
-        match cab.scan(ScanSource::Keypad, pin.to_owned()).await {
-            Ok(r)
-                if r.access
-                    == Access::Pickup(locker_schemas::CompartmentId(
-                        u16::try_from(i + 1).unwrap_or(1),
-                    )) => {}
-            _ => {
-                ctx.stats.no_access.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        }
-        ctx.stats.pickups_pin.fetch_add(1, Ordering::Relaxed);
+        Err(_) => return,
     }
+    let i = usize::from(o.compartment.saturating_sub(1));
     if !wait_door(cab, i, DOOR_WAIT).await {
         ctx.stats.no_access.fetch_add(1, Ordering::Relaxed);
         return;
     }
     let _ = cab.board.take_parcel(i);
-    cab.clear_slot(i);
     close(cab, i).await;
-    sync(cab, ctx).await;
+    ctx.ledger.picked_up(Pickup {
+        order: o.id.clone(),
+        cabinet: idx,
+        compartment: o.compartment,
+        offline: !online,
+    });
+    let counter = if source == ScanSource::Qr {
+        &ctx.stats.pickups_qr
+    } else {
+        &ctx.stats.pickups_pin
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    if !online {
+        ctx.stats.pickups_offline.fetch_add(1, Ordering::Relaxed);
+    }
 }

@@ -1,0 +1,223 @@
+//! The couriers of the simulation: a deposit by the order's remote unlock or at the cabinet
+//! (badge, then the parcel's barcode; also offline), and the collection of a recalled parcel
+//! (badge and `key:collect`, or a remote unlock). See [`super::scenario`] for the people.
+
+use std::sync::atomic::Ordering;
+use std::sync::PoisonError;
+use std::time::Duration;
+
+use locker_agent::{Access, Key};
+use locker_schemas::{CompartmentId, ScanSource};
+use rand::rngs::StdRng;
+use rand::Rng;
+use serde_json::json;
+
+use super::api::ApiError;
+use super::cabinet::SimCabinet;
+use super::ledger::{SimOrder, Stage};
+use super::scenario::{
+    api_error, close, creds_current, wait_door, ScenarioCtx, DOOR_WAIT, UNLOCK_TTL_MS,
+};
+
+/// A remote unlock of an order by its carrier; true once the door is open.
+pub(super) async fn unlock_order(
+    idx: usize,
+    cab: &SimCabinet,
+    ctx: &ScenarioCtx,
+    o: &SimOrder,
+    reason: &str,
+) -> bool {
+    let i = usize::from(o.compartment.saturating_sub(1));
+    let body = json!({"reason": reason, "ttl_ms": UNLOCK_TTL_MS, "wait_ms": 10_000});
+    let wait = match ctx
+        .client(o.carrier)
+        .post(&format!("/v1/orders/{}/unlock", o.id), &body, None)
+        .await
+    {
+        Ok(v) => {
+            if let Some(id) = v["command"]["id"].as_str() {
+                ctx.commands
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((idx, id.to_owned()));
+            }
+            match v["command"]["outcome"].as_str() {
+                Some("opened") => DOOR_WAIT,
+                Some(_) => {
+                    ctx.stats
+                        .commands_unresolved
+                        .fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
+                None => {
+                    ctx.stats
+                        .commands_unresolved
+                        .fetch_add(1, Ordering::Relaxed);
+                    Duration::from_millis(UNLOCK_TTL_MS + 2_000)
+                }
+            }
+        }
+        Err(e) => {
+            api_error(ctx, "order unlock", &e);
+            if matches!(&e, ApiError::Status { status, .. } if *status < 500) {
+                return false;
+            }
+            Duration::from_millis(UNLOCK_TTL_MS + 2_000)
+        }
+    };
+    if wait_door(cab, i, wait).await {
+        true
+    } else {
+        ctx.stats.no_access.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+}
+
+/// The courier at the door: the carrier opens the order's compartment remotely, the courier
+/// puts the parcel in and closes the door.
+pub(super) async fn deposit(idx: usize, cab: &SimCabinet, ctx: &ScenarioCtx, o: &SimOrder) {
+    if !unlock_order(idx, cab, ctx, o, "courier at the door").await {
+        return;
+    }
+    let i = usize::from(o.compartment.saturating_sub(1));
+    let _ = cab.board.put_parcel(i);
+    close(cab, i).await;
+    ctx.ledger.set(&o.id, Stage::Deposited);
+    ctx.stats.deposits_api.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A courier of the order's carrier signs in with their badge; `None` if refused.
+pub(super) async fn sign_in(
+    cab: &SimCabinet,
+    ctx: &ScenarioCtx,
+    carrier: usize,
+    rng: &mut StdRng,
+) -> Option<()> {
+    let couriers = &ctx.world.carriers.get(carrier)?.couriers;
+    let (courier, badge) = couriers.get(rng.gen_range(0..couriers.len().max(1)))?;
+    match cab.scan(ScanSource::Rfid, badge.clone()).await {
+        Ok(r) if r.access == Access::SignedIn(courier.clone()) => Some(()),
+        Ok(r) => {
+            tracing::warn!(cabinet = %cab.id, courier, access = ?r.access, "badge refused");
+            ctx.stats.no_access.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// The courier at the cabinet: badge, then the parcel's barcode; the cabinet opens the
+/// order's compartment from its credential set (also offline); the courier puts the parcel in,
+/// closes the door and signs out.
+pub(super) async fn badge_deposit(
+    idx: usize,
+    cab: &SimCabinet,
+    ctx: &ScenarioCtx,
+    o: &SimOrder,
+    online: bool,
+    rng: &mut StdRng,
+) {
+    if online && !creds_current(idx, cab, ctx, DOOR_WAIT).await {
+        ctx.stats.creds_not_yet.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    if sign_in(cab, ctx, o.carrier, rng).await.is_none() {
+        return;
+    }
+    let opened = match cab.scan(ScanSource::Barcode, o.tracking.clone()).await {
+        Ok(r) if r.access == Access::DepositInto(CompartmentId(o.compartment)) => true,
+        Ok(r) => {
+            tracing::warn!(cabinet = %cab.id, order = %o.id, access = ?r.access, "parcel refused");
+            ctx.stats.no_access.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+        Err(_) => false,
+    };
+    let i = usize::from(o.compartment.saturating_sub(1));
+    if opened && wait_door(cab, i, DOOR_WAIT).await {
+        let _ = cab.board.put_parcel(i);
+        close(cab, i).await;
+        ctx.ledger.set(&o.id, Stage::Deposited);
+        ctx.stats.deposits_badge.fetch_add(1, Ordering::Relaxed);
+        if !online {
+            ctx.stats.deposits_offline.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let _ = cab.key(Key::Logout).await;
+}
+
+/// The recipient never came: the carrier recalls the order and a courier collects the parcel
+/// by a remote unlock.
+pub(super) async fn recall_and_collect(
+    idx: usize,
+    cab: &SimCabinet,
+    ctx: &ScenarioCtx,
+    o: &SimOrder,
+    rng: &mut StdRng,
+) {
+    if o.stage == Stage::Ready {
+        match ctx
+            .client(o.carrier)
+            .post(&format!("/v1/orders/{}/return", o.id), &json!({}), None)
+            .await
+        {
+            Ok(_) => {
+                ctx.stats.recalls.fetch_add(1, Ordering::Relaxed);
+                ctx.ledger.set(&o.id, Stage::Recalled);
+            }
+            Err(e) => {
+                api_error(ctx, "return", &e);
+                return;
+            }
+        }
+    }
+    let courier = o.carrier < ctx.world.carriers.len() && rng.gen_bool(0.5);
+    let o = if courier {
+        // at the cabinet: badge, then `key:collect` opens the next parcel to collect
+        if !creds_current(idx, cab, ctx, DOOR_WAIT).await {
+            ctx.stats.creds_not_yet.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if sign_in(cab, ctx, o.carrier, rng).await.is_none() {
+            return;
+        }
+        let r = cab.key(Key::Collect).await;
+        let _ = cab.key(Key::Logout).await;
+        let c = match r {
+            Ok(r) => match r.access {
+                Access::Collect(c) => c.0,
+                other => {
+                    tracing::warn!(cabinet = %cab.id, access = ?other, "nothing collected");
+                    ctx.stats.no_access.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            },
+            Err(_) => return,
+        };
+        // the parcel in that compartment, whichever recalled order of the carrier it is
+        let Some(x) = ctx
+            .ledger
+            .at(idx)
+            .into_iter()
+            .find(|x| x.compartment == c && x.stage == Stage::Recalled)
+        else {
+            tracing::warn!(cabinet = %cab.id, compartment = c, "collected an unknown parcel");
+            return;
+        };
+        if !wait_door(cab, usize::from(c.saturating_sub(1)), DOOR_WAIT).await {
+            ctx.stats.no_access.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        x
+    } else {
+        if !unlock_order(idx, cab, ctx, o, "courier collecting a recalled parcel").await {
+            return;
+        }
+        o.clone()
+    };
+    let i = usize::from(o.compartment.saturating_sub(1));
+    let _ = cab.board.take_parcel(i);
+    close(cab, i).await;
+    ctx.ledger.set(&o.id, Stage::Returned);
+    ctx.stats.collected.fetch_add(1, Ordering::Relaxed);
+}

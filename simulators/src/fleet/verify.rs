@@ -1,0 +1,171 @@
+//! The end-of-run checks of a fleet: reads every cabinet's audit log, command outcomes,
+//! compartments and simulated board, every order the gateway lists and what the people did
+//! (the [`super::ledger`]), and hands them to the checks of [`super::report`].
+//!
+//! The parcel checks are repeated for a few seconds until they pass: an offline pickup
+//! reported at the end of the run reaches the orders a moment after the audit log.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use super::report::{check_cabinet, check_parcels, CabinetFacts, CabinetParcels, Report};
+use super::Fleet;
+
+const PARCEL_TRIES: usize = 20;
+
+impl Fleet {
+    /// Checks the invariants against the gateway's API (see [`super::report`]).
+    pub async fn verify(&self) -> Report {
+        let mut by_cab: Vec<Vec<String>> = vec![Vec::new(); self.cabinets.len()];
+        for (i, id) in self
+            .ctx
+            .commands
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            by_cab[*i].push(id.clone());
+        }
+        let mut report = Report::default();
+        let api = self.ctx.api.clone();
+        let gate = Arc::new(Semaphore::new(16));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, cab) in self.cabinets.iter().enumerate() {
+            let (cab, api, cmds, gate) =
+                (cab.clone(), api.clone(), by_cab[i].clone(), gate.clone());
+            tasks.spawn(async move {
+                let _p = gate.acquire_owned().await;
+                // Read the agent, then the audit log, then the agent again: compare only when
+                // the agent made no event in between (a door or a battery can report any time).
+                let mut events = api.events(cab.id.as_str()).await;
+                let mut brief = cab.brief();
+                for _ in 0..20 {
+                    let before = cab.brief();
+                    if before.is_some_and(|b| b.1 == 0) {
+                        events = api.events(cab.id.as_str()).await;
+                        brief = cab.brief();
+                        if brief == before {
+                            break;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let mut outcomes = Vec::with_capacity(cmds.len());
+                for id in cmds {
+                    let o = api
+                        .command(&id)
+                        .await
+                        .ok()
+                        .and_then(|v| v["outcome"].as_str().map(str::to_owned));
+                    outcomes.push((id, o));
+                }
+                (i, cab, events, outcomes, brief)
+            });
+        }
+        let mut access: Vec<Vec<(String, u16)>> = vec![Vec::new(); self.cabinets.len()];
+        while let Some(r) = tasks.join_next().await {
+            let Ok((i, cab, events, outcomes, brief)) = r else {
+                report.problem("a verification task failed".into());
+                continue;
+            };
+            let events = match events {
+                Ok(e) => e,
+                Err(e) => {
+                    report.problem(format!("{}: audit log not readable: {e}", cab.id));
+                    continue;
+                }
+            };
+            let first_seq = cab.first_seq.load(Ordering::Acquire);
+            access[i] = events
+                .iter()
+                .filter(|e| e.seq >= first_seq && e.kind == "access")
+                .filter(|e| e.data["action"] == "pickup")
+                .map(|e| {
+                    (
+                        e.data["reference"].as_str().unwrap_or("").to_owned(),
+                        e.data["compartment"]
+                            .as_u64()
+                            .and_then(|c| u16::try_from(c).ok())
+                            .unwrap_or(0),
+                    )
+                })
+                .collect();
+            let (_, outbox, _, acked, next) = brief.unwrap_or((false, u64::MAX, 0, 0, 1));
+            check_cabinet(
+                &mut report,
+                &CabinetFacts {
+                    id: cab.id.as_str(),
+                    events: &events,
+                    agent_last_seq: next.saturating_sub(1),
+                    agent_outbox: outbox,
+                    agent_acked: acked,
+                    board_pulses: cab.board.total_pulses(),
+                    first_seq,
+                    commands: &outcomes,
+                },
+            );
+        }
+        for attempt in 1..=PARCEL_TRIES {
+            let mut trial = report.clone();
+            self.parcels(&mut trial, &access).await;
+            if trial.is_clean() || attempt == PARCEL_TRIES {
+                return trial;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        report
+    }
+
+    /// The parcel checks, once.
+    async fn parcels(&self, r: &mut Report, access: &[Vec<(String, u16)>]) {
+        let orders = match self.ctx.api.orders().await {
+            Ok(o) => o,
+            Err(e) => {
+                r.problem(format!("orders not readable: {e}"));
+                return;
+            }
+        };
+        let mut cabinets = Vec::with_capacity(self.cabinets.len());
+        for cab in &self.cabinets {
+            let comps: HashMap<u16, Option<String>> = match self
+                .ctx
+                .api
+                .get(&format!("/v1/cabinets/{}/compartments", cab.id))
+                .await
+            {
+                Ok(v) => v["compartments"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| {
+                        let id = u16::try_from(c["id"].as_u64()?).ok()?;
+                        Some((id, c["order"].as_str().map(str::to_owned)))
+                    })
+                    .collect(),
+                Err(e) => {
+                    r.problem(format!("{}: compartments not readable: {e}", cab.id));
+                    HashMap::new()
+                }
+            };
+            let parcels: Vec<bool> = (0..usize::from(self.opts.locks))
+                .map(|i| cab.board.parcel_present(i).unwrap_or(false))
+                .collect();
+            cabinets.push(CabinetParcels {
+                id: cab.id.to_string(),
+                compartments: comps,
+                parcels,
+            });
+        }
+        let (people, created, pickups) = self.ctx.ledger.dump();
+        let by_id: HashMap<&str, &Value> = orders
+            .iter()
+            .filter_map(|o| Some((o["id"].as_str()?, o)))
+            .collect();
+        check_parcels(r, &by_id, &cabinets, &people, &created, &pickups, access);
+    }
+}
