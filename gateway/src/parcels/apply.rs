@@ -95,7 +95,7 @@ impl State {
                     // the deadline was moved by the caller; the code stays
                 } else {
                     if step != Step::Extend {
-                        o.pickup_deadline = Some(machine::deadline(why.at, o.pickup_window_h));
+                        o.pickup_deadline = Some(machine::deadline(why.at, o.window_ms()));
                     }
                     o.reminded = false;
                     let kind = if step == Step::Extend {

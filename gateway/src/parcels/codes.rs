@@ -249,6 +249,7 @@ mod tests {
                 reserved_until: None,
                 pickup_deadline: Some(1_000),
                 pickup_window_h: 72,
+                pickup_window_min: None,
                 reminded: false,
                 pin_hash: Some([1; 32]),
                 qr_hash: Some([2; 32]),

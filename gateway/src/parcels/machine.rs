@@ -137,9 +137,9 @@ pub fn holds_compartment(state: OrderState) -> bool {
     state == OrderState::Reserved || state.parcel_inside()
 }
 
-/// The pickup deadline `window_h` hours after `from`.
-pub fn deadline(from: Millis, window_h: u32) -> Millis {
-    from.saturating_add(u64::from(window_h) * 3_600_000)
+/// The pickup deadline `window_ms` after `from`.
+pub fn deadline(from: Millis, window_ms: Millis) -> Millis {
+    from.saturating_add(window_ms)
 }
 
 #[cfg(test)]

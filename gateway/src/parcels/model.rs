@@ -287,6 +287,10 @@ pub struct Order {
     pub pickup_deadline: Option<Millis>,
     /// Hours the recipient gets to collect, from the carrier, site or default.
     pub pickup_window_h: u32,
+    /// Minutes the recipient gets, when the order asked for a window shorter than hours
+    /// allow (a shop's click and collect); wins over `pickup_window_h`.
+    #[serde(default)]
+    pub pickup_window_min: Option<u32>,
     /// Whether the reminder before expiry went out.
     #[serde(default)]
     pub reminded: bool,
@@ -303,6 +307,14 @@ pub struct Order {
 }
 
 impl Order {
+    /// The pickup window, ms.
+    pub fn window_ms(&self) -> Millis {
+        match self.pickup_window_min {
+            Some(m) => u64::from(m) * 60_000,
+            None => u64::from(self.pickup_window_h) * 3_600_000,
+        }
+    }
+
     /// The audit-worthy summary of the last transition.
     pub fn last(&self) -> Option<&HistoryEntry> {
         self.history.last()

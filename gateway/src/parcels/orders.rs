@@ -74,6 +74,13 @@ impl State {
                 "tracking: 1 to 64 printable characters (the parcel barcode)".into(),
             ));
         }
+        if n.pickup_window_min
+            .is_some_and(|m| m == 0 || m > 60 * 24 * 30)
+        {
+            return Err(ParcelError::Invalid(
+                "pickup_window_min: 1 to 43200 minutes".into(),
+            ));
+        }
         if n.pickup_window_h == Some(0) {
             return Err(ParcelError::Invalid(
                 "pickup_window_h must be above 0".into(),
@@ -106,6 +113,7 @@ impl State {
             reserved_until: None,
             pickup_deadline: None,
             pickup_window_h: window,
+            pickup_window_min: n.pickup_window_min,
             reminded: false,
             pin_hash: None,
             qr_hash: None,

@@ -29,7 +29,15 @@ impl State {
                 }
                 OrderState::Ready => match o.pickup_deadline {
                     Some(t) if now >= t => expire.push(o.id),
-                    Some(t) if before > 0 && !o.reminded && now + before >= t => remind.push(o.id),
+                    // a reminder only when the window is more than twice the lead time
+                    Some(t)
+                        if before > 0
+                            && !o.reminded
+                            && o.window_ms() > 2 * before
+                            && now + before >= t =>
+                    {
+                        remind.push(o.id)
+                    }
                     _ => {}
                 },
                 _ => {}

@@ -38,6 +38,9 @@ pub struct NewOrder {
     /// Hours the recipient gets (overrides carrier, site and default).
     #[serde(default)]
     pub pickup_window_h: Option<u32>,
+    /// Minutes the recipient gets (a short click-and-collect window; wins over hours).
+    #[serde(default)]
+    pub pickup_window_min: Option<u32>,
     /// Repeating a request with the same key returns the order created the first time.
     #[serde(default)]
     pub idempotency_key: Option<String>,
@@ -72,6 +75,7 @@ pub struct OrderView {
     pub reserved_until: Option<Millis>,
     pub pickup_deadline: Option<Millis>,
     pub pickup_window_h: u32,
+    pub pickup_window_min: Option<u32>,
     pub pending_unlock: Option<PendingUnlock>,
     pub history: Vec<HistoryEntry>,
 }
@@ -97,6 +101,7 @@ impl From<&Order> for OrderView {
             reserved_until: o.reserved_until,
             pickup_deadline: o.pickup_deadline,
             pickup_window_h: o.pickup_window_h,
+            pickup_window_min: o.pickup_window_min,
             pending_unlock: o.pending_unlock.clone(),
             history: o.history.clone(),
         }

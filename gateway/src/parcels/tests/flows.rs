@@ -6,7 +6,8 @@ use locker_schemas::{
 };
 
 use super::*;
-use crate::parcels::model::{NoticeKind, OrderKind, OrderState};
+use crate::parcels::model::{NoticeKind, OrderKind, OrderState, Recipient};
+use crate::parcels::views::NewOrder;
 use crate::parcels::{Msg, OrderAction, HOUR_MS};
 
 #[test]
@@ -352,4 +353,36 @@ fn finished_orders_leave_memory_for_the_archive() {
     assert!(!w.st.orders.contains_key(&o.id), "archived");
     assert!(w.st.batch.archived.iter().any(|x| x.id == o.id));
     assert!(w.st.orders.contains_key(&live.id), "a live order stays");
+}
+
+#[test]
+fn a_click_and_collect_window_in_minutes_expires_without_a_reminder() {
+    let mut w = World::new();
+    let n = NewOrder {
+        kind: OrderKind::Delivery,
+        site: "s".parse().expect("site"),
+        cabinet: None,
+        size: SizeName::S,
+        tracking: "SHOP-1".into(),
+        carrier: None,
+        reference: None,
+        recipient: Recipient::default(),
+        reserve: true,
+        pickup_window_h: None,
+        pickup_window_min: Some(30),
+        idempotency_key: None,
+    };
+    let o = w.call_create(n, carrier("dhl")).expect("created");
+    let (k, c) = w.place(o.id);
+    w.access(k, c, AccessAction::Deposit, o.id.to_string(), "dhl-c1", T0);
+    let deadline = w.get(o.id).pickup_deadline.expect("deadline");
+    assert_eq!(deadline - T0, 30 * 60_000);
+    w.st.on_tick(deadline - 60_000);
+    assert_eq!(
+        w.notices(NoticeKind::Reminder),
+        0,
+        "no 24 h reminder for a 30 min window"
+    );
+    w.st.on_tick(deadline);
+    assert_eq!(w.get(o.id).state, OrderState::Expired);
 }

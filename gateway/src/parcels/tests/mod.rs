@@ -160,6 +160,21 @@ impl World {
         );
     }
 
+    pub(super) fn call_create(
+        &mut self,
+        n: NewOrder,
+        c: Caller,
+    ) -> Result<super::OrderView, super::ParcelError> {
+        let (tx, mut rx) = oneshot::channel();
+        let mut d: Deferred = Vec::new();
+        self.st.on_msg(Msg::Create(vec![n], c, tx), &mut d);
+        for x in d {
+            x();
+        }
+        let mut r = rx.try_recv().expect("answered");
+        r.pop().expect("one").map(|(v, _)| v)
+    }
+
     pub(super) fn order(
         &mut self,
         c: &str,
@@ -178,6 +193,7 @@ impl World {
             recipient: Recipient::default(),
             reserve: true,
             pickup_window_h: None,
+            pickup_window_min: None,
             idempotency_key: None,
         };
         let (tx, mut rx) = oneshot::channel();
