@@ -46,13 +46,15 @@ async fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    // The handler is in place before anyone learns the gateway listens: a SIGTERM right after
+    // the LISTENING line drains instead of killing the process.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     let gw = Gateway::start(cfg).await.context("starting the gateway")?;
     tracing::info!(edge = %gw.edge_addr, api = %gw.api_addr, "gateway running");
     // Machine-readable line for scripts and tests that start the binary.
     println!("LISTENING edge={} api={}", gw.edge_addr, gw.api_addr);
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: draining"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: draining"),
