@@ -299,11 +299,15 @@ impl Doors {
                     }
                 }
             }
-            IoEvent::Door { compartment, open } => {
+            IoEvent::Door {
+                compartment,
+                open,
+                parcel,
+            } => {
                 if open {
                     self.door_opened(ctx, up, compartment, &mut jobs).await
                 } else {
-                    self.door_closed(ctx, up, compartment).await
+                    self.door_closed(ctx, up, compartment, parcel).await
                 }
             }
             IoEvent::BoardOffline { unit, detail } => {
@@ -399,6 +403,7 @@ impl Doors {
             compartment: c,
             open: true,
             cause,
+            parcel: None,
         });
         // stored with what follows it (the Result of the command that fired the lock, an
         // alarm, the pickup) in one write and one flush; at the end of this step at the latest
@@ -419,7 +424,13 @@ impl Doors {
         }
     }
 
-    async fn door_closed(&mut self, ctx: &Ctx, up: &mut Uplink, c: CompartmentId) {
+    async fn door_closed(
+        &mut self,
+        ctx: &Ctx,
+        up: &mut Uplink,
+        c: CompartmentId,
+        parcel: Option<bool>,
+    ) {
         let cause = match self.doors.get_mut(&c) {
             Some(d) => {
                 d.open = Some(false);
@@ -432,6 +443,7 @@ impl Doors {
             compartment: c,
             open: false,
             cause,
+            parcel,
         });
         up.emit(ctx, body, Vec::new()).await;
         clear_door_alarms(ctx, up, c).await;

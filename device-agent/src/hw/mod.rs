@@ -38,10 +38,13 @@ pub enum IoEvent {
         unit: u8,
         doors: Vec<(CompartmentId, bool)>,
     },
-    /// A debounced door change.
+    /// A debounced door change. A close carries the compartment's parcel sensor, read once
+    /// right after the close was seen (`None`: an opening, a board without parcel sensors, or
+    /// a read that failed within the Modbus timeout).
     Door {
         compartment: CompartmentId,
         open: bool,
+        parcel: Option<bool>,
     },
     /// A board failed `offline_after_failures` polls in a row.
     BoardOffline { unit: u8, detail: String },
