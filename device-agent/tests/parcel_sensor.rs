@@ -105,8 +105,8 @@ async fn a_close_with_the_parcel_left_inside_reports_parcel_true() {
 }
 
 #[tokio::test]
-async fn a_failed_parcel_read_or_a_board_without_sensors_still_reports_the_close_without_a_reading(
-) {
+async fn a_failed_parcel_read_or_a_board_without_sensors_still_reports_the_close_without_a_reading()
+{
     let (_d, dir) = tempdir();
     let b1 = board(1).await;
     let b2 = board(2).await;

@@ -334,17 +334,17 @@ fn wrong_payloads_fail_the_cddl_and_the_codec() {
             "door parcel reading as text",
             "up-door-closed-parcel",
             "uplink",
-            mutate(
-                "up-door-closed-parcel",
-                &[6, 3],
-                Value::Text("true".into()),
-            ),
+            mutate("up-door-closed-parcel", &[6, 3], Value::Text("true".into())),
         ),
         (
             "door with two elements",
             "up-door",
             "uplink",
-            mutate("up-door", &[6], Value::Array(vec![int(48), Value::Bool(true)])),
+            mutate(
+                "up-door",
+                &[6],
+                Value::Array(vec![int(48), Value::Bool(true)]),
+            ),
         ),
         (
             "unknown alarm kind",
@@ -505,7 +505,11 @@ fn door_parcel_reading_decodes_and_an_older_three_element_door_still_passes() {
     };
     let closed = door(&example("up-door-closed-parcel").bytes);
     assert!(!closed.open);
-    assert_eq!(closed.parcel, Some(true), "the close carries the parcel sensor");
+    assert_eq!(
+        closed.parcel,
+        Some(true),
+        "the close carries the parcel sensor"
+    );
     assert_eq!(door(&example("up-door").bytes).parcel, None);
 
     let schema = schema();
