@@ -5,8 +5,9 @@
 //!
 //! A debounced opening is attributed to the command or local access whose lock was fired for
 //! that compartment (until its confirm deadline, then for a grace period); otherwise its cause is
-//! Unknown and a ForcedOpen alarm is raised. A close carries the cause of its opening and clears
-//! the door's ForcedOpen and DoorLeftOpen alarms. A door open longer than `door_left_open_s`
+//! Unknown and a ForcedOpen alarm is raised. A close carries the cause of its opening and the
+//! parcel sensor the hardware task read right after it (see `hw::board`), and clears the door's
+//! ForcedOpen and DoorLeftOpen alarms. A door open longer than `door_left_open_s`
 //! raises DoorLeftOpen.
 //!
 //! The doors know commands only by id: what happens to a command's doors is handed back to the
