@@ -45,7 +45,7 @@ async fn door_open_and_close_reach_the_outbox_in_order_with_forced_open_alarm() 
         doors(&ob),
         vec![
             door(3, true, DoorCause::Unknown),
-            door(3, false, DoorCause::Unknown),
+            closed(3, DoorCause::Unknown, Some(false)),
             door(6, true, DoorCause::Unknown),
         ]
     );

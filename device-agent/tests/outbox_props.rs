@@ -40,6 +40,7 @@ fn body(op: &Op) -> Option<UplinkBody> {
             compartment: CompartmentId(*c),
             open: c % 2 == 0,
             cause: DoorCause::Unknown,
+            parcel: None,
         }),
         Op::Scan(v) => UplinkBody::Scan(Scan {
             source: ScanSource::Keypad,

@@ -37,6 +37,8 @@ pub enum EventData<'a> {
         compartment: CompartmentId,
         open: bool,
         cause: DoorCauseJson,
+        /// The parcel sensor read when the door closed; null when there is no reading.
+        parcel: Option<bool>,
     },
     Scan {
         source: ScanSourceName,
@@ -103,6 +105,7 @@ impl<'a> EventJson<'a> {
                 compartment: d.compartment,
                 open: d.open,
                 cause: d.cause.into(),
+                parcel: d.parcel,
             },
             UplinkBody::Scan(s) => EventData::Scan {
                 source: s.source.into(),
@@ -170,12 +173,13 @@ mod tests {
                 compartment: CompartmentId(3),
                 open: true,
                 cause: DoorCause::LocalAccess,
+                parcel: None,
             }),
         };
         assert_eq!(
             event_json(&u),
             json!({"seq": 7, "boot": 2, "ts": 1000, "kind": u.body.kind().as_str(),
-                   "data": {"compartment": 3, "open": true, "cause": "local_access"}})
+                   "data": {"compartment": 3, "open": true, "cause": "local_access", "parcel": null}})
         );
     }
 }

@@ -171,11 +171,47 @@ impl<'de> Deserialize<'de> for DoorCause {
 }
 
 /// A door sensor changed state (debounced).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
+///
+/// `parcel` was appended to revision 1: a sender always writes it (`null` when it has nothing
+/// to say), and the decoder takes a three-element door from an older sender as `parcel: None`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize_tuple)]
 pub struct Door {
     pub compartment: CompartmentId,
     pub open: bool,
     pub cause: DoorCause,
+    /// The compartment's parcel sensor, read when the door closed (`true` = a parcel is
+    /// inside); `None` when the door opened, when the board has no parcel sensors, or when the
+    /// read failed.
+    pub parcel: Option<bool>,
+}
+
+impl<'de> Deserialize<'de> for Door {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Door;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a door array [compartment, open, cause, parcel]")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Door, A::Error> {
+                let missing = |i| de::Error::invalid_length(i, &"at least 3 elements");
+                let compartment = a.next_element()?.ok_or_else(|| missing(0))?;
+                let open = a.next_element()?.ok_or_else(|| missing(1))?;
+                let cause = a.next_element()?.ok_or_else(|| missing(2))?;
+                // absent in a door from an older sender
+                let parcel = a.next_element::<Option<bool>>()?.flatten();
+                // fields appended by newer revisions are ignored
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Door {
+                    compartment,
+                    open,
+                    cause,
+                    parcel,
+                })
+            }
+        }
+        d.deserialize_seq(V)
+    }
 }
 
 /// Where a scan came from.

@@ -41,22 +41,25 @@ fn up(seq: u64, body: UplinkBody) -> Uplink {
     }
 }
 
-/// Door events with each kind of cause (the size test uses these).
+/// Door events (the size test uses these): an opening with each kind of cause, then the close
+/// of the command's opening with the parcel sensor reading a parcel inside.
 pub fn door_examples() -> Vec<Uplink> {
     [
-        DoorCause::Command(command_id()),
-        DoorCause::LocalAccess,
-        DoorCause::Unknown,
+        (true, DoorCause::Command(command_id()), None),
+        (true, DoorCause::LocalAccess, None),
+        (true, DoorCause::Unknown, None),
+        (false, DoorCause::Command(command_id()), Some(true)),
     ]
     .into_iter()
     .enumerate()
-    .map(|(i, cause)| {
+    .map(|(i, (open, cause, parcel))| {
         up(
             4_000_000 + i as u64,
             UplinkBody::Door(Door {
                 compartment: CompartmentId(48),
-                open: true,
+                open,
                 cause,
+                parcel,
             }),
         )
     })
@@ -88,6 +91,7 @@ pub fn uplinks() -> Vec<(&'static str, Uplink)> {
             ),
         ),
         ("up-door", door_examples().remove(0)),
+        ("up-door-closed-parcel", door_examples().remove(3)),
         (
             "up-scan",
             up(

@@ -325,6 +325,28 @@ fn wrong_payloads_fail_the_cddl_and_the_codec() {
             mutate("up-door", &[6, 0], Value::Null),
         ),
         (
+            "door parcel reading as 1",
+            "up-door-closed-parcel",
+            "uplink",
+            mutate("up-door-closed-parcel", &[6, 3], int(1)),
+        ),
+        (
+            "door parcel reading as text",
+            "up-door-closed-parcel",
+            "uplink",
+            mutate("up-door-closed-parcel", &[6, 3], Value::Text("true".into())),
+        ),
+        (
+            "door with two elements",
+            "up-door",
+            "uplink",
+            mutate(
+                "up-door",
+                &[6],
+                Value::Array(vec![int(48), Value::Bool(true)]),
+            ),
+        ),
+        (
             "unknown alarm kind",
             "up-alarm",
             "uplink",
@@ -470,4 +492,46 @@ fn readme_states_the_measured_door_event_size() {
         readme.contains(&claim),
         "schemas/README.md must say \"{claim}\" (the measured size of vectors/up-door.cbor)"
     );
+}
+
+/// The door's `parcel` element (appended to revision 1): the vectors carry it, and a door from
+/// an older sender without it is still a door (decoded as no reading, accepted by the CDDL).
+#[test]
+fn door_parcel_reading_decodes_and_an_older_three_element_door_still_passes() {
+    use locker_schemas::{Door, UplinkBody};
+    let door = |bytes: &[u8]| match codec::decode_uplink(bytes).expect("decodes").body {
+        UplinkBody::Door(d) => d,
+        other => panic!("not a door: {other:?}"),
+    };
+    let closed = door(&example("up-door-closed-parcel").bytes);
+    assert!(!closed.open);
+    assert_eq!(
+        closed.parcel,
+        Some(true),
+        "the close carries the parcel sensor"
+    );
+    assert_eq!(door(&example("up-door").bytes).parcel, None);
+
+    let schema = schema();
+    let mut v = to_value(&example("up-door-closed-parcel").bytes);
+    let Value::Array(items) = &mut v else {
+        panic!("array")
+    };
+    let Value::Array(body) = &mut items[6] else {
+        panic!("body array")
+    };
+    assert_eq!(body.pop(), Some(Value::Bool(true)));
+    let older = to_bytes(&v);
+    let Door {
+        open,
+        cause,
+        parcel,
+        ..
+    } = door(&older);
+    assert_eq!((open, parcel), (false, None), "three elements: no reading");
+    assert_eq!(cause, closed.cause);
+    for rule in ["locker-message", "uplink", "uplink-door"] {
+        validate(&schema, rule, &older)
+            .unwrap_or_else(|err| panic!("an older sender's door fails {rule}:\n{err}"));
+    }
 }

@@ -170,6 +170,7 @@ pub mod bodies {
             compartment: CompartmentId(c),
             open,
             cause: DoorCause::Unknown,
+            parcel: None,
         })
     }
 }

@@ -138,6 +138,7 @@ fn body_events() -> Vec<UplinkBody> {
             compartment: CompartmentId(3),
             open: true,
             cause,
+            parcel: None,
         }));
     }
     out

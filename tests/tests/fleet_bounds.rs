@@ -74,6 +74,7 @@ async fn a_flooding_cabinet_leaves_its_snapshot_bounded_and_the_rejections_count
             compartment: CompartmentId(100 + i as u16),
             open: true,
             cause: DoorCause::Unknown,
+            parcel: None,
         };
         cab.send(&cab.uplink(seq, UplinkBody::Door(door))).await;
     }
@@ -95,6 +96,7 @@ async fn a_flooding_cabinet_leaves_its_snapshot_bounded_and_the_rejections_count
         compartment: CompartmentId(2),
         open: true,
         cause: DoorCause::Unknown,
+        parcel: None,
     };
     cab.send(&cab.uplink(seq, UplinkBody::Door(door))).await;
     let last = seq;

@@ -5,8 +5,9 @@
 //!
 //! A debounced opening is attributed to the command or local access whose lock was fired for
 //! that compartment (until its confirm deadline, then for a grace period); otherwise its cause is
-//! Unknown and a ForcedOpen alarm is raised. A close carries the cause of its opening and clears
-//! the door's ForcedOpen and DoorLeftOpen alarms. A door open longer than `door_left_open_s`
+//! Unknown and a ForcedOpen alarm is raised. A close carries the cause of its opening and the
+//! parcel sensor the hardware task read right after it (see `hw::board`), and clears the door's
+//! ForcedOpen and DoorLeftOpen alarms. A door open longer than `door_left_open_s`
 //! raises DoorLeftOpen.
 //!
 //! The doors know commands only by id: what happens to a command's doors is handed back to the
@@ -299,11 +300,15 @@ impl Doors {
                     }
                 }
             }
-            IoEvent::Door { compartment, open } => {
+            IoEvent::Door {
+                compartment,
+                open,
+                parcel,
+            } => {
                 if open {
                     self.door_opened(ctx, up, compartment, &mut jobs).await
                 } else {
-                    self.door_closed(ctx, up, compartment).await
+                    self.door_closed(ctx, up, compartment, parcel).await
                 }
             }
             IoEvent::BoardOffline { unit, detail } => {
@@ -399,6 +404,7 @@ impl Doors {
             compartment: c,
             open: true,
             cause,
+            parcel: None,
         });
         // stored with what follows it (the Result of the command that fired the lock, an
         // alarm, the pickup) in one write and one flush; at the end of this step at the latest
@@ -419,7 +425,13 @@ impl Doors {
         }
     }
 
-    async fn door_closed(&mut self, ctx: &Ctx, up: &mut Uplink, c: CompartmentId) {
+    async fn door_closed(
+        &mut self,
+        ctx: &Ctx,
+        up: &mut Uplink,
+        c: CompartmentId,
+        parcel: Option<bool>,
+    ) {
         let cause = match self.doors.get_mut(&c) {
             Some(d) => {
                 d.open = Some(false);
@@ -432,6 +444,7 @@ impl Doors {
             compartment: c,
             open: false,
             cause,
+            parcel,
         });
         up.emit(ctx, body, Vec::new()).await;
         clear_door_alarms(ctx, up, c).await;

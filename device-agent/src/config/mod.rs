@@ -201,6 +201,10 @@ pub struct LockBoardConfig {
     pub sensor_offset: u16,
     /// Discrete input address of parcel sensor 0 (FC02, 1 = parcel present).
     pub parcel_offset: u16,
+    /// Whether the board has parcel sensors: a door that closes reports what its sensor reads
+    /// (one FC02 read of the board right after the close). Without them door events carry no
+    /// parcel reading.
+    pub parcel_sensors: bool,
     /// Size of every compartment on the board, lock 0 first; missing entries use `default_size`.
     pub sizes: Vec<SizeName>,
     /// Size of compartments not listed in `sizes`.
@@ -217,6 +221,7 @@ impl Default for LockBoardConfig {
             coil_offset: 0,
             sensor_offset: 0,
             parcel_offset: 256,
+            parcel_sensors: true,
             sizes: Vec::new(),
             default_size: SizeName::M,
         }

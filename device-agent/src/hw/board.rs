@@ -1,6 +1,11 @@
 //! The lock-board driver: compartment <-> lock mapping, door-sensor debouncing, online/offline
 //! tracking, lock pulses and parcel-sensor reads.
 //!
+//! A poll that sees doors close reads the board's parcel sensors once, before it reports
+//! anything, and the closes carry what the sensors read: the hardware task reads nothing else
+//! meanwhile, so no later event of the compartment (a new opening) can overtake the close, and
+//! a read that fails (or times out after `modbus_timeout_ms`) only leaves the reading out.
+//!
 //! Register map (see the simulators): coil `coil_offset + i` written ON (FC05) fires lock i and
 //! resets itself; discrete input `sensor_offset + i` (FC02) is 1 while door i is open;
 //! discrete input `parcel_offset + i` is 1 while a parcel is in compartment i.
@@ -63,6 +68,8 @@ pub struct Board {
     pub(super) next_poll: Instant,
     /// Locks fired recently, watched at the fast rate until they open or the deadline passes.
     watch: Vec<(u16, Instant)>,
+    /// The last parcel read after a close failed (logged once until a read succeeds again).
+    parcel_read_failing: bool,
 }
 
 impl Board {
@@ -82,6 +89,7 @@ impl Board {
             offline: false,
             next_poll: Instant::now(),
             watch: Vec::new(),
+            parcel_read_failing: false,
         }
     }
 
@@ -124,17 +132,31 @@ impl Board {
                         doors,
                     });
                 } else {
+                    let mut changes = Vec::new();
                     for (i, (&r, d)) in reads.iter().zip(self.doors.iter_mut()).enumerate() {
                         if let Some(open) = d.feed(r, timing.debounce_reads) {
                             let i = i as u16;
                             if open {
                                 self.watch.retain(|(l, _)| *l != i);
                             }
-                            out.push(IoEvent::Door {
-                                compartment: self.cfg.compartment(i),
-                                open,
-                            });
+                            changes.push((i, open));
                         }
+                    }
+                    let parcels = if changes.iter().any(|(_, open)| !open) {
+                        self.parcels_after_close().await
+                    } else {
+                        None
+                    };
+                    for (i, open) in changes {
+                        let parcel = match &parcels {
+                            Some(p) if !open => p.get(usize::from(i)).copied(),
+                            _ => None,
+                        };
+                        out.push(IoEvent::Door {
+                            compartment: self.cfg.compartment(i),
+                            open,
+                            parcel,
+                        });
                     }
                 }
             }
@@ -189,6 +211,32 @@ impl Board {
             self.link.reset();
         }
         r
+    }
+
+    /// The parcel sensors (by lock index) for doors that just closed: `None` on a board
+    /// without parcel sensors or when the read fails (logged once per run of failures).
+    async fn parcels_after_close(&mut self) -> Option<Vec<bool>> {
+        if !self.cfg.parcel_sensors {
+            return None;
+        }
+        match self
+            .link
+            .read_discrete(self.cfg.parcel_offset, self.cfg.locks)
+            .await
+        {
+            Ok(p) => {
+                if std::mem::take(&mut self.parcel_read_failing) {
+                    tracing::info!(unit = self.cfg.unit, "parcel sensors readable again");
+                }
+                Some(p)
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut self.parcel_read_failing, true) {
+                    tracing::warn!(unit = self.cfg.unit, error = %e, "parcel sensors unreadable after a door closed: closes are reported without a parcel reading");
+                }
+                None
+            }
+        }
     }
 
     /// Reads the parcel sensors: `(compartment, parcel present)`.

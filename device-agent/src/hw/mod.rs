@@ -1,7 +1,8 @@
 //! The hardware task: ONE task per agent owns every Modbus link of the cabinet (lock boards and
 //! charge controller), polls door sensors (at most `sensor_poll_ms` apart, faster while a fired
 //! lock is being confirmed), debounces them, tracks boards going offline and back, reads the
-//! charger, and carries out lock pulses and parcel reads asked by the main loop.
+//! charger, reads a board's parcel sensors once when its doors close (the close carries the
+//! reading), and carries out lock pulses and parcel reads asked by the main loop.
 //!
 //! It reports to the main loop through a bounded channel ([`IoEvent`]) and takes requests
 //! through another ([`IoRequest`]); the main loop never waits on it inline.
@@ -38,10 +39,13 @@ pub enum IoEvent {
         unit: u8,
         doors: Vec<(CompartmentId, bool)>,
     },
-    /// A debounced door change.
+    /// A debounced door change. A close carries the compartment's parcel sensor, read once
+    /// right after the close was seen (`None`: an opening, a board without parcel sensors, or
+    /// a read that failed within the Modbus timeout).
     Door {
         compartment: CompartmentId,
         open: bool,
+        parcel: Option<bool>,
     },
     /// A board failed `offline_after_failures` polls in a row.
     BoardOffline { unit: u8, detail: String },

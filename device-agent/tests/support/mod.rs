@@ -160,11 +160,22 @@ pub fn doors(outbox: &[Uplink]) -> Vec<Door> {
         .collect()
 }
 
+/// A door event without a parcel reading (every opening, and a close on a board without
+/// parcel sensors or whose read failed).
 pub fn door(c: u16, open: bool, cause: DoorCause) -> Door {
     Door {
         compartment: CompartmentId(c),
         open,
         cause,
+        parcel: None,
+    }
+}
+
+/// A close with the parcel sensor reading `parcel`.
+pub fn closed(c: u16, cause: DoorCause, parcel: Option<bool>) -> Door {
+    Door {
+        parcel,
+        ..door(c, false, cause)
     }
 }
 

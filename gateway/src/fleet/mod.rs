@@ -416,6 +416,7 @@ mod tests {
                     compartment: CompartmentId(1),
                     open: seq % 2 == 0,
                     cause: DoorCause::Unknown,
+                    parcel: None,
                 });
                 commits.send(uplink(seq, door)).await.expect("commit");
                 if seq % 10 == 0 {
