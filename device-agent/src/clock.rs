@@ -28,3 +28,31 @@ impl Clock for OffsetClock {
         locker_schemas::now_millis().saturating_add_signed(self.0)
     }
 }
+
+/// A wall clock that only moves when told to (tests and simulations: lockouts, sessions and
+/// expiry without waiting). Clones share the same time.
+#[derive(Debug, Clone)]
+pub struct ManualClock(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl ManualClock {
+    /// A clock reading `now` (ms since the epoch).
+    pub fn new(now: Millis) -> Self {
+        Self(std::sync::Arc::new(std::sync::atomic::AtomicU64::new(now)))
+    }
+
+    /// Moves the clock forward by `ms`.
+    pub fn advance(&self, ms: u64) {
+        self.0.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Sets the clock.
+    pub fn set(&self, now: Millis) {
+        self.0.store(now, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_millis(&self) -> Millis {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}

@@ -21,9 +21,9 @@ pub mod storage;
 
 pub use agent::{
     Access, Agent, AgentDeps, AgentError, AgentHandle, AgentStatus, Counters, ExecOutcome,
-    ExitReason, ScanReply, ScanSender,
+    ExitReason, Key, Refusal, ScanReply, ScanSender,
 };
-pub use clock::{Clock, OffsetClock, SystemClock};
+pub use clock::{Clock, ManualClock, OffsetClock, SystemClock};
 pub use config::AgentConfig;
 pub use hw::{ModbusConnector, ModbusStream};
 pub use storage::Storage;

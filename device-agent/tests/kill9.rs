@@ -91,7 +91,7 @@ async fn scan_until(port: u16, prefix: &str, n: usize, busy: Duration) -> Vec<(S
             break;
         }
         let value = format!("{prefix}-{i}");
-        w.write_all(format!("qr:{value}\n").as_bytes())
+        w.write_all(format!("bar:{value}\n").as_bytes())
             .await
             .unwrap();
         let line = lines.next_line().await.unwrap().expect("reply");

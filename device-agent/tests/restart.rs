@@ -103,7 +103,7 @@ async fn acks_delete_and_sequence_survives_restarts() {
     ready(&h, 1).await;
     for i in 0..5 {
         let r = h
-            .scan(locker_schemas::ScanSource::Qr, format!("code-{i}"))
+            .scan(locker_schemas::ScanSource::Barcode, format!("code-{i}"))
             .await
             .unwrap();
         assert_eq!(r.seq, Some(i + 1));
@@ -119,7 +119,7 @@ async fn acks_delete_and_sequence_survives_restarts() {
     assert_eq!(h.status().boot, 2);
     assert_eq!(h.status().next_seq, 6);
     let r = h
-        .scan(locker_schemas::ScanSource::Qr, "again")
+        .scan(locker_schemas::ScanSource::Barcode, "again")
         .await
         .unwrap();
     assert_eq!(r.seq, Some(6));
@@ -145,7 +145,7 @@ async fn outbox_nearly_full_alarm_raises_and_clears() {
     cfg.outbox.hard_max_events = 20;
     let h = start(cfg, &st).await;
     for i in 0..8 {
-        h.scan(locker_schemas::ScanSource::Keypad, format!("{i}"))
+        h.scan(locker_schemas::ScanSource::Barcode, format!("{i}"))
             .await
             .unwrap();
     }
@@ -158,7 +158,7 @@ async fn outbox_nearly_full_alarm_raises_and_clears() {
     eventually(5, "nearly-full alarm", || async { has_alarm(&h) }).await;
     // Past the hard limit critical events are dropped and counted.
     for i in 0..20 {
-        h.scan(locker_schemas::ScanSource::Keypad, format!("x{i}"))
+        h.scan(locker_schemas::ScanSource::Barcode, format!("x{i}"))
             .await
             .unwrap();
     }

@@ -150,7 +150,10 @@ async fn a_delivery_from_order_to_pickup_with_the_code_at_the_keypad() {
     );
     // the same code does not open twice
     let again = h.scan(ScanSource::Keypad, &pin).await.expect("scan");
-    assert_eq!(again.access, locker_agent::Access::None);
+    assert_eq!(
+        again.access,
+        locker_agent::Access::Refused(locker_agent::Refusal::WrongCode)
+    );
     assert_eq!(cab.pulses(c), 2);
     assert_eq!(
         gw.api
@@ -343,4 +346,98 @@ async fn carriers_never_see_each_others_orders_and_scopes_hold_on_every_path() {
             .is_some_and(|m| m.contains("reserved")),
         "{b}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn couriers_deposit_and_collect_at_the_cabinet_with_badge_and_barcode_online_and_offline() {
+    use locker_agent::{Access, Key, Refusal};
+    let mut pki = TestPki::new();
+    let gw = TestGateway::start_with(&pki, parcels::tokens).await;
+    let cab = TestCabinet::start(&mut pki, "CAB-P4", gw.edge_addr()).await;
+    online(&gw.api, "CAB-P4").await;
+    parcels::setup(&gw.api, &["CAB-P4"]).await;
+    let dhl = gw.api.with_token(DHL_TOKEN);
+    let a = parcels::order(&dhl, "JJD-A", "M").await;
+    let b = parcels::order(&dhl, "JJD-B", "M").await;
+    let (ida, ca) = (a["id"].as_str().expect("id").to_owned(), compartment(&a));
+    let (idb, cb) = (b["id"].as_str().expect("id").to_owned(), compartment(&b));
+    creds_current(&gw.api, &cab).await;
+    let h = cab.handle.as_ref().expect("agent");
+
+    // a UPS courier cannot put DHL's parcel in
+    let r = h
+        .scan(ScanSource::Rfid, parcels::UPS_BADGE)
+        .await
+        .expect("scan");
+    assert_eq!(r.access, Access::SignedIn("ups-c1".into()));
+    let r = h.scan(ScanSource::Barcode, "JJD-A").await.expect("scan");
+    assert_eq!(r.access, Access::Refused(Refusal::WrongCarrier));
+    // the DHL courier: badge, then the parcel's barcode opens its reserved compartment
+    let r = h
+        .scan(ScanSource::Rfid, parcels::DHL_BADGE)
+        .await
+        .expect("scan");
+    assert_eq!(r.access, Access::SignedIn("dhl-c1".into()));
+    let r = h.scan(ScanSource::Barcode, "JJD-A").await.expect("scan");
+    assert_eq!(
+        r.access,
+        Access::DepositInto(locker_schemas::CompartmentId(ca))
+    );
+    eventually("door open", || cab.status().open_doors.len() == 1).await;
+    cab.board
+        .put_parcel(usize::from(ca - 1))
+        .expect("parcel in");
+    cab.board.close_door(usize::from(ca - 1)).expect("close");
+    let o = parcels::wait_state(&dhl, &ida, "ready").await;
+    let deposit = o["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .find(|h| h["to"] == "deposited")
+        .cloned()
+        .expect("deposited");
+    assert_eq!(
+        (deposit["cause"].as_str(), deposit["actor"].as_str()),
+        (Some("local_access"), Some("dhl-c1"))
+    );
+    eventually("door closed", || cab.status().open_doors.is_empty()).await;
+
+    // the gateway goes away; the courier deposits the second parcel from the cache
+    let stopped = gw.stop().await;
+    let r = h.scan(ScanSource::Barcode, "JJD-B").await.expect("scan");
+    assert_eq!(
+        r.access,
+        Access::DepositInto(locker_schemas::CompartmentId(cb))
+    );
+    eventually("door open", || cab.status().open_doors.len() == 1).await;
+    cab.board
+        .put_parcel(usize::from(cb - 1))
+        .expect("parcel in");
+    cab.board.close_door(usize::from(cb - 1)).expect("close");
+    eventually("door closed", || cab.status().open_doors.is_empty()).await;
+    let gw = stopped.start().await;
+    let dhl = gw.api.with_token(DHL_TOKEN);
+    parcels::wait_state(&dhl, &idb, "ready").await;
+
+    // the carrier recalls A: the courier collects it at the cabinet
+    let (s, o) = dhl
+        .post(&format!("/v1/orders/{ida}/return"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{o}");
+    creds_current(&gw.api, &cab).await;
+    let r = h
+        .scan(ScanSource::Rfid, parcels::DHL_BADGE)
+        .await
+        .expect("scan");
+    assert_eq!(r.access, Access::SignedIn("dhl-c1".into()));
+    let r = h.key(Key::Collect).await.expect("key");
+    assert_eq!(r.access, Access::Collect(locker_schemas::CompartmentId(ca)));
+    eventually("door open", || cab.status().open_doors.len() == 1).await;
+    cab.board
+        .take_parcel(usize::from(ca - 1))
+        .expect("parcel out");
+    cab.board.close_door(usize::from(ca - 1)).expect("close");
+    let o = parcels::wait_state(&dhl, &ida, "returned").await;
+    assert_eq!(o["exception"], Value::Null, "{o}");
+    assert_eq!((cab.pulses(ca), cab.pulses(cb)), (2, 1));
 }

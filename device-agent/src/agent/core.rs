@@ -56,7 +56,7 @@ impl Core {
         let ctx = Ctx::new(cfg, cabinet, deps.clock.clone(), clock_floor);
         let (io_ev_tx, io_rx) = mpsc::channel(64);
         let (io_tx, io_task) = hw::spawn(ctx.cfg(), &deps.modbus, io_ev_tx);
-        let doors = Doors::new(ctx.cfg(), io_tx, CredCache::new(loaded.creds));
+        let doors = Doors::new(&ctx, io_tx, CredCache::new(loaded.creds), loaded.lock_until);
         let alarms = loaded.alarms.into_iter().collect();
         let uplink = Uplink::start(&ctx, outbox, alarms, deps.tls.clone()).await?;
         let scanner_task = crate::scanner::spawn(&ctx.cfg().scanner, scans);
@@ -150,6 +150,7 @@ impl Core {
         self.doors
             .check_left_open(&self.ctx, &mut self.uplink, now)
             .await;
+        self.doors.check_lock(&self.ctx, &mut self.uplink).await;
     }
 
     async fn on_io(&mut self, ev: IoEvent) {
@@ -190,15 +191,19 @@ impl Core {
         }
     }
 
-    /// Sends the executor's due answers, once the status shows their effect.
+    /// Sends the executor's and the scanners' due answers, once the status shows their effect.
     fn answer_waiters(&mut self) {
         let replies = self.exec.take_replies();
-        if replies.is_empty() {
+        let scans = self.doors.take_scan_replies();
+        if replies.is_empty() && scans.is_empty() {
             return;
         }
         self.publish_status();
         for (w, outcome) in replies {
             let _ = w.send(outcome);
+        }
+        for (w, r) in scans {
+            let _ = w.send(Ok(r));
         }
     }
 
@@ -212,12 +217,15 @@ impl Core {
                 value,
                 reply,
             } => {
-                let r = self
-                    .doors
-                    .on_scan(&self.ctx, &mut self.uplink, source, value)
+                self.doors
+                    .on_scan(&self.ctx, &mut self.uplink, source, value, reply)
                     .await;
-                self.publish_status();
-                let _ = reply.send(r);
+                self.answer_waiters();
+            }
+            Request::Key { key, reply } => {
+                self.doors.check_lock(&self.ctx, &mut self.uplink).await;
+                self.doors.on_key(&self.ctx, key, reply);
+                self.answer_waiters();
             }
             Request::Outbox { reply } => {
                 let r = self

@@ -18,8 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use locker_schemas::{
-    AccessAction, AlarmKind, CommandId, CompartmentId, CompartmentInfo, Door, DoorCause,
-    LocalAccess as Access, Power, UplinkBody,
+    AlarmKind, CommandId, CompartmentId, CompartmentInfo, Door, DoorCause, Power, UplinkBody,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -130,7 +129,13 @@ pub fn crosses(thresholds: &[u8], prev: Option<u8>, now: u8) -> bool {
 
 impl Doors {
     /// Every configured compartment, state unknown until its board is read.
-    pub fn new(cfg: &AgentConfig, io_tx: mpsc::Sender<IoRequest>, creds: CredCache) -> Self {
+    pub fn new(
+        ctx: &Ctx,
+        io_tx: mpsc::Sender<IoRequest>,
+        creds: CredCache,
+        lock_until: Option<u64>,
+    ) -> Self {
+        let cfg: &AgentConfig = ctx.cfg();
         let mut compartments = Vec::new();
         let mut doors = BTreeMap::new();
         for b in &cfg.lock_boards {
@@ -160,7 +165,7 @@ impl Doors {
             power: PowerState::default(),
             power_save: false,
             pulses: 0,
-            access: access::LocalState::new(creds),
+            access: access::LocalState::new(ctx, creds, lock_until),
         }
     }
 
@@ -234,6 +239,10 @@ impl Doors {
             }
         }
         let left_open = Duration::from_secs(ctx.cfg().timing.door_left_open_s);
+        if let Some(until) = self.access.lock_until() {
+            let left = until.saturating_sub(ctx.now_millis());
+            t = t.min(Instant::now() + Duration::from_millis(left));
+        }
         for (c, d) in &self.doors {
             if let (Some(true), Some(at)) = (d.open, d.opened_at) {
                 if !up.alarm_active(&door_left_open_key(*c)) {
@@ -314,10 +323,7 @@ impl Doors {
                 compartment,
                 result,
                 maybe_fired,
-            } => {
-                self.pulsed(ctx, up, compartment, result, maybe_fired, &mut jobs)
-                    .await
-            }
+            } => self.pulsed(ctx, compartment, result, maybe_fired, &mut jobs),
             IoEvent::Parcels { token, present } => self.deposit_with(ctx, token, present),
             IoEvent::Power(p) => self.on_power(ctx, up, p).await,
             IoEvent::ChargerOffline { detail } => {
@@ -329,10 +335,9 @@ impl Doors {
         jobs
     }
 
-    async fn pulsed(
+    fn pulsed(
         &mut self,
         ctx: &Ctx,
-        up: &mut Uplink,
         c: CompartmentId,
         result: Result<(), String>,
         maybe_fired: bool,
@@ -358,17 +363,8 @@ impl Doors {
                     jobs.push(JobEvent::Failed(*id, c, Some(e)));
                 }
             }
-            (Cause::Local(la), Ok(())) => {
-                self.access.counted_access();
-                let body = UplinkBody::Access(Access {
-                    compartment: c,
-                    action: la.action,
-                    reference: la.reference.clone(),
-                    source: la.source,
-                    actor: String::new(),
-                });
-                up.emit(ctx, body, Vec::new()).await;
-            }
+            // reported once the door opens
+            (Cause::Local(_), Ok(())) => {}
             (Cause::Local(_), Err(e)) => {
                 tracing::warn!(cabinet = %ctx.cabinet(), compartment = %c, error = %e, "local access: lock not fired");
                 if !maybe_fired {
@@ -418,9 +414,7 @@ impl Doors {
         }
         match pending.map(|p| p.cause) {
             Some(Cause::Command(id)) => jobs.push(JobEvent::Opened(id, c)),
-            Some(Cause::Local(la)) if la.action == AccessAction::Pickup => {
-                self.access.picked_up(up, &la).await
-            }
+            Some(Cause::Local(la)) => self.local_opened(ctx, up, c, la),
             _ => {}
         }
     }

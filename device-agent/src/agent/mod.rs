@@ -31,8 +31,8 @@ use crate::config::AgentConfig;
 
 use types::Request;
 pub use types::{
-    Access, AgentDeps, AgentError, AgentStatus, Counters, ExecOutcome, ExitReason, ScanReply,
-    ScanSender,
+    Access, AgentDeps, AgentError, AgentStatus, Counters, ExecOutcome, ExitReason, Key, Refusal,
+    ScanReply, ScanSender,
 };
 
 /// The handle to one running agent.
@@ -84,6 +84,12 @@ impl AgentHandle {
         value: impl Into<String>,
     ) -> Result<ScanReply, AgentError> {
         self.scanner().scan(source, value.into()).await
+    }
+
+    /// Injects a key press (`key:bigger`, `key:collect`, `key:S`..`key:XL`, `key:logout` at
+    /// the scanner input; see [`ScanSender::key`]).
+    pub async fn key(&self, key: Key) -> Result<ScanReply, AgentError> {
+        self.scanner().key(key).await
     }
 
     /// A cloneable scan sender for input tasks.
@@ -162,7 +168,7 @@ mod tests {
     /// it (never `core`, which composes them), so there is no import circle.
     #[test]
     fn parts_never_import_core_or_a_later_part() {
-        let layers: [(&str, &str, &[&str]); 6] = [
+        let layers: [(&str, &str, &[&str]); 8] = [
             ("types", include_str!("types.rs"), &[]),
             ("ctx", include_str!("ctx.rs"), &[]),
             ("uplink", include_str!("uplink.rs"), &["ctx", "types"]),
@@ -173,8 +179,18 @@ mod tests {
             ),
             (
                 "doors/access",
-                include_str!("doors/access.rs"),
+                include_str!("doors/access/mod.rs"),
                 &["ctx", "types", "uplink"],
+            ),
+            (
+                "doors/access/session",
+                include_str!("doors/access/session.rs"),
+                &[],
+            ),
+            (
+                "doors/access/lockout",
+                include_str!("doors/access/lockout.rs"),
+                &[],
             ),
             (
                 "exec",

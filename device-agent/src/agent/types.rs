@@ -1,12 +1,13 @@
 //! The agent's shared vocabulary: the public types its handle and host exchange ([`AgentDeps`],
-//! [`AgentStatus`], [`Counters`], [`ExecOutcome`], [`ScanReply`], [`ExitReason`],
+//! [`AgentStatus`], [`Counters`], [`ExecOutcome`], [`ScanReply`], [`Access`], [`Refusal`],
+//! [`Key`], [`ExitReason`],
 //! [`AgentError`], [`ScanSender`]) and the requests the handle sends to the main loop. A leaf:
 //! every other module of the agent may use it; it uses none of them.
 
 use std::sync::Arc;
 
 use locker_schemas::{
-    Alarm, CabinetId, Command, CommandResult, CompartmentId, DownlinkBody, ScanSource, Uplink,
+    Alarm, CabinetId, Command, CommandResult, CompartmentId, DownlinkBody, ScanSource, Size, Uplink,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -70,21 +71,116 @@ pub enum ExecOutcome {
     Duplicate,
 }
 
-/// What a scan led to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a scan or key led to (see README, "At the cabinet").
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Access {
-    /// No valid cached credential matched.
+    /// Nothing to do: no credential matched, and it was not a wrong code (a barcode scanned
+    /// with no courier signed in).
     None,
     /// A pickup credential matched; this compartment's lock is being fired.
     Pickup(CompartmentId),
-    /// A deposit credential matched; an empty compartment is being looked for.
+    /// Kept for callers written before the courier workflow: never returned now (a courier's
+    /// badge signs in: [`Access::SignedIn`]; a deposit reports [`Access::DepositInto`]).
     Deposit,
+    /// A courier's badge or PIN matched: this courier (reference) is signed in.
+    SignedIn(String),
+    /// A deposit (known parcel, the next size up, a chosen size or a drop-off): this
+    /// compartment's lock is being fired.
+    DepositInto(CompartmentId),
+    /// A collection: this compartment's lock is being fired.
+    Collect(CompartmentId),
+    /// A barcode the cabinet does not know, scanned by a signed-in courier: remembered for a
+    /// size key.
+    ParcelNoted,
+    /// The courier session ended (`key:logout`).
+    SignedOut,
+    /// Refused, and why.
+    Refused(Refusal),
 }
 
-/// The reply to a scan.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a scan or key opened nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// The keypad is locked after too many wrong codes.
+    Locked,
+    /// No usable credential matched (counted towards the keypad lock).
+    WrongCode,
+    /// A courier action with no courier signed in.
+    NoCourier,
+    /// The parcel belongs to another carrier than the signed-in courier's.
+    WrongCarrier,
+    /// The compartment is open, being unlocked, or its board is offline.
+    Busy,
+    /// The compartment's parcel sensor reads a parcel.
+    Full,
+    /// No usable spare compartment (of the size asked, or larger than the reserved one).
+    NoSpare,
+    /// A size key or `bigger` with no parcel scanned in this session.
+    NoParcel,
+    /// Nothing of the courier's carrier to collect.
+    NothingToCollect,
+    /// The hardware request queue is full: try again.
+    Unavailable,
+}
+
+impl Refusal {
+    /// The short reason scanner clients read (`err <reason>`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Locked => "locked",
+            Refusal::WrongCode => "wrong code",
+            Refusal::NoCourier => "no courier signed in",
+            Refusal::WrongCarrier => "wrong carrier",
+            Refusal::Busy => "compartment busy",
+            Refusal::Full => "compartment full",
+            Refusal::NoSpare => "no spare compartment",
+            Refusal::NoParcel => "no parcel scanned",
+            Refusal::NothingToCollect => "nothing to collect",
+            Refusal::Unavailable => "unavailable",
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A key pressed at the cabinet (scanner input `key:<name>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Key {
+    /// The parcel does not fit: open the next size up (`key:bigger`).
+    Bigger,
+    /// Open the next parcel to collect (`key:collect`).
+    Collect,
+    /// Open a spare of this size for the parcel just scanned (`key:S` .. `key:XL`).
+    Size(Size),
+    /// End the courier session (`key:logout`).
+    Logout,
+}
+
+impl Key {
+    /// Parses a key name (`bigger`, `collect`, `s`, `m`, `l`, `xl`, `logout`; any case).
+    pub fn parse(name: &str) -> Option<Key> {
+        Some(match name.trim().to_ascii_lowercase().as_str() {
+            "bigger" => Key::Bigger,
+            "collect" => Key::Collect,
+            "logout" => Key::Logout,
+            "s" => Key::Size(Size::S),
+            "m" => Key::Size(Size::M),
+            "l" => Key::Size(Size::L),
+            "xl" => Key::Size(Size::Xl),
+            _ => return None,
+        })
+    }
+}
+
+/// The reply to a scan or key.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanReply {
-    /// The seq of the Scan event (durable), `None` if the outbox dropped it.
+    /// The seq of the Scan event (durable), `None` if the outbox dropped it or for a key
+    /// (keys are not Scan events).
     pub seq: Option<u64>,
     pub access: Access,
 }
@@ -109,6 +205,14 @@ pub struct Counters {
     pub pulses: u64,
     pub scans: u64,
     pub local_accesses: u64,
+    /// Keypad, QR or badge entries that matched no usable credential.
+    pub wrong_codes: u64,
+    /// Times the keypad was locked after too many wrong codes.
+    pub lockouts: u64,
+    /// Scans and keys refused (locked, wrong carrier, no courier, compartment busy or full, ...).
+    pub refused_accesses: u64,
+    /// Credential set parts refused as malformed (part out of range).
+    pub bad_cred_parts: u64,
     pub bad_downlinks: u64,
     pub rewinds: u64,
     pub published: u64,
@@ -156,6 +260,10 @@ pub(crate) enum Request {
         value: String,
         reply: oneshot::Sender<Result<ScanReply, String>>,
     },
+    Key {
+        key: Key,
+        reply: oneshot::Sender<Result<ScanReply, String>>,
+    },
     Outbox {
         reply: oneshot::Sender<Result<Vec<Uplink>, String>>,
     },
@@ -182,6 +290,18 @@ impl ScanSender {
                 value,
                 reply,
             })
+            .await
+            .map_err(|_| AgentError::Stopped)?;
+        rx.await
+            .map_err(|_| AgentError::Stopped)?
+            .map_err(AgentError::Refused)
+    }
+
+    /// Injects one key press, as if pressed at the cabinet.
+    pub async fn key(&self, key: Key) -> Result<ScanReply, AgentError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Key { key, reply })
             .await
             .map_err(|_| AgentError::Stopped)?;
         rx.await

@@ -46,6 +46,7 @@ pub struct AgentConfig {
     pub network: NetworkConfig,
     pub clock: ClockConfig,
     pub commands: CommandsConfig,
+    pub access: AccessConfig,
 }
 
 impl Default for AgentConfig {
@@ -63,6 +64,7 @@ impl Default for AgentConfig {
             network: NetworkConfig::default(),
             clock: ClockConfig::default(),
             commands: CommandsConfig::default(),
+            access: AccessConfig::default(),
         }
     }
 }
@@ -420,6 +422,31 @@ pub struct CommandsConfig {
 impl Default for CommandsConfig {
     fn default() -> Self {
         Self { remember: 20_000 }
+    }
+}
+
+/// Local access at the cabinet: courier sessions and the keypad lock after wrong codes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessConfig {
+    /// How long a courier stays signed in after the badge (or the last courier action), in s.
+    pub courier_session_s: u64,
+    /// Wrong codes (within `wrong_code_window_s`) that lock the keypad.
+    pub max_wrong_codes: u32,
+    /// The window wrong codes are counted in, in s.
+    pub wrong_code_window_s: u64,
+    /// How long the keypad stays locked, in s (the end survives a restart).
+    pub lockout_s: u64,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        Self {
+            courier_session_s: 120,
+            max_wrong_codes: 5,
+            wrong_code_window_s: 300,
+            lockout_s: 300,
+        }
     }
 }
 

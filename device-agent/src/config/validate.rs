@@ -68,6 +68,19 @@ impl AgentConfig {
         if t.door_left_open_s == 0 {
             return Err(invalid("timing.door_left_open_s must be > 0"));
         }
+        let a = &self.access;
+        if a.courier_session_s == 0 {
+            return Err(invalid("access.courier_session_s must be > 0"));
+        }
+        if a.max_wrong_codes == 0 {
+            return Err(invalid("access.max_wrong_codes must be >= 1"));
+        }
+        if a.wrong_code_window_s == 0 {
+            return Err(invalid("access.wrong_code_window_s must be > 0"));
+        }
+        if a.lockout_s == 0 {
+            return Err(invalid("access.lockout_s must be > 0"));
+        }
         self.validate_boards()?;
         if let Some(c) = &self.charger {
             if c.address.is_empty() {
@@ -219,6 +232,19 @@ address = "127.0.0.1:5030"
                 "cabinet_id = \"x\"\n[outbox]\nmax_events = 100\nhard_max_events = 50",
                 "hard_max_events",
             ),
+            (
+                "cabinet_id = \"x\"\n[access]\ncourier_session_s = 0",
+                "access.courier_session_s",
+            ),
+            (
+                "cabinet_id = \"x\"\n[access]\nmax_wrong_codes = 0",
+                "access.max_wrong_codes",
+            ),
+            (
+                "cabinet_id = \"x\"\n[access]\nwrong_code_window_s = 0",
+                "access.wrong_code_window_s",
+            ),
+            ("cabinet_id = \"x\"\n[access]\nlockout_s = 0", "access.lockout_s"),
         ];
         for (text, needle) in cases {
             let err = AgentConfig::from_toml(text).expect_err(text).to_string();

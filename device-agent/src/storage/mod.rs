@@ -6,8 +6,8 @@ pub mod worker;
 
 pub use store::{
     ack, acked, append, append_many, claim_command, command_record, config_overrides,
-    config_overrides_write, creds_write, finished_result, forget_oldest_commands, load, read,
-    read_all, write,
+    config_overrides_write, creds_write, finished_result, forget_oldest_commands, load, lock_write,
+    read, read_all, write,
 };
 pub use store::{
     alarm_key, command_key, outbox_key, AlarmKey, CommandRecord, Entry, Loaded, StoredEvent, Write,

@@ -10,7 +10,8 @@
 //! - `mcfg` -> runtime configuration set by `set_config` (`key=value` lines, see
 //!   [`config_overrides_write`]);
 //! - `k` -> the cached credential set, encoded as a downlink;
-//! - `a` + kind + compartment + board -> detail of an active alarm.
+//! - `a` + kind + compartment + board -> detail of an active alarm;
+//! - `mlock` -> wall-clock end (ms, u64 BE) of the keypad lock after wrong codes, while locked.
 
 use locker_schemas::{
     codec, up_kind_code, AlarmKind, CommandId, CompartmentId, Credentials, Downlink, DownlinkBody,
@@ -27,6 +28,7 @@ const CREDS: &[u8] = b"k";
 const BOOT: &[u8] = b"mboot";
 const ACKED: &[u8] = b"macked";
 const CONFIG: &[u8] = b"mcfg";
+const LOCK: &[u8] = b"mlock";
 
 /// The outbox key of `seq`.
 pub fn outbox_key(seq: u64) -> [u8; 9] {
@@ -75,6 +77,7 @@ fn parse_alarm_key(k: &[u8]) -> Option<AlarmKey> {
         AlarmKind::LockBoardOffline,
         AlarmKind::PowerFail,
         AlarmKind::OutboxNearlyFull,
+        AlarmKind::KeypadLocked,
     ]
     .into_iter()
     .find(|x| *x as u8 == kind)?;
@@ -162,6 +165,8 @@ pub struct Loaded {
     pub alarms: Vec<(AlarmKey, String)>,
     /// Runtime configuration set by `set_config` commands (key, value), applied over the file.
     pub config_overrides: Vec<(String, String)>,
+    /// The end of the keypad lock (wall-clock ms), if one was in force.
+    pub lock_until: Option<u64>,
 }
 
 fn be_u64(v: &[u8]) -> u64 {
@@ -229,7 +234,9 @@ pub fn load(tree: &Tree) -> Result<Loaded, StorageError> {
         }
     }
     let config_overrides = config_overrides(tree)?;
+    let lock_until = tree.get(LOCK)?.map(|v| be_u64(&v));
     Ok(Loaded {
+        lock_until,
         config_overrides,
         boot,
         acked,
@@ -436,6 +443,14 @@ pub fn forget_oldest_commands(tree: &Tree, n: u64) -> Result<u64, StorageError> 
     Ok(done)
 }
 
+/// The write that records the end of the keypad lock (`None`: no lock).
+pub fn lock_write(until: Option<u64>) -> Write {
+    match until {
+        Some(t) => Write::Put(LOCK.to_vec(), t.to_be_bytes().to_vec()),
+        None => Write::Del(LOCK.to_vec()),
+    }
+}
+
 /// The write that replaces the cached credentials.
 pub fn creds_write(c: &Credentials) -> Result<Write, StorageError> {
     let bytes = codec::encode_downlink(&Downlink {
@@ -464,6 +479,11 @@ mod tests {
             },
             AlarmKey {
                 kind: AlarmKind::OutboxNearlyFull,
+                compartment: None,
+                board: None,
+            },
+            AlarmKey {
+                kind: AlarmKind::KeypadLocked,
                 compartment: None,
                 board: None,
             },

@@ -78,6 +78,7 @@ pub(super) async fn create_command(
         }
     }
     let new = NewCommand {
+        id: None,
         cabinet,
         action: body.action,
         ttl_ms: body.ttl_ms,

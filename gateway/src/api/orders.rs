@@ -217,8 +217,12 @@ async fn unlock(
     let Json(b) = body.map_err(bad_body)?;
     b.check()?;
     let order = parse_order(&id)?;
-    let target = st.parcels.unlock_target(order, caller.clone()).await?;
+    let target = st
+        .parcels
+        .prepare_unlock(order, b.reason.clone(), caller.clone())
+        .await?;
     let new = NewCommand {
+        id: Some(target.command),
         cabinet: target.cabinet.clone(),
         action: ActionSpec::Unlock {
             compartment: target.compartment,
@@ -226,10 +230,13 @@ async fn unlock(
         ttl_ms: b.ttl_ms,
         created_by: caller.client.clone(),
     };
-    let rec = st.commands.create(new).await?;
-    st.parcels
-        .unlock_issued(order, rec.id, target.compartment, b.reason.clone(), caller)
-        .await;
+    let rec = match st.commands.create(new).await {
+        Ok(rec) => rec,
+        Err(e) => {
+            st.parcels.unlock_failed(order, target.command).await;
+            return Err(e.into());
+        }
+    };
     let wait = b.wait_ms.min(st.cfg.max_wait_ms);
     let rec = if wait > 0 {
         st.commands

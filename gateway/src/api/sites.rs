@@ -258,6 +258,7 @@ async fn override_open(
     let rec = st
         .commands
         .create(NewCommand {
+            id: None,
             cabinet: cab.clone(),
             action: ActionSpec::Unlock { compartment: comp },
             ttl_ms: b.ttl_ms,

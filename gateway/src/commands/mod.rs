@@ -102,6 +102,9 @@ pub enum CommandError {
 /// A new command as the API asks for it.
 #[derive(Debug, Clone)]
 pub struct NewCommand {
+    /// The id to give the command (a caller that records it before the command exists, as
+    /// the parcel domain does for a remote unlock); `None` makes a new one.
+    pub id: Option<CommandId>,
     pub cabinet: CabinetId,
     pub action: ActionSpec,
     pub ttl_ms: Option<u32>,

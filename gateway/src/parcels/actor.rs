@@ -10,8 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use locker_schemas::codec::{decode_uplink, encode_downlink, encode_stream};
 use locker_schemas::{
-    now_millis, CabinetId, CarrierId, CommandId, CommandResult, CourierId, DownKind, Downlink,
-    DownlinkBody, Millis, OrderId, ParcelEvent, SiteId, StreamKind, StreamMessage, Topic,
+    now_millis, CabinetId, CarrierId, CommandId, CourierId, DownKind, Downlink, DownlinkBody,
+    Millis, OrderId, ParcelEvent, SiteId, StreamKind, StreamMessage, Topic,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -29,8 +29,6 @@ use crate::store::{self, Store};
 
 /// Messages taken per batch at most.
 const BATCH: usize = 512;
-/// Command results kept for matching an unlock registered after its result arrived.
-const RECENT_RESULTS: usize = 4096;
 
 /// The state the actor owns.
 pub(crate) struct State {
@@ -52,17 +50,17 @@ pub(crate) struct State {
     /// Cursors advanced since they were last written.
     pub cursors_dirty: HashSet<CabinetId>,
     pub dirty_creds: BTreeSet<CabinetId>,
+    /// Cabinets that said hello with an old version: the current set is sent again.
+    pub send_current: BTreeSet<CabinetId>,
     /// Sets that could not be handed to an online cabinet: retried on the next tick.
     pub resend: BTreeSet<CabinetId>,
     pub online: HashSet<CabinetId>,
-    pub recent_results: HashMap<CommandId, CommandResult>,
     /// Remote unlocks of orders waiting for their result.
     pub pending_cmds: HashMap<CommandId, OrderId>,
     /// A compartment was freed: orders waiting for one try again on the next tick.
     pub retry_waiting: bool,
     /// Sets a cabinet's session did not take are retried (set by the tick).
     pub retry_due: bool,
-    pub recent_order: std::collections::VecDeque<CommandId>,
     pub next_notice: u64,
     pub next_audit: u64,
     pub initialized: bool,
@@ -123,7 +121,7 @@ impl Parcels {
 }
 
 impl State {
-    fn new(cfg: ParcelsConfig, l: Loaded, metrics: ParcelMetrics) -> Self {
+    pub(crate) fn new(cfg: ParcelsConfig, l: Loaded, metrics: ParcelMetrics) -> Self {
         let mut s = State {
             cfg,
             sites: BTreeMap::new(),
@@ -139,13 +137,12 @@ impl State {
             cursors: l.cursors,
             cursors_dirty: HashSet::new(),
             dirty_creds: BTreeSet::new(),
+            send_current: BTreeSet::new(),
             resend: BTreeSet::new(),
             online: HashSet::new(),
-            recent_results: HashMap::new(),
             pending_cmds: HashMap::new(),
             retry_waiting: true,
             retry_due: false,
-            recent_order: Default::default(),
             next_notice: l.next_notice.max(1),
             next_audit: l.next_audit.max(1),
             initialized: l.initialized,
@@ -253,18 +250,6 @@ impl State {
             );
         }
         Ok(())
-    }
-
-    /// Remembers a command result no unlock claimed (yet).
-    pub fn remember_result(&mut self, r: CommandResult) {
-        if self.recent_results.insert(r.command, r.clone()).is_none() {
-            self.recent_order.push_back(r.command);
-        }
-        while self.recent_order.len() > RECENT_RESULTS {
-            if let Some(old) = self.recent_order.pop_front() {
-                self.recent_results.remove(&old);
-            }
-        }
     }
 
     /// Bumps the versions of the changed credential sets into the batch; returns them to send.
@@ -420,8 +405,19 @@ async fn finish(st: &mut State, store: &Store, publisher: &Publisher, deferred: 
                 .await;
         }
     }
-    for (cab, parts) in sets {
-        send_set(st, publisher, &cab, &parts).await;
+    let again: Vec<CabinetId> = std::mem::take(&mut st.send_current).into_iter().collect();
+    for (cab, parts) in &sets {
+        send_set(st, publisher, cab, parts).await;
+    }
+    for cab in again {
+        if sets.iter().any(|(c, _)| *c == cab) {
+            continue; // just sent a newer one
+        }
+        let v = st.creds_versions.get(&cab).copied().unwrap_or(0);
+        if v > 0 {
+            let parts = st.creds_parts(&cab, v, now);
+            send_set(st, publisher, &cab, &parts).await;
+        }
     }
     if !std::mem::take(&mut st.retry_due) {
         return;

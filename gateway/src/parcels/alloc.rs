@@ -102,14 +102,22 @@ pub struct Table {
 }
 
 impl Table {
-    /// Applies a layout from a hello: new compartments are added, sizes refreshed; returns the
-    /// holders of compartments that disappeared (their orders need attention).
+    /// Applies a layout from a hello: new compartments are added, sizes refreshed; returns
+    /// whether anything changed and the holders of compartments that disappeared (their
+    /// orders need attention).
     pub fn layout(
         &mut self,
         cabinet: &CabinetId,
         comps: &[(CompartmentId, SizeName)],
-    ) -> Vec<OrderId> {
+    ) -> (bool, Vec<OrderId>) {
         let cab = self.cabinets.entry(cabinet.clone()).or_default();
+        let same = cab.slots.len() == comps.len()
+            && comps
+                .iter()
+                .all(|(c, size)| cab.slots.get(c).is_some_and(|s| s.size == *size));
+        if same {
+            return (false, Vec::new());
+        }
         let keep: BTreeSet<CompartmentId> = comps.iter().map(|(c, _)| *c).collect();
         let mut orphaned = Vec::new();
         cab.slots.retain(|c, s| {
@@ -131,7 +139,7 @@ impl Table {
                     out_of_service: None,
                 });
         }
-        orphaned
+        (true, orphaned)
     }
 
     /// Best fit for an order of `carrier` needing `size` at `site` (in `cabinet` if given):

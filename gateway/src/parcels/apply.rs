@@ -18,6 +18,10 @@ use super::{ParcelError, HOUR_MS};
 use crate::ingest::Commit;
 use crate::store::parcels::AuditRecord;
 
+/// A prepared remote unlock with no result after this long is forgotten (its command either
+/// never came to be, or ended without an answer: the dispatcher gives up well before).
+const STALE_UNLOCK_MS: Millis = 6 * HOUR_MS;
+
 /// Who and what caused a change.
 #[derive(Debug, Clone)]
 pub(crate) struct Why {
@@ -383,13 +387,12 @@ impl State {
                     .iter()
                     .map(|c| (c.id, c.size.into()))
                     .collect();
-                let orphaned = self.table.layout(&u.cabinet, &comps);
+                let (changed, orphaned) = self.table.layout(&u.cabinet, &comps);
                 if let Some(site) = self.site_of.get(&u.cabinet).cloned() {
                     if let Some(k) = self.table.cabinets.get_mut(&u.cabinet) {
                         k.site = Some(site);
                     }
                 }
-                self.cabinet_changed(&u.cabinet);
                 for id in orphaned {
                     self.exception(
                         id,
@@ -399,12 +402,22 @@ impl State {
                 }
                 let held = self.creds_versions.get(&u.cabinet).copied().unwrap_or(0);
                 if h.creds_version > held {
-                    // the cabinet is ahead of us (our storage was replaced): jump past it
+                    // the cabinet is ahead of us (our storage was replaced): the next version
+                    // goes past it
                     self.creds_versions
                         .insert(u.cabinet.clone(), h.creds_version);
                 }
-                // a changed layout is a changed set: the set goes out with the new version
-                self.retry_waiting = true;
+                if changed
+                    || h.creds_version > held
+                    || (held == 0 && self.site_of.contains_key(&u.cabinet))
+                {
+                    // a new layout (or a version to move past) is a new set
+                    self.cabinet_changed(&u.cabinet);
+                    self.retry_waiting = true;
+                } else if h.creds_version != held {
+                    // the cabinet missed the current set (it was offline): send it again
+                    self.send_current.insert(u.cabinet.clone());
+                }
             }
             UplinkBody::Access(a) => self.on_access(u, a, now),
             UplinkBody::Result(r) => self.on_result(r.clone(), now),
@@ -616,8 +629,7 @@ impl State {
     /// A command result: the end of a remote unlock of an order, if it was one.
     pub(crate) fn on_result(&mut self, r: locker_schemas::CommandResult, now: Millis) {
         let Some(id) = self.pending_cmds.remove(&r.command) else {
-            self.remember_result(r);
-            return;
+            return; // not a remote unlock of an order
         };
         let Some(mut o) = self.orders.get(&id).cloned() else {
             return;
@@ -717,6 +729,31 @@ impl State {
                 self.notice(&o, NoticeKind::Reminder, None, None, now);
                 self.batch.orders.push(o.clone());
                 self.orders.insert(id, o);
+            }
+        }
+        // a prepared unlock whose command never came to be (a crash between the two)
+        let stale: Vec<OrderId> = self
+            .orders
+            .values()
+            .filter(|o| {
+                o.pending_unlock
+                    .as_ref()
+                    .is_some_and(|p| now > p.issued_at + STALE_UNLOCK_MS)
+            })
+            .map(|o| o.id)
+            .collect();
+        for id in stale {
+            if let Some(mut o) = self.orders.get(&id).cloned() {
+                if let Some(p) = o.pending_unlock.take() {
+                    self.pending_cmds.remove(&p.command);
+                    let from = o.state;
+                    let why = timer.clone().detail(format!(
+                        "remote unlock {} ended without an outcome",
+                        p.command
+                    ));
+                    self.record(&mut o, from, &why, None);
+                    self.put_order(o);
+                }
             }
         }
         if std::mem::take(&mut self.retry_waiting) {

@@ -15,6 +15,8 @@ pub mod codes;
 pub mod machine;
 pub mod model;
 mod ops;
+#[cfg(test)]
+mod tests;
 pub mod tz;
 pub mod views;
 
@@ -189,13 +191,16 @@ pub enum OrderAction {
     OutForDelivery,
 }
 
-/// Where a remote unlock of an order goes, and why.
+/// Where a remote unlock of an order goes, why, and the id its command must have.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UnlockTarget {
     pub cabinet: CabinetId,
     pub compartment: CompartmentId,
     /// What an `opened` outcome will mean: `deposit`, `pickup` or `collect`.
     pub purpose: &'static str,
+    /// The command id the order now waits for (recorded before the command is created, so
+    /// a crash in between cannot leave a door opened for an order that does not know).
+    pub command: locker_schemas::CommandId,
 }
 
 pub(crate) enum Msg {
@@ -214,14 +219,8 @@ pub(crate) enum Msg {
     Get(OrderId, Caller, Reply<OrderView>),
     List(OrderFilter, Caller, Reply<Vec<OrderView>>),
     Act(OrderId, OrderAction, Caller, Reply<OrderView>),
-    UnlockTarget(OrderId, Caller, Reply<UnlockTarget>),
-    UnlockIssued {
-        order: OrderId,
-        command: locker_schemas::CommandId,
-        compartment: CompartmentId,
-        reason: String,
-        caller: Caller,
-    },
+    PrepareUnlock(OrderId, String, Caller, Reply<UnlockTarget>),
+    UnlockFailed(OrderId, locker_schemas::CommandId),
     Partition(
         CabinetId,
         Vec<CompartmentId>,
@@ -335,30 +334,20 @@ impl ParcelsHandle {
         self.call(|tx| Msg::Act(id, a, c, tx)).await
     }
 
-    /// Where a remote unlock of the order would go (checks scope and state).
-    pub async fn unlock_target(&self, id: OrderId, c: Caller) -> Result<UnlockTarget, ParcelError> {
-        self.call(|tx| Msg::UnlockTarget(id, c, tx)).await
+    /// Prepares a remote unlock of an order (checks scope and state): the order records the
+    /// command id it waits for, durably, before the caller creates that command.
+    pub async fn prepare_unlock(
+        &self,
+        id: OrderId,
+        reason: String,
+        c: Caller,
+    ) -> Result<UnlockTarget, ParcelError> {
+        self.call(|tx| Msg::PrepareUnlock(id, reason, c, tx)).await
     }
 
-    /// Tells the domain a remote unlock command was queued for an order.
-    pub async fn unlock_issued(
-        &self,
-        order: OrderId,
-        command: locker_schemas::CommandId,
-        compartment: CompartmentId,
-        reason: String,
-        caller: Caller,
-    ) {
-        let _ = self
-            .tx
-            .send(Msg::UnlockIssued {
-                order,
-                command,
-                compartment,
-                reason,
-                caller,
-            })
-            .await;
+    /// The prepared command could not be created: the order stops waiting for it.
+    pub async fn unlock_failed(&self, id: OrderId, command: locker_schemas::CommandId) {
+        let _ = self.tx.send(Msg::UnlockFailed(id, command)).await;
     }
 
     /// Reserves compartments of a cabinet for a carrier, or returns them to the pool.

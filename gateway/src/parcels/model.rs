@@ -248,6 +248,9 @@ pub struct PendingUnlock {
     pub reason: String,
     /// What `opened` means: `deposit`, `pickup` or `collect`.
     pub purpose: String,
+    /// When it was prepared (a command that never came to be is forgotten after a while).
+    #[serde(default)]
+    pub issued_at: Millis,
 }
 
 /// A parcel order.

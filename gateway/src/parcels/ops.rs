@@ -120,17 +120,22 @@ impl State {
                 let r = self.act(id, a, &c);
                 defer(d, tx, r)
             }
-            Msg::UnlockTarget(id, c, tx) => {
-                let r = self.unlock_target(id, &c);
+            Msg::PrepareUnlock(id, reason, c, tx) => {
+                let r = self.prepare_unlock(id, reason, &c);
                 defer(d, tx, r)
             }
-            Msg::UnlockIssued {
-                order,
-                command,
-                compartment,
-                reason,
-                caller,
-            } => self.unlock_issued(order, command, compartment, reason, caller),
+            Msg::UnlockFailed(id, command) => {
+                if let Some(mut o) = self.orders.get(&id).cloned() {
+                    if o.pending_unlock
+                        .as_ref()
+                        .is_some_and(|p| p.command == command)
+                    {
+                        o.pending_unlock = None;
+                        self.pending_cmds.remove(&command);
+                        self.put_order(o);
+                    }
+                }
+            }
             Msg::Partition(cab, comps, carrier, c, tx) => {
                 let r = self.partition(cab, comps, carrier, &c);
                 defer(d, tx, r)
@@ -528,7 +533,12 @@ impl State {
         self.notice(o, kind, Some(pin), qr, now);
     }
 
-    fn unlock_target(&self, id: OrderId, c: &Caller) -> Result<UnlockTarget, ParcelError> {
+    fn prepare_unlock(
+        &mut self,
+        id: OrderId,
+        reason: String,
+        c: &Caller,
+    ) -> Result<UnlockTarget, ParcelError> {
         let o = self.visible(id, c)?;
         let (Some(cab), Some(comp)) = (o.cabinet.clone(), o.compartment) else {
             return Err(ParcelError::Invalid(format!(
@@ -555,44 +565,28 @@ impl State {
                 "order {id} already has a remote unlock waiting for its outcome"
             )));
         }
-        Ok(UnlockTarget {
-            cabinet: cab,
-            compartment: comp,
-            purpose,
-        })
-    }
-
-    fn unlock_issued(
-        &mut self,
-        id: OrderId,
-        command: locker_schemas::CommandId,
-        comp: CompartmentId,
-        reason: String,
-        c: Caller,
-    ) {
-        let Some(mut o) = self.orders.get(&id).cloned() else {
-            return;
-        };
-        let purpose = self
-            .unlock_target(id, &c)
-            .map(|t| t.purpose)
-            .unwrap_or("pickup");
+        let command = locker_schemas::CommandId::generate();
         let now = now_millis();
+        let mut o = o.clone();
         o.pending_unlock = Some(PendingUnlock {
             command,
             compartment: comp,
             actor: c.client.clone(),
             reason: reason.clone(),
             purpose: purpose.into(),
+            issued_at: now,
         });
         let from = o.state;
         let why = Why::new("api", c.client.clone(), now)
             .detail(format!("remote unlock {command} for {purpose}: {reason}"));
         self.record(&mut o, from, &why, None);
         self.put_order(o);
-        if let Some(r) = self.recent_results.remove(&command) {
-            self.on_result(r, now);
-        }
+        Ok(UnlockTarget {
+            cabinet: cab,
+            compartment: comp,
+            purpose,
+            command,
+        })
     }
 
     fn partition(

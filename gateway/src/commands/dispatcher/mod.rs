@@ -301,8 +301,11 @@ impl Dispatcher {
             });
         }
         let now = now_millis();
+        if let Some(id) = c.id.filter(|id| self.pending.contains_key(id)) {
+            return Err(CommandError::Finished(id));
+        }
         let mut rec = CommandRecord {
-            id: CommandId::generate(),
+            id: c.id.unwrap_or_else(CommandId::generate),
             cabinet: c.cabinet,
             action: c.action,
             issued_at: now,
