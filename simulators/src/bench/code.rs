@@ -141,21 +141,32 @@ struct Round {
 
 fn new_round(locks: u16) -> Round {
     let mut rng = rand::thread_rng();
+    let shuffled = |rng: &mut rand::rngs::ThreadRng| {
+        let mut v: Vec<usize> = (0..usize::from(locks)).collect();
+        for k in (1..v.len()).rev() {
+            v.swap(k, rng.gen_range(0..=k));
+        }
+        v
+    };
+    // Scanned from the end: every PIN (compartments in random order), then every QR token (in
+    // another order), so a compartment comes round again only after all the others and its
+    // door, closed right after it opened, has been seen closed by then.
     let mut codes = Vec::new();
-    for i in 0..usize::from(locks) {
-        codes.push((i, format!("{:06}", rng.gen_range(0..1_000_000u32))));
+    for i in shuffled(&mut rng) {
         let qr: [u8; 16] = rng.gen();
-        codes.push((
-            i,
-            format!(
-                "QR-{}",
-                qr.iter().map(|b| format!("{b:02x}")).collect::<String>()
-            ),
-        ));
+        let hex: String = qr.iter().map(|b| format!("{b:02x}")).collect();
+        codes.push((i, format!("QR-{hex}")));
     }
-    // scan in a random order
-    for k in (1..codes.len()).rev() {
-        codes.swap(k, rng.gen_range(0..=k));
+    // PINs unique within the cabinet's live codes, as the gateway issues them
+    let mut pins = std::collections::HashSet::new();
+    for i in shuffled(&mut rng) {
+        let pin = loop {
+            let p = format!("{:06}", rng.gen_range(0..1_000_000u32));
+            if pins.insert(p.clone()) {
+                break p;
+            }
+        };
+        codes.push((i, pin));
     }
     Round { codes }
 }

@@ -42,6 +42,8 @@ use crate::fleet::gateway::{default_gateway_bin, fleet_gateway_config, GatewayRu
 use crate::fleet::link::{FleetTls, LinkSwitch};
 use crate::fleet::{self, api::metric_sum};
 
+/// A phase gives up after this many failed calls (its first error is printed).
+const MAX_FAILED_CALLS: u64 = 20;
 const OPERATOR: &str = "bench-token-0123456789abcdef";
 /// The two carriers and their API tokens.
 const CARRIERS: [(&str, &str); 2] = [
@@ -158,10 +160,10 @@ fn size_of(i: u16, n: u16) -> Size {
 /// A random order size: 45% S, 30% M, 20% L, 5% XL.
 fn random_size(rng: &mut impl rand::Rng) -> &'static str {
     match rng.gen_range(0..100) {
-        0..=44 => "s",
-        45..=74 => "m",
-        75..=94 => "l",
-        _ => "xl",
+        0..=44 => "S",
+        45..=74 => "M",
+        75..=94 => "L",
+        _ => "XL",
     }
 }
 
@@ -660,7 +662,7 @@ impl Ctx {
                             ("/v1/orders", order(size, site), site)
                         }
                         Work::Batch(k, site) => {
-                            let orders: Vec<Value> = (0..k).map(|_| order("s", site)).collect();
+                            let orders: Vec<Value> = (0..k).map(|_| order("S", site)).collect();
                             ("/v1/orders/batch", json!({ "orders": orders }), site)
                         }
                     };
@@ -690,6 +692,9 @@ impl Ctx {
                                 Ok((st, v)) => format!("{st} {v}"),
                                 Err(e) => e.to_string(),
                             });
+                        }
+                        if s.failed >= MAX_FAILED_CALLS {
+                            break; // the phase is reported with its first error
                         }
                         continue;
                     }
