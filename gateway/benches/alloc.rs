@@ -25,7 +25,7 @@ fn size_of(i: u16) -> SizeName {
 }
 
 /// A site of `n` cabinets, the share `full` (0..=1) of its compartments held.
-fn site(site: &SiteId, n: usize, full: f64) -> (Table, Vec<CabinetId>) {
+fn make_site(site: &SiteId, n: usize, full: f64) -> (Table, Vec<CabinetId>) {
     let mut t = Table::default();
     let ids: Vec<CabinetId> = (0..n)
         .map(|k| CabinetId::new(format!("CAB-{k:05}")).expect("cabinet id"))
@@ -95,13 +95,37 @@ fn main() {
     let site: SiteId = "bench".parse().expect("site id");
     println!("{:<58} {:>6} {:>15}", "case", "slots", "per allocation");
     for n in [1_000, 100] {
-        let (mut t, ids) = site(&site, n, 0.0);
-        bench(&format!("{n} cabinets, empty, size S"), budget, &mut t, &ids, SizeName::S);
-        bench(&format!("{n} cabinets, empty, size XL"), budget, &mut t, &ids, SizeName::Xl);
-        let (mut t, ids) = site(&site, n, 0.9);
-        bench(&format!("{n} cabinets, 90% full, size S"), budget, &mut t, &ids, SizeName::S);
-        let (mut t, ids) = site(&site, n, 1.0);
-        bench(&format!("{n} cabinets, full (fails)"), budget, &mut t, &ids, SizeName::S);
+        let (mut t, ids) = make_site(&site, n, 0.0);
+        bench(
+            &format!("{n} cabinets, empty, size S"),
+            budget,
+            &mut t,
+            &ids,
+            SizeName::S,
+        );
+        bench(
+            &format!("{n} cabinets, empty, size XL"),
+            budget,
+            &mut t,
+            &ids,
+            SizeName::Xl,
+        );
+        let (mut t, ids) = make_site(&site, n, 0.9);
+        bench(
+            &format!("{n} cabinets, 90% full, size S"),
+            budget,
+            &mut t,
+            &ids,
+            SizeName::S,
+        );
+        let (mut t, ids) = make_site(&site, n, 1.0);
+        bench(
+            &format!("{n} cabinets, full (fails)"),
+            budget,
+            &mut t,
+            &ids,
+            SizeName::S,
+        );
         // full, except the first compartment of every fifth cabinet, reserved for the carrier
         let carrier: CarrierId = "dhl".parse().expect("carrier id");
         for id in ids.iter().step_by(5) {

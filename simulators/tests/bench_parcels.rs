@@ -54,14 +54,19 @@ fn orders_bench_creates_orders_fills_the_site_and_measures_the_full_site() {
     );
     let single = line(&out, "single: ");
     assert!(single.starts_with("single: 8 orders"), "{out}");
-    assert!(single.contains("(0 failed)") && single.contains("orders/s"), "{out}");
+    assert!(
+        single.contains("(0 failed)") && single.contains("orders/s"),
+        "{out}"
+    );
     // 20 compartments, 8 taken (at most) by the single orders: the batches take the rest,
     // until each carrier is refused one
     let batch = line(&out, "batch (filling the sites): ");
     assert!(batch.contains("(0 failed)"), "{out}");
     let full = line(&out, "full site: ");
     assert!(
-        full.starts_with("full site: 6 orders (0 with a compartment, 6 waiting with no_compartment)"),
+        full.starts_with(
+            "full site: 6 orders (0 with a compartment, 6 waiting with no_compartment)"
+        ),
         "{out}"
     );
     assert!(out.contains("latency per call: n="), "{out}");

@@ -109,7 +109,11 @@ impl std::fmt::Display for CodeReport {
             self.parts,
             self.latency
         )?;
-        writeln!(f, "  scan call alone (match + lock fired): {}", self.scan_call)?;
+        writeln!(
+            f,
+            "  scan call alone (match + lock fired): {}",
+            self.scan_call
+        )?;
         writeln!(
             f,
             "  included: lock pulse {} ms + spring {} ms (simulated board); door seen after timing.fast_poll_ms = {} x timing.debounce_reads = {} (one read may land right after the open: {}..{} ms of poll and debounce)",
@@ -299,7 +303,11 @@ pub async fn run_link(a: &CodeArgs, link: BoardLink) -> Result<CodeReport, Bench
                 .serve_tcp(bind)
                 .await
                 .map_err(|e| BenchError::Setup(e.to_string()))?;
-            (ModbusConnector::Tcp, addr.to_string(), Some(AbortOnDrop(task)))
+            (
+                ModbusConnector::Tcp,
+                addr.to_string(),
+                Some(AbortOnDrop(task)),
+            )
         }
     };
     config.lock_boards = vec![locker_agent::config::LockBoardConfig {

@@ -285,8 +285,14 @@ impl Http {
         }
         let r = r.send().await.map_err(|e| BenchError::Api(e.to_string()))?;
         let status = r.status().as_u16();
-        let bytes = r.bytes().await.map_err(|e| BenchError::Api(e.to_string()))?;
-        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+        let bytes = r
+            .bytes()
+            .await
+            .map_err(|e| BenchError::Api(e.to_string()))?;
+        Ok((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
     }
 
     async fn ok(
