@@ -6,7 +6,8 @@
 //!   PKI, for side-by-side runs;
 //! - [`mqtt`]: minimal mTLS MQTT 3.1.1 clients (connect-and-hold for the connect benchmark) and
 //!   rumqttc publishers (QoS 1) for the uplink benchmark, with go-back-N on the gateway's acks;
-//! - [`orders`]: `bench orders`, order creation through the API on a site map of light cabinets;
+//! - [`orders`]: `bench orders`, order creation through the API on a site map of light cabinets
+//!   (its measured phases in `phases`);
 //! - [`code`]: `bench code`, code-to-door latency of a real agent, offline.
 
 pub mod code;
@@ -15,6 +16,7 @@ pub mod machine;
 pub mod mosquitto;
 pub mod mqtt;
 pub mod orders;
+mod phases;
 
 /// Why a benchmark could not run.
 #[derive(Debug, thiserror::Error)]
