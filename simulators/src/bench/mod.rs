@@ -5,12 +5,18 @@
 //! - [`mosquitto`]: a Mosquitto broker with TLS and required client certificates from the same
 //!   PKI, for side-by-side runs;
 //! - [`mqtt`]: minimal mTLS MQTT 3.1.1 clients (connect-and-hold for the connect benchmark) and
-//!   rumqttc publishers (QoS 1) for the uplink benchmark, with go-back-N on the gateway's acks.
+//!   rumqttc publishers (QoS 1) for the uplink benchmark, with go-back-N on the gateway's acks;
+//! - [`orders`]: `bench orders`, order creation through the API on a site map of light cabinets
+//!   (its measured phases in `phases`);
+//! - [`code`]: `bench code`, code-to-door latency of a real agent, offline.
 
+pub mod code;
 pub mod cpu;
 pub mod machine;
 pub mod mosquitto;
 pub mod mqtt;
+pub mod orders;
+mod phases;
 
 /// Why a benchmark could not run.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +31,12 @@ pub enum BenchError {
     Mosquitto(String),
     #[error("codec: {0}")]
     Codec(String),
+    #[error("setup: {0}")]
+    Setup(String),
+    #[error("agent: {0}")]
+    Agent(String),
+    #[error("API: {0}")]
+    Api(String),
 }
 
 /// Percentile summary of latencies in microseconds.

@@ -1,4 +1,4 @@
-//! `locker-sim bench connect|storm|unlock|uplink`: load benchmarks against the gateway run as a
+//! `locker-sim bench connect|storm|unlock|uplink|orders|code`: load benchmarks against the gateway run as a
 //! separate process (the `locker-gateway` binary, so its memory is its own), side by side with
 //! Mosquitto (TLS, client certificates required) where the comparison means something. Each
 //! prints its figures and the machine. Not part of `cargo test`.
@@ -97,6 +97,12 @@ pub enum Bench {
         #[arg(long, default_value_t = 20_000)]
         messages: u64,
     },
+    /// Order creation through the API (carrier tokens, single and batch) on a site map of light
+    /// cabinets, then on the full site: orders/s, latency of `POST /v1/orders`, gateway CPU.
+    Orders(locker_sim::bench::orders::OrdersArgs),
+    /// Code-to-door latency at an offline cabinet: a real agent, a simulated lock board (in
+    /// memory and over Modbus TCP), a credential set of pickup codes and courier badges.
+    Code(locker_sim::bench::code::CodeArgs),
 }
 
 /// Runs a benchmark.
@@ -125,6 +131,8 @@ pub async fn run(b: Bench) -> anyhow::Result<()> {
             publishers,
             messages,
         } => uplink(&common, publishers, messages).await,
+        Bench::Orders(a) => Ok(locker_sim::bench::orders::run(&a).await.map(drop)?),
+        Bench::Code(a) => Ok(locker_sim::bench::code::run(&a).await.map(drop)?),
     }
 }
 
