@@ -58,6 +58,7 @@ async fn kill_9_during_deposits_and_pickups_loses_and_repeats_nothing() {
     let dhl = gw.api.with_token(DHL_TOKEN);
     for (id, c) in &orders {
         parcels::wait_state(&dhl, id, "ready").await;
+        cab.board.put_parcel(usize::from(c - 1)).expect("parcel in");
         cab.board.close_door(usize::from(c - 1)).expect("close");
     }
     eventually("doors closed", || cab.status().open_doors.is_empty()).await;

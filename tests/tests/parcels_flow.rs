@@ -72,6 +72,7 @@ async fn a_delivery_from_order_to_pickup_with_the_code_at_the_keypad() {
     assert_eq!(r["target"]["purpose"], "deposit");
     let o = parcels::wait_state(&dhl, &id, "ready").await;
     assert!(o["pickup_deadline"].as_u64().is_some());
+    cab.board.put_parcel(usize::from(c - 1)).expect("parcel in");
     cab.board.close_door(usize::from(c - 1)).expect("close");
     eventually("door closed", || cab.status().open_doors.is_empty()).await;
 
@@ -110,11 +111,18 @@ async fn a_delivery_from_order_to_pickup_with_the_code_at_the_keypad() {
     assert_eq!(last["cause"], "local_access");
     assert_eq!(last["actor"], "recipient");
     assert_eq!(last["compartment"], c);
+    assert_eq!(o["exception"], Value::Null, "{o}");
     assert_eq!(
         cab.pulses(c),
         2,
         "one pulse for the deposit, one for the pickup"
     );
+    // the recipient takes the parcel and closes the door: the sensor agrees, no exception
+    cab.board
+        .take_parcel(usize::from(c - 1))
+        .expect("parcel out");
+    cab.board.close_door(usize::from(c - 1)).expect("close");
+    eventually("door closed", || cab.status().open_doors.is_empty()).await;
     // the compartment is free again and the audit trail has every step
     let (_, comps) = gw.api.get("/v1/cabinets/CAB-P1/compartments").await;
     let slot = comps["compartments"]
@@ -197,6 +205,7 @@ async fn an_offline_pickup_after_a_cancel_ends_picked_up_with_an_exception() {
         )
         .await;
     assert_eq!(s, 200, "{r}");
+    cab.board.put_parcel(usize::from(c - 1)).expect("parcel in");
     cab.board.close_door(usize::from(c - 1)).expect("close");
     eventually("door closed", || cab.status().open_doors.is_empty()).await;
     parcels::wait_state(&dhl, &id, "ready").await;
@@ -489,4 +498,58 @@ async fn finished_orders_are_archived_and_still_readable_by_id_within_scope() {
     assert_eq!((s, b["state"].as_str()), (200, Some("cancelled")), "{b}");
     let (s, _) = ups.get(&format!("/v1/orders/{id}")).await;
     assert_eq!(s, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parcel_left_inside_after_a_pickup_becomes_an_exception_and_blocks_the_compartment() {
+    let mut pki = TestPki::new();
+    let gw = TestGateway::start_with(&pki, parcels::tokens).await;
+    let cab = TestCabinet::start(&mut pki, "CAB-P6", gw.edge_addr()).await;
+    parcels::online(&gw.api, "CAB-P6").await;
+    parcels::setup(&gw.api, &["CAB-P6"]).await;
+    let dhl = gw.api.with_token(DHL_TOKEN);
+    let o = parcels::order(&dhl, "JJD-LEFT", "M").await;
+    let id = o["id"].as_str().expect("id").to_owned();
+    let c = compartment(&o);
+    let (s, r) = dhl
+        .post(
+            &format!("/v1/orders/{id}/unlock"),
+            json!({"reason": "deposit", "wait_ms": 10_000}),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    cab.board.put_parcel(usize::from(c - 1)).expect("parcel in");
+    cab.board.close_door(usize::from(c - 1)).expect("close");
+    eventually("door closed", || cab.status().open_doors.is_empty()).await;
+    parcels::wait_state(&dhl, &id, "ready").await;
+    let pin = parcels::notice(&gw.api, &id, "ready").await["pin"]
+        .as_str()
+        .expect("pin")
+        .to_owned();
+    creds_current(&gw.api, &cab).await;
+    let h = cab.handle.as_ref().expect("agent");
+    let r = h.scan(ScanSource::Keypad, &pin).await.expect("scan");
+    assert!(matches!(r.access, locker_agent::Access::Pickup(_)), "{r:?}");
+    eventually("door open", || cab.status().open_doors.len() == 1).await;
+    // the recipient shuts the door again without taking the parcel
+    cab.board.close_door(usize::from(c - 1)).expect("close");
+    let o = eventually_async("parcel_still_present", || async {
+        let (_, b) = dhl.get(&format!("/v1/orders/{id}")).await;
+        (b["exception"] == "parcel_still_present").then_some(b)
+    })
+    .await;
+    assert_eq!(o["state"], "picked_up");
+    let (_, comps) = gw.api.get("/v1/cabinets/CAB-P6/compartments").await;
+    let slot = comps["compartments"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|x| x["id"] == c)
+        .cloned()
+        .expect("slot");
+    assert_eq!(
+        (slot["status"].as_str(), slot["out_of_service"].as_str()),
+        (Some("out_of_service"), Some("unknown_parcel")),
+        "{slot}"
+    );
 }

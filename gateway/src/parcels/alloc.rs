@@ -39,6 +39,12 @@ pub struct Slot {
     pub pending_partition: Option<Option<CarrierId>>,
     #[serde(default)]
     pub out_of_service: Option<OutOfService>,
+    /// The parcel sensor at the last door close (`None`: not known since the last deposit).
+    #[serde(default)]
+    pub parcel: Option<bool>,
+    /// The order that held it last (a parcel left inside is that order's exception).
+    #[serde(default)]
+    pub last_holder: Option<OrderId>,
 }
 
 /// A cabinet's compartments and whether its lock boards answer.
@@ -223,6 +229,8 @@ impl Table {
                     partition: None,
                     pending_partition: None,
                     out_of_service: None,
+                    parcel: None,
+                    last_holder: None,
                 });
         }
         self.touch_cabinet(cabinet);
@@ -315,12 +323,27 @@ impl Table {
         {
             if slot.holder == Some(order) {
                 slot.holder = None;
+                slot.last_holder = Some(order);
                 if let Some(p) = slot.pending_partition.take() {
                     slot.partition = p;
                 }
                 self.touch(cabinet, c);
             }
         }
+    }
+
+    /// Records what the parcel sensor says (`None`: unknown, after a deposit opened the door);
+    /// returns the slot as it was.
+    pub fn set_parcel(
+        &mut self,
+        cabinet: &CabinetId,
+        c: CompartmentId,
+        parcel: Option<bool>,
+    ) -> Option<Slot> {
+        let slot = self.cabinets.get_mut(cabinet)?.slots.get_mut(&c)?;
+        let before = slot.clone();
+        slot.parcel = parcel;
+        Some(before)
     }
 
     /// The slot of a compartment.

@@ -74,6 +74,11 @@ impl State {
                     self.send_current.insert(u.cabinet.clone());
                 }
             }
+            UplinkBody::Door(d) if !d.open => {
+                if let Some(present) = d.parcel {
+                    self.on_parcel_sensor(&u.cabinet, d.compartment, present, now);
+                }
+            }
             UplinkBody::Access(a) => self.on_access(u, a, now),
             UplinkBody::Result(r) => self.on_result(r.clone(), now),
             UplinkBody::Alarm(a) => match a.kind {
@@ -152,6 +157,36 @@ impl State {
         }
     }
 
+    /// A door closed and its parcel sensor was read. A parcel nobody accounts for keeps the
+    /// compartment out of allocation, and the order that held it last (a pickup or a
+    /// collection that left the parcel inside) gets `parcel_still_present`.
+    fn on_parcel_sensor(&mut self, cab: &CabinetId, c: CompartmentId, present: bool, now: Millis) {
+        let Some(slot) = self.table.set_parcel(cab, c, Some(present)) else {
+            return;
+        };
+        if !present || slot.holder.is_some() || slot.out_of_service.is_some() {
+            return;
+        }
+        self.table
+            .set_service(cab, c, Some(OutOfService::UnknownParcel));
+        self.cabinet_changed(cab);
+        let why = Why::new("door", "cabinet", now).detail(format!(
+            "compartment {c}: the parcel sensor reads a parcel after the door closed"
+        ));
+        let last = slot.last_holder.filter(|id| {
+            self.orders
+                .get(id)
+                .is_some_and(|o| matches!(o.state, OrderState::PickedUp | OrderState::Returned))
+        });
+        match last {
+            Some(id) => self.exception(id, Exception::ParcelStillPresent, &why),
+            None => {
+                self.metrics.unmatched.with_label_values(&["parcel"]).inc();
+                tracing::warn!(cabinet = %cab, compartment = %c, "a parcel no order accounts for: compartment out of service");
+            }
+        }
+    }
+
     fn on_access(&mut self, u: &Uplink, a: &locker_schemas::LocalAccess, now: Millis) {
         let actor = if a.actor.is_empty() {
             match a.action {
@@ -203,6 +238,8 @@ impl State {
         };
         match a.action {
             AccessAction::Deposit => {
+                // not known until the door closes again
+                self.table.set_parcel(&u.cabinet, a.compartment, None);
                 self.move_to(id, &u.cabinet, a.compartment, &why);
                 if let Ok(true) = self.step(id, Step::Deposited, &why) {
                     if self.orders.get(&id).is_some_and(|o| {
@@ -213,7 +250,17 @@ impl State {
                 }
             }
             AccessAction::Pickup => {
-                let _ = self.step(id, Step::PickedUp, &why);
+                // the sensor said empty when the door last closed on this parcel
+                let empty = self
+                    .table
+                    .slot(&u.cabinet, a.compartment)
+                    .and_then(|s| s.parcel)
+                    == Some(false);
+                if let Ok(true) = self.step(id, Step::PickedUp, &why) {
+                    if empty {
+                        self.exception(id, Exception::PickupWithoutParcel, &why);
+                    }
+                }
             }
             AccessAction::Collect => {
                 let _ = self.step(id, Step::Collected, &why);

@@ -386,3 +386,65 @@ fn a_click_and_collect_window_in_minutes_expires_without_a_reminder() {
     w.st.on_tick(deadline);
     assert_eq!(w.get(o.id).state, OrderState::Expired);
 }
+
+#[test]
+fn the_parcel_sensor_at_door_close_marks_a_parcel_left_inside_or_a_pickup_without_one() {
+    use locker_schemas::{Door, DoorCause};
+    let mut w = World::new();
+    let close = |w: &mut World, k: u32, c: u16, parcel: bool| {
+        w.uplink(
+            k,
+            UplinkBody::Door(Door {
+                compartment: CompartmentId(c),
+                open: false,
+                cause: DoorCause::LocalAccess,
+                parcel: Some(parcel),
+            }),
+            T0,
+        )
+    };
+    // A: deposited and the door closed on nothing; the pickup then finds nothing
+    let a = w.order("dhl", SizeName::S, OrderKind::Delivery, "A");
+    let (ka, ca) = w.place(a.id);
+    w.access(
+        ka,
+        ca,
+        AccessAction::Deposit,
+        a.id.to_string(),
+        "dhl-c1",
+        T0,
+    );
+    close(&mut w, ka, ca, false);
+    w.access(ka, ca, AccessAction::Pickup, a.id.to_string(), "", T0);
+    let x = w.get(a.id);
+    assert_eq!(
+        (x.state, x.exception),
+        (
+            OrderState::PickedUp,
+            Some(crate::parcels::model::Exception::PickupWithoutParcel)
+        )
+    );
+    // B: deposited with the parcel inside; picked up, but the parcel was left inside
+    let b = w.order("dhl", SizeName::S, OrderKind::Delivery, "B");
+    let (kb, cb) = w.place(b.id);
+    w.access(
+        kb,
+        cb,
+        AccessAction::Deposit,
+        b.id.to_string(),
+        "dhl-c1",
+        T0,
+    );
+    close(&mut w, kb, cb, true);
+    w.access(kb, cb, AccessAction::Pickup, b.id.to_string(), "", T0);
+    assert_eq!(w.get(b.id).exception, None, "a normal pickup");
+    close(&mut w, kb, cb, true);
+    assert_eq!(
+        w.get(b.id).exception,
+        Some(crate::parcels::model::Exception::ParcelStillPresent)
+    );
+    // the compartment is kept out of allocation until an operator clears it
+    let slot = w.st.table.slot(&cab(kb), CompartmentId(cb)).expect("slot");
+    assert!(slot.out_of_service.is_some());
+    w.check();
+}
