@@ -170,8 +170,7 @@ impl State {
     pub fn index_site(&mut self, site: &Site) {
         for c in &site.cabinets {
             self.site_of.insert(c.clone(), site.id.clone());
-            self.table.cabinets.entry(c.clone()).or_default().site = Some(site.id.clone());
-            self.table.touch_cabinet(c);
+            self.table.set_site(c, Some(site.id.clone()));
         }
     }
 

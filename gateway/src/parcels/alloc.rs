@@ -149,6 +149,12 @@ impl Table {
         }
     }
 
+    /// Puts a cabinet at a site (or at none), keeping the index.
+    pub fn set_site(&mut self, cabinet: &CabinetId, site: Option<SiteId>) {
+        self.cabinets.entry(cabinet.clone()).or_default().site = site;
+        self.touch_cabinet(cabinet);
+    }
+
     /// Re-indexes every compartment of a cabinet (after its site, layout or boards changed).
     pub fn touch_cabinet(&mut self, cabinet: &CabinetId) {
         let stale: Vec<CompartmentId> = self
