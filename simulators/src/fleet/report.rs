@@ -370,12 +370,10 @@ pub fn check_expiry(
             .flatten()
             .any(|h| h["to"] == "expired");
         match state(o) {
-            "expired" => {
-                if parcel(o).is_some_and(|(_, inside)| !inside) {
-                    r.problem(format!(
-                        "expired order {id}: its compartment is empty before its courier collected it"
-                    ));
-                }
+            "expired" if parcel(o).is_some_and(|(_, inside)| !inside) => {
+                r.problem(format!(
+                    "expired order {id}: its compartment is empty before its courier collected it"
+                ));
             }
             "returned" => {
                 r.returned += 1;
