@@ -499,3 +499,85 @@ impl fmt::Display for Report {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::ledger::{LateTry, Stage};
+    use serde_json::json;
+
+    fn sim(id: &str, stage: Stage, expired: bool) -> SimOrder {
+        SimOrder {
+            id: id.into(),
+            carrier: 0,
+            tracking: format!("T-{id}"),
+            cabinet: 0,
+            compartment: 1,
+            stage,
+            pin: Some("123456".into()),
+            qr: None,
+            no_show: true,
+            ready_at: None,
+            leftover: false,
+            creds_ok: true,
+            short_window: true,
+            expired,
+            late_pin_tried: true,
+        }
+    }
+
+    #[test]
+    fn expired_parcels_must_stay_and_old_pins_must_be_refused() {
+        let expired = json!({"id": "a", "state": "expired", "cabinet": "CAB-1", "compartment": 1,
+            "history": [{"from": "ready", "to": "expired"}]});
+        let returned = json!({"id": "b", "state": "returned", "cabinet": "CAB-1", "compartment": 2,
+            "history": [{"from": "ready", "to": "expired"}, {"from": "expired", "to": "returned"}]});
+        let orders: HashMap<&str, &Value> = [("a", &expired), ("b", &returned)].into();
+        let people: HashMap<String, SimOrder> = [
+            ("a".to_owned(), sim("a", Stage::Expired, true)),
+            ("b".to_owned(), sim("b", Stage::Returned, true)),
+        ]
+        .into();
+        let created = vec!["a".to_owned(), "b".to_owned()];
+        let board = |parcels: Vec<bool>| {
+            vec![CabinetParcels {
+                id: "CAB-1".into(),
+                compartments: HashMap::new(),
+                parcels,
+            }]
+        };
+        let refused = LateTry {
+            order: "a".into(),
+            cabinet: 0,
+            access: "Refused(WrongCode)".into(),
+            refused: true,
+            pulsed: false,
+        };
+        let mut facts = ExpiryFacts {
+            tries: vec![refused.clone()],
+            collected: 1,
+            ..ExpiryFacts::default()
+        };
+        // the expired parcel inside, the returned compartment empty, the old PIN refused
+        let mut r = Report::default();
+        let cabs = board(vec![true, false]);
+        check_expiry(&mut r, &orders, &cabs, &people, &created, &facts, &[vec![]]);
+        assert!(r.is_clean(), "{:?}", r.problems);
+        assert_eq!((r.expired_seen, r.returned, r.expired_returned), (2, 1, 1));
+        assert_eq!((r.late_pins_tried, r.late_pins_refused), (1, 1));
+        // an expired compartment emptied, a returned one still full, the old PIN opening the
+        // door, a pickup reported for an expired order
+        facts.tries = vec![LateTry {
+            access: "Pickup(CompartmentId(1))".into(),
+            refused: false,
+            pulsed: true,
+            ..refused
+        }];
+        facts.empty_at_collection = vec!["a".into()];
+        let mut r = Report::default();
+        let cabs = board(vec![false, true]);
+        let access = vec![vec![("a".to_owned(), 1)]];
+        check_expiry(&mut r, &orders, &cabs, &people, &created, &facts, &access);
+        assert_eq!(r.violations, 5, "{:?}", r.problems);
+    }
+}
