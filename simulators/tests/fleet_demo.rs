@@ -6,6 +6,7 @@
 //! solar cabinets and a gateway restart; the invariant report must be clean.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use locker_sim::fleet::{self, FleetOptions, GatewayMode};
@@ -143,6 +144,85 @@ async fn small_fleet_run_keeps_every_invariant() {
     assert!(
         report.local_accesses > 0,
         "recipients picked up with their codes"
+    );
+    l.fleet.shutdown().await;
+    l.gateway.stop().await;
+}
+
+/// Recipients who never come, with a 1-minute pickup window: the parcels really expire, the
+/// cabinets refuse the old PINs, couriers collect the parcels (badge and `key:collect`, or a
+/// remote unlock) and the orders end `returned`. Runs until a parcel was collected after its
+/// expiry (a deadline, not a wall-time assertion).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_cabinets_let_parcels_expire_and_couriers_collect_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = FleetOptions {
+        cabinets: 5,
+        state_dir: dir.path().join("fleet"),
+        ramp: Duration::from_millis(500),
+        activity_per_min: 60.0,
+        outage_share: 0.4,
+        outage_at: 0.05,
+        outage_for: Duration::from_secs(4),
+        restart_at: None,
+        nightfall_at: None,
+        solar_share: 0.0,
+        backoff_base_ms: 100,
+        backoff_max_ms: 1_000,
+        auto_close: Duration::from_millis(800),
+        recall_after: Duration::from_secs(3),
+        expire_share: 0.4,
+        expire_window_min: 1,
+        recall_share: 0.1,
+        ..FleetOptions::default()
+    };
+    let token = "fleet-test-token-0123456789";
+    let mut l = fleet::launch(opts, &dir.path().join("pki"), GatewayMode::InProcess, token)
+        .await
+        .expect("launch");
+    l.fleet.ramp_up().await.expect("agents start");
+    let ctx = l.fleet.ctx.clone();
+    // until a courier collected parcels after their window ended (at most the script's length)
+    let collected = async move {
+        loop {
+            let n = ctx.stats.collected_expired.load(Ordering::Relaxed);
+            if n >= 2 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let log = fleet::script::run(
+        &l.fleet,
+        &mut l.gateway,
+        Duration::from_secs(300),
+        collected,
+        |_, _, _| {},
+    )
+    .await;
+    let what: Vec<&str> = log.iter().map(|h| h.what.as_str()).collect();
+    assert!(
+        what.iter().any(|w| w.starts_with("stopped")),
+        "parcels expired and were collected before the deadline: {what:?} {}",
+        l.fleet.ctx.stats
+    );
+    assert!(
+        l.fleet.settle(Duration::from_secs(40)).await,
+        "fleet settles: {:?}",
+        l.fleet.snapshot()
+    );
+    let report = l.fleet.verify().await;
+    println!("{report}");
+    println!("{}", l.fleet.ctx.stats);
+    assert!(report.is_clean(), "{report}");
+    assert!(report.expired_seen > 0, "{report}");
+    assert!(
+        report.expired_returned > 0,
+        "an order went expired -> returned: {report}"
+    );
+    assert!(
+        report.late_pins_tried > 0 && report.late_pins_refused == report.late_pins_tried,
+        "the old PINs were refused: {report}"
     );
     l.fleet.shutdown().await;
     l.gateway.stop().await;

@@ -96,6 +96,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         no_verify: false,
         per_site: 50,
         recall_secs: (duration / 6).clamp(5, 60),
+        expire_share: 0.1,
+        expire_window_min: 1,
+        recall_share: 0.05,
     };
     let pki_dir = args.state.join("pki");
     let mut opts = script.options(args.state.clone());

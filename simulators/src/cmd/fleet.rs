@@ -39,10 +39,20 @@ pub struct Script {
     /// Cabinets per site.
     #[arg(long, default_value_t = 50)]
     pub per_site: usize,
-    /// Recipients who never come (one in ten) have their order recalled by the carrier this
-    /// many seconds after it became ready (the gateway's pickup window is in hours).
+    /// Recipients who never come and whose order the carrier recalls (`--recall-share`) have it
+    /// recalled this many seconds after it became ready.
     #[arg(long, default_value_t = 20)]
     pub recall_secs: u64,
+    /// Share of orders (0..1) whose recipient never comes and whose parcel expires: created
+    /// with `pickup_window_min` = `--expire-window-min`, then collected by a courier.
+    #[arg(long, default_value_t = 0.1)]
+    pub expire_share: f64,
+    /// The short pickup window of those orders, in minutes (1..43200).
+    #[arg(long, default_value_t = 1)]
+    pub expire_window_min: u32,
+    /// Share of orders (0..1) whose recipient never comes and which the carrier recalls.
+    #[arg(long, default_value_t = 0.05)]
+    pub recall_share: f64,
     /// Share of the fleet (0..1) that loses its network once, at 30% of the run.
     #[arg(long, default_value_t = 0.1)]
     pub outage_share: f64,
@@ -116,6 +126,9 @@ impl Script {
             backoff_max_ms: self.backoff_max_ms.max(200),
             cabinets_per_site: self.per_site.max(1),
             recall_after: Duration::from_secs(self.recall_secs),
+            expire_share: self.expire_share,
+            expire_window_min: self.expire_window_min,
+            recall_share: self.recall_share,
             ..FleetOptions::default()
         }
     }

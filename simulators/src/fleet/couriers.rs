@@ -1,12 +1,14 @@
 //! The couriers of the simulation: a deposit by the order's remote unlock or at the cabinet
-//! (badge, then the parcel's barcode; also offline), and the collection of a recalled parcel
-//! (badge and `key:collect`, or a remote unlock). See [`super::scenario`] for the people.
+//! (badge, then the parcel's barcode; also offline), and the collection of a recalled or
+//! expired parcel (badge and `key:collect`, also offline, or a remote unlock); before an
+//! expired parcel is collected its recipient's old PIN is typed once and must be refused. See
+//! [`super::scenario`] for the people.
 
 use std::sync::atomic::Ordering;
 use std::sync::PoisonError;
 use std::time::Duration;
 
-use locker_agent::{Access, Key};
+use locker_agent::{Access, Key, Refusal};
 use locker_schemas::{CompartmentId, ScanSource};
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -14,7 +16,7 @@ use serde_json::json;
 
 use super::api::ApiError;
 use super::cabinet::SimCabinet;
-use super::ledger::{SimOrder, Stage};
+use super::ledger::{LateTry, SimOrder, Stage};
 use super::scenario::{
     api_error, close, creds_current, wait_door, ScenarioCtx, DOOR_WAIT, UNLOCK_TTL_MS,
 };
@@ -171,10 +173,71 @@ pub(super) async fn recall_and_collect(
             }
         }
     }
-    let courier = o.carrier < ctx.world.carriers.len() && rng.gen_bool(0.5);
+    collect(idx, cab, ctx, o, true, rng).await;
+}
+
+/// The pickup window of an order ended and its recipient never came: the cabinet (holding the
+/// set built after the expiry) must refuse the old PIN, then a courier of the carrier collects
+/// the parcel, which must still be inside.
+pub(super) async fn collect_expired(
+    idx: usize,
+    cab: &SimCabinet,
+    ctx: &ScenarioCtx,
+    o: &SimOrder,
+    online: bool,
+    rng: &mut StdRng,
+) {
+    if online && !creds_current(idx, cab, ctx, DOOR_WAIT).await {
+        ctx.stats.creds_not_yet.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let i = usize::from(o.compartment.saturating_sub(1));
+    if let Some(pin) = o
+        .pin
+        .clone()
+        .filter(|_| ctx.ledger.may_try_late_pin(idx, &o.id))
+    {
+        let before = cab.board.pulse_count(i).unwrap_or(0);
+        let access = cab.scan(ScanSource::Keypad, pin).await;
+        let after = cab.board.pulse_count(i).unwrap_or(0);
+        let (access, refused) = match access {
+            Ok(r) => (
+                format!("{:?}", r.access),
+                matches!(
+                    r.access,
+                    Access::Refused(Refusal::WrongCode | Refusal::Locked)
+                ),
+            ),
+            // no answer (the agent busy or stopping): nothing to judge
+            Err(e) => (format!("no answer: {e}"), true),
+        };
+        ctx.ledger.late_try(LateTry {
+            order: o.id.clone(),
+            cabinet: idx,
+            access,
+            refused,
+            pulsed: after != before,
+        });
+    }
+    collect(idx, cab, ctx, o, online, rng).await;
+}
+
+/// A courier of the order's carrier collects a recalled or expired parcel: at the cabinet
+/// (badge, then `key:collect` opens the next parcel to collect; the only way offline) or by a
+/// remote unlock; takes the parcel out and closes the door.
+async fn collect(
+    idx: usize,
+    cab: &SimCabinet,
+    ctx: &ScenarioCtx,
+    o: &SimOrder,
+    online: bool,
+    rng: &mut StdRng,
+) {
+    let collectable = |s: Stage| matches!(s, Stage::Recalled | Stage::Expired);
+    let courier = o.carrier < ctx.world.carriers.len() && (!online || rng.gen_bool(0.5));
     let o = if courier {
         // at the cabinet: badge, then `key:collect` opens the next parcel to collect
-        if !creds_current(idx, cab, ctx, DOOR_WAIT).await {
+        if online && !creds_current(idx, cab, ctx, DOOR_WAIT).await {
             ctx.stats.creds_not_yet.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -194,12 +257,12 @@ pub(super) async fn recall_and_collect(
             },
             Err(_) => return,
         };
-        // the parcel in that compartment, whichever recalled order of the carrier it is
+        // the parcel in that compartment, whichever recalled or expired order of the carrier
         let Some(x) = ctx
             .ledger
             .at(idx)
             .into_iter()
-            .find(|x| x.compartment == c && x.stage == Stage::Recalled)
+            .find(|x| x.compartment == c && collectable(x.stage))
         else {
             tracing::warn!(cabinet = %cab.id, compartment = c, "collected an unknown parcel");
             return;
@@ -210,12 +273,22 @@ pub(super) async fn recall_and_collect(
         }
         x
     } else {
-        if !unlock_order(idx, cab, ctx, o, "courier collecting a recalled parcel").await {
+        let reason = if o.stage == Stage::Expired {
+            "courier collecting an expired parcel"
+        } else {
+            "courier collecting a recalled parcel"
+        };
+        if !unlock_order(idx, cab, ctx, o, reason).await {
             return;
         }
         o.clone()
     };
     let i = usize::from(o.compartment.saturating_sub(1));
+    if o.stage == Stage::Expired {
+        let inside = cab.board.parcel_present(i).unwrap_or(false);
+        ctx.ledger.collected_expired(&o.id, inside);
+        ctx.stats.collected_expired.fetch_add(1, Ordering::Relaxed);
+    }
     let _ = cab.board.take_parcel(i);
     close(cab, i).await;
     ctx.ledger.set(&o.id, Stage::Returned);

@@ -28,6 +28,8 @@ pub enum Stage {
     Cancelled,
     /// The carrier recalled it (the recipient never came); its courier comes to collect.
     Recalled,
+    /// Its pickup window ended (an `expired` notice); its courier comes to collect.
+    Expired,
     /// The carrier's courier took it back.
     Returned,
 }
@@ -42,6 +44,7 @@ impl Stage {
             Stage::PickedUp => &["picked_up"],
             Stage::Cancelled => &["cancelled"],
             Stage::Recalled => &["return_requested"],
+            Stage::Expired => &["expired"],
             Stage::Returned => &["returned"],
         }
     }
@@ -65,8 +68,40 @@ pub struct SimOrder {
     pub ready_at: Option<Instant>,
     /// Left over from an earlier run on a reused state directory.
     pub leftover: bool,
-    /// The cabinet was seen holding a credential set with this order's code.
+    /// The cabinet was seen holding a credential set with this order's code (for an expired
+    /// order: a set built after it expired, with its collect credential and without its code).
     pub creds_ok: bool,
+    /// Created with a short pickup window (`pickup_window_min`): the recipient never comes and
+    /// the parcel expires.
+    pub short_window: bool,
+    /// The people saw it expire (its `expired` notice).
+    pub expired: bool,
+    /// The old PIN was tried at the cabinet after the order expired.
+    pub late_pin_tried: bool,
+}
+
+/// The old PIN typed at the cabinet once its order expired: the cabinet must refuse it.
+#[derive(Debug, Clone)]
+pub struct LateTry {
+    pub order: String,
+    pub cabinet: usize,
+    /// The cabinet's answer (`Debug` of the access).
+    pub access: String,
+    /// Refused as a wrong code (or the keypad was locked).
+    pub refused: bool,
+    /// The compartment's lock pulsed during the try.
+    pub pulsed: bool,
+}
+
+/// What the couriers found when they came for an expired parcel.
+#[derive(Debug, Clone, Default)]
+pub struct ExpiryFacts {
+    pub tries: Vec<LateTry>,
+    /// Tries left out so the keypad's wrong-code lock is not reached (per cabinet).
+    pub tries_skipped: u64,
+    /// Expired orders collected, and those whose compartment was empty when the courier came.
+    pub collected: u64,
+    pub empty_at_collection: Vec<String>,
 }
 
 /// A pickup the people made: the order, its cabinet and compartment, and whether the cabinet
@@ -88,7 +123,15 @@ struct Inner {
     created: Vec<String>,
     pickups: Vec<Pickup>,
     notices_after: u64,
+    expiry: ExpiryFacts,
+    /// Old PINs typed per cabinet (when), to stay under the keypad's wrong-code lock.
+    late_tries_at: HashMap<usize, Vec<Instant>>,
 }
+
+/// Old PINs typed at one cabinet within [`LATE_TRY_WINDOW`] at most (the agent locks its keypad
+/// at 5 wrong codes within 300 s by default; recipients' typos must not lock it).
+const LATE_TRIES_MAX: usize = 2;
+const LATE_TRY_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The people's knowledge, shared by every scenario.
 #[derive(Debug, Default)]
@@ -155,7 +198,10 @@ impl Ledger {
         let ids = g.by_cabinet.get(&i).cloned().unwrap_or_default();
         for id in ids {
             if let Some(o) = g.orders.get_mut(&id) {
-                if o.stage == Stage::Reserved || (o.stage == Stage::Ready && o.pin.is_some()) {
+                if o.stage == Stage::Reserved
+                    || o.stage == Stage::Expired
+                    || (o.stage == Stage::Ready && o.pin.is_some())
+                {
                     o.creds_ok = true;
                 }
             }
@@ -169,6 +215,43 @@ impl Ledger {
             o.stage = Stage::PickedUp;
         }
         g.pickups.push(p);
+    }
+
+    /// Whether the old PIN of an expired order may be tried at cabinet `i` now (counted as
+    /// skipped otherwise); marks the order as tried either way.
+    pub fn may_try_late_pin(&self, i: usize, order: &str) -> bool {
+        let mut g = self.lock();
+        match g.orders.get_mut(order) {
+            Some(o) if !o.late_pin_tried => o.late_pin_tried = true,
+            _ => return false,
+        }
+        let tries = g.late_tries_at.entry(i).or_default();
+        tries.retain(|t| t.elapsed() < LATE_TRY_WINDOW);
+        if tries.len() >= LATE_TRIES_MAX {
+            g.expiry.tries_skipped += 1;
+            return false;
+        }
+        tries.push(Instant::now());
+        true
+    }
+
+    /// Records an old PIN typed after its order expired.
+    pub fn late_try(&self, t: LateTry) {
+        self.lock().expiry.tries.push(t);
+    }
+
+    /// Records an expired order collected by its courier (whether its parcel was still inside).
+    pub fn collected_expired(&self, order: &str, parcel_inside: bool) {
+        let mut g = self.lock();
+        g.expiry.collected += 1;
+        if !parcel_inside {
+            g.expiry.empty_at_collection.push(order.to_owned());
+        }
+    }
+
+    /// What the couriers found at expired parcels.
+    pub fn expiry(&self) -> ExpiryFacts {
+        self.lock().expiry.clone()
     }
 
     /// Every order known, every order created in this run, every pickup.
@@ -195,12 +278,21 @@ impl Ledger {
 
 fn notice(g: &mut Inner, n: &Value) {
     let kind = n["kind"].as_str().unwrap_or("");
-    if kind != "ready" && kind != "resend" {
-        return;
-    }
     let Some(o) = n["order"].as_str().and_then(|id| g.orders.get_mut(id)) else {
         return;
     };
+    if kind == "expired" {
+        // the window ended: the code leaves the cabinet, a collect credential comes in
+        if matches!(o.stage, Stage::Deposited | Stage::Ready) {
+            o.stage = Stage::Expired;
+            o.expired = true;
+            o.creds_ok = false;
+        }
+        return;
+    }
+    if kind != "ready" && kind != "resend" {
+        return;
+    }
     o.pin = n["pin"].as_str().map(str::to_owned);
     // a new code: the cabinet must get it first
     o.creds_ok = false;

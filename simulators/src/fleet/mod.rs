@@ -109,8 +109,14 @@ pub struct FleetOptions {
     /// Cabinets per site.
     pub cabinets_per_site: usize,
     /// A recipient who never comes has their order recalled by the carrier this long after it
-    /// became ready (the gateway's pickup window is counted in hours).
+    /// became ready (for the orders in `recall_share`).
     pub recall_after: Duration,
+    /// Share (0..=1) of orders whose recipient never comes and whose parcel expires: created
+    /// with `pickup_window_min` = `expire_window_min` (1..=43200), then collected by a courier.
+    pub expire_share: f64,
+    pub expire_window_min: u32,
+    /// Share (0..=1) of orders whose recipient never comes and which the carrier recalls.
+    pub recall_share: f64,
 }
 
 impl Default for FleetOptions {
@@ -137,6 +143,9 @@ impl Default for FleetOptions {
             spring: Duration::from_millis(20),
             cabinets_per_site: 50,
             recall_after: Duration::from_secs(20),
+            expire_share: 0.1,
+            expire_window_min: 1,
+            recall_share: 0.05,
         }
     }
 }
@@ -243,6 +252,9 @@ impl Fleet {
             cabinets: cabinets.clone(),
             locks: opts.locks,
             recall_after: opts.recall_after,
+            expire_share: opts.expire_share.clamp(0.0, 1.0),
+            expire_window_min: opts.expire_window_min.clamp(1, 43_200),
+            recall_share: opts.recall_share.clamp(0.0, 1.0),
             run: rand::thread_rng().gen(),
             next: AtomicU64::new(1),
         });

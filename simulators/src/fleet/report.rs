@@ -14,7 +14,12 @@
 //!   in line with the orders (a parcel inside exactly where an order is deposited, ready,
 //!   expired or waiting for its carrier; picked-up and returned compartments empty), and no
 //!   parcel released to a wrong code (every pickup the cabinets reported is one the people made
-//!   with the code their notice gave them, and every pickup they made was reported).
+//!   with the code their notice gave them, and every pickup they made was reported);
+//! - expired parcels ([`check_expiry`]): every expired order's compartment still holds its
+//!   parcel (at the end, and when its courier came to collect it), every returned order's
+//!   compartment is empty (unless a later order's parcel is in it), the old PIN typed once per
+//!   expired order was refused without a lock pulse, and no cabinet released an expired
+//!   order's parcel to a pickup code.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -22,7 +27,7 @@ use std::fmt;
 use serde_json::Value;
 
 use super::api::AuditEvent;
-use super::ledger::{Pickup, SimOrder};
+use super::ledger::{ExpiryFacts, Pickup, SimOrder};
 
 /// What was checked and what was found.
 #[derive(Debug, Default, Clone)]
@@ -44,6 +49,17 @@ pub struct Report {
     pub pickups_reported: u64,
     /// Compartments whose parcel sensor and holder were compared with the orders.
     pub compartments_checked: u64,
+    /// Orders of this run the people saw expire, those collected by their courier, and those
+    /// the API shows `returned` after having been `expired`.
+    pub expired_seen: u64,
+    pub expired_collected: u64,
+    pub expired_returned: u64,
+    /// Orders of this run the API shows `returned` (recalled or expired, then collected).
+    pub returned: u64,
+    /// Old PINs typed after expiry, refused by the cabinets, and left out (keypad lock).
+    pub late_pins_tried: u64,
+    pub late_pins_refused: u64,
+    pub late_pins_skipped: u64,
     /// Each violated invariant, one line each (the first 50).
     pub problems: Vec<String>,
     /// Count of violations (may exceed `problems.len()`).
@@ -315,6 +331,99 @@ pub fn check_parcels(
     }
 }
 
+/// Checks the expired and returned orders (see the module doc). `access[i]` as for
+/// [`check_parcels`].
+pub fn check_expiry(
+    r: &mut Report,
+    orders: &HashMap<&str, &Value>,
+    cabinets: &[CabinetParcels],
+    people: &HashMap<String, SimOrder>,
+    created: &[String],
+    facts: &ExpiryFacts,
+    access: &[Vec<(String, u16)>],
+) {
+    fn state(o: &Value) -> &str {
+        o["state"].as_str().unwrap_or("?")
+    }
+    let parcel = |o: &Value| -> Option<(usize, bool)> {
+        let cab = o["cabinet"].as_str()?;
+        let c = usize::try_from(o["compartment"].as_u64()?).ok()?;
+        let i = cabinets.iter().position(|x| x.id == cab)?;
+        Some((i, *cabinets[i].parcels.get(c.checked_sub(1)?)?))
+    };
+    // a compartment a live order with its parcel inside holds now
+    let occupied: HashSet<(&str, u64)> = orders
+        .values()
+        .filter(|o| INSIDE.contains(&state(o)))
+        .filter_map(|o| Some((o["cabinet"].as_str()?, o["compartment"].as_u64()?)))
+        .collect();
+    for id in created {
+        let Some(o) = orders.get(id.as_str()) else {
+            continue;
+        };
+        if people.get(id).is_some_and(|p| p.expired) {
+            r.expired_seen += 1;
+        }
+        let was_expired = o["history"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|h| h["to"] == "expired");
+        match state(o) {
+            "expired" if parcel(o).is_some_and(|(_, inside)| !inside) => {
+                r.problem(format!(
+                    "expired order {id}: its compartment is empty before its courier collected it"
+                ));
+            }
+            "returned" => {
+                r.returned += 1;
+                if was_expired {
+                    r.expired_returned += 1;
+                }
+                let key = (
+                    o["cabinet"].as_str().unwrap_or(""),
+                    o["compartment"].as_u64().unwrap_or(0),
+                );
+                if parcel(o).is_some_and(|(_, inside)| inside) && !occupied.contains(&key) {
+                    r.problem(format!(
+                        "returned order {id}: a parcel is still in its compartment {key:?}"
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    r.expired_collected = facts.collected;
+    for id in &facts.empty_at_collection {
+        r.problem(format!(
+            "expired order {id}: its compartment was empty when the courier came to collect it"
+        ));
+    }
+    r.late_pins_skipped = facts.tries_skipped;
+    for t in &facts.tries {
+        r.late_pins_tried += 1;
+        let name = cabinets.get(t.cabinet).map_or("?", |c| c.id.as_str());
+        if t.refused && !t.pulsed {
+            r.late_pins_refused += 1;
+        } else {
+            r.problem(format!(
+                "{name}: the old PIN of expired order {} was answered {} (lock pulsed: {})",
+                t.order, t.access, t.pulsed
+            ));
+        }
+    }
+    for (i, list) in access.iter().enumerate() {
+        let name = cabinets.get(i).map_or("?", |c| c.id.as_str());
+        for (reference, c) in list {
+            if people.get(reference).is_some_and(|p| p.expired) {
+                r.problem(format!(
+                    "{name} compartment {c} released the parcel of expired order {reference} to a pickup code"
+                ));
+            }
+        }
+    }
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "invariant report over {} cabinets:", self.cabinets)?;
@@ -368,6 +477,17 @@ impl fmt::Display for Report {
             "  pickups by the recipients' own codes: {} made ({} offline), {} reported by the cabinets",
             self.pickups_people, self.pickups_offline, self.pickups_reported
         )?;
+        writeln!(
+            f,
+            "  expired parcels kept until collected, returned compartments empty, old PINs refused: {} expired, {} collected, {} returned ({} after expiry), old PINs {} tried, {} refused without a pulse, {} left out for the keypad lock",
+            self.expired_seen,
+            self.expired_collected,
+            self.returned,
+            self.expired_returned,
+            self.late_pins_tried,
+            self.late_pins_refused,
+            self.late_pins_skipped
+        )?;
         if self.is_clean() {
             writeln!(f, "  RESULT: clean (0 violations)")
         } else {
@@ -377,5 +497,87 @@ impl fmt::Display for Report {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::ledger::{LateTry, Stage};
+    use serde_json::json;
+
+    fn sim(id: &str, stage: Stage, expired: bool) -> SimOrder {
+        SimOrder {
+            id: id.into(),
+            carrier: 0,
+            tracking: format!("T-{id}"),
+            cabinet: 0,
+            compartment: 1,
+            stage,
+            pin: Some("123456".into()),
+            qr: None,
+            no_show: true,
+            ready_at: None,
+            leftover: false,
+            creds_ok: true,
+            short_window: true,
+            expired,
+            late_pin_tried: true,
+        }
+    }
+
+    #[test]
+    fn expired_parcels_must_stay_and_old_pins_must_be_refused() {
+        let expired = json!({"id": "a", "state": "expired", "cabinet": "CAB-1", "compartment": 1,
+            "history": [{"from": "ready", "to": "expired"}]});
+        let returned = json!({"id": "b", "state": "returned", "cabinet": "CAB-1", "compartment": 2,
+            "history": [{"from": "ready", "to": "expired"}, {"from": "expired", "to": "returned"}]});
+        let orders: HashMap<&str, &Value> = [("a", &expired), ("b", &returned)].into();
+        let people: HashMap<String, SimOrder> = [
+            ("a".to_owned(), sim("a", Stage::Expired, true)),
+            ("b".to_owned(), sim("b", Stage::Returned, true)),
+        ]
+        .into();
+        let created = vec!["a".to_owned(), "b".to_owned()];
+        let board = |parcels: Vec<bool>| {
+            vec![CabinetParcels {
+                id: "CAB-1".into(),
+                compartments: HashMap::new(),
+                parcels,
+            }]
+        };
+        let refused = LateTry {
+            order: "a".into(),
+            cabinet: 0,
+            access: "Refused(WrongCode)".into(),
+            refused: true,
+            pulsed: false,
+        };
+        let mut facts = ExpiryFacts {
+            tries: vec![refused.clone()],
+            collected: 1,
+            ..ExpiryFacts::default()
+        };
+        // the expired parcel inside, the returned compartment empty, the old PIN refused
+        let mut r = Report::default();
+        let cabs = board(vec![true, false]);
+        check_expiry(&mut r, &orders, &cabs, &people, &created, &facts, &[vec![]]);
+        assert!(r.is_clean(), "{:?}", r.problems);
+        assert_eq!((r.expired_seen, r.returned, r.expired_returned), (2, 1, 1));
+        assert_eq!((r.late_pins_tried, r.late_pins_refused), (1, 1));
+        // an expired compartment emptied, a returned one still full, the old PIN opening the
+        // door, a pickup reported for an expired order
+        facts.tries = vec![LateTry {
+            access: "Pickup(CompartmentId(1))".into(),
+            refused: false,
+            pulsed: true,
+            ..refused
+        }];
+        facts.empty_at_collection = vec!["a".into()];
+        let mut r = Report::default();
+        let cabs = board(vec![false, true]);
+        let access = vec![vec![("a".to_owned(), 1)]];
+        check_expiry(&mut r, &orders, &cabs, &people, &created, &facts, &access);
+        assert_eq!(r.violations, 5, "{:?}", r.problems);
     }
 }

@@ -10,9 +10,12 @@
 //!   the credential set with their code, take the parcel out and close the door; some do so
 //!   while their cabinet is offline (the cabinet's credential cache), and the pickup reaches the
 //!   gateway when the link returns;
-//! - some recipients never come: after a while their carrier recalls the order (`/return`) and
-//!   a courier collects the parcel (badge and `key:collect`, or a remote unlock); a few get
-//!   their window extended.
+//! - some recipients never come: most of those orders are created with a short pickup window
+//!   (`pickup_window_min`), expire (the `expired` notice), and a courier of the carrier collects
+//!   the parcel (badge and `key:collect`, also offline, or a remote unlock) after typing the
+//!   recipient's old PIN once to see the cabinet refuse it; for the others the carrier recalls
+//!   the order (`/return`) after a while and a courier collects it the same way; a few
+//!   recipients get their window extended.
 //!
 //! Couriers and recipients act at the cabinet only once it holds the gateway's current
 //! credential set (offline: one it was seen holding), so no wrong code counts against the
@@ -32,7 +35,7 @@ use serde_json::{json, Value};
 
 use super::api::{Api, ApiError};
 use super::cabinet::SimCabinet;
-use super::couriers::{badge_deposit, deposit, recall_and_collect};
+use super::couriers::{badge_deposit, collect_expired, deposit, recall_and_collect};
 use super::ledger::{Ledger, Pickup, SimOrder, Stage};
 use super::world::World;
 
@@ -55,6 +58,10 @@ pub struct ScenarioStats {
     pub extends: AtomicU64,
     pub recalls: AtomicU64,
     pub collected: AtomicU64,
+    /// Orders created with a short pickup window, and those collected after they expired
+    /// (included in `collected`).
+    pub short_windows: AtomicU64,
+    pub collected_expired: AtomicU64,
     /// A recipient who came before the cabinet held their code (they come back later).
     pub creds_not_yet: AtomicU64,
     /// API calls that failed (e.g. during a gateway restart).
@@ -85,7 +92,8 @@ impl std::fmt::Display for ScenarioStats {
             "{} orders created ({} batches), {} cancelled ({} for want of room), {deposits} \
              deposits ({} by remote unlock, {} by badge and barcode, {} offline), {pickups} \
              pickups ({} by PIN, {} by QR, {} offline), \
-             {} windows extended, {} recalled and {} collected by couriers, {} recipients early \
+             {} windows extended, {} short windows, {} recalled and {} collected by couriers ({} \
+             after expiry), {} recipients early \
              for their code, {} refused or late doors, {} API errors, {} unlocks without \
              `opened` when the call returned",
             n(&self.orders_created),
@@ -99,8 +107,10 @@ impl std::fmt::Display for ScenarioStats {
             n(&self.pickups_qr),
             n(&self.pickups_offline),
             n(&self.extends),
+            n(&self.short_windows),
             n(&self.recalls),
             n(&self.collected),
+            n(&self.collected_expired),
             n(&self.creds_not_yet),
             n(&self.no_access),
             n(&self.api_errors),
@@ -127,6 +137,11 @@ pub struct ScenarioCtx {
     pub locks: u16,
     /// A no-show's order is recalled this long after it became ready.
     pub recall_after: Duration,
+    /// Share of orders whose recipient never comes and whose parcel expires (created with
+    /// `pickup_window_min` = `expire_window_min`), and share recalled by the carrier instead.
+    pub expire_share: f64,
+    pub expire_window_min: u32,
+    pub recall_share: f64,
     /// Tracking numbers and idempotency keys: `{run}-{n}`.
     pub run: u32,
     pub next: AtomicU64,
@@ -206,8 +221,15 @@ pub async fn run(idx: usize, cab: Arc<SimCabinet>, ctx: Arc<ScenarioCtx>) {
                 || (o.stage == Stage::Ready
                     && (o.leftover
                         || (o.no_show
+                            && !o.short_window
                             && o.ready_at.is_some_and(|t| t.elapsed() >= ctx.recall_after))))
         })
+        .collect();
+    // expired parcels wait for a courier (offline too, once the cabinet holds their collect
+    // credential)
+    let expired: Vec<&SimOrder> = orders
+        .iter()
+        .filter(|o| o.stage == Stage::Expired && (online || o.creds_ok))
         .collect();
     if !ready.is_empty() && (!online || rng.gen_bool(0.6)) {
         let o = ready[rng.gen_range(0..ready.len())].clone();
@@ -219,6 +241,9 @@ pub async fn run(idx: usize, cab: Arc<SimCabinet>, ctx: Arc<ScenarioCtx>) {
         } else {
             deposit(idx, &cab, &ctx, &o).await;
         }
+    } else if !expired.is_empty() && (!online || rng.gen_bool(0.7)) {
+        let o = expired[rng.gen_range(0..expired.len())].clone();
+        collect_expired(idx, &cab, &ctx, &o, online, &mut rng).await;
     } else if !online {
         // nothing else happens at an offline cabinet
     } else if let Some(o) = recall.first() {
@@ -235,8 +260,9 @@ pub(super) fn api_error(ctx: &ScenarioCtx, what: &str, e: &ApiError) {
     ctx.stats.api_errors.fetch_add(1, Ordering::Relaxed);
 }
 
-/// A new order's JSON for cabinet `i` (its idempotency key makes a retry safe).
-fn new_order(ctx: &ScenarioCtx, i: usize, rng: &mut StdRng) -> Value {
+/// A new order's JSON for cabinet `i` (its idempotency key makes a retry safe), with a short
+/// pickup window if `short`.
+fn new_order(ctx: &ScenarioCtx, i: usize, short: bool, rng: &mut StdRng) -> Value {
     let n = ctx.next.fetch_add(1, Ordering::Relaxed);
     let site = &ctx.world.sites[ctx.world.site_of[i]];
     let mut pick = rng.gen_range(0.0..1.0);
@@ -248,14 +274,18 @@ fn new_order(ctx: &ScenarioCtx, i: usize, rng: &mut StdRng) -> Value {
         }
         pick -= p;
     }
-    json!({
+    let mut body = json!({
         "site": site.id,
         "cabinet": ctx.cabinets[i].id.as_str(),
         "size": size,
         "tracking": format!("SIM{:08X}{n:08}", ctx.run),
         "recipient": {"phone": format!("+49151{:07}", n % 10_000_000), "language": "de"},
         "idempotency_key": format!("sim-{:08x}-{n}", ctx.run),
-    })
+    });
+    if short {
+        body["pickup_window_min"] = json!(ctx.expire_window_min);
+    }
+    body
 }
 
 /// POST with retries while the gateway is away (the idempotency keys make retries safe).
@@ -291,7 +321,20 @@ async fn create(idx: usize, ctx: &ScenarioCtx, rng: &mut StdRng) {
             }
         }
     }
-    let bodies: Vec<Value> = targets.iter().map(|&j| new_order(ctx, j, rng)).collect();
+    // who never comes: a short window that expires, or (fewer) a recall by the carrier
+    let fates: Vec<(bool, bool)> = targets
+        .iter()
+        .map(|_| {
+            let x = rng.gen_range(0.0..1.0);
+            let short = x < ctx.expire_share;
+            (short, short || x < ctx.expire_share + ctx.recall_share)
+        })
+        .collect();
+    let bodies: Vec<Value> = targets
+        .iter()
+        .zip(&fates)
+        .map(|(&j, &(short, _))| new_order(ctx, j, short, rng))
+        .collect();
     let views: Vec<Value> = if bodies.len() == 1 {
         match post_retrying(client, ctx, "/v1/orders", &bodies[0]).await {
             Some(v) => vec![v],
@@ -317,6 +360,12 @@ async fn create(idx: usize, ctx: &ScenarioCtx, rng: &mut StdRng) {
             .collect()
     };
     for v in views {
+        let short = v["pickup_window_min"].as_u64().is_some();
+        let no_show = short
+            || bodies
+                .iter()
+                .zip(&fates)
+                .any(|(b, f)| f.1 && b["tracking"] == v["tracking"]);
         let Some(id) = v["id"].as_str().map(str::to_owned) else {
             continue;
         };
@@ -341,11 +390,17 @@ async fn create(idx: usize, ctx: &ScenarioCtx, rng: &mut StdRng) {
             stage: Stage::Reserved,
             pin: None,
             qr: None,
-            no_show: rng.gen_bool(0.1),
+            no_show,
             ready_at: None,
             leftover: false,
             creds_ok: false,
+            short_window: short,
+            expired: false,
+            late_pin_tried: false,
         };
+        if short {
+            ctx.stats.short_windows.fetch_add(1, Ordering::Relaxed);
+        }
         let cancel = !reserved || rng.gen_bool(0.08);
         if cancel {
             if !reserved {

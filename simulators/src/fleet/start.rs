@@ -134,6 +134,9 @@ impl Fleet {
                 ready_at: Some(std::time::Instant::now()),
                 leftover: true,
                 creds_ok: false,
+                short_window: false,
+                expired: false,
+                late_pin_tried: true,
             });
         }
     }

@@ -1,6 +1,7 @@
 //! The end-of-run checks of a fleet: reads every cabinet's audit log, command outcomes,
 //! compartments and simulated board, every order the gateway lists and what the people did
-//! (the [`super::ledger`]), and hands them to the checks of [`super::report`].
+//! (the [`super::ledger`]: pickups, and what couriers found at expired parcels), and hands
+//! them to the checks of [`super::report`].
 //!
 //! The parcel checks are repeated for a few seconds until they pass: an offline pickup
 //! reported at the end of the run reaches the orders a moment after the audit log.
@@ -13,7 +14,9 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use super::report::{check_cabinet, check_parcels, CabinetFacts, CabinetParcels, Report};
+use super::report::{
+    check_cabinet, check_expiry, check_parcels, CabinetFacts, CabinetParcels, Report,
+};
 use super::Fleet;
 
 const PARCEL_TRIES: usize = 20;
@@ -167,5 +170,7 @@ impl Fleet {
             .filter_map(|o| Some((o["id"].as_str()?, o)))
             .collect();
         check_parcels(r, &by_id, &cabinets, &people, &created, &pickups, access);
+        let expiry = self.ctx.ledger.expiry();
+        check_expiry(r, &by_id, &cabinets, &people, &created, &expiry, access);
     }
 }
