@@ -28,6 +28,35 @@ async fn creds_current(api: &ApiClient, cab: &TestCabinet) {
     .await;
 }
 
+/// Sets up the parcel world around `cab`, creates a DHL order, deposits it by remote unlock
+/// (the parcel goes in, the door closes) and waits until the cabinet holds its pickup code:
+/// the order id, its compartment and the recipient's PIN.
+async fn ready_order(gw: &TestGateway, cab: &TestCabinet, tracking: &str) -> (String, u16, String) {
+    parcels::online(&gw.api, &cab.id).await;
+    parcels::setup(&gw.api, &[cab.id.as_str()]).await;
+    let dhl = gw.api.with_token(DHL_TOKEN);
+    let o = parcels::order(&dhl, tracking, "M").await;
+    let id = o["id"].as_str().expect("id").to_owned();
+    let c = compartment(&o);
+    let (s, r) = dhl
+        .post(
+            &format!("/v1/orders/{id}/unlock"),
+            json!({"reason": "deposit", "wait_ms": 10_000}),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    cab.board.put_parcel(usize::from(c - 1)).expect("parcel in");
+    cab.board.close_door(usize::from(c - 1)).expect("close");
+    eventually("door closed", || cab.status().open_doors.is_empty()).await;
+    parcels::wait_state(&dhl, &id, "ready").await;
+    let pin = parcels::notice(&gw.api, &id, "ready").await["pin"]
+        .as_str()
+        .expect("pin")
+        .to_owned();
+    creds_current(&gw.api, cab).await;
+    (id, c, pin)
+}
+
 fn compartment(o: &Value) -> u16 {
     o["compartment"].as_u64().expect("compartment") as u16
 }
@@ -192,28 +221,7 @@ async fn an_offline_pickup_after_a_cancel_ends_picked_up_with_an_exception() {
     let mut pki = TestPki::new();
     let gw = TestGateway::start_with(&pki, parcels::tokens).await;
     let mut cab = TestCabinet::start(&mut pki, "CAB-P2", gw.edge_addr()).await;
-    parcels::online(&gw.api, "CAB-P2").await;
-    parcels::setup(&gw.api, &["CAB-P2"]).await;
-    let dhl = gw.api.with_token(DHL_TOKEN);
-    let o = parcels::order(&dhl, "JJD0002", "M").await;
-    let id = o["id"].as_str().expect("id").to_owned();
-    let c = compartment(&o);
-    let (s, r) = dhl
-        .post(
-            &format!("/v1/orders/{id}/unlock"),
-            json!({"reason": "deposit", "wait_ms": 10_000}),
-        )
-        .await;
-    assert_eq!(s, 200, "{r}");
-    cab.board.put_parcel(usize::from(c - 1)).expect("parcel in");
-    cab.board.close_door(usize::from(c - 1)).expect("close");
-    eventually("door closed", || cab.status().open_doors.is_empty()).await;
-    parcels::wait_state(&dhl, &id, "ready").await;
-    let pin = parcels::notice(&gw.api, &id, "ready").await["pin"]
-        .as_str()
-        .expect("pin")
-        .to_owned();
-    creds_current(&gw.api, &cab).await;
+    let (id, _, pin) = ready_order(&gw, &cab, "JJD0002").await;
 
     // the gateway goes away; the recipient picks up from the cabinet's cache
     let stopped = gw.stop().await;
@@ -505,28 +513,8 @@ async fn a_parcel_left_inside_after_a_pickup_becomes_an_exception_and_blocks_the
     let mut pki = TestPki::new();
     let gw = TestGateway::start_with(&pki, parcels::tokens).await;
     let cab = TestCabinet::start(&mut pki, "CAB-P6", gw.edge_addr()).await;
-    parcels::online(&gw.api, "CAB-P6").await;
-    parcels::setup(&gw.api, &["CAB-P6"]).await;
+    let (id, c, pin) = ready_order(&gw, &cab, "JJD-LEFT").await;
     let dhl = gw.api.with_token(DHL_TOKEN);
-    let o = parcels::order(&dhl, "JJD-LEFT", "M").await;
-    let id = o["id"].as_str().expect("id").to_owned();
-    let c = compartment(&o);
-    let (s, r) = dhl
-        .post(
-            &format!("/v1/orders/{id}/unlock"),
-            json!({"reason": "deposit", "wait_ms": 10_000}),
-        )
-        .await;
-    assert_eq!(s, 200, "{r}");
-    cab.board.put_parcel(usize::from(c - 1)).expect("parcel in");
-    cab.board.close_door(usize::from(c - 1)).expect("close");
-    eventually("door closed", || cab.status().open_doors.is_empty()).await;
-    parcels::wait_state(&dhl, &id, "ready").await;
-    let pin = parcels::notice(&gw.api, &id, "ready").await["pin"]
-        .as_str()
-        .expect("pin")
-        .to_owned();
-    creds_current(&gw.api, &cab).await;
     let h = cab.handle.as_ref().expect("agent");
     let r = h.scan(ScanSource::Keypad, &pin).await.expect("scan");
     assert!(matches!(r.access, locker_agent::Access::Pickup(_)), "{r:?}");
