@@ -3,8 +3,8 @@
 //! hundred simulated cabinets running real agents in sites of 50, three carriers with their own
 //! API tokens, and an accelerated day of real orders (created by the carriers, deposited by
 //! couriers, picked up with the codes from the notification outbox, some offline during an
-//! outage, some recalled), a gateway restart and a low-battery night, shown live; then the
-//! invariant report.
+//! outage, some expired or recalled), a gateway restart and a low-battery night, shown live;
+//! then the invariant report.
 //!
 //! Standard output carries only the summary (plain lines when it is not a terminal); the logs
 //! of the gateway, the agents and the simulator go to `<state>/logs/demo.log`, named at start.
