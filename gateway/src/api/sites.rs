@@ -255,34 +255,48 @@ async fn override_open(
     st.parcels
         .check_override(cab.clone(), comp, caller.clone())
         .await?;
-    let rec = st
+    // the override is on the audit trail (durably) before the door can open: a crash between
+    // the two leaves a record of an override whose command never came, never the reverse
+    let id = locker_schemas::CommandId::generate();
+    let record = |detail: String| AuditRecord {
+        pos: 0,
+        at: now_millis(),
+        what: "override_open".into(),
+        order: None,
+        carrier: None,
+        site: None,
+        cabinet: Some(cab.clone()),
+        compartment: Some(comp),
+        from: None,
+        to: None,
+        cause: "api".into(),
+        actor: caller.client.clone(),
+        exception: None,
+        detail,
+    };
+    st.parcels
+        .audit(record(format!("command {id}: {}", b.reason)))
+        .await?;
+    let created = st
         .commands
         .create(NewCommand {
-            id: None,
+            id: Some(id),
             cabinet: cab.clone(),
             action: ActionSpec::Unlock { compartment: comp },
             ttl_ms: b.ttl_ms,
             created_by: caller.client.clone(),
         })
-        .await?;
-    st.parcels
-        .audit(AuditRecord {
-            pos: 0,
-            at: now_millis(),
-            what: "override_open".into(),
-            order: None,
-            carrier: None,
-            site: None,
-            cabinet: Some(cab),
-            compartment: Some(comp),
-            from: None,
-            to: None,
-            cause: "api".into(),
-            actor: caller.client,
-            exception: None,
-            detail: format!("command {}: {}", rec.id, b.reason),
-        })
         .await;
+    let rec = match created {
+        Ok(rec) => rec,
+        Err(e) => {
+            let _ = st
+                .parcels
+                .audit(record(format!("command {id} not created: {e}")))
+                .await;
+            return Err(e.into());
+        }
+    };
     let (status, rec) = super::orders::waited(&st, rec, b.wait_ms).await?;
     Ok((status, Json(rec)).into_response())
 }

@@ -374,6 +374,11 @@ async fn run(
 async fn finish(st: &mut State, store: &Store, publisher: &Publisher, deferred: Deferred) {
     let now = now_millis();
     let sets = st.take_creds(now);
+    if !st.batch.is_empty() {
+        // the cursors go with the changes they led to: a catch-up after a crash starts after
+        // them and never replays an event over a later change (an operator's, say)
+        st.flush_cursors();
+    }
     let batch = std::mem::take(&mut st.batch);
     if !batch.is_empty() {
         let batch = Arc::new(batch);

@@ -157,18 +157,12 @@ impl Table {
 
     /// Re-indexes every compartment of a cabinet (after its site, layout or boards changed).
     pub fn touch_cabinet(&mut self, cabinet: &CabinetId) {
-        let stale: Vec<CompartmentId> = self
-            .indexed
-            .keys()
-            .filter(|(k, _)| k == cabinet)
-            .map(|(_, c)| *c)
-            .collect();
         let now: Vec<CompartmentId> = self
             .cabinets
             .get(cabinet)
             .map(|k| k.slots.keys().copied().collect())
             .unwrap_or_default();
-        for c in stale.into_iter().chain(now) {
+        for c in now {
             self.touch(cabinet, c);
         }
     }
@@ -218,10 +212,12 @@ impl Table {
         }
         let keep: BTreeSet<CompartmentId> = comps.iter().map(|(c, _)| *c).collect();
         let mut orphaned = Vec::new();
+        let mut removed = Vec::new();
         cab.slots.retain(|c, s| {
             let stays = keep.contains(c);
             if !stays {
                 orphaned.extend(s.holder);
+                removed.push(*c);
             }
             stays
         });
@@ -238,6 +234,9 @@ impl Table {
                     parcel: None,
                     last_holder: None,
                 });
+        }
+        for c in removed {
+            self.touch(cabinet, c); // drops its index entry: the slot is gone
         }
         self.touch_cabinet(cabinet);
         (true, orphaned)

@@ -272,6 +272,10 @@ mod tests {
         assert_eq!(set.len(), 96 * 2 + 200 * 2);
         let parts = split(9, set.clone(), MAX_PART_BYTES);
         assert!(parts.len() > 1, "{} parts", parts.len());
+        println!(
+            "largest cabinet: {} parts of at most {MAX_PART_BYTES} bytes",
+            parts.len()
+        );
         let mut back = Vec::new();
         for (i, p) in parts.iter().enumerate() {
             assert_eq!(

@@ -247,7 +247,7 @@ pub(crate) enum Msg {
     Compartments(CabinetId, Caller, Reply<(Vec<CompartmentView>, u64)>),
     Occupancy(SiteId, Caller, Reply<views::SiteOccupancy>),
     CheckOverride(CabinetId, CompartmentId, Caller, Reply<()>),
-    Audit(AuditRecord),
+    Audit(AuditRecord, Reply<()>),
     Presence(CabinetId, bool),
 }
 
@@ -413,9 +413,10 @@ impl ParcelsHandle {
             .await
     }
 
-    /// Appends a record to the parcel audit trail (an override, for example).
-    pub async fn audit(&self, r: AuditRecord) {
-        let _ = self.tx.send(Msg::Audit(r)).await;
+    /// Appends a record to the parcel audit trail (an override, for example); returns once it
+    /// is durable.
+    pub async fn audit(&self, r: AuditRecord) -> Result<(), ParcelError> {
+        self.call(|tx| Msg::Audit(r, tx)).await
     }
 
     /// A cabinet connected or went away (from the edge).

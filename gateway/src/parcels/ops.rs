@@ -188,7 +188,10 @@ impl State {
                 });
                 defer(d, tx, r)
             }
-            Msg::Audit(r) => self.audit(r),
+            Msg::Audit(r, tx) => {
+                self.audit(r);
+                defer(d, tx, Ok(()))
+            }
             Msg::Presence(cab, online) => {
                 if online {
                     self.online.insert(cab);
