@@ -392,23 +392,37 @@ impl Fleet {
                 .iter()
                 .any(|o| o.stage == Stage::Ready && !o.no_show && o.pin.is_some())
         };
+        // the outage waits a little for a recipient to be waiting somewhere (a busy test
+        // machine can be slow to get the first parcels ready)
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !(0..self.cabinets.len()).any(|i| waiting(&i)) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         // each key read once: scenarios change the ledger meanwhile (a stable sort keeps the
         // shuffle among equals)
         picked.sort_by_cached_key(|i| !waiting(i));
         picked.truncate(n.min(self.cabinets.len()));
         // the recipients who will come during the outage: their cabinet holds their code
-        let checks = picked
-            .iter()
-            .filter(|&i| waiting(i) && self.cabinets[*i].try_claim())
-            .map(|&i| async move {
-                let cab = &self.cabinets[i];
-                if scenario::creds_current(i, cab, &self.ctx, Duration::from_secs(2)).await {
-                    Some(i)
-                } else {
-                    cab.release();
-                    None
+        // (a cabinet busy with another scenario is waited for: an outage without a visitor
+        // proves nothing about offline pickups)
+        let checks = picked.iter().filter(|&i| waiting(i)).map(|&i| async move {
+            let cab = &self.cabinets[i];
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !cab.try_claim() {
+                if Instant::now() >= deadline {
+                    return None;
                 }
-            });
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if waiting(&i)
+                && scenario::creds_current(i, cab, &self.ctx, Duration::from_secs(3)).await
+            {
+                Some(i)
+            } else {
+                cab.release();
+                None
+            }
+        });
         let visitors: Vec<usize> = futures::future::join_all(checks)
             .await
             .into_iter()
