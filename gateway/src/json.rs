@@ -98,6 +98,8 @@ pub enum AlarmName {
     OutboxNearlyFull,
     #[serde(alias = "KeypadLocked")]
     KeypadLocked,
+    #[serde(alias = "ChargerFault")]
+    ChargerFault,
 }
 
 impl From<AlarmKind> for AlarmName {
@@ -110,6 +112,7 @@ impl From<AlarmKind> for AlarmName {
             AlarmKind::PowerFail => AlarmName::PowerFail,
             AlarmKind::OutboxNearlyFull => AlarmName::OutboxNearlyFull,
             AlarmKind::KeypadLocked => AlarmName::KeypadLocked,
+            AlarmKind::ChargerFault => AlarmName::ChargerFault,
         }
     }
 }

@@ -22,13 +22,64 @@ pub struct Presence {
 }
 
 /// An alert raised or cleared by the gateway's rules engine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize_tuple, Deserialize_tuple)]
+///
+/// `id`, `severity`, `subject` and `started` were appended to revision 1: the gateway always
+/// writes them, and the decoder takes a four-element alert from an older gateway with them
+/// empty (`started` = `ts`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize_tuple)]
 pub struct AlertEvent {
     /// The rule's name, for example `door_left_open` or `offline`.
     pub rule: String,
     pub active: bool,
+    /// When the alert was raised (`active`) or cleared.
     pub ts: Millis,
     pub detail: String,
+    /// The alert's id (the same on its raise and its clear; `GET /v1/alerts/{id}`).
+    pub id: String,
+    /// `critical`, `warning` or `info`.
+    pub severity: String,
+    /// What in the cabinet the alert is about, for example `compartment 3` or `board 2`;
+    /// empty for the cabinet as a whole.
+    pub subject: String,
+    /// When the condition began (before `ts` when the rule waits for it to last).
+    pub started: Millis,
+}
+
+impl<'de> Deserialize<'de> for AlertEvent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = AlertEvent;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an alert array [rule, active, ts, detail, id, severity, subject, started]")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<AlertEvent, A::Error> {
+                let missing = |i| de::Error::invalid_length(i, &"at least 4 elements");
+                let rule = a.next_element()?.ok_or_else(|| missing(0))?;
+                let active = a.next_element()?.ok_or_else(|| missing(1))?;
+                let ts = a.next_element()?.ok_or_else(|| missing(2))?;
+                let detail = a.next_element()?.ok_or_else(|| missing(3))?;
+                // absent in an alert from an older gateway
+                let id = a.next_element::<String>()?.unwrap_or_default();
+                let severity = a.next_element::<String>()?.unwrap_or_default();
+                let subject = a.next_element::<String>()?.unwrap_or_default();
+                let started = a.next_element::<Millis>()?.unwrap_or(ts);
+                // fields appended by newer revisions are ignored
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(AlertEvent {
+                    rule,
+                    active,
+                    ts,
+                    detail,
+                    id,
+                    severity,
+                    subject,
+                    started,
+                })
+            }
+        }
+        d.deserialize_seq(V)
+    }
 }
 
 /// A parcel order changed state.

@@ -243,6 +243,8 @@ pub enum AlarmKind {
     OutboxNearlyFull = 5,
     /// Too many wrong codes at the keypad: it is locked for a while.
     KeypadLocked = 6,
+    /// The charge controller reports a fault, or stopped answering on the bus.
+    ChargerFault = 7,
 }
 
 /// An alarm raised (`active = true`) or cleared.

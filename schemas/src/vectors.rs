@@ -268,6 +268,10 @@ pub fn streams() -> Vec<(&'static str, StreamMessage)> {
                 active: true,
                 ts: TS,
                 detail: "compartment 3 open for 300 s".into(),
+                id: "ALR-01JC0000000000000000000000".into(),
+                severity: "warning".into(),
+                subject: "compartment 3".into(),
+                started: TS - 300_000,
             }),
         ),
         (

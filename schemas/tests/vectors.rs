@@ -350,7 +350,7 @@ fn wrong_payloads_fail_the_cddl_and_the_codec() {
             "unknown alarm kind",
             "up-alarm",
             "uplink",
-            mutate("up-alarm", &[6, 0], int(7)),
+            mutate("up-alarm", &[6, 0], int(8)),
         ),
         (
             "temperature over i16",

@@ -95,6 +95,7 @@ fn body_events() -> Vec<UplinkBody> {
         AlarmKind::PowerFail,
         AlarmKind::OutboxNearlyFull,
         AlarmKind::KeypadLocked,
+        AlarmKind::ChargerFault,
     ] {
         out.push(UplinkBody::Alarm(Alarm {
             kind,

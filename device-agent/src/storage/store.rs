@@ -78,6 +78,7 @@ fn parse_alarm_key(k: &[u8]) -> Option<AlarmKey> {
         AlarmKind::PowerFail,
         AlarmKind::OutboxNearlyFull,
         AlarmKind::KeypadLocked,
+        AlarmKind::ChargerFault,
     ]
     .into_iter()
     .find(|x| *x as u8 == kind)?;
