@@ -382,7 +382,8 @@ impl Gateway {
         self.phases.ingest.cancel();
         self.wait(&[PRESENCE, INGEST, RETENTION], deadline).await;
         self.phases.actors.cancel();
-        self.wait(&[FLEET, DISPATCHER, PARCELS, RULES], deadline).await;
+        self.wait(&[FLEET, DISPATCHER, PARCELS, RULES], deadline)
+            .await;
         self.phases.api.cancel();
         self.wait(&[API], deadline).await;
         // the API's readiness check holds a publisher: the link ends after the API

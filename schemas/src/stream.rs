@@ -51,7 +51,9 @@ impl<'de> Deserialize<'de> for AlertEvent {
         impl<'de> Visitor<'de> for V {
             type Value = AlertEvent;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an alert array [rule, active, ts, detail, id, severity, subject, started]")
+                f.write_str(
+                    "an alert array [rule, active, ts, detail, id, severity, subject, started]",
+                )
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<AlertEvent, A::Error> {
                 let missing = |i| de::Error::invalid_length(i, &"at least 4 elements");

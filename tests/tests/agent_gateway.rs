@@ -396,7 +396,7 @@ async fn a_resent_finished_command_is_answered_with_its_stored_outcome() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn set_config_changes_persists_and_reports_and_sync_credentials_is_unsupported() {
+async fn set_config_changes_persists_and_reports_and_sync_credentials_reports_the_held_set() {
     let mut pki = TestPki::new();
     let gw = TestGateway::start(&pki).await;
     let mut cab = TestCabinet::start(&mut pki, "CAB-SC", gw.edge_addr()).await;
@@ -434,14 +434,25 @@ async fn set_config_changes_persists_and_reports_and_sync_credentials_is_unsuppo
         json!("timing.door_left_open_s: 120 -> 90; timing.unlock_confirm_ms: 2000 -> 2500")
     );
 
+    // sync_credentials: the cabinet reports the set it holds (a new hello) so the gateway
+    // resends a newer one
+    let hellos = |events: &Value| {
+        events["events"]
+            .as_array()
+            .map(|a| a.iter().filter(|e| e["kind"] == "hello").count())
+            .unwrap_or(0)
+    };
+    let (_, before) = gw.api.get("/v1/cabinets/CAB-SC/events?limit=1000").await;
     let r = command(json!({"type": "sync_credentials"})).await;
-    assert_eq!(r["outcome"], json!("unsupported"), "{r}");
-    assert_eq!(
-        gw.api
-            .metric("locker_commands_outcomes_total{outcome=\"unsupported\"}")
-            .await,
-        1.0
+    assert_eq!(r["outcome"], json!("done"), "{r}");
+    assert!(
+        r["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("holding credential set version")),
+        "{r}"
     );
+    let (_, after) = gw.api.get("/v1/cabinets/CAB-SC/events?limit=1000").await;
+    assert_eq!(hellos(&after), hellos(&before) + 1, "{after}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -94,3 +94,41 @@ fn defaults_are_valid_and_round_trip_through_toml() {
         "the error names the key: {err}"
     );
 }
+
+/// The shipped gateway.toml documents the rules engine's defaults: every rule table there
+/// compiles to exactly the built-in rule set (a default changed in one place only fails).
+#[test]
+fn shipped_rules_are_the_built_in_defaults() {
+    let f = repo_root().join("broker-config/gateway.toml");
+    let cfg = GatewayConfig::load(Some(&f)).expect("gateway.toml loads");
+    let compiled = cfg.rules.compile().expect("rules compile");
+    assert_eq!(
+        compiled.fleet,
+        locker_gateway::rules::config::RuleSet::default()
+    );
+    for kind in [
+        "offline",
+        "flapping",
+        "replay_backlog",
+        "network_failover",
+        "battery_low",
+        "solar_deficit",
+        "charger_fault",
+        "on_battery",
+        "door_left_open",
+        "door_forced",
+        "lock_jammed",
+        "parcel_sensor",
+        "queue_waiting",
+        "queue_deep",
+        "command_no_outcome",
+        "board_offline",
+        "outbox_full",
+        "clock_skew",
+    ] {
+        assert!(
+            cfg.rules.rules.contains_key(kind),
+            "gateway.toml documents [rules.{kind}]"
+        );
+    }
+}

@@ -280,11 +280,22 @@ impl Executor {
                     .await
             }
             Action::SyncCredentials => {
+                // a hello tells the gateway which set the cabinet holds: it resends a newer
+                // one (the cached set stays in use meanwhile)
                 let v = doors.creds_version();
+                let cfg = ctx.cfg().clone();
+                let hello = UplinkBody::Hello(locker_schemas::Hello {
+                    firmware: env!("CARGO_PKG_VERSION").into(),
+                    hardware: cfg.hardware.clone(),
+                    compartments: doors.compartments().to_vec(),
+                    network: cfg.network.kind.into(),
+                    creds_version: v,
+                });
+                up.emit(ctx, hello, Vec::new()).await;
                 let detail = format!(
-                    "credential sync from the gateway is not available yet; keeping the cached set (version {v})"
+                    "holding credential set version {v}; reported it so the gateway sends a newer one"
                 );
-                self.finish(ctx, up, id, Outcome::Unsupported, detail).await
+                self.finish(ctx, up, id, Outcome::Done, detail).await
             }
             Action::Reboot => {
                 self.finish(ctx, up, id, Outcome::Done, "restarting".into())

@@ -25,13 +25,17 @@ pub(super) fn routes() -> Router<ApiState> {
 impl From<RulesError> for ApiError {
     fn from(e: RulesError) -> Self {
         match e {
-            RulesError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
+            RulesError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
             RulesError::Store(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage", e.to_string())
             }
-            RulesError::Closed => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
-            }
+            RulesError::Closed => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            ),
         }
     }
 }
@@ -124,7 +128,10 @@ async fn list(
     if let Some(k) = q.kind {
         f.kind = Some(AlertKind::parse(&k).ok_or_else(|| {
             let all: Vec<&str> = AlertKind::ALL.iter().map(|k| k.as_str()).collect();
-            bad("bad_query", format!("kind {k:?}: one of {}", all.join(", ")))
+            bad(
+                "bad_query",
+                format!("kind {k:?}: one of {}", all.join(", ")),
+            )
         })?);
     }
     if let Some(s) = q.severity {

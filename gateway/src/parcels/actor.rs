@@ -411,7 +411,10 @@ async fn finish(st: &mut State, store: &Store, publisher: &Publisher, deferred: 
     for n in std::mem::take(&mut st.sensor_notes) {
         if let Some(r) = &st.rules {
             if !r.sensor_note(n) {
-                st.metrics.unmatched.with_label_values(&["rules_queue_full"]).inc();
+                st.metrics
+                    .unmatched
+                    .with_label_values(&["rules_queue_full"])
+                    .inc();
             }
         }
     }

@@ -55,9 +55,7 @@ impl RulesClock {
     pub fn now(&self) -> Millis {
         match self {
             RulesClock::System => locker_schemas::now_millis(),
-            RulesClock::Tokio { base_wall, base } => {
-                base_wall + base.elapsed().as_millis() as u64
-            }
+            RulesClock::Tokio { base_wall, base } => base_wall + base.elapsed().as_millis() as u64,
         }
     }
 }
@@ -525,11 +523,8 @@ impl Rules {
         let mut backlog = 0u64;
         let mut oldest: Option<Millis> = None;
         for (id, c) in &self.engine.cabs {
-            let has = |k: super::AlertKind| {
-                c.conds
-                    .values()
-                    .any(|x| x.kind == k && x.alert.is_some())
-            };
+            let has =
+                |k: super::AlertKind| c.conds.values().any(|x| x.kind == k && x.alert.is_some());
             let state = if c.power.is_none() {
                 "unknown"
             } else if has(super::AlertKind::BatteryLow) {
@@ -561,15 +556,19 @@ impl Rules {
                 if let Some(p) = c.power {
                     m.cab_soc.with_label_values(&l).set(i64::from(p.soc_pct));
                 }
-                m.cab_backlog
-                    .with_label_values(&l)
-                    .set(replaying as i64);
+                m.cab_backlog.with_label_values(&l).set(replaying as i64);
                 m.cab_queue
                     .with_label_values(&l)
                     .set(c.queue.map(|(d, _)| d as i64).unwrap_or(0));
             }
         }
-        for s in ["normal", "low_battery", "on_battery", "solar_deficit", "unknown"] {
+        for s in [
+            "normal",
+            "low_battery",
+            "on_battery",
+            "solar_deficit",
+            "unknown",
+        ] {
             m.by_power
                 .with_label_values(&[s])
                 .set(power.get(s).copied().unwrap_or(0));

@@ -473,12 +473,11 @@ impl RulesConfig {
                 fix: format!("use at least {}", AlertKindCount::MIN),
             });
         }
-        let mut base = serde_json::to_value(RuleSet::default()).map_err(|e| {
-            RulesConfigError::Parse {
+        let mut base =
+            serde_json::to_value(RuleSet::default()).map_err(|e| RulesConfigError::Parse {
                 key: "rules".into(),
                 problem: e.to_string(),
-            }
-        })?;
+            })?;
         merge(&mut base, &Value::Object(self.rules.clone()));
         let fleet = parse("rules", base.clone())?;
         check(&fleet, "rules")?;

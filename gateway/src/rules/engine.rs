@@ -34,7 +34,9 @@ pub enum Effect {
         command: CommandId,
     },
     /// A new condition refused: the cabinet holds `max_conditions_per_cabinet`.
-    Refused { cabinet: CabinetId },
+    Refused {
+        cabinet: CabinetId,
+    },
 }
 
 /// The engine.
@@ -131,7 +133,9 @@ impl Engine {
 
     /// A presence change at the edge.
     pub fn presence(&mut self, id: &CabinetId, online: bool, at: Millis, now: Millis) {
-        let r = self.rules.for_site(self.cabs.get(id).and_then(|c| c.site.as_ref()));
+        let r = self
+            .rules
+            .for_site(self.cabs.get(id).and_then(|c| c.site.as_ref()));
         let cap = r.flapping.disconnects as usize;
         let window = r.flapping.window_ms;
         let c = self.cab(id);
@@ -150,8 +154,7 @@ impl Engine {
         } else {
             c.disconnects.push_back(c.since);
             while c.disconnects.len() > cap
-                || c
-                    .disconnects
+                || c.disconnects
                     .front()
                     .is_some_and(|t| now.saturating_sub(*t) >= window)
             {
@@ -420,7 +423,9 @@ impl Engine {
         });
         changed |= n != c.facts.len();
         if let Some(p) = &c.replay {
-            if p.done_at.is_some_and(|d| now.saturating_sub(d) >= r.replay_backlog.hold_ms) {
+            if p.done_at
+                .is_some_and(|d| now.saturating_sub(d) >= r.replay_backlog.hold_ms)
+            {
                 c.replay = None;
                 changed = true;
             }

@@ -156,7 +156,9 @@ impl RulesMetrics {
     pub fn reset_active(&self) {
         for k in AlertKind::ALL {
             for s in Severity::ALL {
-                self.active.with_label_values(&[k.as_str(), s.as_str()]).set(0);
+                self.active
+                    .with_label_values(&[k.as_str(), s.as_str()])
+                    .set(0);
             }
         }
     }

@@ -36,9 +36,7 @@ use crate::store::StoreError;
 
 /// What an alert is about. The names are the `rule` of the `gw/alert` stream message and the
 /// `kind` label of the metrics.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertKind {
     /// The cabinet has been offline (no connection at the edge) longer than `after_ms`.
@@ -147,9 +145,7 @@ impl std::fmt::Display for AlertKind {
 }
 
 /// How urgent an alert is.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Critical,
@@ -349,10 +345,20 @@ impl RulesHandle {
     }
 
     /// Acknowledges an alert (stored before the answer).
-    pub async fn ack(&self, id: String, by: String, note: Option<String>) -> Result<Alert, RulesError> {
+    pub async fn ack(
+        &self,
+        id: String,
+        by: String,
+        note: Option<String>,
+    ) -> Result<Alert, RulesError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Ack { id, by, note, reply })
+            .send(Msg::Ack {
+                id,
+                by,
+                note,
+                reply,
+            })
             .await
             .map_err(|_| RulesError::Closed)?;
         rx.await.map_err(|_| RulesError::Closed)?

@@ -25,7 +25,9 @@ pub enum Sig {
     },
     Hold,
     /// Over, but an active alert waits `after` ms before it clears (0 = now).
-    Clear { after: u64 },
+    Clear {
+        after: u64,
+    },
 }
 
 /// One condition's signal.
@@ -126,13 +128,20 @@ fn network(c: &CabState, r: &RuleSet, now: Millis, out: &mut Vec<Signal>) {
     if r.replay_backlog.enabled {
         if let Some(p) = &c.replay {
             let rb = &r.replay_backlog;
-            let age = p.oldest.map(|o| p.connected_at.saturating_sub(o)).unwrap_or(0);
+            let age = p
+                .oldest
+                .map(|o| p.connected_at.saturating_sub(o))
+                .unwrap_or(0);
             if p.events > rb.events || age > rb.age_ms {
                 let detail = format!(
                     "replayed {} events after reconnecting, the oldest {} min old{}",
                     p.events,
                     mins(age),
-                    if p.done_at.is_some() { "" } else { " (still replaying)" }
+                    if p.done_at.is_some() {
+                        ""
+                    } else {
+                        " (still replaying)"
+                    }
                 );
                 match p.done_at {
                     Some(done) if now.saturating_sub(done) >= rb.hold_ms => {
@@ -157,7 +166,11 @@ fn network(c: &CabState, r: &RuleSet, now: Millis, out: &mut Vec<Signal>) {
             .or(c.home_network);
         if let (Some(home), Some((now_kind, since))) = (home, c.network) {
             if home != NetworkKind::Cellular as u8 && now_kind == NetworkKind::Cellular as u8 {
-                let name = if home == NetworkKind::Lan as u8 { "LAN" } else { "Wi-Fi" };
+                let name = if home == NetworkKind::Lan as u8 {
+                    "LAN"
+                } else {
+                    "Wi-Fi"
+                };
                 out.push(raise(
                     AlertKind::NetworkFailover,
                     "",

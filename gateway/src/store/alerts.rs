@@ -137,7 +137,10 @@ impl AlertStore for SledAlerts {
             let mut all = Vec::new();
             for kv in self.active.iter() {
                 let (k, _) = kv?;
-                if f.before.as_ref().is_some_and(|b| k.as_ref() >= b.as_bytes()) {
+                if f.before
+                    .as_ref()
+                    .is_some_and(|b| k.as_ref() >= b.as_bytes())
+                {
                     continue;
                 }
                 if let Some(v) = self.alerts.get(&k)? {
