@@ -413,6 +413,7 @@ mod tests {
     fn fault_flag_reads_as_battery_status_4_and_clears() {
         let c = ChargerSim::new(ChargerConfig {
             speed: 0.0,
+            start_hour: 3.0,
             ambient_c: -10.0,
             ..ChargerConfig::default()
         })
