@@ -19,7 +19,8 @@
 //!
 //! Door endpoints answer the door's new [`crate::lockboard::DoorState`]; the others the board
 //! state. Charger ([`charger_router`]): `GET /state` ([`ChargerSnapshot`]), `POST /time?hour=H`,
-//! `/speed?x=X`, `/cloud?pct=P`, `/load?w=W`, `/soc?pct=P`, `/unresponsive?on=B`, `/delay?ms=N`,
+//! `/speed?x=X`, `/cloud?pct=P`, `/load?w=W`, `/soc?pct=P`, `/fault?on=B` (battery status reads
+//! 4, fault), `/unresponsive?on=B`, `/delay?ms=N`,
 //! each answering the new snapshot. A bad lock index answers 404, an out-of-range value 400,
 //! both with `{"error": "..."}`.
 
@@ -261,6 +262,15 @@ pub fn charger_router(sim: ChargerSim) -> Router {
                 |State(s): State<ChargerSim>, Query(q): Query<PctQ>| async move {
                     s.set_soc(q.pct)?;
                     SnapResult::Ok(Json(s.snapshot()))
+                },
+            ),
+        )
+        .route(
+            "/fault",
+            post(
+                |State(s): State<ChargerSim>, Query(q): Query<On>| async move {
+                    s.set_fault(q.on);
+                    Json(s.snapshot())
                 },
             ),
         )

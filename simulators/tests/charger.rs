@@ -119,6 +119,22 @@ async fn night_and_empty_battery_show_in_status() {
 }
 
 #[tokio::test]
+async fn fault_flag_shows_in_battery_status_over_modbus() {
+    let c = charger(ChargerConfig {
+        speed: 0.0,
+        ..ChargerConfig::default()
+    });
+    let mut ctx = connect(&c.modbus_server(), Transport::Tcp, 1).await;
+    assert_eq!(read(&mut ctx).await.batt_status, 0, "normal");
+    c.set_fault(true);
+    let r = read(&mut ctx).await;
+    assert_eq!(r.batt_status & 0x0F, reg::BATT_FAULT, "{r:?}");
+    assert!(r.batt_v > 12.0, "the battery model runs on: {r:?}");
+    c.set_fault(false);
+    assert_eq!(read(&mut ctx).await.batt_status, 0, "cleared");
+}
+
+#[tokio::test]
 async fn soc_rises_by_day_and_falls_by_night() {
     let c = charger(ChargerConfig {
         capacity_wh: 100.0,

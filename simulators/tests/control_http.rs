@@ -114,6 +114,11 @@ async fn charger_control_changes_state() {
     assert_eq!(snap["cloudiness_pct"], 40.0);
     let (_, snap) = post(&http, format!("{base}/speed?x=60")).await;
     assert_eq!(snap["speed"], 60.0);
+    let (_, snap) = post(&http, format!("{base}/fault?on=true")).await;
+    assert_eq!(snap["fault"], true);
+    assert_eq!(snap["battery_status"].as_u64().unwrap() & 0x0F, 4);
+    let (_, snap) = post(&http, format!("{base}/fault?on=false")).await;
+    assert_eq!(snap["fault"], false);
     let (status, err) = post(&http, format!("{base}/cloud?pct=140")).await;
     assert_eq!(status, 400);
     assert!(err["error"].as_str().unwrap().contains("cloudiness"));

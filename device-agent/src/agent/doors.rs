@@ -10,6 +10,12 @@
 //! ForcedOpen and DoorLeftOpen alarms. A door open longer than `door_left_open_s`
 //! raises DoorLeftOpen.
 //!
+//! Power: PowerFail is the battery under `battery_min_mv` and nothing else (it keeps its state
+//! while the controller is silent). ChargerFault (no compartment, no board) is the charge
+//! controller itself: it stopped answering (`offline_after_failures` failed reads), or it
+//! answers with a fault in its battery status (0x3200 bits 3..0 == 4); it clears at the first
+//! good read without a fault, its detail saying which.
+//!
 //! The doors know commands only by id: what happens to a command's doors is handed back to the
 //! main loop as [`JobEvent`]s for the executor.
 
@@ -19,7 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use locker_schemas::{
-    AlarmKind, CommandId, CompartmentId, CompartmentInfo, Door, DoorCause, Power, UplinkBody,
+    AlarmKind, CommandId, CompartmentId, CompartmentInfo, Door, DoorCause, UplinkBody,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -31,6 +37,7 @@ use super::types::Counters;
 use super::uplink::Uplink;
 use crate::config::AgentConfig;
 use crate::creds::CredCache;
+use crate::hw::charger::Reading;
 use crate::hw::{IoEvent, IoRequest};
 use crate::storage::AlarmKey;
 
@@ -109,6 +116,11 @@ pub(super) struct Doors {
     power_save: bool,
     pulses: u64,
     access: access::LocalState,
+}
+
+/// The charge controller's alarm: not answering, or reporting a fault.
+fn charger_fault_key() -> AlarmKey {
+    alarm(AlarmKind::ChargerFault, None, None)
 }
 
 pub(super) fn door_left_open_key(c: CompartmentId) -> AlarmKey {
@@ -333,8 +345,7 @@ impl Doors {
             IoEvent::Power(p) => self.on_power(ctx, up, p).await,
             IoEvent::ChargerOffline { detail } => {
                 self.power.unreachable = true;
-                let key = alarm(AlarmKind::PowerFail, None, None);
-                up.set_alarm(ctx, key, true, detail).await;
+                up.set_alarm(ctx, charger_fault_key(), true, detail).await;
             }
         }
         jobs
@@ -500,18 +511,23 @@ impl Doors {
         }
     }
 
-    async fn on_power(&mut self, ctx: &Ctx, up: &mut Uplink, p: Power) {
+    /// A good charger read: telemetry (at a threshold crossing or when due), PowerFail from the
+    /// battery voltage, ChargerFault from the controller's fault flag (cleared by any good read
+    /// without one, which also ends a silence).
+    async fn on_power(&mut self, ctx: &Ctx, up: &mut Uplink, r: Reading) {
         let Some(cfg) = ctx.cfg().charger.clone() else {
             return;
         };
         let now = Instant::now();
+        let fault = r.fault();
+        let p = r.power;
         let crossed = crosses(&cfg.soc_thresholds, self.power.last_soc, p.soc_pct);
         let due = self
             .power
             .last_report
             .is_none_or(|t| now >= t + Duration::from_secs(cfg.interval_s));
         self.power.last_soc = Some(p.soc_pct);
-        self.power.unreachable = false;
+        let was_unreachable = std::mem::take(&mut self.power.unreachable);
         self.power.low = p.battery_mv < cfg.battery_min_mv;
         let (low, mv) = (self.power.low, p.battery_mv);
         if crossed || due {
@@ -525,6 +541,17 @@ impl Doors {
         };
         up.set_alarm(ctx, alarm(AlarmKind::PowerFail, None, None), low, detail)
             .await;
+        let detail = if fault {
+            format!(
+                "charge controller reports a fault (battery status 0x3200 = {:#06x})",
+                r.battery_status
+            )
+        } else if was_unreachable {
+            "charge controller answers again, no fault".to_string()
+        } else {
+            "charge controller reports no fault".to_string()
+        };
+        up.set_alarm(ctx, charger_fault_key(), fault, detail).await;
     }
 }
 

@@ -13,7 +13,7 @@ pub mod link;
 
 use std::time::Duration;
 
-use locker_schemas::{CompartmentId, Power};
+use locker_schemas::CompartmentId;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -63,8 +63,8 @@ pub enum IoEvent {
         token: u64,
         present: Vec<(CompartmentId, bool)>,
     },
-    /// A charge-controller reading.
-    Power(Power),
+    /// A good charge-controller read (telemetry and battery status).
+    Power(charger::Reading),
     /// The charge controller stopped answering.
     ChargerOffline { detail: String },
 }

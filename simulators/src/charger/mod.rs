@@ -159,6 +159,8 @@ pub struct ChargerSnapshot {
     pub chemistry: Chemistry,
     /// Charging stage.
     pub stage: ChargeStage,
+    /// Whether the controller reports a fault (set through [`ChargerSim::set_fault`]).
+    pub fault: bool,
     /// Register 0x3200.
     pub battery_status: u16,
     /// Register 0x3201.
@@ -288,6 +290,14 @@ impl ChargerSim {
         }
     }
 
+    /// Report a fault (`true`: battery status 0x3200 bits 3..0 read 4) or stop reporting it.
+    /// The controller keeps answering and the battery model keeps running.
+    pub fn set_fault(&self, on: bool) {
+        let mut m = self.model();
+        m.advance(Instant::now());
+        m.fault = on;
+    }
+
     /// Stop (`true`) or resume answering Modbus requests. Connections stay open.
     pub fn set_unresponsive(&self, on: bool) {
         self.inner.link.set_unresponsive(on);
@@ -307,7 +317,9 @@ impl ChargerSim {
         let f = m.flows(t, m.spike_w(now));
         let soc = m.soc();
         let load_v = if m.load_on { f.batt_v } else { 0.0 };
-        let mut battery_status = if !m.load_on {
+        let mut battery_status = if m.fault {
+            registers::reg::BATT_FAULT
+        } else if !m.load_on {
             registers::reg::BATT_LOW_VOLTAGE_DISCONNECT
         } else if soc < 0.1 {
             registers::reg::BATT_UNDER_VOLTAGE
@@ -346,6 +358,7 @@ impl ChargerSim {
             capacity_wh: m.params.capacity_wh,
             chemistry: m.params.chemistry,
             stage: f.stage,
+            fault: m.fault,
             battery_status,
             charging_status: (f.stage.code() << 2) | u16::from(running),
             discharging_status: u16::from(m.load_on),
@@ -389,5 +402,36 @@ impl ModbusDevice for ChargerSim {
         request: &tokio_modbus::Request<'_>,
     ) -> Result<tokio_modbus::Response, tokio_modbus::ExceptionCode> {
         registers::handle(|| self.snapshot(), request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_flag_reads_as_battery_status_4_and_clears() {
+        let c = ChargerSim::new(ChargerConfig {
+            speed: 0.0,
+            start_hour: 3.0,
+            ambient_c: -10.0,
+            ..ChargerConfig::default()
+        })
+        .expect("charger");
+        let s = c.snapshot();
+        assert_eq!(s.battery_status & 0x0F, 0, "normal");
+        assert!(!s.fault);
+        c.set_fault(true);
+        let s = c.snapshot();
+        assert!(s.fault);
+        assert_eq!(s.battery_status & 0x0F, registers::reg::BATT_FAULT);
+        assert_eq!(
+            s.battery_status & 0xF0,
+            registers::reg::BATT_LOW_TEMP,
+            "temperature bits still shown"
+        );
+        assert_eq!(registers::status_block(&s)[0], s.battery_status);
+        c.set_fault(false);
+        assert_eq!(c.snapshot().battery_status & 0x0F, 0);
     }
 }

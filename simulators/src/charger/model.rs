@@ -196,6 +196,8 @@ pub(crate) struct Model {
     pub cloud: f64,
     pub base_load_w: f64,
     pub load_on: bool,
+    /// The controller reports a fault (battery status 0x3200 bits 3..0 = 4); the physics run on.
+    pub fault: bool,
     last_sim: f64,
     spikes: Vec<Spike>,
 }
@@ -225,6 +227,7 @@ impl Model {
             cloud: cloud.clamp(0.0, 1.0),
             base_load_w: base_load_w.max(0.0),
             load_on: soc > LVD_SOC,
+            fault: false,
             last_sim,
             spikes: Vec::new(),
         }

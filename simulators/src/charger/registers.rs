@@ -19,7 +19,7 @@
 //! | 0x3112 | Heat sink temperature (= case) | degC x100, signed i16 |
 //! | 0x311A | Battery state of charge | % (0..=100) |
 //! | 0x311B | Remote battery temperature (= battery) | degC x100, signed i16 |
-//! | 0x3200 | Battery status: bits 3..0 0 normal, 1 over voltage, 2 under voltage, 3 low-voltage disconnect (load cut), 4 fault; bits 7..4 0 normal, 1 over temperature (> 45 degC), 2 low temperature (< 0 degC) | flags |
+//! | 0x3200 | Battery status: bits 3..0 0 normal, 1 over voltage, 2 under voltage, 3 low-voltage disconnect (load cut), 4 fault (while [`super::ChargerSim::set_fault`] is on; it wins over the voltage codes); bits 7..4 0 normal, 1 over temperature (> 45 degC), 2 low temperature (< 0 degC) | flags |
 //! | 0x3201 | Charging equipment status: bit 0 running (charging), bits 3..2 00 not charging, 01 float, 10 boost, 11 equalization | flags |
 //! | 0x3202 | Discharging equipment status: bit 0 load output on | flags |
 //!
@@ -56,6 +56,8 @@ pub mod reg {
     pub const CHARGING_STATUS: u16 = 0x3201;
     pub const DISCHARGING_STATUS: u16 = 0x3202;
 
+    /// Battery status (0x3200) bits 3..0: the controller reports a fault.
+    pub const BATT_FAULT: u16 = 4;
     /// Battery status (0x3200) bits 3..0: low-voltage disconnect, load cut.
     pub const BATT_LOW_VOLTAGE_DISCONNECT: u16 = 3;
     /// Battery status (0x3200) bits 3..0: under voltage.
