@@ -7,7 +7,7 @@
 //! 1. the edge stops accepting and closes every connection (the edge's own shutdown), and the
 //!    cabinets' last presence changes are handed on;
 //! 2. ingest commits what it has received and acknowledges it;
-//! 3. the actors (fleet, dispatcher, parcels) apply what ingest committed last, save their
+//! 3. the actors (fleet, dispatcher, parcels, rules) apply what ingest committed last, save their
 //!    state (the fleet's final snapshot; the dispatcher and the parcel domain persist every
 //!    change as they make it) and return;
 //! 4. the API finishes its in-flight requests; the broker link then closes (its last publisher
@@ -36,6 +36,7 @@ use crate::fleet::{Fleet, FleetHandle, PresenceChange};
 use crate::ingest::{retention, Ingest};
 use crate::metrics::{Metrics, MetricsError};
 use crate::parcels::{Parcels, ParcelsHandle};
+use crate::rules::{Rules, RulesClock, RulesConfigError, RulesHandle};
 use crate::store::{self, Store, StoreError};
 
 /// Why the gateway could not start.
@@ -56,6 +57,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     ApiTls(#[from] api::serve::ServeError),
+    #[error("rules: {0}")]
+    Rules(#[from] RulesConfigError),
 }
 
 /// The gateway's tasks by name, in the order they are stopped.
@@ -65,6 +68,7 @@ const PRESENCE: &str = "presence";
 const FLEET: &str = "fleet";
 const DISPATCHER: &str = "dispatcher";
 const PARCELS: &str = "parcels";
+const RULES: &str = "rules";
 const BROKER_LINK: &str = "broker link";
 const API: &str = "api";
 
@@ -101,6 +105,7 @@ pub struct Gateway {
     pub fleet: FleetHandle,
     pub commands: CommandsHandle,
     pub parcels: ParcelsHandle,
+    pub rules: RulesHandle,
     pub edge: EdgeHandle,
     store: Store,
     phases: Phases,
@@ -113,6 +118,7 @@ impl Gateway {
     /// Starts every component. Listening addresses may use port 0.
     pub async fn start(cfg: GatewayConfig) -> Result<Self, StartError> {
         let metrics = Metrics::new()?;
+        let compiled = cfg.rules.compile()?;
         let db_path = cfg.data_dir.join("gateway.sled");
         let store_err = |source| StartError::Store {
             path: db_path.display().to_string(),
@@ -166,12 +172,16 @@ impl Gateway {
             phases.actors.clone(),
             &tracker,
         );
+        let (rules, rules_inbox) = RulesHandle::channel();
+        // rules off: nothing feeds the engine (the API still lists the alert history)
+        let feed_rules = cfg.rules.enabled.then(|| rules.clone());
         let (commands, command_commits, dispatch_task) = Dispatcher::spawn(
             cfg.commands.clone(),
             store.clone(),
             publisher.clone(),
             metrics.commands.clone(),
             pending,
+            feed_rules.clone(),
             phases.actors.clone(),
             &tracker,
         );
@@ -180,6 +190,7 @@ impl Gateway {
             store.clone(),
             publisher.clone(),
             metrics.parcels.clone(),
+            feed_rules.clone(),
             phases.actors.clone(),
             &tracker,
         )
@@ -194,12 +205,37 @@ impl Gateway {
                 });
             }
         };
+        let rules_parts = crate::rules::Parts {
+            cfg: cfg.rules.clone(),
+            compiled,
+            store: Arc::new(store.alerts().clone()),
+            publisher: publisher.clone(),
+            commands: commands.clone(),
+            parcels: Some(parcels.clone()),
+            metrics: metrics.rules.clone(),
+            clock: RulesClock::System,
+        };
+        let (rules_commits, rules_task) =
+            match Rules::spawn(rules_parts, rules_inbox, phases.actors.clone(), &tracker).await {
+                Ok(x) => x,
+                Err(source) => {
+                    phases.root.cancel();
+                    return Err(StartError::Store {
+                        path: db_path.display().to_string(),
+                        source,
+                    });
+                }
+            };
+        let mut consumers = vec![command_commits, fleet_commits, parcel_commits];
+        if cfg.rules.enabled {
+            consumers.push(rules_commits);
+        }
         let ingest = Ingest::new(
             cfg.ingest.clone(),
             store.clone(),
             publisher,
             metrics.ingest.clone(),
-            vec![command_commits, fleet_commits, parcel_commits],
+            consumers,
         );
         let ingest_health = ingest.handle();
         // Only the actors and ingest publish from here on: when they have returned, the
@@ -221,6 +257,7 @@ impl Gateway {
             (FLEET, fleet_task),
             (DISPATCHER, dispatch_task),
             (PARCELS, parcels_task),
+            (RULES, rules_task),
             (BROKER_LINK, link_task),
         ]);
 
@@ -239,6 +276,7 @@ impl Gateway {
             fleet.clone(),
             commands.clone(),
             parcels.clone(),
+            feed_rules,
             phases.ingest.clone(),
         ));
         tasks.push((PRESENCE, presence_task));
@@ -284,6 +322,7 @@ impl Gateway {
             metrics: metrics.clone(),
             ingest: ingest_health,
             parcels: parcels.clone(),
+            rules: rules.clone(),
         });
         let api_limits = api::serve::Limits {
             max_connections: cfg.api.max_connections,
@@ -306,6 +345,7 @@ impl Gateway {
             fleet,
             commands,
             parcels,
+            rules,
             edge,
             store,
             phases,
@@ -342,7 +382,7 @@ impl Gateway {
         self.phases.ingest.cancel();
         self.wait(&[PRESENCE, INGEST, RETENTION], deadline).await;
         self.phases.actors.cancel();
-        self.wait(&[FLEET, DISPATCHER, PARCELS], deadline).await;
+        self.wait(&[FLEET, DISPATCHER, PARCELS, RULES], deadline).await;
         self.phases.api.cancel();
         self.wait(&[API], deadline).await;
         // the API's readiness check holds a publisher: the link ends after the API
@@ -405,15 +445,19 @@ async fn forward_presence(
     fleet: FleetHandle,
     commands: CommandsHandle,
     parcels: ParcelsHandle,
+    rules: Option<RulesHandle>,
     stop: CancellationToken,
 ) {
     let forward = |p: PresenceEvent| {
-        let (f, c, k) = (&fleet, &commands, &parcels);
+        let (f, c, k, r) = (&fleet, &commands, &parcels, &rules);
         async move {
             if !p.online {
                 c.offline(p.cabinet.clone()).await;
             }
             k.presence(p.cabinet.clone(), p.online).await;
+            if let Some(r) = r {
+                r.presence(p.cabinet.clone(), p.online, p.at).await;
+            }
             f.presence(PresenceChange {
                 cabinet: p.cabinet,
                 online: p.online,

@@ -41,6 +41,8 @@ pub struct GatewayConfig {
     pub api: ApiConfig,
     /// The parcel domain (pickup windows, reservations, codes).
     pub parcels: crate::parcels::ParcelsConfig,
+    /// The rules engine: rule kinds, thresholds, per-site overrides.
+    pub rules: crate::rules::RulesConfig,
     /// How long a shutdown may take, ms: the edge closes, ingest commits, the actors save,
     /// the API drains; whatever is still running then is aborted (and logged by name).
     pub shutdown_grace_ms: u64,
@@ -56,6 +58,7 @@ impl Default for GatewayConfig {
             commands: CommandsConfig::default(),
             api: ApiConfig::default(),
             parcels: crate::parcels::ParcelsConfig::default(),
+            rules: crate::rules::RulesConfig::default(),
             shutdown_grace_ms: 10_000,
         }
     }
@@ -172,6 +175,9 @@ impl GatewayConfig {
             spec.validate().map_err(ConfigError::Invalid)?;
         }
         self.parcels.validate().map_err(ConfigError::Invalid)?;
+        self.rules
+            .compile()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(())
     }
 

@@ -16,4 +16,5 @@ pub mod json;
 pub mod metrics;
 pub mod model;
 pub mod parcels;
+pub mod rules;
 pub mod store;

@@ -12,13 +12,13 @@ use prometheus::{
 #[error("metrics registration failed: {0}")]
 pub struct MetricsError(#[from] prometheus::Error);
 
-fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, MetricsError> {
+pub(crate) fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, MetricsError> {
     let c = IntCounter::new(name, help)?;
     r.register(Box::new(c.clone()))?;
     Ok(c)
 }
 
-fn counter_vec(
+pub(crate) fn counter_vec(
     r: &Registry,
     name: &str,
     help: &str,
@@ -29,13 +29,13 @@ fn counter_vec(
     Ok(c)
 }
 
-fn gauge(r: &Registry, name: &str, help: &str) -> Result<IntGauge, MetricsError> {
+pub(crate) fn gauge(r: &Registry, name: &str, help: &str) -> Result<IntGauge, MetricsError> {
     let g = IntGauge::new(name, help)?;
     r.register(Box::new(g.clone()))?;
     Ok(g)
 }
 
-fn histogram(
+pub(crate) fn histogram(
     r: &Registry,
     name: &str,
     help: &str,
@@ -119,6 +119,8 @@ pub struct CommandMetrics {
     pub late_results: IntCounter,
     /// Outcomes found in the audit log at start (stored, but not recorded before a stop).
     pub recovered: IntCounter,
+    /// Queue reports and outcomes the rules engine's full queue did not take.
+    pub notes_dropped: IntCounter,
     /// `locker_store_flushes_total{store}`: flushes of the database by store (the dispatcher
     /// counts `commands`, ingest counts `audit`).
     pub flushes: IntCounterVec,
@@ -183,6 +185,7 @@ pub struct Metrics {
     pub store: StoreMetrics,
     pub api: ApiMetrics,
     pub parcels: ParcelMetrics,
+    pub rules: crate::rules::metrics::RulesMetrics,
 }
 
 impl Metrics {
@@ -267,6 +270,11 @@ impl Metrics {
                 &r,
                 "locker_commands_recovered_total",
                 "Command outcomes found in the audit log at start",
+            )?,
+            notes_dropped: counter(
+                &r,
+                "locker_commands_notes_dropped_total",
+                "Queue reports and outcomes the rules engine's full queue did not take",
             )?,
             flushes,
         };
@@ -366,7 +374,9 @@ impl Metrics {
                 "Failed attempts to store the parcel state (retried)",
             )?,
         };
+        let rules = crate::rules::metrics::RulesMetrics::new(&r)?;
         Ok(Self {
+            rules,
             registry: r,
             ingest,
             commands,

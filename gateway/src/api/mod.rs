@@ -6,6 +6,7 @@
 //! the cabinet, command and quarantine routes are for operators. Errors are JSON
 //! `{"error": "<stable code>", "message": "..."}`.
 
+pub mod alerts;
 pub mod cabinets;
 mod health;
 mod orders;
@@ -82,6 +83,7 @@ pub struct ApiState {
     pub metrics: Metrics,
     pub ingest: crate::ingest::IngestHandle,
     pub parcels: crate::parcels::ParcelsHandle,
+    pub rules: crate::rules::RulesHandle,
 }
 
 /// An API error: a status and a JSON body.
@@ -194,6 +196,7 @@ pub fn router(st: ApiState) -> Router {
         .merge(operator)
         .merge(orders::routes())
         .merge(sites::routes())
+        .merge(alerts::routes())
         .layer(middleware::from_fn_with_state(st.clone(), auth));
     Router::new()
         .merge(v1)

@@ -68,6 +68,10 @@ pub(crate) struct State {
     pub batch: Batch,
     /// `gw/parcel` events to publish once the batch is durable.
     pub events: Vec<(CabinetId, ParcelEvent)>,
+    /// Parcel sensor conflicts for the rules engine, sent once the batch is durable.
+    pub sensor_notes: Vec<crate::rules::SensorNote>,
+    /// The rules engine, told of sensor conflicts.
+    pub rules: Option<crate::rules::RulesHandle>,
     pub metrics: ParcelMetrics,
 }
 
@@ -86,6 +90,7 @@ impl Parcels {
         store: Store,
         publisher: Publisher,
         metrics: ParcelMetrics,
+        rules: Option<crate::rules::RulesHandle>,
         cancel: CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<
@@ -99,6 +104,7 @@ impl Parcels {
         let st = store.clone();
         let loaded = store::blocking(move || st.parcels().load()).await?;
         let mut state = State::new(cfg, loaded, metrics);
+        state.rules = rules;
         if !state.initialized {
             // First start: what is already in the audit log happened before the parcel domain
             // existed; start every known cabinet's cursor at its end.
@@ -148,6 +154,8 @@ impl State {
             initialized: l.initialized,
             batch: Batch::default(),
             events: Vec::new(),
+            sensor_notes: Vec::new(),
+            rules: None,
             metrics,
         };
         for (id, slots) in l.cabinets {
@@ -399,6 +407,13 @@ async fn finish(st: &mut State, store: &Store, publisher: &Publisher, deferred: 
     }
     for d in deferred {
         d();
+    }
+    for n in std::mem::take(&mut st.sensor_notes) {
+        if let Some(r) = &st.rules {
+            if !r.sensor_note(n) {
+                st.metrics.unmatched.with_label_values(&["rules_queue_full"]).inc();
+            }
+        }
     }
     for (cab, ev) in std::mem::take(&mut st.events) {
         st.metrics

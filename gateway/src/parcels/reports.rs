@@ -117,6 +117,20 @@ impl State {
     /// Puts an exception on an order without changing its state.
     pub(crate) fn exception(&mut self, id: OrderId, e: Exception, why: &Why) {
         if let Some(mut o) = self.orders.get(&id).cloned() {
+            if matches!(
+                e,
+                Exception::ParcelStillPresent | Exception::PickupWithoutParcel
+            ) {
+                if let (Some(cabinet), Some(compartment)) = (o.cabinet.clone(), o.compartment) {
+                    self.sensor_notes.push(crate::rules::SensorNote {
+                        cabinet,
+                        compartment,
+                        order: id.to_string(),
+                        exception: e.as_str().to_string(),
+                        at: why.at,
+                    });
+                }
+            }
             o.exception = Some(e);
             o.updated_at = why.at;
             self.metrics
@@ -181,6 +195,13 @@ impl State {
         match last {
             Some(id) => self.exception(id, Exception::ParcelStillPresent, &why),
             None => {
+                self.sensor_notes.push(crate::rules::SensorNote {
+                    cabinet: cab.clone(),
+                    compartment: c,
+                    order: "none".into(),
+                    exception: "parcel_without_order".into(),
+                    at: now,
+                });
                 self.metrics.unmatched.with_label_values(&["parcel"]).inc();
                 tracing::warn!(cabinet = %cab, compartment = %c, "a parcel no order accounts for: compartment out of service");
             }

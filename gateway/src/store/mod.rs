@@ -8,10 +8,12 @@
 //! - `health`: `probe` -> the time of the last readiness probe (written and flushed);
 //! - `cabinets`: `cabinet` -> JSON [`CabinetSnapshot`];
 //! - `commands`, `queue`: the command log, behind [`commands::CommandStore`];
-//! - `parcel_*`: the parcel domain, behind [`parcels::ParcelStore`].
+//! - `parcel_*`: the parcel domain, behind [`parcels::ParcelStore`];
+//! - `rule_state`, `alerts`, `alerts_active`: the rules engine, behind [`alerts::AlertStore`].
 //!
 //! Every method here blocks (sled I/O); actors call them through `spawn_blocking`.
 
+pub mod alerts;
 pub mod commands;
 pub mod events;
 pub mod parcels;
@@ -49,6 +51,7 @@ pub struct Store {
     cabinets: sled::Tree,
     commands: CommandStore,
     parcels: parcels::SledParcels,
+    alerts: alerts::SledAlerts,
 }
 
 fn decode<T: DeserializeOwned>(tree: &'static str, v: &[u8]) -> Result<T, StoreError> {
@@ -87,6 +90,7 @@ impl Store {
             cabinets: db.open_tree("cabinets")?,
             commands: CommandStore::open(&db)?,
             parcels: parcels::SledParcels::open(&db)?,
+            alerts: alerts::SledAlerts::open(&db)?,
             db,
         })
     }
@@ -197,6 +201,11 @@ impl Store {
     /// Bytes on disk.
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// The rules engine's trees.
+    pub fn alerts(&self) -> &alerts::SledAlerts {
+        &self.alerts
     }
 
     /// Flushes everything (shutdown).

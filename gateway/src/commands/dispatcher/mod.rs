@@ -51,6 +51,10 @@ pub struct Dispatcher {
     creating: Vec<Creating>,
     /// New commands in the group commit being written.
     committing: Vec<Creating>,
+    /// Where the offline queue and outcomes are reported (the rules engine).
+    notes: Option<crate::rules::RulesHandle>,
+    /// When the queue was last reported.
+    queue_noted_at: Millis,
 }
 
 /// A new command on its way to disk, with who waits for it.
@@ -115,6 +119,7 @@ impl Dispatcher {
         publisher: Publisher,
         metrics: CommandMetrics,
         recovered: Recovered,
+        notes: Option<crate::rules::RulesHandle>,
         cancel: CancellationToken,
         tracker: &TaskTracker,
     ) -> (
@@ -136,6 +141,8 @@ impl Dispatcher {
             held: None,
             creating: Vec::new(),
             committing: Vec::new(),
+            notes,
+            queue_noted_at: 0,
         };
         for rec in &recovered.finished {
             d.count_outcome(rec);

@@ -3,6 +3,10 @@
 //! recording them (with or without a flush, see the parent module) before waking the waiters.
 
 use super::*;
+use crate::rules::DispatchNote;
+
+/// How often the offline queue is reported to the rules engine, ms.
+const QUEUE_NOTE_MS: u64 = 5_000;
 
 impl Dispatcher {
     pub(super) async fn on_committed(&mut self, events: &Committed) {
@@ -91,6 +95,7 @@ impl Dispatcher {
 
     pub(super) async fn on_tick(&mut self) {
         let now = now_millis();
+        self.note_queue(now);
         // never-sent commands expire wherever their cabinet is; sent ones with no answer
         // long enough end no_answer
         let mut expired = Vec::new();
@@ -125,10 +130,54 @@ impl Dispatcher {
         }
     }
 
+    /// Reports the commands waiting for cabinets that are not ready (offline) to the rules
+    /// engine, every [`QUEUE_NOTE_MS`].
+    fn note_queue(&mut self, now: Millis) {
+        let Some(notes) = &self.notes else {
+            return;
+        };
+        if now.saturating_sub(self.queue_noted_at) < QUEUE_NOTE_MS {
+            return;
+        }
+        self.queue_noted_at = now;
+        let mut waiting = Vec::new();
+        for (cab, ids) in &self.by_cabinet {
+            if self.ready.contains(cab) || ids.is_empty() {
+                continue;
+            }
+            let oldest = ids
+                .iter()
+                .filter_map(|id| self.pending.get(id))
+                .map(|r| r.issued_at)
+                .min()
+                .unwrap_or(now);
+            waiting.push((cab.clone(), ids.len(), oldest));
+        }
+        if !notes.dispatch_note(DispatchNote::Queue { at: now, waiting }) {
+            self.metrics.notes_dropped.inc();
+        }
+    }
+
     pub(super) fn count_outcome(&self, rec: &CommandRecord) {
         let Some(outcome) = rec.outcome else {
             return;
         };
+        if let (Some(notes), Outcome::Jammed | Outcome::NoAnswer) = (&self.notes, outcome) {
+            let compartment = match &rec.action {
+                crate::commands::ActionSpec::Unlock { compartment } => Some(*compartment),
+                _ => None,
+            };
+            let sent = notes.dispatch_note(DispatchNote::Outcome {
+                cabinet: rec.cabinet.clone(),
+                command: rec.id,
+                compartment,
+                outcome,
+                at: rec.finished_at.unwrap_or_else(now_millis),
+            });
+            if !sent {
+                self.metrics.notes_dropped.inc();
+            }
+        }
         self.metrics
             .outcomes
             .with_label_values(&[outcome.as_str()])

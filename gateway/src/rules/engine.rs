@@ -1,0 +1,684 @@
+//! The rules engine's state machine, without I/O: it takes what happened (committed events,
+//! presence, the dispatcher's and the parcel domain's notes, ticks, acknowledgements) with the
+//! time, updates each cabinet's [`CabState`], evaluates the rules ([`super::signals`]) and
+//! turns the signals into pending conditions and alerts ([`Effect`]s for the actor to store,
+//! publish and act on). Deterministic given its inputs, so the tests drive it with explicit
+//! times.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use locker_schemas::{
+    AlarmKind, CabinetId, CommandId, DoorCause, Millis, Outcome, SiteId, Uplink, UplinkBody,
+};
+
+use super::config::Compiled;
+use super::signals::{self, Sig, Signal};
+use super::state::{cond_key, CabState, Cond, DoorSeen, Fact, PowerSeen, Replay};
+use super::{ActionTaken, Alert, AlertKind, DispatchNote, RuleAction, SensorNote};
+
+/// An event recorded this long before the cabinet's connection counts as replayed, ms.
+const REPLAY_GRACE_MS: u64 = 5_000;
+
+/// What the engine decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Raised(Alert),
+    Cleared(Alert),
+    /// An acknowledgement (stored, not published).
+    Acked(Alert),
+    /// A command to create for an alert (recorded in the alert's `actions` first).
+    Action {
+        alert: String,
+        cabinet: CabinetId,
+        action: RuleAction,
+        command: CommandId,
+    },
+    /// A new condition refused: the cabinet holds `max_conditions_per_cabinet`.
+    Refused { cabinet: CabinetId },
+}
+
+/// The engine.
+pub struct Engine {
+    pub rules: Compiled,
+    pub max_conds: usize,
+    pub cabs: HashMap<CabinetId, CabState>,
+    /// Active alerts by id.
+    pub active: HashMap<String, Alert>,
+    /// Cabinets changed since the last [`Engine::take_dirty`].
+    dirty: HashSet<CabinetId>,
+    /// Cabinets whose conditions change with time alone.
+    timed: HashSet<CabinetId>,
+    /// Cabinets with an offline queue at the dispatcher's last report.
+    queued: HashSet<CabinetId>,
+    out: Vec<Effect>,
+}
+
+impl Engine {
+    /// An engine over stored state. Presence is unknown after a restart: cabinets stored as
+    /// online count as offline from `now` until the edge says otherwise (an offline cabinet
+    /// keeps its start time).
+    pub fn new(
+        rules: Compiled,
+        max_conds: usize,
+        cabs: HashMap<CabinetId, CabState>,
+        active: Vec<Alert>,
+        now: Millis,
+    ) -> Self {
+        let mut e = Self {
+            rules,
+            max_conds,
+            cabs,
+            active: active.into_iter().map(|a| (a.id.clone(), a)).collect(),
+            dirty: HashSet::new(),
+            timed: HashSet::new(),
+            queued: HashSet::new(),
+            out: Vec::new(),
+        };
+        for (id, c) in e.cabs.iter_mut() {
+            if c.online == Some(true) {
+                c.online = Some(false);
+                c.since = now;
+                e.dirty.insert(id.clone());
+            }
+            if c.queue.is_some() {
+                e.queued.insert(id.clone());
+            }
+        }
+        e.timed = e
+            .cabs
+            .iter()
+            .filter(|(_, c)| c.timed())
+            .map(|(id, _)| id.clone())
+            .collect();
+        e
+    }
+
+    /// The effects decided since the last call.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// The cabinets changed since the last call, with their state.
+    pub fn take_dirty(&mut self) -> Vec<(CabinetId, CabState)> {
+        let ids: Vec<CabinetId> = self.dirty.drain().collect();
+        ids.into_iter()
+            .filter_map(|id| self.cabs.get(&id).map(|c| (id, c.clone())))
+            .collect()
+    }
+
+    /// Places cabinets in sites (from the parcel domain).
+    pub fn set_sites(&mut self, sites: &HashMap<CabinetId, SiteId>, now: Millis) {
+        let ids: Vec<CabinetId> = self.cabs.keys().cloned().collect();
+        for id in ids {
+            let want = sites.get(&id).cloned();
+            if let Some(c) = self.cabs.get_mut(&id) {
+                if c.site != want {
+                    c.site = want;
+                    self.dirty.insert(id.clone());
+                    self.evaluate(&id, now);
+                }
+            }
+        }
+    }
+
+    fn cab(&mut self, id: &CabinetId) -> &mut CabState {
+        if !self.cabs.contains_key(id) {
+            self.cabs.insert(id.clone(), CabState::default());
+        }
+        self.dirty.insert(id.clone());
+        self.cabs.entry(id.clone()).or_default()
+    }
+
+    /// A presence change at the edge.
+    pub fn presence(&mut self, id: &CabinetId, online: bool, at: Millis, now: Millis) {
+        let r = self.rules.for_site(self.cabs.get(id).and_then(|c| c.site.as_ref()));
+        let cap = r.flapping.disconnects as usize;
+        let window = r.flapping.window_ms;
+        let c = self.cab(id);
+        if c.online == Some(online) {
+            return;
+        }
+        c.online = Some(online);
+        c.since = at.min(now);
+        if online {
+            c.replay = Some(Replay {
+                connected_at: c.since,
+                events: 0,
+                oldest: None,
+                done_at: None,
+            });
+        } else {
+            c.disconnects.push_back(c.since);
+            while c.disconnects.len() > cap
+                || c
+                    .disconnects
+                    .front()
+                    .is_some_and(|t| now.saturating_sub(*t) >= window)
+            {
+                c.disconnects.pop_front();
+            }
+        }
+        self.evaluate(id, now);
+    }
+
+    /// Events ingest committed.
+    pub fn uplinks(&mut self, events: &[Uplink], now: Millis) {
+        let mut touched: Vec<CabinetId> = Vec::new();
+        for u in events {
+            if touched.last() != Some(&u.cabinet) {
+                touched.push(u.cabinet.clone());
+            }
+            self.observe(u, now);
+        }
+        touched.sort();
+        touched.dedup();
+        for id in touched {
+            self.evaluate(&id, now);
+        }
+    }
+
+    fn observe(&mut self, u: &Uplink, now: Millis) {
+        let site = self.cabs.get(&u.cabinet).and_then(|c| c.site.clone());
+        let r = self.rules.for_site(site.as_ref()).clone();
+        let c = self.cab(&u.cabinet);
+        let ts = u.ts.min(now);
+        // the replay after a return: events recorded before the connection
+        if let Some(p) = c.replay.as_mut() {
+            if p.done_at.is_none() {
+                if u.ts.saturating_add(REPLAY_GRACE_MS) < p.connected_at {
+                    p.events += 1;
+                    p.oldest = Some(p.oldest.map_or(u.ts, |o| o.min(u.ts)));
+                } else {
+                    p.done_at = Some(now);
+                    if p.events == 0 {
+                        c.replay = None;
+                    }
+                }
+            }
+        }
+        // a clock ahead of the gateway's
+        if u.ts > now.saturating_add(r.clock_skew.max_skew_ms) {
+            c.skew = Some((u.ts as i64 - now as i64, now));
+        }
+        match &u.body {
+            UplinkBody::Hello(h) => {
+                let kind = h.network as u8;
+                if c.network.map(|(k, _)| k) != Some(kind) {
+                    c.network = Some((kind, ts));
+                }
+                if c.home_network.is_none() {
+                    c.home_network = Some(kind);
+                }
+                // a hello is stamped after its connection opened: stamped well before it,
+                // the clock is behind (judged only for a hello that arrives promptly)
+                if c.online == Some(true)
+                    && now.saturating_sub(c.since) <= r.clock_skew.hello_within_ms
+                {
+                    let skew = if u.ts < c.since {
+                        u.ts as i64 - c.since as i64
+                    } else if u.ts > now {
+                        u.ts as i64 - now as i64
+                    } else {
+                        0
+                    };
+                    c.skew = Some((skew, now));
+                }
+            }
+            UplinkBody::Network(n) => {
+                let kind = n.kind as u8;
+                if c.network.map(|(k, _)| k) != Some(kind) {
+                    c.network = Some((kind, ts));
+                }
+            }
+            UplinkBody::Door(d) => {
+                let comp = d.compartment.0;
+                if d.open {
+                    c.doors.insert(
+                        comp,
+                        DoorSeen {
+                            open: true,
+                            since: ts,
+                            forced: d.cause == DoorCause::Unknown,
+                        },
+                    );
+                } else {
+                    c.doors.remove(&comp);
+                    if d.parcel.is_some() {
+                        // a new sensor reading settles an earlier conflict
+                        let key = cond_key(AlertKind::ParcelSensor, &format!("compartment {comp}"));
+                        if c.facts.get(&key).is_some_and(|f| f.at < u.ts) {
+                            c.facts.remove(&key);
+                        }
+                    }
+                }
+            }
+            UplinkBody::Alarm(a) => {
+                let (kind, subject) = match a.kind {
+                    AlarmKind::LockBoardOffline => (
+                        AlertKind::BoardOffline,
+                        a.board.map(|b| format!("board {b}")).unwrap_or_default(),
+                    ),
+                    AlarmKind::OutboxNearlyFull => (AlertKind::OutboxFull, String::new()),
+                    AlarmKind::ChargerFault => (AlertKind::ChargerFault, String::new()),
+                    AlarmKind::PowerFail => (AlertKind::BatteryLow, "voltage".to_string()),
+                    AlarmKind::Tamper => (AlertKind::DoorForced, "tamper".to_string()),
+                    // the gateway judges doors from door events; the keypad is the parcel
+                    // domain's
+                    AlarmKind::ForcedOpen | AlarmKind::DoorLeftOpen | AlarmKind::KeypadLocked => {
+                        return
+                    }
+                };
+                let key = cond_key(kind, &subject);
+                if a.active {
+                    c.alarms.entry(key).or_insert(ts);
+                } else {
+                    c.alarms.remove(&key);
+                }
+            }
+            UplinkBody::Power(p) => {
+                let seen = PowerSeen {
+                    ts: u.ts,
+                    soc_pct: p.soc_pct.min(100),
+                    battery_mv: p.battery_mv,
+                    pv_w: p.pv_w,
+                    load_w: p.load_w,
+                    charging: p.charging as u8,
+                };
+                if let Some(prev) = c.power {
+                    c.energy.add(r.solar_deficit.window_ms, &prev, u.ts);
+                }
+                if c.power.is_none_or(|prev| prev.ts <= u.ts) {
+                    c.power = Some(seen);
+                }
+            }
+            UplinkBody::Scan(_) | UplinkBody::Result(_) | UplinkBody::Access(_) => {}
+        }
+    }
+
+    /// A note from the dispatcher.
+    pub fn dispatch(&mut self, n: DispatchNote, now: Millis) {
+        match n {
+            DispatchNote::Queue { waiting, .. } => {
+                let mut seen = HashSet::new();
+                for (id, depth, oldest) in waiting {
+                    seen.insert(id.clone());
+                    let c = self.cab(&id);
+                    if c.queue != Some((depth, oldest)) {
+                        c.queue = Some((depth, oldest));
+                    }
+                    self.queued.insert(id.clone());
+                    self.evaluate(&id, now);
+                }
+                let gone: Vec<CabinetId> = self
+                    .queued
+                    .iter()
+                    .filter(|id| !seen.contains(*id))
+                    .cloned()
+                    .collect();
+                for id in gone {
+                    self.queued.remove(&id);
+                    self.cab(&id).queue = None;
+                    self.evaluate(&id, now);
+                }
+            }
+            DispatchNote::Outcome {
+                cabinet,
+                command,
+                compartment,
+                outcome,
+                at,
+            } => {
+                let site = self.cabs.get(&cabinet).and_then(|c| c.site.clone());
+                let r = self.rules.for_site(site.as_ref()).clone();
+                let c = self.cab(&cabinet);
+                match outcome {
+                    Outcome::Jammed => {
+                        let Some(comp) = compartment else {
+                            return;
+                        };
+                        let q = c.jams.entry(comp.0).or_insert_with(VecDeque::new);
+                        q.push_back(at.min(now));
+                        while q.len() > r.lock_jammed.jams as usize {
+                            q.pop_front();
+                        }
+                    }
+                    Outcome::NoAnswer => {
+                        let key =
+                            cond_key(AlertKind::CommandNoOutcome, &format!("command {command}"));
+                        c.facts.insert(
+                            key,
+                            Fact {
+                                at: at.min(now),
+                                detail: format!(
+                                    "command {command} ended without an outcome: the cabinet never answered (whether it ran is unknown)"
+                                ),
+                                compartment: compartment.map(|c| c.0),
+                            },
+                        );
+                    }
+                    _ => return,
+                }
+                self.evaluate(&cabinet, now);
+            }
+        }
+    }
+
+    /// A sensor conflict from the parcel domain.
+    pub fn sensor(&mut self, n: SensorNote, now: Millis) {
+        let comp = n.compartment.0;
+        let c = self.cab(&n.cabinet);
+        c.facts.insert(
+            cond_key(AlertKind::ParcelSensor, &format!("compartment {comp}")),
+            Fact {
+                at: n.at.min(now),
+                detail: format!(
+                    "compartment {comp}: {} (order {})",
+                    n.exception.replace('_', " "),
+                    n.order
+                ),
+                compartment: Some(comp),
+            },
+        );
+        self.evaluate(&n.cabinet, now);
+    }
+
+    /// Time passed: evaluates the cabinets whose conditions depend on it.
+    pub fn tick(&mut self, now: Millis) {
+        let ids: Vec<CabinetId> = self.timed.iter().cloned().collect();
+        for id in ids {
+            self.prune(&id, now);
+            self.evaluate(&id, now);
+        }
+    }
+
+    /// Drops what fell out of its window or expired.
+    fn prune(&mut self, id: &CabinetId, now: Millis) {
+        let site = self.cabs.get(id).and_then(|c| c.site.clone());
+        let r = self.rules.for_site(site.as_ref()).clone();
+        let Some(c) = self.cabs.get_mut(id) else {
+            return;
+        };
+        let mut changed = false;
+        let before = c.disconnects.len();
+        c.disconnects
+            .retain(|t| now.saturating_sub(*t) < r.flapping.window_ms);
+        changed |= before != c.disconnects.len();
+        for q in c.jams.values_mut() {
+            let n = q.len();
+            q.retain(|t| now.saturating_sub(*t) < r.lock_jammed.window_ms);
+            changed |= n != q.len();
+        }
+        c.jams.retain(|_, q| !q.is_empty());
+        let n = c.facts.len();
+        c.facts.retain(|k, f| {
+            let keep = if k.starts_with(AlertKind::ParcelSensor.as_str()) {
+                r.parcel_sensor.clear_after_ms
+            } else {
+                r.command_no_outcome.clear_after_ms
+            };
+            now.saturating_sub(f.at) < keep
+        });
+        changed |= n != c.facts.len();
+        if let Some(p) = &c.replay {
+            if p.done_at.is_some_and(|d| now.saturating_sub(d) >= r.replay_backlog.hold_ms) {
+                c.replay = None;
+                changed = true;
+            }
+        }
+        if changed {
+            self.dirty.insert(id.clone());
+        }
+    }
+
+    /// Acknowledges an active alert; a one-shot alert clears with it. `None` if not active.
+    pub fn ack(&mut self, id: &str, by: &str, note: Option<String>, now: Millis) -> Option<Alert> {
+        let a = self.active.get_mut(id)?;
+        if a.acked_at.is_none() {
+            a.acked_by = Some(by.to_string());
+            a.acked_at = Some(now);
+            a.ack_note = note;
+        }
+        let a = a.clone();
+        self.out.push(Effect::Acked(a.clone()));
+        if a.kind.is_one_shot() {
+            let key = cond_key(a.kind, &a.subject);
+            if let Some(c) = self.cabs.get_mut(&a.cabinet) {
+                c.facts.remove(&key);
+            }
+            self.dirty.insert(a.cabinet.clone());
+            let cab = a.cabinet.clone();
+            self.evaluate(&cab, now);
+        }
+        Some(self.active.get(id).cloned().unwrap_or(a))
+    }
+
+    /// Evaluates one cabinet's rules and reconciles its conditions.
+    pub fn evaluate(&mut self, id: &CabinetId, now: Millis) {
+        let Some(c) = self.cabs.get(id) else {
+            return;
+        };
+        let rules = self.rules.for_site(c.site.as_ref()).clone();
+        let sigs = signals::evaluate(c, &rules, now);
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut changed = false;
+        for s in sigs {
+            let key = cond_key(s.kind, &s.subject);
+            seen.insert(key.clone());
+            changed |= self.apply(id, key, s, &rules, now);
+        }
+        // conditions with no signal are over
+        let over: Vec<(String, AlertKind, String)> = self
+            .cabs
+            .get(id)
+            .map(|c| {
+                c.conds
+                    .iter()
+                    .filter(|(k, _)| !seen.contains(*k))
+                    .map(|(k, v)| (k.clone(), v.kind, v.subject.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (key, kind, subject) in over {
+            let s = Signal {
+                kind,
+                subject,
+                sig: Sig::Clear { after: 0 },
+            };
+            changed |= self.apply(id, key, s, &rules, now);
+        }
+        if changed {
+            self.dirty.insert(id.clone());
+        }
+        if self.cabs.get(id).is_some_and(|c| c.timed()) {
+            self.timed.insert(id.clone());
+        } else {
+            self.timed.remove(id);
+        }
+    }
+
+    /// Applies one signal to its condition; true if the cabinet's state changed.
+    fn apply(
+        &mut self,
+        id: &CabinetId,
+        key: String,
+        s: Signal,
+        rules: &super::config::RuleSet,
+        now: Millis,
+    ) -> bool {
+        let max = self.max_conds;
+        let Some(c) = self.cabs.get_mut(id) else {
+            return false;
+        };
+        match s.sig {
+            Sig::Raise {
+                since,
+                wait,
+                detail,
+                value,
+            } => {
+                if !c.conds.contains_key(&key) {
+                    if c.conds.len() >= max {
+                        self.out.push(Effect::Refused {
+                            cabinet: id.clone(),
+                        });
+                        return false;
+                    }
+                    c.conds.insert(
+                        key.clone(),
+                        Cond {
+                            kind: s.kind,
+                            subject: s.subject.clone(),
+                            pending_since: None,
+                            clear_since: None,
+                            alert: None,
+                        },
+                    );
+                }
+                let Some(cond) = c.conds.get_mut(&key) else {
+                    return false;
+                };
+                let mut changed = false;
+                if cond.clear_since.take().is_some() {
+                    changed = true;
+                }
+                if let Some(aid) = &cond.alert {
+                    if let Some(a) = self.active.get_mut(aid) {
+                        a.detail = detail;
+                        a.value = value;
+                    }
+                    return changed;
+                }
+                let started = match cond.pending_since {
+                    Some(p) => p,
+                    None => {
+                        let p = since.min(now);
+                        cond.pending_since = Some(p);
+                        changed = true;
+                        p
+                    }
+                };
+                if now >= started.saturating_add(wait) {
+                    let alert_id = format!("ALR-{}", ulid::Ulid::new());
+                    cond.alert = Some(alert_id.clone());
+                    let mut a = Alert {
+                        id: alert_id.clone(),
+                        cabinet: id.clone(),
+                        site: c.site.clone(),
+                        kind: s.kind,
+                        subject: s.subject,
+                        severity: severity(rules, s.kind),
+                        started,
+                        raised_at: now,
+                        cleared_at: None,
+                        clear_reason: None,
+                        detail,
+                        value,
+                        acked_by: None,
+                        acked_at: None,
+                        ack_note: None,
+                        actions: Vec::new(),
+                    };
+                    if s.kind == AlertKind::BatteryLow
+                        && a.subject.is_empty()
+                        && rules.battery_low.power_save
+                    {
+                        self.action(&mut a, RuleAction::PowerSave, now);
+                    }
+                    self.active.insert(alert_id, a.clone());
+                    self.out.push(Effect::Raised(a));
+                    changed = true;
+                }
+                changed
+            }
+            Sig::Hold => match c.conds.get_mut(&key) {
+                Some(cond) if cond.alert.is_some() => cond.clear_since.take().is_some(),
+                Some(_) => {
+                    c.conds.remove(&key);
+                    true
+                }
+                None => false,
+            },
+            Sig::Clear { after } => {
+                let Some(cond) = c.conds.get_mut(&key) else {
+                    return false;
+                };
+                let Some(aid) = cond.alert.clone() else {
+                    c.conds.remove(&key);
+                    return true;
+                };
+                let cs = *cond.clear_since.get_or_insert(now);
+                if now < cs.saturating_add(after) {
+                    return true;
+                }
+                c.conds.remove(&key);
+                if let Some(mut a) = self.active.remove(&aid) {
+                    a.cleared_at = Some(now);
+                    a.clear_reason = Some(if a.kind.is_one_shot() && a.acked_at.is_some() {
+                        "acknowledged".into()
+                    } else if a.kind.is_one_shot() {
+                        "settled or expired".into()
+                    } else {
+                        "condition ended".into()
+                    });
+                    if a.kind == AlertKind::BatteryLow
+                        && a.subject.is_empty()
+                        && a.actions.iter().any(|x| x.action == RuleAction::PowerSave)
+                    {
+                        self.action(&mut a, RuleAction::PowerNormal, now);
+                    }
+                    if a.kind == AlertKind::Offline
+                        && rules.offline.sync_credentials_after_ms > 0
+                        && now.saturating_sub(a.started) >= rules.offline.sync_credentials_after_ms
+                    {
+                        self.action(&mut a, RuleAction::SyncCredentials, now);
+                    }
+                    self.out.push(Effect::Cleared(a));
+                }
+                true
+            }
+        }
+    }
+
+    /// Records an action in the alert (at most once per action) and asks for its command.
+    fn action(&mut self, a: &mut Alert, action: RuleAction, now: Millis) {
+        if a.actions.iter().any(|x| x.action == action) {
+            return;
+        }
+        let command = CommandId::generate();
+        a.actions.push(ActionTaken {
+            action,
+            command,
+            at: now,
+        });
+        self.out.push(Effect::Action {
+            alert: a.id.clone(),
+            cabinet: a.cabinet.clone(),
+            action,
+            command,
+        });
+    }
+}
+
+/// The severity the rules give a kind.
+pub fn severity(r: &super::config::RuleSet, k: AlertKind) -> super::Severity {
+    match k {
+        AlertKind::Offline => r.offline.severity,
+        AlertKind::Flapping => r.flapping.severity,
+        AlertKind::ReplayBacklog => r.replay_backlog.severity,
+        AlertKind::NetworkFailover => r.network_failover.severity,
+        AlertKind::BatteryLow => r.battery_low.severity,
+        AlertKind::SolarDeficit => r.solar_deficit.severity,
+        AlertKind::ChargerFault => r.charger_fault.severity,
+        AlertKind::OnBattery => r.on_battery.severity,
+        AlertKind::DoorLeftOpen => r.door_left_open.severity,
+        AlertKind::DoorForced => r.door_forced.severity,
+        AlertKind::LockJammed => r.lock_jammed.severity,
+        AlertKind::ParcelSensor => r.parcel_sensor.severity,
+        AlertKind::QueueWaiting => r.queue_waiting.severity,
+        AlertKind::QueueDeep => r.queue_deep.severity,
+        AlertKind::CommandNoOutcome => r.command_no_outcome.severity,
+        AlertKind::BoardOffline => r.board_offline.severity,
+        AlertKind::OutboxFull => r.outbox_full.severity,
+        AlertKind::ClockSkew => r.clock_skew.severity,
+    }
+}

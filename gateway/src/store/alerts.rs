@@ -1,0 +1,188 @@
+//! The rules engine's durable state, behind [`AlertStore`] (sled here; JetStream in cluster
+//! mode later): each cabinet's rule state (pending conditions with their start times, windows,
+//! the last readings) and every alert, active and cleared (the alert history, which is also
+//! the alerts' audit trail: raise, acknowledgement, clear and actions with who and when).
+//!
+//! Trees (values are JSON): `rule_state` (by cabinet), `alerts` (by id: `ALR-<ulid>`, so in
+//! time order), `alerts_active` (id -> empty: the active set, so a start reads only those).
+//!
+//! Blocking; the rules actor calls it through `spawn_blocking`, one flush per batch.
+
+use std::collections::HashMap;
+
+use locker_schemas::{CabinetId, Millis};
+
+use super::{decode, encode, StoreError};
+use crate::rules::state::CabState;
+use crate::rules::{Alert, AlertFilter};
+
+/// What the rules actor starts from.
+#[derive(Debug, Default)]
+pub struct LoadedRules {
+    pub cabinets: HashMap<CabinetId, CabState>,
+    pub active: Vec<Alert>,
+}
+
+/// The rules engine's storage.
+pub trait AlertStore: Send + Sync + 'static {
+    /// Everything the engine needs at start.
+    fn load(&self) -> Result<LoadedRules, StoreError>;
+    /// Writes cabinet states and alerts (new, changed, cleared) and makes them durable.
+    fn commit(&self, states: &[(CabinetId, CabState)], alerts: &[Alert]) -> Result<(), StoreError>;
+    /// One alert.
+    fn get(&self, id: &str) -> Result<Option<Alert>, StoreError>;
+    /// Alerts matching `f`, newest first.
+    fn list(&self, f: &AlertFilter) -> Result<Vec<Alert>, StoreError>;
+    /// Deletes cleared alerts that cleared before `before`; returns how many.
+    fn prune(&self, before: Millis) -> Result<usize, StoreError>;
+}
+
+/// [`AlertStore`] on the gateway's sled database.
+#[derive(Clone)]
+pub struct SledAlerts {
+    db: sled::Db,
+    state: sled::Tree,
+    alerts: sled::Tree,
+    active: sled::Tree,
+}
+
+impl SledAlerts {
+    /// Opens the trees.
+    pub fn open(db: &sled::Db) -> Result<Self, StoreError> {
+        Ok(Self {
+            db: db.clone(),
+            state: db.open_tree("rule_state")?,
+            alerts: db.open_tree("alerts")?,
+            active: db.open_tree("alerts_active")?,
+        })
+    }
+}
+
+/// Whether an alert matches a filter (not the paging).
+pub fn matches(a: &Alert, f: &AlertFilter) -> bool {
+    f.active.is_none_or(|want| a.is_active() == want)
+        && f.cabinet.as_ref().is_none_or(|c| &a.cabinet == c)
+        && f.site.as_ref().is_none_or(|s| a.site.as_ref() == Some(s))
+        && f.sites_in
+            .as_ref()
+            .is_none_or(|set| a.site.as_ref().is_some_and(|s| set.contains(s)))
+        && f.kind.is_none_or(|k| a.kind == k)
+        && f.severity.is_none_or(|s| a.severity == s)
+}
+
+impl AlertStore for SledAlerts {
+    fn load(&self) -> Result<LoadedRules, StoreError> {
+        let mut out = LoadedRules::default();
+        for kv in self.state.iter() {
+            let (k, v) = kv?;
+            let id = CabinetId::new(String::from_utf8_lossy(&k).into_owned()).map_err(|e| {
+                StoreError::Corrupt {
+                    tree: "rule_state",
+                    detail: e.to_string(),
+                }
+            })?;
+            out.cabinets.insert(id, decode("rule_state", &v)?);
+        }
+        for kv in self.active.iter() {
+            let (k, _) = kv?;
+            if let Some(v) = self.alerts.get(&k)? {
+                let a: Alert = decode("alerts", &v)?;
+                if a.is_active() {
+                    out.active.push(a);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn commit(&self, states: &[(CabinetId, CabState)], alerts: &[Alert]) -> Result<(), StoreError> {
+        let mut s = sled::Batch::default();
+        for (id, st) in states {
+            s.insert(id.as_str().as_bytes(), encode(st)?);
+        }
+        let mut a = sled::Batch::default();
+        let mut act = sled::Batch::default();
+        for al in alerts {
+            a.insert(al.id.as_bytes(), encode(al)?);
+            if al.is_active() {
+                act.insert(al.id.as_bytes(), &[] as &[u8]);
+            } else {
+                act.remove(al.id.as_bytes());
+            }
+        }
+        // alerts first: a state that names an alert always finds it after a crash
+        self.alerts.apply_batch(a)?;
+        self.active.apply_batch(act)?;
+        self.state.apply_batch(s)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn get(&self, id: &str) -> Result<Option<Alert>, StoreError> {
+        self.alerts
+            .get(id.as_bytes())?
+            .map(|v| decode("alerts", &v))
+            .transpose()
+    }
+
+    fn list(&self, f: &AlertFilter) -> Result<Vec<Alert>, StoreError> {
+        let limit = f.limit.clamp(1, 1_000);
+        let mut out = Vec::new();
+        let iter = match &f.before {
+            Some(b) => self.alerts.range(..b.as_bytes().to_vec()),
+            None => self.alerts.range::<Vec<u8>, _>(..),
+        };
+        if f.active == Some(true) {
+            // the active set is small: read it rather than the history
+            let mut all = Vec::new();
+            for kv in self.active.iter() {
+                let (k, _) = kv?;
+                if f.before.as_ref().is_some_and(|b| k.as_ref() >= b.as_bytes()) {
+                    continue;
+                }
+                if let Some(v) = self.alerts.get(&k)? {
+                    let a: Alert = decode("alerts", &v)?;
+                    if matches(&a, f) {
+                        all.push(a);
+                    }
+                }
+            }
+            all.sort_by(|a, b| b.id.cmp(&a.id));
+            all.truncate(limit);
+            return Ok(all);
+        }
+        for kv in iter.rev() {
+            let (_, v) = kv?;
+            let a: Alert = decode("alerts", &v)?;
+            if matches(&a, f) {
+                out.push(a);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn prune(&self, before: Millis) -> Result<usize, StoreError> {
+        let mut b = sled::Batch::default();
+        let mut n = 0;
+        for kv in self.alerts.iter() {
+            let (k, v) = kv?;
+            let a: Alert = decode("alerts", &v)?;
+            // ids are time-ordered: past the cut-off nothing older remains
+            if a.raised_at >= before {
+                break;
+            }
+            if a.cleared_at.is_some_and(|c| c < before) {
+                b.remove(k);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.alerts.apply_batch(b)?;
+            self.db.flush()?;
+        }
+        Ok(n)
+    }
+}
