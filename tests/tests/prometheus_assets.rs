@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use locker_gateway::config::GatewayConfig;
 use locker_tests::gateway::TestGateway;
 use locker_tests::pki::TestPki;
 use serde_json::Value;
@@ -180,23 +179,6 @@ fn exposed_families(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Turns on `[rules] per_cabinet_metrics` (the dashboard's per-cabinet panels read those
-/// families). Written through the config's TOML form because the key arrives with the rules
-/// engine: a gateway without it ignores the key, and the per-cabinet names are then reported
-/// missing below.
-fn per_cabinet_metrics_on(cfg: &mut GatewayConfig) {
-    let mut v = toml::Value::try_from(&*cfg).expect("config as TOML");
-    let table = v.as_table_mut().expect("config is a table");
-    let rules = table
-        .entry("rules")
-        .or_insert_with(|| toml::Value::Table(Default::default()));
-    rules
-        .as_table_mut()
-        .expect("[rules] is a table")
-        .insert("per_cabinet_metrics".into(), toml::Value::Boolean(true));
-    *cfg = v.try_into().expect("config from TOML");
-}
-
 #[test]
 fn grafana_dashboard_is_one_grafana_imports() {
     let d = dashboard();
@@ -261,12 +243,19 @@ fn grafana_dashboard_is_one_grafana_imports() {
         let title = p["title"].as_str().expect("panel title").to_owned();
         let id = p["id"].as_i64().unwrap_or_else(|| panic!("{title}: id"));
         assert!(ids.insert(id), "{title}: panel id {id} is not unique");
-        let kind = p["type"].as_str().unwrap_or_else(|| panic!("{title}: type"));
+        let kind = p["type"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{title}: type"));
         assert!(TYPES.contains(&kind), "{title}: unknown panel type {kind}");
         let g = &p["gridPos"];
-        let [h, w, x, y] = ["h", "w", "x", "y"]
-            .map(|k| g[k].as_i64().unwrap_or_else(|| panic!("{title}: gridPos.{k}")));
-        assert!(h >= 1 && (1..=24).contains(&w) && x >= 0 && x + w <= 24 && y >= 0, "{title}: gridPos {g}");
+        let [h, w, x, y] = ["h", "w", "x", "y"].map(|k| {
+            g[k].as_i64()
+                .unwrap_or_else(|| panic!("{title}: gridPos.{k}"))
+        });
+        assert!(
+            h >= 1 && (1..=24).contains(&w) && x >= 0 && x + w <= 24 && y >= 0,
+            "{title}: gridPos {g}"
+        );
         for (bx, by, bw, bh, other) in &boxes {
             let overlap = x < bx + bw && *bx < x + w && y < by + bh && *by < y + h;
             assert!(!overlap, "{title} overlaps {other}");
@@ -276,18 +265,37 @@ fn grafana_dashboard_is_one_grafana_imports() {
             rows.push(title);
             continue;
         }
-        assert_eq!(p["datasource"]["type"], "prometheus", "{title}: datasource type");
-        assert_eq!(p["datasource"]["uid"], ds_ref.as_str(), "{title}: datasource");
-        let targets = p["targets"].as_array().unwrap_or_else(|| panic!("{title}: targets"));
+        assert_eq!(
+            p["datasource"]["type"], "prometheus",
+            "{title}: datasource type"
+        );
+        assert_eq!(
+            p["datasource"]["uid"],
+            ds_ref.as_str(),
+            "{title}: datasource"
+        );
+        let targets = p["targets"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{title}: targets"));
         assert!(!targets.is_empty(), "{title}: no query");
         let mut refs = BTreeSet::new();
         for t in targets {
-            let r = t["refId"].as_str().unwrap_or_else(|| panic!("{title}: refId"));
+            let r = t["refId"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{title}: refId"));
             assert!(refs.insert(r), "{title}: refId {r} twice");
-            let expr = t["expr"].as_str().unwrap_or_else(|| panic!("{title}: expr"));
-            assert!(!metric_names(expr).is_empty(), "{title}: {expr} reads no metric");
+            let expr = t["expr"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{title}: expr"));
+            assert!(
+                !metric_names(expr).is_empty(),
+                "{title}: {expr} reads no metric"
+            );
             if !t["datasource"].is_null() {
-                assert_eq!(t["datasource"], p["datasource"], "{title}: target datasource");
+                assert_eq!(
+                    t["datasource"], p["datasource"],
+                    "{title}: target datasource"
+                );
             }
             // Every variable a query uses is declared (or one of Grafana's own).
             for var in expr.split('$').skip(1) {
@@ -303,7 +311,10 @@ fn grafana_dashboard_is_one_grafana_imports() {
         }
     }
     for want in ["Fleet", "Alerts", "Power", "Queues", "Ingest", "Parcels"] {
-        assert!(rows.iter().any(|r| r == want), "row {want} missing: {rows:?}");
+        assert!(
+            rows.iter().any(|r| r == want),
+            "row {want} missing: {rows:?}"
+        );
     }
 }
 
@@ -339,12 +350,18 @@ fn alert_rules_are_complete_and_each_has_a_firing_unit_test() {
         assert_eq!(group, "locker-hub", "{a}: group");
         assert!(r.for_.is_some(), "{a}: no `for:`");
         assert!(
-            matches!(r.labels.get("severity").map(String::as_str), Some("critical" | "warning")),
+            matches!(
+                r.labels.get("severity").map(String::as_str),
+                Some("critical" | "warning")
+            ),
             "{a}: severity"
         );
         assert!(!r.expr.trim().is_empty(), "{a}: expr");
         for k in ["summary", "description"] {
-            assert!(r.annotations.get(k).is_some_and(|s| !s.is_empty()), "{a}: {k}");
+            assert!(
+                r.annotations.get(k).is_some_and(|s| !s.is_empty()),
+                "{a}: {k}"
+            );
         }
         assert!(
             r.annotations["description"].contains("{{ $value")
@@ -376,7 +393,10 @@ fn alert_rules_are_complete_and_each_has_a_firing_unit_test() {
         for case in t["alert_rule_test"].as_vec().into_iter().flatten() {
             let name = case["alertname"].as_str().expect("alertname").to_owned();
             for exp in case["exp_alerts"].as_vec().into_iter().flatten() {
-                let sev = exp["exp_labels"]["severity"].as_str().unwrap_or("").to_owned();
+                let sev = exp["exp_labels"]["severity"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned();
                 assert!(
                     !exp["exp_annotations"]["description"].is_badvalue(),
                     "{name}: a firing case checks the annotations"
@@ -397,19 +417,27 @@ async fn every_metric_the_assets_read_is_exported_by_the_gateway() {
     let mut used: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (_, r) in alert_rules() {
         for m in metric_names(&r.expr) {
-            used.entry(m).or_default().insert(format!("alert {}", r.alert));
+            used.entry(m)
+                .or_default()
+                .insert(format!("alert {}", r.alert));
         }
     }
     let d = dashboard();
     for (title, expr) in dashboard_exprs(&d) {
         for m in metric_names(&expr) {
-            used.entry(m).or_default().insert(format!("panel {title:?}"));
+            used.entry(m)
+                .or_default()
+                .insert(format!("panel {title:?}"));
         }
     }
-    assert!(used.len() > 20, "the assets read the fleet's metrics: {used:?}");
+    assert!(
+        used.len() > 20,
+        "the assets read the fleet's metrics: {used:?}"
+    );
 
     let pki = TestPki::new();
-    let gw = TestGateway::start_with(&pki, per_cabinet_metrics_on).await;
+    // The dashboard's per-cabinet panels read the families behind `[rules] per_cabinet_metrics`.
+    let gw = TestGateway::start_with(&pki, |cfg| cfg.rules.per_cabinet_metrics = true).await;
     // What a scrape shows (over the wire), and for labelled families with no series yet (left
     // out of the exposition by the prometheus crate), the gateway's registry itself.
     let exposed = exposed_families(&gw.api.metrics().await);
@@ -437,7 +465,10 @@ async fn every_metric_the_assets_read_is_exported_by_the_gateway() {
             without_series.push(family.to_owned());
             continue;
         }
-        missing.push(format!("{name} (used by {})", wherever.iter().cloned().collect::<Vec<_>>().join(", ")));
+        missing.push(format!(
+            "{name} (used by {})",
+            wherever.iter().cloned().collect::<Vec<_>>().join(", ")
+        ));
     }
     println!("registered, no series before traffic: {without_series:?}");
     assert!(
