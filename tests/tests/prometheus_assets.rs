@@ -134,6 +134,47 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     names
 }
 
+/// The series selectors an expression reads through `increase(`: metric name and the label
+/// values it requires (`name{a="x"}[15m]` gives `name`, `[(a, x)]`).
+fn increase_selectors(expr: &str) -> Vec<(String, Vec<(String, String)>)> {
+    let mut out = Vec::new();
+    for part in expr.split("increase(").skip(1) {
+        let Some(selector) = part.split('[').next() else {
+            continue;
+        };
+        let (name, labels) = match selector.split_once('{') {
+            Some((n, l)) => (n.trim(), l.trim_end().trim_end_matches('}')),
+            None => (selector.trim(), ""),
+        };
+        let labels = labels
+            .split(',')
+            .filter_map(|m| {
+                let (k, v) = m.split_once('=')?;
+                // Equality matchers only (`=~` and `!=` select no one series).
+                let v = v.strip_prefix('"')?.strip_suffix('"')?;
+                (!k.ends_with('!')).then(|| (k.trim().to_owned(), v.to_owned()))
+            })
+            .collect();
+        out.push((name.to_owned(), labels));
+    }
+    out
+}
+
+/// Whether a Prometheus text exposition has a sample of `name` carrying every one of `labels`.
+fn has_series(text: &str, name: &str, labels: &[(String, String)]) -> bool {
+    text.lines().filter(|l| !l.starts_with('#')).any(|l| {
+        let Some(rest) = l.strip_prefix(name) else {
+            return false;
+        };
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            return false;
+        }
+        labels
+            .iter()
+            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+    })
+}
+
 /// Metrics Prometheus makes itself for every target (not the gateway's to export).
 const PROMETHEUS_SERIES: &[&str] = &["up"];
 
@@ -476,6 +517,31 @@ async fn every_metric_the_assets_read_is_exported_by_the_gateway() {
         "the gateway does not export {} metric(s) the alert rules or the dashboard read:\n  {}",
         missing.len(),
         missing.join("\n  ")
+    );
+    gw.stop().await;
+}
+
+/// A counter series that appears for the first time at 1 shows no `increase()` (Prometheus has
+/// no earlier sample to compare with), so an alert on `increase(...) > 0` would miss the first
+/// event after every gateway start. Every series an alert rule reads through `increase()` must
+/// therefore exist, at 0, as soon as the gateway starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_the_alerts_watch_exist_at_zero_from_the_start() {
+    let pki = TestPki::new();
+    let gw = TestGateway::start(&pki).await;
+    let text = gw.api.metrics().await;
+    let mut absent = Vec::new();
+    for (_, r) in alert_rules() {
+        for (name, labels) in increase_selectors(&r.expr) {
+            if !has_series(&text, &name, &labels) {
+                absent.push(format!("{name}{labels:?} (alert {})", r.alert));
+            }
+        }
+    }
+    assert!(
+        absent.is_empty(),
+        "series the alerts' increase() reads are missing before their first event:\n  {}",
+        absent.join("\n  ")
     );
     gw.stop().await;
 }
