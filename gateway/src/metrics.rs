@@ -278,6 +278,11 @@ impl Metrics {
             )?,
             flushes,
         };
+        // Every outcome's series exists from the start, at 0: a counter series that appears at
+        // 1 shows no `increase()`, so alerts would miss the first `no_answer` after a start.
+        for o in locker_schemas::Outcome::ALL {
+            commands.outcomes.with_label_values(&[o.as_str()]);
+        }
         let store = StoreMetrics {
             size_bytes: gauge(
                 &r,
