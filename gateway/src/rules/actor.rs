@@ -322,11 +322,11 @@ impl Rules {
     async fn on_tick(&mut self) {
         let now = self.p.clock.now();
         self.ticks += 1;
-        if self.ticks % SITES_EVERY == 0 {
+        if self.ticks.is_multiple_of(SITES_EVERY) {
             self.refresh_sites().await;
         }
         self.engine.tick(now);
-        if self.ticks % 3_600 == 0 {
+        if self.ticks.is_multiple_of(3_600) {
             let keep = u64::from(self.p.cfg.history_keep_days) * 86_400_000;
             let st = self.p.store.clone();
             let before = now.saturating_sub(keep);

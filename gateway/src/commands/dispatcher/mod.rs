@@ -113,6 +113,7 @@ fn check_acceptable(rec: &CommandRecord) -> Result<(), CommandError> {
 impl Dispatcher {
     /// Starts the dispatcher with what [`super::recover`] found at start. Returns its handle
     /// and the sender ingest uses to pass on stored events (hellos and results).
+    #[allow(clippy::too_many_arguments)]
     pub fn spawn(
         cfg: CommandsConfig,
         store: Store,
