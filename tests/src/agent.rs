@@ -120,6 +120,30 @@ impl TestCabinet {
         self.config.storage.path = self.dir.path().join(format!("db-wiped-{n}"));
     }
 
+    /// Gives the cabinet a simulated charge controller over real Modbus TCP (read every
+    /// second, reported every second) and restarts its agent with it; returns the charger.
+    pub async fn add_charger(&mut self, initial_soc_pct: f64) -> locker_sim::ChargerSim {
+        let charger = locker_sim::ChargerSim::new(locker_sim::ChargerConfig {
+            initial_soc_pct,
+            ..Default::default()
+        })
+        .expect("charger");
+        let (addr, _task) = charger
+            .serve_tcp("127.0.0.1:0".parse::<SocketAddr>().expect("addr"))
+            .await
+            .expect("serve charger");
+        self.stop().await;
+        self.config.charger = Some(locker_agent::config::ChargerConfig {
+            address: addr.to_string(),
+            unit: 1,
+            poll_s: 1,
+            interval_s: 1,
+            ..Default::default()
+        });
+        self.boot().await;
+        charger
+    }
+
     /// Points the agent at another gateway address (takes effect on the next boot).
     pub fn set_edge(&mut self, edge: SocketAddr) {
         self.config.mqtt.host = edge.ip().to_string();

@@ -417,6 +417,11 @@ impl Rules {
                         .raised
                         .with_label_values(&[a.kind.as_str(), a.severity.as_str()])
                         .inc();
+                    self.p
+                        .metrics
+                        .active
+                        .with_label_values(&[a.kind.as_str(), a.severity.as_str()])
+                        .inc();
                     tracing::info!(cabinet = %a.cabinet, kind = %a.kind, subject = %a.subject, id = %a.id, "alert raised: {}", a.detail);
                     self.publish(&a).await;
                 }
@@ -426,6 +431,11 @@ impl Rules {
                         .cleared
                         .with_label_values(&[a.kind.as_str()])
                         .inc();
+                    self.p
+                        .metrics
+                        .active
+                        .with_label_values(&[a.kind.as_str(), a.severity.as_str()])
+                        .dec();
                     tracing::info!(cabinet = %a.cabinet, kind = %a.kind, subject = %a.subject, id = %a.id, "alert cleared");
                     self.publish(&a).await;
                 }
@@ -510,14 +520,22 @@ impl Rules {
         });
     }
 
-    /// Fleet-level gauges (and per-cabinet ones when configured).
+    /// Fleet-level gauges (and per-cabinet ones when configured). The active alerts are
+    /// counted up and down as they are raised and cleared, and recounted here.
     fn gauges(&self) {
         let m = &self.p.metrics;
-        m.reset_active();
+        let mut active: HashMap<(&str, &str), i64> = HashMap::new();
         for a in self.engine.active.values() {
-            m.active
-                .with_label_values(&[a.kind.as_str(), a.severity.as_str()])
-                .inc();
+            *active
+                .entry((a.kind.as_str(), a.severity.as_str()))
+                .or_default() += 1;
+        }
+        for k in super::AlertKind::ALL {
+            for s in super::Severity::ALL {
+                m.active
+                    .with_label_values(&[k.as_str(), s.as_str()])
+                    .set(active.get(&(k.as_str(), s.as_str())).copied().unwrap_or(0));
+            }
         }
         let mut power: HashMap<&'static str, i64> = HashMap::new();
         let mut backlog = 0u64;
