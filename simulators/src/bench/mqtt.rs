@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use locker_schemas::{
-    codec, CabinetId, DownKind, DownlinkBody, Filter, ScanSource, Topic, UpKind, Uplink, UplinkBody,
+    codec, CabinetId, DownKind, DownlinkBody, Filter, ScanSource, Topic, Uplink, UplinkBody,
 };
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use rustls::pki_types::ServerName;
@@ -84,9 +84,47 @@ pub struct PublishStats {
     pub pubacks: AtomicU64,
 }
 
-/// Publishes `n` Scan events of `cabinet` (seq 1..=n, boot `boot`) at QoS 1 to the broker at
-/// `addr`. With `end_to_end`, completes when the gateway acknowledged seq n (resending from the
-/// last ack when acks stall); otherwise when n PUBACKs arrived.
+/// What a benchmark publisher sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mix {
+    /// Barcode scans only (the rules engine has nothing to judge in them).
+    Scan,
+    /// What a busy cabinet sends: door opens and closes, power telemetry with a falling state
+    /// of charge (low-battery alerts and power-save actions happen), and scans, so every rule
+    /// that reads events runs.
+    Mixed,
+}
+
+/// The body of event `seq` in a mix.
+pub fn body(mix: Mix, seq: u64) -> UplinkBody {
+    let scan = || {
+        UplinkBody::Scan(locker_schemas::Scan {
+            source: ScanSource::Barcode,
+            value: format!("PKG{seq:010}"),
+        })
+    };
+    match (mix, seq % 4) {
+        (Mix::Scan, _) | (Mix::Mixed, 0) => scan(),
+        (Mix::Mixed, 1 | 2) => UplinkBody::Door(locker_schemas::Door {
+            compartment: locker_schemas::CompartmentId(((seq / 4) % 16 + 1) as u16),
+            open: seq % 4 == 1,
+            cause: locker_schemas::DoorCause::LocalAccess,
+            parcel: (seq % 4 == 2).then_some(false),
+        }),
+        _ => UplinkBody::Power(locker_schemas::Power {
+            battery_mv: 12_800,
+            soc_pct: (100 - (seq / 40) % 100) as u8,
+            pv_w: (seq % 60) as u32,
+            load_w: 12,
+            charging: locker_schemas::ChargeState::Float,
+            temp_dc: 215,
+        }),
+    }
+}
+
+/// Publishes `n` events of `cabinet` (seq 1..=n, boot `boot`; scans, or the [`Mix`]) at QoS 1
+/// to the broker at `addr`. With `end_to_end`, completes when the gateway acknowledged seq n
+/// (resending from the last ack when acks stall); otherwise when n PUBACKs arrived.
 #[allow(clippy::too_many_arguments)]
 pub async fn publisher(
     addr: SocketAddr,
@@ -96,6 +134,7 @@ pub async fn publisher(
     boot: u32,
     n: u64,
     end_to_end: bool,
+    mix: Mix,
     stats: Arc<PublishStats>,
 ) -> Result<(), BenchError> {
     let mut o = MqttOptions::new(cabinet.as_str(), host, addr.port());
@@ -105,22 +144,23 @@ pub async fn publisher(
     o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
     let (client, mut el) = AsyncClient::new(o, 2_048);
     // Encoded once: the payloads are the same bytes against both brokers.
-    let topic = Topic::Up(cabinet.clone(), UpKind::Scan).to_string();
-    let payloads: Vec<Vec<u8>> = (1..=n)
+    let (topics, payloads): (Vec<String>, Vec<Vec<u8>>) = (1..=n)
         .map(|seq| {
+            let body = body(mix, seq);
+            let topic = Topic::Up(cabinet.clone(), body.kind()).to_string();
             codec::encode_uplink(&Uplink {
                 cabinet: cabinet.clone(),
                 boot,
                 seq,
                 ts: locker_schemas::now_millis(),
-                body: UplinkBody::Scan(locker_schemas::Scan {
-                    source: ScanSource::Barcode,
-                    value: format!("PKG{seq:010}"),
-                }),
+                body,
             })
+            .map(|p| (topic, p))
             .map_err(|e| BenchError::Codec(e.to_string()))
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .unzip();
     let ack_topic = Topic::Down(cabinet.clone(), DownKind::Ack).to_string();
     let _ = Filter::cabinet_downlinks(&cabinet);
     let (conn_tx, mut conn_rx) = tokio::sync::watch::channel(0u64);
@@ -189,7 +229,7 @@ pub async fn publisher(
         if next <= n && next <= limit {
             let i = usize::try_from(next - 1).unwrap_or(0);
             client
-                .publish(topic.clone(), QoS::AtLeastOnce, false, payloads[i].clone())
+                .publish(topics[i].clone(), QoS::AtLeastOnce, false, payloads[i].clone())
                 .await
                 .map_err(|e| BenchError::Mqtt(e.to_string()))?;
             stats.published.fetch_add(1, Ordering::Relaxed);

@@ -96,6 +96,13 @@ pub enum Bench {
         /// Events per publisher.
         #[arg(long, default_value_t = 20_000)]
         messages: u64,
+        /// What is sent: scans only, or a cabinet's mix of doors, power and scans.
+        #[arg(long, value_enum, default_value_t = locker_sim::bench::mqtt::Mix::Scan)]
+        mix: locker_sim::bench::mqtt::Mix,
+        /// Run the gateway with its rules engine on, off, or both one after the other (the
+        /// rules engine's cost on the uplink path).
+        #[arg(long, value_enum, default_value_t = RulesRun::On)]
+        rules: RulesRun,
     },
     /// Order creation through the API (carrier tokens, single and batch) on a site map of light
     /// cabinets, then on the full site: orders/s, latency of `POST /v1/orders`, gateway CPU.
@@ -103,6 +110,14 @@ pub enum Bench {
     /// Code-to-door latency at an offline cabinet: a real agent, a simulated lock board (in
     /// memory and over Modbus TCP), a credential set of pickup codes and courier badges.
     Code(locker_sim::bench::code::CodeArgs),
+}
+
+/// Which gateway runs `bench uplink` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RulesRun {
+    On,
+    Off,
+    Both,
 }
 
 /// Runs a benchmark.
@@ -130,7 +145,9 @@ pub async fn run(b: Bench) -> anyhow::Result<()> {
             common,
             publishers,
             messages,
-        } => uplink(&common, publishers, messages).await,
+            mix,
+            rules,
+        } => uplink(&common, publishers, messages, mix, rules).await,
         Bench::Orders(a) => Ok(locker_sim::bench::orders::run(&a).await.map(drop)?),
         Bench::Code(a) => Ok(locker_sim::bench::code::run(&a).await.map(drop)?),
     }
@@ -623,54 +640,39 @@ async fn unlock(
     Ok(())
 }
 
-async fn uplink(c: &Common, publishers: usize, messages: u64) -> anyhow::Result<()> {
+async fn uplink(
+    c: &Common,
+    publishers: usize,
+    messages: u64,
+    mix: locker_sim::bench::mqtt::Mix,
+    rules: RulesRun,
+) -> anyhow::Result<()> {
     let (pki, clients) = client_configs(c, "UPL-", publishers).await?;
-    // A few publishers each far above a cabinet's rate: the per-cabinet uplink limit is off
-    // for this raw-throughput measurement.
-    let gw = fresh_gateway(c, "gw-uplink", &pki, |cfg| cfg.edge.uplink_rate_per_s = 0).await?;
-    let api = Api::new(gw.api, TOKEN);
-    let before = api
-        .metrics()
-        .await
-        .map(|m| metric_sum(&m, "locker_ingest_events_total"))
-        .unwrap_or(0.0);
-    let total = publishers as u64 * messages;
-    let cpu = CpuSpan::start(gw.pid());
-    let g = run_publishers(gw.edge, &clients, messages, true).await?;
-    let cpu = cpu.stop(gw.pid());
-    let m = api.metrics().await.unwrap_or_default();
-    let stored = metric_sum(&m, "locker_ingest_events_total") - before;
-    let mut last_ok = 0;
-    for (id, _) in &clients {
-        if let Ok(v) = api.cabinet(id).await {
-            if v["last_seq"].as_u64() == Some(messages) {
-                last_ok += 1;
-            }
-        }
+    let runs: &[bool] = match rules {
+        RulesRun::On => &[true],
+        RulesRun::Off => &[false],
+        RulesRun::Both => &[false, true],
+    };
+    let mut rates = Vec::new();
+    for &rules_on in runs {
+        rates.push(uplink_gateway(c, &pki, &clients, messages, mix, rules_on).await?);
     }
-    let g_rate = total as f64 / g.0.as_secs_f64().max(1e-9);
-    println!(
-        "gateway uplink (durable, acknowledged after the sled group commit): {total} events from {publishers} mTLS publishers in {:.2} s = {g_rate:.0} events/s; stored (metric) {stored:.0}; cabinets with last_seq = {messages}: {last_ok}/{publishers}; publishes incl. resends {}, rewinds {}",
-        g.0.as_secs_f64(),
-        g.1,
-        g.2
-    );
-    println!(
-        "  gateway: duplicates dropped {:.0}, gaps dropped {:.0}, mean batch {:.1} events",
-        metric_sum(&m, "locker_ingest_duplicates_total"),
-        metric_sum(&m, "locker_ingest_gaps_total"),
-        metric_sum(&m, "locker_ingest_batch_events_sum")
-            / metric_sum(&m, "locker_ingest_batch_events_count").max(1.0)
-    );
-    println!("  uplink phase {cpu}");
-    gw.stop().await;
+    if let [off, on] = rates[..] {
+        println!(
+            "rules engine on/off: {on:.0} / {off:.0} events/s = {:.3} ({:+.1}%)",
+            on / off.max(1e-9),
+            (on / off.max(1e-9) - 1.0) * 100.0
+        );
+    }
+    let g_rate = rates.last().copied().unwrap_or(0.0);
+    let total = publishers as u64 * messages;
     if c.no_mosquitto {
         return Ok(());
     }
     let paths = locker_broker_config::pki::PkiPaths::new(&pki);
     let mq = Mosquitto::start(&c.state.join("mosquitto"), &paths).await?;
     let cpu = CpuSpan::start(None);
-    let r = run_publishers(mq.addr, &clients, messages, false).await?;
+    let r = run_publishers(mq.addr, &clients, messages, false, mix).await?;
     println!("  uplink phase {}", cpu.stop(None));
     let m_rate = total as f64 / r.0.as_secs_f64().max(1e-9);
     println!(
@@ -682,11 +684,73 @@ async fn uplink(c: &Common, publishers: usize, messages: u64) -> anyhow::Result<
     Ok(())
 }
 
+/// One gateway run of `bench uplink`; returns its rate (events/s).
+async fn uplink_gateway(
+    c: &Common,
+    pki: &Path,
+    clients: &[(String, Arc<rustls::ClientConfig>)],
+    messages: u64,
+    mix: locker_sim::bench::mqtt::Mix,
+    rules_on: bool,
+) -> anyhow::Result<f64> {
+    let publishers = clients.len();
+    // A few publishers each far above a cabinet's rate: the per-cabinet uplink limit is off
+    // for this raw-throughput measurement.
+    let name = if rules_on { "gw-uplink" } else { "gw-uplink-norules" };
+    let gw = fresh_gateway(c, name, pki, |cfg| {
+        cfg.edge.uplink_rate_per_s = 0;
+        cfg.rules.enabled = rules_on;
+    })
+    .await?;
+    let api = Api::new(gw.api, TOKEN);
+    let before = api
+        .metrics()
+        .await
+        .map(|m| metric_sum(&m, "locker_ingest_events_total"))
+        .unwrap_or(0.0);
+    let total = publishers as u64 * messages;
+    let cpu = CpuSpan::start(gw.pid());
+    let g = run_publishers(gw.edge, clients, messages, true, mix).await?;
+    let cpu = cpu.stop(gw.pid());
+    let m = api.metrics().await.unwrap_or_default();
+    let stored = metric_sum(&m, "locker_ingest_events_total") - before;
+    let mut last_ok = 0;
+    for (id, _) in clients {
+        if let Ok(v) = api.cabinet(id).await {
+            if v["last_seq"].as_u64() == Some(messages) {
+                last_ok += 1;
+            }
+        }
+    }
+    let g_rate = total as f64 / g.0.as_secs_f64().max(1e-9);
+    println!(
+        "gateway uplink, rules engine {} ({mix:?} events; durable, acknowledged after the sled group commit): {total} events from {publishers} mTLS publishers in {:.2} s = {g_rate:.0} events/s; stored (metric) {stored:.0}; cabinets with last_seq = {messages}: {last_ok}/{publishers}; publishes incl. resends {}, rewinds {}",
+        if rules_on { "on" } else { "off" },
+        g.0.as_secs_f64(),
+        g.1,
+        g.2
+    );
+    println!(
+        "  gateway: duplicates dropped {:.0}, gaps dropped {:.0}, mean batch {:.1} events; rules: events evaluated {:.0}, alerts raised {:.0}, actions {:.0}",
+        metric_sum(&m, "locker_ingest_duplicates_total"),
+        metric_sum(&m, "locker_ingest_gaps_total"),
+        metric_sum(&m, "locker_ingest_batch_events_sum")
+            / metric_sum(&m, "locker_ingest_batch_events_count").max(1.0),
+        metric_sum(&m, "locker_rules_events_total"),
+        metric_sum(&m, "locker_alerts_raised_total"),
+        metric_sum(&m, "locker_rule_actions_total"),
+    );
+    println!("  uplink phase {cpu}");
+    gw.stop().await;
+    Ok(g_rate)
+}
+
 async fn run_publishers(
     addr: std::net::SocketAddr,
     clients: &[(String, Arc<rustls::ClientConfig>)],
     messages: u64,
     end_to_end: bool,
+    mix: locker_sim::bench::mqtt::Mix,
 ) -> anyhow::Result<(Duration, u64, u64)> {
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -697,7 +761,7 @@ async fn run_publishers(
         let cab = locker_schemas::CabinetId::new(id.clone())?;
         let cfg = cfg.clone();
         tasks.spawn(async move {
-            publisher(addr, "127.0.0.1", cfg, cab, 1, messages, end_to_end, st).await
+            publisher(addr, "127.0.0.1", cfg, cab, 1, messages, end_to_end, mix, st).await
         });
     }
     while let Some(r) = tasks.join_next().await {
