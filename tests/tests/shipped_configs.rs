@@ -103,7 +103,7 @@ fn shipped_rules_are_the_built_in_defaults() {
     let cfg = GatewayConfig::load(Some(&f)).expect("gateway.toml loads");
     let compiled = cfg.rules.compile().expect("rules compile");
     assert_eq!(
-        compiled.fleet,
+        *compiled.fleet,
         locker_gateway::rules::config::RuleSet::default()
     );
     for kind in [

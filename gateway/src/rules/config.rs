@@ -8,6 +8,7 @@
 //! how to fix it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use locker_schemas::{NetworkKind, SiteId};
 use serde::{Deserialize, Serialize};
@@ -413,13 +414,13 @@ impl Default for RuleSet {
 /// The rules in force: the fleet's and each overriding site's.
 #[derive(Debug, Clone)]
 pub struct Compiled {
-    pub fleet: RuleSet,
-    pub sites: HashMap<SiteId, RuleSet>,
+    pub fleet: Arc<RuleSet>,
+    pub sites: HashMap<SiteId, Arc<RuleSet>>,
 }
 
 impl Compiled {
     /// The rules of a cabinet at `site` (the fleet's where the site has no overrides).
-    pub fn for_site(&self, site: Option<&SiteId>) -> &RuleSet {
+    pub fn for_site(&self, site: Option<&SiteId>) -> &Arc<RuleSet> {
         site.and_then(|s| self.sites.get(s)).unwrap_or(&self.fleet)
     }
 }
@@ -500,9 +501,12 @@ impl RulesConfig {
             merge(&mut v, over);
             let set = parse(&prefix, v)?;
             check(&set, &prefix)?;
-            sites.insert(id, set);
+            sites.insert(id, Arc::new(set));
         }
-        Ok(Compiled { fleet, sites })
+        Ok(Compiled {
+            fleet: Arc::new(fleet),
+            sites,
+        })
     }
 }
 

@@ -18,6 +18,12 @@ use super::{ActionTaken, Alert, AlertKind, DispatchNote, RuleAction, SensorNote}
 
 /// An event recorded this long before the cabinet's connection counts as replayed, ms.
 const REPLAY_GRACE_MS: u64 = 5_000;
+/// Open doors remembered per cabinet at most (a cabinet reporting doors it does not have
+/// cannot grow the state without bound).
+const MAX_OPEN_DOORS: usize = 512;
+/// One-shot facts (commands without an outcome, sensor conflicts) per cabinet at most; the
+/// oldest goes first.
+const MAX_FACTS: usize = 64;
 
 /// What the engine decided.
 #[derive(Debug, Clone, PartialEq)]
@@ -235,7 +241,7 @@ impl Engine {
             }
             UplinkBody::Door(d) => {
                 let comp = d.compartment.0;
-                if d.open {
+                if d.open && (c.doors.len() < MAX_OPEN_DOORS || c.doors.contains_key(&comp)) {
                     c.doors.insert(
                         comp,
                         DoorSeen {
@@ -348,6 +354,7 @@ impl Engine {
                     Outcome::NoAnswer => {
                         let key =
                             cond_key(AlertKind::CommandNoOutcome, &format!("command {command}"));
+                        cap_facts(&mut c.facts);
                         c.facts.insert(
                             key,
                             Fact {
@@ -370,6 +377,7 @@ impl Engine {
     pub fn sensor(&mut self, n: SensorNote, now: Millis) {
         let comp = n.compartment.0;
         let c = self.cab(&n.cabinet);
+        cap_facts(&mut c.facts);
         c.facts.insert(
             cond_key(AlertKind::ParcelSensor, &format!("compartment {comp}")),
             Fact {
@@ -661,6 +669,20 @@ impl Engine {
             action,
             command,
         });
+    }
+}
+
+/// Makes room for one more fact: drops the oldest beyond [`MAX_FACTS`].
+fn cap_facts(facts: &mut std::collections::BTreeMap<String, Fact>) {
+    while facts.len() >= MAX_FACTS {
+        let Some(oldest) = facts
+            .iter()
+            .min_by_key(|(_, f)| f.at)
+            .map(|(k, _)| k.clone())
+        else {
+            return;
+        };
+        facts.remove(&oldest);
     }
 }
 

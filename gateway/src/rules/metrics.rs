@@ -30,7 +30,6 @@ pub struct RulesMetrics {
     pub events: IntCounter,
     pub storage_errors: IntCounter,
     pub refused: IntCounter,
-    pub notes_dropped: IntCounterVec,
     pub by_power: IntGaugeVec,
     pub queue_oldest: IntGauge,
     pub backlog: IntGauge,
@@ -89,12 +88,6 @@ impl RulesMetrics {
                 r,
                 "locker_rules_refused_total",
                 "New conditions refused because the cabinet holds rules.max_conditions_per_cabinet",
-            )?,
-            notes_dropped: counter_vec(
-                r,
-                "locker_rules_notes_dropped_total",
-                "Notes to the rules engine dropped because its queue was full, by source",
-                &["source"],
             )?,
             by_power: gauge_vec(
                 r,

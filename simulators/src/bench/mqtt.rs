@@ -229,7 +229,12 @@ pub async fn publisher(
         if next <= n && next <= limit {
             let i = usize::try_from(next - 1).unwrap_or(0);
             client
-                .publish(topics[i].clone(), QoS::AtLeastOnce, false, payloads[i].clone())
+                .publish(
+                    topics[i].clone(),
+                    QoS::AtLeastOnce,
+                    false,
+                    payloads[i].clone(),
+                )
                 .await
                 .map_err(|e| BenchError::Mqtt(e.to_string()))?;
             stats.published.fetch_add(1, Ordering::Relaxed);

@@ -696,7 +696,11 @@ async fn uplink_gateway(
     let publishers = clients.len();
     // A few publishers each far above a cabinet's rate: the per-cabinet uplink limit is off
     // for this raw-throughput measurement.
-    let name = if rules_on { "gw-uplink" } else { "gw-uplink-norules" };
+    let name = if rules_on {
+        "gw-uplink"
+    } else {
+        "gw-uplink-norules"
+    };
     let gw = fresh_gateway(c, name, pki, |cfg| {
         cfg.edge.uplink_rate_per_s = 0;
         cfg.rules.enabled = rules_on;
@@ -761,7 +765,18 @@ async fn run_publishers(
         let cab = locker_schemas::CabinetId::new(id.clone())?;
         let cfg = cfg.clone();
         tasks.spawn(async move {
-            publisher(addr, "127.0.0.1", cfg, cab, 1, messages, end_to_end, mix, st).await
+            publisher(
+                addr,
+                "127.0.0.1",
+                cfg,
+                cab,
+                1,
+                messages,
+                end_to_end,
+                mix,
+                st,
+            )
+            .await
         });
     }
     while let Some(r) = tasks.join_next().await {
