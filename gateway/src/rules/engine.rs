@@ -196,9 +196,14 @@ impl Engine {
                 }
             }
         }
-        // a clock ahead of the gateway's
+        // a clock ahead of the gateway's; once judged ahead, every later event judges it
+        // again (they arrive in the cabinet's order), so the alert ends when the clock is set,
+        // not at the next connection's hello
+        let ahead = u.ts as i64 - now as i64;
         if u.ts > now.saturating_add(r.clock_skew.max_skew_ms) {
-            c.skew = Some((u.ts as i64 - now as i64, now));
+            c.skew = Some((ahead, now));
+        } else if c.skew.is_some_and(|(s, _)| s > 0) {
+            c.skew = Some((ahead.max(0), now));
         }
         match &u.body {
             UplinkBody::Hello(h) => {
