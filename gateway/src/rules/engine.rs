@@ -435,7 +435,8 @@ impl Engine {
         }
     }
 
-    /// Acknowledges an active alert; a one-shot alert clears with it. `None` if not active.
+    /// Acknowledges an active alert; a one-shot alert clears with it (and is answered
+    /// cleared). `None` if not active.
     pub fn ack(&mut self, id: &str, by: &str, note: Option<String>, now: Millis) -> Option<Alert> {
         let a = self.active.get_mut(id)?;
         if a.acked_at.is_none() {
@@ -454,7 +455,12 @@ impl Engine {
             let cab = a.cabinet.clone();
             self.evaluate(&cab, now);
         }
-        Some(self.active.get(id).cloned().unwrap_or(a))
+        // a one-shot alert cleared with its acknowledgement: the answer says so
+        let cleared = self.out.iter().rev().find_map(|e| match e {
+            Effect::Cleared(c) if c.id == id => Some(c.clone()),
+            _ => None,
+        });
+        Some(self.active.get(id).cloned().or(cleared).unwrap_or(a))
     }
 
     /// Evaluates one cabinet's rules and reconciles its conditions.
