@@ -90,6 +90,12 @@ impl Engine {
             .filter(|(_, c)| c.timed())
             .map(|(id, _)| id.clone())
             .collect();
+        // a cabinet now counted offline starts its offline condition here, so the tick sees
+        // it even if the cabinet never connects again (nothing else would evaluate it)
+        let now_offline: Vec<CabinetId> = e.dirty.iter().cloned().collect();
+        for id in now_offline {
+            e.evaluate(&id, now);
+        }
         e
     }
 

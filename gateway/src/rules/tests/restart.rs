@@ -99,3 +99,23 @@ async fn an_alert_whose_condition_ended_during_the_restart_clears_once() {
     rig.check_life(4, AlertKind::DoorLeftOpen, "compartment 1", t, t + 5 * MIN, shut)
         .await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_cabinet_online_at_the_restart_that_never_returns_is_raised_offline() {
+    let mut rig = Rig::new().await;
+    rig.presence(5, true).await;
+    // a live event: nothing to replay, nothing of this cabinet waits for time
+    rig.send(5, power(80, 10, 5)).await;
+    rig.step(10 * MIN).await;
+    // the gateway restarts; the cabinet dies meanwhile and never connects again
+    rig.restart().await;
+    let restarted = rig.now();
+    rig.step(5 * MIN - SEC).await;
+    assert!(rig.active_one(5, AlertKind::Offline).await.is_none());
+    rig.step(SEC).await;
+    let a = rig
+        .active_one(5, AlertKind::Offline)
+        .await
+        .expect("offline from the restart");
+    assert_eq!((a.started, a.raised_at), (restarted, restarted + 5 * MIN));
+}
