@@ -5,7 +5,7 @@
 //! publish and act on). Deterministic given its inputs, so the tests drive it with explicit
 //! times.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 
 use locker_schemas::{
     AlarmKind, CabinetId, CommandId, DoorCause, Millis, Outcome, SiteId, Uplink, UplinkBody,
@@ -347,7 +347,7 @@ impl Engine {
                         let Some(comp) = compartment else {
                             return;
                         };
-                        let q = c.jams.entry(comp.0).or_insert_with(VecDeque::new);
+                        let q = c.jams.entry(comp.0).or_default();
                         q.push_back(at.min(now));
                         while q.len() > r.lock_jammed.jams as usize {
                             q.pop_front();

@@ -24,16 +24,20 @@ fn the_defaults_and_a_site_override_compile() {
         .expect("compiles");
     assert_eq!(c.fleet.battery_low.below_pct, 20);
     let north = c.sites.values().next().expect("the site");
-    assert_eq!(north.battery_low.below_pct, 20, "the site inherits the fleet's table");
+    assert_eq!(
+        north.battery_low.below_pct, 20,
+        "the site inherits the fleet's table"
+    );
     assert_eq!(north.battery_low.clear_above_pct, 30);
 }
 
 #[test]
 fn a_sites_clear_threshold_under_its_raise_threshold_names_the_sites_key() {
-    let (key, msg) = error(
-        "[sites.SITE-1.battery_low]\nbelow_pct = 20\nclear_above_pct = 10\n",
+    let (key, msg) = error("[sites.SITE-1.battery_low]\nbelow_pct = 20\nclear_above_pct = 10\n");
+    assert_eq!(
+        key, "rules.sites.SITE-1.battery_low.clear_above_pct",
+        "{msg}"
     );
-    assert_eq!(key, "rules.sites.SITE-1.battery_low.clear_above_pct", "{msg}");
     assert!(msg.contains("hysteresis"), "{msg}");
     // the fleet's own tables are checked the same way
     let (key, _) = error("[battery_low]\nbelow_pct = 40\n");
@@ -46,7 +50,10 @@ fn an_unknown_key_in_a_rule_table_is_named() {
     assert!(key.starts_with("rules.battery_low"), "{key}: {msg}");
     assert!(msg.contains("below"), "{msg}");
     let (key, msg) = error("[sites.north.door_left_open]\nafter_minutes = 3\n");
-    assert!(key.starts_with("rules.sites.north.door_left_open"), "{key}: {msg}");
+    assert!(
+        key.starts_with("rules.sites.north.door_left_open"),
+        "{key}: {msg}"
+    );
     assert!(msg.contains("after_minutes"), "{msg}");
     let (key, msg) = error("[door_left_opn]\nafter_ms = 1\n");
     assert!(key.starts_with("rules"), "{key}: {msg}");
@@ -74,7 +81,9 @@ fn a_bad_site_id_is_named() {
 fn engine_settings_out_of_range_are_named() {
     let mut cfg = rules_cfg("");
     cfg.tick_ms = 0;
-    let e = cfg.compile().err().expect("refused");
+    let Err(e) = cfg.compile() else {
+        panic!("tick_ms = 0 compiled");
+    };
     assert!(e.to_string().starts_with("rules.tick_ms"), "{e}");
     let (key, _) = error("max_conditions_per_cabinet = 2\n");
     assert_eq!(key, "rules.max_conditions_per_cabinet");

@@ -60,7 +60,10 @@ fn site(s: &str) -> SiteId {
 #[test]
 fn on_battery_only_for_cabinets_placed_in_a_mains_site() {
     let mut e = engine("[sites.mains-1]\nsupply = \"mains\"\n", T0);
-    e.uplinks(&[up(1, power(90, 0, 20), T0), up(2, power(90, 0, 20), T0)], T0);
+    e.uplinks(
+        &[up(1, power(90, 0, 20), T0), up(2, power(90, 0, 20), T0)],
+        T0,
+    );
     let placed: HashMap<CabinetId, SiteId> = [(cab(1), site("mains-1"))].into();
     e.set_sites(&placed, T0);
     e.tick(T0 + 2 * MIN - 1);
@@ -69,7 +72,10 @@ fn on_battery_only_for_cabinets_placed_in_a_mains_site() {
     let fx = e.take_effects();
     let r = raised(&fx);
     assert_eq!(r.len(), 1, "{fx:#?}");
-    assert_eq!((r[0].cabinet.clone(), r[0].kind), (cab(1), AlertKind::OnBattery));
+    assert_eq!(
+        (r[0].cabinet.clone(), r[0].kind),
+        (cab(1), AlertKind::OnBattery)
+    );
     assert_eq!(r[0].site, Some(site("mains-1")));
     assert_eq!((r[0].started, r[0].raised_at), (T0, T0 + 2 * MIN));
     // out of the site, the fleet's rules (solar) apply: no input at night is normal
@@ -88,13 +94,25 @@ fn a_sites_own_battery_threshold_applies_to_its_cabinets_only() {
         "[sites.north]\nbattery_low = { below_pct = 30, clear_above_pct = 45, for_ms = 0 }\n",
         T0,
     );
-    e.uplinks(&[up(1, power(90, 0, 5), T0), up(2, power(90, 0, 5), T0)], T0);
+    e.uplinks(
+        &[up(1, power(90, 0, 5), T0), up(2, power(90, 0, 5), T0)],
+        T0,
+    );
     e.set_sites(&[(cab(1), site("north"))].into(), T0);
-    e.uplinks(&[up(1, power(25, 0, 5), T0 + MIN), up(2, power(25, 0, 5), T0 + MIN)], T0 + MIN);
+    e.uplinks(
+        &[
+            up(1, power(25, 0, 5), T0 + MIN),
+            up(2, power(25, 0, 5), T0 + MIN),
+        ],
+        T0 + MIN,
+    );
     let fx = e.take_effects();
     let r = raised(&fx);
     assert_eq!(r.len(), 1, "{fx:#?}");
-    assert_eq!((r[0].cabinet.clone(), r[0].kind), (cab(1), AlertKind::BatteryLow));
+    assert_eq!(
+        (r[0].cabinet.clone(), r[0].kind),
+        (cab(1), AlertKind::BatteryLow)
+    );
     // 40 % is inside the site's band (30..45): held
     e.uplinks(&[up(1, power(40, 0, 5), T0 + 2 * MIN)], T0 + 2 * MIN);
     assert!(cleared(&e.take_effects()).is_empty());
@@ -118,7 +136,10 @@ fn a_cabinet_stored_online_counts_offline_from_the_restart_not_from_before() {
         T0,
     );
     e.tick(T0);
-    assert!(raised(&e.take_effects()).is_empty(), "an hour online is no outage");
+    assert!(
+        raised(&e.take_effects()).is_empty(),
+        "an hour online is no outage"
+    );
     e.tick(T0 + 5 * MIN);
     let fx = e.take_effects();
     let r = raised(&fx);

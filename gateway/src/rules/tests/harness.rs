@@ -439,7 +439,11 @@ impl Rig {
         assert_eq!(self.raised_total(kind), 1, "{kind} raised once");
         assert_eq!(self.cleared_total(kind), 1, "{kind} cleared once");
         self.step(TICK).await;
-        assert_eq!(self.active_gauge(kind), 0, "locker_alerts_active{{kind={kind}}}");
+        assert_eq!(
+            self.active_gauge(kind),
+            0,
+            "locker_alerts_active{{kind={kind}}}"
+        );
         let evs = self.published(2, &a.id).await;
         let raised: Vec<&AlertEvent> = evs.iter().filter(|e| e.active).collect();
         let cleared: Vec<&AlertEvent> = evs.iter().filter(|e| !e.active).collect();

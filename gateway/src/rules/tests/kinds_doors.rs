@@ -3,9 +3,7 @@
 //! compartment's next sensor reading, or after clear_after_ms), queue_waiting, queue_deep,
 //! command_no_outcome (clears on ack or after clear_after_ms).
 
-use locker_schemas::{
-    AlarmKind, CommandId, CompartmentId, Door, DoorCause, Outcome, UplinkBody,
-};
+use locker_schemas::{AlarmKind, CommandId, CompartmentId, Door, DoorCause, Outcome, UplinkBody};
 
 use super::super::{AlertKind, DispatchNote, SensorNote};
 use super::harness::{cab, Rig, HOUR, MIN, SEC};
@@ -45,33 +43,57 @@ fn queue(rig: &Rig, waiting: Vec<(u32, usize, u64)>) {
 #[tokio::test(start_paused = true)]
 async fn door_left_open_after_five_minutes_clears_when_it_closes() {
     let mut rig = Rig::new().await;
-    rig.send(1, door(3, true, DoorCause::LocalAccess, None)).await;
+    rig.send(1, door(3, true, DoorCause::LocalAccess, None))
+        .await;
     let t = rig.now();
     rig.step(5 * MIN - SEC).await;
     assert!(rig.active_one(1, AlertKind::DoorLeftOpen).await.is_none());
     rig.step(SEC).await;
-    let a = rig.active_one(1, AlertKind::DoorLeftOpen).await.expect("raised");
+    let a = rig
+        .active_one(1, AlertKind::DoorLeftOpen)
+        .await
+        .expect("raised");
     assert_eq!(a.subject, "compartment 3");
     rig.step(2 * MIN).await;
     rig.send(1, door(3, false, DoorCause::LocalAccess, Some(false)))
         .await;
     let shut = rig.now();
-    rig.check_life(1, AlertKind::DoorLeftOpen, "compartment 3", t, t + 5 * MIN, shut)
-        .await;
-    assert!(rig.alerts(1, AlertKind::DoorForced).await.is_empty(), "a local access");
+    rig.check_life(
+        1,
+        AlertKind::DoorLeftOpen,
+        "compartment 3",
+        t,
+        t + 5 * MIN,
+        shut,
+    )
+    .await;
+    assert!(
+        rig.alerts(1, AlertKind::DoorForced).await.is_empty(),
+        "a local access"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn door_forced_at_once_clears_when_it_closes_and_the_tamper_switch_too() {
     let mut rig = Rig::new().await;
-    rig.send(2, door(1, true, DoorCause::Command(CommandId::generate()), None))
+    rig.send(
+        2,
+        door(1, true, DoorCause::Command(CommandId::generate()), None),
+    )
+    .await;
+    rig.send(2, door(1, false, DoorCause::LocalAccess, None))
         .await;
-    rig.send(2, door(1, false, DoorCause::LocalAccess, None)).await;
-    assert!(rig.alerts(2, AlertKind::DoorForced).await.is_empty(), "a command");
+    assert!(
+        rig.alerts(2, AlertKind::DoorForced).await.is_empty(),
+        "a command"
+    );
     rig.step(MIN).await;
     rig.send(2, door(2, true, DoorCause::Unknown, None)).await;
     let t = rig.now();
-    let a = rig.active_one(2, AlertKind::DoorForced).await.expect("at once");
+    let a = rig
+        .active_one(2, AlertKind::DoorForced)
+        .await
+        .expect("at once");
     assert_eq!(a.subject, "compartment 2");
     rig.step(MIN).await;
     rig.send(2, door(2, false, DoorCause::Unknown, None)).await;
@@ -79,7 +101,10 @@ async fn door_forced_at_once_clears_when_it_closes_and_the_tamper_switch_too() {
     rig.check_life(2, AlertKind::DoorForced, "compartment 2", t, t, shut)
         .await;
     rig.send(2, alarm(AlarmKind::Tamper, true, None)).await;
-    let a = rig.active_one(2, AlertKind::DoorForced).await.expect("tamper");
+    let a = rig
+        .active_one(2, AlertKind::DoorForced)
+        .await
+        .expect("tamper");
     assert_eq!(a.subject, "tamper");
     rig.send(2, alarm(AlarmKind::Tamper, false, None)).await;
     assert!(rig.active_one(2, AlertKind::DoorForced).await.is_none());
@@ -105,7 +130,10 @@ async fn lock_jammed_at_the_third_jam_clears_when_the_window_holds_none() {
     // an outcome that opened the door does not count
     outcome(&rig, 3, 4, Outcome::Opened);
     rig.settle().await;
-    let a = rig.active_one(3, AlertKind::LockJammed).await.expect("raised");
+    let a = rig
+        .active_one(3, AlertKind::LockJammed)
+        .await
+        .expect("raised");
     assert_eq!(a.subject, "compartment 4");
     assert_eq!((a.started, a.raised_at), (jams[0], jams[2]));
     // hysteresis: two jams left in the window keep it
@@ -141,7 +169,10 @@ async fn parcel_sensor_clears_on_ack_with_the_ack_in_the_answer() {
     sensor(&rig, 4, 1);
     rig.settle().await;
     let t = rig.now();
-    let a = rig.active_one(4, AlertKind::ParcelSensor).await.expect("at once");
+    let a = rig
+        .active_one(4, AlertKind::ParcelSensor)
+        .await
+        .expect("at once");
     assert_eq!(a.subject, "compartment 1");
     rig.step(10 * MIN).await;
     let acked = rig
@@ -172,7 +203,8 @@ async fn parcel_sensor_clears_at_the_compartments_next_reading_or_after_a_day() 
     rig.send(5, door(3, false, DoorCause::LocalAccess, Some(true)))
         .await;
     // a door event without a reading neither
-    rig.send(5, door(2, false, DoorCause::LocalAccess, None)).await;
+    rig.send(5, door(2, false, DoorCause::LocalAccess, None))
+        .await;
     assert!(rig.active_one(5, AlertKind::ParcelSensor).await.is_some());
     rig.send(5, door(2, false, DoorCause::LocalAccess, Some(false)))
         .await;
@@ -208,7 +240,10 @@ async fn queue_waiting_from_the_oldest_command_and_clear_when_the_queue_empties(
     rig.settle().await;
     assert!(rig.active_one(7, AlertKind::QueueWaiting).await.is_none());
     rig.step(SEC).await;
-    let a = rig.active_one(7, AlertKind::QueueWaiting).await.expect("raised");
+    let a = rig
+        .active_one(7, AlertKind::QueueWaiting)
+        .await
+        .expect("raised");
     assert_eq!((a.started, a.raised_at), (oldest, oldest + HOUR));
     rig.step(MIN).await;
     queue(&rig, Vec::new());
@@ -224,7 +259,10 @@ async fn queue_deep_over_depth_holds_over_half_and_clears_under() {
     let mut rig = Rig::new().await;
     queue(&rig, vec![(8, 20, rig.now())]);
     rig.settle().await;
-    assert!(rig.active_one(8, AlertKind::QueueDeep).await.is_none(), "20 is not over 20");
+    assert!(
+        rig.active_one(8, AlertKind::QueueDeep).await.is_none(),
+        "20 is not over 20"
+    );
     rig.step(MIN).await;
     queue(&rig, vec![(8, 21, rig.now() - MIN)]);
     rig.settle().await;
@@ -234,13 +272,17 @@ async fn queue_deep_over_depth_holds_over_half_and_clears_under() {
         rig.step(MIN).await;
         queue(&rig, vec![(8, depth, t - MIN)]);
         rig.settle().await;
-        assert!(rig.active_one(8, AlertKind::QueueDeep).await.is_some(), "held at {depth}");
+        assert!(
+            rig.active_one(8, AlertKind::QueueDeep).await.is_some(),
+            "held at {depth}"
+        );
     }
     rig.step(MIN).await;
     queue(&rig, vec![(8, 10, t - MIN)]);
     rig.settle().await;
     let under = rig.now();
-    rig.check_life(8, AlertKind::QueueDeep, "", t, t, under).await;
+    rig.check_life(8, AlertKind::QueueDeep, "", t, t, under)
+        .await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -269,7 +311,10 @@ async fn command_no_outcome_clears_on_ack_or_after_a_day() {
     rig.settle().await;
     let t = rig.now();
     rig.step(24 * HOUR - SEC).await;
-    assert!(rig.active_one(10, AlertKind::CommandNoOutcome).await.is_some());
+    assert!(rig
+        .active_one(10, AlertKind::CommandNoOutcome)
+        .await
+        .is_some());
     rig.step(SEC).await;
     let v = rig.alerts(10, AlertKind::CommandNoOutcome).await;
     assert_eq!(v.len(), 1);

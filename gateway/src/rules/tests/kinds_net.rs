@@ -37,9 +37,15 @@ async fn offline_raises_at_after_ms_once_and_clears_on_return() {
     assert_eq!(off, T0 + MIN);
     rig.presence(1, false).await;
     rig.step(5 * MIN - SEC).await;
-    assert!(rig.active_one(1, AlertKind::Offline).await.is_none(), "not before 5 min");
+    assert!(
+        rig.active_one(1, AlertKind::Offline).await.is_none(),
+        "not before 5 min"
+    );
     rig.step(SEC).await;
-    let a = rig.active_one(1, AlertKind::Offline).await.expect("raised at 5 min");
+    let a = rig
+        .active_one(1, AlertKind::Offline)
+        .await
+        .expect("raised at 5 min");
     assert_eq!((a.started, a.raised_at), (off, off + 5 * MIN));
     // more ticks while still offline: the same alert, never a second
     rig.step(10 * MIN).await;
@@ -89,14 +95,23 @@ async fn flapping_raises_at_the_fifth_drop_and_clears_a_window_after_the_last() 
         }
         rig.step(30 * SEC).await;
     }
-    let a = rig.active_one(3, AlertKind::Flapping).await.expect("raised");
+    let a = rig
+        .active_one(3, AlertKind::Flapping)
+        .await
+        .expect("raised");
     assert_eq!((a.started, a.raised_at), (drops[0], drops[4]));
     rig.presence(3, true).await;
     // hysteresis: it stays while any drop is inside the window, not only while five are
     rig.step(drops[0] + 15 * MIN - rig.now()).await;
-    assert!(rig.active_one(3, AlertKind::Flapping).await.is_some(), "four drops in the window");
+    assert!(
+        rig.active_one(3, AlertKind::Flapping).await.is_some(),
+        "four drops in the window"
+    );
     rig.step(drops[4] + 15 * MIN - SEC - rig.now()).await;
-    assert!(rig.active_one(3, AlertKind::Flapping).await.is_some(), "one drop in the window");
+    assert!(
+        rig.active_one(3, AlertKind::Flapping).await.is_some(),
+        "one drop in the window"
+    );
     rig.step(SEC).await;
     rig.check_life(
         3,
@@ -107,7 +122,10 @@ async fn flapping_raises_at_the_fifth_drop_and_clears_a_window_after_the_last() 
         drops[4] + 15 * MIN,
     )
     .await;
-    assert!(rig.alerts(3, AlertKind::Offline).await.is_empty(), "30 s offline is no outage");
+    assert!(
+        rig.alerts(3, AlertKind::Offline).await.is_empty(),
+        "30 s offline is no outage"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -123,7 +141,10 @@ async fn replay_backlog_raises_on_an_old_replayed_event_and_clears_hold_ms_after
     assert!(rig.active_one(4, AlertKind::ReplayBacklog).await.is_none());
     // recorded 1 h 50 min before the connection: over age_ms (1 h)
     rig.send_at(4, power(50), T0 + 10 * MIN).await;
-    let a = rig.active_one(4, AlertKind::ReplayBacklog).await.expect("raised");
+    let a = rig
+        .active_one(4, AlertKind::ReplayBacklog)
+        .await
+        .expect("raised");
     assert_eq!((a.started, a.raised_at), (conn, conn));
     assert_eq!(rig.metrics.rules.replayed.get(), 2);
     rig.step(MIN).await;
@@ -131,7 +152,10 @@ async fn replay_backlog_raises_on_an_old_replayed_event_and_clears_hold_ms_after
     rig.send(4, power(50)).await;
     let done = rig.now();
     rig.step(10 * MIN - SEC).await;
-    assert!(rig.active_one(4, AlertKind::ReplayBacklog).await.is_some(), "held");
+    assert!(
+        rig.active_one(4, AlertKind::ReplayBacklog).await.is_some(),
+        "held"
+    );
     rig.step(SEC).await;
     rig.check_life(4, AlertKind::ReplayBacklog, "", conn, conn, done + 10 * MIN)
         .await;
@@ -152,9 +176,15 @@ async fn network_failover_raises_after_for_ms_on_cellular_and_clears_back_home()
     )
     .await;
     rig.step(10 * MIN - SEC).await;
-    assert!(rig.active_one(5, AlertKind::NetworkFailover).await.is_none());
+    assert!(rig
+        .active_one(5, AlertKind::NetworkFailover)
+        .await
+        .is_none());
     rig.step(SEC).await;
-    let a = rig.active_one(5, AlertKind::NetworkFailover).await.expect("raised");
+    let a = rig
+        .active_one(5, AlertKind::NetworkFailover)
+        .await
+        .expect("raised");
     assert_eq!((a.started, a.raised_at), (t1, t1 + 10 * MIN));
     rig.step(5 * MIN).await;
     rig.send(
@@ -185,7 +215,10 @@ async fn clock_skew_from_a_hello_stamped_before_its_connection() {
     let c1 = rig.now();
     rig.step(SEC).await;
     rig.send_at(6, hello(NetworkKind::Lan), c1 - 5 * MIN).await;
-    let a = rig.active_one(6, AlertKind::ClockSkew).await.expect("raised");
+    let a = rig
+        .active_one(6, AlertKind::ClockSkew)
+        .await
+        .expect("raised");
     assert_eq!((a.started, a.raised_at), (c1 + SEC, c1 + SEC));
     assert_eq!(a.value, Some(-300.0));
     // the next connection's hello is stamped right: the clock was set
@@ -206,20 +239,30 @@ async fn clock_skew_from_an_event_stamped_ahead_clears_when_events_are_stamped_r
     rig.step(MIN).await;
     let now = rig.now();
     rig.send_at(7, power(50), now + 90 * SEC).await;
-    assert!(rig.active_one(7, AlertKind::ClockSkew).await.is_none(), "90 s is within 2 min");
+    assert!(
+        rig.active_one(7, AlertKind::ClockSkew).await.is_none(),
+        "90 s is within 2 min"
+    );
     rig.send_at(7, power(50), now + 3 * MIN).await;
-    let a = rig.active_one(7, AlertKind::ClockSkew).await.expect("raised");
+    let a = rig
+        .active_one(7, AlertKind::ClockSkew)
+        .await
+        .expect("raised");
     assert_eq!((a.started, a.raised_at), (now, now));
     assert_eq!(a.value, Some(180.0));
     // still ahead, inside the hysteresis band (over half of max_skew_ms): it stays
     rig.step(MIN).await;
     let t = rig.now();
     rig.send_at(7, power(50), t + 90 * SEC).await;
-    assert!(rig.active_one(7, AlertKind::ClockSkew).await.is_some(), "held in the band");
+    assert!(
+        rig.active_one(7, AlertKind::ClockSkew).await.is_some(),
+        "held in the band"
+    );
     // the clock was set (NTP): the cabinet's next events carry the right time, and it stays
     // online (no new hello); the alert ends with them, not at the next reconnection
     rig.step(MIN).await;
     rig.send(7, power(50)).await;
     let fixed = rig.now();
-    rig.check_life(7, AlertKind::ClockSkew, "", now, now, fixed).await;
+    rig.check_life(7, AlertKind::ClockSkew, "", now, now, fixed)
+        .await;
 }

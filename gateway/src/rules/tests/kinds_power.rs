@@ -43,9 +43,15 @@ async fn battery_low_waits_for_ms_holds_in_the_band_and_acts_both_ways() {
     rig.step(2 * MIN).await;
     rig.send(1, power(13, 0, 5)).await;
     rig.step(3 * MIN - SEC).await;
-    assert!(rig.active_one(1, AlertKind::BatteryLow).await.is_none(), "not before 5 min");
+    assert!(
+        rig.active_one(1, AlertKind::BatteryLow).await.is_none(),
+        "not before 5 min"
+    );
     rig.step(SEC).await;
-    let a = rig.active_one(1, AlertKind::BatteryLow).await.expect("raised");
+    let a = rig
+        .active_one(1, AlertKind::BatteryLow)
+        .await
+        .expect("raised");
     assert_eq!((a.started, a.raised_at), (low, low + 5 * MIN));
     assert_eq!(a.actions.len(), 1, "{a:#?}");
     assert_eq!(a.actions[0].action, RuleAction::PowerSave);
@@ -55,7 +61,10 @@ async fn battery_low_waits_for_ms_holds_in_the_band_and_acts_both_ways() {
     for soc in [16, 25, 30, 14, 30] {
         rig.step(MIN).await;
         rig.send(1, power(soc, 50, 5)).await;
-        let a = rig.active_one(1, AlertKind::BatteryLow).await.expect("held");
+        let a = rig
+            .active_one(1, AlertKind::BatteryLow)
+            .await
+            .expect("held");
         assert_eq!(a.actions.len(), 1);
     }
     rig.step(MIN).await;
@@ -81,9 +90,15 @@ async fn a_low_reading_that_recovers_into_the_band_before_for_ms_raises_nothing(
     rig.send(2, power(10, 0, 5)).await;
     let again = rig.now();
     rig.step(5 * MIN - SEC).await;
-    assert!(rig.alerts(2, AlertKind::BatteryLow).await.is_empty(), "the pending time restarted");
+    assert!(
+        rig.alerts(2, AlertKind::BatteryLow).await.is_empty(),
+        "the pending time restarted"
+    );
     rig.step(SEC).await;
-    let a = rig.active_one(2, AlertKind::BatteryLow).await.expect("raised");
+    let a = rig
+        .active_one(2, AlertKind::BatteryLow)
+        .await
+        .expect("raised");
     assert_eq!(a.started, again);
 }
 
@@ -104,13 +119,19 @@ async fn solar_deficit_is_judged_from_min_coverage_and_clears_beyond_clear_beyon
     rig.send(3, power(50, 100, 20)).await;
     let judged = rig.now();
     assert_eq!(judged, t0 + 6 * HOUR);
-    let a = rig.active_one(3, AlertKind::SolarDeficit).await.expect("raised at 6 h");
+    let a = rig
+        .active_one(3, AlertKind::SolarDeficit)
+        .await
+        .expect("raised at 6 h");
     assert_eq!((a.started, a.raised_at), (judged, judged));
     assert_eq!(a.value, Some(30.0));
     // sun: -80 Wh over 6.5 h, empty in 48.75 h: inside the band (48..72 h), it stays
     rig.step(30 * MIN).await;
     rig.send(3, power(50, 100, 20)).await;
-    let a = rig.active_one(3, AlertKind::SolarDeficit).await.expect("held");
+    let a = rig
+        .active_one(3, AlertKind::SolarDeficit)
+        .await
+        .expect("held");
     assert_eq!(a.value, Some(30.0), "the value is the raise's while held");
     // -40 Wh over 7 h: empty in 105 h, beyond 72 h
     rig.step(30 * MIN).await;
@@ -123,16 +144,19 @@ async fn solar_deficit_is_judged_from_min_coverage_and_clears_beyond_clear_beyon
 #[tokio::test(start_paused = true)]
 async fn charger_fault_raises_after_a_minute_and_clears_with_the_alarm() {
     let mut rig = Rig::new().await;
-    rig.send(4, alarm(AlarmKind::ChargerFault, true, None)).await;
+    rig.send(4, alarm(AlarmKind::ChargerFault, true, None))
+        .await;
     let t = rig.now();
     rig.step(MIN - SEC).await;
     assert!(rig.active_one(4, AlertKind::ChargerFault).await.is_none());
     // the cabinet repeats its alarm: the start does not move
-    rig.send(4, alarm(AlarmKind::ChargerFault, true, None)).await;
+    rig.send(4, alarm(AlarmKind::ChargerFault, true, None))
+        .await;
     rig.step(SEC).await;
     assert!(rig.active_one(4, AlertKind::ChargerFault).await.is_some());
     rig.step(10 * MIN).await;
-    rig.send(4, alarm(AlarmKind::ChargerFault, false, None)).await;
+    rig.send(4, alarm(AlarmKind::ChargerFault, false, None))
+        .await;
     let end = rig.now();
     rig.check_life(4, AlertKind::ChargerFault, "", t, t + MIN, end)
         .await;
@@ -148,9 +172,15 @@ async fn on_battery_for_a_mains_fleet() {
     rig.step(MIN).await;
     rig.send(5, power(89, 0, 20)).await;
     rig.step(MIN - SEC).await;
-    assert!(rig.active_one(5, AlertKind::OnBattery).await.is_none(), "not before 2 min");
+    assert!(
+        rig.active_one(5, AlertKind::OnBattery).await.is_none(),
+        "not before 2 min"
+    );
     rig.step(SEC).await;
-    let a = rig.active_one(5, AlertKind::OnBattery).await.expect("raised");
+    let a = rig
+        .active_one(5, AlertKind::OnBattery)
+        .await
+        .expect("raised");
     assert_eq!((a.started, a.raised_at), (lost, lost + 2 * MIN));
     rig.step(MIN).await;
     rig.send(5, power(88, 40, 20)).await;
@@ -178,7 +208,10 @@ async fn board_offline_names_the_board_and_waits_a_minute() {
     rig.step(MIN - SEC).await;
     assert!(rig.active_one(7, AlertKind::BoardOffline).await.is_none());
     rig.step(SEC).await;
-    let a = rig.active_one(7, AlertKind::BoardOffline).await.expect("raised");
+    let a = rig
+        .active_one(7, AlertKind::BoardOffline)
+        .await
+        .expect("raised");
     assert_eq!(a.subject, "board 2");
     // another board's alarm is another alert; this one's end clears only board 2
     rig.send(7, alarm(AlarmKind::LockBoardOffline, false, Some(2)))
@@ -192,12 +225,16 @@ async fn board_offline_names_the_board_and_waits_a_minute() {
 async fn outbox_full_is_raised_at_once_and_clears_with_the_alarm() {
     let mut rig = Rig::new().await;
     rig.step(MIN).await;
-    rig.send(8, alarm(AlarmKind::OutboxNearlyFull, true, None)).await;
+    rig.send(8, alarm(AlarmKind::OutboxNearlyFull, true, None))
+        .await;
     let t = rig.now();
     assert!(rig.active_one(8, AlertKind::OutboxFull).await.is_some());
-    rig.send(8, alarm(AlarmKind::OutboxNearlyFull, true, None)).await;
+    rig.send(8, alarm(AlarmKind::OutboxNearlyFull, true, None))
+        .await;
     rig.step(30 * MIN).await;
-    rig.send(8, alarm(AlarmKind::OutboxNearlyFull, false, None)).await;
+    rig.send(8, alarm(AlarmKind::OutboxNearlyFull, false, None))
+        .await;
     let end = rig.now();
-    rig.check_life(8, AlertKind::OutboxFull, "", t, t, end).await;
+    rig.check_life(8, AlertKind::OutboxFull, "", t, t, end)
+        .await;
 }

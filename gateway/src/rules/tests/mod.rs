@@ -7,8 +7,8 @@
 mod config;
 mod engine;
 mod harness;
+mod kinds_doors;
 mod kinds_net;
 mod kinds_power;
-mod kinds_doors;
 mod props;
 mod restart;

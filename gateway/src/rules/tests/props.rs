@@ -7,9 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use locker_schemas::{
-    CommandId, CompartmentId, Door, DoorCause, Millis, Outcome, UplinkBody,
-};
+use locker_schemas::{CommandId, CompartmentId, Door, DoorCause, Millis, Outcome, UplinkBody};
 use proptest::prelude::*;
 
 use super::super::engine::{Effect, Engine};
@@ -84,11 +82,17 @@ fn check(
             Effect::Raised(a) if a.kind == AlertKind::BatteryLow => {
                 prop_assert!(active.is_none(), "raised while {active:?} is active");
                 let Some(start) = run else {
-                    return Err(TestCaseError::fail(format!("raised at {soc:?} with no low run")));
+                    return Err(TestCaseError::fail(format!(
+                        "raised at {soc:?} with no low run"
+                    )));
                 };
                 prop_assert!(soc.is_some_and(|s| s < BELOW), "raised at {soc:?}");
                 prop_assert_eq!(a.started, start);
-                prop_assert!(now >= start + FOR_MS, "raised {} ms into the run", now - start);
+                prop_assert!(
+                    now >= start + FOR_MS,
+                    "raised {} ms into the run",
+                    now - start
+                );
                 *active = Some(a.id.clone());
                 *raises += 1;
             }

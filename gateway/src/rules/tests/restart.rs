@@ -20,7 +20,10 @@ async fn offline_pending_across_a_restart_is_raised_at_the_original_deadline() {
     assert_eq!(rig.now(), off + 3 * MIN);
     assert!(rig.active_one(1, AlertKind::Offline).await.is_none());
     rig.step(2 * MIN - SEC).await;
-    assert!(rig.active_one(1, AlertKind::Offline).await.is_none(), "not restarted early");
+    assert!(
+        rig.active_one(1, AlertKind::Offline).await.is_none(),
+        "not restarted early"
+    );
     rig.step(SEC).await;
     let a = rig
         .active_one(1, AlertKind::Offline)
@@ -40,7 +43,10 @@ async fn battery_low_pending_across_a_restart_keeps_its_start() {
     rig.step(2 * MIN - SEC).await;
     assert!(rig.active_one(2, AlertKind::BatteryLow).await.is_none());
     rig.step(SEC).await;
-    let a = rig.active_one(2, AlertKind::BatteryLow).await.expect("raised");
+    let a = rig
+        .active_one(2, AlertKind::BatteryLow)
+        .await
+        .expect("raised");
     assert_eq!((a.started, a.raised_at), (low, low + 5 * MIN));
 }
 
@@ -50,14 +56,20 @@ async fn an_active_alert_survives_restarts_without_being_raised_or_acted_on_agai
     rig.send(3, power(10, 0, 5)).await;
     let low = rig.now();
     rig.step(5 * MIN).await;
-    let a = rig.active_one(3, AlertKind::BatteryLow).await.expect("raised");
+    let a = rig
+        .active_one(3, AlertKind::BatteryLow)
+        .await
+        .expect("raised");
     assert_eq!(a.actions.len(), 1);
     for _ in 0..2 {
         rig.restart().await;
         rig.step(MIN).await;
         rig.send(3, power(9, 0, 5)).await;
         rig.step(MIN).await;
-        let again = rig.active_one(3, AlertKind::BatteryLow).await.expect("still active");
+        let again = rig
+            .active_one(3, AlertKind::BatteryLow)
+            .await
+            .expect("still active");
         assert_eq!(again.id, a.id);
         assert_eq!(again.raised_at, a.raised_at);
         assert_eq!(again.actions, a.actions, "power_save is not sent again");
@@ -96,8 +108,15 @@ async fn an_alert_whose_condition_ended_during_the_restart_clears_once() {
     // the close was recorded while the gateway was down and arrives after the restart
     rig.send_at(4, open(false), t + 6 * MIN + 30 * SEC).await;
     let shut = rig.now();
-    rig.check_life(4, AlertKind::DoorLeftOpen, "compartment 1", t, t + 5 * MIN, shut)
-        .await;
+    rig.check_life(
+        4,
+        AlertKind::DoorLeftOpen,
+        "compartment 1",
+        t,
+        t + 5 * MIN,
+        shut,
+    )
+    .await;
 }
 
 #[tokio::test(start_paused = true)]
