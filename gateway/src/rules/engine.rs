@@ -98,6 +98,12 @@ impl Engine {
             .filter(|(_, c)| c.timed())
             .map(|(id, _)| id.clone())
             .collect();
+        // a cabinet now counted offline starts its offline condition here, so the tick sees
+        // it even if the cabinet never connects again (nothing else would evaluate it)
+        let now_offline: Vec<CabinetId> = e.dirty.iter().cloned().collect();
+        for id in now_offline {
+            e.evaluate(&id, now);
+        }
         e
     }
 
@@ -205,9 +211,14 @@ impl Engine {
                 }
             }
         }
-        // a clock ahead of the gateway's
+        // a clock ahead of the gateway's; once judged ahead, every later event judges it
+        // again (they arrive in the cabinet's order), so the alert ends when the clock is set,
+        // not at the next connection's hello
+        let ahead = u.ts as i64 - now as i64;
         if u.ts > now.saturating_add(r.clock_skew.max_skew_ms) {
-            c.skew = Some((u.ts as i64 - now as i64, now));
+            c.skew = Some((ahead, now));
+        } else if c.skew.is_some_and(|(s, _)| s > 0) {
+            c.skew = Some((ahead.max(0), now));
         }
         match &u.body {
             UplinkBody::Hello(h) => {
@@ -443,7 +454,8 @@ impl Engine {
         }
     }
 
-    /// Acknowledges an active alert; a one-shot alert clears with it. `None` if not active.
+    /// Acknowledges an active alert; a one-shot alert clears with it (and is answered
+    /// cleared). `None` if not active.
     pub fn ack(&mut self, id: &str, by: &str, note: Option<String>, now: Millis) -> Option<Alert> {
         let a = self.active.get_mut(id)?;
         if a.acked_at.is_none() {
@@ -462,7 +474,12 @@ impl Engine {
             let cab = a.cabinet.clone();
             self.evaluate(&cab, now);
         }
-        Some(self.active.get(id).cloned().unwrap_or(a))
+        // a one-shot alert cleared with its acknowledgement: the answer says so
+        let cleared = self.out.iter().rev().find_map(|e| match e {
+            Effect::Cleared(c) if c.id == id => Some(c.clone()),
+            _ => None,
+        });
+        Some(self.active.get(id).cloned().or(cleared).unwrap_or(a))
     }
 
     /// Evaluates one cabinet's rules and reconciles its conditions.

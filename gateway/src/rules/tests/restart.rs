@@ -1,0 +1,140 @@
+//! Restarts of the rules actor on the same sled store, with a clock that goes on from the
+//! same wall time: a pending duration is neither lost nor restarted (the alert comes at the
+//! original deadline), and an active alert survives without being raised (or acted on) again.
+
+use locker_schemas::{CompartmentId, Door, DoorCause, UplinkBody};
+
+use super::super::{AlertKind, RuleAction};
+use super::harness::{Rig, MIN, SEC};
+use super::kinds_power::power;
+
+#[tokio::test(start_paused = true)]
+async fn offline_pending_across_a_restart_is_raised_at_the_original_deadline() {
+    let mut rig = Rig::new().await;
+    rig.presence(1, true).await;
+    rig.step(MIN).await;
+    let off = rig.now();
+    rig.presence(1, false).await;
+    rig.step(3 * MIN).await;
+    rig.restart().await;
+    assert_eq!(rig.now(), off + 3 * MIN);
+    assert!(rig.active_one(1, AlertKind::Offline).await.is_none());
+    rig.step(2 * MIN - SEC).await;
+    assert!(
+        rig.active_one(1, AlertKind::Offline).await.is_none(),
+        "not restarted early"
+    );
+    rig.step(SEC).await;
+    let a = rig
+        .active_one(1, AlertKind::Offline)
+        .await
+        .expect("raised at the original deadline, not lost and not 5 min after the restart");
+    assert_eq!((a.started, a.raised_at), (off, off + 5 * MIN));
+}
+
+#[tokio::test(start_paused = true)]
+async fn battery_low_pending_across_a_restart_keeps_its_start() {
+    let mut rig = Rig::new().await;
+    rig.send(2, power(12, 0, 5)).await;
+    let low = rig.now();
+    rig.step(3 * MIN).await;
+    rig.send(2, power(11, 0, 5)).await;
+    rig.restart().await;
+    rig.step(2 * MIN - SEC).await;
+    assert!(rig.active_one(2, AlertKind::BatteryLow).await.is_none());
+    rig.step(SEC).await;
+    let a = rig
+        .active_one(2, AlertKind::BatteryLow)
+        .await
+        .expect("raised");
+    assert_eq!((a.started, a.raised_at), (low, low + 5 * MIN));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_active_alert_survives_restarts_without_being_raised_or_acted_on_again() {
+    let mut rig = Rig::new().await;
+    rig.send(3, power(10, 0, 5)).await;
+    let low = rig.now();
+    rig.step(5 * MIN).await;
+    let a = rig
+        .active_one(3, AlertKind::BatteryLow)
+        .await
+        .expect("raised");
+    assert_eq!(a.actions.len(), 1);
+    for _ in 0..2 {
+        rig.restart().await;
+        rig.step(MIN).await;
+        rig.send(3, power(9, 0, 5)).await;
+        rig.step(MIN).await;
+        let again = rig
+            .active_one(3, AlertKind::BatteryLow)
+            .await
+            .expect("still active");
+        assert_eq!(again.id, a.id);
+        assert_eq!(again.raised_at, a.raised_at);
+        assert_eq!(again.actions, a.actions, "power_save is not sent again");
+        assert_eq!(rig.raised_total(AlertKind::BatteryLow), 1);
+        assert_eq!(rig.active_gauge(AlertKind::BatteryLow), 1);
+    }
+    let raised = rig.published(1, &a.id).await;
+    assert_eq!(raised.len(), 1, "published once: {raised:#?}");
+    rig.send(3, power(40, 50, 5)).await;
+    let up = rig.now();
+    let a = rig
+        .check_life(3, AlertKind::BatteryLow, "", low, low + 5 * MIN, up)
+        .await;
+    let acts: Vec<RuleAction> = a.actions.iter().map(|x| x.action).collect();
+    assert_eq!(acts, [RuleAction::PowerSave, RuleAction::PowerNormal]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_alert_whose_condition_ended_during_the_restart_clears_once() {
+    let mut rig = Rig::new().await;
+    let open = |open| {
+        UplinkBody::Door(Door {
+            compartment: CompartmentId(1),
+            open,
+            cause: DoorCause::LocalAccess,
+            parcel: None,
+        })
+    };
+    rig.send(4, open(true)).await;
+    let t = rig.now();
+    rig.step(5 * MIN).await;
+    assert!(rig.active_one(4, AlertKind::DoorLeftOpen).await.is_some());
+    rig.step(MIN).await;
+    rig.restart().await;
+    rig.step(MIN).await;
+    // the close was recorded while the gateway was down and arrives after the restart
+    rig.send_at(4, open(false), t + 6 * MIN + 30 * SEC).await;
+    let shut = rig.now();
+    rig.check_life(
+        4,
+        AlertKind::DoorLeftOpen,
+        "compartment 1",
+        t,
+        t + 5 * MIN,
+        shut,
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cabinet_online_at_the_restart_that_never_returns_is_raised_offline() {
+    let mut rig = Rig::new().await;
+    rig.presence(5, true).await;
+    // a live event: nothing to replay, nothing of this cabinet waits for time
+    rig.send(5, power(80, 10, 5)).await;
+    rig.step(10 * MIN).await;
+    // the gateway restarts; the cabinet dies meanwhile and never connects again
+    rig.restart().await;
+    let restarted = rig.now();
+    rig.step(5 * MIN - SEC).await;
+    assert!(rig.active_one(5, AlertKind::Offline).await.is_none());
+    rig.step(SEC).await;
+    let a = rig
+        .active_one(5, AlertKind::Offline)
+        .await
+        .expect("offline from the restart");
+    assert_eq!((a.started, a.raised_at), (restarted, restarted + 5 * MIN));
+}
