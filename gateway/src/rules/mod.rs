@@ -20,6 +20,7 @@ pub mod actor;
 pub mod config;
 pub mod engine;
 pub mod metrics;
+mod reconcile;
 pub mod signals;
 pub mod state;
 #[cfg(test)]
