@@ -12,13 +12,13 @@ use prometheus::{
 #[error("metrics registration failed: {0}")]
 pub struct MetricsError(#[from] prometheus::Error);
 
-pub(crate) fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, MetricsError> {
+fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, MetricsError> {
     let c = IntCounter::new(name, help)?;
     r.register(Box::new(c.clone()))?;
     Ok(c)
 }
 
-pub(crate) fn counter_vec(
+fn counter_vec(
     r: &Registry,
     name: &str,
     help: &str,
@@ -29,13 +29,13 @@ pub(crate) fn counter_vec(
     Ok(c)
 }
 
-pub(crate) fn gauge(r: &Registry, name: &str, help: &str) -> Result<IntGauge, MetricsError> {
+fn gauge(r: &Registry, name: &str, help: &str) -> Result<IntGauge, MetricsError> {
     let g = IntGauge::new(name, help)?;
     r.register(Box::new(g.clone()))?;
     Ok(g)
 }
 
-pub(crate) fn histogram(
+fn histogram(
     r: &Registry,
     name: &str,
     help: &str,

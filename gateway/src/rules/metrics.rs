@@ -2,20 +2,32 @@
 //! cabinets by power state; the offline queue's oldest command; the replay backlog; and the
 //! per-cabinet gauges behind `rules.per_cabinet_metrics`.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{Error, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use super::{AlertKind, Severity};
-use crate::metrics::{counter, counter_vec, gauge, MetricsError};
 
-fn gauge_vec(
+fn register<M: prometheus::core::Collector + Clone + 'static>(
     r: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> Result<IntGaugeVec, MetricsError> {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
-    r.register(Box::new(g.clone()))?;
-    Ok(g)
+    m: M,
+) -> Result<M, Error> {
+    r.register(Box::new(m.clone()))?;
+    Ok(m)
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, Error> {
+    register(r, IntCounter::new(name, help)?)
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, l: &[&str]) -> Result<IntCounterVec, Error> {
+    register(r, IntCounterVec::new(Opts::new(name, help), l)?)
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> Result<IntGauge, Error> {
+    register(r, IntGauge::new(name, help)?)
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, l: &[&str]) -> Result<IntGaugeVec, Error> {
+    register(r, IntGaugeVec::new(Opts::new(name, help), l)?)
 }
 
 /// The rules engine's metrics.
@@ -43,7 +55,7 @@ pub struct RulesMetrics {
 impl RulesMetrics {
     /// Registers the metrics (every kind and severity starts at 0, so dashboards and alerting
     /// rules see the series before the first alert).
-    pub fn new(r: &Registry) -> Result<Self, MetricsError> {
+    pub fn new(r: &Registry) -> Result<Self, Error> {
         let m = Self {
             active: gauge_vec(
                 r,

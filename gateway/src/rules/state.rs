@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 use locker_schemas::{ChargeState, Millis, NetworkKind, SiteId};
 use serde::{Deserialize, Serialize};
 
-use super::AlertKind;
+use super::model::AlertKind;
 
 /// One condition of a cabinet: pending (waiting for its `for_ms`), or active (an alert).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

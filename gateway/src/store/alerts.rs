@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use locker_schemas::{CabinetId, Millis};
 
 use super::{decode, encode, StoreError};
+use crate::rules::model::{Alert, AlertFilter};
 use crate::rules::state::CabState;
-use crate::rules::{Alert, AlertFilter};
 
 /// What the rules actor starts from.
 #[derive(Debug, Default)]
