@@ -14,7 +14,7 @@ use locker_schemas::{NetworkKind, SiteId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::Severity;
+use super::model::Severity;
 
 /// Why the rules configuration cannot be used.
 #[derive(Debug, thiserror::Error)]

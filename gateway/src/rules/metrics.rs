@@ -4,7 +4,7 @@
 
 use prometheus::{Error, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use super::{AlertKind, Severity};
+use super::model::{AlertKind, Severity};
 
 fn register<M: prometheus::core::Collector + Clone + 'static>(
     r: &Registry,
