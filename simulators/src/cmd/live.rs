@@ -38,7 +38,10 @@ const NEWS: usize = 4;
 /// `locker_alerts_active` by kind, summed over severities, non-zero only.
 fn active_by_kind(text: &str) -> Vec<(String, f64)> {
     let mut by: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
-    for l in text.lines().filter(|l| l.starts_with("locker_alerts_active{")) {
+    for l in text
+        .lines()
+        .filter(|l| l.starts_with("locker_alerts_active{"))
+    {
         let Some((key, value)) = l.rsplit_once(' ') else {
             continue;
         };

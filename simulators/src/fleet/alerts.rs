@@ -117,7 +117,11 @@ impl Timeline {
         let at = now_ms();
         self.with(|t| {
             if let Some(o) = t.outages.last_mut().filter(|o| o.restored_ms.is_some()) {
-                for c in o.cabinets.iter_mut().filter(|c| down.contains(&c.0.as_str())) {
+                for c in o
+                    .cabinets
+                    .iter_mut()
+                    .filter(|c| down.contains(&c.0.as_str()))
+                {
                     c.1 = at;
                 }
             }
@@ -402,13 +406,15 @@ impl fmt::Display for AlertSummary {
             .iter()
             .map(|(k, n)| format!("{k} {n}"))
             .collect();
+        let kinds = if kinds.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", kinds.join(", "))
+        };
         write!(
             f,
-            "  alerts: {} raised ({}), {} cleared, {} duplicates",
-            self.raised,
-            kinds.join(", "),
-            self.cleared,
-            self.duplicates
+            "  alerts: {} raised{kinds}, {} cleared, {} duplicates",
+            self.raised, self.cleared, self.duplicates
         )?;
         if self.carried_over > 0 {
             write!(f, "; {} from before this run", self.carried_over)?;
@@ -447,7 +453,14 @@ mod tests {
     use super::*;
     use crate::fleet::FleetOptions;
 
-    fn alert(id: &str, cab: &str, kind: &str, started: u64, raised: u64, cleared: Option<u64>) -> AlertRecord {
+    fn alert(
+        id: &str,
+        cab: &str,
+        kind: &str,
+        started: u64,
+        raised: u64,
+        cleared: Option<u64>,
+    ) -> AlertRecord {
         AlertRecord {
             id: id.into(),
             cabinet: cab.into(),
@@ -503,8 +516,17 @@ mod tests {
         let (s, problems) = run(&alerts, 1_100_000);
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!((s.raised, s.cleared, s.carried_over), (3, 2, 1));
-        assert_eq!((s.offline_expected, s.offline_found, s.offline_restart), (1, 1, 1));
-        assert_eq!(s.night, Night::Alerts { cabinets: 1, solar: 1 });
+        assert_eq!(
+            (s.offline_expected, s.offline_found, s.offline_restart),
+            (1, 1, 1)
+        );
+        assert_eq!(
+            s.night,
+            Night::Alerts {
+                cabinets: 1,
+                solar: 1
+            }
+        );
         let line = s.to_string();
         assert!(
             line.contains("alerts: 3 raised (offline 2, solar_deficit 1), 2 cleared, 0 duplicates"),
@@ -524,7 +546,14 @@ mod tests {
             alert("1", "A", "offline", 1_010_010, 1_012_100, Some(1_014_000)),
             alert("2", "A", "offline", 1_010_010, 1_013_000, Some(1_016_000)),
             alert("3", "E", "offline", 1_050_000, 1_052_000, Some(1_053_000)),
-            alert("4", "F", "door_left_open", 1_060_000, 1_070_000, Some(1_065_000)),
+            alert(
+                "4",
+                "F",
+                "door_left_open",
+                1_060_000,
+                1_070_000,
+                Some(1_065_000),
+            ),
             alert("5", "S", "battery_low", 1_040_000, 1_041_000, None),
         ];
         let (s, problems) = run(&alerts, 1_100_000);

@@ -215,8 +215,14 @@ impl SimRules {
             ),
             ("charger_fault", json!({"for_ms": scale(60_000, s)})),
             ("on_battery", json!({"for_ms": scale(2 * 60_000, s)})),
-            ("door_left_open", json!({"after_ms": self.door_left_open_ms})),
-            ("lock_jammed", json!({"window_ms": scale(24 * 3_600_000, s)})),
+            (
+                "door_left_open",
+                json!({"after_ms": self.door_left_open_ms}),
+            ),
+            (
+                "lock_jammed",
+                json!({"window_ms": scale(24 * 3_600_000, s)}),
+            ),
             (
                 "parcel_sensor",
                 json!({"clear_after_ms": scale(24 * 3_600_000, s)}),

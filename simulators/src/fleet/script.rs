@@ -68,7 +68,10 @@ where
             outage_done = true;
             let began = now_ms();
             let cut = fleet.start_outage(gw, o.outage_share).await;
-            let ids = cut.iter().map(|&i| fleet.cabinets[i].id.to_string()).collect();
+            let ids = cut
+                .iter()
+                .map(|&i| fleet.cabinets[i].id.to_string())
+                .collect();
             fleet.timeline.outage(began, ids);
             log.push(Happening {
                 at: t,
