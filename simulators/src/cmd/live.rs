@@ -210,7 +210,7 @@ impl Live {
              events stored {:.0}  ({:.0}/s)  outbox backlog {}\n  \
              deliveries {}  pickups {}  API unlocks {} -> outcomes [{}]  pending {:.0}\n  \
              active alarms {}  gateway restarts {}\n  \
-             alerts active {:.0} ({}){}\n{}",
+             alerts active {}{}{}\n{}",
             self.started.elapsed().as_secs_f64(),
             s.cabinets,
             s.connected,
@@ -227,8 +227,12 @@ impl Live {
             g.pending,
             s.alarms,
             gw.restarts(),
-            g.alerts_active.iter().map(|(_, n)| n).sum::<f64>(),
-            alerts.join(", "),
+            g.alerts_active.iter().map(|(_, n)| *n as u64).sum::<u64>(),
+            if alerts.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", alerts.join(", "))
+            },
             news,
             last.join("\n"),
         );
