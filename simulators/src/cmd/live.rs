@@ -80,6 +80,10 @@ pub fn poll_metrics(api: Api) -> (Arc<Mutex<GatewayView>>, tokio::task::JoinHand
                         news.push(format!("{what} {} {}: {}", a.cabinet, a.kind, a.detail));
                     }
                 }
+                // an alert that fell off the newest page never comes back to it
+                let ids: std::collections::HashSet<&str> =
+                    list.iter().map(|a| a.id.as_str()).collect();
+                known.retain(|id, _| ids.contains(id.as_str()));
                 let mut g = v.lock().unwrap_or_else(PoisonError::into_inner);
                 g.alert_news.extend(news);
                 let n = g.alert_news.len();
