@@ -3,13 +3,44 @@
 //! Modbus, carriers creating real orders, couriers depositing by remote unlock, recipients
 //! typing the codes the notification outbox gave them (delivered to the cabinets by the
 //! gateway over `down/creds`), pickups while a cabinet is offline, an outage, nightfall on the
-//! solar cabinets and a gateway restart; the invariant report must be clean.
+//! solar cabinets and a gateway restart; the invariant report must be clean, the rules engine's
+//! alerts included (the outage's `offline` alerts, a power alert after nightfall).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use locker_sim::fleet::{self, FleetOptions, GatewayMode};
+use locker_sim::fleet::alerts::Night;
+use locker_sim::fleet::report::Report;
+use locker_sim::fleet::{self, Fleet, FleetOptions, GatewayMode};
+
+/// The outage raised one `offline` alert per cabinet it cut, when it lasted long enough for
+/// the scaled rule (measured by the simulator from its timeline; the report already counts a
+/// missing, doubled or early-cleared alert as a violation).
+fn assert_outage_alerts(fleet: &Fleet, report: &Report) {
+    let t = fleet.timeline.facts();
+    let rules = t.rules.clone().expect("the simulator's rules");
+    let need = rules.offline_after_ms + rules.offline_slack_ms();
+    let long: usize = t
+        .outages
+        .iter()
+        .flat_map(|o| {
+            o.cabinets
+                .iter()
+                .map(move |(_, down)| down.saturating_sub(o.cut_ms))
+        })
+        .filter(|off| *off >= need)
+        .count();
+    assert!(!t.outages.is_empty(), "the script ran an outage");
+    assert_eq!(report.alerts.offline_expected, long as u64, "{report}");
+    assert_eq!(report.alerts.offline_found, long as u64, "{report}");
+    if long > 0 {
+        assert!(
+            report.alerts.by_kind.get("offline").copied().unwrap_or(0) >= long as u64,
+            "{report}"
+        );
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_cabinets_follow_real_orders_with_an_offline_pickup() {
@@ -59,6 +90,7 @@ async fn five_cabinets_follow_real_orders_with_an_offline_pickup() {
     println!("{report}");
     println!("{}", l.fleet.ctx.stats);
     assert!(report.is_clean(), "{report}");
+    assert_outage_alerts(&l.fleet, &report);
     assert!(report.orders_created > 0, "orders were created");
     assert!(
         report
@@ -98,6 +130,8 @@ async fn small_fleet_run_keeps_every_invariant() {
         restart_at: Some(0.6),
         nightfall_at: Some(0.4),
         solar_share: 0.3,
+        // late afternoon: little sun left before nightfall, so the night's deficit shows soon
+        start_hour: 17.0,
         backoff_base_ms: 100,
         backoff_max_ms: 1_000,
         auto_close: Duration::from_millis(800),
@@ -131,14 +165,23 @@ async fn small_fleet_run_keeps_every_invariant() {
         "fleet settles: {:?}",
         l.fleet.snapshot()
     );
+    // a power alert after nightfall, or the night lasted as long as the scaled rules need
+    // (then the report counts its absence as a violation)
+    let night_alert = l.fleet.wait_night_alert().await;
     let report = l.fleet.verify().await;
     println!("{report}");
+    assert!(
+        night_alert
+            && matches!(report.alerts.night, Night::Alerts { cabinets, .. } if cabinets > 0),
+        "nightfall raised solar_deficit or battery_low on a solar cabinet: {report}"
+    );
     let (deposits, pickups) = l.fleet.ctx.stats.done();
     println!(
         "deposits {deposits}, pickups {pickups}, {:?}",
         l.fleet.ctx.stats
     );
     assert!(report.is_clean(), "{report}");
+    assert_outage_alerts(&l.fleet, &report);
     assert!(deposits > 0, "some deposits happened");
     assert!(report.events_stored > 0);
     assert!(

@@ -1,14 +1,17 @@
 //! The live summary of a fleet run, shared by `fleet` and `demo`: an indicatif status line block
 //! refreshed every second when standard output and error are a terminal (otherwise a plain
 //! line on standard output every 5 s, no colour, no cursor movement) with cabinets online,
-//! events per second (from the gateway's metrics), commands and outcomes, alarms, outbox backlog
-//! and the last things the script did.
+//! events per second (from the gateway's metrics), commands and outcomes, alarms, outbox backlog,
+//! the rules engine's active alerts by kind (`locker_alerts_active`) with the newest alerts as
+//! they are raised and cleared (`GET /v1/alerts?state=all`), and the last things the script
+//! did.
 
 use std::io::IsTerminal as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use locker_sim::fleet::alerts::newest_alerts;
 use locker_sim::fleet::api::{metric_sum, metric_with, Api};
 use locker_sim::fleet::gateway::GatewayRunner;
 use locker_sim::fleet::script::Happening;
@@ -23,6 +26,34 @@ pub struct GatewayView {
     pub outcomes: Vec<(String, f64)>,
     pub pending: f64,
     pub reachable: bool,
+    /// Active alerts by kind (`locker_alerts_active`, summed over severities).
+    pub alerts_active: Vec<(String, f64)>,
+    /// The newest alert changes, newest last: `raised CAB-000003 offline: offline for 0.2 min`.
+    pub alert_news: Vec<String>,
+}
+
+/// Alert changes kept for the display.
+const NEWS: usize = 4;
+
+/// `locker_alerts_active` by kind, summed over severities, non-zero only.
+fn active_by_kind(text: &str) -> Vec<(String, f64)> {
+    let mut by: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
+    for l in text
+        .lines()
+        .filter(|l| l.starts_with("locker_alerts_active{"))
+    {
+        let Some((key, value)) = l.rsplit_once(' ') else {
+            continue;
+        };
+        let kind = key
+            .split_once("kind=\"")
+            .and_then(|(_, r)| r.split_once('"'))
+            .map(|(k, _)| k.to_owned());
+        if let (Some(k), Ok(v)) = (kind, value.parse::<f64>()) {
+            *by.entry(k).or_default() += v;
+        }
+    }
+    by.into_iter().filter(|(_, n)| *n > 0.0).collect()
 }
 
 /// Polls the gateway's /metrics every second in the background.
@@ -31,7 +62,33 @@ pub fn poll_metrics(api: Api) -> (Arc<Mutex<GatewayView>>, tokio::task::JoinHand
     let v = view.clone();
     let task = tokio::spawn(async move {
         let mut last: Option<(Instant, f64)> = None;
+        // alert id -> cleared, as last seen (`None` until the first poll: old alerts are not news)
+        let mut seen: Option<std::collections::HashMap<String, bool>> = None;
         loop {
+            if let Ok(list) = newest_alerts(&api, 50).await {
+                let mut news = Vec::new();
+                let known = seen.get_or_insert_with(|| {
+                    list.iter()
+                        .map(|a| (a.id.clone(), a.cleared_at.is_some()))
+                        .collect()
+                });
+                // oldest first, so the news read in order
+                for a in list.iter().rev() {
+                    let cleared = a.cleared_at.is_some();
+                    if known.insert(a.id.clone(), cleared) != Some(cleared) {
+                        let what = if cleared { "cleared" } else { "raised " };
+                        news.push(format!("{what} {} {}: {}", a.cabinet, a.kind, a.detail));
+                    }
+                }
+                // an alert that fell off the newest page never comes back to it
+                let ids: std::collections::HashSet<&str> =
+                    list.iter().map(|a| a.id.as_str()).collect();
+                known.retain(|id, _| ids.contains(id.as_str()));
+                let mut g = v.lock().unwrap_or_else(PoisonError::into_inner);
+                g.alert_news.extend(news);
+                let n = g.alert_news.len();
+                g.alert_news.drain(..n.saturating_sub(NEWS));
+            }
             let m = api.metrics().await;
             {
                 let mut g = v.lock().unwrap_or_else(PoisonError::into_inner);
@@ -69,6 +126,7 @@ pub fn poll_metrics(api: Api) -> (Arc<Mutex<GatewayView>>, tokio::task::JoinHand
                         })
                         .filter(|(_, n)| *n > 0.0)
                         .collect();
+                        g.alerts_active = active_by_kind(&text);
                         g.reachable = true;
                     }
                     Err(_) => {
@@ -134,6 +192,16 @@ impl Live {
             .iter()
             .map(|(k, n)| format!("{k} {n:.0}"))
             .collect();
+        let alerts: Vec<String> = g
+            .alerts_active
+            .iter()
+            .map(|(k, n)| format!("{k} {n:.0}"))
+            .collect();
+        let news: String = g
+            .alert_news
+            .iter()
+            .map(|l| format!("\n    alert {l}"))
+            .collect();
         let last: Vec<String> = log
             .iter()
             .rev()
@@ -145,7 +213,8 @@ impl Live {
             "t={:.0}s  cabinets {}  connected {}  (gateway sees {:.0} online{})  links cut {}\n  \
              events stored {:.0}  ({:.0}/s)  outbox backlog {}\n  \
              deliveries {}  pickups {}  API unlocks {} -> outcomes [{}]  pending {:.0}\n  \
-             active alarms {}  gateway restarts {}\n{}",
+             active alarms {}  gateway restarts {}\n  \
+             alerts active {}{}{}\n{}",
             self.started.elapsed().as_secs_f64(),
             s.cabinets,
             s.connected,
@@ -162,6 +231,13 @@ impl Live {
             g.pending,
             s.alarms,
             gw.restarts(),
+            g.alerts_active.iter().map(|(_, n)| *n as u64).sum::<u64>(),
+            if alerts.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", alerts.join(", "))
+            },
+            news,
             last.join("\n"),
         );
         match &self.bar {

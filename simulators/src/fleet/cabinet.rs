@@ -132,7 +132,11 @@ impl SimCabinet {
             speed: t.speed,
             start_hour,
             // Solar cabinets run on a small battery that a night can drain.
-            capacity_wh: if solar { 240.0 } else { 1200.0 },
+            capacity_wh: if solar {
+                super::gateway::SOLAR_BATTERY_WH
+            } else {
+                1200.0
+            },
             initial_soc_pct: if solar { 30.0 } else { 90.0 },
             peak_pv_w: if solar { 120.0 } else { 0.0 },
             load_w: if solar { 12.0 } else { 5.0 },
@@ -158,8 +162,9 @@ impl SimCabinet {
         config.charger = Some(AgentCharger {
             address: "charger".into(),
             unit: 2,
-            poll_s: 2,
-            interval_s: 600,
+            poll_s: super::gateway::SOLAR_REPORT_S,
+            // a solar cabinet reports at every poll (the rules integrate its energy balance)
+            interval_s: if solar { 1 } else { 600 },
             ..AgentCharger::default()
         });
         config.timing.door_left_open_s = 120;

@@ -4,6 +4,10 @@
 //!
 //! [`GatewayRunner::restart`] restarts the first two on the same addresses; the child is killed
 //! hard (`kill -9`), which is the harsher test of "nothing acknowledged is lost".
+//!
+//! [`SimRules`] gives the gateway's rules engine times scaled to the run (a simulated day passes
+//! in minutes, an outage lasts seconds), so the script's outage and nightfall raise the alerts
+//! the invariant report expects.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,6 +19,9 @@ use locker_gateway::app::Gateway;
 use locker_gateway::config::GatewayConfig;
 use locker_gateway::edge::Identity;
 use locker_schemas::CabinetId;
+use serde_json::json;
+
+use super::FleetOptions;
 
 /// Why the gateway could not be started or restarted.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +105,144 @@ pub fn fleet_gateway_config(
     cfg.commands.resend_after_ms = 2_000;
     cfg.commands.tick_ms = 100;
     cfg
+}
+
+/// How often a solar cabinet's agent polls its charge controller and reports Power, seconds
+/// (`charger.poll_s`, with `interval_s` under it so every poll reports): about five simulated
+/// minutes at x144. The other cabinets report every 10 min (and at SoC thresholds).
+pub const SOLAR_REPORT_S: u64 = 2;
+
+/// The rules the simulator gives the gateway, scaled to the run. The gateway judges real
+/// (wall) time while the chargers' clock runs `speed` times faster and an outage lasts seconds:
+/// - `offline.after_ms`: 40 % of the outage (at least 1 s), so every cut cabinet raises exactly
+///   one `offline` alert and a reconnect after a gateway restart (well under it) raises none;
+///   no `sync_credentials` on return (the agent answers it `unsupported`);
+/// - power: the battery a solar cabinet drains in simulated hours holds `speed` times less
+///   energy in real hours (`battery_wh` = 240 Wh / speed, `empty_within_h` = 48 h / speed);
+///   the solar window is 24 slots of [`SOLAR_REPORT_S`] (48 s: a slot must outlast half the
+///   gap between reports) and is judged after 4 slots of telemetry; `battery_low.for_ms` is
+///   5 simulated minutes;
+/// - `door_left_open.after_ms` well above the sim's `auto_close` (ordinary pickups never
+///   alert); every other duration is scaled by `speed` (e.g. `queue_waiting` 1 simulated hour).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimRules {
+    pub speed: f64,
+    /// How often the engine evaluates timed conditions, ms.
+    pub tick_ms: u64,
+    pub offline_after_ms: u64,
+    pub door_left_open_ms: u64,
+    pub battery_low_for_ms: u64,
+    pub solar_window_ms: u64,
+    pub solar_min_coverage_ms: u64,
+    /// The solar cabinets' battery, Wh (simulated).
+    pub solar_battery_wh: f64,
+}
+
+/// The capacity of a solar cabinet's battery (see [`super::cabinet`]), Wh.
+pub const SOLAR_BATTERY_WH: f64 = 240.0;
+
+impl SimRules {
+    /// The rules for a fleet run with these options.
+    pub fn for_fleet(o: &FleetOptions) -> Self {
+        let speed = if o.speed.is_finite() && o.speed >= 1.0 {
+            o.speed
+        } else {
+            1.0
+        };
+        let slot_ms = SOLAR_REPORT_S * 1_000;
+        Self {
+            speed,
+            tick_ms: 200,
+            offline_after_ms: (o.outage_for.as_millis() as u64 * 2 / 5).max(1_000),
+            door_left_open_ms: (o.auto_close.as_millis() as u64 * 10)
+                .max(scale(5 * 60_000, speed))
+                .max(5_000),
+            battery_low_for_ms: scale(5 * 60_000, speed),
+            solar_window_ms: 24 * slot_ms,
+            solar_min_coverage_ms: 4 * slot_ms,
+            solar_battery_wh: SOLAR_BATTERY_WH,
+        }
+    }
+
+    /// Slack on top of `offline.after_ms` before a cut cabinet must have its alert: a few
+    /// ticks and more for a loaded machine (the offline time it is compared with is a lower
+    /// bound measured by the simulator: from the cut to the last moment its agent was seen
+    /// disconnected).
+    pub fn offline_slack_ms(&self) -> u64 {
+        3 * self.tick_ms + 600
+    }
+
+    /// How long after nightfall a solar cabinet must have a `solar_deficit` or `battery_low`
+    /// alert: by then the window holds only night samples (no PV, the evening load), whose
+    /// balance empties even a full battery within `empty_within_h`; or the battery is flat and
+    /// under `battery_low` (the controller cut the load). Plus reports, ticks and slack.
+    pub fn night_alert_within(&self) -> Duration {
+        let slot = SOLAR_REPORT_S * 1_000;
+        Duration::from_millis(
+            self.solar_window_ms + 3 * slot + self.battery_low_for_ms + 4 * self.tick_ms + 5_000,
+        )
+    }
+
+    /// Writes the rules into the gateway's `[rules]` table.
+    pub fn apply(&self, cfg: &mut GatewayConfig) {
+        let s = self.speed;
+        let r = &mut cfg.rules;
+        r.tick_ms = self.tick_ms;
+        let tables = [
+            (
+                "offline",
+                json!({"after_ms": self.offline_after_ms, "sync_credentials_after_ms": 0}),
+            ),
+            (
+                "flapping",
+                json!({"window_ms": scale(15 * 60_000, s).max(5_000)}),
+            ),
+            (
+                "replay_backlog",
+                json!({"age_ms": scale(3_600_000, s), "hold_ms": scale(10 * 60_000, s)}),
+            ),
+            ("network_failover", json!({"for_ms": scale(10 * 60_000, s)})),
+            ("battery_low", json!({"for_ms": self.battery_low_for_ms})),
+            (
+                "solar_deficit",
+                json!({
+                    "window_ms": self.solar_window_ms,
+                    "min_coverage_ms": self.solar_min_coverage_ms,
+                    "battery_wh": self.solar_battery_wh / s,
+                    "empty_within_h": 48.0 / s,
+                    "clear_beyond_h": 72.0 / s,
+                }),
+            ),
+            ("charger_fault", json!({"for_ms": scale(60_000, s)})),
+            ("on_battery", json!({"for_ms": scale(2 * 60_000, s)})),
+            (
+                "door_left_open",
+                json!({"after_ms": self.door_left_open_ms}),
+            ),
+            (
+                "lock_jammed",
+                json!({"window_ms": scale(24 * 3_600_000, s)}),
+            ),
+            (
+                "parcel_sensor",
+                json!({"clear_after_ms": scale(24 * 3_600_000, s)}),
+            ),
+            ("queue_waiting", json!({"waiting_ms": scale(3_600_000, s)})),
+            (
+                "command_no_outcome",
+                json!({"clear_after_ms": scale(24 * 3_600_000, s)}),
+            ),
+            ("board_offline", json!({"for_ms": scale(60_000, s)})),
+        ];
+        for (k, v) in tables {
+            r.rules.insert(k.into(), v);
+        }
+    }
+}
+
+/// A duration of the simulated world in real ms (at least 1 ms).
+fn scale(ms: u64, speed: f64) -> u64 {
+    ((ms as f64 / speed).round() as u64).max(1)
 }
 
 /// A loopback port held for a server that is started (and restarted) later, without the race
@@ -389,4 +534,32 @@ pub async fn wait_healthy(api: SocketAddr, limit: Duration) -> Result<(), Gatewa
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Err(GatewayError::NotHealthy(api))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scaled rules are valid for the gateway and survive the child's gateway.toml.
+    #[test]
+    fn scaled_rules_compile_and_survive_toml() {
+        let opts = FleetOptions {
+            outage_for: Duration::from_secs(3),
+            auto_close: Duration::from_millis(800),
+            ..FleetOptions::default()
+        };
+        let rules = SimRules::for_fleet(&opts);
+        assert_eq!(rules.offline_after_ms, 1_200);
+        assert!(rules.door_left_open_ms >= 8_000);
+        let mut cfg = GatewayConfig::default();
+        rules.apply(&mut cfg);
+        let compiled = cfg.rules.compile().expect("the scaled rules are valid");
+        assert_eq!(compiled.fleet.offline.after_ms, 1_200);
+        assert_eq!(compiled.fleet.solar_deficit.window_ms, 48_000);
+        let text = toml::to_string(&cfg).expect("toml");
+        let back: GatewayConfig = toml::from_str(&text).expect("read back");
+        let again = back.rules.compile().expect("valid after toml");
+        assert_eq!(again.fleet, compiled.fleet);
+        assert_eq!(back.rules.tick_ms, 200);
+    }
 }

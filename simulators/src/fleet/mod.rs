@@ -12,8 +12,10 @@
 //! what the people did ([`report`]).
 //!
 //! - [`link`]: the per-cabinet TLS configuration with its outage switch;
-//! - [`api`]: the gateway API calls the fleet makes.
+//! - [`api`]: the gateway API calls the fleet makes;
+//! - [`alerts`]: the alerts the script's outage and nightfall must (and must not) raise.
 
+pub mod alerts;
 pub mod api;
 pub mod cabinet;
 mod couriers;
@@ -175,6 +177,8 @@ pub struct Fleet {
     storage: locker_agent::Storage,
     scenarios: Arc<Semaphore>,
     pub outages_done: AtomicU64,
+    /// What the script did, for the alert checks.
+    pub timeline: alerts::Timeline,
     /// The recipients' phones: the notification outbox poller.
     notices: tokio::task::JoinHandle<()>,
 }
@@ -273,6 +277,7 @@ impl Fleet {
             storage,
             scenarios: Arc::new(Semaphore::new(MAX_SCENARIOS)),
             outages_done: AtomicU64::new(0),
+            timeline: alerts::Timeline::default(),
             notices,
         };
         fleet.adopt_leftovers().await;

@@ -19,13 +19,17 @@
 //!   parcel (at the end, and when its courier came to collect it), every returned order's
 //!   compartment is empty (unless a later order's parcel is in it), the old PIN typed once per
 //!   expired order was refused without a lock pulse, and no cabinet released an expired
-//!   order's parcel to a pickup code.
+//!   order's parcel to a pickup code;
+//! - alerts ([`super::alerts::check_alerts`]): the outage's `offline` alerts, one per cabinet
+//!   cut long enough and cleared after it came back, none elsewhere, no duplicates, and a power
+//!   alert after nightfall.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
 use serde_json::Value;
 
+use super::alerts::AlertSummary;
 use super::api::AuditEvent;
 use super::ledger::{ExpiryFacts, Pickup, SimOrder};
 
@@ -60,6 +64,9 @@ pub struct Report {
     pub late_pins_tried: u64,
     pub late_pins_refused: u64,
     pub late_pins_skipped: u64,
+    /// The gateway's alerts: counted by kind and state, checked against the script
+    /// (see [`super::alerts`]).
+    pub alerts: AlertSummary,
     /// Each violated invariant, one line each (the first 50).
     pub problems: Vec<String>,
     /// Count of violations (may exceed `problems.len()`).
@@ -488,6 +495,7 @@ impl fmt::Display for Report {
             self.late_pins_refused,
             self.late_pins_skipped
         )?;
+        writeln!(f, "{}", self.alerts)?;
         if self.is_clean() {
             writeln!(f, "  RESULT: clean (0 violations)")
         } else {

@@ -1,13 +1,15 @@
 //! The timeline of a fleet run: activity ticks every 100 ms, then at their share of the run an
 //! outage for part of the fleet (restored after its length), nightfall on the solar cabinets
 //! and a gateway restart. Every second the caller's observer sees the fleet and the log of what
-//! happened so far.
+//! happened so far. What should raise alerts (the outage, each cabinet's reconnection after it,
+//! restarts, nightfall) is written to the fleet's [`super::alerts::Timeline`].
 
 use std::future::Future;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::alerts::now_ms;
 use super::gateway::GatewayRunner;
 use super::Fleet;
 
@@ -44,6 +46,9 @@ where
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_tick = Instant::now();
+    // cut cabinets not yet seen connected again after the outage
+    let mut reconnecting: Vec<usize> = Vec::new();
+    fleet.timeline.script_started();
     loop {
         tokio::select! {
             _ = &mut stop => {
@@ -61,7 +66,13 @@ where
         last_tick = now;
         if !outage_done && t >= at(o.outage_at) {
             outage_done = true;
+            let began = now_ms();
             let cut = fleet.start_outage(gw, o.outage_share).await;
+            let ids = cut
+                .iter()
+                .map(|&i| fleet.cabinets[i].id.to_string())
+                .collect();
+            fleet.timeline.outage(began, ids);
             log.push(Happening {
                 at: t,
                 what: format!(
@@ -74,7 +85,9 @@ where
         }
         if let Some((until, cut)) = &outage {
             if now >= *until {
+                fleet.timeline.restored();
                 fleet.end_outage(cut);
+                reconnecting = cut.clone();
                 log.push(Happening {
                     at: t,
                     what: format!("network back for {} cabinets", cut.len()),
@@ -82,8 +95,17 @@ where
                 outage = None;
             }
         }
+        if !reconnecting.is_empty() {
+            reconnecting.retain(|&i| fleet.cabinets[i].brief().is_none_or(|b| !b.0));
+            let down: Vec<&str> = reconnecting
+                .iter()
+                .map(|&i| fleet.cabinets[i].id.as_str())
+                .collect();
+            fleet.timeline.still_down(&down);
+        }
         if !night_done && o.nightfall_at.is_some_and(|s| t >= at(s)) {
             night_done = true;
+            fleet.timeline.nightfall();
             let n = fleet.nightfall();
             log.push(Happening {
                 at: t,
@@ -93,10 +115,12 @@ where
         if !restart_done && o.restart_at.is_some_and(|s| t >= at(s)) {
             restart_done = true;
             let began = Instant::now();
+            let began_ms = now_ms();
             let what = match gw.restart().await {
                 Ok(_) => format!("gateway restarted in {} ms", began.elapsed().as_millis()),
                 Err(e) => format!("gateway restart FAILED: {e}"),
             };
+            fleet.timeline.restart(began_ms, now_ms());
             log.push(Happening { at: t, what });
         }
         if last_observe.elapsed() >= Duration::from_secs(1) {
@@ -105,6 +129,7 @@ where
         }
     }
     if let Some((_, cut)) = outage.take() {
+        fleet.timeline.restored();
         fleet.end_outage(&cut);
     }
     log

@@ -1,5 +1,6 @@
 //! Starting a fleet: the cabinets' ids and certificates (one PKI batch), the gateway (in this
-//! process, a child process or external) with the carriers' tokens in its configuration, the
+//! process, a child process or external) with the carriers' tokens and the scaled rules
+//! ([`gateway::SimRules`]) in its configuration, the
 //! parcel world set up through the API, and the fleet built; and, on a reused state directory,
 //! the orders left over from an earlier run taken over (see [`Fleet::adopt_leftovers`]).
 
@@ -190,14 +191,19 @@ pub async fn launch(
     let (pki, certs) = tokio::task::spawn_blocking(move || prepare_pki(&dir, &ids2))
         .await
         .map_err(|e| FleetError::Pki(e.to_string()))??;
+    let started_ms = super::alerts::now_ms();
     let gw_dir = opts.state_dir.join("gateway");
     let world = World::plan(opts.cabinets, opts.cabinets_per_site, token);
     let any: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
+    let rules = gateway::SimRules::for_fleet(&opts);
     let config = |edge, api| {
         let mut cfg = gateway::fleet_gateway_config(&gw_dir, pki.paths(), edge, api, token);
         world.add_tokens(&mut cfg);
+        // the rules engine's times scaled to the run (see `SimRules`)
+        rules.apply(&mut cfg);
         cfg
     };
+    let ours = !matches!(mode, GatewayMode::External { .. });
     let (gateway, world) = match mode {
         GatewayMode::InProcess => (
             GatewayRunner::in_process(config(any, any), token).await?,
@@ -221,6 +227,15 @@ pub async fn launch(
     let rss_before_kib = rss_kib(None);
     let ca = pki.ca_cert_der().to_vec();
     let fleet = Fleet::build(opts, certs, &ca, &gateway, ids, world).await?;
+    let solar = fleet
+        .cabinets
+        .iter()
+        .filter(|c| c.solar)
+        .map(|c| c.id.to_string())
+        .collect();
+    fleet
+        .timeline
+        .begin(started_ms, ours.then_some(rules), solar);
     Ok(Launched {
         fleet,
         gateway,

@@ -4,7 +4,9 @@
 //! them to the checks of [`super::report`].
 //!
 //! The parcel checks are repeated for a few seconds until they pass: an offline pickup
-//! reported at the end of the run reaches the orders a moment after the audit log.
+//! reported at the end of the run reaches the orders a moment after the audit log. So are the
+//! alert checks ([`super::alerts`], from `GET /v1/alerts?state=all` and the script's
+//! timeline): an `offline` alert clears a moment after its cabinet reconnected.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -14,12 +16,14 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
+use super::alerts::{check_alerts, list_alerts, night_alerted, now_ms};
 use super::report::{
     check_cabinet, check_expiry, check_parcels, CabinetFacts, CabinetParcels, Report,
 };
 use super::Fleet;
 
 const PARCEL_TRIES: usize = 20;
+const ALERT_TRIES: usize = 20;
 
 impl Fleet {
     /// Checks the invariants against the gateway's API (see [`super::report`]).
@@ -117,11 +121,60 @@ impl Fleet {
             let mut trial = report.clone();
             self.parcels(&mut trial, &access).await;
             if trial.is_clean() || attempt == PARCEL_TRIES {
-                return trial;
+                report = trial;
+                break;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        self.check_alerts(&mut report).await;
         report
+    }
+
+    /// The alert checks ([`super::alerts::check_alerts`]), repeated for a few seconds until
+    /// they pass: the rules engine clears an `offline` alert a moment after the reconnection
+    /// the simulator saw.
+    async fn check_alerts(&self, report: &mut Report) {
+        let t = self.timeline.facts();
+        let mut problems = Vec::new();
+        for attempt in 1..=ALERT_TRIES {
+            problems.clear();
+            match list_alerts(&self.ctx.api, "state=all").await {
+                Ok(list) => {
+                    report.alerts = check_alerts(&list, &t, now_ms(), |p| problems.push(p));
+                }
+                Err(e) => problems.push(format!("alerts not readable: {e}")),
+            }
+            if problems.is_empty() || attempt == ALERT_TRIES {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        for p in problems {
+            report.problem(p);
+        }
+    }
+
+    /// After nightfall: waits until a solar cabinet has a `solar_deficit` or `battery_low`
+    /// alert, or until the night lasted long enough that one was due
+    /// ([`super::gateway::SimRules::night_alert_within`]); true if one was seen. False at
+    /// once without a nightfall or with a gateway whose rules are not the simulator's.
+    pub async fn wait_night_alert(&self) -> bool {
+        let t = self.timeline.facts();
+        let (Some(nf), Some(rules)) = (t.nightfall_ms, &t.rules) else {
+            return false;
+        };
+        let until = nf + rules.night_alert_within().as_millis() as u64;
+        loop {
+            if let Ok(list) = list_alerts(&self.ctx.api, "state=all").await {
+                if night_alerted(&list, &t, nf) {
+                    return true;
+                }
+            }
+            if now_ms() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     /// The parcel checks, once.
