@@ -116,7 +116,8 @@ pub const SOLAR_REPORT_S: u64 = 2;
 /// (wall) time while the chargers' clock runs `speed` times faster and an outage lasts seconds:
 /// - `offline.after_ms`: 40 % of the outage (at least 1 s), so every cut cabinet raises exactly
 ///   one `offline` alert and a reconnect after a gateway restart (well under it) raises none;
-///   no `sync_credentials` on return (the agent answers it `unsupported`);
+///   no `sync_credentials` on return (its commands would not be the simulator's own, which the
+///   invariant report counts one outcome each for);
 /// - power: the battery a solar cabinet drains in simulated hours holds `speed` times less
 ///   energy in real hours (`battery_wh` = 240 Wh / speed, `empty_within_h` = 48 h / speed);
 ///   the solar window is 24 slots of [`SOLAR_REPORT_S`] (48 s: a slot must outlast half the
