@@ -29,6 +29,8 @@ use crate::store::{self, StoreError};
 const MAX_BATCH: usize = 512;
 /// How often the cabinets' sites are read from the parcel domain, in ticks.
 const SITES_EVERY: u64 = 30;
+/// How often cabinets whose readings changed (and not their conditions) are stored.
+const SAVE_READINGS: Duration = Duration::from_secs(5);
 /// TTL of an action's command, ms (it waits in the queue for an offline cabinet that long).
 const ACTION_TTL_MS: u32 = 24 * 3_600_000;
 
@@ -91,6 +93,8 @@ pub struct Rules {
     /// Acknowledgements waiting for the batch's flush.
     replies: Vec<(oneshot::Sender<Result<Alert, RulesError>>, Alert)>,
     ticks: u64,
+    /// When readings were last stored.
+    readings_saved: tokio::time::Instant,
 }
 
 impl Rules {
@@ -123,6 +127,7 @@ impl Rules {
             engine,
             replies: Vec::new(),
             ticks: 0,
+            readings_saved: tokio::time::Instant::now(),
         };
         r.gauges();
         let task = tracker.spawn(r.run(inbox.0, crx, cancel));
@@ -362,8 +367,14 @@ impl Rules {
     }
 
     /// Writes what changed (retrying until it is stored), then publishes, acts and answers.
+    /// Conditions and alerts are written with every batch; readings alone every
+    /// [`SAVE_READINGS`] and at shutdown.
     async fn flush(&mut self, cancel: &CancellationToken) {
-        let states = self.engine.take_dirty();
+        let mut states = self.engine.take_dirty();
+        if cancel.is_cancelled() || self.readings_saved.elapsed() >= SAVE_READINGS {
+            self.readings_saved = tokio::time::Instant::now();
+            states.extend(self.engine.take_touched());
+        }
         let effects = self.engine.take_effects();
         if states.is_empty() && effects.is_empty() && self.replies.is_empty() {
             return;

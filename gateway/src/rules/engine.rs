@@ -51,8 +51,13 @@ pub struct Engine {
     pub cabs: HashMap<CabinetId, CabState>,
     /// Active alerts by id.
     pub active: HashMap<String, Alert>,
-    /// Cabinets changed since the last [`Engine::take_dirty`].
+    /// Cabinets whose conditions or alerts changed since the last [`Engine::take_dirty`]:
+    /// stored before the batch's effects take effect.
     pub(super) dirty: HashSet<CabinetId>,
+    /// Cabinets whose readings changed (doors, power, windows, presence) but not their
+    /// conditions: stored every few seconds ([`Engine::take_touched`]), so a busy fleet does not
+    /// rewrite every cabinet's state with every batch.
+    touched: HashSet<CabinetId>,
     /// Cabinets whose conditions change with time alone.
     pub(super) timed: HashSet<CabinetId>,
     /// Cabinets with an offline queue at the dispatcher's last report.
@@ -77,6 +82,7 @@ impl Engine {
             cabs,
             active: active.into_iter().map(|a| (a.id.clone(), a)).collect(),
             dirty: HashSet::new(),
+            touched: HashSet::new(),
             timed: HashSet::new(),
             queued: HashSet::new(),
             out: Vec::new(),
@@ -114,6 +120,18 @@ impl Engine {
     /// The cabinets changed since the last call, with their state.
     pub fn take_dirty(&mut self) -> Vec<(CabinetId, CabState)> {
         let ids: Vec<CabinetId> = self.dirty.drain().collect();
+        for id in &ids {
+            self.touched.remove(id);
+        }
+        ids.into_iter()
+            .filter_map(|id| self.cabs.get(&id).map(|c| (id, c.clone())))
+            .collect()
+    }
+
+    /// The cabinets whose readings changed since the last call (and not since stored as
+    /// dirty), with their state.
+    pub fn take_touched(&mut self) -> Vec<(CabinetId, CabState)> {
+        let ids: Vec<CabinetId> = self.touched.drain().collect();
         ids.into_iter()
             .filter_map(|id| self.cabs.get(&id).map(|c| (id, c.clone())))
             .collect()
@@ -138,7 +156,7 @@ impl Engine {
         if !self.cabs.contains_key(id) {
             self.cabs.insert(id.clone(), CabState::default());
         }
-        self.dirty.insert(id.clone());
+        self.touched.insert(id.clone());
         self.cabs.entry(id.clone()).or_default()
     }
 
@@ -449,7 +467,7 @@ impl Engine {
             }
         }
         if changed {
-            self.dirty.insert(id.clone());
+            self.touched.insert(id.clone());
         }
     }
 

@@ -113,7 +113,7 @@ pub fn body(mix: Mix, seq: u64) -> UplinkBody {
         }),
         _ => UplinkBody::Power(locker_schemas::Power {
             battery_mv: 12_800,
-            soc_pct: (100 - (seq / 40) % 100) as u8,
+            soc_pct: (100 - (seq / 4) % 100) as u8,
             pv_w: (seq % 60) as u32,
             load_w: 12,
             charging: locker_schemas::ChargeState::Float,
