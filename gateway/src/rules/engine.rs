@@ -57,7 +57,7 @@ pub struct Engine {
     /// Cabinets whose readings changed (doors, power, windows, presence) but not their
     /// conditions: stored every few seconds ([`Engine::take_touched`]), so a busy fleet does not
     /// rewrite every cabinet's state with every batch.
-    touched: HashSet<CabinetId>,
+    pub(super) touched: HashSet<CabinetId>,
     /// Cabinets whose conditions change with time alone.
     pub(super) timed: HashSet<CabinetId>,
     /// Cabinets with an offline queue at the dispatcher's last report.

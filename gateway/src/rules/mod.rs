@@ -12,9 +12,10 @@
 //! An alert is raised once per (cabinet, kind, subject): a condition first becomes *pending*
 //! (it must last `for_ms`), then *active* (published on `lk/v1/{cabinet}/gw/alert`, stored,
 //! counted), and clears when it stops, with hysteresis (a separate clear threshold, and for
-//! some kinds a time it must stay clear). Pending times and active alerts are stored with the
-//! cabinet's rule state (sled, behind [`crate::store::alerts::AlertStore`]) before anything is
-//! published, so a restart neither loses nor restarts them, nor raises an alert twice.
+//! some kinds a time it must stay clear). An alert raised, cleared or acted on is stored with
+//! its cabinet's rule state (sled, behind [`crate::store::alerts::AlertStore`]) before it is
+//! published, so it is never raised twice; pending start times and readings are stored every
+//! few seconds and at shutdown, so a restart neither loses nor restarts a duration.
 
 pub mod actor;
 pub mod config;

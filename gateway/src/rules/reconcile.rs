@@ -19,6 +19,7 @@ impl Engine {
         };
         let rules = self.rules.for_site(c.site.as_ref()).clone();
         let sigs = signals::evaluate(c, &rules, now);
+        let effects_before = self.out.len();
         let mut seen: HashSet<String> = HashSet::new();
         let mut changed = false;
         for s in sigs {
@@ -46,8 +47,12 @@ impl Engine {
             };
             changed |= self.apply(id, key, s, &rules, now);
         }
-        if changed {
+        // an alert raised, cleared or acted on is stored before it is published; a condition
+        // that only became (or stopped being) pending is stored with the readings
+        if self.out.len() > effects_before {
             self.dirty.insert(id.clone());
+        } else if changed {
+            self.touched.insert(id.clone());
         }
         if self.cabs.get(id).is_some_and(|c| c.timed()) {
             self.timed.insert(id.clone());
