@@ -248,7 +248,9 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
             let base = key.split('{').next()?;
             (base == name).then(|| value.parse::<f64>().ok())?
         })
-        .sum()
+        // (a float sum of nothing is -0.0, which prints as "-0")
+        .sum::<f64>()
+        + 0.0
 }
 
 /// One labelled sample's value (`label` like `outcome="opened"`), summed over other labels.
