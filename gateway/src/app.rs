@@ -197,13 +197,7 @@ impl Gateway {
         .await
         {
             Ok(x) => x,
-            Err(source) => {
-                phases.root.cancel();
-                return Err(StartError::Store {
-                    path: db_path.display().to_string(),
-                    source,
-                });
-            }
+            Err(source) => return Err(half_started(&phases, &db_path, source)),
         };
         let rules_parts = crate::rules::Parts {
             cfg: cfg.rules.clone(),
@@ -218,13 +212,7 @@ impl Gateway {
         let (rules_commits, rules_task) =
             match Rules::spawn(rules_parts, rules_inbox, phases.actors.clone(), &tracker).await {
                 Ok(x) => x,
-                Err(source) => {
-                    phases.root.cancel();
-                    return Err(StartError::Store {
-                        path: db_path.display().to_string(),
-                        source,
-                    });
-                }
+                Err(source) => return Err(half_started(&phases, &db_path, source)),
             };
         let mut consumers = vec![command_commits, fleet_commits, parcel_commits];
         if cfg.rules.enabled {
@@ -426,6 +414,15 @@ impl Gateway {
                 }
             }
         }
+    }
+}
+
+/// A start that failed half way on its store: stops what it already started.
+fn half_started(phases: &Phases, db_path: &std::path::Path, source: StoreError) -> StartError {
+    phases.root.cancel();
+    StartError::Store {
+        path: db_path.display().to_string(),
+        source,
     }
 }
 
