@@ -17,9 +17,9 @@ use tokio_util::task::TaskTracker;
 use super::config::{Compiled, RulesConfig};
 use super::engine::{Effect, Engine};
 use super::metrics::RulesMetrics;
-use super::{Alert, AlertFilter, Msg, RuleAction, RulesError, RulesHandle};
+use super::{Alert, AlertFilter, Msg, PendingAction, RuleAction, RulesError, RulesHandle};
 use crate::broker::Publisher;
-use crate::commands::{ActionSpec, CommandsHandle, NewCommand};
+use crate::commands::{ActionSpec, CommandError, CommandsHandle, NewCommand};
 use crate::ingest::Committed;
 use crate::parcels::{Caller, ParcelsHandle, Scope};
 use crate::store::alerts::{matches, AlertStore};
@@ -33,6 +33,63 @@ const SITES_EVERY: u64 = 30;
 const SAVE_READINGS: Duration = Duration::from_secs(5);
 /// TTL of an action's command, ms (it waits in the queue for an offline cabinet that long).
 const ACTION_TTL_MS: u32 = 24 * 3_600_000;
+
+/// Creates an action's command (recorded in its alert and stored as pending before this),
+/// then marks it done. `resumed`: found pending at start, so the command may already exist
+/// (the gateway stopped between creating it and marking it): it is looked up first. Either way
+/// the command, whose id was chosen with the action, is created at most once.
+fn act(p: &Parts, pending: PendingAction, resumed: bool) {
+    let PendingAction {
+        alert,
+        cabinet,
+        action,
+        command,
+        ..
+    } = pending;
+    let spec = match action {
+        RuleAction::PowerSave => ActionSpec::PowerSave { on: true },
+        RuleAction::PowerNormal => ActionSpec::PowerSave { on: false },
+        RuleAction::SyncCredentials => ActionSpec::SyncCredentials,
+    };
+    let commands = p.commands.clone();
+    let metrics = p.metrics.clone();
+    let store = p.store.clone();
+    tokio::spawn(async move {
+        if resumed && matches!(commands.get(command).await, Ok(Some(_))) {
+            let key = command.to_string();
+            let _ = store::blocking(move || store.action_done(&key)).await;
+            return;
+        }
+        let r = commands
+            .create(NewCommand {
+                id: Some(command),
+                cabinet: cabinet.clone(),
+                action: spec,
+                ttl_ms: Some(ACTION_TTL_MS),
+                created_by: format!("rules:{alert}"),
+            })
+            .await;
+        let result = if r.is_ok() { "created" } else { "failed" };
+        metrics
+            .actions
+            .with_label_values(&[action.as_str(), result])
+            .inc();
+        match r {
+            // shutting down: still pending, taken up at the next start
+            Err(CommandError::Closed) => return,
+            Ok(_) => {
+                tracing::info!(cabinet = %cabinet, %alert, action = action.as_str(), %command, "rule action: command created")
+            }
+            Err(e) => {
+                tracing::warn!(cabinet = %cabinet, %alert, action = action.as_str(), error = %e, "rule action: command refused")
+            }
+        }
+        let key = command.to_string();
+        if let Err(e) = store::blocking(move || store.action_done(&key)).await {
+            tracing::warn!(%command, error = %e, "rule action: could not mark it done (it is looked up again at the next start)");
+        }
+    });
+}
 
 /// Where the engine's time comes from: the system clock, or (tests) a wall time that moves
 /// with tokio's clock, so paused time drives the rules.
@@ -130,6 +187,15 @@ impl Rules {
             readings_saved: tokio::time::Instant::now(),
         };
         r.gauges();
+        if !loaded.actions.is_empty() {
+            tracing::info!(
+                actions = loaded.actions.len(),
+                "rule actions found pending at start: creating those whose command does not exist"
+            );
+        }
+        for p in loaded.actions {
+            act(&r.p, p, true);
+        }
         let task = tracker.spawn(r.run(inbox.0, crx, cancel));
         Ok((ctx, task))
     }
@@ -254,7 +320,7 @@ impl Rules {
                         a.acked_by = Some(by);
                         a.acked_at = Some(now);
                         a.ack_note = note;
-                        st.commit(&[], std::slice::from_ref(&a))?;
+                        st.commit(&[], std::slice::from_ref(&a), &[])?;
                     }
                     Ok(Some(a))
                 })
@@ -330,6 +396,9 @@ impl Rules {
         if self.ticks.is_multiple_of(SITES_EVERY) {
             self.refresh_sites().await;
         }
+        // recounted before the tick's own changes, which the flush after it counts (raised:
+        // +1, cleared: -1); recounted after them, a raise would count twice
+        self.gauges();
         self.engine.tick(now);
         if self.ticks.is_multiple_of(3_600) {
             let keep = u64::from(self.p.cfg.history_keep_days) * 86_400_000;
@@ -341,7 +410,6 @@ impl Rules {
                 Err(e) => tracing::warn!(error = %e, "pruning old alerts failed"),
             }
         }
-        self.gauges();
     }
 
     /// Reads which site each cabinet is in from the parcel domain.
@@ -402,11 +470,29 @@ impl Rules {
                 *a = c.clone();
             }
         }
+        let actions: Vec<PendingAction> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Action {
+                    alert,
+                    cabinet,
+                    action,
+                    command,
+                } => Some(PendingAction {
+                    alert: alert.clone(),
+                    cabinet: cabinet.clone(),
+                    action: *action,
+                    command: *command,
+                    at: self.p.clock.now(),
+                }),
+                _ => None,
+            })
+            .collect();
         let mut delay = Duration::from_millis(50);
         loop {
             let st = self.p.store.clone();
-            let (s2, a2) = (states.clone(), alerts.clone());
-            match store::blocking(move || st.commit(&s2, &a2)).await {
+            let (s2, a2, p2) = (states.clone(), alerts.clone(), actions.clone());
+            match store::blocking(move || st.commit(&s2, &a2, &p2)).await {
                 Ok(()) => break,
                 Err(e) => {
                     self.p.metrics.storage_errors.inc();
@@ -451,17 +537,15 @@ impl Rules {
                     self.publish(&a).await;
                 }
                 Effect::Acked(_) => self.p.metrics.acked.inc(),
-                Effect::Action {
-                    alert,
-                    cabinet,
-                    action,
-                    command,
-                } => self.act(alert, cabinet, action, command),
+                Effect::Action { .. } => {}
                 Effect::Refused { cabinet } => {
                     self.p.metrics.refused.inc();
                     tracing::debug!(cabinet = %cabinet, "condition refused: the cabinet holds max_conditions_per_cabinet");
                 }
             }
+        }
+        for p in actions {
+            act(&self.p, p, false);
         }
         for (reply, a) in self.replies.drain(..) {
             let _ = reply.send(Ok(a));
@@ -488,47 +572,6 @@ impl Rules {
                 )
                 .await;
         }
-    }
-
-    /// Creates an action's command (recorded in its alert, stored, before this).
-    fn act(
-        &self,
-        alert: String,
-        cabinet: CabinetId,
-        action: RuleAction,
-        command: locker_schemas::CommandId,
-    ) {
-        let spec = match action {
-            RuleAction::PowerSave => ActionSpec::PowerSave { on: true },
-            RuleAction::PowerNormal => ActionSpec::PowerSave { on: false },
-            RuleAction::SyncCredentials => ActionSpec::SyncCredentials,
-        };
-        let commands = self.p.commands.clone();
-        let metrics = self.p.metrics.clone();
-        tokio::spawn(async move {
-            let r = commands
-                .create(NewCommand {
-                    id: Some(command),
-                    cabinet: cabinet.clone(),
-                    action: spec,
-                    ttl_ms: Some(ACTION_TTL_MS),
-                    created_by: format!("rules:{alert}"),
-                })
-                .await;
-            let result = if r.is_ok() { "created" } else { "failed" };
-            metrics
-                .actions
-                .with_label_values(&[action.as_str(), result])
-                .inc();
-            match r {
-                Ok(_) => {
-                    tracing::info!(cabinet = %cabinet, %alert, action = action.as_str(), %command, "rule action: command created")
-                }
-                Err(e) => {
-                    tracing::warn!(cabinet = %cabinet, %alert, action = action.as_str(), error = %e, "rule action: command refused")
-                }
-            }
-        });
     }
 
     /// Fleet-level gauges (and per-cabinet ones when configured). The active alerts are

@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use actor::{Inbox, Parts, Rules, RulesClock};
 pub use config::{RulesConfig, RulesConfigError};
-pub use model::{ActionTaken, Alert, AlertFilter, AlertKind, RuleAction, Severity};
+pub use model::{ActionTaken, Alert, AlertFilter, AlertKind, PendingAction, RuleAction, Severity};
 
 use crate::store::StoreError;
 

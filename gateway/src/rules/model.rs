@@ -224,3 +224,15 @@ pub struct AlertFilter {
     pub before: Option<String>,
     pub limit: usize,
 }
+
+/// An action recorded in its alert whose command may not exist yet: stored with the alert,
+/// removed once the dispatcher has the command, and taken up again at start (the command id is
+/// chosen up front, so it is created at most once whichever step a crash interrupts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingAction {
+    pub alert: String,
+    pub cabinet: CabinetId,
+    pub action: RuleAction,
+    pub command: CommandId,
+    pub at: Millis,
+}

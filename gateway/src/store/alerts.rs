@@ -4,7 +4,8 @@
 //! the alerts' audit trail: raise, acknowledgement, clear and actions with who and when).
 //!
 //! Trees (values are JSON): `rule_state` (by cabinet), `alerts` (by id: `ALR-<ulid>`, so in
-//! time order), `alerts_active` (id -> empty: the active set, so a start reads only those).
+//! time order), `alerts_active` (id -> empty: the active set, so a start reads only those),
+//! `rule_actions` (command id -> the action whose command may not exist yet).
 //!
 //! Blocking; the rules actor calls it through `spawn_blocking`, one flush per batch.
 
@@ -13,7 +14,7 @@ use std::collections::HashMap;
 use locker_schemas::{CabinetId, Millis};
 
 use super::{decode, encode, StoreError};
-use crate::rules::model::{Alert, AlertFilter};
+use crate::rules::model::{Alert, AlertFilter, PendingAction};
 use crate::rules::state::CabState;
 
 /// What the rules actor starts from.
@@ -21,14 +22,24 @@ use crate::rules::state::CabState;
 pub struct LoadedRules {
     pub cabinets: HashMap<CabinetId, CabState>,
     pub active: Vec<Alert>,
+    /// Actions whose commands may not have been created before the last stop.
+    pub actions: Vec<PendingAction>,
 }
 
 /// The rules engine's storage.
 pub trait AlertStore: Send + Sync + 'static {
     /// Everything the engine needs at start.
     fn load(&self) -> Result<LoadedRules, StoreError>;
-    /// Writes cabinet states and alerts (new, changed, cleared) and makes them durable.
-    fn commit(&self, states: &[(CabinetId, CabState)], alerts: &[Alert]) -> Result<(), StoreError>;
+    /// Writes cabinet states, alerts (new, changed, cleared) and the actions they ask for,
+    /// and makes them durable.
+    fn commit(
+        &self,
+        states: &[(CabinetId, CabState)],
+        alerts: &[Alert],
+        actions: &[PendingAction],
+    ) -> Result<(), StoreError>;
+    /// The command of an action exists (or was refused for good): it is no longer pending.
+    fn action_done(&self, command: &str) -> Result<(), StoreError>;
     /// One alert.
     fn get(&self, id: &str) -> Result<Option<Alert>, StoreError>;
     /// Alerts matching `f`, newest first.
@@ -44,6 +55,7 @@ pub struct SledAlerts {
     state: sled::Tree,
     alerts: sled::Tree,
     active: sled::Tree,
+    actions: sled::Tree,
 }
 
 impl SledAlerts {
@@ -54,6 +66,7 @@ impl SledAlerts {
             state: db.open_tree("rule_state")?,
             alerts: db.open_tree("alerts")?,
             active: db.open_tree("alerts_active")?,
+            actions: db.open_tree("rule_actions")?,
         })
     }
 }
@@ -92,10 +105,23 @@ impl AlertStore for SledAlerts {
                 }
             }
         }
+        for kv in self.actions.iter() {
+            let (_, v) = kv?;
+            out.actions.push(decode("rule_actions", &v)?);
+        }
         Ok(out)
     }
 
-    fn commit(&self, states: &[(CabinetId, CabState)], alerts: &[Alert]) -> Result<(), StoreError> {
+    fn commit(
+        &self,
+        states: &[(CabinetId, CabState)],
+        alerts: &[Alert],
+        actions: &[PendingAction],
+    ) -> Result<(), StoreError> {
+        let mut pending = sled::Batch::default();
+        for p in actions {
+            pending.insert(p.command.to_string().as_bytes(), encode(p)?);
+        }
         let mut s = sled::Batch::default();
         for (id, st) in states {
             s.insert(id.as_str().as_bytes(), encode(st)?);
@@ -113,8 +139,15 @@ impl AlertStore for SledAlerts {
         // alerts first: a state that names an alert always finds it after a crash
         self.alerts.apply_batch(a)?;
         self.active.apply_batch(act)?;
+        self.actions.apply_batch(pending)?;
         self.state.apply_batch(s)?;
         self.db.flush()?;
+        Ok(())
+    }
+
+    fn action_done(&self, command: &str) -> Result<(), StoreError> {
+        // no flush: an action found pending again at start is looked up before it is created
+        self.actions.remove(command.as_bytes())?;
         Ok(())
     }
 

@@ -2,10 +2,10 @@
 //! same wall time: a pending duration is neither lost nor restarted (the alert comes at the
 //! original deadline), and an active alert survives without being raised (or acted on) again.
 
-use locker_schemas::{CompartmentId, Door, DoorCause, UplinkBody};
+use locker_schemas::{CommandId, CompartmentId, Door, DoorCause, UplinkBody};
 
 use super::super::{AlertKind, RuleAction};
-use super::harness::{Rig, MIN, SEC};
+use super::harness::{cab, Rig, MIN, SEC};
 use super::kinds_power::power;
 
 #[tokio::test(start_paused = true)]
@@ -137,4 +137,83 @@ async fn a_cabinet_online_at_the_restart_that_never_returns_is_raised_offline() 
         .await
         .expect("offline from the restart");
     assert_eq!((a.started, a.raised_at), (restarted, restarted + 5 * MIN));
+}
+
+/// A gateway killed after an action was stored with its alert but before its command was
+/// created creates it at the next start; one killed after the command was created but before
+/// the action was marked done does not create it again.
+#[tokio::test(start_paused = true)]
+async fn an_action_interrupted_by_a_crash_is_created_once_at_the_next_start() {
+    use crate::commands::{ActionSpec, NewCommand};
+    use crate::rules::PendingAction;
+    use crate::store::alerts::AlertStore;
+
+    let mut rig = Rig::new().await;
+    let lost = PendingAction {
+        alert: "ALR-01JC0000000000000000000001".into(),
+        cabinet: cab(7),
+        action: RuleAction::PowerSave,
+        command: CommandId::generate(),
+        at: rig.now(),
+    };
+    let made = PendingAction {
+        alert: "ALR-01JC0000000000000000000002".into(),
+        cabinet: cab(8),
+        action: RuleAction::SyncCredentials,
+        command: CommandId::generate(),
+        at: rig.now(),
+    };
+    // the second one's command was created before the crash
+    rig.commands
+        .create(NewCommand {
+            id: Some(made.command),
+            cabinet: made.cabinet.clone(),
+            action: ActionSpec::SyncCredentials,
+            ttl_ms: None,
+            created_by: format!("rules:{}", made.alert),
+        })
+        .await
+        .expect("created before the crash");
+    rig.store
+        .alerts()
+        .commit(&[], &[], &[lost.clone(), made.clone()])
+        .expect("stored pending");
+    let created = |rig: &Rig| {
+        rig.metrics
+            .commands
+            .created
+            .with_label_values(&["power_save"])
+            .get()
+            + rig
+                .metrics
+                .commands
+                .created
+                .with_label_values(&["sync_credentials"])
+                .get()
+    };
+    assert_eq!(created(&rig), 1);
+
+    rig.restart().await;
+    let rec = rig.command(lost.command).await;
+    assert_eq!(rec.cabinet, cab(7));
+    assert_eq!(rec.action, ActionSpec::PowerSave { on: true });
+    // (the record can be read from the store before the dispatcher has counted it)
+    for _ in 0..10_000 {
+        if created(&rig) >= 2 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    rig.step(SEC).await;
+    assert_eq!(
+        created(&rig),
+        2,
+        "the lost one created, the made one not again"
+    );
+    // both are done: a further restart creates nothing
+    let left = rig.store.alerts().load().expect("load").actions;
+    assert!(left.is_empty(), "{left:?}");
+    rig.restart().await;
+    rig.step(SEC).await;
+    assert_eq!(created(&rig), 2);
 }
