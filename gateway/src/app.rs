@@ -208,6 +208,7 @@ impl Gateway {
             parcels: Some(parcels.clone()),
             metrics: metrics.rules.clone(),
             clock: RulesClock::System,
+            audit: Some(store.clone()),
         };
         let (rules_commits, rules_task) =
             match Rules::spawn(rules_parts, rules_inbox, phases.actors.clone(), &tracker).await {

@@ -34,6 +34,55 @@ const SAVE_READINGS: Duration = Duration::from_secs(5);
 /// TTL of an action's command, ms (it waits in the queue for an offline cabinet that long).
 const ACTION_TTL_MS: u32 = 24 * 3_600_000;
 
+/// Applies what ingest stored after each cabinet's last applied position (a kill between
+/// ingest's commit and the engine's evaluation, or readings not yet saved): the events are in
+/// the audit log, so no alarm or door is missed. A cabinet the engine never applied anything
+/// of starts at the end of its log.
+async fn catch_up(
+    engine: &mut Engine,
+    store: &crate::store::Store,
+    clock: &RulesClock,
+) -> Result<(), StoreError> {
+    let ids: Vec<(CabinetId, u64)> = engine
+        .cabs
+        .iter()
+        .map(|(id, c)| (id.clone(), c.applied))
+        .collect();
+    let mut replayed = 0u64;
+    for (id, mut after) in ids {
+        if after == 0 {
+            let (st, c) = (store.clone(), id.clone());
+            let life = store::blocking(move || st.audit().life(&c)).await?;
+            if let Some(l) = life {
+                engine.applied(&id, l.last_position());
+            }
+            continue;
+        }
+        loop {
+            let (st, c) = (store.clone(), id.clone());
+            let page = store::blocking(move || st.events_page(&c, after, 1_000)).await?;
+            let Some(&(last, _)) = page.last() else {
+                break;
+            };
+            let events: Vec<locker_schemas::Uplink> = page
+                .iter()
+                .filter_map(|(_, b)| locker_schemas::codec::decode_uplink(b).ok())
+                .collect();
+            replayed += events.len() as u64;
+            engine.uplinks(&events, clock.now());
+            engine.applied(&id, last);
+            after = last;
+        }
+    }
+    if replayed > 0 {
+        tracing::info!(
+            events = replayed,
+            "rules engine caught up from the audit log"
+        );
+    }
+    Ok(())
+}
+
 /// Creates an action's command (recorded in its alert and stored as pending before this),
 /// then marks it done. `resumed`: found pending at start, so the command may already exist
 /// (the gateway stopped between creating it and marking it): it is looked up first. Either way
@@ -141,6 +190,9 @@ pub struct Parts {
     pub parcels: Option<ParcelsHandle>,
     pub metrics: RulesMetrics,
     pub clock: RulesClock,
+    /// The gateway's store, to read the audit log at start (catch-up); `None` in tests that
+    /// feed the engine by hand.
+    pub audit: Option<crate::store::Store>,
 }
 
 /// The rules actor.
@@ -178,6 +230,10 @@ impl Rules {
             active_alerts = engine.active.len(),
             "rules engine loaded"
         );
+        let mut engine = engine;
+        if let Some(store) = &p.audit {
+            catch_up(&mut engine, store, &p.clock).await?;
+        }
         let (ctx, crx) = mpsc::channel(1024);
         let r = Rules {
             p,
@@ -272,6 +328,9 @@ impl Rules {
             })
             .collect();
         self.engine.uplinks(&c.events, now);
+        for (u, &pos) in c.events.iter().zip(&c.positions) {
+            self.engine.applied(&u.cabinet, pos);
+        }
         // events replayed by this commit
         let mut before: HashMap<CabinetId, u64> = HashMap::new();
         for (id, n) in replaying {

@@ -137,6 +137,17 @@ impl Engine {
             .collect()
     }
 
+    /// Records that the cabinet's audit-log position `pos` is applied (stored with its
+    /// readings).
+    pub fn applied(&mut self, id: &CabinetId, pos: u64) {
+        if let Some(c) = self.cabs.get_mut(id) {
+            if pos > c.applied {
+                c.applied = pos;
+                self.touched.insert(id.clone());
+            }
+        }
+    }
+
     /// Places cabinets in sites (from the parcel domain).
     pub fn set_sites(&mut self, sites: &HashMap<CabinetId, SiteId>, now: Millis) {
         let ids: Vec<CabinetId> = self.cabs.keys().cloned().collect();

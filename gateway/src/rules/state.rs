@@ -151,6 +151,10 @@ pub struct CabState {
     pub skew: Option<(i64, Millis)>,
     /// Conditions by [`cond_key`].
     pub conds: BTreeMap<String, Cond>,
+    /// The cabinet's last audit-log position the engine has applied (0 = none yet): a start
+    /// applies what ingest stored after it (events committed but not evaluated before a kill).
+    #[serde(default)]
+    pub applied: u64,
 }
 
 impl CabState {

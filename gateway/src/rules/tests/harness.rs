@@ -204,6 +204,8 @@ pub(super) struct Rig {
     seq: HashMap<CabinetId, u64>,
     /// Every alert event published so far (filled by [`Rig::published`]).
     pub(super) log: Vec<(CabinetId, AlertEvent)>,
+    /// Whether the actor reads the audit log at start (catch-up).
+    pub(super) audit: bool,
 }
 
 impl Rig {
@@ -246,6 +248,7 @@ impl Rig {
             clock: RulesClock::tokio_from(T0),
             seq: HashMap::new(),
             log: Vec::new(),
+            audit: false,
         };
         rig.spawn(inbox, T0).await;
         rig
@@ -263,6 +266,7 @@ impl Rig {
             parcels: None,
             metrics: self.metrics.rules.clone(),
             clock: self.clock,
+            audit: self.audit.then(|| self.store.clone()),
         };
         let (commits, task) = Rules::spawn(parts, inbox, self.cancel.clone(), &self.tracker)
             .await
