@@ -15,6 +15,7 @@ pub mod ingest;
 pub mod json;
 pub mod metrics;
 pub mod model;
+pub mod outbound;
 pub mod parcels;
 pub mod rules;
 pub mod store;
