@@ -273,6 +273,8 @@ async fn override_open(
         actor: caller.client.clone(),
         exception: None,
         detail,
+        tracking: None,
+        reference: None,
     };
     st.parcels
         .audit(record(format!("command {id}: {}", b.reason)))

@@ -173,6 +173,8 @@ impl State {
             actor: why.actor.clone(),
             exception,
             detail: why.detail.clone(),
+            tracking: Some(o.tracking.clone()),
+            reference: o.reference.clone(),
         });
         if let Some(cab) = &o.cabinet {
             self.events.push((

@@ -55,6 +55,8 @@ impl State {
                 r.applied.iter().map(|c| c.0).collect::<Vec<_>>(),
                 r.pending.iter().map(|c| c.0).collect::<Vec<_>>()
             ),
+            tracking: None,
+            reference: None,
         });
         Ok(r)
     }
@@ -102,6 +104,8 @@ impl State {
             actor: c.client.clone(),
             exception: None,
             detail: reason,
+            tracking: None,
+            reference: None,
         });
         self.compartments(&cab, c)?
             .into_iter()

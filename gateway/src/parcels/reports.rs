@@ -254,6 +254,8 @@ impl State {
                 actor: why.actor.clone(),
                 exception: None,
                 detail: format!("reference {:?}", a.reference),
+                tracking: None,
+                reference: None,
             });
             return;
         };

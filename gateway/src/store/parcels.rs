@@ -48,6 +48,12 @@ pub struct AuditRecord {
     pub exception: Option<Exception>,
     #[serde(default)]
     pub detail: String,
+    /// The order's tracking number and the integrator's reference (order records), so the
+    /// trail's readers (webhooks, carriers' tracking, the export) need not look the order up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracking: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
 }
 
 /// Everything the parcel actor starts from.
