@@ -6,3 +6,7 @@
 //!   SMTP, app push) and their templates.
 
 pub mod notify;
+pub mod config;
+pub mod model;
+pub mod sign;
+pub mod queue;

@@ -5,17 +5,56 @@
 //!
 //! Trees (values are JSON): `rule_state` (by cabinet), `alerts` (by id: `ALR-<ulid>`, so in
 //! time order), `alerts_active` (id -> empty: the active set, so a start reads only those),
-//! `rule_actions` (command id -> the action whose command may not exist yet).
+//! `rule_actions` (command id -> the action whose command may not exist yet), `alert_log`
+//! (big-endian position -> [`AlertChange`]: every raise, acknowledgement, clear and update in
+//! the order they were committed, which webhooks tail).
 //!
 //! Blocking; the rules actor calls it through `spawn_blocking`, one flush per batch.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use locker_schemas::{CabinetId, Millis};
 
 use super::{decode, encode, StoreError};
 use crate::rules::model::{Alert, AlertFilter, PendingAction};
 use crate::rules::state::CabState;
+
+/// What happened to an alert in one commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    Raised,
+    Acknowledged,
+    Cleared,
+    /// Its severity or actions changed while it stayed active.
+    Updated,
+}
+
+impl ChangeKind {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Raised => "raised",
+            ChangeKind::Acknowledged => "acknowledged",
+            ChangeKind::Cleared => "cleared",
+            ChangeKind::Updated => "updated",
+        }
+    }
+}
+
+/// One line of the alert change log.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AlertChange {
+    /// Position in the log, from 1.
+    pub pos: u64,
+    /// When the change was committed.
+    pub at: Millis,
+    pub change: ChangeKind,
+    /// The alert as it was after the change.
+    pub alert: Alert,
+}
 
 /// What the rules actor starts from.
 #[derive(Debug, Default)]
@@ -44,8 +83,11 @@ pub trait AlertStore: Send + Sync + 'static {
     fn get(&self, id: &str) -> Result<Option<Alert>, StoreError>;
     /// Alerts matching `f`, newest first.
     fn list(&self, f: &AlertFilter) -> Result<Vec<Alert>, StoreError>;
-    /// Deletes cleared alerts that cleared before `before`; returns how many.
+    /// Deletes cleared alerts that cleared before `before` (and change-log lines older than
+    /// it); returns how many alerts.
     fn prune(&self, before: Millis) -> Result<usize, StoreError>;
+    /// Change-log lines with `pos > after`, oldest first.
+    fn changes(&self, after: u64, limit: usize) -> Result<Vec<AlertChange>, StoreError>;
 }
 
 /// [`AlertStore`] on the gateway's sled database.
@@ -56,18 +98,60 @@ pub struct SledAlerts {
     alerts: sled::Tree,
     active: sled::Tree,
     actions: sled::Tree,
+    log: sled::Tree,
+    /// The next change-log position.
+    next_change: Arc<AtomicU64>,
 }
 
 impl SledAlerts {
     /// Opens the trees.
     pub fn open(db: &sled::Db) -> Result<Self, StoreError> {
+        let log = db.open_tree("alert_log")?;
         Ok(Self {
             db: db.clone(),
             state: db.open_tree("rule_state")?,
             alerts: db.open_tree("alerts")?,
             active: db.open_tree("alerts_active")?,
             actions: db.open_tree("rule_actions")?,
+            next_change: Arc::new(AtomicU64::new(last_pos(&log)? + 1)),
+            log,
         })
+    }
+}
+
+fn last_pos(t: &sled::Tree) -> Result<u64, StoreError> {
+    Ok(match t.last()? {
+        Some((k, _)) => be_u64(&k),
+        None => 0,
+    })
+}
+
+fn be_u64(k: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = k.len().min(8);
+    b[..n].copy_from_slice(&k[..n]);
+    u64::from_be_bytes(b)
+}
+
+/// What a commit did to an alert, from its stored and its new form.
+fn change_of(old: Option<&Alert>, new: &Alert) -> ChangeKind {
+    match old {
+        None => ChangeKind::Raised,
+        Some(o) if o.cleared_at.is_none() && new.cleared_at.is_some() => ChangeKind::Cleared,
+        Some(o) if o.acked_at.is_none() && new.acked_at.is_some() => ChangeKind::Acknowledged,
+        Some(_) => ChangeKind::Updated,
+    }
+}
+
+/// Whether a change is worth a log line: not a measured value or detail moving while the
+/// alert stays active (that would be a line per tick).
+fn worth_logging(old: Option<&Alert>, new: &Alert) -> bool {
+    match (old, change_of(old, new)) {
+        (Some(o), ChangeKind::Updated) => {
+            o.severity != new.severity || o.actions != new.actions
+        }
+        (Some(o), _) => o != new,
+        (None, _) => true,
     }
 }
 
@@ -128,7 +212,30 @@ impl AlertStore for SledAlerts {
         }
         let mut a = sled::Batch::default();
         let mut act = sled::Batch::default();
+        let mut log = sled::Batch::default();
+        let now = locker_schemas::now_millis();
         for al in alerts {
+            let old: Option<Alert> = self
+                .alerts
+                .get(al.id.as_bytes())?
+                .map(|v| decode("alerts", &v))
+                .transpose()?;
+            if worth_logging(old.as_ref(), al) {
+                let change = change_of(old.as_ref(), al);
+                let at = match change {
+                    ChangeKind::Raised => al.raised_at,
+                    ChangeKind::Cleared => al.cleared_at.unwrap_or(now),
+                    ChangeKind::Acknowledged => al.acked_at.unwrap_or(now),
+                    ChangeKind::Updated => now,
+                };
+                let change = AlertChange {
+                    pos: self.next_change.fetch_add(1, Ordering::Relaxed),
+                    at,
+                    change,
+                    alert: al.clone(),
+                };
+                log.insert(&change.pos.to_be_bytes(), encode(&change)?);
+            }
             a.insert(al.id.as_bytes(), encode(al)?);
             if al.is_active() {
                 act.insert(al.id.as_bytes(), &[] as &[u8]);
@@ -138,6 +245,7 @@ impl AlertStore for SledAlerts {
         }
         // alerts first: a state that names an alert always finds it after a crash
         self.alerts.apply_batch(a)?;
+        self.log.apply_batch(log)?;
         self.active.apply_batch(act)?;
         self.actions.apply_batch(pending)?;
         self.state.apply_batch(s)?;
@@ -215,10 +323,35 @@ impl AlertStore for SledAlerts {
                 n += 1;
             }
         }
-        if n > 0 {
+        let mut l = sled::Batch::default();
+        let mut lines = 0;
+        for kv in self.log.iter() {
+            let (k, v) = kv?;
+            let c: AlertChange = decode("alert_log", &v)?;
+            if c.at >= before {
+                break;
+            }
+            l.remove(k);
+            lines += 1;
+        }
+        if n > 0 || lines > 0 {
             self.alerts.apply_batch(b)?;
+            self.log.apply_batch(l)?;
             self.db.flush()?;
         }
         Ok(n)
+    }
+
+    fn changes(&self, after: u64, limit: usize) -> Result<Vec<AlertChange>, StoreError> {
+        let mut out = Vec::new();
+        let from = after.saturating_add(1).to_be_bytes();
+        for kv in self.log.range(from..) {
+            let (_, v) = kv?;
+            out.push(decode("alert_log", &v)?);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 }

@@ -9,13 +9,17 @@
 //! - `cabinets`: `cabinet` -> JSON [`CabinetSnapshot`];
 //! - `commands`, `queue`: the command log, behind [`commands::CommandStore`];
 //! - `parcel_*`: the parcel domain, behind [`parcels::ParcelStore`];
-//! - `rule_state`, `alerts`, `alerts_active`: the rules engine, behind [`alerts::AlertStore`].
+//! - `rule_state`, `alerts`, `alerts_active`, `rule_actions`, `alert_log`: the rules engine,
+//!   behind [`alerts::AlertStore`];
+//! - `outbound`: webhook subscriptions and the delivery outbox, behind
+//!   [`outbound::OutboundStore`].
 //!
 //! Every method here blocks (sled I/O); actors call them through `spawn_blocking`.
 
 pub mod alerts;
 pub mod commands;
 pub mod events;
+pub mod outbound;
 pub mod parcels;
 pub mod quarantine;
 
@@ -52,6 +56,7 @@ pub struct Store {
     commands: CommandStore,
     parcels: parcels::SledParcels,
     alerts: alerts::SledAlerts,
+    outbound: outbound::SledOutbound,
 }
 
 fn decode<T: DeserializeOwned>(tree: &'static str, v: &[u8]) -> Result<T, StoreError> {
@@ -91,6 +96,7 @@ impl Store {
             commands: CommandStore::open(&db)?,
             parcels: parcels::SledParcels::open(&db)?,
             alerts: alerts::SledAlerts::open(&db)?,
+            outbound: outbound::SledOutbound::open(&db)?,
             db,
         })
     }
@@ -206,6 +212,11 @@ impl Store {
     /// The rules engine's trees.
     pub fn alerts(&self) -> &alerts::SledAlerts {
         &self.alerts
+    }
+
+    /// The outbox's storage.
+    pub fn outbound(&self) -> &outbound::SledOutbound {
+        &self.outbound
     }
 
     /// Flushes everything (shutdown).
