@@ -35,6 +35,7 @@ use crate::edge::{Edge, EdgeHandle, PresenceEvent};
 use crate::fleet::{Fleet, FleetHandle, PresenceChange};
 use crate::ingest::{retention, Ingest};
 use crate::metrics::{Metrics, MetricsError};
+use crate::outbound::{Outbound, OutboundHandle};
 use crate::parcels::{Parcels, ParcelsHandle};
 use crate::rules::{Rules, RulesClock, RulesConfigError, RulesHandle};
 use crate::store::{self, Store, StoreError};
@@ -59,6 +60,8 @@ pub enum StartError {
     ApiTls(#[from] api::serve::ServeError),
     #[error("rules: {0}")]
     Rules(#[from] RulesConfigError),
+    #[error("webhooks: {0}")]
+    Outbound(#[from] crate::outbound::actor::StartError),
 }
 
 /// The gateway's tasks by name, in the order they are stopped.
@@ -69,6 +72,7 @@ const FLEET: &str = "fleet";
 const DISPATCHER: &str = "dispatcher";
 const PARCELS: &str = "parcels";
 const RULES: &str = "rules";
+const OUTBOUND: &str = "outbound";
 const BROKER_LINK: &str = "broker link";
 const API: &str = "api";
 
@@ -106,6 +110,7 @@ pub struct Gateway {
     pub commands: CommandsHandle,
     pub parcels: ParcelsHandle,
     pub rules: RulesHandle,
+    pub outbound: OutboundHandle,
     pub edge: EdgeHandle,
     store: Store,
     phases: Phases,
@@ -215,6 +220,29 @@ impl Gateway {
                 Ok(x) => x,
                 Err(source) => return Err(half_started(&phases, &db_path, source)),
             };
+        let (outbound, outbound_inbox) = OutboundHandle::channel();
+        let outbound_parts = crate::outbound::Parts {
+            cfg: cfg.webhooks.clone(),
+            store: Arc::new(store.outbound().clone()),
+            parcel_log: Arc::new(store.parcels().clone()),
+            alert_log: Arc::new(store.alerts().clone()),
+            parcels: Some(parcels.clone()),
+            metrics: metrics.outbound.clone(),
+        };
+        let outbound_task = match Outbound::spawn(
+            outbound_parts,
+            outbound_inbox,
+            phases.actors.clone(),
+            &tracker,
+        )
+        .await
+        {
+            Ok(t) => t,
+            Err(e) => {
+                phases.root.cancel();
+                return Err(e.into());
+            }
+        };
         let mut consumers = vec![command_commits, fleet_commits, parcel_commits];
         if cfg.rules.enabled {
             consumers.push(rules_commits);
@@ -247,6 +275,7 @@ impl Gateway {
             (DISPATCHER, dispatch_task),
             (PARCELS, parcels_task),
             (RULES, rules_task),
+            (OUTBOUND, outbound_task),
             (BROKER_LINK, link_task),
         ]);
 
@@ -266,6 +295,7 @@ impl Gateway {
             commands.clone(),
             parcels.clone(),
             feed_rules,
+            outbound.clone(),
             phases.ingest.clone(),
         ));
         tasks.push((PRESENCE, presence_task));
@@ -312,6 +342,7 @@ impl Gateway {
             ingest: ingest_health,
             parcels: parcels.clone(),
             rules: rules.clone(),
+            outbound: outbound.clone(),
         });
         let api_limits = api::serve::Limits {
             max_connections: cfg.api.max_connections,
@@ -335,6 +366,7 @@ impl Gateway {
             commands,
             parcels,
             rules,
+            outbound,
             edge,
             store,
             phases,
@@ -371,7 +403,7 @@ impl Gateway {
         self.phases.ingest.cancel();
         self.wait(&[PRESENCE, INGEST, RETENTION], deadline).await;
         self.phases.actors.cancel();
-        self.wait(&[FLEET, DISPATCHER, PARCELS, RULES], deadline)
+        self.wait(&[FLEET, DISPATCHER, PARCELS, RULES, OUTBOUND], deadline)
             .await;
         self.phases.api.cancel();
         self.wait(&[API], deadline).await;
@@ -445,11 +477,13 @@ async fn forward_presence(
     commands: CommandsHandle,
     parcels: ParcelsHandle,
     rules: Option<RulesHandle>,
+    outbound: OutboundHandle,
     stop: CancellationToken,
 ) {
     let forward = |p: PresenceEvent| {
-        let (f, c, k, r) = (&fleet, &commands, &parcels, &rules);
+        let (f, c, k, r, o) = (&fleet, &commands, &parcels, &rules, &outbound);
         async move {
+            o.presence(p.cabinet.clone(), p.online, p.at).await;
             if !p.online {
                 c.offline(p.cabinet.clone()).await;
             }

@@ -43,6 +43,8 @@ pub struct GatewayConfig {
     pub parcels: crate::parcels::ParcelsConfig,
     /// The rules engine: rule kinds, thresholds, per-site overrides.
     pub rules: crate::rules::RulesConfig,
+    /// Webhooks to integrators and carriers' tracking updates: delivery, retries, carriers.
+    pub webhooks: crate::outbound::WebhooksConfig,
     /// How long a shutdown may take, ms: the edge closes, ingest commits, the actors save,
     /// the API drains; whatever is still running then is aborted (and logged by name).
     pub shutdown_grace_ms: u64,
@@ -59,6 +61,7 @@ impl Default for GatewayConfig {
             api: ApiConfig::default(),
             parcels: crate::parcels::ParcelsConfig::default(),
             rules: crate::rules::RulesConfig::default(),
+            webhooks: crate::outbound::WebhooksConfig::default(),
             shutdown_grace_ms: 10_000,
         }
     }

@@ -186,6 +186,7 @@ pub struct Metrics {
     pub api: ApiMetrics,
     pub parcels: ParcelMetrics,
     pub rules: crate::rules::metrics::RulesMetrics,
+    pub outbound: crate::outbound::metrics::OutboundMetrics,
 }
 
 impl Metrics {
@@ -380,8 +381,10 @@ impl Metrics {
             )?,
         };
         let rules = crate::rules::metrics::RulesMetrics::new(&r)?;
+        let outbound = crate::outbound::metrics::OutboundMetrics::new(&r)?;
         Ok(Self {
             rules,
+            outbound,
             registry: r,
             ingest,
             commands,

@@ -14,6 +14,7 @@ mod quarantine;
 pub mod scope;
 pub mod serve;
 mod sites;
+mod webhooks;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -84,6 +85,7 @@ pub struct ApiState {
     pub ingest: crate::ingest::IngestHandle,
     pub parcels: crate::parcels::ParcelsHandle,
     pub rules: crate::rules::RulesHandle,
+    pub outbound: crate::outbound::OutboundHandle,
 }
 
 /// An API error: a status and a JSON body.
@@ -197,6 +199,7 @@ pub fn router(st: ApiState) -> Router {
         .merge(orders::routes())
         .merge(sites::routes())
         .merge(alerts::routes())
+        .merge(webhooks::routes())
         .layer(middleware::from_fn_with_state(st.clone(), auth));
     Router::new()
         .merge(v1)

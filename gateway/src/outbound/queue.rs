@@ -135,12 +135,14 @@ impl Queue {
     }
 
     /// An in-flight delivery failed: retry later, or give up when it is too old.
+    /// `at_least_ms` holds the retry back further (a receiver's `Retry-After`).
     pub fn fail(
         &mut self,
         seq: u64,
         now: Millis,
         policy: &RetryPolicy,
         permanent: bool,
+        at_least_ms: u64,
         rng: &mut impl Rng,
     ) -> AfterFailure {
         let Some(meta) = self.metas.get(&seq) else {
@@ -149,7 +151,10 @@ impl Queue {
         if permanent || now.saturating_sub(meta.queued_at) >= policy.max_age_ms {
             return AfterFailure::Dead;
         }
-        let at = now + policy.delay(meta.attempts, rng);
+        let wait = policy
+            .delay(meta.attempts, rng)
+            .max(at_least_ms.min(policy.max_ms));
+        let at = now + wait;
         self.in_flight = self.in_flight.saturating_sub(1);
         self.due.insert((at, seq));
         AfterFailure::Retry(at)
@@ -195,7 +200,7 @@ mod tests {
         assert_eq!(q.take(0, 8), Some(3), "b goes beside a; a's second waits");
         assert_eq!(q.take(0, 8), None);
         let mut rng = StdRng::seed_from_u64(1);
-        let AfterFailure::Retry(at) = q.fail(1, 10, &POLICY, false, &mut rng) else {
+        let AfterFailure::Retry(at) = q.fail(1, 10, &POLICY, false, 0, &mut rng) else {
             panic!("retry")
         };
         assert!((510..=1_010).contains(&at), "{at}");
@@ -223,13 +228,13 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(1);
         q.take(0, 1);
         assert_eq!(
-            q.fail(1, POLICY.max_age_ms, &POLICY, false, &mut rng),
+            q.fail(1, POLICY.max_age_ms, &POLICY, false, 0, &mut rng),
             AfterFailure::Dead
         );
         let mut q = Queue::default();
         q.push(1, meta("a"), 0);
         q.take(0, 1);
-        assert_eq!(q.fail(1, 1, &POLICY, true, &mut rng), AfterFailure::Dead);
+        assert_eq!(q.fail(1, 1, &POLICY, true, 0, &mut rng), AfterFailure::Dead);
     }
 
     #[test]
@@ -265,7 +270,7 @@ mod tests {
                 }
                 for s in batch {
                     if *f.next().unwrap_or(&false) {
-                        q.fail(s, now, &POLICY, false, &mut rng);
+                        q.fail(s, now, &POLICY, false, 0, &mut rng);
                     } else {
                         let m = q.finish(s, now).expect("meta");
                         done.push((m.key, s));

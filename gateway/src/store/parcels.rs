@@ -120,6 +120,8 @@ pub trait ParcelStore: Send + Sync + 'static {
     fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
     /// An archived (finished, out of memory) order.
     fn archived(&self, id: OrderId) -> Result<Option<Order>, StoreError>;
+    /// The last notice id and the last audit position written (0 when none).
+    fn heads(&self) -> Result<(u64, u64), StoreError>;
 }
 
 /// [`ParcelStore`] on the gateway's sled database.
@@ -285,6 +287,10 @@ impl ParcelStore for SledParcels {
         }
         self.db.flush()?;
         Ok(())
+    }
+
+    fn heads(&self) -> Result<(u64, u64), StoreError> {
+        Ok((last_key(&self.notices)?, last_key(&self.audit)?))
     }
 
     fn notices(&self, after: u64, limit: usize) -> Result<Vec<Notice>, StoreError> {

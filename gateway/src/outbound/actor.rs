@@ -1,0 +1,733 @@
+//! The outbound actor: owns the subscriptions, every target's queue and the source cursors.
+//! Each turn it reads what the source logs gained since its cursors, queues a delivery per
+//! target that wants each event (committed together with the cursors), applies finished
+//! requests, commits, and starts what may go. Requests run in a [`JoinSet`] it owns, bounded
+//! per target and overall, so a slow receiver holds only its own slots.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use locker_schemas::{now_millis, CabinetId, Millis, SiteId};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::config::WebhooksConfig;
+use super::deliver::{Http, HttpError, Request, Sent};
+use super::events::{self, TemplateError, TrackingTemplates};
+use super::metrics::OutboundMetrics;
+use super::model::{DeadLetter, Entry, Event, Subscription, Target};
+use super::queue::{AfterFailure, Meta, Queue, RetryPolicy};
+use super::{Health, Inbox};
+use crate::parcels::{Caller, ParcelsHandle, Scope};
+use crate::store::alerts::AlertStore;
+use crate::store::outbound::{OutBatch, OutboundStore};
+use crate::store::parcels::ParcelStore;
+use crate::store::{self, StoreError};
+
+/// Records read from each source log per turn at most.
+const READ_BATCH: usize = 1_000;
+
+/// Why the outbox could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error(transparent)]
+    Http(#[from] HttpError),
+}
+
+/// What the actor is built from.
+pub struct Parts {
+    pub cfg: WebhooksConfig,
+    pub store: Arc<dyn OutboundStore>,
+    /// The parcel trail (order transitions).
+    pub parcel_log: Arc<dyn ParcelStore>,
+    /// The alert change log.
+    pub alert_log: Arc<dyn AlertStore>,
+    /// Where cabinets are (the site of a presence event).
+    pub parcels: Option<ParcelsHandle>,
+    pub metrics: OutboundMetrics,
+}
+
+/// One target's queue and how it is doing.
+#[derive(Default)]
+pub(super) struct TargetState {
+    pub queue: Queue,
+    pub next_seq: u64,
+    pub health: Health,
+}
+
+/// What one request needs besides the entry.
+enum Route {
+    Webhook {
+        url: String,
+        secrets: Vec<String>,
+    },
+    Carrier {
+        url: String,
+        content_type: String,
+        headers: BTreeMap<String, String>,
+        secret: Option<String>,
+    },
+}
+
+/// A finished request.
+struct Done {
+    target: Target,
+    seq: u64,
+    entry: Option<Entry>,
+    sent: Sent,
+}
+
+/// The actor.
+pub struct Outbound {
+    pub(super) cfg: WebhooksConfig,
+    pub(super) store: Arc<dyn OutboundStore>,
+    parcel_log: Arc<dyn ParcelStore>,
+    alert_log: Arc<dyn AlertStore>,
+    parcels: Option<ParcelsHandle>,
+    pub(super) metrics: OutboundMetrics,
+    templates: TrackingTemplates,
+    http: Http,
+    pub(super) subs: BTreeMap<String, Subscription>,
+    cursors: HashMap<String, u64>,
+    pub(super) targets: BTreeMap<Target, TargetState>,
+    /// Events that came as messages (presence), queued at the next turn.
+    pub(super) waiting: Vec<Event>,
+    pub(super) batch: OutBatch,
+    site_of: HashMap<CabinetId, SiteId>,
+    running: JoinSet<Done>,
+    rng: StdRng,
+    /// A storage error was logged (once until the next success).
+    storage_failing: bool,
+    /// A source read hit its limit: read again without waiting for the poll.
+    more: bool,
+}
+
+impl Outbound {
+    /// Loads the outbox and starts the actor.
+    pub async fn spawn(
+        parts: Parts,
+        inbox: Inbox,
+        cancel: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Result<JoinHandle<()>, StartError> {
+        let templates = TrackingTemplates::new(&parts.cfg.carriers)?;
+        let http = Http::new(Duration::from_millis(parts.cfg.timeout_ms))?;
+        let (st, pl) = (parts.store.clone(), parts.parcel_log.clone());
+        let (loaded, heads) = store::blocking(move || Ok((st.load()?, pl.heads()?))).await?;
+        let mut targets: BTreeMap<Target, TargetState> = BTreeMap::new();
+        let now = now_millis();
+        for (t, last) in loaded.last_seq {
+            targets.entry(t).or_default().next_seq = last + 1;
+        }
+        for (t, e) in loaded.pending {
+            let ts = targets.entry(t).or_default();
+            let meta = Meta {
+                key: e.key.clone(),
+                at: e.at,
+                queued_at: e.queued_at,
+                attempts: e.attempts,
+            };
+            ts.queue.push(e.seq, meta, now);
+        }
+        let mut cursors = loaded.cursors;
+        let mut batch = OutBatch::default();
+        // the first start reads the logs from their current end: records from before the
+        // outbox existed are not sent
+        if !cursors.contains_key("parcel") {
+            cursors.insert("parcel".into(), heads.1);
+            batch.cursors.push(("parcel".into(), heads.1));
+        }
+        let mut actor = Outbound {
+            subs: loaded
+                .subscriptions
+                .into_iter()
+                .map(|s| (s.id.clone(), s))
+                .collect(),
+            cfg: parts.cfg,
+            store: parts.store,
+            parcel_log: parts.parcel_log,
+            alert_log: parts.alert_log,
+            parcels: parts.parcels,
+            metrics: parts.metrics,
+            templates,
+            http,
+            cursors,
+            targets,
+            waiting: Vec::new(),
+            batch,
+            site_of: HashMap::new(),
+            running: JoinSet::new(),
+            rng: StdRng::from_entropy(),
+            storage_failing: false,
+            more: false,
+        };
+        let pending: usize = actor.targets.values().map(|t| t.queue.len()).sum();
+        tracing::info!(
+            subscriptions = actor.subs.len(),
+            pending,
+            "outbox loaded"
+        );
+        Ok(tracker.spawn(async move { actor.run(inbox, cancel).await }))
+    }
+
+    async fn run(&mut self, mut inbox: Inbox, cancel: CancellationToken) {
+        let mut poll = tokio::time::interval(Duration::from_millis(self.cfg.poll_ms.max(1)));
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut gauges = tokio::time::interval(Duration::from_secs(1));
+        let mut sites = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            let wake = self.next_wake();
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                Some(done) = self.running.join_next(), if !self.running.is_empty() => {
+                    if let Ok(d) = done {
+                        self.finished(d);
+                    }
+                    while let Some(Ok(d)) = self.running.try_join_next() {
+                        self.finished(d);
+                    }
+                }
+                m = inbox.0.recv() => match m {
+                    Some(m) => self.on_msg(m).await,
+                    None => break,
+                },
+                _ = poll.tick() => self.poll().await,
+                _ = tokio::time::sleep(wake), if wake < Duration::from_secs(3600) => {}
+                _ = gauges.tick() => self.gauges(),
+                _ = sites.tick() => self.refresh_sites().await,
+            }
+            if self.more {
+                self.poll().await;
+            }
+            self.commit().await;
+            self.dispatch();
+        }
+        // What is in flight is abandoned: it stays queued and goes again after a restart.
+        self.running.abort_all();
+        self.commit().await;
+    }
+
+    /// How long until a queued delivery becomes due.
+    fn next_wake(&self) -> Duration {
+        let now = now_millis();
+        let next = self
+            .targets
+            .values()
+            .filter_map(|t| t.queue.next_due())
+            .min();
+        match next {
+            Some(at) => Duration::from_millis(at.saturating_sub(now).max(1)),
+            None => Duration::from_secs(3600),
+        }
+    }
+
+    /// Reads what the source logs gained and queues their deliveries.
+    async fn poll(&mut self) {
+        self.more = false;
+        if !self.cfg.enabled {
+            self.waiting.clear();
+            return;
+        }
+        let pa = self.cursors.get("parcel").copied().unwrap_or(0);
+        let al = self.cursors.get("alert").copied().unwrap_or(0);
+        let (pl, alog) = (self.parcel_log.clone(), self.alert_log.clone());
+        let read = store::blocking(move || {
+            Ok((pl.audit(pa, READ_BATCH)?, alog.changes(al, READ_BATCH)?))
+        })
+        .await;
+        let (records, changes) = match read {
+            Ok(x) => x,
+            Err(e) => {
+                self.storage_error("read the source logs", &e);
+                return;
+            }
+        };
+        self.more = records.len() >= READ_BATCH || changes.len() >= READ_BATCH;
+        let mut evs = std::mem::take(&mut self.waiting);
+        for r in &records {
+            evs.extend(events::from_parcel(r));
+            match self.templates.update(&self.cfg.carriers, r) {
+                Ok(Some((id, body))) => {
+                    let carrier = r.carrier.as_ref().map(|c| c.to_string()).unwrap_or_default();
+                    let key = r.cabinet.as_ref().map(|c| c.to_string()).unwrap_or_default();
+                    let entry = self.entry(id, "tracking".into(), key, r.at, serde_json::json!({ "body": body }));
+                    self.enqueue(Target::Carrier(carrier), entry);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "carrier tracking update not rendered"),
+            }
+        }
+        for c in &changes {
+            evs.extend(events::from_alert(c));
+        }
+        evs.sort_by_key(|e| e.at);
+        for e in evs {
+            self.fan_out(e);
+        }
+        if let Some(last) = records.last() {
+            self.set_cursor("parcel", last.pos);
+        }
+        if let Some(last) = changes.last() {
+            self.set_cursor("alert", last.pos);
+        }
+    }
+
+    fn set_cursor(&mut self, name: &str, pos: u64) {
+        self.cursors.insert(name.to_owned(), pos);
+        self.batch.cursors.retain(|(n, _)| n != name);
+        self.batch.cursors.push((name.to_owned(), pos));
+    }
+
+    /// Queues an event for every subscription that wants it.
+    pub(super) fn fan_out(&mut self, e: Event) {
+        let wanted: Vec<String> = self
+            .subs
+            .values()
+            .filter(|s| s.wants(&e))
+            .map(|s| s.id.clone())
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let payload = serde_json::to_value(&e).unwrap_or_default();
+        let key = e.cabinet.clone().unwrap_or_default();
+        for id in wanted {
+            let entry = self.entry(e.id.clone(), e.kind.clone(), key.clone(), e.at, payload.clone());
+            self.enqueue(Target::Webhook(id), entry);
+        }
+    }
+
+    pub(super) fn entry(
+        &self,
+        event_id: String,
+        kind: String,
+        key: String,
+        at: Millis,
+        payload: serde_json::Value,
+    ) -> Entry {
+        Entry {
+            seq: 0,
+            event_id,
+            kind,
+            key,
+            at,
+            queued_at: now_millis(),
+            attempts: 0,
+            last_error: None,
+            payload,
+        }
+    }
+
+    /// Gives an entry its target's next seq and queues it (written at the next commit).
+    pub(super) fn enqueue(&mut self, target: Target, mut e: Entry) {
+        let ts = self.targets.entry(target.clone()).or_default();
+        ts.next_seq = ts.next_seq.max(1);
+        e.seq = ts.next_seq;
+        ts.next_seq += 1;
+        let meta = Meta {
+            key: e.key.clone(),
+            at: e.at,
+            queued_at: e.queued_at,
+            attempts: 0,
+        };
+        ts.queue.push(e.seq, meta, e.queued_at);
+        self.metrics.queued.inc();
+        self.batch.queued.push((target, e));
+    }
+
+    /// A presence change, as an event at the next turn.
+    pub(super) fn presence(&mut self, cabinet: CabinetId, online: bool, at: Millis) {
+        if !self.cfg.enabled {
+            return;
+        }
+        let site = self.site_of.get(&cabinet).cloned();
+        let id = format!("evt_presence_{}", ulid::Ulid::new());
+        self.waiting
+            .push(events::from_presence(id, &cabinet, site, online, at));
+    }
+
+    /// Writes what this turn changed. On failure the batch is kept for the next turn and
+    /// nothing new is sent (a request reads its entry from the store).
+    async fn commit(&mut self) -> bool {
+        if self.batch.is_empty() {
+            return true;
+        }
+        let b = std::mem::take(&mut self.batch);
+        let flush = b.needs_flush();
+        let st = self.store.clone();
+        match store::blocking(move || st.commit(&b, flush).map(|_| b)).await {
+            Ok(_) => {
+                self.storage_failing = false;
+                true
+            }
+            Err(e) => {
+                self.storage_error("write the outbox", &e);
+                // not retried blindly: the cursors stay where they were, so the next poll
+                // queues the same events again under the same ids
+                self.rebuild_after_failed_commit().await;
+                false
+            }
+        }
+    }
+
+    /// After a failed commit, memory may hold deliveries the store does not: reload.
+    async fn rebuild_after_failed_commit(&mut self) {
+        let st = self.store.clone();
+        let Ok(loaded) = store::blocking(move || st.load()).await else {
+            return;
+        };
+        let now = now_millis();
+        let mut targets: BTreeMap<Target, TargetState> = BTreeMap::new();
+        for (t, last) in loaded.last_seq {
+            targets.entry(t).or_default().next_seq = last + 1;
+        }
+        for (t, e) in loaded.pending {
+            let meta = Meta {
+                key: e.key.clone(),
+                at: e.at,
+                queued_at: e.queued_at,
+                attempts: e.attempts,
+            };
+            targets.entry(t).or_default().queue.push(e.seq, meta, now);
+        }
+        for (t, old) in std::mem::take(&mut self.targets) {
+            let ts = targets.entry(t).or_default();
+            ts.health = old.health;
+        }
+        self.targets = targets;
+        self.cursors = loaded.cursors;
+        self.running.abort_all();
+    }
+
+    fn storage_error(&mut self, what: &str, e: &StoreError) {
+        self.metrics.storage_errors.inc();
+        if !self.storage_failing {
+            tracing::error!(error = %e, "outbox: could not {what}; retrying");
+            self.storage_failing = true;
+        }
+    }
+
+    /// Starts what may go: round robin over targets, each up to its concurrency, all up to
+    /// `max_in_flight`.
+    fn dispatch(&mut self) {
+        let now = now_millis();
+        let per = self.cfg.concurrency_per_endpoint.max(1);
+        let max = self.cfg.max_in_flight.max(1);
+        let keys: Vec<Target> = self.targets.keys().cloned().collect();
+        let mut unroutable: Vec<(Target, u64)> = Vec::new();
+        loop {
+            let mut progress = false;
+            for t in &keys {
+                if self.running.len() >= max {
+                    return;
+                }
+                let route = match self.route(t) {
+                    Some(Ok(r)) => r,
+                    Some(Err(())) => continue, // paused (a disabled subscription)
+                    None => {
+                        // its configuration is gone: what waits cannot be sent
+                        if let Some(ts) = self.targets.get_mut(t) {
+                            if let Some(seq) = ts.queue.take(now, 1) {
+                                unroutable.push((t.clone(), seq));
+                            }
+                        }
+                        continue;
+                    }
+                };
+                let Some(ts) = self.targets.get_mut(t) else {
+                    continue;
+                };
+                let Some(seq) = ts.queue.take(now, per) else {
+                    continue;
+                };
+                if ts.queue.meta(seq).is_some_and(|m| m.attempts > 1) {
+                    self.metrics.retried.with_label_values(&[&t.label()]).inc();
+                }
+                progress = true;
+                let (st, http, target) = (self.store.clone(), self.http.clone(), t.clone());
+                self.running.spawn(async move {
+                    let tt = target.clone();
+                    let entry = store::blocking(move || st.entry(&tt, seq)).await.ok().flatten();
+                    let sent = match &entry {
+                        Some(e) => send(&http, &route, e).await,
+                        None => Sent::Delivered {
+                            status: 0,
+                            took: Duration::ZERO,
+                        },
+                    };
+                    Done {
+                        target,
+                        seq,
+                        entry,
+                        sent,
+                    }
+                });
+            }
+            if !progress {
+                break;
+            }
+        }
+        for (t, seq) in unroutable {
+            self.dead(&t, seq, now, None, "the target is no longer configured".into());
+        }
+    }
+
+    /// Where a target's requests go: `Some(Err)` while it is paused, `None` when it no
+    /// longer exists.
+    fn route(&self, t: &Target) -> Option<Result<Route, ()>> {
+        match t {
+            Target::Webhook(id) => {
+                let s = self.subs.get(id)?;
+                if !s.enabled {
+                    return Some(Err(()));
+                }
+                let now = now_millis();
+                Some(Ok(Route::Webhook {
+                    url: s.url.clone(),
+                    secrets: s.signing(now).into_iter().map(str::to_owned).collect(),
+                }))
+            }
+            Target::Carrier(c) => {
+                let cfg = self.cfg.carriers.get(c)?;
+                Some(Ok(Route::Carrier {
+                    url: cfg.url.clone(),
+                    content_type: cfg.content_type.clone(),
+                    headers: cfg.headers.clone(),
+                    secret: cfg.secret.clone(),
+                }))
+            }
+            Target::Notify(_) => None,
+        }
+    }
+
+    /// Applies a finished request.
+    fn finished(&mut self, d: Done) {
+        let now = now_millis();
+        let label = d.target.label();
+        let Some(ts) = self.targets.get_mut(&d.target) else {
+            return; // deleted meanwhile
+        };
+        let Some(entry) = d.entry else {
+            // gone from the store (deleted with its subscription, or replayed elsewhere)
+            ts.queue.finish(d.seq, now);
+            return;
+        };
+        match d.sent {
+            Sent::Delivered { took, .. } => {
+                ts.queue.finish(d.seq, now);
+                ts.health.delivered += 1;
+                ts.health.last_delivered_at = Some(now);
+                self.metrics.delivered.with_label_values(&[&label]).inc();
+                self.metrics
+                    .request
+                    .with_label_values(&[&label])
+                    .observe(took.as_secs_f64());
+                self.metrics
+                    .delay
+                    .observe(now.saturating_sub(entry.at) as f64 / 1000.0);
+                self.batch.done.push((d.target, d.seq));
+            }
+            Sent::Retry {
+                reason,
+                retry_after,
+                took,
+            } => {
+                self.metrics
+                    .request
+                    .with_label_values(&[&label])
+                    .observe(took.as_secs_f64());
+                let at_least = retry_after.map(|d| d.as_millis() as u64).unwrap_or(0);
+                self.failed(d.target, d.seq, entry, reason, at_least, now);
+            }
+            Sent::Gone { took } => {
+                self.metrics
+                    .request
+                    .with_label_values(&[&label])
+                    .observe(took.as_secs_f64());
+                if let Target::Webhook(id) = &d.target {
+                    if let Some(s) = self.subs.get_mut(id) {
+                        s.enabled = false;
+                        s.disabled_reason =
+                            Some("the receiver answered 410 Gone: enable it again when it is back".into());
+                        tracing::warn!(subscription = %id, url = %s.url, "webhook receiver answered 410 Gone: subscription disabled");
+                        self.batch.subscriptions.push(s.clone());
+                    }
+                }
+                self.failed(d.target, d.seq, entry, "HTTP 410 Gone".into(), 0, now);
+            }
+        }
+    }
+
+    /// A failed attempt: retry later, or to the dead letters when too old.
+    fn failed(
+        &mut self,
+        target: Target,
+        seq: u64,
+        mut entry: Entry,
+        reason: String,
+        at_least_ms: u64,
+        now: Millis,
+    ) {
+        let label = target.label();
+        self.metrics.failed.with_label_values(&[&label]).inc();
+        let policy = RetryPolicy {
+            base_ms: self.cfg.retry_base_ms,
+            max_ms: self.cfg.retry_max_ms,
+            max_age_ms: self.cfg.max_age_s.saturating_mul(1000),
+        };
+        let Some(ts) = self.targets.get_mut(&target) else {
+            return;
+        };
+        ts.health.failed_attempts += 1;
+        ts.health.last_error = Some(reason.clone());
+        ts.health.last_error_at = Some(now);
+        match ts
+            .queue
+            .fail(seq, now, &policy, false, at_least_ms, &mut self.rng)
+        {
+            AfterFailure::Retry(_) => {
+                entry.attempts = ts.queue.meta(seq).map(|m| m.attempts).unwrap_or(entry.attempts);
+                entry.last_error = Some(reason);
+                self.batch.queued.push((target, entry));
+            }
+            AfterFailure::Dead => self.dead(&target, seq, now, Some(entry), reason),
+        }
+    }
+
+    /// Moves an in-flight delivery to the dead letters.
+    fn dead(&mut self, target: &Target, seq: u64, now: Millis, entry: Option<Entry>, reason: String) {
+        let Some(ts) = self.targets.get_mut(target) else {
+            return;
+        };
+        let meta = ts.queue.finish(seq, now);
+        ts.health.dead_lettered += 1;
+        self.metrics
+            .dead
+            .with_label_values(&[&target.label()])
+            .inc();
+        tracing::warn!(target = %target.label(), seq, reason = %reason, "delivery given up: kept as a dead letter");
+        let entry = entry.unwrap_or_else(|| Entry {
+            seq,
+            event_id: String::new(),
+            kind: String::new(),
+            key: meta.as_ref().map(|m| m.key.clone()).unwrap_or_default(),
+            at: meta.as_ref().map(|m| m.at).unwrap_or(now),
+            queued_at: meta.as_ref().map(|m| m.queued_at).unwrap_or(now),
+            attempts: meta.as_ref().map(|m| m.attempts).unwrap_or(0),
+            last_error: Some(reason.clone()),
+            payload: serde_json::Value::Null,
+        });
+        self.batch.dead.push((
+            target.clone(),
+            DeadLetter {
+                entry,
+                dead_at: now,
+                reason,
+            },
+        ));
+    }
+
+    fn gauges(&self) {
+        let now = now_millis();
+        for (t, ts) in &self.targets {
+            let label = t.label();
+            self.metrics
+                .pending
+                .with_label_values(&[&label])
+                .set(ts.queue.len() as i64);
+            let age = ts
+                .queue
+                .oldest()
+                .map(|q| now.saturating_sub(q) / 1000)
+                .unwrap_or(0);
+            self.metrics
+                .oldest
+                .with_label_values(&[&label])
+                .set(age as i64);
+        }
+    }
+
+    /// Which site each cabinet is at (for presence events and site managers' scopes).
+    async fn refresh_sites(&mut self) {
+        let Some(p) = &self.parcels else {
+            return;
+        };
+        let op = Caller {
+            client: "outbound".into(),
+            scope: Scope::Operator,
+        };
+        if let Ok(sites) = p.sites(op).await {
+            self.site_of = sites
+                .into_iter()
+                .flat_map(|s| {
+                    let id = s.id.clone();
+                    s.cabinets.into_iter().map(move |c| (c, id.clone()))
+                })
+                .collect();
+        }
+    }
+
+    /// A target's health now.
+    pub(super) fn health(&self, t: &Target) -> Health {
+        let now = now_millis();
+        match self.targets.get(t) {
+            Some(ts) => Health {
+                pending: ts.queue.len(),
+                in_flight: ts.queue.in_flight(),
+                oldest_pending_ms: ts.queue.oldest().map(|q| now.saturating_sub(q)),
+                ..ts.health.clone()
+            },
+            None => Health::default(),
+        }
+    }
+}
+
+/// Sends one entry along its route.
+async fn send(http: &Http, route: &Route, e: &Entry) -> Sent {
+    match route {
+        Route::Webhook { url, secrets } => {
+            let body = serde_json::to_vec(&e.payload).unwrap_or_default();
+            http.send(Request {
+                url,
+                event_id: &e.event_id,
+                body,
+                content_type: "application/json",
+                secrets: secrets.iter().map(String::as_str).collect(),
+                headers: &BTreeMap::new(),
+            })
+            .await
+        }
+        Route::Carrier {
+            url,
+            content_type,
+            headers,
+            secret,
+        } => {
+            let body = e
+                .payload
+                .get("body")
+                .and_then(|b| b.as_str())
+                .unwrap_or_default()
+                .as_bytes()
+                .to_vec();
+            http.send(Request {
+                url,
+                event_id: &e.event_id,
+                body,
+                content_type,
+                secrets: secret.iter().map(String::as_str).collect(),
+                headers,
+            })
+            .await
+        }
+    }
+}
