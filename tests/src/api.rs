@@ -102,6 +102,20 @@ impl ApiClient {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// PATCH a path with JSON; returns the status and the JSON body.
+    pub async fn patch(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .patch(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .expect("API request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     /// DELETE a path; returns the status and the JSON body.
     pub async fn delete(&self, path: &str) -> (u16, Value) {
         let r = self

@@ -7,6 +7,7 @@
 //!   `locker-gateway` binary, for `kill -9` tests;
 //! - [`mqtt`]: rumqttc clients with a cabinet's or an integrator's certificate;
 //! - [`api::ApiClient`]: the HTTP API with a bearer token;
+//! - [`hooks::Receiver`]: a real webhook receiver (and the signature check with Python's hmac);
 //! - [`eventually`]: polls a condition until a deadline (tests never sleep a fixed time);
 //! - [`net`]: ports reserved for servers that start (or restart) later, without the
 //!   bind-and-release race.
@@ -16,6 +17,7 @@ pub mod api;
 pub mod cabinet;
 pub mod edge;
 pub mod gateway;
+pub mod hooks;
 pub mod mqtt;
 pub mod net;
 pub mod parcels;
