@@ -40,6 +40,45 @@ pub enum StartError {
     Template(#[from] TemplateError),
     #[error(transparent)]
     Http(#[from] HttpError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Checks each carrier's tracking endpoint: a URL the client can reach, a usable secret.
+fn check_carriers(cfg: &WebhooksConfig) -> Result<(), StartError> {
+    for (id, c) in &cfg.carriers {
+        let key = format!("webhooks.carriers.{id}");
+        let url = reqwest::Url::parse(&c.url)
+            .map_err(|e| StartError::Invalid(format!("{key}.url: {e}")))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if cfg.allow_http => {}
+            other => {
+                return Err(StartError::Invalid(format!(
+                    "{key}.url: scheme {other} (https, or http with webhooks.allow_http = true)"
+                )))
+            }
+        }
+        if let Some(s) = &c.secret {
+            super::sign::key_of(s).map_err(|e| StartError::Invalid(format!("{key}.secret: {e}")))?;
+        }
+        let states: Vec<&str> = crate::parcels::OrderState::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
+        if let Some(bad) = c.statuses.keys().find(|k| !states.contains(&k.as_str())) {
+            return Err(StartError::Invalid(format!(
+                "{key}.statuses: {bad:?} is not an order state ({})",
+                states.join(", ")
+            )));
+        }
+        if c.statuses.is_empty() {
+            return Err(StartError::Invalid(format!(
+                "{key}.statuses: name at least one order state, e.g. {{ ready = \"DELIVERED_TO_LOCKER\" }}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// What the actor is built from.
@@ -118,6 +157,7 @@ impl Outbound {
         cancel: CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<JoinHandle<()>, StartError> {
+        check_carriers(&parts.cfg)?;
         let templates = TrackingTemplates::new(&parts.cfg.carriers)?;
         let http = Http::new(Duration::from_millis(parts.cfg.timeout_ms))?;
         let (st, pl) = (parts.store.clone(), parts.parcel_log.clone());
@@ -728,6 +768,41 @@ async fn send(http: &Http, route: &Route, e: &Entry) -> Sent {
                 headers,
             })
             .await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn carrier(toml_text: &str) -> WebhooksConfig {
+        let mut cfg = WebhooksConfig::default();
+        cfg.carriers.insert(
+            "dhl".into(),
+            toml::from_str(toml_text).expect("carrier table"),
+        );
+        cfg
+    }
+
+    #[test]
+    fn carrier_tables_are_checked_at_start_with_the_key_named() {
+        let ok = r#"url = "https://t.example/x"
+                    statuses = { ready = "DELIVERED" }"#;
+        assert!(check_carriers(&carrier(ok)).is_ok());
+        for (bad, key) in [
+            (r#"url = "http://t.example/x"
+                statuses = { ready = "D" }"#, "webhooks.carriers.dhl.url"),
+            (r#"url = "https://t.example/x"
+                statuses = { delivered = "D" }"#, "webhooks.carriers.dhl.statuses"),
+            (r#"url = "https://t.example/x"
+                statuses = {}"#, "webhooks.carriers.dhl.statuses"),
+            (r#"url = "https://t.example/x"
+                statuses = { ready = "D" }
+                secret = "plain""#, "webhooks.carriers.dhl.secret"),
+        ] {
+            let e = check_carriers(&carrier(bad)).expect_err(bad).to_string();
+            assert!(e.contains(key), "{e}");
         }
     }
 }
