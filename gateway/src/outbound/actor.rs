@@ -120,7 +120,8 @@ enum Route {
 struct Done {
     target: Target,
     seq: u64,
-    entry: Option<Entry>,
+    /// The entry as read from the store (`Ok(None)`: gone, deleted with its subscription).
+    entry: Result<Option<Entry>, String>,
     sent: Sent,
 }
 
@@ -367,8 +368,16 @@ impl Outbound {
         }
     }
 
-    /// Gives an entry its target's next seq and queues it (written at the next commit).
+    /// Gives an entry its target's next seq and queues it (written at the next commit); a
+    /// target already holding `max_pending_per_endpoint` gets it as a dead letter instead.
     pub(super) fn enqueue(&mut self, target: Target, mut e: Entry) {
+        let cap = self.cfg.max_pending_per_endpoint.max(1);
+        if self.targets.get(&target).is_some_and(|t| t.queue.len() >= cap) {
+            let reason = format!(
+                "{cap} deliveries already wait for this target (webhooks.max_pending_per_endpoint)"
+            );
+            return self.dead_on_arrival(target, e, reason);
+        }
         let ts = self.targets.entry(target.clone()).or_default();
         ts.next_seq = ts.next_seq.max(1);
         e.seq = ts.next_seq;
@@ -496,11 +505,18 @@ impl Outbound {
                 let (st, http, target) = (self.store.clone(), self.http.clone(), t.clone());
                 self.running.spawn(async move {
                     let tt = target.clone();
-                    let entry = store::blocking(move || st.entry(&tt, seq)).await.ok().flatten();
+                    let entry = store::blocking(move || st.entry(&tt, seq))
+                        .await
+                        .map_err(|e| e.to_string());
                     let sent = match &entry {
-                        Some(e) => send(&http, &route, e).await,
-                        None => Sent::Delivered {
+                        Ok(Some(e)) => send(&http, &route, e).await,
+                        Ok(None) => Sent::Delivered {
                             status: 0,
+                            took: Duration::ZERO,
+                        },
+                        Err(e) => Sent::Retry {
+                            reason: format!("outbox read failed: {e}"),
+                            retry_after: None,
                             took: Duration::ZERO,
                         },
                     };
@@ -553,13 +569,29 @@ impl Outbound {
     fn finished(&mut self, d: Done) {
         let now = now_millis();
         let label = d.target.label();
+        let policy = self.policy();
         let Some(ts) = self.targets.get_mut(&d.target) else {
             return; // deleted meanwhile
         };
-        let Some(entry) = d.entry else {
-            // gone from the store (deleted with its subscription, or replayed elsewhere)
-            ts.queue.finish(d.seq, now);
-            return;
+        let entry = match d.entry {
+            Ok(Some(e)) => e,
+            Ok(None) => {
+                // gone from the store (deleted with its subscription)
+                ts.queue.finish(d.seq, now);
+                return;
+            }
+            Err(reason) => {
+                // the store could not be read: try again later, nothing to rewrite
+                self.metrics.storage_errors.inc();
+                // never given up for this: the entry is still in the store
+                let keep = RetryPolicy {
+                    max_age_ms: u64::MAX,
+                    ..policy
+                };
+                ts.queue.fail(d.seq, now, &keep, false, 0, &mut self.rng);
+                tracing::warn!(target = %label, reason = %reason, "outbox entry not readable; retrying");
+                return;
+            }
         };
         match d.sent {
             Sent::Delivered { took, .. } => {
@@ -619,11 +651,7 @@ impl Outbound {
     ) {
         let label = target.label();
         self.metrics.failed.with_label_values(&[&label]).inc();
-        let policy = RetryPolicy {
-            base_ms: self.cfg.retry_base_ms,
-            max_ms: self.cfg.retry_max_ms,
-            max_age_ms: self.cfg.max_age_s.saturating_mul(1000),
-        };
+        let policy = self.policy();
         let Some(ts) = self.targets.get_mut(&target) else {
             return;
         };
@@ -641,6 +669,35 @@ impl Outbound {
             }
             AfterFailure::Dead => self.dead(&target, seq, now, Some(entry), reason),
         }
+    }
+
+    fn policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            base_ms: self.cfg.retry_base_ms,
+            max_ms: self.cfg.retry_max_ms,
+            max_age_ms: self.cfg.max_age_s.saturating_mul(1000),
+        }
+    }
+
+    /// Puts a new entry straight into the dead letters (its target's queue is full, or it
+    /// cannot be sent at all): kept for replay, never lost.
+    pub(super) fn dead_on_arrival(&mut self, target: Target, mut e: Entry, reason: String) {
+        let now = now_millis();
+        let ts = self.targets.entry(target.clone()).or_default();
+        ts.next_seq = ts.next_seq.max(1);
+        e.seq = ts.next_seq;
+        ts.next_seq += 1;
+        ts.health.dead_lettered += 1;
+        e.last_error = Some(reason.clone());
+        self.metrics.dead.with_label_values(&[&target.label()]).inc();
+        self.batch.dead.push((
+            target,
+            DeadLetter {
+                entry: e,
+                dead_at: now,
+                reason,
+            },
+        ));
     }
 
     /// Moves an in-flight delivery to the dead letters.

@@ -104,6 +104,19 @@ impl Outbound {
         }
     }
 
+    /// The target a dead-letter route names: a subscription id (its owner or an operator), or
+    /// `carrier:<id>` / `notify:<provider>` (operators).
+    fn target_for(&self, label: &str, c: &Caller) -> Result<Target, OutboundError> {
+        match Target::parse(label) {
+            Some(Target::Webhook(id)) => {
+                self.find(&id, c)?;
+                Ok(Target::Webhook(id))
+            }
+            Some(t) if matches!(c.scope, Scope::Operator) && self.targets.contains_key(&t) => Ok(t),
+            _ => Err(OutboundError::NotFound(format!("target {label}"))),
+        }
+    }
+
     /// Checks a URL, the event patterns and the filters against the owner's scope.
     fn validate(
         &self,
@@ -277,8 +290,8 @@ impl Outbound {
         limit: usize,
         c: &Caller,
     ) -> Result<Vec<DeadLetter>, OutboundError> {
-        self.find(id, c)?;
-        let (st, t) = (self.store.clone(), Target::Webhook(id.to_owned()));
+        let t = self.target_for(id, c)?;
+        let st = self.store.clone();
         let limit = limit.clamp(1, 1_000);
         store::blocking(move || st.dead(&t, after, limit))
             .await
@@ -291,8 +304,7 @@ impl Outbound {
         seqs: Option<Vec<u64>>,
         c: &Caller,
     ) -> Result<usize, OutboundError> {
-        self.find(id, c)?;
-        let t = Target::Webhook(id.to_owned());
+        let t = self.target_for(id, c)?;
         let (st, tt) = (self.store.clone(), t.clone());
         let dead = store::blocking(move || st.dead(&tt, 0, 100_000))
             .await

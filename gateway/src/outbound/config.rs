@@ -28,6 +28,9 @@ pub struct WebhooksConfig {
     pub max_age_s: u64,
     /// Subscriptions at most (over all integrators).
     pub max_subscriptions: usize,
+    /// Deliveries waiting for one target at most (memory stays bounded while a receiver is
+    /// down): beyond it new ones go straight to the dead letters, replayable.
+    pub max_pending_per_endpoint: usize,
     /// Allow `http://` endpoint URLs (tests, a receiver on the same host); `https://` always.
     pub allow_http: bool,
     /// Each carrier's tracking endpoint (`[webhooks.carriers.<carrier id>]`).
@@ -46,6 +49,7 @@ impl Default for WebhooksConfig {
             retry_max_ms: 600_000,
             max_age_s: 86_400,
             max_subscriptions: 1_000,
+            max_pending_per_endpoint: 1_000_000,
             allow_http: false,
             carriers: BTreeMap::new(),
         }
