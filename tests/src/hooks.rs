@@ -7,11 +7,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
-use base64::Engine;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
+use base64::Engine;
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -106,12 +106,10 @@ impl Receiver {
     pub async fn start() -> Self {
         let (mode, rx) = watch::channel(Mode::Up);
         let got = Arc::new(Mutex::new(Vec::new()));
-        let app = Router::new()
-            .fallback(post(take))
-            .with_state(Shared {
-                got: got.clone(),
-                mode: rx,
-            });
+        let app = Router::new().fallback(post(take)).with_state(Shared {
+            got: got.clone(),
+            mode: rx,
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind receiver");
@@ -143,7 +141,10 @@ impl Receiver {
 
     /// Accepted requests to one path.
     pub fn hooks_to(&self, path: &str) -> Vec<Hook> {
-        self.hooks().into_iter().filter(|h| h.path == path).collect()
+        self.hooks()
+            .into_iter()
+            .filter(|h| h.path == path)
+            .collect()
     }
 }
 

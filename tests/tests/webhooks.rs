@@ -51,7 +51,12 @@ async fn deposit(client: &ApiClient, cab: &TestCabinet, order: &Value) {
         )
         .await;
     assert!(s == 202 || s == 200, "{r}");
-    eventually("door open", || cab.status().open_doors.contains(&locker_schemas::CompartmentId(c as u16))).await;
+    eventually("door open", || {
+        cab.status()
+            .open_doors
+            .contains(&locker_schemas::CompartmentId(c as u16))
+    })
+    .await;
     cab.board.put_parcel(c - 1).expect("parcel in");
     cab.board.close_door(c - 1).expect("close");
     parcels::wait_state(client, id, "ready").await;
@@ -114,17 +119,34 @@ async fn integrators_receive_signed_events_in_order_within_their_scope() {
         .await;
     assert_eq!(s, 403, "{b}");
     let (s, b) = dhl
-        .post("/v1/webhooks", json!({"url": rx.url("/x"), "events": ["order.shipped"]}))
+        .post(
+            "/v1/webhooks",
+            json!({"url": rx.url("/x"), "events": ["order.shipped"]}),
+        )
         .await;
     assert_eq!(s, 400, "{b}");
-    assert!(b["message"].as_str().unwrap_or_default().contains("order.shipped"), "{b}");
+    assert!(
+        b["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("order.shipped"),
+        "{b}"
+    );
     let (s, b) = dhl
-        .post("/v1/webhooks", json!({"url": "ftp://x.example/", "events": ["*"]}))
+        .post(
+            "/v1/webhooks",
+            json!({"url": "ftp://x.example/", "events": ["*"]}),
+        )
         .await;
     assert_eq!(s, 400, "{b}");
     // a carrier lists only its own subscriptions; another's is not found
     let (_, b) = dhl.get("/v1/webhooks").await;
-    let ids: Vec<_> = b["webhooks"].as_array().expect("list").iter().map(|w| w["id"].clone()).collect();
+    let ids: Vec<_> = b["webhooks"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|w| w["id"].clone())
+        .collect();
     assert_eq!(ids, vec![json!(dhl_id)]);
     let (s, _) = ups.get(&format!("/v1/webhooks/{dhl_id}")).await;
     assert_eq!(s, 404);
@@ -135,7 +157,9 @@ async fn integrators_receive_signed_events_in_order_within_their_scope() {
     deposit(&dhl, &cab, &o1).await;
     let o2 = parcels::order(&ups, "1Z-WH-2", "S").await;
     let o2_id = o2["id"].as_str().expect("id").to_owned();
-    let (s, b) = ups.post(&format!("/v1/orders/{o2_id}/cancel"), json!({})).await;
+    let (s, b) = ups
+        .post(&format!("/v1/orders/{o2_id}/cancel"), json!({}))
+        .await;
     assert_eq!(s, 200, "{b}");
 
     eventually("every event at /all", || {
@@ -150,10 +174,17 @@ async fn integrators_receive_signed_events_in_order_within_their_scope() {
     let all = rx.hooks_to("/all");
     // in order: every transition of the deposit, then the cancellation
     let t1 = order_types(&all, &o1_id);
-    let pos = |t: &str| t1.iter().position(|x| x == t).unwrap_or_else(|| panic!("{t} in {t1:?}"));
+    let pos = |t: &str| {
+        t1.iter()
+            .position(|x| x == t)
+            .unwrap_or_else(|| panic!("{t} in {t1:?}"))
+    };
     assert!(pos("order.reserved") < pos("order.deposited"), "{t1:?}");
     assert!(pos("order.deposited") < pos("order.ready"), "{t1:?}");
-    assert_eq!(order_types(&all, &o2_id).last().map(String::as_str), Some("order.cancelled"));
+    assert_eq!(
+        order_types(&all, &o2_id).last().map(String::as_str),
+        Some("order.cancelled")
+    );
     // the body names what happened, with who and why; the header id is the body's id
     let ready = all
         .iter()
@@ -167,11 +198,17 @@ async fn integrators_receive_signed_events_in_order_within_their_scope() {
     assert!(all.iter().all(|h| h.json()["id"] == h.id.as_str()));
     // DHL's subscription got none of UPS's parcels
     let dhl_hooks = rx.hooks_to("/dhl");
-    assert!(dhl_hooks.iter().all(|h| h.json()["carrier"] == "dhl"), "only DHL's parcels");
+    assert!(
+        dhl_hooks.iter().all(|h| h.json()["carrier"] == "dhl"),
+        "only DHL's parcels"
+    );
     assert!(order_types(&dhl_hooks, &o2_id).is_empty());
     // the signatures verify with Python's hmac, and not with the other secret
     assert_eq!(python_rejects(&all_secret, &all), Vec::<String>::new());
-    assert_eq!(python_rejects(&dhl_secret, &dhl_hooks), Vec::<String>::new());
+    assert_eq!(
+        python_rejects(&dhl_secret, &dhl_hooks),
+        Vec::<String>::new()
+    );
     assert_eq!(python_rejects(&dhl_secret, &all[..1]).len(), 1);
 
     // DHL's tracking system got "delivered to locker" in its own shape, with its key
@@ -202,18 +239,28 @@ async fn integrators_receive_signed_events_in_order_within_their_scope() {
     assert!(v.get("secret").is_none(), "the secret is shown once");
     let m = gw
         .api
-        .metric(&format!("locker_outbound_delivered_total{{target=\"{all_id}\"}}"))
+        .metric(&format!(
+            "locker_outbound_delivered_total{{target=\"{all_id}\"}}"
+        ))
         .await;
     assert!(m >= 4.0, "{m}");
     let (_, targets) = gw.api.get("/v1/outbound/targets").await;
-    assert!(targets["targets"].as_array().expect("targets").iter().any(|t| t["target"] == "carrier:dhl"));
+    assert!(targets["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .any(|t| t["target"] == "carrier:dhl"));
     let (s, _) = dhl.get("/v1/outbound/targets").await;
     assert_eq!(s, 403);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_receivers_are_dead_lettered_replayed_and_never_hold_back_others() {
-    let (down, hung, up) = (Receiver::start().await, Receiver::start().await, Receiver::start().await);
+    let (down, hung, up) = (
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+    );
     down.set(Mode::Status(503));
     hung.set(Mode::Hang);
     let pki = TestPki::new();
@@ -242,7 +289,9 @@ async fn dead_receivers_are_dead_lettered_replayed_and_never_hold_back_others() 
             .await;
         assert_eq!(s, 201, "{b}");
         let id = b["id"].as_str().expect("id").to_owned();
-        let (s, b) = dhl.post(&format!("/v1/orders/{id}/cancel"), json!({})).await;
+        let (s, b) = dhl
+            .post(&format!("/v1/orders/{id}/cancel"), json!({}))
+            .await;
         assert_eq!(s, 200, "{b}");
         ids.push(id);
     }
@@ -251,10 +300,19 @@ async fn dead_receivers_are_dead_lettered_replayed_and_never_hold_back_others() 
             .all(|o| order_types(hooks, o).last().map(String::as_str) == Some("order.cancelled"))
     };
     // the live receiver has everything while the hung one still holds its first requests
-    eventually("the live receiver has every event", || expected(&up.hooks())).await;
+    eventually("the live receiver has every event", || {
+        expected(&up.hooks())
+    })
+    .await;
     let (_, h) = gw.api.get(&format!("/v1/webhooks/{hung_id}")).await;
-    assert!(hung.hooks().is_empty(), "the hung receiver answered nothing");
-    assert_eq!(h["health"]["in_flight"], 1, "one key (no cabinet) is sent in order: {h}");
+    assert!(
+        hung.hooks().is_empty(),
+        "the hung receiver answered nothing"
+    );
+    assert_eq!(
+        h["health"]["in_flight"], 1,
+        "one key (no cabinet) is sent in order: {h}"
+    );
     assert!(h["health"]["pending"].as_u64().unwrap_or(0) >= 10, "{h}");
 
     // the dead one gives up after max_age_s: dead letters, listable
@@ -264,35 +322,82 @@ async fn dead_receivers_are_dead_lettered_replayed_and_never_hold_back_others() 
         (dead >= 10 && v["health"]["pending"] == 0).then_some(dead)
     })
     .await;
-    let (s, d) = gw.api.get(&format!("/v1/webhooks/{down_id}/dead-letters?limit=1000")).await;
+    let (s, d) = gw
+        .api
+        .get(&format!("/v1/webhooks/{down_id}/dead-letters?limit=1000"))
+        .await;
     assert_eq!(s, 200, "{d}");
     let letters = d["dead_letters"].as_array().expect("letters");
     assert_eq!(letters.len() as u64, n);
-    assert!(letters[0]["reason"].as_str().unwrap_or_default().contains("503"), "{}", letters[0]);
+    assert!(
+        letters[0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("503"),
+        "{}",
+        letters[0]
+    );
     assert!(letters[0]["entry"]["attempts"].as_u64().unwrap_or(0) >= 1);
-    assert!(gw.api.metric(&format!("locker_outbound_dead_lettered_total{{target=\"{down_id}\"}}")).await >= 10.0);
-    assert!(gw.api.metric(&format!("locker_outbound_failed_total{{target=\"{down_id}\"}}")).await >= 10.0);
+    assert!(
+        gw.api
+            .metric(&format!(
+                "locker_outbound_dead_lettered_total{{target=\"{down_id}\"}}"
+            ))
+            .await
+            >= 10.0
+    );
+    assert!(
+        gw.api
+            .metric(&format!(
+                "locker_outbound_failed_total{{target=\"{down_id}\"}}"
+            ))
+            .await
+            >= 10.0
+    );
 
     // back up: a replay delivers them all, in order
     down.set(Mode::Up);
-    let (s, r) = gw.api.post(&format!("/v1/webhooks/{down_id}/dead-letters/replay"), json!({})).await;
+    let (s, r) = gw
+        .api
+        .post(
+            &format!("/v1/webhooks/{down_id}/dead-letters/replay"),
+            json!({}),
+        )
+        .await;
     assert_eq!(s, 202, "{r}");
     assert_eq!(r["replayed"].as_u64(), Some(n));
     eventually("replayed events delivered", || expected(&down.hooks())).await;
-    let (_, d) = gw.api.get(&format!("/v1/webhooks/{down_id}/dead-letters")).await;
+    let (_, d) = gw
+        .api
+        .get(&format!("/v1/webhooks/{down_id}/dead-letters"))
+        .await;
     assert!(d["dead_letters"].as_array().expect("letters").is_empty());
 
     // a rotation signs with the new and the previous secret for a while
-    let (s, r) = gw.api.post(&format!("/v1/webhooks/{up_id}/rotate-secret"), json!({"keep_old_s": 3600})).await;
+    let (s, r) = gw
+        .api
+        .post(
+            &format!("/v1/webhooks/{up_id}/rotate-secret"),
+            json!({"keep_old_s": 3600}),
+        )
+        .await;
     assert_eq!(s, 200, "{r}");
     let new_secret = r["secret"].as_str().expect("secret").to_owned();
     assert!(r["previous_secret_expires"].as_u64().is_some(), "{r}");
-    let (s, p) = gw.api.post(&format!("/v1/webhooks/{up_id}/ping"), json!({})).await;
+    let (s, p) = gw
+        .api
+        .post(&format!("/v1/webhooks/{up_id}/ping"), json!({}))
+        .await;
     assert_eq!(s, 202, "{p}");
     let ping_id = p["event_id"].as_str().expect("event id").to_owned();
     eventually("the ping", || up.hooks().iter().any(|h| h.id == ping_id)).await;
     let ping: Vec<Hook> = up.hooks().into_iter().filter(|h| h.id == ping_id).collect();
-    assert_eq!(ping[0].signature.split(' ').count(), 2, "{}", ping[0].signature);
+    assert_eq!(
+        ping[0].signature.split(' ').count(),
+        2,
+        "{}",
+        ping[0].signature
+    );
     assert!(python_rejects(&new_secret, &ping).is_empty());
     assert!(python_rejects(&up_secret, &ping).is_empty());
 
@@ -352,7 +457,9 @@ async fn kill_9_loses_no_webhook_and_keeps_the_order_per_cabinet() {
     }
     for o in &orders[..3] {
         let id = o["id"].as_str().expect("id");
-        let (s, b) = dhl.post(&format!("/v1/orders/{id}/cancel"), json!({})).await;
+        let (s, b) = dhl
+            .post(&format!("/v1/orders/{id}/cancel"), json!({}))
+            .await;
         assert_eq!(s, 200, "{b}");
     }
     let first = trail_ids(&gw.api).await;
@@ -371,7 +478,9 @@ async fn kill_9_loses_no_webhook_and_keeps_the_order_per_cabinet() {
     rx.set(Mode::Up);
     for o in &orders[3..] {
         let id = o["id"].as_str().expect("id");
-        let (s, b) = dhl.post(&format!("/v1/orders/{id}/cancel"), json!({})).await;
+        let (s, b) = dhl
+            .post(&format!("/v1/orders/{id}/cancel"), json!({}))
+            .await;
         assert_eq!(s, 200, "{b}");
     }
     gw.kill9();
@@ -393,7 +502,10 @@ async fn kill_9_loses_no_webhook_and_keeps_the_order_per_cabinet() {
             continue;
         }
         let b = h.json();
-        if let Some(pos) = h.id.strip_prefix("evt_parcel_").and_then(|p| p.parse::<u64>().ok()) {
+        if let Some(pos) =
+            h.id.strip_prefix("evt_parcel_")
+                .and_then(|p| p.parse::<u64>().ok())
+        {
             per_cabinet
                 .entry(b["cabinet"].as_str().unwrap_or_default().to_owned())
                 .or_default()

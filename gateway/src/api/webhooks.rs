@@ -42,7 +42,10 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/v1/webhooks/{id}/dead-letters/replay", post(replay))
         .route("/v1/webhooks/{id}/ping", post(ping))
         .route("/v1/outbound/targets", get(targets))
-        .route("/v1/outbound/targets/{target}/dead-letters", get(dead_letters))
+        .route(
+            "/v1/outbound/targets/{target}/dead-letters",
+            get(dead_letters),
+        )
         .route(
             "/v1/outbound/targets/{target}/dead-letters/replay",
             post(replay),

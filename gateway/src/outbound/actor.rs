@@ -60,7 +60,8 @@ fn check_carriers(cfg: &WebhooksConfig) -> Result<(), StartError> {
             }
         }
         if let Some(s) = &c.secret {
-            super::sign::key_of(s).map_err(|e| StartError::Invalid(format!("{key}.secret: {e}")))?;
+            super::sign::key_of(s)
+                .map_err(|e| StartError::Invalid(format!("{key}.secret: {e}")))?;
         }
         let states: Vec<&str> = crate::parcels::OrderState::ALL
             .iter()
@@ -211,11 +212,7 @@ impl Outbound {
             more: false,
         };
         let pending: usize = actor.targets.values().map(|t| t.queue.len()).sum();
-        tracing::info!(
-            subscriptions = actor.subs.len(),
-            pending,
-            "outbox loaded"
-        );
+        tracing::info!(subscriptions = actor.subs.len(), pending, "outbox loaded");
         Ok(tracker.spawn(async move { actor.run(inbox, cancel).await }))
     }
 
@@ -281,10 +278,9 @@ impl Outbound {
         let pa = self.cursors.get("parcel").copied().unwrap_or(0);
         let al = self.cursors.get("alert").copied().unwrap_or(0);
         let (pl, alog) = (self.parcel_log.clone(), self.alert_log.clone());
-        let read = store::blocking(move || {
-            Ok((pl.audit(pa, READ_BATCH)?, alog.changes(al, READ_BATCH)?))
-        })
-        .await;
+        let read =
+            store::blocking(move || Ok((pl.audit(pa, READ_BATCH)?, alog.changes(al, READ_BATCH)?)))
+                .await;
         let (records, changes) = match read {
             Ok(x) => x,
             Err(e) => {
@@ -298,9 +294,23 @@ impl Outbound {
             evs.extend(events::from_parcel(r));
             match self.templates.update(&self.cfg.carriers, r) {
                 Ok(Some((id, body))) => {
-                    let carrier = r.carrier.as_ref().map(|c| c.to_string()).unwrap_or_default();
-                    let key = r.cabinet.as_ref().map(|c| c.to_string()).unwrap_or_default();
-                    let entry = self.entry(id, "tracking".into(), key, r.at, serde_json::json!({ "body": body }));
+                    let carrier = r
+                        .carrier
+                        .as_ref()
+                        .map(|c| c.to_string())
+                        .unwrap_or_default();
+                    let key = r
+                        .cabinet
+                        .as_ref()
+                        .map(|c| c.to_string())
+                        .unwrap_or_default();
+                    let entry = self.entry(
+                        id,
+                        "tracking".into(),
+                        key,
+                        r.at,
+                        serde_json::json!({ "body": body }),
+                    );
                     self.enqueue(Target::Carrier(carrier), entry);
                 }
                 Ok(None) => {}
@@ -342,7 +352,13 @@ impl Outbound {
         let payload = serde_json::to_value(&e).unwrap_or_default();
         let key = e.cabinet.clone().unwrap_or_default();
         for id in wanted {
-            let entry = self.entry(e.id.clone(), e.kind.clone(), key.clone(), e.at, payload.clone());
+            let entry = self.entry(
+                e.id.clone(),
+                e.kind.clone(),
+                key.clone(),
+                e.at,
+                payload.clone(),
+            );
             self.enqueue(Target::Webhook(id), entry);
         }
     }
@@ -372,7 +388,11 @@ impl Outbound {
     /// target already holding `max_pending_per_endpoint` gets it as a dead letter instead.
     pub(super) fn enqueue(&mut self, target: Target, mut e: Entry) {
         let cap = self.cfg.max_pending_per_endpoint.max(1);
-        if self.targets.get(&target).is_some_and(|t| t.queue.len() >= cap) {
+        if self
+            .targets
+            .get(&target)
+            .is_some_and(|t| t.queue.len() >= cap)
+        {
             let reason = format!(
                 "{cap} deliveries already wait for this target (webhooks.max_pending_per_endpoint)"
             );
@@ -533,7 +553,13 @@ impl Outbound {
             }
         }
         for (t, seq) in unroutable {
-            self.dead(&t, seq, now, None, "the target is no longer configured".into());
+            self.dead(
+                &t,
+                seq,
+                now,
+                None,
+                "the target is no longer configured".into(),
+            );
         }
     }
 
@@ -628,8 +654,10 @@ impl Outbound {
                 if let Target::Webhook(id) = &d.target {
                     if let Some(s) = self.subs.get_mut(id) {
                         s.enabled = false;
-                        s.disabled_reason =
-                            Some("the receiver answered 410 Gone: enable it again when it is back".into());
+                        s.disabled_reason = Some(
+                            "the receiver answered 410 Gone: enable it again when it is back"
+                                .into(),
+                        );
                         tracing::warn!(subscription = %id, url = %s.url, "webhook receiver answered 410 Gone: subscription disabled");
                         self.batch.subscriptions.push(s.clone());
                     }
@@ -663,7 +691,11 @@ impl Outbound {
             .fail(seq, now, &policy, false, at_least_ms, &mut self.rng)
         {
             AfterFailure::Retry(_) => {
-                entry.attempts = ts.queue.meta(seq).map(|m| m.attempts).unwrap_or(entry.attempts);
+                entry.attempts = ts
+                    .queue
+                    .meta(seq)
+                    .map(|m| m.attempts)
+                    .unwrap_or(entry.attempts);
                 entry.last_error = Some(reason);
                 self.batch.queued.push((target, entry));
             }
@@ -689,7 +721,10 @@ impl Outbound {
         ts.next_seq += 1;
         ts.health.dead_lettered += 1;
         e.last_error = Some(reason.clone());
-        self.metrics.dead.with_label_values(&[&target.label()]).inc();
+        self.metrics
+            .dead
+            .with_label_values(&[&target.label()])
+            .inc();
         self.batch.dead.push((
             target,
             DeadLetter {
@@ -701,7 +736,14 @@ impl Outbound {
     }
 
     /// Moves an in-flight delivery to the dead letters.
-    fn dead(&mut self, target: &Target, seq: u64, now: Millis, entry: Option<Entry>, reason: String) {
+    fn dead(
+        &mut self,
+        target: &Target,
+        seq: u64,
+        now: Millis,
+        entry: Option<Entry>,
+        reason: String,
+    ) {
         let Some(ts) = self.targets.get_mut(target) else {
             return;
         };
@@ -848,15 +890,27 @@ mod tests {
                     statuses = { ready = "DELIVERED" }"#;
         assert!(check_carriers(&carrier(ok)).is_ok());
         for (bad, key) in [
-            (r#"url = "http://t.example/x"
-                statuses = { ready = "D" }"#, "webhooks.carriers.dhl.url"),
-            (r#"url = "https://t.example/x"
-                statuses = { delivered = "D" }"#, "webhooks.carriers.dhl.statuses"),
-            (r#"url = "https://t.example/x"
-                statuses = {}"#, "webhooks.carriers.dhl.statuses"),
-            (r#"url = "https://t.example/x"
+            (
+                r#"url = "http://t.example/x"
+                statuses = { ready = "D" }"#,
+                "webhooks.carriers.dhl.url",
+            ),
+            (
+                r#"url = "https://t.example/x"
+                statuses = { delivered = "D" }"#,
+                "webhooks.carriers.dhl.statuses",
+            ),
+            (
+                r#"url = "https://t.example/x"
+                statuses = {}"#,
+                "webhooks.carriers.dhl.statuses",
+            ),
+            (
+                r#"url = "https://t.example/x"
                 statuses = { ready = "D" }
-                secret = "plain""#, "webhooks.carriers.dhl.secret"),
+                secret = "plain""#,
+                "webhooks.carriers.dhl.secret",
+            ),
         ] {
             let e = check_carriers(&carrier(bad)).expect_err(bad).to_string();
             assert!(e.contains(key), "{e}");

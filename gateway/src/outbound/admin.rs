@@ -126,8 +126,8 @@ impl Outbound {
         carriers: &[locker_schemas::CarrierId],
         owner: &Owner,
     ) -> Result<(), OutboundError> {
-        let parsed = reqwest::Url::parse(url)
-            .map_err(|e| OutboundError::Invalid(format!("url: {e}")))?;
+        let parsed =
+            reqwest::Url::parse(url).map_err(|e| OutboundError::Invalid(format!("url: {e}")))?;
         match parsed.scheme() {
             "https" => {}
             "http" if self.cfg.allow_http => {}
@@ -173,7 +173,11 @@ impl Outbound {
         Ok(())
     }
 
-    fn create(&mut self, n: NewSubscription, c: &Caller) -> Result<SubscriptionView, OutboundError> {
+    fn create(
+        &mut self,
+        n: NewSubscription,
+        c: &Caller,
+    ) -> Result<SubscriptionView, OutboundError> {
         if self.subs.len() >= self.cfg.max_subscriptions {
             return Err(OutboundError::Invalid(format!(
                 "at most {} subscriptions (webhooks.max_subscriptions)",
@@ -259,7 +263,12 @@ impl Outbound {
         Ok(())
     }
 
-    fn rotate(&mut self, id: &str, keep_old_s: u64, c: &Caller) -> Result<SubscriptionView, OutboundError> {
+    fn rotate(
+        &mut self,
+        id: &str,
+        keep_old_s: u64,
+        c: &Caller,
+    ) -> Result<SubscriptionView, OutboundError> {
         let mut s = self.find(id, c)?.clone();
         let now = now_millis();
         let keep = keep_old_s.min(MAX_KEEP_OLD_S);

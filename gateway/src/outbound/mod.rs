@@ -189,19 +189,26 @@ impl OutboundHandle {
         (Self { tx }, Inbox(rx))
     }
 
-    async fn ask<T>(
-        &self,
-        f: impl FnOnce(Reply<T>) -> Msg,
-    ) -> Result<T, OutboundError> {
+    async fn ask<T>(&self, f: impl FnOnce(Reply<T>) -> Msg) -> Result<T, OutboundError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(f(tx)).await.map_err(|_| OutboundError::Closed)?;
+        self.tx
+            .send(f(tx))
+            .await
+            .map_err(|_| OutboundError::Closed)?;
         rx.await.map_err(|_| OutboundError::Closed)?
     }
 
     /// A cabinet connected or went away (never blocks the edge's presence path for long:
     /// the inbox is bounded and the actor drains it between deliveries).
     pub async fn presence(&self, cabinet: CabinetId, online: bool, at: Millis) {
-        let _ = self.tx.send(Msg::Presence { cabinet, online, at }).await;
+        let _ = self
+            .tx
+            .send(Msg::Presence {
+                cabinet,
+                online,
+                at,
+            })
+            .await;
     }
 
     pub async fn create(

@@ -47,17 +47,9 @@ pub fn valid_pattern(pattern: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "scope", rename_all = "snake_case")]
 pub enum Owner {
-    Operator {
-        client: String,
-    },
-    Carrier {
-        client: String,
-        carrier: CarrierId,
-    },
-    SiteManager {
-        client: String,
-        sites: Vec<SiteId>,
-    },
+    Operator { client: String },
+    Carrier { client: String, carrier: CarrierId },
+    SiteManager { client: String, sites: Vec<SiteId> },
 }
 
 impl Owner {
@@ -124,7 +116,9 @@ impl Subscription {
             && self.owner.sees(e.carrier.as_ref(), e.site.as_ref())
             && (self.sites.is_empty() || e.site.as_ref().is_some_and(|s| self.sites.contains(s)))
             && (self.carriers.is_empty()
-                || e.carrier.as_ref().is_some_and(|c| self.carriers.contains(c)))
+                || e.carrier
+                    .as_ref()
+                    .is_some_and(|c| self.carriers.contains(c)))
     }
 
     /// The secrets that sign now.

@@ -39,7 +39,11 @@ impl RetryPolicy {
     /// attempt 2 1-2x base, ... capped at `max_ms`.
     pub fn delay(&self, attempts: u32, rng: &mut impl Rng) -> u64 {
         let exp = attempts.saturating_sub(1).min(30);
-        let full = self.base_ms.saturating_mul(1u64 << exp).min(self.max_ms).max(1);
+        let full = self
+            .base_ms
+            .saturating_mul(1u64 << exp)
+            .min(self.max_ms)
+            .max(1);
         rng.gen_range(full / 2..=full)
     }
 }
@@ -204,7 +208,11 @@ mod tests {
             panic!("retry")
         };
         assert!((510..=1_010).contains(&at), "{at}");
-        assert_eq!(q.take(100, 8), None, "a's head waits for its retry; 2 stays behind it");
+        assert_eq!(
+            q.take(100, 8),
+            None,
+            "a's head waits for its retry; 2 stays behind it"
+        );
         assert_eq!(q.take(at, 8), Some(1));
         q.finish(1, at);
         assert_eq!(q.take(at, 8), Some(2));

@@ -12,7 +12,10 @@ use sha2::Sha256;
 /// Why a secret is unusable.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SignError {
-    #[error("a webhook secret is whsec_ followed by base64 (e.g. whsec_{example})", example = "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")]
+    #[error(
+        "a webhook secret is whsec_ followed by base64 (e.g. whsec_{example})",
+        example = "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    )]
     Format,
     #[error("a webhook secret needs 24 to 64 bytes after base64 decoding (this one has {0})")]
     Length(usize),
@@ -91,7 +94,10 @@ mod tests {
 
     #[test]
     fn bad_secrets_are_refused() {
-        assert_eq!(key_of("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"), Err(SignError::Format));
+        assert_eq!(
+            key_of("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            Err(SignError::Format)
+        );
         assert_eq!(key_of("whsec_!!!"), Err(SignError::Format));
         assert_eq!(key_of("whsec_AAAA"), Err(SignError::Length(3)));
         assert!(key_of(&new_secret()).is_ok());

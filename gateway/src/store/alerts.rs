@@ -147,9 +147,7 @@ fn change_of(old: Option<&Alert>, new: &Alert) -> ChangeKind {
 /// alert stays active (that would be a line per tick).
 fn worth_logging(old: Option<&Alert>, new: &Alert) -> bool {
     match (old, change_of(old, new)) {
-        (Some(o), ChangeKind::Updated) => {
-            o.severity != new.severity || o.actions != new.actions
-        }
+        (Some(o), ChangeKind::Updated) => o.severity != new.severity || o.actions != new.actions,
         (Some(o), _) => o != new,
         (None, _) => true,
     }

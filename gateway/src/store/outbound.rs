@@ -73,8 +73,12 @@ pub trait OutboundStore: Send + Sync + 'static {
     /// A waiting delivery with its payload.
     fn entry(&self, target: &Target, seq: u64) -> Result<Option<Entry>, StoreError>;
     /// Dead letters of a target with `seq > after`, oldest first.
-    fn dead(&self, target: &Target, after: u64, limit: usize)
-        -> Result<Vec<DeadLetter>, StoreError>;
+    fn dead(
+        &self,
+        target: &Target,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError>;
 }
 
 /// [`OutboundStore`] on the gateway's sled database.
@@ -277,8 +281,22 @@ mod tests {
             let b = OutBatch {
                 done: vec![(t.clone(), 1)],
                 dead: vec![
-                    (t.clone(), DeadLetter { entry: entry(2), dead_at: 9, reason: "410".into() }),
-                    (t.clone(), DeadLetter { entry: entry(3), dead_at: 9, reason: "410".into() }),
+                    (
+                        t.clone(),
+                        DeadLetter {
+                            entry: entry(2),
+                            dead_at: 9,
+                            reason: "410".into(),
+                        },
+                    ),
+                    (
+                        t.clone(),
+                        DeadLetter {
+                            entry: entry(3),
+                            dead_at: 9,
+                            reason: "410".into(),
+                        },
+                    ),
                 ],
                 ..Default::default()
             };
@@ -289,7 +307,12 @@ mod tests {
         let l = s.load().expect("load");
         assert_eq!(l.cursors["parcel"], 42);
         assert_eq!(l.subscriptions.len(), 1);
-        let seqs: Vec<u64> = l.pending.iter().filter(|(x, _)| x == &t).map(|(_, e)| e.seq).collect();
+        let seqs: Vec<u64> = l
+            .pending
+            .iter()
+            .filter(|(x, _)| x == &t)
+            .map(|(_, e)| e.seq)
+            .collect();
         assert_eq!(seqs, vec![4, 5]);
         assert_eq!(l.last_seq[&t], 5);
         assert_eq!(l.last_seq[&c], 1);
@@ -298,8 +321,14 @@ mod tests {
         assert_eq!(dead.len(), 2);
         assert_eq!(s.dead(&t, 2, 10).expect("dead").len(), 1);
         assert!(s.dead(&c, 0, 10).expect("dead").is_empty());
-        s.commit(&OutBatch { removed: vec!["WH-1".into()], ..Default::default() }, true)
-            .expect("remove");
+        s.commit(
+            &OutBatch {
+                removed: vec!["WH-1".into()],
+                ..Default::default()
+            },
+            true,
+        )
+        .expect("remove");
         let l = s.load().expect("load");
         assert!(l.subscriptions.is_empty());
         assert!(l.pending.iter().all(|(x, _)| x == &c));
