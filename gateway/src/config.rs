@@ -43,6 +43,8 @@ pub struct GatewayConfig {
     pub parcels: crate::parcels::ParcelsConfig,
     /// The rules engine: rule kinds, thresholds, per-site overrides.
     pub rules: crate::rules::RulesConfig,
+    /// Recipient notifications: providers, routing per site and carrier, message files.
+    pub notifications: crate::outbound::notify::NotifyConfig,
     /// How long a shutdown may take, ms: the edge closes, ingest commits, the actors save,
     /// the API drains; whatever is still running then is aborted (and logged by name).
     pub shutdown_grace_ms: u64,
@@ -59,6 +61,7 @@ impl Default for GatewayConfig {
             api: ApiConfig::default(),
             parcels: crate::parcels::ParcelsConfig::default(),
             rules: crate::rules::RulesConfig::default(),
+            notifications: crate::outbound::notify::NotifyConfig::default(),
             shutdown_grace_ms: 10_000,
         }
     }
@@ -111,6 +114,7 @@ impl GatewayConfig {
             fix(&mut t.cert);
             fix(&mut t.key);
         }
+        self.notifications.resolve_paths(base);
     }
 
     /// Checks what serde cannot: values the gateway cannot run with (zero-sized batches,
