@@ -188,10 +188,7 @@ async fn http_providers_receive_form_json_and_push_bodies_with_auth_and_escaping
         .render(&notice(recipient(Channel::Sms, "en", "z@example.com")))
         .expect("render");
     let r = n.send(&m).await.expect("accepted");
-    assert_eq!(
-        (r.provider.as_str(), r.status.as_str()),
-        ("twilio", "201")
-    );
+    assert_eq!((r.provider.as_str(), r.status.as_str()), ("twilio", "201"));
     assert_eq!(r.message_id.as_deref(), Some("SM0123"));
     let seen = rx.take("/sms");
     let basic = base64::engine::general_purpose::STANDARD.encode("AC0123:s3cret:x");
@@ -225,7 +222,11 @@ async fn http_providers_receive_form_json_and_push_bodies_with_auth_and_escaping
 
     // A local JSON provider (WhatsApp here), German: every value JSON-escaped.
     let m = n
-        .render(&notice(recipient(Channel::Whatsapp, "de-DE", "z@example.com")))
+        .render(&notice(recipient(
+            Channel::Whatsapp,
+            "de-DE",
+            "z@example.com",
+        )))
         .expect("render");
     let r = n.send(&m).await.expect("accepted");
     assert_eq!(r.message_id.as_deref(), Some("42"));
@@ -297,7 +298,10 @@ async fn http_failures_are_retryable_or_permanent() {
 
     let e = send("p500").await.expect_err("500");
     assert!(e.is_retryable() && e.retry_after().is_none(), "{e:?}");
-    assert!(e.reason().contains("500") && e.reason().contains("boom"), "{e}");
+    assert!(
+        e.reason().contains("500") && e.reason().contains("boom"),
+        "{e}"
+    );
 
     let e = send("p429").await.expect_err("429");
     assert_eq!(e.retry_after(), Some(Duration::from_secs(7)), "{e:?}");
@@ -467,7 +471,11 @@ async fn email_arrives_over_starttls_in_german_and_smtp_refusals_are_classified(
     let n = notifier(&smtp.config(&format!("ca_file = {:?}", smtp.ca)));
 
     let m = n
-        .render(&notice(recipient(Channel::Email, "de-AT", "zoe@example.com")))
+        .render(&notice(recipient(
+            Channel::Email,
+            "de-AT",
+            "zoe@example.com",
+        )))
         .expect("render");
     assert_eq!((m.channel, m.language.as_str()), (Channel::Email, "de"));
     let r = n.send(&m).await.expect("accepted");
@@ -479,7 +487,10 @@ async fn email_arrives_over_starttls_in_german_and_smtp_refusals_are_classified(
     let raw = &got[0];
     assert!(raw.contains("X-Envelope-To: zoe@example.com"), "{raw}");
     assert!(raw.contains("X-Tls: True"), "STARTTLS: {raw}");
-    assert!(raw.contains(&format!("X-Auth-User: {SMTP_USER}")), "AUTH: {raw}");
+    assert!(
+        raw.contains(&format!("X-Auth-User: {SMTP_USER}")),
+        "AUTH: {raw}"
+    );
     assert!(raw.contains(&format!("Message-ID: {id}")), "{raw}");
     assert!(raw.contains("noreply@lockers.example.com>"), "{raw}");
     assert!(
@@ -499,7 +510,11 @@ async fn email_arrives_over_starttls_in_german_and_smtp_refusals_are_classified(
 
     // The server refuses the mailbox (550): permanent. Busy (451): try again.
     let refused = n
-        .render(&notice(recipient(Channel::Email, "en", "refused@example.com")))
+        .render(&notice(recipient(
+            Channel::Email,
+            "en",
+            "refused@example.com",
+        )))
         .expect("render");
     let e = n.send(&refused).await.expect_err("550");
     assert!(

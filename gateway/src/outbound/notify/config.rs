@@ -38,7 +38,12 @@ impl Default for NotifyConfig {
             enabled: false,
             qr_link: "https://lockers.example.com/qr/{{ qr }}".into(),
             templates_dir: None,
-            fallback: vec![Channel::Sms, Channel::Whatsapp, Channel::Push, Channel::Email],
+            fallback: vec![
+                Channel::Sms,
+                Channel::Whatsapp,
+                Channel::Push,
+                Channel::Email,
+            ],
             providers: BTreeMap::new(),
             channels: ChannelProviders::default(),
             routes: Vec::new(),
@@ -98,7 +103,12 @@ impl ChannelProviders {
 }
 
 /// Every channel, in the order of messages and docs.
-pub const CHANNELS: [Channel; 4] = [Channel::Sms, Channel::Whatsapp, Channel::Email, Channel::Push];
+pub const CHANNELS: [Channel; 4] = [
+    Channel::Sms,
+    Channel::Whatsapp,
+    Channel::Email,
+    Channel::Push,
+];
 
 /// The snake_case name of a channel.
 pub fn channel_name(c: Channel) -> &'static str {

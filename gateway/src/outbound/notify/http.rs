@@ -318,7 +318,10 @@ impl HttpSender {
     fn request_error(&self, e: &reqwest::Error) -> SendError {
         let mut reason = format!("provider {}: ", self.name);
         if e.is_timeout() {
-            reason.push_str(&format!("timed out after {} ms: ", self.timeout.as_millis()));
+            reason.push_str(&format!(
+                "timed out after {} ms: ",
+                self.timeout.as_millis()
+            ));
         } else if e.is_connect() {
             reason.push_str("cannot connect: ");
         }
@@ -347,7 +350,10 @@ pub fn retry_after(h: &HeaderMap) -> Option<Duration> {
     }
     let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
     let at = UNIX_EPOCH + Duration::from_secs(u64::try_from(at.timestamp()).ok()?);
-    Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 async fn read_limited(mut resp: reqwest::Response) -> Vec<u8> {

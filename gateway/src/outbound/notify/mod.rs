@@ -169,7 +169,10 @@ impl std::fmt::Debug for Notifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Notifier")
             .field("enabled", &self.inner.enabled)
-            .field("providers", &self.inner.providers.keys().collect::<Vec<_>>())
+            .field(
+                "providers",
+                &self.inner.providers.keys().collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -188,7 +191,13 @@ impl Notifier {
             .add(QR_LINK.into(), cfg.qr_link.clone())
             .map_err(|e| NotifyConfigError::invalid(key, e))?;
         templates
-            .render(QR_LINK, &QrVars { qr: "T", order: "O" })
+            .render(
+                QR_LINK,
+                &QrVars {
+                    qr: "T",
+                    order: "O",
+                },
+            )
             .map_err(|e| NotifyConfigError::invalid(key, e))?;
         let mut providers = BTreeMap::new();
         for (name, p) in &cfg.providers {
@@ -199,7 +208,9 @@ impl Notifier {
                 ));
             }
             let sender = match p {
-                ProviderConfig::Http(h) => Provider::Http(HttpSender::new(name, h, &mut templates)?),
+                ProviderConfig::Http(h) => {
+                    Provider::Http(HttpSender::new(name, h, &mut templates)?)
+                }
                 ProviderConfig::Smtp(s) => Provider::Smtp(SmtpSender::new(name, s)?),
             };
             providers.insert(name.clone(), sender);
@@ -310,7 +321,11 @@ impl Notifier {
             kind: kind_name(n.kind).into(),
             carrier: n.carrier.to_string(),
             site: n.site.to_string(),
-            cabinet: n.cabinet.as_ref().map(|c| c.to_string()).unwrap_or_default(),
+            cabinet: n
+                .cabinet
+                .as_ref()
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
             compartment: n
                 .compartment
                 .as_ref()

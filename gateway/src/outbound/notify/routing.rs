@@ -82,7 +82,10 @@ impl Router {
                 )),
             }
         }
-        Err(format!("no channel can reach the recipient ({})", why.join("; ")))
+        Err(format!(
+            "no channel can reach the recipient ({})",
+            why.join("; ")
+        ))
     }
 }
 

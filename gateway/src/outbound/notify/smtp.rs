@@ -109,10 +109,9 @@ impl SmtpSender {
         let permanent = |what: &str, e: &dyn std::fmt::Display| SendError::Permanent {
             reason: format!("provider {}: {what}: {e}", self.name),
         };
-        let addr: Address = m
-            .to
-            .parse()
-            .map_err(|e| permanent("the recipient's address", &e))?;
+        let addr: Address =
+            m.to.parse()
+                .map_err(|e| permanent("the recipient's address", &e))?;
         let name = m.name.clone().filter(|n| !n.trim().is_empty());
         let id = self.message_id(m);
         let email = lettre::Message::builder()

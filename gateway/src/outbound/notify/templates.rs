@@ -170,8 +170,8 @@ impl Templates {
                         "the file name must be a language tag such as `fr` or `de-at`",
                     ));
                 }
-                let src = std::fs::read_to_string(&p)
-                    .map_err(|e| NotifyConfigError::invalid(&at, e))?;
+                let src =
+                    std::fs::read_to_string(&p).map_err(|e| NotifyConfigError::invalid(&at, e))?;
                 let f: MessageFile =
                     toml::from_str(&src).map_err(|e| NotifyConfigError::invalid(&at, e))?;
                 let merged = files.entry(lang).or_default();

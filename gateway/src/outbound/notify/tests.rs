@@ -234,7 +234,10 @@ fn a_recipient_without_an_address_for_their_channel_falls_back_in_order() {
     match n.render(&notice(NoticeKind::Ready, p)) {
         Err(SendError::Permanent { reason }) => {
             assert!(reason.contains("sms: no phone number"), "{reason}");
-            assert!(reason.contains("email: the e-mail address is not valid"), "{reason}");
+            assert!(
+                reason.contains("email: the e-mail address is not valid"),
+                "{reason}"
+            );
             assert!(reason.contains("push: no push token"), "{reason}");
         }
         other => panic!("{other:?}"),
@@ -267,7 +270,8 @@ fn provider_templates_escape_json_and_keep_form_fields_raw() {
     assert_eq!(v["text"], m.body.as_str());
     assert_eq!(v["n"], 1);
     // Plain text templates (form fields, message texts) keep the text as it is.
-    t.add("b.txt".into(), "{{ name }}".into()).expect("compiles");
+    t.add("b.txt".into(), "{{ name }}".into())
+        .expect("compiles");
     assert_eq!(
         t.render("b.txt", &vars).expect("renders"),
         m.name.as_deref().expect("name")
@@ -310,7 +314,9 @@ fn configuration_errors_name_the_key() {
         "an unknown variable is caught at start"
     );
     let provider = |body: &str, extra: &str| {
-        format!("[providers.p]\nkind = \"http\"\nurl = \"http://127.0.0.1:9/\"\nbody = {body}\n{extra}")
+        format!(
+            "[providers.p]\nkind = \"http\"\nurl = \"http://127.0.0.1:9/\"\nbody = {body}\n{extra}"
+        )
     };
     assert_eq!(
         err_key(&provider(r#"'{"to": {{ phone }}}'"#, "")),
@@ -326,7 +332,10 @@ fn configuration_errors_name_the_key() {
         "notifications.providers.p.body"
     );
     assert_eq!(
-        err_key(&provider(r#"{ To = "{{ too }}" }"#, "content_type = \"form\"")),
+        err_key(&provider(
+            r#"{ To = "{{ too }}" }"#,
+            "content_type = \"form\""
+        )),
         "notifications.providers.p.body.To"
     );
     assert_eq!(
@@ -395,7 +404,10 @@ fn message_files_in_templates_dir_override_and_add_languages() {
     let m = n
         .render(&notice(NoticeKind::Ready, person(Channel::Sms, "fr-BE")))
         .expect("rendered");
-    assert_eq!((m.language.as_str(), m.body.as_str()), ("fr", "Colis 482913"));
+    assert_eq!(
+        (m.language.as_str(), m.body.as_str()),
+        ("fr", "Colis 482913")
+    );
     // The other English texts stay built in.
     let m = n
         .render(&notice(NoticeKind::Expired, person(Channel::Sms, "en")))
@@ -405,18 +417,28 @@ fn message_files_in_templates_dir_override_and_add_languages() {
     // A new language must be complete; a typo in a variable fails at start, naming the text.
     std::fs::write(dir.path().join("it.toml"), "[ready]\nshort = \"x\"\n").expect("write");
     let e = Notifier::new(&c).expect_err("incomplete");
-    assert!(e.key().contains("it.toml") && e.key().contains("ready.subject"), "{e}");
+    assert!(
+        e.key().contains("it.toml") && e.key().contains("ready.subject"),
+        "{e}"
+    );
     std::fs::remove_file(dir.path().join("it.toml")).expect("rm");
-    std::fs::write(dir.path().join("de.toml"), "[reminder]\nemail = \"{{ pni }}\"\n")
-        .expect("write");
+    std::fs::write(
+        dir.path().join("de.toml"),
+        "[reminder]\nemail = \"{{ pni }}\"\n",
+    )
+    .expect("write");
     let e = Notifier::new(&c).expect_err("typo");
     assert!(e.key().contains("de.toml: reminder.email"), "{e}");
 }
 
 #[test]
 fn the_shipped_gateway_config_has_a_valid_notifications_section() {
-    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../broker-config/gateway.toml");
+    let file =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../broker-config/gateway.toml");
     let cfg = crate::config::GatewayConfig::load(Some(&file)).expect("loads");
-    assert!(!cfg.notifications.enabled, "off unless an operator turns it on");
+    assert!(
+        !cfg.notifications.enabled,
+        "off unless an operator turns it on"
+    );
     Notifier::new(&cfg.notifications).expect("valid");
 }
