@@ -373,8 +373,9 @@ const SMTP_USER: &str = "notify";
 const SMTP_PASSWORD: &str = "p@ss wörd";
 
 impl SmtpServer {
-    /// A CA and a certificate for 127.0.0.1 made here; aiosmtpd requiring STARTTLS and AUTH.
-    async fn start() -> SmtpServer {
+    /// A CA and a certificate for 127.0.0.1 made here; aiosmtpd requiring STARTTLS and AUTH
+    /// (`plain`: offering no STARTTLS).
+    async fn start(plain: bool) -> SmtpServer {
         let python = python_with_aiosmtpd();
         let dir = tempfile::tempdir().expect("tempdir");
         let ca_key = rcgen::KeyPair::generate().expect("key");
@@ -401,6 +402,7 @@ impl SmtpServer {
             .args(["--key".as_ref(), path("key.pem").as_os_str()])
             .args(["--out".as_ref(), path("mail").as_os_str()])
             .args(["--user", SMTP_USER, "--password", SMTP_PASSWORD])
+            .args(plain.then_some("--plain"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -467,7 +469,7 @@ fn decoded_body(raw: &str) -> &str {
 
 #[tokio::test]
 async fn email_arrives_over_starttls_in_german_and_smtp_refusals_are_classified() {
-    let smtp = SmtpServer::start().await;
+    let smtp = SmtpServer::start(false).await;
     let n = notifier(&smtp.config(&format!("ca_file = {:?}", smtp.ca)));
 
     let m = n
@@ -542,4 +544,23 @@ async fn email_arrives_over_starttls_in_german_and_smtp_refusals_are_classified(
     let e = wrong.send(&m).await.expect_err("bad credentials");
     assert!(!e.is_retryable() && e.reason().contains("535"), "{e:?}");
     assert_eq!(smtp.received().len(), 1);
+}
+
+#[tokio::test]
+async fn email_is_never_sent_in_the_clear_to_a_server_without_starttls() {
+    let smtp = SmtpServer::start(true).await;
+    // `tls` is left out: STARTTLS is required by default.
+    let n = notifier(&smtp.config(""));
+    let m = n
+        .render(&notice(recipient(Channel::Email, "en", "zoe@example.com")))
+        .expect("render");
+    let e = n.send(&m).await.expect_err("no STARTTLS offered");
+    assert!(e.is_retryable() && e.reason().contains("STARTTLS"), "{e:?}");
+    assert!(smtp.received().is_empty(), "{:?}", smtp.received());
+    // An operator who means a plain local relay says so.
+    let n = notifier(&smtp.config("tls = \"none\""));
+    n.send(&m).await.expect("sent in the clear, as configured");
+    let got = smtp.received();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].contains("X-Tls: False"), "{}", got[0]);
 }

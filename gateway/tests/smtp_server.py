@@ -8,6 +8,7 @@ place, so a reader never sees half a file): three header lines telling what the 
 (`X-Envelope-To`, `X-Tls`, `X-Auth-User`), the message's headers as received, a blank line,
 and the text body decoded (from quoted-printable or base64) as UTF-8.
 Recipients whose local part starts with `refused` get `550`, with `busy` get `451`.
+With `--plain` it offers no STARTTLS at all (a server the gateway must refuse to send to).
 It exits when its stdin closes (the test that started it went away).
 
 Needs aiosmtpd: run scripts/install-test-deps.sh (Debian's python3-aiosmtpd).
@@ -84,6 +85,11 @@ async def main():
     p.add_argument("--out", required=True)
     p.add_argument("--user", required=True)
     p.add_argument("--password", required=True)
+    p.add_argument(
+        "--plain",
+        action="store_true",
+        help="offer no STARTTLS (and take AUTH in the clear): a server a client must refuse",
+    )
     a = p.parse_args()
 
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -94,11 +100,11 @@ async def main():
         lambda: SMTP(
             handler,
             hostname="localhost",
-            tls_context=tls,
-            require_starttls=True,
+            tls_context=None if a.plain else tls,
+            require_starttls=not a.plain,
             authenticator=authenticator(a.user, a.password),
             auth_required=True,
-            auth_require_tls=True,
+            auth_require_tls=not a.plain,
         ),
         host="127.0.0.1",
         port=0,
