@@ -36,11 +36,13 @@ pub const FIELDS: [&str; 3] = ["short", "subject", "email"];
 
 /// The snake_case name of a notice kind.
 pub fn kind_name(k: NoticeKind) -> &'static str {
-    KINDS
-        .iter()
-        .find(|(x, _)| *x == k)
-        .map(|(_, n)| *n)
-        .unwrap_or("ready")
+    match k {
+        NoticeKind::Ready => "ready",
+        NoticeKind::Resend => "resend",
+        NoticeKind::Reminder => "reminder",
+        NoticeKind::Expired => "expired",
+        NoticeKind::ReturnCode => "return_code",
+    }
 }
 
 /// One kind's texts in a message file (any may be left out of an override file).

@@ -442,3 +442,22 @@ fn the_shipped_gateway_config_has_a_valid_notifications_section() {
     );
     Notifier::new(&cfg.notifications).expect("valid");
 }
+
+#[test]
+fn retry_after_is_read_as_seconds_or_an_http_date() {
+    use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+    use std::time::Duration;
+    let with = |v: &str| {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, HeaderValue::from_str(v).expect("value"));
+        super::http::retry_after(&h)
+    };
+    assert_eq!(with("120"), Some(Duration::from_secs(120)));
+    // A date already past: right away.
+    assert_eq!(with("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+    // A date far ahead: about that long (no wall-time bound asserted, only the order).
+    let ahead = with("Fri, 01 Jan 2100 00:00:00 GMT").expect("a date");
+    assert!(ahead > Duration::from_secs(365 * 24 * 3600), "{ahead:?}");
+    assert_eq!(with("soon"), None);
+    assert_eq!(super::http::retry_after(&HeaderMap::new()), None);
+}
