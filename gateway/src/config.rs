@@ -45,6 +45,8 @@ pub struct GatewayConfig {
     pub rules: crate::rules::RulesConfig,
     /// Webhooks to integrators and carriers' tracking updates: delivery, retries, carriers.
     pub webhooks: crate::outbound::WebhooksConfig,
+    /// Recipient notifications: providers, routing per site and carrier, message files.
+    pub notifications: crate::outbound::notify::NotifyConfig,
     /// How long a shutdown may take, ms: the edge closes, ingest commits, the actors save,
     /// the API drains; whatever is still running then is aborted (and logged by name).
     pub shutdown_grace_ms: u64,
@@ -62,6 +64,7 @@ impl Default for GatewayConfig {
             parcels: crate::parcels::ParcelsConfig::default(),
             rules: crate::rules::RulesConfig::default(),
             webhooks: crate::outbound::WebhooksConfig::default(),
+            notifications: crate::outbound::notify::NotifyConfig::default(),
             shutdown_grace_ms: 10_000,
         }
     }
@@ -114,6 +117,7 @@ impl GatewayConfig {
             fix(&mut t.cert);
             fix(&mut t.key);
         }
+        self.notifications.resolve_paths(base);
     }
 
     /// Checks what serde cannot: values the gateway cannot run with (zero-sized batches,
