@@ -21,7 +21,9 @@ apt_install() {
 }
 
 # --- e-mail notifications (aiosmtpd) ---
-if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
+# (the tests use python3 from PATH, else Debian's /usr/bin/python3: either having it is enough)
+if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1 \
+    && ! /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
     echo "aiosmtpd not found: installing Debian's python3-aiosmtpd" >&2
     apt_install python3 python3-aiosmtpd
 fi

@@ -62,6 +62,10 @@ pub enum StartError {
     Rules(#[from] RulesConfigError),
     #[error("webhooks: {0}")]
     Outbound(#[from] crate::outbound::actor::StartError),
+    #[error("{0}")]
+    Notify(#[from] crate::outbound::notify::NotifyConfigError),
+    #[error("start task failed: {0}")]
+    Task(String),
 }
 
 /// The gateway's tasks by name, in the order they are stopped.
@@ -220,6 +224,26 @@ impl Gateway {
                 Ok(x) => x,
                 Err(source) => return Err(half_started(&phases, &db_path, source)),
             };
+        let notifier = if cfg.notifications.enabled {
+            let ncfg = cfg.notifications.clone();
+            let built = tokio::task::spawn_blocking(move || {
+                crate::outbound::notify::Notifier::new(&ncfg)
+            })
+            .await;
+            match built {
+                Ok(Ok(n)) => Some(n),
+                Ok(Err(e)) => {
+                    phases.root.cancel();
+                    return Err(e.into());
+                }
+                Err(e) => {
+                    phases.root.cancel();
+                    return Err(StartError::Task(format!("notifications: {e}")));
+                }
+            }
+        } else {
+            None
+        };
         let (outbound, outbound_inbox) = OutboundHandle::channel();
         let outbound_parts = crate::outbound::Parts {
             cfg: cfg.webhooks.clone(),
@@ -227,6 +251,7 @@ impl Gateway {
             parcel_log: Arc::new(store.parcels().clone()),
             alert_log: Arc::new(store.alerts().clone()),
             parcels: Some(parcels.clone()),
+            notifier,
             metrics: metrics.outbound.clone(),
         };
         let outbound_task = match Outbound::spawn(

@@ -20,6 +20,7 @@ use super::deliver::{Http, HttpError, Request, Sent};
 use super::events::{self, TemplateError, TrackingTemplates};
 use super::metrics::OutboundMetrics;
 use super::model::{DeadLetter, Entry, Event, Subscription, Target};
+use super::notify::{Message, Notifier, SendError};
 use super::queue::{AfterFailure, Meta, Queue, RetryPolicy};
 use super::{Health, Inbox};
 use crate::parcels::{Caller, ParcelsHandle, Scope};
@@ -92,6 +93,8 @@ pub struct Parts {
     pub alert_log: Arc<dyn AlertStore>,
     /// Where cabinets are (the site of a presence event).
     pub parcels: Option<ParcelsHandle>,
+    /// Recipient notifications (`None`: notices are left to the API's readers).
+    pub notifier: Option<Notifier>,
     pub metrics: OutboundMetrics,
 }
 
@@ -115,6 +118,7 @@ enum Route {
         headers: BTreeMap<String, String>,
         secret: Option<String>,
     },
+    Notify(Notifier),
 }
 
 /// A finished request.
@@ -133,6 +137,7 @@ pub struct Outbound {
     parcel_log: Arc<dyn ParcelStore>,
     alert_log: Arc<dyn AlertStore>,
     parcels: Option<ParcelsHandle>,
+    notifier: Option<Notifier>,
     pub(super) metrics: OutboundMetrics,
     templates: TrackingTemplates,
     http: Http,
@@ -183,9 +188,11 @@ impl Outbound {
         let mut batch = OutBatch::default();
         // the first start reads the logs from their current end: records from before the
         // outbox existed are not sent
-        if !cursors.contains_key("parcel") {
-            cursors.insert("parcel".into(), heads.1);
-            batch.cursors.push(("parcel".into(), heads.1));
+        for (name, head) in [("parcel", heads.1), ("notice", heads.0)] {
+            if !cursors.contains_key(name) {
+                cursors.insert(name.into(), head);
+                batch.cursors.push((name.into(), head));
+            }
         }
         let mut actor = Outbound {
             subs: loaded
@@ -198,6 +205,7 @@ impl Outbound {
             parcel_log: parts.parcel_log,
             alert_log: parts.alert_log,
             parcels: parts.parcels,
+            notifier: parts.notifier,
             metrics: parts.metrics,
             templates,
             http,
@@ -277,18 +285,32 @@ impl Outbound {
         }
         let pa = self.cursors.get("parcel").copied().unwrap_or(0);
         let al = self.cursors.get("alert").copied().unwrap_or(0);
+        let no = self.cursors.get("notice").copied().unwrap_or(0);
         let (pl, alog) = (self.parcel_log.clone(), self.alert_log.clone());
-        let read =
-            store::blocking(move || Ok((pl.audit(pa, READ_BATCH)?, alog.changes(al, READ_BATCH)?)))
-                .await;
-        let (records, changes) = match read {
+        let read = store::blocking(move || {
+            Ok((
+                pl.audit(pa, READ_BATCH)?,
+                alog.changes(al, READ_BATCH)?,
+                pl.notices(no, READ_BATCH)?,
+            ))
+        })
+        .await;
+        let (records, changes, notices) = match read {
             Ok(x) => x,
             Err(e) => {
                 self.storage_error("read the source logs", &e);
                 return;
             }
         };
-        self.more = records.len() >= READ_BATCH || changes.len() >= READ_BATCH;
+        self.more = records.len() >= READ_BATCH
+            || changes.len() >= READ_BATCH
+            || notices.len() >= READ_BATCH;
+        for n in &notices {
+            self.notice(n);
+        }
+        if let Some(last) = notices.last() {
+            self.set_cursor("notice", last.id);
+        }
         let mut evs = std::mem::take(&mut self.waiting);
         for r in &records {
             evs.extend(events::from_parcel(r));
@@ -411,6 +433,37 @@ impl Outbound {
         ts.queue.push(e.seq, meta, e.queued_at);
         self.metrics.queued.inc();
         self.batch.queued.push((target, e));
+    }
+
+    /// Queues a notice for its provider, rendered now (with notifications off, the notice is
+    /// left to the API's readers and the cursor moves on).
+    fn notice(&mut self, n: &crate::parcels::Notice) {
+        let Some(notifier) = self.notifier.as_ref().filter(|x| x.enabled()) else {
+            return;
+        };
+        let kind = serde_json::to_value(n.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let id = format!("ntc_{}", n.id);
+        match notifier.render(n) {
+            Ok(m) => {
+                let payload = serde_json::to_value(&m).unwrap_or_default();
+                let entry = self.entry(id, kind, n.order.to_string(), n.created_at, payload);
+                self.enqueue(Target::Notify(m.provider), entry);
+            }
+            Err(e) => {
+                // no channel, address or provider fits: kept for the operator, replayable
+                // once the configuration or the recipient is fixed
+                let payload = serde_json::to_value(n).unwrap_or_default();
+                let entry = self.entry(id, kind, n.order.to_string(), n.created_at, payload);
+                self.dead_on_arrival(
+                    Target::Notify("unroutable".into()),
+                    entry,
+                    e.reason().to_owned(),
+                );
+            }
+        }
     }
 
     /// A presence change, as an event at the next turn.
@@ -587,7 +640,13 @@ impl Outbound {
                     secret: cfg.secret.clone(),
                 }))
             }
-            Target::Notify(_) => None,
+            Target::Notify(p) => {
+                let n = self.notifier.as_ref()?;
+                if !n.has_provider(p) {
+                    return None;
+                }
+                Some(Ok(Route::Notify(n.clone())))
+            }
         }
     }
 
@@ -663,6 +722,19 @@ impl Outbound {
                     }
                 }
                 self.failed(d.target, d.seq, entry, "HTTP 410 Gone".into(), 0, now);
+            }
+            Sent::Refused { reason, took } => {
+                self.metrics
+                    .request
+                    .with_label_values(&[&label])
+                    .observe(took.as_secs_f64());
+                self.metrics.failed.with_label_values(&[&label]).inc();
+                if let Some(ts) = self.targets.get_mut(&d.target) {
+                    ts.health.failed_attempts += 1;
+                    ts.health.last_error = Some(reason.clone());
+                    ts.health.last_error_at = Some(now);
+                }
+                self.dead(&d.target, d.seq, now, Some(entry), reason);
             }
         }
     }
@@ -867,6 +939,36 @@ async fn send(http: &Http, route: &Route, e: &Entry) -> Sent {
                 headers,
             })
             .await
+        }
+        Route::Notify(n) => {
+            let started = std::time::Instant::now();
+            let m: Message = match serde_json::from_value(e.payload.clone()) {
+                Ok(m) => m,
+                Err(err) => {
+                    return Sent::Refused {
+                        reason: format!("stored message unreadable: {err}"),
+                        took: Duration::ZERO,
+                    }
+                }
+            };
+            match n.send(&m).await {
+                Ok(_) => Sent::Delivered {
+                    status: 200,
+                    took: started.elapsed(),
+                },
+                Err(SendError::Retryable {
+                    reason,
+                    retry_after,
+                }) => Sent::Retry {
+                    reason,
+                    retry_after,
+                    took: started.elapsed(),
+                },
+                Err(SendError::Permanent { reason }) => Sent::Refused {
+                    reason,
+                    took: started.elapsed(),
+                },
+            }
         }
     }
 }

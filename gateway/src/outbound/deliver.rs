@@ -23,6 +23,8 @@ pub enum Sent {
     },
     /// 410 Gone: the receiver asks to be forgotten (the subscription is disabled).
     Gone { took: Duration },
+    /// Refused for good (a notification provider's 4xx, an SMTP 5xx): no retry, a dead letter.
+    Refused { reason: String, took: Duration },
 }
 
 /// A request to make.

@@ -275,6 +275,11 @@ impl Notifier {
         })
     }
 
+    /// Whether a provider of this name is configured.
+    pub fn has_provider(&self, name: &str) -> bool {
+        self.inner.providers.contains_key(name)
+    }
+
     /// Whether notices are to be delivered (`notifications.enabled`).
     pub fn enabled(&self) -> bool {
         self.inner.enabled
