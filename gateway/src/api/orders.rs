@@ -66,7 +66,7 @@ struct OrderList {
 #[serde(untagged)]
 enum BatchItem {
     Done {
-        order: OrderView,
+        order: Box<OrderView>,
         /// False when an idempotency key matched an order created before.
         created: bool,
     },
@@ -176,7 +176,7 @@ async fn batch(
         .into_iter()
         .map(|r| match r {
             Ok((view, new)) => BatchItem::Done {
-                order: view,
+                order: Box::new(view),
                 created: new,
             },
             Err(e) => {
