@@ -2,7 +2,9 @@
 # Installs what the test suite needs beyond Rust, where it is missing (Debian packages; idempotent).
 # CI (.ci/run) runs it before the test command; run it once on a new machine.
 #   - python3-aiosmtpd: the real SMTP server the e-mail notification tests deliver to;
-#   - python3: the stock HMAC check of webhook signatures (Python's hmac module).
+#   - python3: the stock HMAC check of webhook signatures (Python's hmac module);
+#   - openapi-spec-validator (PyPI, in a venv under ~/.cache/locker-hub): the stock validator
+#     tests/tests/openapi.rs runs on the gateway's /openapi.json (no Debian package for it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,5 +29,19 @@ if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1 \
     echo "aiosmtpd not found: installing Debian's python3-aiosmtpd" >&2
     apt_install python3 python3-aiosmtpd
 fi
+
+# --- OpenAPI validator (openapi-spec-validator, in its own venv) ---
+# tests/tests/openapi.rs looks for it at $OPENAPI_SPEC_VALIDATOR, then in this venv, then on PATH.
+openapi_venv="${XDG_CACHE_HOME:-$HOME/.cache}/locker-hub/openapi-validator"
+if [ ! -x "$openapi_venv/bin/openapi-spec-validator" ]; then
+    echo "openapi-spec-validator not found: installing it from PyPI into $openapi_venv" >&2
+    if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        apt_install python3 python3-venv
+    fi
+    rm -rf "$openapi_venv"
+    python3 -m venv "$openapi_venv"
+    "$openapi_venv/bin/pip" install --quiet --disable-pip-version-check 'openapi-spec-validator>=0.7,<1'
+fi
+"$openapi_venv/bin/openapi-spec-validator" --version >/dev/null
 
 echo "test dependencies: OK"

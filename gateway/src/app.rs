@@ -226,10 +226,9 @@ impl Gateway {
             };
         let notifier = if cfg.notifications.enabled {
             let ncfg = cfg.notifications.clone();
-            let built = tokio::task::spawn_blocking(move || {
-                crate::outbound::notify::Notifier::new(&ncfg)
-            })
-            .await;
+            let built =
+                tokio::task::spawn_blocking(move || crate::outbound::notify::Notifier::new(&ncfg))
+                    .await;
             match built {
                 Ok(Ok(n)) => Some(n),
                 Ok(Err(e)) => {

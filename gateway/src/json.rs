@@ -13,7 +13,19 @@ use locker_schemas::{
 use serde::{Deserialize, Serialize};
 
 /// A compartment size: `S`, `M`, `L`, `XL`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum SizeName {
     S,
@@ -39,7 +51,7 @@ impl From<Size> for SizeName {
 }
 
 /// How a cabinet is online: `cellular`, `wifi`, `lan`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NetworkName {
     Cellular,
@@ -58,7 +70,7 @@ impl From<NetworkKind> for NetworkName {
 }
 
 /// What the charge controller does: `not_charging`, `float`, `boost`, `equalize`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ChargingName {
     #[serde(alias = "notcharging")]
@@ -81,7 +93,7 @@ impl From<ChargeState> for ChargingName {
 
 /// An alarm kind: `forced_open`, `door_left_open`, `tamper`, `lock_board_offline`,
 /// `power_fail`, `outbox_nearly_full`, `keypad_locked`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AlarmName {
     #[serde(alias = "ForcedOpen")]

@@ -10,8 +10,9 @@ use crate::json::{AlarmName, ChargingName, NetworkName, SizeName};
 ///
 /// Bounded by construction: compartments come only from the cabinet's declared layout (its
 /// hello), alarms and free text are capped by the fleet actor (see `fleet::bounds`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CabinetSnapshot {
+    #[schema(value_type = crate::api::openapi::CabinetIdDoc)]
     pub id: CabinetId,
     pub online: bool,
     /// Gateway clock when the cabinet was last heard from (connection or event), ms.
@@ -71,15 +72,17 @@ fn declared_compartments<'de, D: serde::Deserializer<'de>>(
 }
 
 /// A compartment and its last known door state.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = CabinetCompartment)]
 pub struct CompartmentView {
+    #[schema(value_type = u16)]
     pub id: CompartmentId,
     pub size: SizeName,
     pub open: Option<bool>,
 }
 
 /// Last power telemetry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PowerView {
     pub battery_mv: u32,
     pub soc_pct: u8,
@@ -91,16 +94,17 @@ pub struct PowerView {
 }
 
 /// Last network report.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NetworkView {
     pub kind: NetworkName,
     pub signal_dbm: Option<i16>,
 }
 
 /// An alarm the cabinet reports as active.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AlarmView {
     pub kind: AlarmName,
+    #[schema(value_type = Option<u16>)]
     pub compartment: Option<CompartmentId>,
     pub board: Option<u8>,
     /// The cabinet's text, cut to the fleet's cap (on a character boundary).

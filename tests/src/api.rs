@@ -149,6 +149,33 @@ impl ApiClient {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Any request, with this client's token or none; the status, the content type and the
+    /// body as text (for pages, assets and routes whose body may not be JSON).
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        with_token: bool,
+    ) -> (u16, String, String) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if with_token {
+            req = req.bearer_auth(&self.token);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let r = req.send().await.expect("API request");
+        let status = r.status().as_u16();
+        let ctype = r
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (status, ctype, r.text().await.unwrap_or_default())
+    }
+
     /// The Prometheus text of `/metrics`.
     pub async fn metrics(&self) -> String {
         self.http

@@ -107,7 +107,10 @@ async fn recipients_get_their_code_through_the_provider_with_retries_and_dead_le
     assert!(text.contains(&pin), "{text}");
     assert!(text.contains("https://lockers.test/qr/"), "{text}");
     assert!(text.contains("Teststr. 1"), "{text}");
-    assert!(text.contains("Abhol") || text.contains("abhol"), "German text: {text}");
+    assert!(
+        text.contains("Abhol") || text.contains("abhol"),
+        "German text: {text}"
+    );
     assert!(
         gw.api
             .metric("locker_outbound_retried_total{target=\"notify:local-sms\"}")
@@ -134,7 +137,13 @@ async fn recipients_get_their_code_through_the_provider_with_retries_and_dead_le
     })
     .await;
     let letter = &letters["dead_letters"][0];
-    assert!(letter["reason"].as_str().unwrap_or_default().contains("400"), "{letter}");
+    assert!(
+        letter["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("400"),
+        "{letter}"
+    );
     assert_eq!(letter["entry"]["payload"]["order"], ups_id.as_str());
     assert!(refusing.hooks().is_empty());
     // a carrier cannot read the providers' dead letters

@@ -5,21 +5,51 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
-use serde::Deserialize;
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::openapi::ErrorBody;
 use super::{parse_cabinet, ApiError, ApiState};
 use crate::parcels::{Caller, Scope};
 use crate::rules::{Alert, AlertFilter, AlertKind, RulesError, Severity};
 
 /// The alert routes.
-pub(super) fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/v1/alerts", get(list))
-        .route("/v1/alerts/{id}", get(get_one))
-        .route("/v1/alerts/{id}/ack", post(ack))
+pub(super) fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(get_one))
+        .routes(routes!(ack))
+}
+
+/// Whether an alert is still on.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // the schema of what `alert_json` adds
+enum AlertState {
+    Active,
+    Cleared,
+}
+
+/// An alert as the API shows it ([`alert_json`]): its fields and `state`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)] // the schema of `alert_json`'s value
+struct AlertJson {
+    #[serde(flatten)]
+    alert: Alert,
+    state: AlertState,
+}
+
+/// `GET /v1/alerts`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)] // the schema of `list`'s value
+struct AlertList {
+    /// Newest first.
+    alerts: Vec<AlertJson>,
+    /// The `before` of the next page (null on the last page).
+    next_before: Option<String>,
 }
 
 impl From<RulesError> for ApiError {
@@ -52,16 +82,24 @@ pub fn alert_json(a: &Alert) -> Value {
     v
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     /// `active` (default), `cleared` or `all`.
+    #[param(pattern = "^(active|cleared|all)$")]
     state: Option<String>,
+    /// Only this site's alerts.
     site: Option<String>,
+    /// Only this cabinet's alerts.
     cabinet: Option<String>,
+    /// Only this kind (an `AlertKind`).
     kind: Option<String>,
+    /// Only this severity: `critical`, `warning` or `info`.
     severity: Option<String>,
+    /// Only alerts raised before this alert id (the previous page's `next_before`).
     before: Option<String>,
+    /// Alerts at most, 1 to 1,000 (default 100).
     limit: Option<usize>,
 }
 
@@ -93,6 +131,16 @@ fn visible(caller: &Caller, a: &Alert) -> bool {
     }
 }
 
+/// Alerts, newest first: active (default), cleared or all, filtered.
+///
+/// Scopes: operator (all), site manager (its sites); carriers get 403.
+#[utoipa::path(get, path = "/v1/alerts", tag = "alerts",
+    params(ListQuery),
+    responses((status = 200, description = "A page of alerts.", body = AlertList),
+        (status = 400, description = "`bad_query` or `bad_cabinet_id`.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a carrier token.", body = ErrorBody),
+        (status = 500, description = "`storage`.", body = ErrorBody),
+        (status = 503, description = "`unavailable`.", body = ErrorBody)))]
 async fn list(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -154,6 +202,14 @@ async fn list(
     })))
 }
 
+/// One alert.
+///
+/// Scopes: operator, site manager (its sites; others are `not_found`); carriers get 403.
+#[utoipa::path(get, path = "/v1/alerts/{id}", tag = "alerts",
+    params(("id" = String, Path, description = "The alert (`ALR-<ulid>`).")),
+    responses((status = 200, description = "The alert.", body = AlertJson),
+        (status = 403, description = "`forbidden`: a carrier token.", body = ErrorBody),
+        (status = 404, description = "`not_found`.", body = ErrorBody)))]
 async fn get_one(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -167,13 +223,25 @@ async fn get_one(
     Ok(Json(alert_json(&a)))
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// `POST /v1/alerts/{id}/ack` (the body is optional).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AckBody {
+    /// At most 1,000 characters.
     #[serde(default)]
     note: Option<String>,
 }
 
+/// Acknowledges an alert (a one-shot alert clears when acknowledged).
+///
+/// Scopes: operator, site manager (its sites); carriers get 403.
+#[utoipa::path(post, path = "/v1/alerts/{id}/ack", tag = "alerts",
+    params(("id" = String, Path, description = "The alert (`ALR-<ulid>`).")),
+    request_body(content = Option<AckBody>, description = "Optional: `{\"note\": \"...\"}`."),
+    responses((status = 200, description = "The alert, acknowledged.", body = AlertJson),
+        (status = 400, description = "`bad_request`: the body does not parse, or the note is too long.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a carrier token.", body = ErrorBody),
+        (status = 404, description = "`not_found`.", body = ErrorBody)))]
 async fn ack(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,

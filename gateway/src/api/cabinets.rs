@@ -6,22 +6,35 @@ use axum::http::StatusCode;
 use axum::Json;
 use locker_schemas::{codec, CabinetId};
 use serde::Serialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::openapi::{AnyObjectDoc, CabinetIdDoc, ErrorBody};
 use super::{parse_cabinet, ApiError, ApiState};
 use crate::audit::EventJson;
 use crate::model::CabinetSnapshot;
 use crate::store;
 
+/// The cabinet routes (operator).
+pub(super) fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_cabinets))
+        .routes(routes!(get_cabinet))
+        .routes(routes!(cabinet_events))
+}
+
 /// `GET /v1/cabinets`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CabinetList {
     pub cabinets: Vec<CabinetSnapshot>,
 }
 
 /// `GET /v1/cabinets/{id}/events`: a page of the audit log.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventsPage {
+    #[schema(value_type = CabinetIdDoc)]
     pub cabinet: CabinetId,
+    #[schema(value_type = Vec<AnyObjectDoc>)]
     pub events: Vec<serde_json::Value>,
     /// The cursor for the next page (the last audit position in this one).
     pub next_after: Option<u64>,
@@ -43,12 +56,27 @@ struct Undecodable {
     error: String,
 }
 
+/// Every cabinet the gateway knows, with its state.
+///
+/// Scopes: operator.
+#[utoipa::path(get, path = "/v1/cabinets", tag = "cabinets",
+    responses((status = 200, description = "The fleet.", body = CabinetList),
+        (status = 403, description = "`forbidden`: not an operator token.", body = ErrorBody)))]
 pub(super) async fn list_cabinets(State(st): State<ApiState>) -> Json<CabinetList> {
     Json(CabinetList {
         cabinets: st.fleet.list().await,
     })
 }
 
+/// One cabinet's state: presence, layout and doors, power, network, active alarms.
+///
+/// Scopes: operator.
+#[utoipa::path(get, path = "/v1/cabinets/{id}", tag = "cabinets",
+    params(("id" = CabinetIdDoc, Path, description = "The cabinet.")),
+    responses((status = 200, description = "The cabinet.", body = CabinetSnapshot),
+        (status = 400, description = "`bad_cabinet_id`: not a cabinet id.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: not an operator token.", body = ErrorBody),
+        (status = 404, description = "`not_found`: the gateway does not know the cabinet.", body = ErrorBody)))]
 pub(super) async fn get_cabinet(
     State(st): State<ApiState>,
     Path(id): Path<String>,
@@ -64,6 +92,15 @@ pub(super) async fn get_cabinet(
     }
 }
 
+/// A page of a cabinet's audit log (every stored uplink, oldest first).
+///
+/// Scopes: operator. Page with `after` = the previous page's `next_after`.
+#[utoipa::path(get, path = "/v1/cabinets/{id}/events", tag = "cabinets",
+    params(("id" = CabinetIdDoc, Path, description = "The cabinet."), super::PageQuery),
+    responses((status = 200, description = "A page of events.", body = EventsPage),
+        (status = 400, description = "`bad_cabinet_id`: not a cabinet id.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: not an operator token.", body = ErrorBody),
+        (status = 500, description = "`storage`: the audit log could not be read.", body = ErrorBody)))]
 pub(super) async fn cabinet_events(
     State(st): State<ApiState>,
     Path(id): Path<String>,

@@ -10,7 +10,10 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use locker_schemas::CommandId;
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::openapi::{CabinetIdDoc, CommandIdDoc, ErrorBody};
 use super::{parse_cabinet, ApiError, ApiState, Client};
 use crate::commands::{ActionSpec, CommandError, CommandRecord, NewCommand};
 
@@ -31,11 +34,22 @@ impl From<CommandError> for ApiError {
     }
 }
 
-#[derive(Deserialize)]
+/// The command routes (operator).
+pub(super) fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_command))
+        .routes(routes!(get_command))
+        .routes(routes!(cancel_command))
+}
+
+/// A new command for a cabinet.
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct CreateCommand {
     action: ActionSpec,
+    /// How long the command may wait for its cabinet, ms (default `commands.default_ttl_ms`,
+    /// at most `commands.max_ttl_ms`).
     ttl_ms: Option<u32>,
-    /// Wait up to this long for the outcome before answering.
+    /// Wait up to this long for the outcome before answering, ms (at most `api.max_wait_ms`).
     #[serde(default)]
     wait_ms: u64,
 }
@@ -50,6 +64,22 @@ fn record(rec: CommandRecord) -> Response {
     (status, Json(rec)).into_response()
 }
 
+/// Queues a command for a cabinet (unlock, unlock all, set config, power save, reboot, sync
+/// credentials); it is delivered when the cabinet is online and ends in exactly one outcome.
+///
+/// Scopes: operator. 202 while the outcome is pending (poll `GET /v1/commands/{id}`), 200
+/// with the outcome when it came within `wait_ms`.
+#[utoipa::path(post, path = "/v1/cabinets/{id}/commands", tag = "commands",
+    params(("id" = CabinetIdDoc, Path, description = "The cabinet.")),
+    request_body = CreateCommand,
+    responses((status = 200, description = "The command with its outcome.", body = CommandRecord),
+        (status = 202, description = "The command, queued or sent, without an outcome yet.", body = CommandRecord),
+        (status = 400, description = "`bad_request`, `bad_cabinet_id`, `unknown_compartment`, `bad_ttl` or `bad_config`.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: not an operator token.", body = ErrorBody),
+        (status = 404, description = "`not_found`: the gateway does not know the cabinet.", body = ErrorBody),
+        (status = 413, description = "`too_large`: the encoded command exceeds what a cabinet accepts.", body = ErrorBody),
+        (status = 500, description = "`storage`.", body = ErrorBody),
+        (status = 503, description = "`shutting_down`.", body = ErrorBody)))]
 pub(super) async fn create_command(
     State(st): State<ApiState>,
     Extension(client): Extension<Client>,
@@ -103,6 +133,16 @@ fn parse_command(id: &str) -> Result<CommandId, ApiError> {
     })
 }
 
+/// A command's record: its state, sends and one outcome.
+///
+/// Scopes: operator.
+#[utoipa::path(get, path = "/v1/commands/{id}", tag = "commands",
+    params(("id" = CommandIdDoc, Path, description = "The command.")),
+    responses((status = 200, description = "The command.", body = CommandRecord),
+        (status = 400, description = "`bad_command_id`: not a ULID.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: not an operator token.", body = ErrorBody),
+        (status = 404, description = "`not_found`.", body = ErrorBody),
+        (status = 500, description = "`storage`.", body = ErrorBody)))]
 pub(super) async fn get_command(
     State(st): State<ApiState>,
     Path(id): Path<String>,
@@ -118,8 +158,18 @@ pub(super) async fn get_command(
     }
 }
 
+/// Cancels a command.
+///
 /// A queued command ends `cancelled` (200); a sent one is no longer resent and keeps waiting
-/// for the cabinet's outcome (202 with `cancel_requested_at` set).
+/// for the cabinet's outcome (202 with `cancel_requested_at` set). Scopes: operator.
+#[utoipa::path(post, path = "/v1/commands/{id}/cancel", tag = "commands",
+    params(("id" = CommandIdDoc, Path, description = "The command.")),
+    responses((status = 200, description = "The command, now `cancelled`.", body = CommandRecord),
+        (status = 202, description = "The command was already sent: no more resends, its outcome is still the cabinet's (`cancel_requested_at` is set).", body = CommandRecord),
+        (status = 400, description = "`bad_command_id`: not a ULID.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: not an operator token.", body = ErrorBody),
+        (status = 404, description = "`not_found`.", body = ErrorBody),
+        (status = 409, description = "`conflict`: the command already has its outcome.", body = ErrorBody)))]
 pub(super) async fn cancel_command(
     State(st): State<ApiState>,
     Path(id): Path<String>,

@@ -7,28 +7,68 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::json;
+use axum::Json;
+use serde::Serialize;
 use std::time::Duration;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::ApiState;
 use crate::store;
 
 /// The health routes.
-pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
 }
 
+/// `GET /healthz`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct Health {
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+/// One readiness check (`storage`, `broker`, `ingest_lag`, ...).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[allow(dead_code)] // the schema of `crate::ingest::Check`
+struct ReadyCheck {
+    name: String,
+    ok: bool,
+    /// Why it fails, or what it measured.
+    detail: String,
+}
+
+/// `GET /readyz`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct Ready {
+    ready: bool,
+    /// The names of the failing checks.
+    failing: Vec<&'static str>,
+    #[schema(value_type = Vec<ReadyCheck>)]
+    checks: Vec<crate::ingest::Check>,
+}
+
+/// Liveness: 200 while the process serves HTTP.
+///
+/// No token.
+#[utoipa::path(get, path = "/healthz", tag = "health", security(()),
+    responses((status = 200, description = "The process serves HTTP.", body = Health)))]
 async fn healthz() -> impl IntoResponse {
-    Json(json!({"status": "ok"}))
+    Json(Health { status: "ok" })
 }
 
 /// How long the storage probe may take before storage counts as failing.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Readiness: storage writable, broker link alive, ingest lag under `[ingest] ready_max_lag_ms`.
+///
+/// No token.
+#[utoipa::path(get, path = "/readyz", tag = "health", security(()),
+    responses((status = 200, description = "Ready: every check passes.", body = Ready),
+        (status = 503, description = "Not ready: `failing` names the checks that fail.", body = Ready)))]
 async fn readyz(State(st): State<ApiState>) -> impl IntoResponse {
     let mut checks = st.ingest.checks();
     // storage is also probed directly, so a failure shows while ingest is idle
@@ -54,6 +94,10 @@ async fn readyz(State(st): State<ApiState>) -> impl IntoResponse {
     };
     (
         status,
-        Json(json!({"ready": failing.is_empty(), "failing": failing, "checks": checks})),
+        Json(Ready {
+            ready: failing.is_empty(),
+            failing,
+            checks,
+        }),
     )
 }

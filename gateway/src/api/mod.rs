@@ -4,11 +4,31 @@
 //! `[api.tokens]` table of gateway.toml; a token has a scope (operator, carrier or site
 //! manager, [`scope`]): the parcel routes ([`orders`], [`sites`]) enforce it on every path,
 //! the cabinet, command and quarantine routes are for operators. Errors are JSON
-//! `{"error": "<stable code>", "message": "..."}`.
+//! `{"error": "<stable code>", "message": "..."}` ([`openapi::ErrorBody`]).
+//!
+//! # Adding a route (the OpenAPI pattern)
+//!
+//! The router and the OpenAPI 3.1 document (`GET /openapi.json`, browsable at `/docs`, see
+//! [`openapi`]) are built from the same declarations, so they cannot drift:
+//!
+//! 1. annotate the handler with `#[utoipa::path(...)]`: method, `path` (axum's `{param}`
+//!    syntax), `tag` (one of [`openapi`]'s tags, or add one there), `params`, `request_body`,
+//!    and every `responses` status with its body (errors: `body = openapi::ErrorBody`); its
+//!    doc comment is the summary and description and names the scopes the route serves
+//!    ("Scopes: operator, carrier."). 401 and 408 are added to every `/v1` route for you;
+//! 2. derive `utoipa::ToSchema` next to `Serialize`/`Deserialize` on its request and response
+//!    types (an id from `locker-schemas` is described by `#[schema(value_type = CabinetIdDoc)]`
+//!    and the like, from [`openapi`]); query structs derive `utoipa::IntoParams`;
+//! 3. register it in the area's `routes()` with `.routes(routes!(handler))` (handlers of one
+//!    path go in one `routes!`), never with a bare `.route(...)`: `tests/tests/openapi.rs`
+//!    fails on any `.route("` of this folder whose path is not in the document;
+//! 4. a new area file returns an `OpenApiRouter<ApiState>` and is merged in [`router`]'s
+//!    `all_routes` with one line (inside `v1` for token routes).
 
 pub mod alerts;
 pub mod cabinets;
 mod health;
+pub mod openapi;
 mod orders;
 mod quarantine;
 pub mod scope;
@@ -24,11 +44,11 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use locker_schemas::CabinetId;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::commands::CommandsHandle;
 use crate::fleet::FleetHandle;
@@ -110,7 +130,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (
             self.status,
-            Json(json!({"error": self.code, "message": self.message})),
+            Json(openapi::ErrorBody {
+                error: self.code.to_owned(),
+                message: self.message,
+            }),
         )
             .into_response()
     }
@@ -183,40 +206,55 @@ async fn count(State(st): State<ApiState>, req: Request, next: Next) -> Response
     resp
 }
 
-/// The API router.
+/// The API router, with `/openapi.json` and `/docs` built from the same routes.
 pub fn router(st: ApiState) -> Router {
-    let operator = Router::new()
-        .route("/v1/cabinets", get(cabinets::list_cabinets))
-        .route("/v1/cabinets/{id}", get(cabinets::get_cabinet))
-        .route("/v1/cabinets/{id}/events", get(cabinets::cabinet_events))
-        .route("/v1/cabinets/{id}/commands", post(commands::create_command))
-        .route("/v1/commands/{id}", get(commands::get_command))
-        .route("/v1/commands/{id}/cancel", post(commands::cancel_command))
-        .merge(quarantine::routes())
-        .route_layer(middleware::from_fn(scope::operator_only));
-    let v1 = Router::new()
-        .merge(operator)
-        .merge(orders::routes())
-        .merge(sites::routes())
-        .merge(alerts::routes())
-        .merge(webhooks::routes())
-        .layer(middleware::from_fn_with_state(st.clone(), auth));
+    let auth_layer = middleware::from_fn_with_state(st.clone(), auth);
+    let (app, doc) = all_routes(|v1| v1.layer(auth_layer)).split_for_parts();
     Router::new()
-        .merge(v1)
-        .route("/metrics", get(metrics))
-        .merge(health::routes())
+        .merge(app)
+        .merge(openapi::pages(openapi::finish(doc)))
         .route_layer(middleware::from_fn_with_state(st.clone(), deadline))
         .route_layer(middleware::from_fn_with_state(st.clone(), count))
         .with_state(st)
 }
 
+/// The OpenAPI document of [`router`] (what `GET /openapi.json` serves).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    openapi::finish(all_routes(|v1| v1).into_openapi())
+}
+
+/// Every route with its documentation; `v1` wraps the token routes (the auth layer).
+fn all_routes(
+    v1: impl FnOnce(OpenApiRouter<ApiState>) -> OpenApiRouter<ApiState>,
+) -> OpenApiRouter<ApiState> {
+    let operator = OpenApiRouter::new()
+        .merge(cabinets::routes())
+        .merge(commands::routes())
+        .merge(quarantine::routes())
+        .route_layer(middleware::from_fn(scope::operator_only));
+    let tokens = OpenApiRouter::new()
+        .merge(operator)
+        .merge(orders::routes())
+        .merge(sites::routes())
+        .merge(alerts::routes())
+        .merge(webhooks::routes());
+    OpenApiRouter::new()
+        .merge(v1(tokens))
+        .routes(routes!(metrics))
+        .merge(health::routes())
+}
+
 /// `?after=N&limit=M` of every paged listing: entries after the cursor `after` (an audit
 /// position, a quarantine id), at most `limit` of them (1 to 1,000, default 100).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct PageQuery {
+    /// Entries after this cursor (the `next_after` of the previous page); 0 = from the start.
     #[serde(default)]
     pub after: u64,
+    /// Entries at most, 1 to 1,000 (default 100).
     #[serde(default = "PageQuery::default_limit")]
+    #[param(minimum = 1, maximum = 1000)]
     limit: usize,
 }
 
@@ -236,6 +274,12 @@ pub(crate) fn parse_cabinet(id: &str) -> Result<CabinetId, ApiError> {
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_cabinet_id", e.to_string()))
 }
 
+/// Prometheus metrics (text exposition format).
+///
+/// No token: scrape it from the monitoring network only (bind `api.listen` accordingly).
+#[utoipa::path(get, path = "/metrics", tag = "health", security(()),
+    responses((status = 200, description = "The gateway's metrics.",
+        content_type = "text/plain; version=0.0.4", body = String)))]
 async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
     let mut h = HeaderMap::new();
     h.insert(

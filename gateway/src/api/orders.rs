@@ -8,16 +8,19 @@ use std::time::Duration;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use locker_schemas::OrderId;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::openapi::{ErrorBody, OrderIdDoc};
 use super::{ApiError, ApiState, PageQuery};
-use crate::commands::{ActionSpec, NewCommand};
-use crate::parcels::{Caller, NewOrder, OrderAction, OrderFilter, ParcelError, Scope};
-use crate::store::parcels::ParcelStore;
+use crate::commands::{ActionSpec, CommandRecord, NewCommand};
+use crate::parcels::{
+    Caller, NewOrder, Notice, OrderAction, OrderFilter, OrderView, ParcelError, Scope, UnlockTarget,
+};
+use crate::store::parcels::{AuditRecord, ParcelStore};
 use crate::store::{self};
 
 impl From<ParcelError> for ApiError {
@@ -34,19 +37,70 @@ impl From<ParcelError> for ApiError {
 }
 
 /// The order routes.
-pub(super) fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/v1/orders", post(create).get(list))
-        .route("/v1/orders/batch", post(batch))
-        .route("/v1/orders/{id}", get(get_one))
-        .route("/v1/orders/{id}/cancel", post(cancel))
-        .route("/v1/orders/{id}/extend", post(extend))
-        .route("/v1/orders/{id}/resend-code", post(resend))
-        .route("/v1/orders/{id}/return", post(request_return))
-        .route("/v1/orders/{id}/out-for-delivery", post(out_for_delivery))
-        .route("/v1/orders/{id}/unlock", post(unlock))
-        .route("/v1/notifications", get(notifications))
-        .route("/v1/parcel-audit", get(audit))
+pub(super) fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(batch))
+        .routes(routes!(get_one))
+        .routes(routes!(cancel))
+        .routes(routes!(extend))
+        .routes(routes!(resend))
+        .routes(routes!(request_return))
+        .routes(routes!(out_for_delivery))
+        .routes(routes!(unlock))
+        .routes(routes!(notifications))
+        .routes(routes!(audit))
+}
+
+/// `GET /v1/orders`.
+#[derive(Serialize, utoipa::ToSchema)]
+struct OrderList {
+    orders: Vec<OrderView>,
+    /// The cursor of the next page (the last order's id; null when the page is empty).
+    #[schema(value_type = Option<OrderIdDoc>)]
+    next_after: Option<String>,
+}
+
+/// One order's result in a batch: the order (and whether it is new), or its error.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+enum BatchItem {
+    Done {
+        order: Box<OrderView>,
+        /// False when an idempotency key matched an order created before.
+        created: bool,
+    },
+    Failed(ErrorBody),
+}
+
+/// `POST /v1/orders/batch`.
+#[derive(Serialize, utoipa::ToSchema)]
+struct BatchResults {
+    /// One result per order, in the request's order.
+    results: Vec<BatchItem>,
+}
+
+/// `POST /v1/orders/{id}/unlock`.
+#[derive(Serialize, utoipa::ToSchema)]
+struct UnlockResponse {
+    target: UnlockTarget,
+    command: CommandRecord,
+}
+
+/// `GET /v1/notifications`.
+#[derive(Serialize, utoipa::ToSchema)]
+struct NoticePage {
+    notifications: Vec<Notice>,
+    /// The cursor of the next page (the page's last outbox id before the scope filter).
+    next_after: Option<u64>,
+}
+
+/// `GET /v1/parcel-audit`.
+#[derive(Serialize, utoipa::ToSchema)]
+struct AuditPage {
+    records: Vec<AuditRecord>,
+    /// The cursor of the next page (the page's last position before the scope filter).
+    next_after: Option<u64>,
 }
 
 pub(super) fn bad_body(e: axum::extract::rejection::JsonRejection) -> ApiError {
@@ -59,6 +113,20 @@ fn parse_order(id: &str) -> Result<OrderId, ApiError> {
     })
 }
 
+/// Creates an order (a delivery, or a customer's return) and, by default, holds a compartment.
+///
+/// Scopes: operator (names the `carrier`), carrier (its own), site manager (its sites). An
+/// `Idempotency-Key` header (or `idempotency_key`) makes a repeat return the first order (200).
+#[utoipa::path(post, path = "/v1/orders", tag = "orders",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Repeating a request with the same key returns the order created the first time.")),
+    request_body = NewOrder,
+    responses((status = 201, description = "The new order.", body = OrderView),
+        (status = 200, description = "The order an earlier request with the same idempotency key created.", body = OrderView),
+        (status = 400, description = "`bad_request` or `invalid`.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: outside the token's scope.", body = ErrorBody),
+        (status = 404, description = "`not_found`: unknown site, carrier or cabinet.", body = ErrorBody),
+        (status = 409, description = "`no_compartment`.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: shutting down.", body = ErrorBody)))]
 async fn create(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -81,13 +149,22 @@ async fn create(
     Ok((status, Json(view)).into_response())
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/orders/batch`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Batch {
     orders: Vec<NewOrder>,
 }
 
-/// `POST /v1/orders/batch`: a courier's whole route at once; one result per order, in order.
+/// Creates a courier's whole route at once; one result per order, in order.
+///
+/// Scopes: operator, carrier, site manager (as for one order). One failing order does not
+/// stop the others: its result is an error body.
+#[utoipa::path(post, path = "/v1/orders/batch", tag = "orders",
+    request_body = Batch,
+    responses((status = 200, description = "One result per order.", body = BatchResults),
+        (status = 400, description = "`bad_request`.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: shutting down.", body = ErrorBody)))]
 async fn batch(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -98,16 +175,31 @@ async fn batch(
     let out: Vec<_> = results
         .into_iter()
         .map(|r| match r {
-            Ok((view, new)) => json!({"order": view, "created": new}),
+            Ok((view, new)) => BatchItem::Done {
+                order: Box::new(view),
+                created: new,
+            },
             Err(e) => {
                 let e = ApiError::from(e);
-                json!({"error": e.code, "message": e.message})
+                BatchItem::Failed(ErrorBody {
+                    error: e.code.to_owned(),
+                    message: e.message,
+                })
             }
         })
         .collect();
-    Ok(Json(json!({ "results": out })).into_response())
+    Ok(Json(BatchResults { results: out }).into_response())
 }
 
+/// Lists orders within the token's scope, oldest first, filtered.
+///
+/// Scopes: operator (all), carrier (its orders), site manager (its sites). Page with
+/// `after` = the previous page's `next_after`.
+#[utoipa::path(get, path = "/v1/orders", tag = "orders",
+    params(OrderFilter),
+    responses((status = 200, description = "A page of orders.", body = OrderList),
+        (status = 400, description = "`bad_request` or `invalid`: a filter does not parse.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: shutting down.", body = ErrorBody)))]
 async fn list(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -115,9 +207,21 @@ async fn list(
 ) -> Result<impl IntoResponse, ApiError> {
     let orders = st.parcels.list(f, caller).await?;
     let next = orders.last().map(|o| o.id.to_string());
-    Ok(Json(json!({ "orders": orders, "next_after": next })))
+    Ok(Json(OrderList {
+        orders,
+        next_after: next,
+    }))
 }
 
+/// One order with its history (archived finished orders included).
+///
+/// Scopes: operator, carrier (its orders), site manager (its sites); an order outside the
+/// scope is `not_found`.
+#[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders",
+    params(("id" = OrderIdDoc, Path, description = "The order.")),
+    responses((status = 200, description = "The order.", body = OrderView),
+        (status = 404, description = "`not_found`.", body = ErrorBody),
+        (status = 500, description = "`storage`.", body = ErrorBody)))]
 async fn get_one(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -144,6 +248,17 @@ async fn act(st: ApiState, caller: Caller, id: &str, a: OrderAction) -> Result<R
     Ok(Json(v).into_response())
 }
 
+/// Cancels an order (a parcel already inside goes back to the carrier: `return_requested`).
+///
+/// Scopes: operator, carrier (its orders), site manager (its sites).
+#[utoipa::path(post, path = "/v1/orders/{id}/cancel", tag = "orders",
+    params(("id" = OrderIdDoc, Path, description = "The order.")),
+    responses((status = 200, description = "The order after the action.", body = OrderView),
+        (status = 400, description = "`bad_request` or `invalid`.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: outside the token's scope.", body = ErrorBody),
+        (status = 404, description = "`not_found`.", body = ErrorBody),
+        (status = 409, description = "`invalid_transition`: not possible in the order's state; or `no_compartment`.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: shutting down.", body = ErrorBody)))]
 async fn cancel(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -152,12 +267,26 @@ async fn cancel(
     act(st, caller, &id, OrderAction::Cancel).await
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/orders/{id}/extend`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Extend {
+    /// Hours added to the pickup deadline.
     hours: u32,
 }
 
+/// Extends the pickup window of a ready parcel.
+///
+/// Scopes: operator, carrier (its orders), site manager (its sites).
+#[utoipa::path(post, path = "/v1/orders/{id}/extend", tag = "orders",
+    params(("id" = OrderIdDoc, Path, description = "The order.")),
+    request_body = Extend,
+    responses((status = 200, description = "The order after the action.", body = OrderView),
+        (status = 400, description = "`bad_request` or `invalid`.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: outside the token's scope.", body = ErrorBody),
+        (status = 404, description = "`not_found`.", body = ErrorBody),
+        (status = 409, description = "`invalid_transition`: not possible in the order's state; or `no_compartment`.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: shutting down.", body = ErrorBody)))]
 async fn extend(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -168,6 +297,17 @@ async fn extend(
     act(st, caller, &id, OrderAction::Extend { hours: b.hours }).await
 }
 
+/// Issues a new code and sends it to the recipient again (the old code stops working).
+///
+/// Scopes: operator, carrier (its orders), site manager (its sites).
+#[utoipa::path(post, path = "/v1/orders/{id}/resend-code", tag = "orders",
+    params(("id" = OrderIdDoc, Path, description = "The order.")),
+    responses((status = 200, description = "The order after the action.", body = OrderView),
+        (status = 400, description = "`bad_request` or `invalid`.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: outside the token's scope.", body = ErrorBody),
+        (status = 404, description = "`not_found`.", body = ErrorBody),
+        (status = 409, description = "`invalid_transition`: not possible in the order's state; or `no_compartment`.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: shutting down.", body = ErrorBody)))]
 async fn resend(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -176,6 +316,17 @@ async fn resend(
     act(st, caller, &id, OrderAction::ResendCode).await
 }
 
+/// Asks the carrier to take the parcel back.
+///
+/// Scopes: operator, carrier (its orders), site manager (its sites).
+#[utoipa::path(post, path = "/v1/orders/{id}/return", tag = "orders",
+    params(("id" = OrderIdDoc, Path, description = "The order.")),
+    responses((status = 200, description = "The order after the action.", body = OrderView),
+        (status = 400, description = "`bad_request` or `invalid`.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: outside the token's scope.", body = ErrorBody),
+        (status = 404, description = "`not_found`.", body = ErrorBody),
+        (status = 409, description = "`invalid_transition`: not possible in the order's state; or `no_compartment`.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: shutting down.", body = ErrorBody)))]
 async fn request_return(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -184,6 +335,17 @@ async fn request_return(
     act(st, caller, &id, OrderAction::RequestReturn).await
 }
 
+/// The parcel is on a van: holds a compartment now (an order created with `reserve: false`).
+///
+/// Scopes: operator, carrier (its orders), site manager (its sites).
+#[utoipa::path(post, path = "/v1/orders/{id}/out-for-delivery", tag = "orders",
+    params(("id" = OrderIdDoc, Path, description = "The order.")),
+    responses((status = 200, description = "The order after the action.", body = OrderView),
+        (status = 400, description = "`bad_request` or `invalid`.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: outside the token's scope.", body = ErrorBody),
+        (status = 404, description = "`not_found`.", body = ErrorBody),
+        (status = 409, description = "`invalid_transition`: not possible in the order's state; or `no_compartment`.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: shutting down.", body = ErrorBody)))]
 async fn out_for_delivery(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -193,10 +355,12 @@ async fn out_for_delivery(
 }
 
 /// A remote unlock or an override: why someone opens a door from afar (mandatory).
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Reason {
+    /// Why, 3 to 500 characters (it goes to the audit trail).
     pub reason: String,
+    /// How long the command may wait for its cabinet, ms.
     #[serde(default)]
     pub ttl_ms: Option<u32>,
     /// Wait up to this long for the outcome before answering.
@@ -218,9 +382,21 @@ impl Reason {
     }
 }
 
-/// `POST /v1/orders/{id}/unlock {"reason"}`: opens the order's compartment through the command
-/// queue (its expiry and single outcome); `opened` moves the order on (deposit, pickup or
-/// collection, by its state).
+/// Remote unlock: opens the order's compartment through the command queue.
+///
+/// The command has its expiry and single outcome; `opened` moves the order on (deposit,
+/// pickup or collection, by its state). Scopes: operator, carrier (its orders), site manager
+/// (its sites). 200 with the outcome when it came within `wait_ms`, else 202.
+#[utoipa::path(post, path = "/v1/orders/{id}/unlock", tag = "orders",
+    params(("id" = OrderIdDoc, Path, description = "The order.")),
+    request_body = Reason,
+    responses((status = 200, description = "The target and the command with its outcome.", body = UnlockResponse),
+        (status = 202, description = "The target and the command, without an outcome yet.", body = UnlockResponse),
+        (status = 400, description = "`bad_request`, `reason_required`, `bad_ttl`.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: outside the token's scope.", body = ErrorBody),
+        (status = 404, description = "`not_found`.", body = ErrorBody),
+        (status = 409, description = "`invalid_transition`: nothing to open in the order's state.", body = ErrorBody),
+        (status = 503, description = "`unavailable` or `shutting_down`.", body = ErrorBody)))]
 async fn unlock(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -251,7 +427,14 @@ async fn unlock(
         }
     };
     let (status, rec) = waited(&st, rec, b.wait_ms).await?;
-    Ok((status, Json(json!({"target": target, "command": rec}))).into_response())
+    Ok((
+        status,
+        Json(UnlockResponse {
+            target,
+            command: rec,
+        }),
+    )
+        .into_response())
 }
 
 /// Waits up to `wait_ms` (at most `api.max_wait_ms`) for a command's outcome: 200 with a
@@ -278,8 +461,14 @@ pub(super) async fn waited(
     Ok((status, rec))
 }
 
-/// `GET /v1/notifications?after=&limit=`: the notification outbox (codes included: the
-/// channel that delivers them reads here), within the token's scope.
+/// The notification outbox, oldest first, within the token's scope.
+///
+/// Codes are included: the channel that delivers them reads here. Scopes: operator (all),
+/// carrier (its orders), site manager (its sites).
+#[utoipa::path(get, path = "/v1/notifications", tag = "notifications",
+    params(PageQuery),
+    responses((status = 200, description = "A page of notification requests.", body = NoticePage),
+        (status = 500, description = "`storage`.", body = ErrorBody)))]
 async fn notifications(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -293,11 +482,19 @@ async fn notifications(
         .into_iter()
         .filter(|n| caller.scope.sees(&n.carrier, &n.site))
         .collect();
-    Ok(Json(json!({"notifications": items, "next_after": next})))
+    Ok(Json(NoticePage {
+        notifications: items,
+        next_after: next,
+    }))
 }
 
-/// `GET /v1/parcel-audit?after=&limit=`: every order transition, override, partition and
-/// service change, within the token's scope.
+/// The parcel audit trail: every order transition, override, partition and service change.
+///
+/// Scopes: operator (all), carrier (its orders), site manager (its sites).
+#[utoipa::path(get, path = "/v1/parcel-audit", tag = "audit",
+    params(PageQuery),
+    responses((status = 200, description = "A page of audit records.", body = AuditPage),
+        (status = 500, description = "`storage`.", body = ErrorBody)))]
 async fn audit(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -315,5 +512,8 @@ async fn audit(
             Scope::SiteManager { sites } => r.site.as_ref().is_some_and(|s| sites.contains(s)),
         })
         .collect();
-    Ok(Json(json!({"records": items, "next_after": next})))
+    Ok(Json(AuditPage {
+        records: items,
+        next_after: next,
+    }))
 }

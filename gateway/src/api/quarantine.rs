@@ -9,19 +9,21 @@
 
 use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
+use locker_schemas::{CabinetId, Millis};
+use serde::Serialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use serde_json::{json, Value};
-
+use super::openapi::{CabinetIdDoc, ErrorBody};
 use super::{parse_cabinet, ApiError, ApiState};
 use crate::store::{self, QuarantineRecord};
 
 /// The quarantine routes.
-pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/v1/quarantine", get(fleet))
-        .route("/v1/cabinets/{id}/quarantine", get(cabinet))
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(fleet))
+        .routes(routes!(cabinet))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -34,21 +36,75 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-fn record_json(r: &QuarantineRecord) -> Value {
-    json!({
-        "id": r.id, "cabinet": r.cabinet, "position": r.position, "boot": r.boot, "seq": r.seq,
-        "version": r.version, "reason": r.reason, "detail": r.detail, "topic": r.topic,
-        "received_at": r.received_at, "size": r.raw.len(), "raw_hex": hex(&r.raw),
-    })
+/// One quarantined uplink as the API shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct QuarantineEntry {
+    /// The record's id (the paging cursor).
+    id: u64,
+    /// The cabinet of the topic it arrived on; null for a topic that is no cabinet uplink.
+    #[schema(value_type = Option<CabinetIdDoc>)]
+    cabinet: Option<CabinetId>,
+    /// Its place in the cabinet's audit log, if its envelope head was readable.
+    position: Option<u64>,
+    boot: Option<u32>,
+    seq: Option<u64>,
+    /// The schema version the envelope claims, if readable.
+    version: Option<u64>,
+    /// A stable short reason (`version`, `malformed`, `foreign`, `kind_mismatch`, ...).
+    reason: String,
+    /// The decoder's message.
+    detail: String,
+    topic: String,
+    /// Gateway clock at receipt, ms since the epoch.
+    received_at: Millis,
+    /// The payload's size, bytes.
+    size: usize,
+    /// The payload, lowercase hex.
+    raw_hex: String,
 }
 
-fn page(recs: &[QuarantineRecord]) -> Value {
-    json!({
-        "records": recs.iter().map(record_json).collect::<Vec<_>>(),
-        "next_after": recs.last().map(|r| r.id),
-    })
+impl From<&QuarantineRecord> for QuarantineEntry {
+    fn from(r: &QuarantineRecord) -> Self {
+        Self {
+            id: r.id,
+            cabinet: r.cabinet.clone(),
+            position: r.position,
+            boot: r.boot,
+            seq: r.seq,
+            version: r.version,
+            reason: r.reason.clone(),
+            detail: r.detail.clone(),
+            topic: r.topic.clone(),
+            received_at: r.received_at,
+            size: r.raw.len(),
+            raw_hex: hex(&r.raw),
+        }
+    }
 }
 
+/// A page of quarantined uplinks, oldest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct QuarantinePage {
+    records: Vec<QuarantineEntry>,
+    /// The cursor of the next page (null when this page is empty).
+    next_after: Option<u64>,
+}
+
+fn page(recs: &[QuarantineRecord]) -> QuarantinePage {
+    QuarantinePage {
+        records: recs.iter().map(QuarantineEntry::from).collect(),
+        next_after: recs.last().map(|r| r.id),
+    }
+}
+
+/// Quarantined uplinks of the whole fleet, oldest first.
+///
+/// Scopes: operator.
+#[utoipa::path(get, path = "/v1/quarantine", tag = "quarantine",
+    params(super::PageQuery),
+    responses((status = 200, description = "A page of quarantined uplinks.", body = QuarantinePage),
+        (status = 403, description = "`forbidden`: not an operator token.", body = ErrorBody),
+        (status = 500, description = "`storage`.", body = ErrorBody)))]
 async fn fleet(
     State(st): State<ApiState>,
     Query(q): Query<super::PageQuery>,
@@ -59,6 +115,15 @@ async fn fleet(
     Ok(Json(page(&recs)))
 }
 
+/// One cabinet's quarantined uplinks, oldest first.
+///
+/// Scopes: operator.
+#[utoipa::path(get, path = "/v1/cabinets/{id}/quarantine", tag = "quarantine",
+    params(("id" = CabinetIdDoc, Path, description = "The cabinet."), super::PageQuery),
+    responses((status = 200, description = "A page of quarantined uplinks.", body = QuarantinePage),
+        (status = 400, description = "`bad_cabinet_id`: not a cabinet id.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: not an operator token.", body = ErrorBody),
+        (status = 500, description = "`storage`.", body = ErrorBody)))]
 async fn cabinet(
     State(st): State<ApiState>,
     Path(id): Path<String>,

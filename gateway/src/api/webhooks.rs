@@ -6,15 +6,62 @@
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
-use serde::Deserialize;
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::openapi::ErrorBody;
 use super::orders::bad_body;
 use super::{ApiError, ApiState, PageQuery};
-use crate::outbound::{NewSubscription, OutboundError, SubscriptionPatch};
+use crate::outbound::model::DeadLetter;
+use crate::outbound::{
+    Health, NewSubscription, OutboundError, SubscriptionPatch, SubscriptionView,
+};
+use crate::parcels::views::OrderView;
 use crate::parcels::{Caller, OrderAction, OrderFilter, Scope};
+
+/// `GET /v1/webhooks`.
+#[derive(Serialize, utoipa::ToSchema)]
+struct WebhookList {
+    webhooks: Vec<SubscriptionView>,
+}
+
+/// A page of dead letters.
+#[derive(Serialize, utoipa::ToSchema)]
+struct DeadLetterPage {
+    /// Oldest first.
+    dead_letters: Vec<DeadLetter>,
+    /// The `after` of the next page (null when this page is empty).
+    next_after: Option<u64>,
+}
+
+/// How many dead letters were queued again.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Replayed {
+    replayed: usize,
+}
+
+/// The event a ping queued.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Pinged {
+    event_id: String,
+}
+
+/// One target's delivery health.
+#[derive(Serialize, utoipa::ToSchema)]
+struct TargetHealth {
+    /// `WH-...`, `carrier:<id>` or `notify:<provider>`.
+    target: String,
+    health: Health,
+}
+
+/// `GET /v1/outbound/targets`.
+#[derive(Serialize, utoipa::ToSchema)]
+struct TargetList {
+    targets: Vec<TargetHealth>,
+}
 
 impl From<OutboundError> for ApiError {
     fn from(e: OutboundError) -> Self {
@@ -30,32 +77,32 @@ impl From<OutboundError> for ApiError {
 }
 
 /// The integration routes.
-pub(super) fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/v1/webhooks", post(create).get(list))
-        .route(
-            "/v1/webhooks/{id}",
-            get(get_one).patch(update).delete(delete),
-        )
-        .route("/v1/webhooks/{id}/rotate-secret", post(rotate))
-        .route("/v1/webhooks/{id}/dead-letters", get(dead_letters))
-        .route("/v1/webhooks/{id}/dead-letters/replay", post(replay))
-        .route("/v1/webhooks/{id}/ping", post(ping))
-        .route("/v1/outbound/targets", get(targets))
-        .route(
-            "/v1/outbound/targets/{target}/dead-letters",
-            get(dead_letters),
-        )
-        .route(
-            "/v1/outbound/targets/{target}/dead-letters/replay",
-            post(replay),
-        )
-        .route(
-            "/v1/tracking/{tracking}/out-for-delivery",
-            post(out_for_delivery),
-        )
+pub(super) fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(get_one, update, delete))
+        .routes(routes!(rotate))
+        .routes(routes!(dead_letters))
+        .routes(routes!(replay))
+        .routes(routes!(ping))
+        .routes(routes!(targets))
+        .routes(routes!(target_dead_letters))
+        .routes(routes!(target_replay))
+        .routes(routes!(out_for_delivery))
 }
 
+const ID: &str = "The subscription (`WH-...`).";
+
+/// Subscribes to events: a URL, the event types, optional site and carrier filters.
+///
+/// Answers with the subscription and its `secret` (shown once). Scopes: operator, carrier (its
+/// own parcels' events), site manager (its sites' events).
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks",
+    request_body = NewSubscription,
+    responses((status = 201, description = "Subscribed; `secret` is shown this once.", body = SubscriptionView),
+        (status = 400, description = "`bad_request`: a URL, event type or secret that does not fit.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a site or carrier filter outside the token's scope.", body = ErrorBody),
+        (status = 503, description = "`unavailable`.", body = ErrorBody)))]
 async fn create(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -66,6 +113,11 @@ async fn create(
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
+/// The caller's subscriptions (an operator's: all) with their delivery health.
+///
+/// Scopes: operator, carrier, site manager.
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks",
+    responses((status = 200, description = "Subscriptions.", body = WebhookList)))]
 async fn list(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -74,6 +126,13 @@ async fn list(
     Ok(Json(json!({ "webhooks": v })).into_response())
 }
 
+/// One subscription with its delivery health.
+///
+/// Scopes: its owner, operator.
+#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks",
+    params(("id" = String, Path, description = ID)),
+    responses((status = 200, description = "The subscription.", body = SubscriptionView),
+        (status = 404, description = "`not_found` (also another owner's).", body = ErrorBody)))]
 async fn get_one(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -82,6 +141,16 @@ async fn get_one(
     Ok(Json(st.outbound.get(id, caller).await?).into_response())
 }
 
+/// Changes a subscription (absent fields stay); `enabled: true` resumes a disabled one.
+///
+/// Scopes: its owner, operator.
+#[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks",
+    params(("id" = String, Path, description = ID)),
+    request_body = SubscriptionPatch,
+    responses((status = 200, description = "The subscription.", body = SubscriptionView),
+        (status = 400, description = "`bad_request`.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a filter outside the token's scope.", body = ErrorBody),
+        (status = 404, description = "`not_found`.", body = ErrorBody)))]
 async fn update(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -92,6 +161,13 @@ async fn update(
     Ok(Json(st.outbound.update(id, p, caller).await?).into_response())
 }
 
+/// Unsubscribes; what waits for the subscription is dropped.
+///
+/// Scopes: its owner, operator.
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks",
+    params(("id" = String, Path, description = ID)),
+    responses((status = 204, description = "Deleted."),
+        (status = 404, description = "`not_found`.", body = ErrorBody)))]
 async fn delete(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -102,13 +178,22 @@ async fn delete(
 }
 
 /// How long the previous secret keeps signing after a rotation (default a day).
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Rotate {
     #[serde(default)]
     keep_old_s: Option<u64>,
 }
 
+/// A new signing secret; the previous one keeps signing for `keep_old_s` (default a day,
+/// at most 7 days).
+///
+/// Scopes: its owner, operator.
+#[utoipa::path(post, path = "/v1/webhooks/{id}/rotate-secret", tag = "webhooks",
+    params(("id" = String, Path, description = ID)),
+    request_body(content = Option<Rotate>, description = "Optional."),
+    responses((status = 200, description = "The subscription with its new `secret` (shown once).", body = SubscriptionView),
+        (status = 404, description = "`not_found`.", body = ErrorBody)))]
 async fn rotate(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -119,6 +204,13 @@ async fn rotate(
     Ok(Json(st.outbound.rotate(id, keep, caller).await?).into_response())
 }
 
+/// The subscription's dead letters: deliveries given up, with the last error.
+///
+/// Scopes: its owner, operator.
+#[utoipa::path(get, path = "/v1/webhooks/{id}/dead-letters", tag = "webhooks",
+    params(("id" = String, Path, description = ID), PageQuery),
+    responses((status = 200, description = "A page of dead letters.", body = DeadLetterPage),
+        (status = 404, description = "`not_found`.", body = ErrorBody)))]
 async fn dead_letters(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -134,13 +226,21 @@ async fn dead_letters(
 }
 
 /// Which dead letters to queue again (all when absent).
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Replay {
     #[serde(default)]
     seqs: Option<Vec<u64>>,
 }
 
+/// Queues the subscription's dead letters again (all, or the `seqs` named).
+///
+/// Scopes: its owner, operator.
+#[utoipa::path(post, path = "/v1/webhooks/{id}/dead-letters/replay", tag = "webhooks",
+    params(("id" = String, Path, description = ID)),
+    request_body(content = Option<Replay>, description = "Optional."),
+    responses((status = 202, description = "Queued again.", body = Replayed),
+        (status = 404, description = "`not_found`.", body = ErrorBody)))]
 async fn replay(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -152,6 +252,13 @@ async fn replay(
     Ok((StatusCode::ACCEPTED, Json(json!({ "replayed": n }))).into_response())
 }
 
+/// Queues a `webhook.ping` event to the subscription.
+///
+/// Scopes: its owner, operator.
+#[utoipa::path(post, path = "/v1/webhooks/{id}/ping", tag = "webhooks",
+    params(("id" = String, Path, description = ID)),
+    responses((status = 202, description = "Queued.", body = Pinged),
+        (status = 404, description = "`not_found`.", body = ErrorBody)))]
 async fn ping(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -161,7 +268,13 @@ async fn ping(
     Ok((StatusCode::ACCEPTED, Json(json!({ "event_id": event }))).into_response())
 }
 
-/// `GET /v1/outbound/targets`: every target's delivery health (operators).
+/// Every outbound target's delivery health: subscriptions, carriers' tracking endpoints,
+/// notification providers.
+///
+/// Scopes: operator.
+#[utoipa::path(get, path = "/v1/outbound/targets", tag = "webhooks",
+    responses((status = 200, description = "Targets.", body = TargetList),
+        (status = 403, description = "`forbidden`.", body = ErrorBody)))]
 async fn targets(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -186,6 +299,14 @@ async fn targets(
 /// `POST /v1/tracking/{tracking}/out-for-delivery`: a carrier marks its parcel out for
 /// delivery by its own tracking number (which pre-assigns a compartment). The order is looked
 /// up within the caller's scope; a tracking number on several live orders is a conflict.
+///
+/// Scopes: carrier, operator, site manager.
+#[utoipa::path(post, path = "/v1/tracking/{tracking}/out-for-delivery", tag = "orders",
+    params(("tracking" = String, Path, description = "The carrier's tracking number.")),
+    responses((status = 200, description = "The order after the action.", body = OrderView),
+        (status = 404, description = "`not_found`: no live order with this tracking number in the token's scope.", body = ErrorBody),
+        (status = 409, description = "`ambiguous_tracking`, `invalid_transition` or `no_compartment`.", body = ErrorBody),
+        (status = 503, description = "`unavailable`.", body = ErrorBody)))]
 async fn out_for_delivery(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -222,4 +343,37 @@ async fn out_for_delivery(
         .act(order, OrderAction::OutForDelivery, caller)
         .await?;
     Ok(Json(v).into_response())
+}
+
+/// A target's dead letters (`carrier:<id>`, `notify:<provider>`, or a subscription id).
+///
+/// Scopes: operator (a subscription's owner for its own).
+#[utoipa::path(get, path = "/v1/outbound/targets/{target}/dead-letters", tag = "webhooks",
+    params(("target" = String, Path, description = "`carrier:<id>`, `notify:<provider>` or `WH-...`."), PageQuery),
+    responses((status = 200, description = "A page of dead letters.", body = DeadLetterPage),
+        (status = 404, description = "`not_found`: no such target (or not the caller's).", body = ErrorBody)))]
+async fn target_dead_letters(
+    st: State<ApiState>,
+    caller: Extension<Caller>,
+    target: Path<String>,
+    q: Query<PageQuery>,
+) -> Result<Response, ApiError> {
+    dead_letters(st, caller, target, q).await
+}
+
+/// Queues a target's dead letters again (all, or the `seqs` named).
+///
+/// Scopes: operator (a subscription's owner for its own).
+#[utoipa::path(post, path = "/v1/outbound/targets/{target}/dead-letters/replay", tag = "webhooks",
+    params(("target" = String, Path, description = "`carrier:<id>`, `notify:<provider>` or `WH-...`.")),
+    request_body(content = Option<Replay>, description = "Optional."),
+    responses((status = 202, description = "Queued again.", body = Replayed),
+        (status = 404, description = "`not_found`.", body = ErrorBody)))]
+async fn target_replay(
+    st: State<ApiState>,
+    caller: Extension<Caller>,
+    target: Path<String>,
+    body: Option<Json<Replay>>,
+) -> Result<Response, ApiError> {
+    replay(st, caller, target, body).await
 }

@@ -7,10 +7,11 @@ use serde::{Deserialize, Serialize};
 /// A command action in JSON: `{"type": "unlock", "compartment": 3}`, `{"type": "unlock_all"}`,
 /// `{"type": "set_config", "values": {"k": "v"}}`, `{"type": "power_save", "on": true}`,
 /// `{"type": "reboot"}`, `{"type": "sync_credentials"}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ActionSpec {
     Unlock {
+        #[schema(value_type = u16)]
         compartment: CompartmentId,
     },
     UnlockAll,
@@ -41,7 +42,7 @@ impl ActionSpec {
 }
 
 /// Where a command is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CommandState {
     /// Waiting in the offline queue (never sent).
@@ -57,9 +58,11 @@ pub enum CommandState {
 }
 
 /// A command and its one outcome.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CommandRecord {
+    #[schema(value_type = crate::api::openapi::CommandIdDoc)]
     pub id: CommandId,
+    #[schema(value_type = crate::api::openapi::CabinetIdDoc)]
     pub cabinet: CabinetId,
     pub action: ActionSpec,
     pub issued_at: Millis,
@@ -71,6 +74,7 @@ pub struct CommandRecord {
     pub sends: u32,
     pub last_sent_at: Option<Millis>,
     #[serde(with = "outcome_name")]
+    #[schema(value_type = Option<crate::api::openapi::OutcomeDoc>)]
     pub outcome: Option<Outcome>,
     pub detail: String,
     pub finished_at: Option<Millis>,
@@ -92,6 +96,7 @@ pub struct CommandRecord {
     pub cancel_requested_at: Option<Millis>,
     /// The cabinet's Result if it came after the command ended `no_answer`.
     #[serde(default, with = "outcome_name")]
+    #[schema(value_type = Option<crate::api::openapi::OutcomeDoc>)]
     pub late_outcome: Option<Outcome>,
     #[serde(default)]
     pub late_detail: String,

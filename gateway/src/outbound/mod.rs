@@ -62,36 +62,44 @@ impl OutboundError {
 }
 
 /// A new subscription, as the API takes it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSubscription {
+    /// The receiver (`https://`; `http://` only with `webhooks.allow_http`).
     pub url: String,
+    /// Event types or patterns: `order.ready`, `order.*`, `*`.
     pub events: Vec<String>,
+    /// Only events of these sites (within the token's scope).
     #[serde(default)]
+    #[schema(value_type = Vec<crate::api::openapi::SiteIdDoc>)]
     pub sites: Vec<SiteId>,
+    /// Only events of these carriers (within the token's scope).
     #[serde(default)]
+    #[schema(value_type = Vec<crate::api::openapi::CarrierIdDoc>)]
     pub carriers: Vec<CarrierId>,
     #[serde(default)]
     pub description: String,
-    /// `whsec_<base64>`; generated when absent.
+    /// `whsec_<base64>` (24 to 64 bytes); generated when absent.
     #[serde(default)]
     pub secret: Option<String>,
 }
 
 /// A change to a subscription (absent fields stay).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionPatch {
     pub url: Option<String>,
     pub events: Option<Vec<String>>,
+    #[schema(value_type = Option<Vec<crate::api::openapi::SiteIdDoc>>)]
     pub sites: Option<Vec<SiteId>>,
+    #[schema(value_type = Option<Vec<crate::api::openapi::CarrierIdDoc>>)]
     pub carriers: Option<Vec<CarrierId>>,
     pub description: Option<String>,
     pub enabled: Option<bool>,
 }
 
 /// How a target's deliveries are doing.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct Health {
     pub pending: usize,
     pub in_flight: usize,
@@ -106,7 +114,7 @@ pub struct Health {
 }
 
 /// A subscription as the API shows it (secrets only when just created or rotated).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SubscriptionView {
     #[serde(flatten)]
     pub sub: SubscriptionOut,
@@ -117,12 +125,15 @@ pub struct SubscriptionView {
 }
 
 /// The stored subscription without its secrets.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SubscriptionOut {
+    /// `WH-<ulid>`.
     pub id: String,
     pub url: String,
     pub events: Vec<String>,
+    #[schema(value_type = Vec<crate::api::openapi::SiteIdDoc>)]
     pub sites: Vec<SiteId>,
+    #[schema(value_type = Vec<crate::api::openapi::CarrierIdDoc>)]
     pub carriers: Vec<CarrierId>,
     pub description: String,
     pub owner: String,

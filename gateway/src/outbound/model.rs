@@ -185,7 +185,7 @@ impl Target {
 }
 
 /// A delivery waiting in the outbox.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Entry {
     /// Position in its target's queue.
     pub seq: u64,
@@ -205,11 +205,12 @@ pub struct Entry {
     pub last_error: Option<String>,
     /// What is sent: the JSON body for webhooks and carriers, the rendered message for
     /// notifications.
+    #[schema(value_type = Object)]
     pub payload: serde_json::Value,
 }
 
 /// A delivery that failed for good (too old, or refused for good), kept for replay.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     pub entry: Entry,
     pub dead_at: Millis,

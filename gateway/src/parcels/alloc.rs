@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::json::SizeName;
 
 /// Why a compartment may not be allocated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OutOfService {
     /// Its lock fired and the door did not open.
@@ -81,18 +81,21 @@ pub enum AllocError {
 }
 
 /// What a partition change did.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct PartitionReport {
     /// Compartments that changed hands now.
+    #[schema(value_type = Vec<u16>)]
     pub applied: Vec<CompartmentId>,
     /// Compartments holding a parcel or a reservation: they change when they empty.
+    #[schema(value_type = Vec<u16>)]
     pub pending: Vec<CompartmentId>,
     /// Compartments the cabinet does not have.
+    #[schema(value_type = Vec<u16>)]
     pub unknown: Vec<CompartmentId>,
 }
 
 /// Free and total compartments by size.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Occupancy {
     pub size: Option<SizeName>,
     pub total: u32,

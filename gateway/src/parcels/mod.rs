@@ -200,14 +200,17 @@ pub enum OrderAction {
 }
 
 /// Where a remote unlock of an order goes, why, and the id its command must have.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct UnlockTarget {
+    #[schema(value_type = crate::api::openapi::CabinetIdDoc)]
     pub cabinet: CabinetId,
+    #[schema(value_type = u16)]
     pub compartment: CompartmentId,
     /// What an `opened` outcome will mean: `deposit`, `pickup` or `collect`.
     pub purpose: &'static str,
     /// The command id the order now waits for (recorded before the command is created, so
     /// a crash in between cannot leave a door opened for an order that does not know).
+    #[schema(value_type = crate::api::openapi::CommandIdDoc)]
     pub command: locker_schemas::CommandId,
 }
 

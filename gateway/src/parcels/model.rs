@@ -9,13 +9,15 @@ use serde::{Deserialize, Serialize};
 use crate::json::SizeName;
 
 /// A location holding cabinets.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Site {
+    #[schema(value_type = crate::api::openapi::SiteIdDoc)]
     pub id: SiteId,
     pub name: String,
     /// IANA time zone, for example `Europe/Berlin`: expiry times in notices are shown in it.
     pub time_zone: String,
     pub address: String,
+    #[schema(value_type = Vec<crate::api::openapi::CabinetIdDoc>)]
     pub cabinets: Vec<CabinetId>,
     /// Hours a recipient has to collect, for this site (overrides the default; a carrier's own
     /// window wins over both).
@@ -24,12 +26,14 @@ pub struct Site {
 }
 
 /// A parcel company, courier firm or shop delivering into the lockers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Carrier {
+    #[schema(value_type = crate::api::openapi::CarrierIdDoc)]
     pub id: CarrierId,
     pub name: String,
     /// The sites its couriers may deposit at; empty = every site.
     #[serde(default)]
+    #[schema(value_type = Vec<crate::api::openapi::SiteIdDoc>)]
     pub sites: Vec<SiteId>,
     /// Hours its recipients have to collect (overrides the site's and the default).
     #[serde(default)]
@@ -56,7 +60,7 @@ fn yes() -> bool {
 }
 
 /// Whether an order brings a parcel to a recipient or takes one back from a customer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderKind {
     /// Carrier -> locker -> recipient.
@@ -66,7 +70,19 @@ pub enum OrderKind {
 }
 
 /// Where an order stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderState {
     /// Known, no compartment held (none free yet, or waiting for "out for delivery").
@@ -142,7 +158,7 @@ impl OrderState {
 
 /// Something that went wrong with an order; it stays on the order (and in its history) until
 /// an operator resolves it or a later transition clears it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Exception {
     /// No compartment of the size (or larger) is free for the carrier at the site.
@@ -186,7 +202,9 @@ impl Exception {
 }
 
 /// How the recipient is told.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Channel {
     #[default]
@@ -197,7 +215,7 @@ pub enum Channel {
 }
 
 /// The person who collects (or, for a return, drops off) the parcel.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 pub struct Recipient {
     #[serde(default)]
     pub name: Option<String>,
@@ -220,7 +238,7 @@ fn english() -> String {
 }
 
 /// One step of an order's life: the timeline of the API and the console.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
     pub at: Millis,
     pub from: OrderState,
@@ -230,8 +248,10 @@ pub struct HistoryEntry {
     /// The API client, the courier, `recipient`, `customer` or `gateway`.
     pub actor: String,
     #[serde(default)]
+    #[schema(value_type = Option<crate::api::openapi::CabinetIdDoc>)]
     pub cabinet: Option<CabinetId>,
     #[serde(default)]
+    #[schema(value_type = Option<u16>)]
     pub compartment: Option<CompartmentId>,
     #[serde(default)]
     pub exception: Option<Exception>,
@@ -240,9 +260,11 @@ pub struct HistoryEntry {
 }
 
 /// A command the parcel domain asked the dispatcher for, waiting for its outcome.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PendingUnlock {
+    #[schema(value_type = crate::api::openapi::CommandIdDoc)]
     pub command: CommandId,
+    #[schema(value_type = u16)]
     pub compartment: CompartmentId,
     pub actor: String,
     pub reason: String,
@@ -322,7 +344,7 @@ impl Order {
 }
 
 /// Why a notice goes to a recipient.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NoticeKind {
     /// The parcel is ready: here is your code.
@@ -338,15 +360,20 @@ pub enum NoticeKind {
 }
 
 /// A notification request in the durable outbox (delivered by the integrations' channels).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Notice {
     /// Position in the outbox, from 1.
     pub id: u64,
+    #[schema(value_type = crate::api::openapi::OrderIdDoc)]
     pub order: OrderId,
     pub kind: NoticeKind,
+    #[schema(value_type = crate::api::openapi::CarrierIdDoc)]
     pub carrier: CarrierId,
+    #[schema(value_type = crate::api::openapi::SiteIdDoc)]
     pub site: SiteId,
+    #[schema(value_type = Option<crate::api::openapi::CabinetIdDoc>)]
     pub cabinet: Option<CabinetId>,
+    #[schema(value_type = Option<u16>)]
     pub compartment: Option<CompartmentId>,
     pub recipient: Recipient,
     /// The PIN to type at the keypad (ready, resend, return code).

@@ -12,14 +12,16 @@ use super::model::{
 use crate::json::SizeName;
 
 /// A new order as the API receives it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewOrder {
     #[serde(default = "delivery")]
     pub kind: OrderKind,
+    #[schema(value_type = crate::api::openapi::SiteIdDoc)]
     pub site: SiteId,
     /// A cabinet of the site, if the order must go there.
     #[serde(default)]
+    #[schema(value_type = Option<crate::api::openapi::CabinetIdDoc>)]
     pub cabinet: Option<CabinetId>,
     pub size: SizeName,
     /// The carrier's tracking number (the parcel barcode the courier scans). For a return,
@@ -27,6 +29,7 @@ pub struct NewOrder {
     pub tracking: String,
     /// The carrier; implied for a carrier's token, required for an operator's.
     #[serde(default)]
+    #[schema(value_type = Option<crate::api::openapi::CarrierIdDoc>)]
     pub carrier: Option<CarrierId>,
     #[serde(default)]
     pub reference: Option<String>,
@@ -55,15 +58,20 @@ fn yes() -> bool {
 }
 
 /// An order as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct OrderView {
+    #[schema(value_type = crate::api::openapi::OrderIdDoc)]
     pub id: OrderId,
     pub kind: OrderKind,
     pub state: OrderState,
     pub exception: Option<Exception>,
+    #[schema(value_type = crate::api::openapi::CarrierIdDoc)]
     pub carrier: CarrierId,
+    #[schema(value_type = crate::api::openapi::SiteIdDoc)]
     pub site: SiteId,
+    #[schema(value_type = Option<crate::api::openapi::CabinetIdDoc>)]
     pub cabinet: Option<CabinetId>,
+    #[schema(value_type = Option<u16>)]
     pub compartment: Option<CompartmentId>,
     pub size: SizeName,
     pub tracking: String,
@@ -109,15 +117,19 @@ impl From<&Order> for OrderView {
 }
 
 /// Which orders to list (`GET /v1/orders?site=&status=&carrier=&cabinet=&tracking=`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct OrderFilter {
     #[serde(default)]
+    #[param(value_type = Option<crate::api::openapi::SiteIdDoc>)]
     pub site: Option<SiteId>,
     #[serde(default)]
     pub status: Option<OrderState>,
     #[serde(default)]
+    #[param(value_type = Option<crate::api::openapi::CarrierIdDoc>)]
     pub carrier: Option<CarrierId>,
     #[serde(default)]
+    #[param(value_type = Option<crate::api::openapi::CabinetIdDoc>)]
     pub cabinet: Option<CabinetId>,
     #[serde(default)]
     pub tracking: Option<String>,
@@ -126,15 +138,18 @@ pub struct OrderFilter {
     pub exception: Option<bool>,
     /// Orders after this id (cursor), oldest first.
     #[serde(default)]
+    #[param(value_type = Option<crate::api::openapi::OrderIdDoc>)]
     pub after: Option<OrderId>,
     #[serde(default)]
     pub limit: Option<usize>,
 }
 
 /// A courier as the API shows it (never the badge or PIN themselves).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CourierView {
+    #[schema(value_type = crate::api::openapi::CourierIdDoc)]
     pub id: CourierId,
+    #[schema(value_type = crate::api::openapi::CarrierIdDoc)]
     pub carrier: CarrierId,
     pub name: String,
     pub has_badge: bool,
@@ -156,31 +171,37 @@ impl From<&Courier> for CourierView {
 }
 
 /// One compartment of a cabinet as the parcel domain sees it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CompartmentView {
+    #[schema(value_type = u16)]
     pub id: CompartmentId,
     pub size: SizeName,
     /// `free`, `reserved`, `occupied` or `out_of_service`.
     pub status: &'static str,
     pub out_of_service: Option<OutOfService>,
     /// The carrier it is reserved for; null = shared pool.
+    #[schema(value_type = Option<crate::api::openapi::CarrierIdDoc>)]
     pub partition: Option<CarrierId>,
     /// A partition change waiting for the compartment to empty.
+    #[schema(value_type = Option<Option<crate::api::openapi::CarrierIdDoc>>)]
     pub pending_partition: Option<Option<CarrierId>>,
     /// The order holding it, when the caller may see that order.
+    #[schema(value_type = Option<crate::api::openapi::OrderIdDoc>)]
     pub order: Option<OrderId>,
 }
 
 /// A site's occupancy: per cabinet, by size and in total.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SiteOccupancy {
+    #[schema(value_type = crate::api::openapi::SiteIdDoc)]
     pub site: SiteId,
     pub cabinets: Vec<CabinetOccupancy>,
 }
 
 /// One cabinet's occupancy.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CabinetOccupancy {
+    #[schema(value_type = crate::api::openapi::CabinetIdDoc)]
     pub cabinet: CabinetId,
     pub online: bool,
     pub by_size: Vec<Occupancy>,

@@ -7,7 +7,19 @@ use serde::{Deserialize, Serialize};
 
 /// What an alert is about. The names are the `rule` of the `gw/alert` stream message and the
 /// `kind` label of the metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertKind {
     /// The cabinet has been offline (no connection at the edge) longer than `after_ms`.
@@ -116,7 +128,19 @@ impl std::fmt::Display for AlertKind {
 }
 
 /// How urgent an alert is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Critical,
@@ -141,7 +165,7 @@ impl Severity {
 }
 
 /// A command a rule asks for when its alert is raised or cleared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RuleAction {
     /// `power_save` on (the battery is low).
@@ -164,21 +188,24 @@ impl RuleAction {
 
 /// An action taken for an alert: recorded (and stored) before its command is created, so it
 /// is never taken twice.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ActionTaken {
     pub action: RuleAction,
     /// The command created for it.
+    #[schema(value_type = crate::api::openapi::CommandIdDoc)]
     pub command: CommandId,
     pub at: Millis,
 }
 
 /// One alert: raised once per (cabinet, kind, subject) and condition, cleared once.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Alert {
     /// `ALR-<ulid>`: time-ordered.
     pub id: String,
+    #[schema(value_type = crate::api::openapi::CabinetIdDoc)]
     pub cabinet: CabinetId,
     /// The cabinet's site, if the parcel domain places it in one.
+    #[schema(value_type = Option<crate::api::openapi::SiteIdDoc>)]
     pub site: Option<SiteId>,
     pub kind: AlertKind,
     /// What in the cabinet: `compartment 3`, `board 2`, `command <id>`; empty for the cabinet.

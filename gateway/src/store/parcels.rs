@@ -22,21 +22,26 @@ use crate::parcels::model::{Carrier, Courier, Exception, Notice, Order, Site};
 
 /// One line of the parcel audit trail: an order's transition, an override, a partition or
 /// service change.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditRecord {
     pub pos: u64,
     pub at: Millis,
     /// `order`, `override_open`, `partition`, `service`, `unlock`.
     pub what: String,
     #[serde(default)]
+    #[schema(value_type = Option<crate::api::openapi::OrderIdDoc>)]
     pub order: Option<OrderId>,
     #[serde(default)]
+    #[schema(value_type = Option<crate::api::openapi::CarrierIdDoc>)]
     pub carrier: Option<CarrierId>,
     #[serde(default)]
+    #[schema(value_type = Option<crate::api::openapi::SiteIdDoc>)]
     pub site: Option<SiteId>,
     #[serde(default)]
+    #[schema(value_type = Option<crate::api::openapi::CabinetIdDoc>)]
     pub cabinet: Option<CabinetId>,
     #[serde(default)]
+    #[schema(value_type = Option<u16>)]
     pub compartment: Option<CompartmentId>,
     #[serde(default)]
     pub from: Option<String>,
