@@ -88,7 +88,7 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(targets))
         .routes(routes!(target_dead_letters))
         .routes(routes!(target_replay))
-        .routes(routes!(out_for_delivery))
+        .routes(routes!(out_for_delivery_by_tracking))
 }
 
 const ID: &str = "The subscription (`WH-...`).";
@@ -307,7 +307,7 @@ async fn targets(
         (status = 404, description = "`not_found`: no live order with this tracking number in the token's scope.", body = ErrorBody),
         (status = 409, description = "`ambiguous_tracking`, `invalid_transition` or `no_compartment`.", body = ErrorBody),
         (status = 503, description = "`unavailable`.", body = ErrorBody)))]
-async fn out_for_delivery(
+async fn out_for_delivery_by_tracking(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(tracking): Path<String>,
