@@ -61,6 +61,17 @@ fn every_shipped_config_file_loads() {
             let cfg = AgentConfig::load(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
             assert!(cfg.cabinet().is_ok(), "{}: cabinet id", f.display());
             agents += 1;
+        } else if f.parent().and_then(|d| d.file_name()).and_then(|n| n.to_str())
+            == Some("messages")
+        {
+            // notification message files: loaded as a templates_dir, every text compiles
+            let cfg = locker_gateway::outbound::notify::NotifyConfig {
+                enabled: true,
+                templates_dir: f.parent().map(std::path::Path::to_path_buf),
+                ..Default::default()
+            };
+            locker_gateway::outbound::notify::Notifier::new(&cfg)
+                .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         } else {
             panic!(
                 "{} is a shipped config file this test does not know how to load",
