@@ -26,8 +26,8 @@ use locker_schemas::CabinetId;
 use serde_json::json;
 
 use super::orders::{
-    bench_gateway_config, connect_and_hello, hold, metrics_text, site_id, wait_compartments,
-    Http, CARRIERS,
+    bench_gateway_config, connect_and_hello, hold, metrics_text, site_id, wait_compartments, Http,
+    CARRIERS,
 };
 use super::BenchError;
 use crate::fleet::alerts::now_ms;
@@ -312,7 +312,10 @@ async fn measure(
         r.latency_p50_ms, r.latency_p99_ms, r.latency_max_ms
     );
     if let Ok(text) = metrics_text(&http).await {
-        println!("  gateway locker_outbound_delay_seconds: {}", delay_summary(&text));
+        println!(
+            "  gateway locker_outbound_delay_seconds: {}",
+            delay_summary(&text)
+        );
         println!(
             "  gateway: queued {:.0}, delivered {:.0}, failed attempts {:.0}",
             metric_sum(&text, "locker_outbound_queued_total"),
@@ -370,6 +373,10 @@ pub fn delay_summary(text: &str) -> String {
         "p50 <= {}, p99 <= {}, mean {:.1} ms over {count:.0} deliveries",
         ms(bound(0.5)),
         ms(bound(0.99)),
-        if count > 0.0 { sum / count * 1000.0 } else { 0.0 }
+        if count > 0.0 {
+            sum / count * 1000.0
+        } else {
+            0.0
+        }
     )
 }

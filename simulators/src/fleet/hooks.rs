@@ -434,7 +434,12 @@ impl FleetHooks {
 
     /// Waits (at most `limit`) until every order event of the trail arrived and nothing is
     /// pending at the gateway, then checks the webhook invariants ([`check_webhooks`]).
-    pub async fn verify(&self, api: &Api, limit: std::time::Duration, mut problem: impl FnMut(String)) -> WebhookSummary {
+    pub async fn verify(
+        &self,
+        api: &Api,
+        limit: std::time::Duration,
+        mut problem: impl FnMut(String),
+    ) -> WebhookSummary {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let expected = trail_expectations(api, self.trail_from).await;
@@ -583,7 +588,10 @@ pub fn check_webhooks(
         }
     }
     if missing > 10 {
-        problem(format!("... and {} more webhooks never arrived", missing - 10));
+        problem(format!(
+            "... and {} more webhooks never arrived",
+            missing - 10
+        ));
     }
     if counts.bad_signatures > 0 || counts.bad_bodies > 0 {
         problem(format!(
@@ -658,14 +666,16 @@ mod tests {
         let v = |s: &str| HeaderValue::from_str(s).expect("header");
         h.insert("webhook-id", v(id));
         h.insert("webhook-timestamp", v(&ts.to_string()));
-        h.insert("webhook-signature", v(&sign::header(&[secret], id, ts, body)));
+        h.insert(
+            "webhook-signature",
+            v(&sign::header(&[secret], id, ts, body)),
+        );
         h
     }
 
     fn endpoint(secret: &str) -> Endpoint {
         let ep = Endpoint::default();
-        *ep.verifier.lock().expect("lock") =
-            Some(Arc::new(Webhook::new(secret).expect("secret")));
+        *ep.verifier.lock().expect("lock") = Some(Arc::new(Webhook::new(secret).expect("secret")));
         ep
     }
 
@@ -720,24 +730,27 @@ mod tests {
             kind: "order.ready".into(),
             cabinet: "C".into(),
         };
-        let expected = vec![exp("evt_parcel_1"), exp("evt_parcel_2"), exp("evt_parcel_3")];
+        let expected = vec![
+            exp("evt_parcel_1"),
+            exp("evt_parcel_2"),
+            exp("evt_parcel_3"),
+        ];
         let received: HashMap<String, (String, String)> = ["evt_parcel_1", "evt_parcel_3"]
             .iter()
             .map(|i| ((*i).to_owned(), ("order.ready".into(), "C".into())))
             .collect();
         let seq = HashMap::from([(
             "C".to_owned(),
-            vec![rec("evt_parcel_3"), rec("evt_parcel_3_x"), rec("evt_parcel_1")],
+            vec![
+                rec("evt_parcel_3"),
+                rec("evt_parcel_3_x"),
+                rec("evt_parcel_1"),
+            ],
         )]);
         let mut problems = Vec::new();
-        let s = check_webhooks(
-            &expected,
-            &received,
-            &seq,
-            HookCounts::default(),
-            0,
-            |p| problems.push(p),
-        );
+        let s = check_webhooks(&expected, &received, &seq, HookCounts::default(), 0, |p| {
+            problems.push(p)
+        });
         assert_eq!(s.received, 2);
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].contains("evt_parcel_2"), "{problems:?}");
@@ -745,7 +758,11 @@ mod tests {
         let mut clean = Vec::new();
         let in_order = HashMap::from([(
             "C".to_owned(),
-            vec![rec("evt_parcel_1"), rec("evt_parcel_3"), rec("evt_parcel_3_x")],
+            vec![
+                rec("evt_parcel_1"),
+                rec("evt_parcel_3"),
+                rec("evt_parcel_3_x"),
+            ],
         )]);
         check_webhooks(
             &expected[..1],

@@ -33,8 +33,8 @@ use std::fmt;
 use serde_json::Value;
 
 use super::alerts::AlertSummary;
-use super::hooks::WebhookSummary;
 use super::api::AuditEvent;
+use super::hooks::WebhookSummary;
 use super::ledger::{ExpiryFacts, Pickup, SimOrder};
 
 /// What was checked and what was found.

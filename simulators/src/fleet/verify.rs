@@ -138,7 +138,9 @@ impl Fleet {
             Ok(h) => {
                 let mut problems = Vec::new();
                 report.webhooks = h
-                    .verify(&self.ctx.api, super::hooks::DRAIN_WAIT, |p| problems.push(p))
+                    .verify(&self.ctx.api, super::hooks::DRAIN_WAIT, |p| {
+                        problems.push(p)
+                    })
                     .await;
                 for p in problems {
                     report.problem(p);
