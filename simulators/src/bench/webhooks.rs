@@ -7,7 +7,7 @@
 //! ([`crate::fleet::hooks::HookReceiver`], one endpoint per subscription, each subscribed to
 //! `order.*`, signatures verified with the `standardwebhooks` crate) is started, then N API
 //! clients produce order transitions as fast as the API takes them: a carrier creates an order
-//! (created, reserved at a cabinet) and cancels it (cancelled). Once the trail's every order
+//! (reserved at a cabinet) and cancels it (cancelled). Once the trail's every order
 //! event reached every endpoint, the run prints:
 //! - deliveries per second: events received (after dedup) over all endpoints, divided by the
 //!   time from the first order to the last receipt; and the rate the API produced transitions;
@@ -46,8 +46,8 @@ pub struct WebhooksArgs {
     /// Subscription counts to measure, one run each (each subscription its own endpoint).
     #[arg(long, value_delimiter = ',', default_values_t = vec![1usize, 4])]
     pub subscriptions: Vec<usize>,
-    /// Orders created and cancelled per run (three order events each: created, reserved,
-    /// cancelled).
+    /// Orders created and cancelled per run (two order events each: `order.reserved`, as an
+    /// order with a free compartment is created reserved, and `order.cancelled`).
     #[arg(long, default_value_t = 2_000)]
     pub orders: usize,
     /// Concurrent API clients producing orders.
