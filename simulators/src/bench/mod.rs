@@ -8,7 +8,9 @@
 //!   rumqttc publishers (QoS 1) for the uplink benchmark, with go-back-N on the gateway's acks;
 //! - [`orders`]: `bench orders`, order creation through the API on a site map of light cabinets
 //!   (its measured phases in `phases`);
-//! - [`code`]: `bench code`, code-to-door latency of a real agent, offline.
+//! - [`code`]: `bench code`, code-to-door latency of a real agent, offline;
+//! - [`webhooks`]: `bench webhooks`, webhook deliveries per second to a local receiver and the
+//!   outbox's added latency.
 
 pub mod code;
 pub mod cpu;
@@ -17,6 +19,7 @@ pub mod mosquitto;
 pub mod mqtt;
 pub mod orders;
 mod phases;
+pub mod webhooks;
 
 /// Why a benchmark could not run.
 #[derive(Debug, thiserror::Error)]

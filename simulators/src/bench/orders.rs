@@ -42,7 +42,7 @@ use crate::fleet::{self, api::metric_sum};
 
 /// A phase gives up after this many failed calls (its first error is printed).
 pub(super) const MAX_FAILED_CALLS: u64 = 20;
-const OPERATOR: &str = "bench-token-0123456789abcdef";
+pub(super) const OPERATOR: &str = "bench-token-0123456789abcdef";
 /// The two carriers and their API tokens.
 pub(super) const CARRIERS: [(&str, &str); 2] = [
     ("dhl", "bench-dhl-token-0123456789abcdef"),
@@ -191,7 +191,7 @@ fn publish_packet(topic: &str, pid: u16, payload: &[u8]) -> Vec<u8> {
 type Stream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 /// A light cabinet connects (mTLS, MQTT CONNECT) and publishes its hello.
-async fn connect_and_hello(
+pub(super) async fn connect_and_hello(
     edge: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
     id: CabinetId,
@@ -241,7 +241,7 @@ async fn connect_and_hello(
 
 /// Then it only holds the connection, reading and dropping what the gateway sends, until the
 /// task is aborted or the gateway closes it.
-async fn hold(mut s: Stream) -> Result<(), BenchError> {
+pub(super) async fn hold(mut s: Stream) -> Result<(), BenchError> {
     let mut buf = vec![0u8; 16 * 1024];
     while s.read(&mut buf).await? > 0 {}
     Ok(())
@@ -255,7 +255,7 @@ pub(super) struct Http {
 }
 
 impl Http {
-    fn new(addr: SocketAddr, clients: usize) -> Result<Self, BenchError> {
+    pub(super) fn new(addr: SocketAddr, clients: usize) -> Result<Self, BenchError> {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(clients.max(8))
             .timeout(Duration::from_secs(120))
@@ -293,7 +293,7 @@ impl Http {
         ))
     }
 
-    async fn ok(
+    pub(super) async fn ok(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -305,6 +305,32 @@ impl Http {
         }
         Ok(v)
     }
+}
+
+/// The gateway configuration of the parcel benchmarks: loopback listeners on free ports, the
+/// operator token, both carriers' tokens, no uplink rate limit.
+pub(super) fn bench_gateway_config(
+    dir: &std::path::Path,
+    paths: &locker_broker_config::pki::PkiPaths,
+) -> Result<locker_gateway::config::GatewayConfig, BenchError> {
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut cfg = fleet_gateway_config(dir, paths, loopback, loopback, OPERATOR);
+    cfg.edge.uplink_rate_per_s = 0;
+    for (carrier, token) in CARRIERS {
+        let carrier = carrier
+            .parse()
+            .map_err(|e: locker_schemas::SlugError| BenchError::Setup(e.to_string()))?;
+        cfg.api.tokens.insert(
+            token.into(),
+            TokenSpec::Scoped(ScopedToken {
+                name: format!("{carrier}-api"),
+                scope: ScopeName::Carrier,
+                carrier: Some(carrier),
+                sites: Default::default(),
+            }),
+        );
+    }
+    Ok(cfg)
 }
 
 pub(super) fn site_id(k: usize) -> String {
@@ -343,23 +369,7 @@ pub async fn run(a: &OrdersArgs) -> Result<OrdersReport, BenchError> {
     let dir = a.state.join("gw-orders");
     let _ = std::fs::remove_dir_all(&dir);
     let paths = locker_broker_config::pki::PkiPaths::new(&pki);
-    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    let mut cfg = fleet_gateway_config(&dir, &paths, loopback, loopback, OPERATOR);
-    cfg.edge.uplink_rate_per_s = 0;
-    for (carrier, token) in CARRIERS {
-        let carrier = carrier
-            .parse()
-            .map_err(|e: locker_schemas::SlugError| BenchError::Setup(e.to_string()))?;
-        cfg.api.tokens.insert(
-            token.into(),
-            TokenSpec::Scoped(ScopedToken {
-                name: format!("{carrier}-api"),
-                scope: ScopeName::Carrier,
-                carrier: Some(carrier),
-                sites: Default::default(),
-            }),
-        );
-    }
+    let cfg = bench_gateway_config(&dir, &paths)?;
     let gw = if a.in_process {
         GatewayRunner::in_process(cfg, OPERATOR).await
     } else {
@@ -511,7 +521,7 @@ async fn measure(
     })
 }
 
-async fn metrics_text(http: &Http) -> Result<String, BenchError> {
+pub(super) async fn metrics_text(http: &Http) -> Result<String, BenchError> {
     http.client
         .get(format!("{}/metrics", http.base))
         .bearer_auth(OPERATOR)
@@ -524,7 +534,7 @@ async fn metrics_text(http: &Http) -> Result<String, BenchError> {
 }
 
 /// Sums the compartments the parcel domain knows over every site, until `total` or `limit`.
-async fn wait_compartments(
+pub(super) async fn wait_compartments(
     http: &Http,
     sites: usize,
     total: usize,

@@ -1,4 +1,4 @@
-//! `locker-sim bench connect|storm|unlock|uplink|orders|code`: load benchmarks against the gateway run as a
+//! `locker-sim bench connect|storm|unlock|uplink|orders|code|webhooks`: load benchmarks against the gateway run as a
 //! separate process (the `locker-gateway` binary, so its memory is its own), side by side with
 //! Mosquitto (TLS, client certificates required) where the comparison means something. Each
 //! prints its figures and the machine. Not part of `cargo test`.
@@ -110,6 +110,9 @@ pub enum Bench {
     /// Code-to-door latency at an offline cabinet: a real agent, a simulated lock board (in
     /// memory and over Modbus TCP), a credential set of pickup codes and courier badges.
     Code(locker_sim::bench::code::CodeArgs),
+    /// Webhook deliveries per second to a local receiver (1 and 4 subscriptions) while the API
+    /// creates and cancels orders, and the outbox's added latency (event to receipt).
+    Webhooks(locker_sim::bench::webhooks::WebhooksArgs),
 }
 
 /// Which gateway runs `bench uplink` measures.
@@ -150,6 +153,7 @@ pub async fn run(b: Bench) -> anyhow::Result<()> {
         } => uplink(&common, publishers, messages, mix, rules).await,
         Bench::Orders(a) => Ok(locker_sim::bench::orders::run(&a).await.map(drop)?),
         Bench::Code(a) => Ok(locker_sim::bench::code::run(&a).await.map(drop)?),
+        Bench::Webhooks(a) => Ok(locker_sim::bench::webhooks::run(&a).await.map(drop)?),
     }
 }
 

@@ -2,7 +2,8 @@
 //! refreshed every second when standard output and error are a terminal (otherwise a plain
 //! line on standard output every 5 s, no colour, no cursor movement) with cabinets online,
 //! events per second (from the gateway's metrics), commands and outcomes, alarms, outbox backlog,
-//! the rules engine's active alerts by kind (`locker_alerts_active`) with the newest alerts as
+//! webhooks (received by the fleet's receiver, redelivered, refused, bad signatures, pending at
+//! the gateway), the rules engine's active alerts by kind (`locker_alerts_active`) with the newest alerts as
 //! they are raised and cleared (`GET /v1/alerts?state=all`), and the last things the script
 //! did.
 
@@ -30,6 +31,8 @@ pub struct GatewayView {
     pub alerts_active: Vec<(String, f64)>,
     /// The newest alert changes, newest last: `raised CAB-000003 offline: offline for 0.2 min`.
     pub alert_news: Vec<String>,
+    /// Webhook deliveries waiting at the gateway (`locker_outbound_pending`, all targets).
+    pub webhooks_pending: f64,
 }
 
 /// Alert changes kept for the display.
@@ -127,6 +130,7 @@ pub fn poll_metrics(api: Api) -> (Arc<Mutex<GatewayView>>, tokio::task::JoinHand
                         .filter(|(_, n)| *n > 0.0)
                         .collect();
                         g.alerts_active = active_by_kind(&text);
+                        g.webhooks_pending = metric_sum(&text, "locker_outbound_pending");
                         g.reachable = true;
                     }
                     Err(_) => {
@@ -209,11 +213,18 @@ impl Live {
             .rev()
             .map(|h| format!("    [{:>5.1}s] {}", h.at.as_secs_f64(), h.what))
             .collect();
+        let hooks = match s.webhooks {
+            Some(h) => format!(
+                "\n  webhooks received {}  redelivered {}  refused while down {}  bad signatures {}  pending at the gateway {:.0}",
+                h.unique, h.duplicates, h.refused_down, h.bad_signatures, g.webhooks_pending
+            ),
+            None => String::new(),
+        };
         let msg = format!(
             "t={:.0}s  cabinets {}  connected {}  (gateway sees {:.0} online{})  links cut {}\n  \
              events stored {:.0}  ({:.0}/s)  outbox backlog {}\n  \
              deliveries {}  pickups {}  API unlocks {} -> outcomes [{}]  pending {:.0}\n  \
-             active alarms {}  gateway restarts {}\n  \
+             active alarms {}  gateway restarts {}{}\n  \
              alerts active {}{}{}\n{}",
             self.started.elapsed().as_secs_f64(),
             s.cabinets,
@@ -231,6 +242,7 @@ impl Live {
             g.pending,
             s.alarms,
             gw.restarts(),
+            hooks,
             g.alerts_active.iter().map(|(_, n)| *n as u64).sum::<u64>(),
             if alerts.is_empty() {
                 String::new()

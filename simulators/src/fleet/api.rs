@@ -99,6 +99,22 @@ impl Api {
         Self::json(r).await
     }
 
+    /// `DELETE {path}`.
+    pub async fn delete(&self, path: &str) -> Result<(), ApiError> {
+        let r = self
+            .client
+            .delete(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        if !r.status().is_success() {
+            let body = r.text().await.unwrap_or_default();
+            return Err(ApiError::Status { status, body });
+        }
+        Ok(())
+    }
+
     /// Every order the token sees (`GET /v1/orders`, paged), oldest first.
     pub async fn orders(&self) -> Result<Vec<Value>, ApiError> {
         let mut out = Vec::new();

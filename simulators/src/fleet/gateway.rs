@@ -104,6 +104,11 @@ pub fn fleet_gateway_config(
     cfg.api.tokens = HashMap::from([(token.to_owned(), "fleet-sim".into())]);
     cfg.commands.resend_after_ms = 2_000;
     cfg.commands.tick_ms = 100;
+    // the fleet's webhook receiver listens on http://127.0.0.1; retries paced for a run of
+    // minutes (a receiver down for seconds is caught up within a few seconds)
+    cfg.webhooks.allow_http = true;
+    cfg.webhooks.retry_base_ms = 200;
+    cfg.webhooks.retry_max_ms = 2_000;
     cfg
 }
 

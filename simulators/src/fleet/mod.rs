@@ -13,13 +13,16 @@
 //!
 //! - [`link`]: the per-cabinet TLS configuration with its outage switch;
 //! - [`api`]: the gateway API calls the fleet makes;
-//! - [`alerts`]: the alerts the script's outage and nightfall must (and must not) raise.
+//! - [`alerts`]: the alerts the script's outage and nightfall must (and must not) raise;
+//! - [`hooks`]: the integrator's webhook receiver, subscribed to every event at start; the
+//!   report checks that every order transition arrived, signed, in order per cabinet.
 
 pub mod alerts;
 pub mod api;
 pub mod cabinet;
 mod couriers;
 pub mod gateway;
+pub mod hooks;
 pub mod ledger;
 pub mod link;
 pub mod report;
@@ -167,6 +170,8 @@ pub struct Snapshot {
     pub api_errors: u64,
     pub scenarios_running: usize,
     pub orders: u64,
+    /// What the fleet's webhook receiver counted (None without a subscription).
+    pub webhooks: Option<hooks::HookCounts>,
 }
 
 /// A running fleet.
@@ -181,6 +186,8 @@ pub struct Fleet {
     pub timeline: alerts::Timeline,
     /// The recipients' phones: the notification outbox poller.
     notices: tokio::task::JoinHandle<()>,
+    /// The integrator's webhook receiver and subscription ([`hooks`]), or why there is none.
+    pub hooks: Result<hooks::FleetHooks, String>,
 }
 
 const MAX_SCENARIOS: usize = 1_024;
@@ -279,6 +286,7 @@ impl Fleet {
             outages_done: AtomicU64::new(0),
             timeline: alerts::Timeline::default(),
             notices,
+            hooks: Err("no subscription".into()),
         };
         fleet.adopt_leftovers().await;
         Ok(fleet)
@@ -345,6 +353,7 @@ impl Fleet {
         s.api_errors = self.ctx.stats.api_errors.load(Ordering::Relaxed);
         s.scenarios_running = MAX_SCENARIOS - self.scenarios.available_permits();
         s.orders = self.ctx.stats.orders_created.load(Ordering::Relaxed);
+        s.webhooks = self.hooks.as_ref().ok().map(|h| h.receiver.counts(0));
         s
     }
 

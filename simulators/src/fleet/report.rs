@@ -22,7 +22,10 @@
 //!   order's parcel to a pickup code;
 //! - alerts ([`super::alerts::check_alerts`]): the outage's `offline` alerts, one per cabinet
 //!   cut long enough and cleared after it came back, none elsewhere, no duplicates, and a power
-//!   alert after nightfall.
+//!   alert after nightfall;
+//! - webhooks ([`super::hooks::check_webhooks`]): every order transition of the trail arrived
+//!   at the fleet's subscription with a valid signature, exactly once after dedup by
+//!   `webhook-id`, in trail order per cabinet, and nothing is left pending at the gateway.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -31,6 +34,7 @@ use serde_json::Value;
 
 use super::alerts::AlertSummary;
 use super::api::AuditEvent;
+use super::hooks::WebhookSummary;
 use super::ledger::{ExpiryFacts, Pickup, SimOrder};
 
 /// What was checked and what was found.
@@ -67,6 +71,8 @@ pub struct Report {
     /// The gateway's alerts: counted by kind and state, checked against the script
     /// (see [`super::alerts`]).
     pub alerts: AlertSummary,
+    /// The fleet's webhook subscription: what arrived (see [`super::hooks`]).
+    pub webhooks: WebhookSummary,
     /// Each violated invariant, one line each (the first 50).
     pub problems: Vec<String>,
     /// Count of violations (may exceed `problems.len()`).
@@ -496,6 +502,7 @@ impl fmt::Display for Report {
             self.late_pins_skipped
         )?;
         writeln!(f, "{}", self.alerts)?;
+        writeln!(f, "{}", self.webhooks)?;
         if self.is_clean() {
             writeln!(f, "  RESULT: clean (0 violations)")
         } else {

@@ -1,6 +1,7 @@
 //! The timeline of a fleet run: activity ticks every 100 ms, then at their share of the run an
 //! outage for part of the fleet (restored after its length), nightfall on the solar cabinets
-//! and a gateway restart. Every second the caller's observer sees the fleet and the log of what
+//! and a gateway restart (the integrator's webhook receiver is down, answering 503, while the
+//! outage lasts). Every second the caller's observer sees the fleet and the log of what
 //! happened so far. What should raise alerts (the outage, each cabinet's reconnection after it,
 //! restarts, nightfall) is written to the fleet's [`super::alerts::Timeline`].
 
@@ -82,11 +83,22 @@ where
                 ),
             });
             outage = Some((Instant::now() + o.outage_for, cut));
+            // the integrator's receiver is down as long (it answers 503: the outbox retries)
+            if let Ok(h) = &fleet.hooks {
+                h.receiver.set_down(true);
+                log.push(Happening {
+                    at: t,
+                    what: format!("webhook receiver down (503) for {:?}", o.outage_for),
+                });
+            }
         }
         if let Some((until, cut)) = &outage {
             if now >= *until {
                 fleet.timeline.restored();
                 fleet.end_outage(cut);
+                if let Ok(h) = &fleet.hooks {
+                    h.receiver.set_down(false);
+                }
                 reconnecting = cut.clone();
                 log.push(Happening {
                     at: t,
@@ -131,6 +143,9 @@ where
     if let Some((_, cut)) = outage.take() {
         fleet.timeline.restored();
         fleet.end_outage(&cut);
+    }
+    if let Ok(h) = &fleet.hooks {
+        h.receiver.set_down(false);
     }
     log
 }

@@ -224,9 +224,18 @@ pub async fn launch(
     world
         .setup(&Api::new(gateway.api, &gateway.token), &ids)
         .await?;
+    // the integrator subscribes before the first order (an external gateway may refuse an
+    // http:// receiver: then the report says the webhooks were not checked)
+    let hooks = super::hooks::FleetHooks::subscribe(&Api::new(gateway.api, &gateway.token))
+        .await
+        .map_err(|e| e.to_string());
+    if let Err(e) = &hooks {
+        tracing::warn!(error = %e, "no webhook subscription: webhooks not checked");
+    }
     let rss_before_kib = rss_kib(None);
     let ca = pki.ca_cert_der().to_vec();
-    let fleet = Fleet::build(opts, certs, &ca, &gateway, ids, world).await?;
+    let mut fleet = Fleet::build(opts, certs, &ca, &gateway, ids, world).await?;
+    fleet.hooks = hooks;
     let solar = fleet
         .cabinets
         .iter()

@@ -127,7 +127,32 @@ impl Fleet {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         self.check_alerts(&mut report).await;
+        self.check_webhooks(&mut report).await;
         report
+    }
+
+    /// The webhook checks ([`super::hooks::FleetHooks::verify`]): waits (bounded) for the
+    /// last deliveries, then compares what the receiver got with the parcel trail.
+    async fn check_webhooks(&self, report: &mut Report) {
+        match &self.hooks {
+            Ok(h) => {
+                let mut problems = Vec::new();
+                report.webhooks = h
+                    .verify(&self.ctx.api, super::hooks::DRAIN_WAIT, |p| {
+                        problems.push(p)
+                    })
+                    .await;
+                for p in problems {
+                    report.problem(p);
+                }
+            }
+            Err(why) => {
+                report.webhooks = super::hooks::WebhookSummary {
+                    note: why.clone(),
+                    ..Default::default()
+                };
+            }
+        }
     }
 
     /// The alert checks ([`super::alerts::check_alerts`]), repeated for a few seconds until
