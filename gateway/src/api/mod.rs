@@ -8,6 +8,7 @@
 
 pub mod alerts;
 pub mod cabinets;
+mod export;
 mod health;
 mod orders;
 mod quarantine;
@@ -197,6 +198,7 @@ pub fn router(st: ApiState) -> Router {
         .merge(orders::routes())
         .merge(sites::routes())
         .merge(alerts::routes())
+        .merge(export::routes())
         .layer(middleware::from_fn_with_state(st.clone(), auth));
     Router::new()
         .merge(v1)
