@@ -22,8 +22,8 @@ use locker_gateway::store::alerts::AlertStore;
 use locker_gateway::store::parcels::{AuditRecord, Batch, ParcelStore};
 use locker_gateway::store::{AuditEntry, NewEntry, QuarantineLimits, Store};
 use locker_schemas::{
-    AccessAction, CabinetId, CommandId, CommandResult, CompartmentId, Door, DoorCause,
-    LocalAccess, OrderId, Outcome, Scan, ScanSource, Uplink, UplinkBody,
+    AccessAction, CabinetId, CommandId, CommandResult, CompartmentId, Door, DoorCause, LocalAccess,
+    OrderId, Outcome, Scan, ScanSource, Uplink, UplinkBody,
 };
 
 const CABINETS: u64 = 1_000;

@@ -33,10 +33,7 @@ async fn export(client: &ApiClient, query: &str) -> Vec<Value> {
 }
 
 fn kinds(records: &[Value]) -> Vec<&str> {
-    records
-        .iter()
-        .filter_map(|r| r["kind"].as_str())
-        .collect()
+    records.iter().filter_map(|r| r["kind"].as_str()).collect()
 }
 
 fn find<'a>(records: &'a [Value], f: impl Fn(&Value) -> bool, what: &str) -> &'a Value {
@@ -86,11 +83,11 @@ async fn the_export_streams_every_audit_fact_with_who_and_why_in_ndjson_and_csv_
     h.scan(ScanSource::Rfid, parcels::DHL_BADGE)
         .await
         .expect("scan");
-    h.scan(ScanSource::Barcode, "JJD-EXP1")
-        .await
-        .expect("scan");
+    h.scan(ScanSource::Barcode, "JJD-EXP1").await.expect("scan");
     eventually("door open", || cab.status().open_doors.len() == 1).await;
-    cab.board.put_parcel(usize::from(ca - 1)).expect("parcel in");
+    cab.board
+        .put_parcel(usize::from(ca - 1))
+        .expect("parcel in");
     cab.board.close_door(usize::from(ca - 1)).expect("close");
     parcels::wait_state(&dhl, &ida, "ready").await;
     eventually("door closed", || cab.status().open_doors.is_empty()).await;
@@ -119,7 +116,9 @@ async fn the_export_streams_every_audit_fact_with_who_and_why_in_ndjson_and_csv_
         .await;
     assert_eq!(s, 200, "{r}");
     assert_eq!(r["command"]["outcome"], "opened", "{r}");
-    cab.board.put_parcel(usize::from(cb - 1)).expect("parcel in");
+    cab.board
+        .put_parcel(usize::from(cb - 1))
+        .expect("parcel in");
     cab.board.close_door(usize::from(cb - 1)).expect("close");
     parcels::wait_state(&dhl, &idb, "ready").await;
     eventually("door closed", || cab.status().open_doors.is_empty()).await;
@@ -269,7 +268,8 @@ async fn the_export_streams_every_audit_fact_with_who_and_why_in_ndjson_and_csv_
         .unwrap_or_default()
         .to_owned();
     assert!(
-        disposition.starts_with("attachment; filename=\"audit-fleet-") && disposition.ends_with(".csv\""),
+        disposition.starts_with("attachment; filename=\"audit-fleet-")
+            && disposition.ends_with(".csv\""),
         "{disposition}"
     );
     let mut rd = csv::Reader::from_reader(csv_text.as_bytes());
@@ -343,10 +343,7 @@ async fn the_export_streams_every_audit_fact_with_who_and_why_in_ndjson_and_csv_
     assert!(kinds(&mine).contains(&"door_opened"));
     assert!(kinds(&mine).contains(&"alert_raised"));
     let (s, _, _) = mgr
-        .get_text(
-            &format!("/v1/audit/export?{period}&site={OTHER_SITE}"),
-            &[],
-        )
+        .get_text(&format!("/v1/audit/export?{period}&site={OTHER_SITE}"), &[])
         .await;
     assert_eq!(s, 403, "a foreign site");
     let (s, _, _) = gw
@@ -372,10 +369,7 @@ async fn the_export_streams_every_audit_fact_with_who_and_why_in_ndjson_and_csv_
         .get_text(&format!("/v1/audit/export?from={t1}&to={t0}"), &[])
         .await;
     assert_eq!(s, 400, "{body}");
-    let (s, _, _) = gw
-        .api
-        .get_text("/v1/audit/export?format=xml", &[])
-        .await;
+    let (s, _, _) = gw.api.get_text("/v1/audit/export?format=xml", &[]).await;
     assert_eq!(s, 400);
 
     // counted

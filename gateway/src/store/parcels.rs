@@ -308,14 +308,12 @@ impl ParcelStore for SledParcels {
                 None => Ok(None),
                 Some(kv) => {
                     let (k, v) = kv?;
-                    let pos = k
-                        .as_ref()
-                        .try_into()
-                        .map(u64::from_be_bytes)
-                        .map_err(|_| StoreError::Corrupt {
+                    let pos = k.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| {
+                        StoreError::Corrupt {
                             tree: "parcel_audit",
                             detail: "key is not a u64".into(),
-                        })?;
+                        }
+                    })?;
                     let r: AuditRecord = decode("parcel_audit", &v)?;
                     Ok(Some((pos, r.at)))
                 }

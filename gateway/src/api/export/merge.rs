@@ -138,7 +138,10 @@ pub(crate) mod tests {
 
     #[test]
     fn a_source_whose_clock_stepped_back_keeps_its_own_order() {
-        let out = merged(vec![vec![(10, "x10"), (2, "x2"), (11, "x11")], vec![(5, "y5")]]);
+        let out = merged(vec![
+            vec![(10, "x10"), (2, "x2"), (11, "x11")],
+            vec![(5, "y5")],
+        ]);
         let got: Vec<&str> = out.iter().map(|(_, d)| d.as_str()).collect();
         // x2 is not moved before x10; everything else stays sorted around it
         assert_eq!(got, ["y5", "x10", "x2", "x11"]);
