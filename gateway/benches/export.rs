@@ -14,7 +14,6 @@
 
 use std::time::Instant;
 
-use futures::StreamExt;
 use locker_gateway::app::Gateway;
 use locker_gateway::config::GatewayConfig;
 use locker_gateway::rules::{Alert, AlertKind, Severity};
@@ -168,6 +167,15 @@ fn seed(dir: &std::path::Path, n: u64, t0: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How many records `seed` writes for `n` (an alert's three records are written together).
+fn lines_expected(n: u64) -> u64 {
+    let mut i = 0;
+    while i < n {
+        i += if i % 100 >= 95 { 3 } else { 1 };
+    }
+    i
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if let Ok(dir) = std::env::var("EXPORT_BENCH_SEED_DIR") {
@@ -190,7 +198,7 @@ fn main() -> anyhow::Result<()> {
     let t0 = locker_schemas::now_millis() - DAY_MS;
     let started = Instant::now();
     let st = std::process::Command::new(std::env::current_exe()?)
-        .env("EXPORT_BENCH_SEED_DIR", &data)
+        .env("EXPORT_BENCH_SEED_DIR", data.join("gateway.sled"))
         .env("EXPORT_BENCH_SEED_N", n.to_string())
         .env("EXPORT_BENCH_SEED_T0", t0.to_string())
         .status()?;
@@ -218,32 +226,37 @@ fn main() -> anyhow::Result<()> {
         cfg.edge.ca_cert = pki.paths().ca_cert();
         cfg.edge.server_cert = pki.paths().server_cert();
         cfg.edge.server_key = pki.paths().server_key();
+        cfg.edge.crl = Some(pki.paths().crl());
         cfg.api.listen = ([127, 0, 0, 1], 0).into();
         cfg.api.tokens.insert(TOKEN.into(), "bench".into());
         let gw = Gateway::start(cfg).await?;
         let url = format!(
             "http://{}/v1/audit/export?from={t0}&to={}",
             gw.api_addr,
-            t0 + DAY_MS
+            t0 + 2 * DAY_MS
         );
         // peak RSS from here on (5 = reset the peak to the current RSS)
         let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
         let (rss0, hwm0) = (status("VmRSS:"), status("VmHWM:"));
         let t = Instant::now();
-        let resp = reqwest::Client::new()
+        let mut resp = reqwest::Client::new()
             .get(&url)
             .bearer_auth(TOKEN)
             .send()
             .await?;
         anyhow::ensure!(resp.status().is_success(), "export: {}", resp.status());
+        anyhow::ensure!(n == 0 || lines_expected(n) > 0, "nothing to export");
         let (mut lines, mut bytes) = (0u64, 0u64);
-        let mut body = resp.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk?;
+        while let Some(chunk) = resp.chunk().await? {
             bytes += chunk.len() as u64;
             lines += chunk.iter().filter(|b| **b == b'\n').count() as u64;
         }
         let secs = t.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            lines == lines_expected(n),
+            "exported {lines} records, expected {}",
+            lines_expected(n)
+        );
         let hwm1 = status("VmHWM:");
         println!(
             "exported {lines} records, {:.1} MB in {secs:.1} s: {:.0} records/s, {:.1} MB/s",
