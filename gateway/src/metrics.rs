@@ -149,6 +149,11 @@ pub struct ApiMetrics {
     /// API connections closed by the server before or instead of serving a request, by
     /// reason (`too_many_connections`, `header_timeout`, `tls_handshake`).
     pub connections_refused: IntCounterVec,
+    /// Audit exports by how they ended (`ok`, `aborted` by the client, `failed` mid-stream,
+    /// `refused` before the first byte).
+    pub exports: IntCounterVec,
+    /// Records streamed by audit exports, by format.
+    pub export_records: IntCounterVec,
 }
 
 /// The parcel domain.
@@ -316,6 +321,18 @@ impl Metrics {
                 "locker_api_connections_refused_total",
                 "API connections closed by the server before or instead of a request, by reason",
                 &["reason"],
+            )?,
+            exports: counter_vec(
+                &r,
+                "locker_api_exports_total",
+                "Audit exports by how they ended (ok, aborted, failed, refused)",
+                &["result"],
+            )?,
+            export_records: counter_vec(
+                &r,
+                "locker_api_export_records_total",
+                "Records streamed by audit exports, by format",
+                &["format"],
             )?,
         };
         let parcels = ParcelMetrics {

@@ -176,6 +176,37 @@ impl ApiClient {
         (status, ctype, r.text().await.unwrap_or_default())
     }
 
+    /// GET a path with extra headers; returns the status, the response headers and the body
+    /// as text (for routes that answer other than JSON, such as the audit export).
+    pub async fn get_text(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, reqwest::header::HeaderMap, String) {
+        let mut req = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let r = req.send().await.expect("API request");
+        let status = r.status().as_u16();
+        let h = r.headers().clone();
+        (status, h, r.text().await.expect("body"))
+    }
+
+    /// GET a path without any token.
+    pub async fn get_anonymous(&self, path: &str) -> u16 {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("API request")
+            .status()
+            .as_u16()
+    }
+
     /// The Prometheus text of `/metrics`.
     pub async fn metrics(&self) -> String {
         self.http

@@ -129,3 +129,18 @@ pub async fn notice(op: &ApiClient, order: &str, kind: &str) -> Value {
     })
     .await
 }
+
+/// Waits until the cabinet holds the credential set the gateway last built for it.
+pub async fn creds_current(api: &ApiClient, cab: &crate::agent::TestCabinet) {
+    eventually_async(
+        &format!("{} holds the current credential set", cab.id),
+        || async {
+            let (_, b) = api
+                .get(&format!("/v1/cabinets/{}/compartments", cab.id))
+                .await;
+            let v = b["creds_version"].as_u64().unwrap_or(0);
+            (v > 0 && cab.status().creds_version == v).then_some(())
+        },
+    )
+    .await;
+}

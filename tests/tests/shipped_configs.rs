@@ -61,7 +61,10 @@ fn every_shipped_config_file_loads() {
             let cfg = AgentConfig::load(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
             assert!(cfg.cabinet().is_ok(), "{}: cabinet id", f.display());
             agents += 1;
-        } else if f.parent().and_then(|d| d.file_name()).and_then(|n| n.to_str())
+        } else if f
+            .parent()
+            .and_then(|d| d.file_name())
+            .and_then(|n| n.to_str())
             == Some("messages")
         {
             // notification message files: loaded as a templates_dir, every text compiles

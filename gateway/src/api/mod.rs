@@ -27,6 +27,7 @@
 
 pub mod alerts;
 pub mod cabinets;
+mod export;
 mod health;
 pub mod openapi;
 mod orders;
@@ -237,7 +238,8 @@ fn all_routes(
         .merge(orders::routes())
         .merge(sites::routes())
         .merge(alerts::routes())
-        .merge(webhooks::routes());
+        .merge(webhooks::routes())
+        .merge(export::routes());
     OpenApiRouter::new()
         .merge(v1(tokens))
         .routes(routes!(metrics))

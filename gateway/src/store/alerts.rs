@@ -88,6 +88,9 @@ pub trait AlertStore: Send + Sync + 'static {
     fn prune(&self, before: Millis) -> Result<usize, StoreError>;
     /// Change-log lines with `pos > after`, oldest first.
     fn changes(&self, after: u64, limit: usize) -> Result<Vec<AlertChange>, StoreError>;
+    /// The alert history oldest first (by id, so in the order they were raised): up to
+    /// `limit` alerts with an id after `after` (read-only; the audit export).
+    fn history_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<Alert>, StoreError>;
 }
 
 /// [`AlertStore`] on the gateway's sled database.
@@ -351,5 +354,23 @@ impl AlertStore for SledAlerts {
             }
         }
         Ok(out)
+    }
+
+    fn history_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<Alert>, StoreError> {
+        let iter = match after {
+            // the first key after `after`
+            Some(a) => {
+                let mut k = a.as_bytes().to_vec();
+                k.push(0);
+                self.alerts.range(k..)
+            }
+            None => self.alerts.range::<Vec<u8>, _>(..),
+        };
+        iter.take(limit)
+            .map(|kv| {
+                let (_, v) = kv?;
+                decode("alerts", &v)
+            })
+            .collect()
     }
 }

@@ -359,6 +359,48 @@ impl AuditLog {
         }
         Ok(n)
     }
+
+    /// The first entry at or after `position` with its position and the cabinet's clock
+    /// (`None` when unreadable), or `None` past the end (read-only; the audit export).
+    pub fn entry_at_or_after(
+        &self,
+        cabinet: &CabinetId,
+        position: u64,
+    ) -> Result<Option<(u64, Option<u64>)>, StoreError> {
+        let start = key(cabinet, position);
+        let end = key(cabinet, u64::MAX);
+        match self.events.range(start..=end).next() {
+            None => Ok(None),
+            Some(kv) => {
+                let (k, v) = kv?;
+                let ts = AuditEntry::decode(&v)?.seq_ts().and_then(|(_, ts)| ts);
+                Ok(Some((position_of(&k)?, ts)))
+            }
+        }
+    }
+
+    /// The cursor (`after`, for [`AuditLog::events_page`]) of a cabinet's first entry whose
+    /// clock is at or after `ts`, by a binary search over its positions: O(log n) reads, never a
+    /// scan of the log. Exact while the cabinet's clock never went back (entries are stored in
+    /// its sequence order); an entry with an unreadable clock counts as earlier (read-only;
+    /// the audit export).
+    pub fn seek_time(&self, cabinet: &CabinetId, ts: u64) -> Result<u64, StoreError> {
+        let Some(first) = self.first_position(cabinet)? else {
+            return Ok(0);
+        };
+        let (mut lo, mut hi) = (first, self.high_water(cabinet)?.saturating_add(1));
+        // invariant: every entry before `lo` is earlier than `ts`; the entry at or after `hi`
+        // (if any) is not
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.entry_at_or_after(cabinet, mid)? {
+                Some((p, Some(t))) if t >= ts => hi = mid.min(p),
+                Some((p, _)) if p < hi => lo = p + 1,
+                _ => hi = mid,
+            }
+        }
+        Ok(lo.saturating_sub(1))
+    }
 }
 
 #[cfg(test)]
@@ -422,5 +464,31 @@ mod tests {
                 last_seq: 6
             })
         );
+    }
+
+    #[test]
+    fn seek_time_finds_the_first_entry_at_or_after_a_time_by_binary_search() {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = sled::open(dir.path()).expect("db");
+        let log = AuditLog::open(&db).expect("open");
+        let cab = CabinetId::new("CAB-1").expect("id");
+        assert_eq!(log.seek_time(&cab, 5).expect("seek"), 0);
+        // positions 11..=110 at 1000, 1010, ... (pruned before 11)
+        let entries: Vec<NewEntry> = (11..=110)
+            .map(|p| NewEntry {
+                cabinet: cab.clone(),
+                position: p,
+                entry: AuditEntry::Event(uplink(p, 1_000 + 10 * (p - 11))),
+            })
+            .collect();
+        log.append(&entries).expect("append");
+        assert_eq!(log.seek_time(&cab, 0).expect("seek"), 10);
+        assert_eq!(log.seek_time(&cab, 1_000).expect("seek"), 10);
+        assert_eq!(log.seek_time(&cab, 1_001).expect("seek"), 11);
+        assert_eq!(log.seek_time(&cab, 1_500).expect("seek"), 60);
+        assert_eq!(log.seek_time(&cab, 1_990).expect("seek"), 109);
+        assert_eq!(log.seek_time(&cab, 1_991).expect("seek"), 110);
+        let page = log.events_page(&cab, 60, 1).expect("page");
+        assert_eq!(page[0].0, 61);
     }
 }

@@ -127,6 +127,12 @@ pub trait ParcelStore: Send + Sync + 'static {
     fn archived(&self, id: OrderId) -> Result<Option<Order>, StoreError>;
     /// The last notice id and the last audit position written (0 when none).
     fn heads(&self) -> Result<(u64, u64), StoreError>;
+    /// The cursor (`after`, for [`ParcelStore::audit`]) of the first audit record at or after
+    /// `at`, by a binary search over positions (records are appended in time order); never a
+    /// scan of the trail (read-only; the audit export).
+    fn audit_seek(&self, at: Millis) -> Result<u64, StoreError>;
+    /// An order as stored, live or archived (read-only; the audit export).
+    fn stored_order(&self, id: OrderId) -> Result<Option<Order>, StoreError>;
 }
 
 /// [`ParcelStore`] on the gateway's sled database.
@@ -310,6 +316,45 @@ impl ParcelStore for SledParcels {
         match self.archive.get(id.to_string())? {
             Some(v) => Ok(Some(decode("parcel_archive", &v)?)),
             None => Ok(None),
+        }
+    }
+
+    fn audit_seek(&self, at: Millis) -> Result<u64, StoreError> {
+        let first = |from: u64| -> Result<Option<(u64, Millis)>, StoreError> {
+            match self.audit.range(from.to_be_bytes()..).next() {
+                None => Ok(None),
+                Some(kv) => {
+                    let (k, v) = kv?;
+                    let pos = k.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| {
+                        StoreError::Corrupt {
+                            tree: "parcel_audit",
+                            detail: "key is not a u64".into(),
+                        }
+                    })?;
+                    let r: AuditRecord = decode("parcel_audit", &v)?;
+                    Ok(Some((pos, r.at)))
+                }
+            }
+        };
+        let Some((lo0, _)) = first(0)? else {
+            return Ok(0);
+        };
+        let (mut lo, mut hi) = (lo0, last_key(&self.audit)?.saturating_add(1));
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match first(mid)? {
+                Some((_, t)) if t >= at => hi = mid,
+                Some((p, _)) if p < hi => lo = p + 1,
+                _ => hi = mid,
+            }
+        }
+        Ok(lo.saturating_sub(1))
+    }
+
+    fn stored_order(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
+        match self.orders.get(id.to_string())? {
+            Some(v) => Ok(Some(decode("parcel_orders", &v)?)),
+            None => self.archived(id),
         }
     }
 }
