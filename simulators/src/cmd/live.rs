@@ -220,6 +220,10 @@ impl Live {
             ),
             None => String::new(),
         };
+        let hooks = match s.sms {
+            Some(n) => format!("{hooks}\n  notifications delivered to the SMS provider {n}"),
+            None => hooks,
+        };
         let msg = format!(
             "t={:.0}s  cabinets {}  connected {}  (gateway sees {:.0} online{})  links cut {}\n  \
              events stored {:.0}  ({:.0}/s)  outbox backlog {}\n  \

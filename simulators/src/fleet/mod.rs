@@ -28,6 +28,7 @@ pub mod link;
 pub mod report;
 pub mod scenario;
 pub mod script;
+pub mod sms;
 mod start;
 mod verify;
 pub mod world;
@@ -172,6 +173,8 @@ pub struct Snapshot {
     pub orders: u64,
     /// What the fleet's webhook receiver counted (None without a subscription).
     pub webhooks: Option<hooks::HookCounts>,
+    /// Messages the fleet's SMS provider received (None without one).
+    pub sms: Option<u64>,
 }
 
 /// A running fleet.
@@ -188,6 +191,9 @@ pub struct Fleet {
     notices: tokio::task::JoinHandle<()>,
     /// The integrator's webhook receiver and subscription ([`hooks`]), or why there is none.
     pub hooks: Result<hooks::FleetHooks, String>,
+    /// The recipients' SMS provider and the last notice before the run ([`sms`]), or why
+    /// there is none.
+    pub sms: Result<(sms::SmsProvider, u64), String>,
 }
 
 const MAX_SCENARIOS: usize = 1_024;
@@ -287,6 +293,7 @@ impl Fleet {
             timeline: alerts::Timeline::default(),
             notices,
             hooks: Err("no subscription".into()),
+            sms: Err("no SMS provider".into()),
         };
         fleet.adopt_leftovers().await;
         Ok(fleet)
@@ -354,6 +361,7 @@ impl Fleet {
         s.scenarios_running = MAX_SCENARIOS - self.scenarios.available_permits();
         s.orders = self.ctx.stats.orders_created.load(Ordering::Relaxed);
         s.webhooks = self.hooks.as_ref().ok().map(|h| h.receiver.counts(0));
+        s.sms = self.sms.as_ref().ok().map(|(p, _)| p.received());
         s
     }
 

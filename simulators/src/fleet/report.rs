@@ -73,6 +73,9 @@ pub struct Report {
     pub alerts: AlertSummary,
     /// The fleet's webhook subscription: what arrived (see [`super::hooks`]).
     pub webhooks: WebhookSummary,
+    /// The recipients' notifications: what reached the fleet's SMS provider (see
+    /// [`super::sms`]).
+    pub notifications: super::sms::SmsSummary,
     /// Each violated invariant, one line each (the first 50).
     pub problems: Vec<String>,
     /// Count of violations (may exceed `problems.len()`).
@@ -503,6 +506,7 @@ impl fmt::Display for Report {
         )?;
         writeln!(f, "{}", self.alerts)?;
         writeln!(f, "{}", self.webhooks)?;
+        writeln!(f, "{}", self.notifications)?;
         if self.is_clean() {
             writeln!(f, "  RESULT: clean (0 violations)")
         } else {

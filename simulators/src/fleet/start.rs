@@ -196,8 +196,13 @@ pub async fn launch(
     let world = World::plan(opts.cabinets, opts.cabinets_per_site, token);
     let any: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
     let rules = gateway::SimRules::for_fleet(&opts);
+    // the recipients' SMS provider: the gateway delivers its notices there
+    let sms = super::sms::SmsProvider::start().await?;
     let config = |edge, api| {
         let mut cfg = gateway::fleet_gateway_config(&gw_dir, pki.paths(), edge, api, token);
+        if let Err(e) = sms.configure(&mut cfg) {
+            tracing::warn!(error = %e, "notifications not configured");
+        }
         world.add_tokens(&mut cfg);
         // the rules engine's times scaled to the run (see `SimRules`)
         rules.apply(&mut cfg);
@@ -232,10 +237,20 @@ pub async fn launch(
     if let Err(e) = &hooks {
         tracing::warn!(error = %e, "no webhook subscription: webhooks not checked");
     }
+    // the run's notices are the ones after the newest one now
+    let sms = if ours {
+        super::sms::last_notice(&Api::new(gateway.api, &gateway.token))
+            .await
+            .map(|last| (sms, last))
+            .map_err(|e| e.to_string())
+    } else {
+        Err("an external gateway delivers its notices where it is configured to".into())
+    };
     let rss_before_kib = rss_kib(None);
     let ca = pki.ca_cert_der().to_vec();
     let mut fleet = Fleet::build(opts, certs, &ca, &gateway, ids, world).await?;
     fleet.hooks = hooks;
+    fleet.sms = sms;
     let solar = fleet
         .cabinets
         .iter()

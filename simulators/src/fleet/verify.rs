@@ -128,7 +128,32 @@ impl Fleet {
         }
         self.check_alerts(&mut report).await;
         self.check_webhooks(&mut report).await;
+        self.check_notifications(&mut report).await;
         report
+    }
+
+    /// Every notice of the run reached the fleet's SMS provider with its code
+    /// ([`super::sms::SmsProvider::verify`]).
+    async fn check_notifications(&self, report: &mut Report) {
+        match &self.sms {
+            Ok((p, after)) => {
+                let mut problems = Vec::new();
+                report.notifications = p
+                    .verify(&self.ctx.api, *after, super::hooks::DRAIN_WAIT, |x| {
+                        problems.push(x)
+                    })
+                    .await;
+                for x in problems {
+                    report.problem(x);
+                }
+            }
+            Err(why) => {
+                report.notifications = super::sms::SmsSummary {
+                    note: why.clone(),
+                    ..Default::default()
+                };
+            }
+        }
     }
 
     /// The webhook checks ([`super::hooks::FleetHooks::verify`]): waits (bounded) for the
