@@ -126,6 +126,8 @@ fn seed(dir: &std::path::Path, n: u64, t0: u64) -> anyhow::Result<()> {
                     actor: "dhl-c1".into(),
                     exception: None,
                     detail: String::new(),
+                    tracking: Some(format!("JJD{:010}", i / 5)),
+                    reference: None,
                 });
                 i += 1;
             }
