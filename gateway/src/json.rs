@@ -197,6 +197,19 @@ impl From<DoorCause> for DoorCauseJson {
     }
 }
 
+/// RFC 3339 UTC of a time in ms since the epoch (with the milliseconds when there are any);
+/// empty for a time out of range.
+pub fn utc(at: locker_schemas::Millis) -> String {
+    let nanos = i128::from(at) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -144,3 +144,26 @@ pub async fn creds_current(api: &ApiClient, cab: &crate::agent::TestCabinet) {
     )
     .await;
 }
+
+/// A courier's deposit through the order's remote unlock: waits for the door to open, puts the
+/// parcel in, closes the door, and waits until the order is `ready`.
+pub async fn remote_deposit(client: &ApiClient, cab: &crate::agent::TestCabinet, order: &Value) {
+    let id = order["id"].as_str().expect("id");
+    let c = order["compartment"].as_u64().expect("compartment") as u16;
+    let (s, r) = client
+        .post(
+            &format!("/v1/orders/{id}/unlock"),
+            json!({"reason": "courier at the door"}),
+        )
+        .await;
+    assert!(s == 202 || s == 200, "{r}");
+    crate::eventually("door open", || {
+        cab.status()
+            .open_doors
+            .contains(&locker_schemas::CompartmentId(c))
+    })
+    .await;
+    cab.board.put_parcel(usize::from(c - 1)).expect("parcel in");
+    cab.board.close_door(usize::from(c - 1)).expect("close");
+    wait_state(client, id, "ready").await;
+}

@@ -7,34 +7,12 @@
 
 use locker_gateway::outbound::notify::NotifyConfig;
 use locker_tests::agent::TestCabinet;
-use locker_tests::api::ApiClient;
 use locker_tests::gateway::TestGateway;
 use locker_tests::hooks::{Mode, Receiver};
 use locker_tests::parcels::{self, DHL_TOKEN, UPS_TOKEN};
 use locker_tests::pki::TestPki;
 use locker_tests::{eventually, eventually_async};
-use serde_json::{json, Value};
-
-async fn deposit(client: &ApiClient, cab: &TestCabinet, order: &Value) {
-    let id = order["id"].as_str().expect("id");
-    let c = order["compartment"].as_u64().expect("compartment") as u16;
-    let (s, r) = client
-        .post(
-            &format!("/v1/orders/{id}/unlock"),
-            json!({"reason": "courier at the door"}),
-        )
-        .await;
-    assert!(s == 202 || s == 200, "{r}");
-    eventually("door open", || {
-        cab.status()
-            .open_doors
-            .contains(&locker_schemas::CompartmentId(c))
-    })
-    .await;
-    cab.board.put_parcel(usize::from(c - 1)).expect("parcel in");
-    cab.board.close_door(usize::from(c - 1)).expect("close");
-    parcels::wait_state(client, id, "ready").await;
-}
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recipients_get_their_code_through_the_provider_with_retries_and_dead_letters() {
@@ -81,7 +59,7 @@ async fn recipients_get_their_code_through_the_provider_with_retries_and_dead_le
     // a DHL parcel: the provider fails first, then takes the message
     let o = parcels::order(&dhl, "JJD-NT-1", "S").await;
     let id = o["id"].as_str().expect("id").to_owned();
-    deposit(&dhl, &cab, &o).await;
+    parcels::remote_deposit(&dhl, &cab, &o).await;
     let notice = parcels::notice(&gw.api, &id, "ready").await;
     let pin = notice["pin"].as_str().expect("pin").to_owned();
     eventually_async("the provider failed at least once", || async {
@@ -127,7 +105,7 @@ async fn recipients_get_their_code_through_the_provider_with_retries_and_dead_le
     // a UPS parcel: its route's provider refuses (400): a dead letter, at once
     let o = parcels::order(&ups, "1Z-NT-2", "S").await;
     let ups_id = o["id"].as_str().expect("id").to_owned();
-    deposit(&ups, &cab, &o).await;
+    parcels::remote_deposit(&ups, &cab, &o).await;
     let letters = eventually_async("a dead letter", || async {
         let (s, d) = gw
             .api

@@ -6,27 +6,11 @@
 
 use locker_schemas::ScanSource;
 use locker_tests::agent::TestCabinet;
-use locker_tests::api::ApiClient;
 use locker_tests::gateway::TestGateway;
 use locker_tests::parcels::{self, DHL_TOKEN, MANAGER_TOKEN, UPS_TOKEN};
 use locker_tests::pki::TestPki;
 use locker_tests::{eventually, eventually_async};
 use serde_json::{json, Value};
-
-/// Waits until the cabinet holds the credential set the gateway last built for it.
-async fn creds_current(api: &ApiClient, cab: &TestCabinet) {
-    eventually_async(
-        &format!("{} holds the current credential set", cab.id),
-        || async {
-            let (_, b) = api
-                .get(&format!("/v1/cabinets/{}/compartments", cab.id))
-                .await;
-            let v = b["creds_version"].as_u64().unwrap_or(0);
-            (v > 0 && cab.status().creds_version == v).then_some(())
-        },
-    )
-    .await;
-}
 
 /// Sets up the parcel world around `cab`, creates a DHL order, deposits it by remote unlock
 /// (the parcel goes in, the door closes) and waits until the cabinet holds its pickup code:
@@ -53,7 +37,7 @@ async fn ready_order(gw: &TestGateway, cab: &TestCabinet, tracking: &str) -> (St
         .as_str()
         .expect("pin")
         .to_owned();
-    creds_current(&gw.api, cab).await;
+    parcels::creds_current(&gw.api, cab).await;
     (id, c, pin)
 }
 
@@ -87,7 +71,7 @@ async fn a_delivery_from_order_to_pickup_with_the_code_at_the_keypad() {
     assert_eq!(o["state"], "reserved", "{o}");
     assert_eq!(o["carrier"], "dhl");
     let c = compartment(&o);
-    creds_current(&gw.api, &cab).await;
+    parcels::creds_current(&gw.api, &cab).await;
 
     // the courier has no badge with them: the carrier's support opens the door remotely
     let (s, r) = dhl
@@ -117,7 +101,7 @@ async fn a_delivery_from_order_to_pickup_with_the_code_at_the_keypad() {
             .is_some_and(|t| t.ends_with("CET") || t.ends_with("CEST")),
         "{n}"
     );
-    creds_current(&gw.api, &cab).await;
+    parcels::creds_current(&gw.api, &cab).await;
 
     // the recipient types the PIN: the door opens, the order is picked up
     let h = cab.handle.as_ref().expect("agent");
@@ -394,7 +378,7 @@ async fn couriers_deposit_and_collect_at_the_cabinet_with_badge_and_barcode_onli
     let b = parcels::order(&dhl, "JJD-B", "M").await;
     let (ida, ca) = (a["id"].as_str().expect("id").to_owned(), compartment(&a));
     let (idb, cb) = (b["id"].as_str().expect("id").to_owned(), compartment(&b));
-    creds_current(&gw.api, &cab).await;
+    parcels::creds_current(&gw.api, &cab).await;
     let h = cab.handle.as_ref().expect("agent");
 
     // a UPS courier cannot put DHL's parcel in
@@ -457,7 +441,7 @@ async fn couriers_deposit_and_collect_at_the_cabinet_with_badge_and_barcode_onli
         .post(&format!("/v1/orders/{ida}/return"), json!({}))
         .await;
     assert_eq!(s, 200, "{o}");
-    creds_current(&gw.api, &cab).await;
+    parcels::creds_current(&gw.api, &cab).await;
     let r = h
         .scan(ScanSource::Rfid, parcels::DHL_BADGE)
         .await

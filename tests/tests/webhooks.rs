@@ -40,28 +40,6 @@ async fn subscribe(client: &ApiClient, url: &str, events: Value) -> (String, Str
     )
 }
 
-/// A courier deposit through a remote unlock: the order ends `ready`.
-async fn deposit(client: &ApiClient, cab: &TestCabinet, order: &Value) {
-    let id = order["id"].as_str().expect("id");
-    let c = order["compartment"].as_u64().expect("compartment") as usize;
-    let (s, r) = client
-        .post(
-            &format!("/v1/orders/{id}/unlock"),
-            json!({"reason": "courier at the door"}),
-        )
-        .await;
-    assert!(s == 202 || s == 200, "{r}");
-    eventually("door open", || {
-        cab.status()
-            .open_doors
-            .contains(&locker_schemas::CompartmentId(c as u16))
-    })
-    .await;
-    cab.board.put_parcel(c - 1).expect("parcel in");
-    cab.board.close_door(c - 1).expect("close");
-    parcels::wait_state(client, id, "ready").await;
-}
-
 /// The `order.*` event types received for one order, in arrival order, first occurrences.
 fn order_types(hooks: &[Hook], order: &str) -> Vec<String> {
     let mut seen = HashSet::new();
@@ -154,7 +132,7 @@ async fn integrators_receive_signed_events_in_order_within_their_scope() {
     // a DHL parcel deposited, a UPS order cancelled
     let o1 = parcels::order(&dhl, "JJD-WH-1", "S").await;
     let o1_id = o1["id"].as_str().expect("id").to_owned();
-    deposit(&dhl, &cab, &o1).await;
+    parcels::remote_deposit(&dhl, &cab, &o1).await;
     let o2 = parcels::order(&ups, "1Z-WH-2", "S").await;
     let o2_id = o2["id"].as_str().expect("id").to_owned();
     let (s, b) = ups

@@ -14,17 +14,7 @@ use crate::rules::model::AlertKind;
 use crate::store::alerts::{AlertChange, ChangeKind};
 use crate::store::parcels::AuditRecord;
 
-/// RFC 3339 UTC of a time in ms.
-pub fn utc(at: Millis) -> String {
-    let nanos = i128::from(at) * 1_000_000;
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
+pub use crate::json::utc;
 
 /// Order exceptions that are about a door or what is behind it.
 fn door_exception(e: Exception) -> bool {

@@ -90,17 +90,7 @@ pub struct ExportRecord {
     pub category: Category,
 }
 
-/// RFC 3339 UTC with milliseconds.
-pub fn utc(at: Millis) -> String {
-    let nanos = i128::from(at) * 1_000_000;
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
+pub use crate::json::utc;
 
 impl ExportRecord {
     fn new(at: Millis, source: &'static str, kind: &'static str, category: Category) -> Self {
