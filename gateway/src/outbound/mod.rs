@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod queue;
+mod sending;
 pub mod sign;
 
 use locker_schemas::{CabinetId, CarrierId, Millis, SiteId};
