@@ -507,7 +507,6 @@ async fn forward_presence(
     let forward = |p: PresenceEvent| {
         let (f, c, k, r, o) = (&fleet, &commands, &parcels, &rules, &outbound);
         async move {
-            o.presence(p.cabinet.clone(), p.online, p.at).await;
             if !p.online {
                 c.offline(p.cabinet.clone()).await;
             }
@@ -516,11 +515,13 @@ async fn forward_presence(
                 r.presence(p.cabinet.clone(), p.online, p.at).await;
             }
             f.presence(PresenceChange {
-                cabinet: p.cabinet,
+                cabinet: p.cabinet.clone(),
                 online: p.online,
                 at: p.at,
             })
             .await;
+            // last: the webhooks' presence events never hold back the fleet and the queue
+            o.presence(p.cabinet, p.online, p.at).await;
         }
     };
     loop {

@@ -149,5 +149,51 @@ async fn recipients_get_their_code_through_the_provider_with_retries_and_dead_le
                 .as_str()
                 .expect("pin")
         ));
+
+    // a message waiting for a provider that is then removed from the configuration: after
+    // the restart it is a dead letter with the message it would have sent
+    refusing.set(Mode::Status(503));
+    let o = parcels::order(&ups, "1Z-NT-3", "S").await;
+    let third = o["id"].as_str().expect("id").to_owned();
+    parcels::remote_deposit(&ups, &cab, &o).await;
+    eventually_async("the third message waits", || async {
+        let (_, t) = gw.api.get("/v1/outbound/targets").await;
+        t["targets"]
+            .as_array()?
+            .iter()
+            .find(|t| t["target"] == "notify:strict-sms")
+            .filter(|t| t["health"]["pending"].as_u64().unwrap_or(0) >= 1)
+            .map(|_| ())
+    })
+    .await;
+    let mut stopped = gw.stop().await;
+    stopped.config.notifications.providers.remove("strict-sms");
+    stopped.config.notifications.routes.clear();
+    let gw = stopped.start().await;
+    let letter = eventually_async("the orphaned message is a dead letter", || async {
+        let (_, d) = gw
+            .api
+            .get("/v1/outbound/targets/notify:strict-sms/dead-letters?limit=1000")
+            .await;
+        d["dead_letters"]
+            .as_array()?
+            .iter()
+            .find(|l| l["entry"]["payload"]["order"] == third.as_str())
+            .cloned()
+    })
+    .await;
+    assert!(
+        letter["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no longer configured"),
+        "{letter}"
+    );
+    assert!(
+        letter["entry"]["payload"]["body"]
+            .as_str()
+            .is_some_and(|b| !b.is_empty()),
+        "the message is kept whole: {letter}"
+    );
     drop(cab);
 }

@@ -147,21 +147,7 @@ impl Outbound {
         let http = Http::new(Duration::from_millis(parts.cfg.timeout_ms))?;
         let (st, pl) = (parts.store.clone(), parts.parcel_log.clone());
         let (loaded, heads) = store::blocking(move || Ok((st.load()?, pl.heads()?))).await?;
-        let mut targets: BTreeMap<Target, TargetState> = BTreeMap::new();
-        let now = now_millis();
-        for (t, last) in loaded.last_seq {
-            targets.entry(t).or_default().next_seq = last + 1;
-        }
-        for (t, e) in loaded.pending {
-            let ts = targets.entry(t).or_default();
-            let meta = Meta {
-                key: e.key.clone(),
-                at: e.at,
-                queued_at: e.queued_at,
-                attempts: e.attempts,
-            };
-            ts.queue.push(e.seq, meta, now);
-        }
+        let targets = targets_from(loaded.last_seq, loaded.pending);
         let mut cursors = loaded.cursors;
         let mut batch = OutBatch::default();
         // the first start reads the logs from their current end: records from before the
@@ -457,7 +443,7 @@ impl Outbound {
 
     /// Writes what this turn changed. On failure the batch is kept for the next turn and
     /// nothing new is sent (a request reads its entry from the store).
-    async fn commit(&mut self) -> bool {
+    pub(super) async fn commit(&mut self) -> bool {
         if self.batch.is_empty() {
             return true;
         }
@@ -479,26 +465,19 @@ impl Outbound {
         }
     }
 
-    /// After a failed commit, memory may hold deliveries the store does not: reload.
+    /// After a failed commit, memory may hold deliveries and subscriptions the store does
+    /// not: reload them (what the failed batch held is redone: the cursors were not moved).
     async fn rebuild_after_failed_commit(&mut self) {
         let st = self.store.clone();
         let Ok(loaded) = store::blocking(move || st.load()).await else {
             return;
         };
-        let now = now_millis();
-        let mut targets: BTreeMap<Target, TargetState> = BTreeMap::new();
-        for (t, last) in loaded.last_seq {
-            targets.entry(t).or_default().next_seq = last + 1;
-        }
-        for (t, e) in loaded.pending {
-            let meta = Meta {
-                key: e.key.clone(),
-                at: e.at,
-                queued_at: e.queued_at,
-                attempts: e.attempts,
-            };
-            targets.entry(t).or_default().queue.push(e.seq, meta, now);
-        }
+        let mut targets = targets_from(loaded.last_seq, loaded.pending);
+        self.subs = loaded
+            .subscriptions
+            .into_iter()
+            .map(|s| (s.id.clone(), s))
+            .collect();
         for (t, old) in std::mem::take(&mut self.targets) {
             let ts = targets.entry(t).or_default();
             ts.health = old.health;
@@ -569,6 +548,29 @@ impl Outbound {
             None => Health::default(),
         }
     }
+}
+
+/// Every target's queue as the store holds it (loaded at start, or again after a failed
+/// commit): each waiting delivery due now, seqs going on after the highest used.
+fn targets_from(
+    last_seq: std::collections::HashMap<Target, u64>,
+    pending: Vec<(Target, Entry)>,
+) -> BTreeMap<Target, TargetState> {
+    let now = now_millis();
+    let mut targets: BTreeMap<Target, TargetState> = BTreeMap::new();
+    for (t, last) in last_seq {
+        targets.entry(t).or_default().next_seq = last + 1;
+    }
+    for (t, e) in pending {
+        let meta = Meta {
+            key: e.key.clone(),
+            at: e.at,
+            queued_at: e.queued_at,
+            attempts: e.attempts,
+        };
+        targets.entry(t).or_default().queue.push(e.seq, meta, now);
+    }
+    targets
 }
 
 #[cfg(test)]

@@ -45,7 +45,8 @@ impl Outbound {
                 at,
             } => self.presence(cabinet, online, at),
             Msg::Create(n, c, r) => {
-                let _ = r.send(self.create(n, &c));
+                let v = self.create(n, &c);
+                let _ = r.send(self.durable(v).await);
             }
             Msg::List(c, r) => {
                 let v = self
@@ -60,22 +61,27 @@ impl Outbound {
                 let _ = r.send(self.find(&id, &c).map(|s| self.view(s, None)));
             }
             Msg::Update(id, p, c, r) => {
-                let _ = r.send(self.update(&id, p, &c));
+                let v = self.update(&id, p, &c);
+                let _ = r.send(self.durable(v).await);
             }
             Msg::Delete(id, c, r) => {
-                let _ = r.send(self.delete(&id, &c));
+                let v = self.delete(&id, &c);
+                let _ = r.send(self.durable(v).await);
             }
             Msg::Rotate(id, keep, c, r) => {
-                let _ = r.send(self.rotate(&id, keep, &c));
+                let v = self.rotate(&id, keep, &c);
+                let _ = r.send(self.durable(v).await);
             }
             Msg::Dead(id, after, limit, c, r) => {
                 let _ = r.send(self.dead_letters(&id, after, limit, &c).await);
             }
             Msg::Replay(id, seqs, c, r) => {
-                let _ = r.send(self.replay(&id, seqs, &c).await);
+                let v = self.replay(&id, seqs, &c).await;
+                let _ = r.send(self.durable(v).await);
             }
             Msg::Ping(id, c, r) => {
-                let _ = r.send(self.ping(&id, &c));
+                let v = self.ping(&id, &c);
+                let _ = r.send(self.durable(v).await);
             }
             Msg::Targets(r) => {
                 let v = self
@@ -85,6 +91,19 @@ impl Outbound {
                     .collect();
                 let _ = r.send(Ok(v));
             }
+        }
+    }
+
+    /// A change is answered only once it is on disk (a `201` with its secret never names a
+    /// subscription a crash right after forgets); a failed write undoes it in memory too.
+    async fn durable<T>(&mut self, r: Result<T, OutboundError>) -> Result<T, OutboundError> {
+        let v = r?;
+        if self.commit().await {
+            Ok(v)
+        } else {
+            Err(OutboundError::Storage(
+                "the outbox could not be written; nothing was changed".into(),
+            ))
         }
     }
 

@@ -28,6 +28,9 @@ pub(super) enum Route {
         secret: Option<String>,
     },
     Notify(Notifier),
+    /// The target's configuration is gone (a carrier table or a provider removed, or
+    /// notifications turned off): nothing is sent, the entry becomes a dead letter.
+    Unroutable,
 }
 
 /// A finished request.
@@ -47,7 +50,6 @@ impl Outbound {
         let per = self.cfg.concurrency_per_endpoint.max(1);
         let max = self.cfg.max_in_flight.max(1);
         let keys: Vec<Target> = self.targets.keys().cloned().collect();
-        let mut unroutable: Vec<(Target, u64)> = Vec::new();
         loop {
             let mut progress = false;
             for t in &keys {
@@ -57,15 +59,8 @@ impl Outbound {
                 let route = match self.route(t) {
                     Some(Ok(r)) => r,
                     Some(Err(())) => continue, // paused (a disabled subscription)
-                    None => {
-                        // its configuration is gone: what waits cannot be sent
-                        if let Some(ts) = self.targets.get_mut(t) {
-                            if let Some(seq) = ts.queue.take(now, 1) {
-                                unroutable.push((t.clone(), seq));
-                            }
-                        }
-                        continue;
-                    }
+                    // its configuration is gone: what waits is read and dead-lettered whole
+                    None => Route::Unroutable,
                 };
                 let Some(ts) = self.targets.get_mut(t) else {
                     continue;
@@ -106,15 +101,6 @@ impl Outbound {
             if !progress {
                 break;
             }
-        }
-        for (t, seq) in unroutable {
-            self.dead(
-                &t,
-                seq,
-                now,
-                None,
-                "the target is no longer configured".into(),
-            );
         }
     }
 
@@ -236,7 +222,7 @@ impl Outbound {
                     ts.health.last_error = Some(reason.clone());
                     ts.health.last_error_at = Some(now);
                 }
-                self.dead(&d.target, d.seq, now, Some(entry), reason);
+                self.dead(&d.target, d.seq, now, entry, reason);
             }
         }
     }
@@ -273,7 +259,7 @@ impl Outbound {
                 entry.last_error = Some(reason);
                 self.batch.queued.push((target, entry));
             }
-            AfterFailure::Dead => self.dead(&target, seq, now, Some(entry), reason),
+            AfterFailure::Dead => self.dead(&target, seq, now, entry, reason),
         }
     }
 
@@ -309,36 +295,18 @@ impl Outbound {
         ));
     }
 
-    /// Moves an in-flight delivery to the dead letters.
-    fn dead(
-        &mut self,
-        target: &Target,
-        seq: u64,
-        now: Millis,
-        entry: Option<Entry>,
-        reason: String,
-    ) {
+    /// Moves an in-flight delivery, as read from the store, to the dead letters.
+    fn dead(&mut self, target: &Target, seq: u64, now: Millis, entry: Entry, reason: String) {
         let Some(ts) = self.targets.get_mut(target) else {
             return;
         };
-        let meta = ts.queue.finish(seq, now);
+        ts.queue.finish(seq, now);
         ts.health.dead_lettered += 1;
         self.metrics
             .dead
             .with_label_values(&[&target.label()])
             .inc();
         tracing::warn!(target = %target.label(), seq, reason = %reason, "delivery given up: kept as a dead letter");
-        let entry = entry.unwrap_or_else(|| Entry {
-            seq,
-            event_id: String::new(),
-            kind: String::new(),
-            key: meta.as_ref().map(|m| m.key.clone()).unwrap_or_default(),
-            at: meta.as_ref().map(|m| m.at).unwrap_or(now),
-            queued_at: meta.as_ref().map(|m| m.queued_at).unwrap_or(now),
-            attempts: meta.as_ref().map(|m| m.attempts).unwrap_or(0),
-            last_error: Some(reason.clone()),
-            payload: serde_json::Value::Null,
-        });
         self.batch.dead.push((
             target.clone(),
             DeadLetter {
@@ -353,6 +321,10 @@ impl Outbound {
 /// Sends one entry along its route.
 async fn send(http: &Http, route: &Route, e: &Entry) -> Sent {
     match route {
+        Route::Unroutable => Sent::Refused {
+            reason: "the target is no longer configured".into(),
+            took: Duration::ZERO,
+        },
         Route::Webhook { url, secrets } => {
             let body = serde_json::to_vec(&e.payload).unwrap_or_default();
             http.send(Request {
