@@ -28,6 +28,7 @@
 pub mod alerts;
 pub mod cabinets;
 mod export;
+mod fleet;
 mod health;
 pub mod openapi;
 mod orders;
@@ -239,7 +240,9 @@ fn all_routes(
         .merge(sites::routes())
         .merge(alerts::routes())
         .merge(webhooks::routes())
-        .merge(export::routes());
+        .merge(export::routes())
+        .merge(cabinets::site_routes())
+        .merge(fleet::routes());
     OpenApiRouter::new()
         .merge(v1(tokens))
         .routes(routes!(metrics))
