@@ -204,6 +204,16 @@ impl Browser {
         .await;
     }
 
+    /// Waits until an element matching `css` is in the page (visible or not).
+    pub async fn wait_present(&self, css: &str) {
+        self.poll(
+            &format!("element {css} in the page"),
+            "return !!document.querySelector(arguments[0]);",
+            vec![json!(css)],
+        )
+        .await;
+    }
+
     /// Waits until an element matching `css` is gone from the page (or hidden).
     pub async fn wait_gone(&self, css: &str) {
         self.poll(
@@ -339,12 +349,12 @@ impl Browser {
     }
 
     /// Opens the console at `base_url` (`http://127.0.0.1:port`), logs in with `token` and
-    /// waits for the navigation bar.
+    /// waits for the navigation bar (in the page: on a phone it is collapsed).
     pub async fn login(&self, base_url: &str, token: &str) {
         self.goto(&format!("{base_url}/console/#/login")).await;
         self.fill("[data-test=login-token]", token).await;
         self.click("[data-test=login-submit]").await;
-        self.wait_for("[data-test=nav]").await;
+        self.wait_present("[data-test=nav]").await;
     }
 }
 

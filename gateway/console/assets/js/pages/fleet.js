@@ -97,12 +97,14 @@ export async function render(view, ctx) {
     if (ctx.current()) ctx.toast(e.message, "error");
   });
 
-  filter.addEventListener("input", ctx.debounce(() => {
+  const refilter = ctx.debounce(() => {
+    if (filter.value.trim() === q) return;
     q = filter.value.trim();
     after = "";
     back.length = 0;
     reload();
-  }, 300));
+  }, 300);
+  for (const ev of ["input", "change", "search"]) filter.addEventListener(ev, refilter);
   next.addEventListener("click", () => {
     if (!nextAfter) return;
     back.push(after);
