@@ -4,7 +4,9 @@
 #   - python3-aiosmtpd: the real SMTP server the e-mail notification tests deliver to;
 #   - python3: the stock HMAC check of webhook signatures (Python's hmac module);
 #   - openapi-spec-validator (PyPI, in a venv under ~/.cache/locker-hub): the stock validator
-#     tests/tests/openapi.rs runs on the gateway's /openapi.json (no Debian package for it).
+#     tests/tests/openapi.rs runs on the gateway's /openapi.json (no Debian package for it);
+#   - chromium + chromium-driver: the real browser the console tests (tests/src/browser.rs) drive
+#     through WebDriver (/usr/bin/chromium, /usr/bin/chromedriver; $CHROMIUM / $CHROMEDRIVER override).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,5 +45,12 @@ if [ ! -x "$openapi_venv/bin/openapi-spec-validator" ]; then
     "$openapi_venv/bin/pip" install --quiet --disable-pip-version-check 'openapi-spec-validator>=0.7,<1'
 fi
 "$openapi_venv/bin/openapi-spec-validator" --version >/dev/null
+
+# --- the console's browser tests (chromium + chromedriver) ---
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    echo "chromium or chromedriver not found: installing Debian's chromium and chromium-driver" >&2
+    apt_install chromium chromium-driver
+fi
+/usr/bin/chromedriver --version >/dev/null
 
 echo "test dependencies: OK"
