@@ -197,7 +197,7 @@ export async function render(view, ctx) {
         const e = x.e;
         const what = e.from !== e.to
           ? [k.stateBadge(e.from), ' → ', k.stateBadge(e.to)]
-          : [k.stateBadge(e.to), ' ', e.detail || t('order.note')];
+          : [k.stateBadge(e.to), e.detail ? ` ${e.detail}` : ''];
         return h(
           'li',
           { class: 'ops-tl-entry ops-tl-transition', 'data-test': 'timeline-entry', 'data-kind': 'transition', 'data-from': e.from, 'data-to': e.to, 'data-cause': e.cause, 'data-actor': e.actor },
