@@ -7,6 +7,7 @@
 //!   `locker-gateway` binary, for `kill -9` tests;
 //! - [`mqtt`]: rumqttc clients with a cabinet's or an integrator's certificate;
 //! - [`api::ApiClient`]: the HTTP API with a bearer token;
+//! - [`browser::Browser`]: headless Chromium over WebDriver, for the console's tests;
 //! - [`hooks::Receiver`]: a real webhook receiver (and the signature check with Python's hmac);
 //! - [`eventually`]: polls a condition until a deadline (tests never sleep a fixed time);
 //! - [`net`]: ports reserved for servers that start (or restart) later, without the
@@ -14,6 +15,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod browser;
 pub mod cabinet;
 pub mod edge;
 pub mod gateway;
