@@ -99,10 +99,10 @@ export async function render(view, ctx) {
     body,
   );
 
-  const show = (text, ok) => {
+  const show = (action, text, ok) => {
     result.replaceChildren(h('p', {
       class: `ops-msg ops-msg-${ok ? 'ok' : 'error'}`, role: ok ? 'status' : 'alert',
-      'data-test': 'order-action-result', 'data-result': ok ? 'ok' : 'error',
+      'data-test': 'order-action-result', 'data-action': action, 'data-result': ok ? 'ok' : 'error',
     }, text));
     if (ctx.toast) ctx.toast(text, ok ? 'ok' : 'error');
   };
@@ -117,19 +117,19 @@ export async function render(view, ctx) {
         if (reason === null || reason === undefined) return;
         const r = await ctx.api('POST', path, { reason, wait_ms: 5000 });
         const c = r.command || {};
-        show(c.outcome
+        show(a.id, c.outcome
           ? t('order.unlock_outcome', { command: c.id, outcome: k.tt(`order.outcome.${c.outcome}`, c.outcome) })
           : t('order.unlock_queued', { command: c.id }), !c.outcome || c.outcome === 'opened' || c.outcome === 'already_open');
       } else if (a.hours) {
         const hours = parseInt(input.value, 10);
         await ctx.api('POST', path, { hours });
-        show(t('order.done', { action: label }), true);
+        show(a.id, t('order.done', { action: label }), true);
       } else {
         await ctx.api('POST', path, {});
-        show(t('order.done', { action: label }), true);
+        show(a.id, t('order.done', { action: label }), true);
       }
     } catch (e) {
-      show(t('order.failed', { action: label, message: k.errText(e) }), false);
+      show(a.id, t('order.failed', { action: label, message: k.errText(e) }), false);
     }
     await load();
   };
