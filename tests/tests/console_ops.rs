@@ -489,7 +489,8 @@ async fn a_carrier_sees_only_its_orders_and_replays_its_dead_letters_from_the_pa
     // the receiver is back: replayed from the page, every cancellation arrives
     rx.set(Mode::Up);
     b.click("[data-test=dead-letters-replay-all]").await;
-    b.wait_for("[data-test=dead-letters-empty]").await;
+    b.wait_for_text("[data-test=webhook-result]", "queued again")
+        .await;
     eventually("the replayed events arrived", || {
         let got: Vec<Value> = rx.hooks().iter().map(|h| h.json()).collect();
         dhl_ids.iter().all(|id| {
@@ -502,5 +503,7 @@ async fn a_carrier_sees_only_its_orders_and_replays_its_dead_letters_from_the_pa
         .get(&format!("/v1/webhooks/{sub_id}/dead-letters"))
         .await;
     assert_eq!(d["dead_letters"], json!([]), "{d}");
+    b.click("[data-test=webhooks-refresh]").await;
+    b.wait_for("[data-test=dead-letters-empty]").await;
     w.close().await;
 }
