@@ -79,6 +79,8 @@ const RULES: &str = "rules";
 const OUTBOUND: &str = "outbound";
 const BROKER_LINK: &str = "broker link";
 const API: &str = "api";
+const LIVE: &str = "live";
+const SESSIONS: &str = "console sessions";
 
 /// The cancellation tokens of the shutdown phases (children of one root token).
 struct Phases {
@@ -303,6 +305,28 @@ impl Gateway {
             (BROKER_LINK, link_task),
         ]);
 
+        // The live feed: its own broker link, subscribers' streams end when the API drains.
+        let live = crate::live::LiveHandle::new(
+            cfg.console.live_buffer,
+            cfg.console.live_max_clients,
+            metrics.live.clone(),
+            phases.api.clone(),
+        );
+        let live_task = tracker.spawn({
+            let (live, links, parcels, cancel) = (
+                live.clone(),
+                links.clone(),
+                parcels.clone(),
+                phases.api.clone(),
+            );
+            async move {
+                if let Err(e) = live.run(links, parcels, cancel).await {
+                    tracing::error!(error = %e, "the live feed stopped");
+                }
+            }
+        });
+        tasks.push((LIVE, live_task));
+
         let (presence_tx, presence_rx) = mpsc::channel::<PresenceEvent>(4096);
         let (edge, edge_addr) =
             match Edge::start(edge_config(&cfg), links, &metrics.registry, presence_tx).await {
@@ -357,7 +381,22 @@ impl Gateway {
                 });
             }
         };
+        let sessions = cfg.console.enabled.then(|| {
+            crate::console::Sessions::new(
+                store.sessions().clone(),
+                &cfg.api.tokens,
+                cfg.console.clone(),
+                cfg.api.tls.is_some(),
+                metrics.console.clone(),
+            )
+        });
+        if let Some(s) = &sessions {
+            let task = tracker.spawn(s.clone().run_pruner(phases.api.clone()));
+            tasks.push((SESSIONS, task));
+        }
         let app = api::router(ApiState {
+            live,
+            sessions,
             cfg: Arc::new(cfg.api.clone()),
             fleet: fleet.clone(),
             commands: commands.clone(),
@@ -430,7 +469,7 @@ impl Gateway {
         self.wait(&[FLEET, DISPATCHER, PARCELS, RULES, OUTBOUND], deadline)
             .await;
         self.phases.api.cancel();
-        self.wait(&[API], deadline).await;
+        self.wait(&[API, LIVE, SESSIONS], deadline).await;
         // the API's readiness check holds a publisher: the link ends after the API
         self.wait(&[BROKER_LINK], deadline).await;
         self.phases.root.cancel();

@@ -47,6 +47,8 @@ pub struct GatewayConfig {
     pub webhooks: crate::outbound::WebhooksConfig,
     /// Recipient notifications: providers, routing per site and carrier, message files.
     pub notifications: crate::outbound::notify::NotifyConfig,
+    /// The operations console at `/console/`: sessions and the live feed.
+    pub console: crate::console::ConsoleConfig,
     /// How long a shutdown may take, ms: the edge closes, ingest commits, the actors save,
     /// the API drains; whatever is still running then is aborted (and logged by name).
     pub shutdown_grace_ms: u64,
@@ -65,6 +67,7 @@ impl Default for GatewayConfig {
             rules: crate::rules::RulesConfig::default(),
             webhooks: crate::outbound::WebhooksConfig::default(),
             notifications: crate::outbound::notify::NotifyConfig::default(),
+            console: crate::console::ConsoleConfig::default(),
             shutdown_grace_ms: 10_000,
         }
     }
@@ -182,6 +185,7 @@ impl GatewayConfig {
             spec.validate().map_err(ConfigError::Invalid)?;
         }
         self.parcels.validate().map_err(ConfigError::Invalid)?;
+        self.console.validate().map_err(ConfigError::Invalid)?;
         self.rules
             .compile()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;

@@ -192,6 +192,8 @@ pub struct Metrics {
     pub parcels: ParcelMetrics,
     pub rules: crate::rules::metrics::RulesMetrics,
     pub outbound: crate::outbound::metrics::OutboundMetrics,
+    pub console: crate::console::ConsoleMetrics,
+    pub live: crate::live::LiveMetrics,
 }
 
 impl Metrics {
@@ -399,7 +401,11 @@ impl Metrics {
         };
         let rules = crate::rules::metrics::RulesMetrics::new(&r)?;
         let outbound = crate::outbound::metrics::OutboundMetrics::new(&r)?;
+        let console = crate::console::ConsoleMetrics::new(&r)?;
+        let live = crate::live::LiveMetrics::new(&r)?;
         Ok(Self {
+            console,
+            live,
             rules,
             outbound,
             registry: r,

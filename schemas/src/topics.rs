@@ -176,6 +176,11 @@ impl Filter {
         Self(format!("{PREFIX}/{cabinet}/down/#"))
     }
 
+    /// One kind of uplink of every cabinet: `lk/v1/+/up/{kind}` (the console's live feed).
+    pub fn uplinks_of_kind(kind: UpKind) -> Self {
+        Self(format!("{PREFIX}/+/up/{kind}"))
+    }
+
     /// One cabinet's uplinks: `lk/v1/{cabinet}/up/#`.
     pub fn cabinet_uplinks(cabinet: &CabinetId) -> Self {
         Self(format!("{PREFIX}/{cabinet}/up/#"))

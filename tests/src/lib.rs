@@ -6,7 +6,8 @@
 //!   `127.0.0.1:0` and the API on `127.0.0.1:0`; [`gateway::GatewayProcess`]: the real
 //!   `locker-gateway` binary, for `kill -9` tests;
 //! - [`mqtt`]: rumqttc clients with a cabinet's or an integrator's certificate;
-//! - [`api::ApiClient`]: the HTTP API with a bearer token;
+//! - [`api::ApiClient`]: the HTTP API with a bearer token; [`console::Session`]: with a
+//!   console login's cookie and CSRF token, and the live feed;
 //! - [`browser::Browser`]: headless Chromium over WebDriver, for the console's tests;
 //! - [`hooks::Receiver`]: a real webhook receiver (and the signature check with Python's hmac);
 //! - [`eventually`]: polls a condition until a deadline (tests never sleep a fixed time);
@@ -17,6 +18,7 @@ pub mod agent;
 pub mod api;
 pub mod browser;
 pub mod cabinet;
+pub mod console;
 pub mod edge;
 pub mod gateway;
 pub mod hooks;

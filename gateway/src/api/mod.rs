@@ -1,7 +1,9 @@
 //! The HTTP API for integrators (axum): cabinets, their audit log, commands, and `/metrics`.
 //!
 //! Every `/v1` route needs `Authorization: Bearer <token>` with a token from the
-//! `[api.tokens]` table of gateway.toml; a token has a scope (operator, carrier or site
+//! `[api.tokens]` table of gateway.toml, or the session cookie of a console login made with
+//! such a token (then unsafe methods need the session's CSRF token, see
+//! [`crate::console::session`]); a token has a scope (operator, carrier or site
 //! manager, [`scope`]): the parcel routes ([`orders`], [`sites`]) enforce it on every path,
 //! the cabinet, command and quarantine routes are for operators. Errors are JSON
 //! `{"error": "<stable code>", "message": "..."}` ([`openapi::ErrorBody`]).
@@ -29,6 +31,7 @@ pub mod alerts;
 pub mod cabinets;
 mod export;
 mod health;
+mod live;
 pub mod openapi;
 mod orders;
 mod quarantine;
@@ -107,6 +110,10 @@ pub struct ApiState {
     pub parcels: crate::parcels::ParcelsHandle,
     pub rules: crate::rules::RulesHandle,
     pub outbound: crate::outbound::OutboundHandle,
+    /// The live feed of `GET /v1/live`.
+    pub live: crate::live::LiveHandle,
+    /// Console sessions (`None` when `console.enabled` is false).
+    pub sessions: Option<crate::console::Sessions>,
 }
 
 /// An API error: a status and a JSON body.
@@ -156,9 +163,20 @@ async fn auth(State(st): State<ApiState>, mut req: Request, next: Next) -> Respo
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match token.and_then(|t| st.cfg.tokens.get(t)) {
-        Some(spec) => {
-            let caller = spec.caller();
+    let caller = match token {
+        Some(t) => st.cfg.tokens.get(t).map(|spec| spec.caller()),
+        // no bearer token: a console session's cookie, if any
+        None => match &st.sessions {
+            Some(s) => match s.authenticate(req.method(), req.headers()).await {
+                Some(Ok(caller)) => Some(caller),
+                Some(Err(e)) => return e.into_response(),
+                None => None,
+            },
+            None => None,
+        },
+    };
+    match caller {
+        Some(caller) => {
             req.extensions_mut().insert(Client(caller.client.clone()));
             req.extensions_mut().insert(caller);
             next.run(req).await
@@ -214,6 +232,7 @@ pub fn router(st: ApiState) -> Router {
     Router::new()
         .merge(app)
         .merge(openapi::pages(openapi::finish(doc)))
+        .merge(crate::console::routes(&st))
         .route_layer(middleware::from_fn_with_state(st.clone(), deadline))
         .route_layer(middleware::from_fn_with_state(st.clone(), count))
         .with_state(st)
@@ -239,7 +258,8 @@ fn all_routes(
         .merge(sites::routes())
         .merge(alerts::routes())
         .merge(webhooks::routes())
-        .merge(export::routes());
+        .merge(export::routes())
+        .merge(live::routes());
     OpenApiRouter::new()
         .merge(v1(tokens))
         .routes(routes!(metrics))

@@ -214,6 +214,10 @@ const TAGS: &[(&str, &str)] = &[
         "Webhook subscriptions, their delivery health and dead letters; every outbound target (scoped).",
     ),
     (
+        "live",
+        "What changes where, as server-sent events, for pages that redraw (scoped).",
+    ),
+    (
         "health",
         "Liveness, readiness and Prometheus metrics (no token).",
     ),
@@ -223,7 +227,8 @@ const DESCRIPTION: &str = "The Locker Hub gateway's HTTP API for integrators.\n\
 Every `/v1` route needs `Authorization: Bearer <token>`, a token from the `[api.tokens]` table \
 of gateway.toml. A token has a scope: `operator` (everything), `carrier` (its own orders, \
 couriers and partitions) or `site_manager` (its sites); each route says which scopes it \
-serves. Errors are `{\"error\": \"<stable code>\", \"message\": \"...\"}` (`ErrorBody`).";
+serves. The operations console at `/console/` logs in with the same tokens and calls these \
+routes with its session cookie instead (unsafe methods then need its `X-CSRF-Token`). Errors are `{\"error\": \"<stable code>\", \"message\": \"...\"}` (`ErrorBody`).";
 
 /// Completes the document the router's annotations built: title, tags, the bearer scheme,
 /// the 401 and 408 responses of every route that needs a token, unique operation ids, and

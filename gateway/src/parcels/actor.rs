@@ -73,6 +73,9 @@ pub(crate) struct State {
     /// The rules engine, told of sensor conflicts.
     pub rules: Option<crate::rules::RulesHandle>,
     pub metrics: ParcelMetrics,
+    /// Bumped when a site is created or changed (the live feed re-reads its cabinet -> site
+    /// map then).
+    pub sites_rev: tokio::sync::watch::Sender<u64>,
 }
 
 /// Starts the parcel actor.
@@ -121,8 +124,9 @@ impl Parcels {
         }
         let (tx, rx) = mpsc::channel(1024);
         let (ctx, crx) = mpsc::channel(1024);
+        let sites_rev = state.sites_rev.subscribe();
         let task = tracker.spawn(run(state, store, publisher, rx, crx, cancel));
-        Ok((ParcelsHandle { tx }, ctx, task))
+        Ok((ParcelsHandle { tx, sites_rev }, ctx, task))
     }
 }
 
@@ -157,6 +161,7 @@ impl State {
             sensor_notes: Vec::new(),
             rules: None,
             metrics,
+            sites_rev: tokio::sync::watch::channel(0).0,
         };
         for (id, slots) in l.cabinets {
             s.table.cabinets.insert(id.clone(), slots);

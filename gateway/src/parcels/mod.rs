@@ -258,6 +258,7 @@ pub(crate) enum Msg {
 #[derive(Clone)]
 pub struct ParcelsHandle {
     tx: mpsc::Sender<Msg>,
+    sites_rev: tokio::sync::watch::Receiver<u64>,
 }
 
 impl ParcelsHandle {
@@ -270,6 +271,11 @@ impl ParcelsHandle {
     /// Creates or replaces a site (operator).
     pub async fn put_site(&self, s: Site, c: Caller) -> Result<Site, ParcelError> {
         self.call(|tx| Msg::PutSite(s, c, tx)).await
+    }
+
+    /// Changes each time a site is created or changed.
+    pub fn sites_changed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.sites_rev.clone()
     }
 
     /// The sites the caller may see.

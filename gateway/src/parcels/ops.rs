@@ -32,6 +32,9 @@ impl State {
         match m {
             Msg::PutSite(s, c, tx) => {
                 let r = self.put_site(s, &c);
+                if r.is_ok() {
+                    self.sites_rev.send_modify(|v| *v += 1);
+                }
                 defer(d, tx, r)
             }
             Msg::Sites(c, tx) => {

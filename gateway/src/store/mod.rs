@@ -12,7 +12,8 @@
 //! - `rule_state`, `alerts`, `alerts_active`, `rule_actions`, `alert_log`: the rules engine,
 //!   behind [`alerts::AlertStore`];
 //! - `outbound`: webhook subscriptions and the delivery outbox, behind
-//!   [`outbound::OutboundStore`].
+//!   [`outbound::OutboundStore`];
+//! - `console_sessions`: the console's login sessions, behind [`sessions::SessionStore`].
 //!
 //! Every method here blocks (sled I/O); actors call them through `spawn_blocking`.
 
@@ -22,6 +23,7 @@ pub mod events;
 pub mod outbound;
 pub mod parcels;
 pub mod quarantine;
+pub mod sessions;
 
 use locker_schemas::CabinetId;
 use serde::{de::DeserializeOwned, Serialize};
@@ -57,6 +59,7 @@ pub struct Store {
     parcels: parcels::SledParcels,
     alerts: alerts::SledAlerts,
     outbound: outbound::SledOutbound,
+    sessions: sessions::SledSessions,
 }
 
 fn decode<T: DeserializeOwned>(tree: &'static str, v: &[u8]) -> Result<T, StoreError> {
@@ -97,6 +100,7 @@ impl Store {
             parcels: parcels::SledParcels::open(&db)?,
             alerts: alerts::SledAlerts::open(&db)?,
             outbound: outbound::SledOutbound::open(&db)?,
+            sessions: sessions::SledSessions::open(&db)?,
             db,
         })
     }
@@ -217,6 +221,11 @@ impl Store {
     /// The outbox's storage.
     pub fn outbound(&self) -> &outbound::SledOutbound {
         &self.outbound
+    }
+
+    /// The console's sessions.
+    pub fn sessions(&self) -> &sessions::SledSessions {
+        &self.sessions
     }
 
     /// Flushes everything (shutdown).
