@@ -30,6 +30,7 @@
 pub mod alerts;
 pub mod cabinets;
 mod export;
+mod fleet;
 mod health;
 mod live;
 pub mod openapi;
@@ -259,7 +260,9 @@ fn all_routes(
         .merge(alerts::routes())
         .merge(webhooks::routes())
         .merge(export::routes())
-        .merge(live::routes());
+        .merge(live::routes())
+        .merge(cabinets::site_routes())
+        .merge(fleet::routes());
     OpenApiRouter::new()
         .merge(v1(tokens))
         .routes(routes!(metrics))

@@ -181,7 +181,11 @@ impl ToSchema for AnyObjectDoc {
 const TAGS: &[(&str, &str)] = &[
     (
         "cabinets",
-        "The fleet: cabinets, their state and their audit log (operator).",
+        "The fleet: cabinets, their state, their audit log and commands (operator; one cabinet also its site manager).",
+    ),
+    (
+        "fleet",
+        "The console's overview: the fleet and its sites at a glance, and search (scoped).",
     ),
     (
         "commands",

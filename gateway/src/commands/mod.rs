@@ -132,6 +132,12 @@ pub(crate) enum Msg {
         oneshot::Sender<Result<CommandRecord, CommandError>>,
     ),
     Offline(CabinetId),
+    /// A cabinet's most recent commands, newest first.
+    Recent(
+        CabinetId,
+        usize,
+        oneshot::Sender<Result<Vec<CommandRecord>, CommandError>>,
+    ),
     HoldResults(bool, oneshot::Sender<()>),
 }
 
@@ -201,6 +207,16 @@ impl CommandsHandle {
             Ok(Ok(rec)) => Ok(Some(rec)),
             _ => self.get(id).await,
         }
+    }
+
+    /// A cabinet's most recent commands, newest first, at most `limit` (1 to 500): the
+    /// stored records, with the dispatcher's newer state of those still pending.
+    pub async fn recent(
+        &self,
+        cabinet: CabinetId,
+        limit: usize,
+    ) -> Result<Vec<CommandRecord>, CommandError> {
+        self.call(|tx| Msg::Recent(cabinet, limit, tx)).await
     }
 
     /// Tells the dispatcher a cabinet went offline (stop sending until its next hello).

@@ -45,6 +45,28 @@ enum Msg {
     Presence(PresenceChange),
     Get(CabinetId, oneshot::Sender<Option<CabinetSnapshot>>),
     List(oneshot::Sender<Vec<CabinetSnapshot>>),
+    PresenceOf(Vec<CabinetId>, bool, oneshot::Sender<PresenceReport>),
+}
+
+/// One cabinet's presence as the console's fleet pages show it (no snapshot is cloned).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CabinetPresence {
+    /// False for a cabinet the gateway has never heard from.
+    pub known: bool,
+    pub online: bool,
+    /// Gateway clock when last heard from, ms (0 = never).
+    pub last_seen: Millis,
+    /// State of charge from the last power report.
+    pub battery_pct: Option<u8>,
+}
+
+/// The presence of the cabinets asked about, in the order asked, and (when asked) how many
+/// other cabinets the fleet knows and how many of those are online.
+#[derive(Debug, Clone, Default)]
+pub struct PresenceReport {
+    pub cabinets: Vec<CabinetPresence>,
+    pub others: usize,
+    pub others_online: usize,
 }
 
 /// Cloneable handle to the fleet registry.
@@ -64,6 +86,21 @@ impl FleetHandle {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Msg::Get(id, tx)).await.ok()?;
         rx.await.ok().flatten()
+    }
+
+    /// The presence of `cabinets` (in that order), computed inside the actor; with `others`,
+    /// also the count of known cabinets not in the list and how many of them are online.
+    pub async fn presence_of(&self, cabinets: Vec<CabinetId>, others: bool) -> PresenceReport {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(Msg::PresenceOf(cabinets, others, tx))
+            .await
+            .is_err()
+        {
+            return PresenceReport::default();
+        }
+        rx.await.unwrap_or_default()
     }
 
     /// Every cabinet, sorted by id.
@@ -208,6 +245,9 @@ impl Fleet {
                         all.sort_by(|a, b| a.id.cmp(&b.id));
                         let _ = reply.send(all);
                     }
+                    Some(Msg::PresenceOf(ids, others, reply)) => {
+                        let _ = reply.send(self.presence_of(&ids, others));
+                    }
                     None => break,
                 },
                 // Ingest gone (it stops first at shutdown): keep serving until cancelled.
@@ -250,6 +290,39 @@ impl Fleet {
                 self.reject(&u.cabinet, u.seq, r);
             }
         }
+    }
+
+    fn presence_of(&self, ids: &[CabinetId], others: bool) -> PresenceReport {
+        let cabinets = ids
+            .iter()
+            .map(|id| match self.cabinets.get(id) {
+                Some(s) => CabinetPresence {
+                    known: true,
+                    online: s.online,
+                    last_seen: s.last_seen,
+                    battery_pct: s.power.as_ref().map(|p| p.soc_pct),
+                },
+                None => CabinetPresence::default(),
+            })
+            .collect::<Vec<_>>();
+        let mut r = PresenceReport {
+            cabinets,
+            ..PresenceReport::default()
+        };
+        if others {
+            let listed: HashSet<&CabinetId> = ids.iter().collect();
+            let listed_online = listed
+                .iter()
+                .filter(|id| self.cabinets.get(**id).is_some_and(|s| s.online))
+                .count();
+            let listed_known = listed
+                .iter()
+                .filter(|id| self.cabinets.contains_key(**id))
+                .count();
+            r.others = self.cabinets.len() - listed_known;
+            r.others_online = self.online.saturating_sub(listed_online);
+        }
+        r
     }
 
     fn reject(&mut self, cabinet: &CabinetId, seq: u64, r: Rejected) {

@@ -12,6 +12,7 @@ pub mod actor;
 pub mod alloc;
 mod apply;
 mod cabinets;
+pub mod fleet;
 pub mod codes;
 pub mod machine;
 pub mod model;
@@ -252,6 +253,11 @@ pub(crate) enum Msg {
     CheckOverride(CabinetId, CompartmentId, Caller, Reply<()>),
     Audit(AuditRecord, Reply<()>),
     Presence(CabinetId, bool),
+    FleetSites(fleet::SitesQuery, Caller, Reply<fleet::SitesPage>),
+    FleetTotals(Caller, Reply<fleet::Totals>),
+    FleetSite(SiteId, Caller, Reply<fleet::SiteDetail>),
+    CabinetSite(CabinetId, Caller, Reply<Option<SiteId>>),
+    Search(String, Caller, Reply<fleet::Hits>),
 }
 
 /// Cloneable handle to the parcel actor.
@@ -426,6 +432,43 @@ impl ParcelsHandle {
     /// is durable.
     pub async fn audit(&self, r: AuditRecord) -> Result<(), ParcelError> {
         self.call(|tx| Msg::Audit(r, tx)).await
+    }
+
+    /// A page of the sites in the caller's scope with their figures (the console's fleet page).
+    pub async fn fleet_sites(
+        &self,
+        q: fleet::SitesQuery,
+        c: Caller,
+    ) -> Result<fleet::SitesPage, ParcelError> {
+        self.call(|tx| Msg::FleetSites(q, c, tx)).await
+    }
+
+    /// The figures of everything in the caller's scope.
+    pub async fn fleet_totals(&self, c: Caller) -> Result<fleet::Totals, ParcelError> {
+        self.call(|tx| Msg::FleetTotals(c, tx)).await
+    }
+
+    /// One site with its cabinets' figures (not found outside the caller's scope).
+    pub async fn fleet_site(
+        &self,
+        site: SiteId,
+        c: Caller,
+    ) -> Result<fleet::SiteDetail, ParcelError> {
+        self.call(|tx| Msg::FleetSite(site, c, tx)).await
+    }
+
+    /// The site of a cabinet, if it is at one the caller may see.
+    pub async fn cabinet_site(
+        &self,
+        cabinet: CabinetId,
+        c: Caller,
+    ) -> Result<Option<SiteId>, ParcelError> {
+        self.call(|tx| Msg::CabinetSite(cabinet, c, tx)).await
+    }
+
+    /// Sites, cabinets and orders matching `q` in the caller's scope.
+    pub async fn search(&self, q: String, c: Caller) -> Result<fleet::Hits, ParcelError> {
+        self.call(|tx| Msg::Search(q, c, tx)).await
     }
 
     /// A cabinet connected or went away (from the edge).

@@ -195,6 +195,26 @@ impl State {
                 self.audit(r);
                 defer(d, tx, Ok(()))
             }
+            Msg::FleetSites(q, c, tx) => {
+                let r = self.fleet_sites(&q, &c);
+                defer(d, tx, Ok(r))
+            }
+            Msg::FleetTotals(c, tx) => {
+                let r = self.fleet_totals(&c);
+                defer(d, tx, Ok(r))
+            }
+            Msg::FleetSite(site, c, tx) => {
+                let r = self.fleet_site(&site, &c);
+                defer(d, tx, r)
+            }
+            Msg::CabinetSite(cab, c, tx) => {
+                let r = self.cabinet_site(&cab, &c);
+                defer(d, tx, Ok(r))
+            }
+            Msg::Search(q, c, tx) => {
+                let r = self.search(&q, &c);
+                defer(d, tx, Ok(r))
+            }
             Msg::Presence(cab, online) => {
                 if online {
                     self.online.insert(cab);

@@ -410,6 +410,13 @@ impl Rules {
             Msg::List(f, reply) => {
                 let _ = reply.send(self.list(f).await);
             }
+            Msg::Counts(reply) => {
+                let mut n = super::AlertCounts::new();
+                for a in self.engine.active.values() {
+                    n.entry(a.cabinet.clone()).or_default().count(a.severity);
+                }
+                let _ = reply.send(n);
+            }
             Msg::Active(cab, reply) => {
                 let mut v: Vec<Alert> = self
                     .engine

@@ -96,7 +96,38 @@ pub(crate) enum Msg {
     List(AlertFilter, oneshot::Sender<Result<Vec<Alert>, RulesError>>),
     /// The rule state of one cabinet (tests and the API's cabinet view).
     Active(CabinetId, oneshot::Sender<Vec<Alert>>),
+    /// Active alerts per cabinet by severity (the console's fleet pages).
+    Counts(oneshot::Sender<AlertCounts>),
 }
+
+/// Active alerts by severity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct SeverityCounts {
+    pub critical: u32,
+    pub warning: u32,
+    pub info: u32,
+}
+
+impl SeverityCounts {
+    /// Counts one more alert of `s`.
+    pub fn count(&mut self, s: Severity) {
+        match s {
+            Severity::Critical => self.critical += 1,
+            Severity::Warning => self.warning += 1,
+            Severity::Info => self.info += 1,
+        }
+    }
+
+    /// Adds another set of counts.
+    pub fn add(&mut self, o: &SeverityCounts) {
+        self.critical += o.critical;
+        self.warning += o.warning;
+        self.info += o.info;
+    }
+}
+
+/// Active alerts by cabinet (cabinets without any are absent).
+pub type AlertCounts = std::collections::HashMap<CabinetId, SeverityCounts>;
 
 /// Cloneable handle to the rules engine.
 #[derive(Clone)]
@@ -165,6 +196,15 @@ impl RulesHandle {
             .await
             .map_err(|_| RulesError::Closed)?;
         rx.await.map_err(|_| RulesError::Closed)?
+    }
+
+    /// Active alerts per cabinet by severity, counted inside the actor (no alert is cloned).
+    pub async fn counts(&self) -> AlertCounts {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Counts(tx)).await.is_err() {
+            return AlertCounts::default();
+        }
+        rx.await.unwrap_or_default()
     }
 
     /// The active alerts of one cabinet.

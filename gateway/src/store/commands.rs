@@ -3,6 +3,9 @@
 //! - `commands`: `command id (16 bytes)` -> JSON [`CommandRecord`];
 //! - `queue`: `cabinet \0 command id` -> empty: commands still waiting for a final outcome, in
 //!   creation order (ids are ULIDs).
+//! - `commands_by_cabinet`: `cabinet \0 command id` -> empty: every command of a cabinet, in
+//!   creation order (the console's recent commands of a cabinet); filled from `commands` once,
+//!   when a database from before it is opened (the key `\0indexed` says that was done).
 //!
 //! Every method blocks (sled I/O); the dispatcher calls them through [`super::blocking`].
 //!
@@ -34,7 +37,15 @@ pub struct CommandStore {
     db: sled::Db,
     commands: sled::Tree,
     queue: sled::Tree,
+    by_cabinet: sled::Tree,
 }
+
+/// The key in `commands_by_cabinet` that says every stored command is indexed (no cabinet id
+/// starts with a zero byte).
+const INDEXED: &[u8] = b"\0indexed";
+
+/// Recent commands of a cabinet one call returns at most.
+pub const RECENT_MAX: usize = 500;
 
 fn queue_key(cabinet: &CabinetId, id: CommandId) -> Vec<u8> {
     let mut k = cabinet.as_str().as_bytes().to_vec();
@@ -46,11 +57,23 @@ fn queue_key(cabinet: &CabinetId, id: CommandId) -> Vec<u8> {
 impl CommandStore {
     /// Opens the command trees of `db`.
     pub fn open(db: &sled::Db) -> Result<Self, StoreError> {
-        Ok(Self {
+        let s = Self {
             commands: db.open_tree("commands")?,
             queue: db.open_tree("queue")?,
+            by_cabinet: db.open_tree("commands_by_cabinet")?,
             db: db.clone(),
-        })
+        };
+        if s.by_cabinet.get(INDEXED)?.is_none() {
+            // a database from before the index: index what it holds, once
+            for kv in s.commands.iter() {
+                let (_, v) = kv?;
+                let rec: CommandRecord = decode("commands", &v)?;
+                s.by_cabinet.insert(queue_key(&rec.cabinet, rec.id), &[])?;
+            }
+            s.by_cabinet.insert(INDEXED, &[])?;
+            s.db.flush()?;
+        }
+        Ok(s)
     }
 
     /// Records a command (new or updated); pending commands are in the cabinet's queue, final
@@ -65,6 +88,7 @@ impl CommandStore {
         for rec in recs {
             self.commands.insert(rec.id.to_bytes(), encode(rec)?)?;
             let qk = queue_key(&rec.cabinet, rec.id);
+            self.by_cabinet.insert(qk.as_slice(), &[])?;
             if rec.outcome.is_some() {
                 self.queue.remove(qk)?;
             } else {
@@ -83,6 +107,37 @@ impl CommandStore {
             None => Ok(None),
             Some(v) => Ok(Some(decode("commands", &v)?)),
         }
+    }
+
+    /// A cabinet's most recent commands, newest first, at most `limit` (capped at
+    /// [`RECENT_MAX`]).
+    pub fn recent_commands(
+        &self,
+        cabinet: &CabinetId,
+        limit: usize,
+    ) -> Result<Vec<CommandRecord>, StoreError> {
+        let mut prefix = cabinet.as_str().as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for kv in self
+            .by_cabinet
+            .scan_prefix(&prefix)
+            .rev()
+            .take(limit.min(RECENT_MAX))
+        {
+            let (k, _) = kv?;
+            let id: [u8; 16] = k
+                .get(prefix.len()..)
+                .and_then(|s| s.try_into().ok())
+                .ok_or(StoreError::Corrupt {
+                    tree: "commands_by_cabinet",
+                    detail: "bad key".into(),
+                })?;
+            if let Some(rec) = self.get_command(CommandId::from_bytes(id))? {
+                out.push(rec);
+            }
+        }
+        Ok(out)
     }
 
     /// Every command still waiting for an outcome, oldest first per cabinet.

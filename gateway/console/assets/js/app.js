@@ -157,7 +157,13 @@ function renderChrome(page) {
         "aria-current": navActive(page, p) ? "page" : null,
         "data-test": `nav-${p}`,
       }, t(`nav.${p}`)))));
-  const nav = h("nav", { class: "nav", id: "nav", "data-test": "nav", "aria-label": t("nav.label") }, navList);
+  const who = h("span", { class: "whoami", "data-test": "whoami", "data-scope": s.scope },
+    h("span", { class: "who-name" }, s.name),
+    " ",
+    h("span", { class: `badge badge-scope scope-${s.scope}` }, scopeText(s)));
+  const logout = h("button", { type: "button", class: "btn btn-quiet", "data-test": "logout", onclick: logoutClicked }, t("nav.logout"));
+  const account = h("div", { class: "account" }, who, langPicker("lang"), logout);
+  const nav = h("nav", { class: "nav", id: "nav", "data-test": "nav", "aria-label": t("nav.label") }, navList, account);
   const toggle = h("button", {
     type: "button",
     class: "nav-toggle",
@@ -173,13 +179,7 @@ function renderChrome(page) {
   nav.addEventListener("click", (e) => {
     if (e.target instanceof HTMLAnchorElement) hdr.classList.remove("nav-open");
   });
-  const who = h("span", { class: "whoami", "data-test": "whoami", "data-scope": s.scope },
-    h("span", { class: "who-name" }, s.name),
-    " ",
-    h("span", { class: `badge badge-scope scope-${s.scope}` }, scopeText(s)));
-  const logout = h("button", { type: "button", class: "btn btn-quiet", "data-test": "logout", onclick: logoutClicked }, t("nav.logout"));
-  const tools = h("div", { class: "tools" }, liveIndicator(), who, langPicker("lang"), logout);
-  hdr.appendChild(h("div", { class: "topbar-row" }, toggle, brand, searchBox(), tools));
+  hdr.appendChild(h("div", { class: "topbar-row" }, toggle, brand, searchBox(), liveIndicator()));
   hdr.appendChild(nav);
 }
 

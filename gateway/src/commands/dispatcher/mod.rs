@@ -227,6 +227,34 @@ impl Dispatcher {
         });
     }
 
+    /// A cabinet's recent commands: read off the actor, the pending ones overlaid with the
+    /// state the dispatcher holds (it may be ahead of what is written).
+    fn recent(
+        &self,
+        cab: CabinetId,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<CommandRecord>, CommandError>>,
+    ) {
+        let limit = limit.clamp(1, store::commands::RECENT_MAX);
+        let pending: HashMap<CommandId, CommandRecord> = self
+            .by_cabinet
+            .get(&cab)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.pending.get(id).map(|r| (*id, r.clone())))
+            .collect();
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let r = store::blocking(move || store.commands().recent_commands(&cab, limit)).await;
+            let r = r.map_err(CommandError::from).map(|v| {
+                v.into_iter()
+                    .map(|rec| pending.get(&rec.id).cloned().unwrap_or(rec))
+                    .collect()
+            });
+            let _ = reply.send(r);
+        });
+    }
+
     async fn on_msg(&mut self, m: Msg) {
         match m {
             Msg::Create(c, reply, waiter) => match self.new_command(c) {
@@ -258,6 +286,7 @@ impl Dispatcher {
                 let r = self.cancel(id).await;
                 let _ = reply.send(r);
             }
+            Msg::Recent(cab, limit, reply) => self.recent(cab, limit, reply),
             Msg::Offline(cab) => {
                 self.ready.remove(&cab);
             }

@@ -57,7 +57,7 @@ export async function render(view, ctx) {
       h("span", { class: "comp-num" }, String(n)),
       h("span", { class: "comp-size" }, t(`common.size_${c.size}`))),
     h("div", { class: "comp-state" }, stateIcon(status), " ", t(`cabinet.${status}`)),
-    h("div", { class: "comp-door", "data-test": `door-${n}` }, doorState === "open" ? "🔓 " : doorState === "closed" ? "🔒 " : "", t(`cabinet.door_${doorState}`)),
+    h("div", { class: "comp-door", "data-test": `door-${n}` }, doorState === "open" ? "▲ " : "", t(`cabinet.door_${doorState}`)),
     c.partition ? h("div", { class: "comp-order" }, h("span", { class: "badge" }, c.partition)) : null,
     c.order ? h("div", { class: "comp-order" }, t("cabinet.order"), " ",
       h("a", { href: `#/orders/${encodeURIComponent(c.order)}`, class: "mono", "data-test": `order-link-${n}` }, c.order)) : null,
@@ -234,11 +234,11 @@ function legend(ctx) {
   const { h, t } = ctx;
   return h("div", { class: "legend", "aria-label": t("cabinet.legend") },
     ["free", "reserved", "occupied", "out_of_service"].map((s) =>
-      h("span", { class: "comp legend-item", "data-state": s }, stateIcon(s), " ", t(`cabinet.${s}`))));
+      h("span", { class: "legend-item", "data-state": s }, stateIcon(s), " ", t(`cabinet.${s}`))));
 }
 
 function stateIcon(status) {
-  return { free: "○", reserved: "◐", occupied: "●", out_of_service: "⛔" }[status] || "?";
+  return { free: "○", reserved: "◐", occupied: "●", out_of_service: "✕" }[status] || "?";
 }
 
 function actionText(a) {
