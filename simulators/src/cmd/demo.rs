@@ -146,6 +146,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             println!("          curl -s -H 'Authorization: Bearer {DEMO_TOKEN}' 'http://{api}/v1/notifications?limit=5'");
             println!("          curl -s -H 'Authorization: Bearer {DEMO_TOKEN}' http://{api}/v1/cabinets/CAB-000001/compartments");
         }
+        println!("console:  http://{api}/console/  (log in with a token; each sees its own scope)");
+        println!("          operator:     {DEMO_TOKEN}");
+        if let (Some(t), Some(site)) = (&world.manager_token, world.sites.first()) {
+            println!("          site manager: {t}  ({}, {} cabinets)", site.id, site.cabinets.len());
+        }
+        if let Some(c) = world.carriers.first() {
+            if let Some(t) = &c.token {
+                println!("          carrier:      {t}  ({})", c.name);
+            }
+        }
         match issued {
             Ok(()) => {
                 println!("MQTT:     mosquitto_sub -h {} -p {} --cafile {} \\", edge.ip(), edge.port(), ca.display());

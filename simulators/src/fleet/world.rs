@@ -51,6 +51,9 @@ pub struct World {
     pub carriers: Vec<SimCarrier>,
     /// For each cabinet index, its site index.
     pub site_of: Vec<usize>,
+    /// The token of the first site's manager (scope site manager; None for an external
+    /// gateway): the demo's console login for a site manager.
+    pub manager_token: Option<String>,
 }
 
 const CARRIERS: [(&str, &str); 3] = [("dhl", "DHL"), ("ups", "UPS"), ("gls", "GLS")];
@@ -90,6 +93,7 @@ impl World {
             sites,
             carriers,
             site_of,
+            manager_token: Some(format!("manager-{token_seed}")),
         }
     }
 
@@ -99,11 +103,26 @@ impl World {
         for c in &mut self.carriers {
             c.token = None;
         }
+        self.manager_token = None;
         self
     }
 
-    /// Adds each carrier's token (scope carrier) to a gateway configuration.
+    /// Adds each carrier's token (scope carrier) and the first site manager's to a gateway
+    /// configuration.
     pub fn add_tokens(&self, cfg: &mut GatewayConfig) {
+        if let (Some(t), Some(site)) = (&self.manager_token, self.sites.first()) {
+            if let Ok(id) = site.id.parse() {
+                cfg.api.tokens.insert(
+                    t.clone(),
+                    TokenSpec::Scoped(ScopedToken {
+                        name: format!("{}-manager", site.id),
+                        scope: ScopeName::SiteManager,
+                        carrier: None,
+                        sites: [id].into(),
+                    }),
+                );
+            }
+        }
         for c in &self.carriers {
             if let Some(t) = &c.token {
                 cfg.api.tokens.insert(
