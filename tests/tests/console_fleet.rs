@@ -7,12 +7,14 @@
 //! scoping also by typed URLs, logout (and the back button), the phone layout. With
 //! `LOCKER_SCREENSHOTS=<dir>` the tests save the fleet, site and cabinet pages there as PNG.
 
+use locker_schemas::CompartmentId;
 use locker_tests::agent::TestCabinet;
 use locker_tests::api::{ApiClient, TEST_TOKEN};
 use locker_tests::browser::Browser;
 use locker_tests::gateway::TestGateway;
 use locker_tests::parcels::{self, DHL_TOKEN, MANAGER_TOKEN, SITE, UPS_TOKEN};
 use locker_tests::pki::TestPki;
+use locker_tests::{eventually, eventually_async};
 use serde_json::{json, Value};
 
 const CAB: &str = "cab-console-1";
@@ -179,6 +181,32 @@ async fn a_deposit_appears_live_on_the_cabinet_picture() {
 async fn opening_a_compartment_needs_a_reason_and_shows_the_outcome() {
     let w = World::start().await;
     let b = &w.browser;
+    // a history longer than one page of recent events: the page finds the newest ones
+    for _ in 0..20 {
+        w.cab.board.open_door(15).expect("open door 16");
+        eventually("door 16 open", || {
+            w.cab.status().open_doors.contains(&CompartmentId(16))
+        })
+        .await;
+        w.cab.board.close_door(15).expect("close door 16");
+        eventually("door 16 closed", || {
+            !w.cab.status().open_doors.contains(&CompartmentId(16))
+        })
+        .await;
+    }
+    eventually_async("40 door events stored", || async {
+        let (_, b) =
+            w.gw.api
+                .get(&format!("/v1/cabinets/{CAB}/events?limit=1000"))
+                .await;
+        let doors = b["events"]
+            .as_array()
+            .map(|a| a.iter().filter(|e| e["kind"] == "door").count())
+            .unwrap_or(0);
+        (doors >= 40).then_some(())
+    })
+    .await;
+
     b.login(&w.base(), MANAGER_TOKEN).await;
     b.wait_attr("[data-test=whoami]", "data-scope", "site_manager")
         .await;
@@ -221,9 +249,11 @@ async fn opening_a_compartment_needs_a_reason_and_shows_the_outcome() {
     b.wait_attr("[data-test=command-row]", "data-outcome", "opened")
         .await;
     assert_eq!(w.cab.pulses(3), pulses + 1, "the lock fired once");
-    // the door closes at the cabinet: the picture follows
+    // the door closes at the cabinet: the picture and the newest event follow
     w.cab.board.close_door(2).expect("close door 3");
     b.wait_attr("[data-test=compartment-3]", "data-door", "closed")
+        .await;
+    b.wait_for_text("[data-test=event-row]:first-child", "#3 closed")
         .await;
     w.close().await;
 }

@@ -5,7 +5,7 @@
 // may not read is left out of the page with a note, never an error.
 
 const EVENT_PAGE = 1000;
-const EVENT_PAGES_MAX = 20; // the first load walks at most this many pages to the newest
+const EVENT_PAGES_MAX = 20; // a refresh reads at most this many pages of new events
 const EVENTS_SHOWN = 25;
 
 export async function render(view, ctx) {
@@ -147,19 +147,48 @@ export async function render(view, ctx) {
     }
   }
 
+  // The log is oldest first, paged by audit position (`after`). The newest page is found by
+  // searching the position at which a page of EVENTS_SHOWN is still full (pages only shrink as
+  // `after` grows): about 2·log2(positions) small reads, however long the cabinet's history.
+  const eventsPage = async (after, limit) =>
+    (await api("GET", apiUrl(`/v1/cabinets/${enc}/events`, { after, limit }))) || {};
+  async function newestEvents() {
+    const n = EVENTS_SHOWN;
+    const full = async (after) => ((await eventsPage(after, n)).events || []).length === n;
+    if (!(await full(0))) return eventsPage(0, n);
+    let lo = 0; // a full page after lo
+    let hi = 1;
+    while (hi < 2 ** 53 && (await full(hi))) {
+      lo = hi;
+      hi *= 2;
+    }
+    while (hi - lo > 1) {
+      const mid = Math.floor((lo + hi) / 2);
+      if (await full(mid)) lo = mid;
+      else hi = mid;
+    }
+    return eventsPage(lo, n);
+  }
+
   async function loadEvents() {
     if (!canEvents) {
       replace(eventsBox, h("p", { class: "muted" }, t("cabinet.not_allowed_part")));
       return;
     }
     try {
-      // the log is oldest first: walk from the last cursor to the newest page
-      for (let i = 0; i < EVENT_PAGES_MAX; i++) {
-        const r = await api("GET", apiUrl(`/v1/cabinets/${enc}/events`, { after: eventsAfter, limit: EVENT_PAGE }));
-        const got = (r && r.events) || [];
-        events = events.concat(got).slice(-EVENTS_SHOWN);
-        if (r && r.next_after) eventsAfter = r.next_after;
-        if (got.length < EVENT_PAGE) break;
+      if (!eventsLoaded) {
+        const r = await newestEvents();
+        events = r.events || [];
+        eventsAfter = r.next_after || 0;
+      } else {
+        // then follow the log from where it was read
+        for (let i = 0; i < EVENT_PAGES_MAX; i++) {
+          const r = await eventsPage(eventsAfter, EVENT_PAGE);
+          const got = r.events || [];
+          events = events.concat(got).slice(-EVENTS_SHOWN);
+          if (r.next_after) eventsAfter = r.next_after;
+          if (got.length < EVENT_PAGE) break;
+        }
       }
       eventsLoaded = true;
       if (!ctx.current()) return;
@@ -177,6 +206,12 @@ export async function render(view, ctx) {
     } catch (e) {
       if (ctx.current()) replace(eventsBox, partError(ctx, e));
     }
+  }
+
+  // one read of the log at a time: a refresh waits for the one before it
+  let eventsTurn = Promise.resolve();
+  function loadEventsInTurn() {
+    eventsTurn = eventsTurn.then(loadEvents, loadEvents);
   }
 
   // ---- the admin override ----
@@ -216,7 +251,7 @@ export async function render(view, ctx) {
     }
     loadAlerts();
     loadCommands();
-    if (eventsLoaded) loadEvents();
+    if (eventsLoaded) loadEventsInTurn();
   }
 
   const later = ctx.debounce(refresh, 500);
@@ -227,7 +262,7 @@ export async function render(view, ctx) {
   await loadPicture(); // a 403/404 here is the page's "not found or not allowed"
   loadAlerts();
   loadCommands();
-  loadEvents();
+  loadEventsInTurn();
 }
 
 function legend(ctx) {
