@@ -392,3 +392,72 @@ async fn the_console_is_usable_on_a_phone() {
     b.screenshot_if_asked("cabinet-phone").await;
     w.close().await;
 }
+
+/// Every message key is in both languages, and every literal key a page asks for exists
+/// (`t("fleet.title")`, `t('order.cancel')`; keys built at run time are not checked here).
+#[test]
+fn every_message_is_in_both_languages() {
+    fn keys(v: &Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    keys(v, &format!("{prefix}{k}."), out);
+                }
+            }
+            _ => {
+                out.insert(prefix.trim_end_matches('.').to_owned());
+            }
+        }
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../gateway/console/assets");
+    let load = |lang: &str| {
+        let text =
+            std::fs::read_to_string(dir.join(format!("i18n/{lang}.json"))).expect("messages");
+        let v: Value = serde_json::from_str(&text).expect("messages are JSON");
+        let mut out = Default::default();
+        keys(&v, "", &mut out);
+        out
+    };
+    let en = load("en");
+    let de = load("de");
+    let only_en: Vec<_> = en.difference(&de).collect();
+    let only_de: Vec<_> = de.difference(&en).collect();
+    assert!(only_en.is_empty(), "missing in de.json: {only_en:?}");
+    assert!(only_de.is_empty(), "missing in en.json: {only_de:?}");
+
+    let mut missing = Vec::new();
+    let mut files = vec![dir.join("js/app.js")];
+    for sub in ["js/lib", "js/pages"] {
+        for e in std::fs::read_dir(dir.join(sub))
+            .expect("js folder")
+            .flatten()
+        {
+            files.push(e.path());
+        }
+    }
+    for f in files {
+        let src = std::fs::read_to_string(&f).expect("js file");
+        for quote in ['"', '\''] {
+            let open = format!("t({quote}");
+            for (i, _) in src.match_indices(&open) {
+                // a call of `t`, not of `ctx.t`'s neighbours like `set(` or `alert(`
+                let before = src[..i].chars().next_back().unwrap_or(' ');
+                if before.is_alphanumeric() || before == '_' {
+                    continue;
+                }
+                let rest = &src[i + open.len()..];
+                let Some(end) = rest.find(quote) else {
+                    continue;
+                };
+                let key = &rest[..end];
+                if key.contains('.') && !key.contains(' ') && !en.contains(key) {
+                    missing.push(format!("{}: {key}", f.display()));
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "keys the pages use but en.json lacks: {missing:#?}"
+    );
+}
