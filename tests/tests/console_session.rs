@@ -174,8 +174,15 @@ async fn the_live_feed_tells_each_scope_only_its_own_changes() {
     parcels::online(&gw.api, &cab.id).await;
     parcels::setup(&gw.api, &[cab.id.as_str()]).await;
 
+    // nobody watches yet: the feed has no broker link
+    let linked = |m: &str| locker_tests::api::metric_value(m, "locker_live_linked");
+    assert_eq!(linked(&gw.api.metrics().await), 0.0);
     let mut op = Live::bearer(api, TEST_TOKEN, "").await;
     assert_eq!(op.status, 200);
+    // the first subscriber brings the link up, and is told to refetch what came before
+    op.until("the resync of a new link", |e, _| e == "resync")
+        .await;
+    assert_eq!(linked(&gw.api.metrics().await), 1.0);
     assert!(
         op.content_type.starts_with("text/event-stream"),
         "{}",

@@ -18,7 +18,7 @@ use utoipa_axum::routes;
 
 use super::openapi::ErrorBody;
 use super::{ApiError, ApiState};
-use crate::live::{LiveError, Subscriber};
+use crate::live::{Change, LiveError, Subscriber};
 use crate::parcels::Caller;
 
 pub(super) fn routes() -> OpenApiRouter<ApiState> {
@@ -107,7 +107,8 @@ impl Feed {
     async fn next(&mut self) -> Option<Event> {
         loop {
             match self.sub.rx.recv().await {
-                Ok(ev) => {
+                Ok(Change::Resync) => return Some(Event::default().event("resync").data("")),
+                Ok(Change::Event(ev)) => {
                     let wanted = ev.visible_to(&self.caller.scope)
                         && self.cabinet.as_ref().is_none_or(|c| *c == ev.cabinet)
                         && self

@@ -17,6 +17,10 @@
 //! where scopes are enforced. So it is QoS 0 and in memory by design: a subscriber that falls
 //! behind (a full broadcast buffer) is told `resync` and refetches; nothing is lost but a
 //! redraw.
+//!
+//! It costs nothing while nobody watches: the link is made when the first subscriber comes
+//! (who is then told `resync`, for what changed before the link was up) and closed when none
+//! has been left for 30 to 60 s, so the router copies no uplink to it meanwhile.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,10 +33,10 @@ use locker_schemas::{
 };
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use serde::Serialize;
-use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{broadcast, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::LinkFactory;
+use crate::broker::{Link, LinkFactory};
 use crate::parcels::{Caller, ParcelsHandle, Scope};
 
 /// The broker client id of the live feed's link.
@@ -160,6 +164,8 @@ pub struct LiveMetrics {
     pub resyncs: IntCounter,
     /// Subscriptions refused at `console.live_max_clients`.
     pub refused: IntCounter,
+    /// 1 while the feed's broker link is up (someone is watching).
+    pub linked: IntGauge,
 }
 
 impl LiveMetrics {
@@ -187,8 +193,14 @@ impl LiveMetrics {
         r.register(Box::new(clients.clone()))?;
         r.register(Box::new(events.clone()))?;
         r.register(Box::new(resyncs.clone()))?;
+        let linked = IntGauge::new(
+            "locker_live_linked",
+            "1 while the live feed's broker link is up (it is made for the first subscriber)",
+        )?;
         r.register(Box::new(refused.clone()))?;
+        r.register(Box::new(linked.clone()))?;
         Ok(Self {
+            linked,
             clients,
             events,
             resyncs,
@@ -197,10 +209,20 @@ impl LiveMetrics {
     }
 }
 
+/// What a subscriber receives: a change, or "refetch everything" (the feed's link just came
+/// up; changes before it were not seen).
+#[derive(Debug, Clone)]
+pub enum Change {
+    Event(Arc<LiveEvent>),
+    Resync,
+}
+
 /// Cloneable handle to the feed: subscribe to it.
 #[derive(Clone)]
 pub struct LiveHandle {
-    tx: broadcast::Sender<Arc<LiveEvent>>,
+    tx: broadcast::Sender<Change>,
+    /// Woken by a subscription, so an idle feed makes its link.
+    wanted: Arc<Notify>,
     clients: Arc<Semaphore>,
     max_clients: usize,
     metrics: LiveMetrics,
@@ -209,7 +231,7 @@ pub struct LiveHandle {
 
 /// One subscriber: its receiver and its place among `live_max_clients`.
 pub struct Subscriber {
-    pub rx: broadcast::Receiver<Arc<LiveEvent>>,
+    pub rx: broadcast::Receiver<Change>,
     /// Cancelled when the gateway stops: the subscriber's stream ends.
     pub stop: CancellationToken,
     metrics: LiveMetrics,
@@ -241,6 +263,7 @@ impl LiveHandle {
         let (tx, _) = broadcast::channel(buffer.max(16));
         Self {
             tx,
+            wanted: Arc::new(Notify::new()),
             clients: Arc::new(Semaphore::new(max_clients)),
             max_clients,
             metrics,
@@ -255,8 +278,10 @@ impl LiveHandle {
             LiveError::Busy(self.max_clients)
         })?;
         self.metrics.clients.inc();
+        let rx = self.tx.subscribe();
+        self.wanted.notify_one();
         Ok(Subscriber {
-            rx: self.tx.subscribe(),
+            rx,
             stop: self.stop.clone(),
             metrics: self.metrics.clone(),
             _permit: permit,
@@ -266,47 +291,69 @@ impl LiveHandle {
     /// Broadcasts an event (nobody listening is fine).
     pub fn send(&self, ev: LiveEvent) {
         self.metrics.events.with_label_values(&[ev.stream]).inc();
-        let _ = self.tx.send(Arc::new(ev));
+        let _ = self.tx.send(Change::Event(Arc::new(ev)));
     }
 
-    /// Runs the feed's task until `cancel`: connects its broker link, subscribes, and turns
-    /// publishes into events.
+    /// Runs the feed's task until `cancel`: while someone subscribes, a broker link whose
+    /// publishes become events (see the module doc).
     pub async fn run(
         self,
         links: LinkFactory,
         parcels: ParcelsHandle,
         cancel: CancellationToken,
     ) -> Result<(), LiveError> {
-        let mut link = links
-            .connect(LIVE_CLIENT_ID.into(), true, None)
-            .await
-            .map_err(|e| LiveError::Broker(e.to_string()))?;
-        let mut filters = vec![Filter::all_streams()];
-        filters.extend(UPLINKS.into_iter().map(Filter::uplinks_of_kind));
-        for f in filters {
-            link.subscribe(f.as_str().to_owned())
-                .await
-                .map_err(|e| LiveError::Broker(e.to_string()))?;
-        }
         let mut sites = Sites {
             of: HashMap::new(),
             changed: parcels.sites_changed(),
             parcels,
         };
-        let mut every = tokio::time::interval(SITES_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = every.tick() => sites.refresh().await,
-                p = link.next_publish() => match p {
-                    Ok(p) => self.publish(&mut sites, p.topic, p.payload).await,
-                    Err(_) => break,
-                },
+            while self.tx.receiver_count() == 0 {
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = self.wanted.notified() => {}
+                }
+            }
+            let link = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                l = connect(&links) => l?,
+            };
+            self.metrics.linked.set(1);
+            sites.refresh().await;
+            let _ = self.tx.send(Change::Resync);
+            let ended = self.pump(link, &mut sites, &cancel).await;
+            self.metrics.linked.set(0);
+            if ended {
+                return Ok(());
             }
         }
+    }
+
+    /// Forwards the link's publishes until nobody has been subscribed for two ticks of 30 s
+    /// (false) or the gateway stops (true).
+    async fn pump(&self, mut link: Link, sites: &mut Sites, cancel: &CancellationToken) -> bool {
+        let mut every = tokio::time::interval(SITES_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.reset();
+        let mut idle_ticks = 0;
+        let ended = loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break true,
+                _ = every.tick() => {
+                    sites.refresh().await;
+                    idle_ticks = if self.tx.receiver_count() == 0 { idle_ticks + 1 } else { 0 };
+                    if idle_ticks >= 2 {
+                        break false;
+                    }
+                }
+                p = link.next_publish() => match p {
+                    Ok(p) => self.publish(sites, p.topic, p.payload).await,
+                    Err(_) => break true,
+                },
+            }
+        };
         link.close(true).await;
-        Ok(())
+        ended
     }
 
     async fn publish(&self, sites: &mut Sites, topic: Bytes, payload: Bytes) {
@@ -339,6 +386,22 @@ impl Sites {
             self.of = m;
         }
     }
+}
+
+/// The feed's broker link, subscribed to what it follows.
+async fn connect(links: &LinkFactory) -> Result<Link, LiveError> {
+    let link = links
+        .connect(LIVE_CLIENT_ID.into(), true, None)
+        .await
+        .map_err(|e| LiveError::Broker(e.to_string()))?;
+    let mut filters = vec![Filter::all_streams()];
+    filters.extend(UPLINKS.into_iter().map(Filter::uplinks_of_kind));
+    for f in filters {
+        link.subscribe(f.as_str().to_owned())
+            .await
+            .map_err(|e| LiveError::Broker(e.to_string()))?;
+    }
+    Ok(link)
 }
 
 /// Every cabinet's site, from the parcel domain.
@@ -470,9 +533,9 @@ mod tests {
         assert_eq!(m.clients.get(), 0);
         let mut b = h.subscribe().expect("room again");
         h.send(parcel("dhl"));
-        assert_eq!(
-            b.rx.recv().await.expect("event").order.as_deref(),
-            Some("ORD-1")
-        );
+        match b.rx.recv().await.expect("event") {
+            Change::Event(ev) => assert_eq!(ev.order.as_deref(), Some("ORD-1")),
+            Change::Resync => panic!("no link in this test: no resync"),
+        }
     }
 }
