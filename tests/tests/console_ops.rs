@@ -141,7 +141,12 @@ async fn an_orders_timeline_shows_its_deposit_and_pickup_and_the_audit_export_ho
     let id = o["id"].as_str().expect("id").to_owned();
     let c = o["compartment"].as_u64().expect("compartment") as u16;
     let h = w.cab().handle.as_ref().expect("agent");
-    h.scan(ScanSource::Keypad, &pin).await.expect("scan");
+    eventually("door closed", || w.cab().status().open_doors.is_empty()).await;
+    let reply = h.scan(ScanSource::Keypad, &pin).await.expect("scan");
+    assert!(
+        matches!(reply.access, locker_agent::Access::Pickup(x) if x.0 == c),
+        "{reply:?}"
+    );
     let done = parcels::wait_state(&dhl, &id, "picked_up").await;
     w.cab()
         .board
