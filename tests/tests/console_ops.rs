@@ -89,8 +89,8 @@ impl World {
 
 /// An RFC 3339 UTC time `ms` since the epoch (for the audit page's query).
 fn rfc3339(ms: u64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .expect("time");
+    let t =
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).expect("time");
     t.format(&time::format_description::well_known::Rfc3339)
         .expect("format")
 }
@@ -141,16 +141,18 @@ async fn an_orders_timeline_shows_its_deposit_and_pickup_and_the_audit_export_ho
     let id = o["id"].as_str().expect("id").to_owned();
     let c = o["compartment"].as_u64().expect("compartment") as u16;
     let h = w.cab().handle.as_ref().expect("agent");
-    h.scan(ScanSource::Keypad, &pin).await.expect("scan");
+    eventually("door closed", || w.cab().status().open_doors.is_empty()).await;
+    let reply = h.scan(ScanSource::Keypad, &pin).await.expect("scan");
+    assert!(
+        matches!(reply.access, locker_agent::Access::Pickup(x) if x.0 == c),
+        "{reply:?}"
+    );
     let done = parcels::wait_state(&dhl, &id, "picked_up").await;
     w.cab()
         .board
         .take_parcel(usize::from(c - 1))
         .expect("parcel out");
-    w.cab()
-        .board
-        .close_door(usize::from(c - 1))
-        .expect("close");
+    w.cab().board.close_door(usize::from(c - 1)).expect("close");
     eventually("door closed", || w.cab().status().open_doors.is_empty()).await;
 
     // the orders list, filtered in the hash: the row links to the order
@@ -241,7 +243,10 @@ async fn an_orders_timeline_shows_its_deposit_and_pickup_and_the_audit_export_ho
         .lines()
         .map(|l| serde_json::from_str(l).expect("an NDJSON line"))
         .collect();
-    let mine: Vec<&Value> = records.iter().filter(|r| r["order"] == id.as_str()).collect();
+    let mine: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["order"] == id.as_str())
+        .collect();
     assert!(
         mine.iter()
             .any(|r| r["kind"] == "order_transition" && r["actor"] == "recipient"),
@@ -301,16 +306,23 @@ async fn actions_from_the_order_page_change_the_order_or_show_the_apis_message()
     // cancel (confirmed): a parcel inside goes back to the carrier
     b.click("[data-test=order-action-cancel]").await;
     b.click("[data-test=order-confirm]").await;
-    b.wait_attr("[data-test=order-details]", "data-state", "return_requested")
-        .await;
+    b.wait_attr(
+        "[data-test=order-details]",
+        "data-state",
+        "return_requested",
+    )
+    .await;
     assert_eq!(parcels::state(&dhl, &id).await, "return_requested");
 
     // the remote unlock needs its reason; the opened door lets the carrier collect it
     let pulses = w.cab().pulses(c);
     b.click("[data-test=order-action-unlock]").await;
     b.wait_for("[data-test=reason-modal]").await;
-    b.fill("[data-test=reason-input]", "carrier collects the parcel at the desk")
-        .await;
+    b.fill(
+        "[data-test=reason-input]",
+        "carrier collects the parcel at the desk",
+    )
+    .await;
     b.click("[data-test=reason-ok]").await;
     b.wait_attr(
         "[data-test=order-action-result][data-action=unlock]",
@@ -322,18 +334,11 @@ async fn actions_from_the_order_page_change_the_order_or_show_the_apis_message()
     parcels::wait_state(&dhl, &id, "returned").await;
     b.wait_attr("[data-test=order-details]", "data-state", "returned")
         .await;
-    let reason = eventually_async("the unlock's reason on the timeline", || async {
-        let t = b
-            .eval(
-                "const e = document.querySelector('[data-test=timeline-entry][data-kind=remote_unlock]');
-                 return e ? e.textContent : null;",
-                vec![],
-            )
-            .await;
-        t.as_str().map(str::to_owned)
-    })
+    b.wait_for_text(
+        "[data-test=timeline-entry][data-kind=remote_unlock]",
+        "carrier collects the parcel at the desk",
+    )
     .await;
-    assert!(reason.contains("carrier collects the parcel"), "{reason}");
     w.close().await;
 }
 
@@ -347,32 +352,40 @@ async fn an_offline_alert_appears_live_and_is_acknowledged_with_a_note() {
     })
     .await;
     let b = &w.browser;
-    b.login(&w.base(), MANAGER_TOKEN).await;
+    // the operator's login: the rules engine learns a new cabinet's site only at its next site
+    // refresh, and an alert raised before that has no site a site manager could see
+    b.login(&w.base(), TEST_TOKEN).await;
     w.page("#/alerts").await;
     b.wait_for("[data-test=alerts-empty]").await;
     b.wait_attr("[data-test=live]", "data-state", "live").await;
 
     // the cabinet goes away: the alert appears without a reload
     w.cab.as_mut().expect("cabinet").stop().await;
+    let id = eventually_async("the offline alert", || async {
+        let (_, list) = w.gw.api.get("/v1/alerts?kind=offline").await;
+        list["alerts"][0]["id"].as_str().map(str::to_owned)
+    })
+    .await;
     let row = format!("[data-test=alert-row][data-kind=offline][data-cabinet='{CAB}']");
     b.wait_attr(&row, "data-acked", "false").await;
-    let (_, list) = w.gw.api.get("/v1/alerts?kind=offline").await;
-    let id = list["alerts"][0]["id"].as_str().expect("alert id").to_owned();
     b.wait_attr(&row, "data-alert", &id).await;
     b.wait_attr(&row, "data-severity", "warning").await;
     b.screenshot_if_asked("alerts").await;
 
-    // acknowledged with a note, by the site manager's login
+    // acknowledged with a note, by the operator's login
     let mine = format!("[data-test=alert-row][data-alert='{id}']");
     b.fill(&format!("{mine} [data-test=alert-note]"), "called the site")
         .await;
     b.click(&format!("{mine} [data-test=alert-ack]")).await;
     b.wait_attr(&mine, "data-acked", "true").await;
-    b.wait_for_text(&format!("{mine} [data-test=alert-acked]"), "called the site")
-        .await;
+    b.wait_for_text(
+        &format!("{mine} [data-test=alert-acked]"),
+        "called the site",
+    )
+    .await;
     let (s, a) = w.gw.api.get(&format!("/v1/alerts/{id}")).await;
     assert_eq!(s, 200, "{a}");
-    assert_eq!(a["acked_by"], "site-manager", "{a}");
+    assert_eq!(a["acked_by"], "test-suite", "{a}");
     assert_eq!(a["ack_note"], "called the site", "{a}");
     assert_eq!(a["state"], "active", "an ack does not end an outage");
 
@@ -417,7 +430,11 @@ async fn a_carrier_sees_only_its_orders_and_replays_its_dead_letters_from_the_pa
     b.login(&w.base(), DHL_TOKEN).await;
     b.wait_attr("[data-test=whoami]", "data-scope", "carrier")
         .await;
-    for hash in ["#/orders", "#/orders?carrier=ups", &format!("#/orders?site={SITE}")] {
+    for hash in [
+        "#/orders",
+        "#/orders?carrier=ups",
+        &format!("#/orders?site={SITE}"),
+    ] {
         w.page(hash).await;
         b.wait_for("[data-test=page-orders]").await;
         b.poll(
@@ -433,11 +450,11 @@ async fn a_carrier_sees_only_its_orders_and_replays_its_dead_letters_from_the_pa
             )
             .await;
         let carriers = carriers.as_array().cloned().unwrap_or_default();
+        assert!(carriers.iter().all(|c| c == "dhl"), "{hash}: {carriers:?}");
         assert!(
-            carriers.iter().all(|c| c == "dhl"),
-            "{hash}: {carriers:?}"
+            !b.exists(&format!("[data-order='{theirs}']")).await,
+            "{hash}"
         );
-        assert!(!b.exists(&format!("[data-order='{theirs}']")).await, "{hash}");
     }
     w.page("#/orders").await;
     for id in &dhl_ids {

@@ -100,7 +100,7 @@ export async function render(view, ctx) {
       ['delivered', hl.delivered], ['failed', hl.failed_attempts], ['dead', hl.dead_lettered],
       ['last_delivered', hl.last_delivered_at ? k.time(hl.last_delivered_at) : null],
       ['last_error', hl.last_error ? `${hl.last_error} (${k.time(hl.last_error_at)})` : null],
-    ].filter(([, v]) => v !== null && v !== undefined).map(([key, v]) => [h('dt', {}, t(`webhooks.health.${key}`)), h('dd', { 'data-health': key }, String(v))]),
+    ].filter(([, v]) => v !== null && v !== undefined).map(([key, v]) => h('div', {}, h('dt', {}, t(`webhooks.health.${key}`)), h('dd', { 'data-health': key }, String(v)))),
   );
   const badge = (c) => h('span', { class: `ops-badge ops-wh-${c}`, 'data-condition': c }, `${ICON[c]} ${t(`webhooks.condition.${c}`)}`);
 
