@@ -352,9 +352,9 @@ async fn an_offline_alert_appears_live_and_is_acknowledged_with_a_note() {
     })
     .await;
     let b = &w.browser;
-    // the operator's login: the rules engine learns a new cabinet's site only at its next site
-    // refresh, and an alert raised before that has no site a site manager could see
-    b.login(&w.base(), TEST_TOKEN).await;
+    // the site's manager watches (the rules engine knows the cabinet's site as soon as the
+    // site is created, so the alert carries it)
+    b.login(&w.base(), MANAGER_TOKEN).await;
     w.page("#/alerts").await;
     b.wait_for("[data-test=alerts-empty]").await;
     b.wait_attr("[data-test=live]", "data-state", "live").await;
@@ -372,7 +372,7 @@ async fn an_offline_alert_appears_live_and_is_acknowledged_with_a_note() {
     b.wait_attr(&row, "data-severity", "warning").await;
     b.screenshot_if_asked("alerts").await;
 
-    // acknowledged with a note, by the operator's login
+    // acknowledged with a note, by the site manager
     let mine = format!("[data-test=alert-row][data-alert='{id}']");
     b.fill(&format!("{mine} [data-test=alert-note]"), "called the site")
         .await;
@@ -385,7 +385,7 @@ async fn an_offline_alert_appears_live_and_is_acknowledged_with_a_note() {
     .await;
     let (s, a) = w.gw.api.get(&format!("/v1/alerts/{id}")).await;
     assert_eq!(s, 200, "{a}");
-    assert_eq!(a["acked_by"], "test-suite", "{a}");
+    assert_eq!(a["acked_by"], "site-manager", "{a}");
     assert_eq!(a["ack_note"], "called the site", "{a}");
     assert_eq!(a["state"], "active", "an ack does not end an outage");
 

@@ -265,6 +265,12 @@ impl Rules {
         let mut tick = tokio::time::interval(Duration::from_millis(self.p.cfg.tick_ms.max(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ingest_open = true;
+        // a site created or changed is read at once (alerts raised next carry it)
+        let mut sites_changed = match &self.p.parcels {
+            Some(p) => p.sites_changed(),
+            None => tokio::sync::watch::channel(0).1,
+        };
+        sites_changed.borrow_and_update();
         self.refresh_sites().await;
         loop {
             tokio::select! {
@@ -308,6 +314,10 @@ impl Rules {
                     None => return,
                 },
                 _ = tick.tick() => self.on_tick().await,
+                Ok(()) = sites_changed.changed() => {
+                    sites_changed.borrow_and_update();
+                    self.refresh_sites().await;
+                }
             }
             self.flush(&cancel).await;
         }

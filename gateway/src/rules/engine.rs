@@ -155,7 +155,12 @@ impl Engine {
             let want = sites.get(&id).cloned();
             if let Some(c) = self.cabs.get_mut(&id) {
                 if c.site != want {
-                    c.site = want;
+                    c.site = want.clone();
+                    // its active alerts move with it (a site manager lists them by site); they
+                    // are stored with it at their next change, and set again after a restart
+                    for a in self.active.values_mut().filter(|a| a.cabinet == id) {
+                        a.site = want.clone();
+                    }
                     self.dirty.insert(id.clone());
                     self.evaluate(&id, now);
                 }
