@@ -318,3 +318,44 @@ async fn console_files_come_with_their_security_headers() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orders_notices_are_read_by_order_within_its_scope() {
+    let mut pki = TestPki::new();
+    let gw = TestGateway::start_with(&pki, parcels::tokens).await;
+    let cab = TestCabinet::start(&mut pki, "cab-notices-1", gw.edge_addr()).await;
+    parcels::online(&gw.api, &cab.id).await;
+    parcels::setup(&gw.api, &[cab.id.as_str()]).await;
+    let dhl = gw.api.with_token(DHL_TOKEN);
+    let first = parcels::order(&dhl, "NOTICE-1", "M").await;
+    let second = parcels::order(&dhl, "NOTICE-2", "M").await;
+    parcels::remote_deposit(&dhl, &cab, &first).await;
+    let id = first["id"].as_str().expect("id");
+    let ready = parcels::notice(&gw.api, id, "ready").await;
+
+    let path = format!("/v1/orders/{id}/notifications");
+    let (s, b) = dhl.get(&path).await;
+    assert_eq!(s, 200, "{b}");
+    let list = b["notifications"].as_array().expect("list");
+    assert_eq!(list.len(), 1, "{b}");
+    assert_eq!(list[0]["id"], ready["id"]);
+    assert_eq!(list[0]["order"], id);
+    let other = format!(
+        "/v1/orders/{}/notifications",
+        second["id"].as_str().expect("id")
+    );
+    let (s, b) = dhl.get(&other).await;
+    assert_eq!(
+        (s, b["notifications"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{b}"
+    );
+    let (s, b) = gw.api.with_token(UPS_TOKEN).get(&path).await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (404, Some("not_found")),
+        "another carrier's order"
+    );
+    let (s, _) = gw.api.with_token(MANAGER_TOKEN).get(&path).await;
+    assert_eq!(s, 200, "the site's manager");
+}

@@ -49,6 +49,7 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(out_for_delivery))
         .routes(routes!(unlock))
         .routes(routes!(notifications))
+        .routes(routes!(order_notifications))
         .routes(routes!(audit))
 }
 
@@ -228,19 +229,57 @@ async fn get_one(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_order(&id)?;
+    Ok(Json(order_view(&st, &caller, id).await?).into_response())
+}
+
+/// An order the caller may see, live or archived (finished, out of memory).
+async fn order_view(
+    st: &ApiState,
+    caller: &Caller,
+    id: OrderId,
+) -> Result<crate::parcels::OrderView, ApiError> {
     match st.parcels.get(id, caller.clone()).await {
-        Ok(v) => Ok(Json(v).into_response()),
+        Ok(v) => Ok(v),
         Err(ParcelError::NotFound(what)) => {
-            // a finished order archived out of memory
             let s = st.store.clone();
             let old = store::blocking(move || s.parcels().archived(id)).await?;
             match old.filter(|o| caller.scope.sees(&o.carrier, &o.site)) {
-                Some(o) => Ok(Json(crate::parcels::OrderView::from(&o)).into_response()),
+                Some(o) => Ok(crate::parcels::OrderView::from(&o)),
                 None => Err(ParcelError::NotFound(what).into()),
             }
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// `GET /v1/orders/{id}/notifications`.
+#[derive(Serialize, utoipa::ToSchema)]
+struct OrderNotices {
+    notifications: Vec<Notice>,
+}
+
+/// The notification requests of one order, oldest first (codes included, as in
+/// `/v1/notifications`; read through a per-order index, never a scan of the outbox).
+///
+/// Scopes: operator, carrier (its orders), site manager (its sites); an order outside the
+/// scope is `not_found`.
+#[utoipa::path(get, path = "/v1/orders/{id}/notifications", tag = "notifications",
+    params(("id" = OrderIdDoc, Path, description = "The order.")),
+    responses((status = 200, description = "The order's notices.", body = OrderNotices),
+        (status = 404, description = "`not_found`.", body = ErrorBody),
+        (status = 500, description = "`storage`.", body = ErrorBody)))]
+async fn order_notifications(
+    State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_order(&id)?;
+    order_view(&st, &caller, id).await?;
+    let s = st.store.clone();
+    let notices = store::blocking(move || s.parcels().notices_of(&id)).await?;
+    Ok(Json(OrderNotices {
+        notifications: notices,
+    }))
 }
 
 async fn act(st: ApiState, caller: Caller, id: &str, a: OrderAction) -> Result<Response, ApiError> {

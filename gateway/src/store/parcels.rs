@@ -7,7 +7,9 @@
 //! `parcel_orders` (live and recently finished orders, by id), `parcel_archive` (finished
 //! orders out of memory, by id), `parcel_cabinets` (by cabinet), `parcel_meta`
 //! (`v/<cabinet>` credential version, `c/<cabinet>` applied audit position, `init`),
-//! `parcel_notices` and `parcel_audit` (by big-endian position).
+//! `parcel_notices` and `parcel_audit` (by big-endian position), `parcel_notices_by_order`
+//! (`<order>\0<notice id BE>` -> empty: an order's notices without a scan of the outbox;
+//! built once from the outbox for a database older than it, `nidx` in `parcel_meta`).
 //!
 //! Blocking; the parcel actor calls it through `spawn_blocking`, one flush per batch.
 
@@ -121,6 +123,8 @@ pub trait ParcelStore: Send + Sync + 'static {
     fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
     /// Notification requests with `id > after`, oldest first.
     fn notices(&self, after: u64, limit: usize) -> Result<Vec<Notice>, StoreError>;
+    /// The notices of one order, oldest first (by the per-order index).
+    fn notices_of(&self, order: &OrderId) -> Result<Vec<Notice>, StoreError>;
     /// Audit records with `pos > after`, oldest first.
     fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
     /// An archived (finished, out of memory) order.
@@ -148,12 +152,36 @@ pub struct SledParcels {
     meta: sled::Tree,
     notices: sled::Tree,
     audit: sled::Tree,
+    notices_by_order: sled::Tree,
+}
+
+/// The per-order index key of a notice.
+fn notice_key(order: &OrderId, id: u64) -> Vec<u8> {
+    let mut k = order.to_string().into_bytes();
+    k.push(0);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
 }
 
 impl SledParcels {
-    /// Opens the trees.
+    /// Opens the trees (and builds the per-order notice index once for an older database).
     pub fn open(db: &sled::Db) -> Result<Self, StoreError> {
+        let s = Self::trees(db)?;
+        if s.meta.get("nidx")?.is_none() {
+            for kv in s.notices.iter() {
+                let (_, v) = kv?;
+                let n: Notice = decode("parcel_notices", &v)?;
+                s.notices_by_order.insert(notice_key(&n.order, n.id), &[])?;
+            }
+            s.meta.insert("nidx", &[1u8])?;
+            s.db.flush()?;
+        }
+        Ok(s)
+    }
+
+    fn trees(db: &sled::Db) -> Result<Self, StoreError> {
         Ok(Self {
+            notices_by_order: db.open_tree("parcel_notices_by_order")?,
             sites: db.open_tree("parcel_sites")?,
             carriers: db.open_tree("parcel_carriers")?,
             couriers: db.open_tree("parcel_couriers")?,
@@ -292,6 +320,8 @@ impl ParcelStore for SledParcels {
         }
         for n in &b.notices {
             self.notices.insert(n.id.to_be_bytes(), encode(n)?)?;
+            self.notices_by_order
+                .insert(notice_key(&n.order, n.id), &[])?;
         }
         for a in &b.audit {
             self.audit.insert(a.pos.to_be_bytes(), encode(a)?)?;
@@ -306,6 +336,20 @@ impl ParcelStore for SledParcels {
 
     fn notices(&self, after: u64, limit: usize) -> Result<Vec<Notice>, StoreError> {
         page(&self.notices, "parcel_notices", after, limit)
+    }
+
+    fn notices_of(&self, order: &OrderId) -> Result<Vec<Notice>, StoreError> {
+        let mut prefix = order.to_string().into_bytes();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for kv in self.notices_by_order.scan_prefix(&prefix) {
+            let (k, _) = kv?;
+            let id = &k[prefix.len()..];
+            if let Some(v) = self.notices.get(id)? {
+                out.push(decode("parcel_notices", &v)?);
+            }
+        }
+        Ok(out)
     }
 
     fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {

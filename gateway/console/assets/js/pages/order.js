@@ -21,45 +21,10 @@ const ACTIONS = [
   { id: 'cancel', path: 'cancel', confirm: true, when: (o) => ['created', 'reserved', 'deposited', 'ready'].includes(o.state) },
 ];
 
-/** The `after` cursor just before the first notice created at or after `at`: a binary search
- * over notice ids (the outbox is appended in time order), O(log n) one-item pages. */
-async function seekNotices(ctx, at) {
-  const cache = new Map();
-  const reached = async (id) => {
-    if (!cache.has(id)) {
-      const p = await ctx.api('GET', `/v1/notifications?after=${id - 1}&limit=1`);
-      const n = (p.notifications || [])[0];
-      cache.set(id, !n || n.created_at >= at);
-    }
-    return cache.get(id);
-  };
-  let hi = 1;
-  while (!(await reached(hi)) && hi < 2 ** 40) hi *= 2;
-  let lo = hi > 1 ? hi / 2 + 1 : 1;
-  while (lo < hi) {
-    const mid = Math.floor((lo + hi) / 2);
-    if (await reached(mid)) hi = mid;
-    else lo = mid + 1;
-  }
-  return lo - 1;
-}
-
-/** The order's notices. An operator seeks to the order's creation; other scopes (whose pages
- * the API filters) read from the start, at most ten pages. */
+/** The order's notices (`GET /v1/orders/{id}/notifications`, one read by the per-order index). */
 async function findNotices(ctx, o) {
-  const end = FINAL.includes(o.state) ? o.updated_at + 10 * 60 * 1000 : Infinity;
-  let after = ctx.session && ctx.session.scope === 'operator' ? await seekNotices(ctx, o.created_at) : 0;
-  const out = [];
-  for (let i = 0; i < 10; i += 1) {
-    const p = await ctx.api('GET', `/v1/notifications?after=${after}&limit=1000`);
-    for (const n of p.notifications || []) {
-      if (n.created_at > end) return out;
-      if (n.order === o.id) out.push(n);
-    }
-    if (p.next_after === null || p.next_after === undefined || p.next_after === after) return out;
-    after = p.next_after;
-  }
-  return out;
+  const p = await ctx.api('GET', `/v1/orders/${encodeURIComponent(o.id)}/notifications`);
+  return p.notifications || [];
 }
 
 /** Door, access, override and command records of the order's compartment while it was the
