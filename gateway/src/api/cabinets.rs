@@ -39,14 +39,16 @@ pub(super) fn site_routes() -> OpenApiRouter<ApiState> {
 async fn in_scope(st: &ApiState, caller: &Caller, id: &CabinetId) -> Result<(), ApiError> {
     match &caller.scope {
         Scope::Operator => Ok(()),
-        Scope::SiteManager { .. } => match st.parcels.cabinet_site(id.clone(), caller.clone()).await? {
-            Some(_) => Ok(()),
-            None => Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("unknown cabinet {id}"),
-            )),
-        },
+        Scope::SiteManager { .. } => {
+            match st.parcels.cabinet_site(id.clone(), caller.clone()).await? {
+                Some(_) => Ok(()),
+                None => Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("unknown cabinet {id}"),
+                )),
+            }
+        }
         Scope::Carrier { .. } => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",

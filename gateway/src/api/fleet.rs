@@ -166,7 +166,10 @@ async fn alerts(st: &ApiState, c: &Caller) -> AlertCounts {
     }
 }
 
-fn sum_alerts<'a>(counts: &AlertCounts, cabs: impl IntoIterator<Item = &'a CabinetId>) -> SeverityCounts {
+fn sum_alerts<'a>(
+    counts: &AlertCounts,
+    cabs: impl IntoIterator<Item = &'a CabinetId>,
+) -> SeverityCounts {
     let mut n = SeverityCounts::default();
     for k in cabs {
         if let Some(c) = counts.get(k) {
@@ -202,7 +205,11 @@ async fn summary(
     };
     let outbox_pending = if operator {
         let targets = st.outbound.targets().await.map_err(|e| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            )
         })?;
         Some(
             targets
@@ -244,9 +251,12 @@ async fn sites(
     Query(q): Query<SitesParams>,
 ) -> Result<Json<FleetSites>, ApiError> {
     let after = match q.after.as_deref().filter(|a| !a.is_empty()) {
-        Some(a) => Some(a.parse::<SiteId>().map_err(|e: locker_schemas::SlugError| {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_id", e.to_string())
-        })?),
+        Some(a) => Some(
+            a.parse::<SiteId>()
+                .map_err(|e: locker_schemas::SlugError| {
+                    ApiError::new(StatusCode::BAD_REQUEST, "bad_id", e.to_string())
+                })?,
+        ),
         None => None,
     };
     let query = SitesQuery {

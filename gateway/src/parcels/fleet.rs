@@ -254,11 +254,11 @@ impl State {
     pub(super) fn fleet_sites(&self, q: &SitesQuery, c: &Caller) -> SitesPage {
         let view = self.view(c);
         let (exc, _) = self.exceptions(&view);
-        let needle = q.q.as_deref().map(str::to_lowercase).filter(|n| !n.is_empty());
-        let start = q
-            .after
-            .clone()
-            .map_or(Bound::Unbounded, Bound::Excluded);
+        let needle =
+            q.q.as_deref()
+                .map(str::to_lowercase)
+                .filter(|n| !n.is_empty());
+        let start = q.after.clone().map_or(Bound::Unbounded, Bound::Excluded);
         let limit = q.limit.max(1);
         let mut matching = self
             .sites
