@@ -113,7 +113,7 @@ fn seed(path: &std::path::Path, cabinets: usize, now: u64) -> anyhow::Result<usi
                             ..Recipient::default()
                         },
                         state,
-                        exception: (n_orders % 50 == 0).then_some(Exception::TooSmall),
+                        exception: n_orders.is_multiple_of(50).then_some(Exception::TooSmall),
                         created_at: now,
                         created_by: "bench".into(),
                         updated_at: now,
@@ -147,7 +147,7 @@ fn seed(path: &std::path::Path, cabinets: usize, now: u64) -> anyhow::Result<usi
             }
             batch.cabinets.push((id.clone(), slots));
             snaps.push(snap);
-            if k % 10 == 0 {
+            if k.is_multiple_of(10) {
                 alerts.push(Alert {
                     id: format!("ALR-{}", ulid::Ulid::from_parts(now, k as u128)),
                     cabinet: id.clone(),

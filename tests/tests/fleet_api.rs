@@ -385,7 +385,7 @@ async fn search_finds_orders_by_tracking_phone_and_reference_never_another_carri
     ] {
         let (st, b) = dhl.get(&format!("/v1/search?q={q}")).await;
         assert_eq!(st, 200, "{b}");
-        assert_eq!(found(&b), [mine.clone()], "dhl searching {q}: {b}");
+        assert_eq!(found(&b), vec![mine.clone()], "dhl searching {q}: {b}");
         assert_eq!(b["orders"][0]["tracking"], "JJD000111", "{b}");
     }
     // never another carrier's order, whatever is typed
@@ -394,7 +394,7 @@ async fn search_finds_orders_by_tracking_phone_and_reference_never_another_carri
         assert_eq!(found(&b), Vec::<String>::new(), "dhl searching {q}: {b}");
     }
     let (_, b) = ups.get("/v1/search?q=%2B491701234567").await;
-    assert_eq!(found(&b), [theirs.clone()], "{b}");
+    assert_eq!(found(&b), vec![theirs.clone()], "{b}");
     // the site manager sees both of its site; an operator too
     let (_, b) = mgr.get("/v1/search?q=491701234567").await;
     assert_eq!(found(&b).len(), 2, "{b}");
