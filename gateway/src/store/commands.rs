@@ -163,3 +163,61 @@ impl CommandStore {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::record::{ActionSpec, CommandState};
+
+    fn rec(cabinet: &str, n: u64) -> CommandRecord {
+        CommandRecord {
+            id: CommandId(ulid::Ulid::from_parts(n, 1)),
+            cabinet: CabinetId::new(cabinet).expect("id"),
+            action: ActionSpec::Reboot,
+            issued_at: n,
+            expires_at: n + 1,
+            ttl_ms: 1,
+            created_by: "t".into(),
+            state: CommandState::Queued,
+            sends: 0,
+            last_sent_at: None,
+            outcome: None,
+            detail: String::new(),
+            finished_at: None,
+            audit_from: 0,
+            next_send_at: None,
+            final_sent: false,
+            cancel_requested_at: None,
+            late_outcome: None,
+            late_detail: String::new(),
+        }
+    }
+
+    fn ids(v: &[CommandRecord]) -> Vec<u64> {
+        v.iter().map(|r| r.issued_at).collect()
+    }
+
+    #[test]
+    fn recent_commands_of_one_cabinet_newest_first_also_from_a_database_before_the_index() {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = sled::open(dir.path()).expect("db");
+        let s = CommandStore::open(&db).expect("open");
+        // CAB-1 and CAB-10 share a prefix: the index keeps them apart
+        let recs: Vec<_> = (1..=5)
+            .map(|n| rec("CAB-1", n))
+            .chain((6..=7).map(|n| rec("CAB-10", n)))
+            .collect();
+        s.put_commands(&recs, Sync::Flush).expect("put");
+        let one = CabinetId::new("CAB-1").expect("id");
+        assert_eq!(ids(&s.recent_commands(&one, 3).expect("recent")), [5, 4, 3]);
+        // a database written before the index existed: it is built when opened
+        db.drop_tree("commands_by_cabinet").expect("drop");
+        let s = CommandStore::open(&db).expect("reopen");
+        assert_eq!(
+            ids(&s.recent_commands(&one, 100).expect("recent")),
+            [5, 4, 3, 2, 1]
+        );
+        let ten = CabinetId::new("CAB-10").expect("id");
+        assert_eq!(ids(&s.recent_commands(&ten, 100).expect("recent")), [7, 6]);
+    }
+}

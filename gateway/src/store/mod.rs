@@ -7,7 +7,8 @@
 //! - `events`, `quarantine`, `quarantine_by_cabinet`: see [`events`] and [`quarantine`];
 //! - `health`: `probe` -> the time of the last readiness probe (written and flushed);
 //! - `cabinets`: `cabinet` -> JSON [`CabinetSnapshot`];
-//! - `commands`, `queue`: the command log, behind [`commands::CommandStore`];
+//! - `commands`, `queue`, `commands_by_cabinet`: the command log, behind
+//!   [`commands::CommandStore`];
 //! - `parcel_*`: the parcel domain, behind [`parcels::ParcelStore`];
 //! - `rule_state`, `alerts`, `alerts_active`, `rule_actions`, `alert_log`: the rules engine,
 //!   behind [`alerts::AlertStore`];
