@@ -76,6 +76,8 @@ pub(crate) struct State {
     /// Bumped when a site is created or changed (the live feed re-reads its cabinet -> site
     /// map then).
     pub sites_rev: tokio::sync::watch::Sender<u64>,
+    /// The operator's fleet totals and when they were computed (at most once a second).
+    pub totals_cache: Option<(std::time::Instant, super::fleet::Totals)>,
 }
 
 /// Starts the parcel actor.
@@ -162,6 +164,7 @@ impl State {
             rules: None,
             metrics,
             sites_rev: tokio::sync::watch::channel(0).0,
+            totals_cache: None,
         };
         for (id, slots) in l.cabinets {
             s.table.cabinets.insert(id.clone(), slots);
@@ -394,6 +397,8 @@ async fn finish(st: &mut State, store: &Store, publisher: &Publisher, deferred: 
     }
     let batch = std::mem::take(&mut st.batch);
     if !batch.is_empty() {
+        // something changed: the next fleet summary is computed afresh
+        st.totals_cache = None;
         let batch = Arc::new(batch);
         let mut wait = Duration::from_millis(50);
         loop {

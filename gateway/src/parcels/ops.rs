@@ -200,7 +200,7 @@ impl State {
                 defer(d, tx, Ok(r))
             }
             Msg::FleetTotals(c, tx) => {
-                let r = self.fleet_totals(&c);
+                let r = self.fleet_totals_cached(&c);
                 defer(d, tx, Ok(r))
             }
             Msg::FleetSite(site, c, tx) => {
