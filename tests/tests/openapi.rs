@@ -400,6 +400,20 @@ async fn real_responses_match_their_documented_schemas() {
     }
     let (s, b) = op.get("/v1/carriers/dhl/couriers").await;
     check_response(&doc, "get", "/v1/carriers/{id}/couriers", s, &b);
+
+    // the console's reads: the fleet overview, search, a cabinet's commands, an order's notices
+    for path in ["/v1/fleet/summary", "/v1/fleet/sites?limit=5"] {
+        let (s, b) = op.get(path).await;
+        check_response(&doc, "get", path.split('?').next().unwrap_or(path), s, &b);
+    }
+    let (s, b) = op.get(&format!("/v1/fleet/sites/{}", parcels::SITE)).await;
+    check_response(&doc, "get", "/v1/fleet/sites/{site}", s, &b);
+    let (s, b) = op.get("/v1/search?q=OA-TRACK-1").await;
+    check_response(&doc, "get", "/v1/search", s, &b);
+    let (s, b) = op.get(&format!("/v1/cabinets/{}/commands", cab.id)).await;
+    check_response(&doc, "get", "/v1/cabinets/{id}/commands", s, &b);
+    let (s, b) = dhl.get(&format!("/v1/orders/{id}/notifications")).await;
+    check_response(&doc, "get", "/v1/orders/{id}/notifications", s, &b);
     let (s, b) = op
         .get(&format!("/v1/sites/{}/occupancy", parcels::SITE))
         .await;
