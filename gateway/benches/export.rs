@@ -12,10 +12,11 @@
 //! Without `--bench` on the command line (as `cargo test --all-targets` runs it) it does a
 //! 2,000-record smoke run.
 
+mod support;
+
 use std::time::Instant;
 
 use locker_gateway::app::Gateway;
-use locker_gateway::config::GatewayConfig;
 use locker_gateway::rules::{Alert, AlertKind, Severity};
 use locker_gateway::store::alerts::AlertStore;
 use locker_gateway::store::parcels::{AuditRecord, Batch, ParcelStore};
@@ -211,26 +212,9 @@ fn main() -> anyhow::Result<()> {
         seeded.as_secs_f64(),
         n as f64 / seeded.as_secs_f64()
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = support::runtime()?;
     rt.block_on(async move {
-        let pki = locker_broker_config::pki::Pki::init(
-            tmp.path().join("pki"),
-            &["localhost".into(), "127.0.0.1".into()],
-        )?;
-        let mut cfg = GatewayConfig {
-            data_dir: data.clone(),
-            ..Default::default()
-        };
-        cfg.edge.listen = ([127, 0, 0, 1], 0).into();
-        cfg.edge.ca_cert = pki.paths().ca_cert();
-        cfg.edge.server_cert = pki.paths().server_cert();
-        cfg.edge.server_key = pki.paths().server_key();
-        cfg.edge.crl = Some(pki.paths().crl());
-        cfg.api.listen = ([127, 0, 0, 1], 0).into();
-        cfg.api.tokens.insert(TOKEN.into(), "bench".into());
+        let cfg = support::gateway_config(tmp.path(), data.clone(), TOKEN)?;
         let gw = Gateway::start(cfg).await?;
         let url = format!(
             "http://{}/v1/audit/export?from={t0}&to={}",

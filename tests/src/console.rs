@@ -1,11 +1,63 @@
-//! The console's session from a test's side, without a browser: log in with a token, call the
-//! API with the session cookie and its CSRF token as the console's pages do, and read the
-//! live feed (`GET /v1/live`, server-sent events) as a stream of `(event, data)`.
+//! The console from a test's side. Without a browser ([`Session`], [`Live`]): log in with a
+//! token, call the API with the session cookie and its CSRF token as the console's pages do,
+//! and read the live feed (`GET /v1/live`, server-sent events) as a stream of
+//! `(event, data)`. With one ([`ConsoleWorld`]): the gateway with the parcel world's tokens and
+//! a headless Chromium, what every browser test starts from.
 
 use std::net::SocketAddr;
 
+use locker_gateway::config::GatewayConfig;
 use reqwest::Method;
 use serde_json::{json, Value};
+
+use crate::api::ApiClient;
+use crate::browser::Browser;
+use crate::gateway::TestGateway;
+use crate::pki::TestPki;
+
+/// A gateway with the parcel world's tokens ([`crate::parcels::tokens`], then `tweak`), its
+/// fleet PKI (for cabinets the test starts) and a headless browser.
+pub struct ConsoleWorld {
+    pub gw: TestGateway,
+    pub browser: Browser,
+    pub pki: TestPki,
+}
+
+impl ConsoleWorld {
+    /// Starts the gateway and the browser.
+    pub async fn start(tweak: impl FnOnce(&mut GatewayConfig)) -> Self {
+        let pki = TestPki::new();
+        let gw = TestGateway::start_with(&pki, |cfg| {
+            crate::parcels::tokens(cfg);
+            tweak(cfg);
+        })
+        .await;
+        let browser = Browser::start().await;
+        Self { gw, browser, pki }
+    }
+
+    /// `http://<api>`.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.gw.gw.api_addr)
+    }
+
+    /// An API client with `token`.
+    pub fn client(&self, token: &str) -> ApiClient {
+        ApiClient::new(self.gw.gw.api_addr, token)
+    }
+
+    /// Opens a console page (`#/...`).
+    pub async fn page(&self, hash: &str) {
+        self.browser
+            .goto(&format!("{}/console/{hash}", self.base()))
+            .await;
+    }
+
+    /// Closes the browser.
+    pub async fn close(self) {
+        self.browser.close().await;
+    }
+}
 
 /// A console login (cookie and CSRF token), or a client that calls with neither.
 pub struct Session {

@@ -9,11 +9,10 @@
 
 use locker_schemas::CompartmentId;
 use locker_tests::agent::TestCabinet;
-use locker_tests::api::{ApiClient, TEST_TOKEN};
+use locker_tests::api::TEST_TOKEN;
 use locker_tests::browser::Browser;
-use locker_tests::gateway::TestGateway;
+use locker_tests::console::ConsoleWorld;
 use locker_tests::parcels::{self, DHL_TOKEN, MANAGER_TOKEN, SITE, UPS_TOKEN};
-use locker_tests::pki::TestPki;
 use locker_tests::{eventually, eventually_async};
 use serde_json::{json, Value};
 
@@ -25,17 +24,22 @@ const OTHER_SITE: &str = "other-site";
 /// A gateway with the parcel world (one site, one real cabinet online, carriers restricted so
 /// `ups` reaches only [`SITE`]) and a browser.
 struct World {
-    gw: TestGateway,
+    c: ConsoleWorld,
     cab: TestCabinet,
-    browser: Browser,
-    _pki: TestPki,
+}
+
+impl std::ops::Deref for World {
+    type Target = ConsoleWorld;
+    fn deref(&self) -> &ConsoleWorld {
+        &self.c
+    }
 }
 
 impl World {
     async fn start() -> Self {
-        let mut pki = TestPki::new();
-        let gw = TestGateway::start_with(&pki, parcels::tokens).await;
-        let cab = TestCabinet::start(&mut pki, CAB, gw.edge_addr()).await;
+        let mut c = ConsoleWorld::start(|_| {}).await;
+        let gw = &c.gw;
+        let cab = TestCabinet::start(&mut c.pki, CAB, gw.edge_addr()).await;
         parcels::setup(&gw.api, &[CAB]).await;
         parcels::online(&gw.api, CAB).await;
         let (s, b) = gw
@@ -51,25 +55,11 @@ impl World {
             .put("/v1/carriers/ups", json!({"name": "UPS", "sites": [SITE]}))
             .await;
         assert_eq!(s, 200, "{b}");
-        let browser = Browser::start().await;
-        Self {
-            gw,
-            cab,
-            browser,
-            _pki: pki,
-        }
-    }
-
-    fn base(&self) -> String {
-        format!("http://{}", self.gw.gw.api_addr)
-    }
-
-    fn client(&self, token: &str) -> ApiClient {
-        ApiClient::new(self.gw.gw.api_addr, token)
+        Self { c, cab }
     }
 
     async fn close(self) {
-        self.browser.close().await;
+        self.c.close().await;
     }
 }
 

@@ -13,12 +13,11 @@
 
 use locker_schemas::ScanSource;
 use locker_tests::agent::TestCabinet;
-use locker_tests::api::{ApiClient, TEST_TOKEN};
+use locker_tests::api::TEST_TOKEN;
 use locker_tests::browser::Browser;
-use locker_tests::gateway::TestGateway;
+use locker_tests::console::ConsoleWorld;
 use locker_tests::hooks::{Mode, Receiver};
 use locker_tests::parcels::{self, DHL_TOKEN, MANAGER_TOKEN, SITE, UPS_TOKEN};
-use locker_tests::pki::TestPki;
 use locker_tests::{eventually, eventually_async};
 use serde_json::{json, Value};
 
@@ -26,10 +25,15 @@ const CAB: &str = "cab-ops-1";
 
 /// A gateway with the parcel world, optionally one real cabinet online, and a browser.
 struct World {
-    gw: TestGateway,
+    c: ConsoleWorld,
     cab: Option<TestCabinet>,
-    browser: Browser,
-    _pki: TestPki,
+}
+
+impl std::ops::Deref for World {
+    type Target = ConsoleWorld;
+    fn deref(&self) -> &ConsoleWorld {
+        &self.c
+    }
 }
 
 impl World {
@@ -37,53 +41,28 @@ impl World {
         with_cabinet: bool,
         tweak: impl FnOnce(&mut locker_gateway::config::GatewayConfig),
     ) -> Self {
-        let mut pki = TestPki::new();
-        let gw = TestGateway::start_with(&pki, |cfg| {
-            parcels::tokens(cfg);
-            tweak(cfg);
-        })
-        .await;
+        let mut c = ConsoleWorld::start(tweak).await;
         let cab = if with_cabinet {
-            let cab = TestCabinet::start(&mut pki, CAB, gw.edge_addr()).await;
-            parcels::setup(&gw.api, &[CAB]).await;
-            parcels::online(&gw.api, CAB).await;
+            let cab = TestCabinet::start(&mut c.pki, CAB, c.gw.edge_addr()).await;
+            parcels::setup(&c.gw.api, &[CAB]).await;
+            parcels::online(&c.gw.api, CAB).await;
             Some(cab)
         } else {
-            parcels::setup(&gw.api, &[]).await;
+            parcels::setup(&c.gw.api, &[]).await;
             None
         };
-        let browser = Browser::start().await;
-        Self {
-            gw,
-            cab,
-            browser,
-            _pki: pki,
-        }
-    }
-
-    fn base(&self) -> String {
-        format!("http://{}", self.gw.gw.api_addr)
-    }
-
-    fn client(&self, token: &str) -> ApiClient {
-        ApiClient::new(self.gw.gw.api_addr, token)
+        Self { c, cab }
     }
 
     fn cab(&self) -> &TestCabinet {
         self.cab.as_ref().expect("a world with a cabinet")
     }
 
-    async fn page(&self, hash: &str) {
-        self.browser
-            .goto(&format!("{}/console/{hash}", self.base()))
-            .await;
-    }
-
     async fn close(mut self) {
         if let Some(mut cab) = self.cab.take() {
             cab.stop().await;
         }
-        self.browser.close().await;
+        self.c.close().await;
     }
 }
 
