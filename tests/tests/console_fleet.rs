@@ -76,7 +76,7 @@ async fn scrolls_sideways(b: &Browser) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_fleet_and_site_pages() {
     let w = World::start().await;
-    let b = &w.browser;
+    let b = &w.c.browser;
 
     // a wrong token: an error, no navigation
     b.goto(&format!("{}/console/", w.base())).await;
@@ -135,7 +135,7 @@ async fn login_fleet_and_site_pages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deposit_appears_live_on_the_cabinet_picture() {
     let w = World::start().await;
-    let b = &w.browser;
+    let b = &w.c.browser;
     let dhl = w.client(DHL_TOKEN);
     b.login(&w.base(), TEST_TOKEN).await;
     b.goto(&format!("{}/console/#/cabinets/{CAB}", w.base()))
@@ -170,7 +170,7 @@ async fn a_deposit_appears_live_on_the_cabinet_picture() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opening_a_compartment_needs_a_reason_and_shows_the_outcome() {
     let w = World::start().await;
-    let b = &w.browser;
+    let b = &w.c.browser;
     // a history longer than one page of recent events: the page finds the newest ones
     for _ in 0..20 {
         w.cab.board.open_door(15).expect("open door 16");
@@ -251,7 +251,7 @@ async fn opening_a_compartment_needs_a_reason_and_shows_the_outcome() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_carrier_sees_only_its_own_also_by_typed_urls() {
     let w = World::start().await;
-    let b = &w.browser;
+    let b = &w.c.browser;
     let dhl = w.client(DHL_TOKEN);
     let ups = w.client(UPS_TOKEN);
     let mine = parcels::order(&ups, "TRK-UPS-1", "S").await;
@@ -315,7 +315,7 @@ async fn a_carrier_sees_only_its_own_also_by_typed_urls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_ends_the_session_and_back_shows_no_data() {
     let w = World::start().await;
-    let b = &w.browser;
+    let b = &w.c.browser;
     b.login(&w.base(), TEST_TOKEN).await;
     b.wait_for(&format!("[data-test=site-row][data-site={SITE}]"))
         .await;
@@ -356,7 +356,7 @@ async fn logout_ends_the_session_and_back_shows_no_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_is_usable_on_a_phone() {
     let w = World::start().await;
-    let b = &w.browser;
+    let b = &w.c.browser;
     b.set_window(390, 844).await;
     b.login(&w.base(), MANAGER_TOKEN).await;
     b.wait_for(&format!("[data-test=site-row][data-site={SITE}]"))

@@ -111,7 +111,7 @@ async fn fetch_in_page(b: &Browser, url: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_orders_timeline_shows_its_deposit_and_pickup_and_the_audit_export_holds_them() {
     let w = World::start(true, |_| {}).await;
-    let b = &w.browser;
+    let b = &w.c.browser;
     let dhl = w.client(DHL_TOKEN);
     let t0 = now_ms();
 
@@ -243,7 +243,7 @@ async fn an_orders_timeline_shows_its_deposit_and_pickup_and_the_audit_export_ho
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actions_from_the_order_page_change_the_order_or_show_the_apis_message() {
     let w = World::start(true, |_| {}).await;
-    let b = &w.browser;
+    let b = &w.c.browser;
     let dhl = w.client(DHL_TOKEN);
     let (o, _) = ready_order(&w, "JJD-OPS-2").await;
     let id = o["id"].as_str().expect("id").to_owned();
@@ -330,7 +330,7 @@ async fn an_offline_alert_appears_live_and_is_acknowledged_with_a_note() {
             .insert("offline".into(), json!({"after_ms": 800}));
     })
     .await;
-    let b = &w.browser;
+    let b = &w.c.browser;
     // the site's manager watches (the rules engine knows the cabinet's site as soon as the
     // site is created, so the alert carries it)
     b.login(&w.base(), MANAGER_TOKEN).await;
@@ -395,7 +395,7 @@ async fn a_carrier_sees_only_its_orders_and_replays_its_dead_letters_from_the_pa
         cfg.webhooks.max_age_s = 1;
     })
     .await;
-    let b = &w.browser;
+    let b = &w.c.browser;
     let (dhl, ups) = (w.client(DHL_TOKEN), w.client(UPS_TOKEN));
     let mut dhl_ids = Vec::new();
     for i in 0..3 {
