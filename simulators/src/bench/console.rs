@@ -608,11 +608,17 @@ impl Run<'_> {
             cab.link.set_down(false);
             seen?;
             times.push(elapsed);
-            // back online before the next run
+            // back online, and counted so on the page, before the next run
             wait_until(Duration::from_secs(60), || {
                 cab.brief().is_some_and(|(connected, ..)| connected)
             })
             .await;
+            b.try_poll(
+                "the fleet page counting the cabinet online again",
+                &format!("const count = () => {{ {offline_js} }}; return count() <= arguments[0];"),
+                vec![json!(before)],
+            )
+            .await?;
         }
         let same = b
             .try_eval("return window.__lkMarker === 'still-here';", vec![])
