@@ -465,9 +465,9 @@ impl Browser {
             .await
             .map_err(|e| BrowserError::cmd("screenshot", e))?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
+            tokio::fs::create_dir_all(dir).await?;
         }
-        std::fs::write(path, png)?;
+        tokio::fs::write(path, png).await?;
         Ok(())
     }
 
