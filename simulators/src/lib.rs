@@ -10,9 +10,11 @@
 //! * [`modbus`]: serving any of them over real Modbus TCP (tokio-modbus) or over one
 //!   already-connected transport such as `tokio::io::duplex` (for in-process fleets).
 //! * [`control`]: the HTTP control surface (axum) used by the `locker-sim` binary.
+//! * [`browser`]: headless Chromium over WebDriver, for the console's tests and benchmark.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod bench;
+pub mod browser;
 pub mod charger;
 pub mod control;
 pub mod fleet;

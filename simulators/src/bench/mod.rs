@@ -8,11 +8,13 @@
 //!   rumqttc publishers (QoS 1) for the uplink benchmark, with go-back-N on the gateway's acks;
 //! - [`orders`]: `bench orders`, order creation through the API on a site map of light cabinets
 //!   (its measured phases in `phases`);
+//! - [`console`]: `bench console`, the operations console in headless Chromium at fleet size;
 //! - [`code`]: `bench code`, code-to-door latency of a real agent, offline;
 //! - [`webhooks`]: `bench webhooks`, webhook deliveries per second to a local receiver and the
 //!   outbox's added latency.
 
 pub mod code;
+pub mod console;
 pub mod cpu;
 pub mod machine;
 pub mod mosquitto;

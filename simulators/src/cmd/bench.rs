@@ -1,4 +1,4 @@
-//! `locker-sim bench connect|storm|unlock|uplink|orders|code|webhooks`: load benchmarks against the gateway run as a
+//! `locker-sim bench connect|storm|unlock|uplink|orders|code|webhooks|console`: load benchmarks against the gateway run as a
 //! separate process (the `locker-gateway` binary, so its memory is its own), side by side with
 //! Mosquitto (TLS, client certificates required) where the comparison means something. Each
 //! prints its figures and the machine. Not part of `cargo test`.
@@ -113,6 +113,9 @@ pub enum Bench {
     /// Webhook deliveries per second to a local receiver (1 and 4 subscriptions) while the API
     /// creates and cancels orders, and the outbox's added latency (event to receipt).
     Webhooks(locker_sim::bench::webhooks::WebhooksArgs),
+    /// The operations console in headless Chromium with N real agents and their parcel
+    /// traffic: fleet, site and cabinet pages, live updates, the fleet API's latency.
+    Console(locker_sim::bench::console::ConsoleArgs),
 }
 
 /// Which gateway runs `bench uplink` measures.
@@ -154,6 +157,7 @@ pub async fn run(b: Bench) -> anyhow::Result<()> {
         Bench::Orders(a) => Ok(locker_sim::bench::orders::run(&a).await.map(drop)?),
         Bench::Code(a) => Ok(locker_sim::bench::code::run(&a).await.map(drop)?),
         Bench::Webhooks(a) => Ok(locker_sim::bench::webhooks::run(&a).await.map(drop)?),
+        Bench::Console(a) => Ok(locker_sim::bench::console::run(&a).await?),
     }
 }
 
