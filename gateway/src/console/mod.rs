@@ -75,7 +75,8 @@ pub struct ConsoleMetrics {
     /// Requests with a session cookie refused, by reason (`unknown`, `expired`,
     /// `token_revoked`, `csrf`).
     pub refused: IntCounterVec,
-    /// Sessions held (refreshed by the hourly prune).
+    /// Sessions held: counted at start and by the hourly prune, moved by logins, logouts and
+    /// expiries in between.
     pub sessions: IntGauge,
 }
 

@@ -58,6 +58,8 @@ pub enum ConsoleError {
     BadRequest(String),
     #[error("session storage: {0}")]
     Store(#[from] StoreError),
+    #[error("no randomness from the operating system: {0}")]
+    Random(String),
 }
 
 impl ConsoleError {
@@ -69,6 +71,7 @@ impl ConsoleError {
             ConsoleError::Csrf | ConsoleError::CrossOrigin => (StatusCode::FORBIDDEN, "csrf"),
             ConsoleError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ConsoleError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
+            ConsoleError::Random(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }
     }
 }
@@ -111,10 +114,13 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn random_token() -> String {
+/// 32 random bytes from the OS (base64url); an OS that cannot give them refuses the login.
+fn random_token() -> Result<String, ConsoleError> {
     let mut b = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut b);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut b)
+        .map_err(|e| ConsoleError::Random(e.to_string()))?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
 }
 
 impl Sessions {
@@ -174,12 +180,12 @@ impl Sessions {
                 return Err(ConsoleError::UnknownToken);
             }
         };
-        let id = random_token();
+        let id = random_token()?;
         let now = now_millis();
         let rec = SessionRecord {
             token_sha256: hex::encode(h),
             client: caller.client.clone(),
-            csrf: random_token(),
+            csrf: random_token()?,
             created_ms: now,
             seen_ms: now,
             expires_ms: now.saturating_add(self.max_ms()),
@@ -187,6 +193,7 @@ impl Sessions {
         let (store, key, r) = (self.store.clone(), sha256(id.as_bytes()), rec.clone());
         store::blocking(move || store.put(&key, &r)).await?;
         self.metrics.logins.with_label_values(&["ok"]).inc();
+        self.metrics.sessions.inc();
         tracing::info!(client = %caller.client, scope = caller.scope.name(), "console login");
         Ok((id, rec, caller))
     }
@@ -207,7 +214,9 @@ impl Sessions {
         let now = now_millis();
         if self.expired(&rec, now) {
             let store = self.store.clone();
-            let _ = store::blocking(move || store.remove(&key)).await;
+            if store::blocking(move || store.remove(&key)).await.is_ok() {
+                self.metrics.sessions.dec();
+            }
             return Err(refuse("expired"));
         }
         let Some(caller) = self.caller_of(&rec) else {
@@ -257,6 +266,7 @@ impl Sessions {
     pub async fn logout(&self, id: &str) -> Result<(), ConsoleError> {
         let (store, key) = (self.store.clone(), sha256(id.as_bytes()));
         store::blocking(move || store.remove(&key)).await?;
+        self.metrics.sessions.dec();
         Ok(())
     }
 

@@ -72,6 +72,23 @@ impl CommandStore {
             }
             s.by_cabinet.insert(INDEXED, &[])?;
             s.db.flush()?;
+        } else {
+            // a crash between a command's write and its index entry keeps the command only:
+            // index the newest commands (ids are ULIDs, in creation order) until one is
+            let mut repaired = false;
+            for kv in s.commands.iter().rev() {
+                let (_, v) = kv?;
+                let rec: CommandRecord = decode("commands", &v)?;
+                let k = queue_key(&rec.cabinet, rec.id);
+                if s.by_cabinet.contains_key(&k)? {
+                    break;
+                }
+                s.by_cabinet.insert(k, &[])?;
+                repaired = true;
+            }
+            if repaired {
+                s.db.flush()?;
+            }
         }
         Ok(s)
     }
@@ -219,5 +236,25 @@ mod tests {
         );
         let ten = CabinetId::new("CAB-10").expect("id");
         assert_eq!(ids(&s.recent_commands(&ten, 100).expect("recent")), [7, 6]);
+    }
+
+    #[test]
+    fn a_torn_write_that_kept_the_command_but_not_its_index_entry_is_repaired_on_open() {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = sled::open(dir.path()).expect("db");
+        let s = CommandStore::open(&db).expect("open");
+        let recs: Vec<_> = (1..=3).map(|n| rec("CAB-1", n)).collect();
+        s.put_commands(&recs, Sync::Flush).expect("put");
+        // the newest command's index entry was lost in the crash
+        s.by_cabinet
+            .remove(queue_key(&recs[2].cabinet, recs[2].id))
+            .expect("remove");
+        let one = CabinetId::new("CAB-1").expect("id");
+        assert_eq!(ids(&s.recent_commands(&one, 10).expect("recent")), [2, 1]);
+        let s = CommandStore::open(&db).expect("reopen");
+        assert_eq!(
+            ids(&s.recent_commands(&one, 10).expect("recent")),
+            [3, 2, 1]
+        );
     }
 }

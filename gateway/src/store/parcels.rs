@@ -175,6 +175,24 @@ impl SledParcels {
             }
             s.meta.insert("nidx", &[1u8])?;
             s.db.flush()?;
+        } else {
+            // a crash in the middle of a commit keeps a prefix of its writes: the newest
+            // notices may be there without their index entries; add them (newest first, until
+            // one is indexed)
+            let mut repaired = false;
+            for kv in s.notices.iter().rev() {
+                let (_, v) = kv?;
+                let n: Notice = decode("parcel_notices", &v)?;
+                let k = notice_key(&n.order, n.id);
+                if s.notices_by_order.contains_key(&k)? {
+                    break;
+                }
+                s.notices_by_order.insert(k, &[])?;
+                repaired = true;
+            }
+            if repaired {
+                s.db.flush()?;
+            }
         }
         Ok(s)
     }
