@@ -420,3 +420,58 @@ impl ParcelStore for SledParcels {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parcels::model::{NoticeKind, Recipient};
+
+    fn notice(id: u64, order: OrderId) -> Notice {
+        Notice {
+            id,
+            order,
+            kind: NoticeKind::Ready,
+            carrier: CarrierId::new("dhl").expect("id"),
+            site: SiteId::new("hbf").expect("id"),
+            cabinet: None,
+            compartment: None,
+            recipient: Recipient::default(),
+            pin: None,
+            qr: None,
+            site_name: String::new(),
+            address: String::new(),
+            expires_at: None,
+            expires_local: None,
+            created_at: id,
+        }
+    }
+
+    #[test]
+    fn an_orders_notices_come_by_its_index_which_is_repaired_after_a_torn_write() {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = sled::open(dir.path()).expect("db");
+        let s = SledParcels::open(&db).expect("open");
+        let (a, b) = (OrderId::generate(), OrderId::generate());
+        let batch = Batch {
+            notices: vec![notice(1, a), notice(2, b), notice(3, a)],
+            ..Default::default()
+        };
+        s.commit(&batch).expect("commit");
+        let of = |s: &SledParcels, o: &OrderId| -> Vec<u64> {
+            s.notices_of(o)
+                .expect("read")
+                .iter()
+                .map(|n| n.id)
+                .collect()
+        };
+        assert_eq!(of(&s, &a), [1, 3]);
+        assert_eq!(of(&s, &b), [2]);
+        // the crash kept the newest notice but not its index entry: repaired when reopened
+        s.notices_by_order
+            .remove(notice_key(&a, 3))
+            .expect("remove");
+        assert_eq!(of(&s, &a), [1]);
+        let s = SledParcels::open(&db).expect("reopen");
+        assert_eq!(of(&s, &a), [1, 3]);
+    }
+}
