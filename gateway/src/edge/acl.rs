@@ -111,9 +111,9 @@ impl Acl {
         self.judge_filter(filter).is_ok()
     }
 
-    /// Judges one SUBSCRIBE filter: a cabinet may use exactly its own downlink filters; an
-    /// integrator any valid filter within its ACL. Shared subscriptions (`$share/...`) are
-    /// not offered by the edge.
+    /// Judges one SUBSCRIBE filter: a cabinet may use exactly its own downlink filters (no
+    /// shared subscriptions); an integrator any valid filter within its ACL, also as a shared
+    /// subscription (`$share/{group}/{filter}`, judged by the filter inside).
     pub fn judge_filter(&self, filter: &str) -> Result<(), SubRefusal> {
         if let Identity::Cabinet(_) = self.identity {
             return if self.subscribe.iter().any(|own| own.as_str() == filter) {
@@ -122,9 +122,11 @@ impl Acl {
                 Err(SubRefusal::NotAuthorized)
             };
         }
-        if filter.starts_with("$share/") {
-            return Err(SubRefusal::SharedUnsupported);
-        }
+        let filter = match super::shared::parse_shared(filter) {
+            None => filter,
+            Some(Ok((_group, inner))) => inner,
+            Some(Err(())) => return Err(SubRefusal::Invalid),
+        };
         match Filter::new(filter) {
             Ok(f) if self.subscribe.iter().any(|outer| f.is_within(outer)) => Ok(()),
             Ok(_) => Err(SubRefusal::NotAuthorized),

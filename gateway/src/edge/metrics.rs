@@ -171,6 +171,7 @@ pub(crate) struct EdgeMetrics {
     pub throttled: IntCounter,
     pub protocols: IntCounterVec,
     pub dropped: IntCounterVec,
+    pub shared: super::shared::SharedMetrics,
 }
 
 impl EdgeMetrics {
@@ -281,6 +282,7 @@ impl EdgeMetrics {
                 ),
                 &["reason"],
             )?,
+            shared: super::shared::SharedMetrics::register(registry)?,
         };
         registry.register(Box::new(m.open.clone()))?;
         registry.register(Box::new(m.accepted.clone()))?;

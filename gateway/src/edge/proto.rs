@@ -238,9 +238,6 @@ impl Proto {
             (Version::V5, SubRefusal::NotAuthorized) => SubscribeReasonCode::NotAuthorized,
             (Version::V5, SubRefusal::Quota) => SubscribeReasonCode::QuotaExceeded,
             (Version::V5, SubRefusal::Invalid) => SubscribeReasonCode::TopicFilterInvalid,
-            (Version::V5, SubRefusal::SharedUnsupported) => {
-                SubscribeReasonCode::SharedSubscriptionsNotSupported
-            }
         }
     }
 
@@ -277,8 +274,6 @@ pub(crate) enum SubRefusal {
     Quota,
     /// Not a valid topic filter.
     Invalid,
-    /// A shared subscription where the edge offers none.
-    SharedUnsupported,
 }
 
 /// Why a client's frame could not be read.
@@ -415,7 +410,7 @@ pub(crate) fn connack_properties(
         topic_alias_max: Some(cfg.topic_alias_max),
         wildcard_subscription_available: Some(1),
         subscription_identifiers_available: Some(0),
-        shared_subscription_available: Some(0),
+        shared_subscription_available: Some(1),
         server_keep_alive: session.server_keep_alive,
         ..empty_connack_properties()
     }

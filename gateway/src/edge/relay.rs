@@ -74,7 +74,9 @@ pub(crate) struct Shared {
     /// timer fires is removed only if no connection of that client came since. Held across
     /// the removal, so a connection waits for a removal in progress.
     pub session_gens: Arc<tokio::sync::Mutex<HashMap<String, u64>>>,
-    /// Cancelled when the edge stops (ends the session expiry timers).
+    /// Shared subscription groups (`$share/{group}/{filter}`) of integrators.
+    pub groups: super::shared::Groups,
+    /// Cancelled when the edge stops (ends the session expiry timers and shared groups).
     pub cancel: CancellationToken,
 }
 

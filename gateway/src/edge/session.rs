@@ -36,13 +36,15 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures::FutureExt;
 use rumqttd::local::LinkError;
-use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::v4::{check, V4};
 use rumqttd::protocol::{
     ConnAck, ConnAckProperties, DisconnectReasonCode, Packet, Protocol, PubAck, PubAckProperties,
-    PubAckReason, Publish, PublishProperties, QoS, SubAck, SubscribeReasonCode,
+    PubAckReason, Publish, PublishProperties, QoS, SubAck, SubscribeReasonCode, UnsubAck,
+    UnsubAckReason,
 };
 use rumqttd::Notification;
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
@@ -51,6 +53,7 @@ use super::acl::{Acl, Refusal, Session as ConnectInfo};
 use super::metrics::Reason;
 use super::proto::{apply_expiry, Proto, SubRefusal};
 use super::relay::Shared;
+use super::shared::{parse_shared, Delivery, GroupKey, GroupRef, Membership};
 use super::wire::{next_packet, publish_pkid, read_client, write_client, Clock, Stop, WRITE_CHUNK};
 use crate::broker::Link;
 
@@ -105,8 +108,8 @@ struct State<'a> {
     /// Publishes sent to the client and not acknowledged by it (its receive maximum counts
     /// these).
     in_flight: usize,
-    /// Router publishes held back by the client's receive maximum, in order.
-    held: VecDeque<(Publish, Option<PublishProperties>, u16)>,
+    /// Publishes held back by the client's receive maximum, in order.
+    held: VecDeque<Held>,
     /// PUBACKs for the router pushed into the link's buffer since the router was last told.
     acks_pushed: usize,
     /// The distinct filters an integrator subscribed to on this connection.
@@ -114,7 +117,27 @@ struct State<'a> {
     /// SUBACK codes decided by the edge for a SUBSCRIBE partly passed to the router, by packet
     /// id: `None` where the router's code goes.
     subacks: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
+    /// The same for an UNSUBSCRIBE that also named shared subscriptions.
+    unsubacks: HashMap<u16, Vec<Option<UnsubAckReason>>>,
+    /// Shared subscription groups this session is a member of, by `$share/...` filter.
+    memberships: HashMap<String, Membership>,
+    /// Where the groups deliver to this session.
+    group_tx: mpsc::Sender<Delivery>,
+    group_rx: mpsc::Receiver<Delivery>,
+    /// Group deliveries sent to the client at QoS 1 and not acknowledged, by the packet id the
+    /// edge gave them (above the router's, which are 1 to 100).
+    group_out: HashMap<u16, (GroupRef, u64)>,
+    next_pkid: u16,
 }
+
+/// A publish waiting for room under the client's receive maximum.
+enum Held {
+    Router(Publish, Option<PublishProperties>, u16),
+    Group(Delivery),
+}
+
+/// Packet ids the edge gives group deliveries (the router's own are 1 to 100).
+const GROUP_PKIDS: std::ops::RangeInclusive<u16> = 1001..=u16::MAX;
 
 /// Runs the session from the CONNACK until it ends; `cert_end` is when the client's
 /// certificate stops being valid; `connack` holds the MQTT 5 CONNACK properties.
@@ -130,6 +153,7 @@ pub(crate) async fn run(
     cert_end: Instant,
     cancel: &CancellationToken,
 ) -> Outcome {
+    let (group_tx, group_rx) = mpsc::channel(super::shared::WINDOW * 2);
     let mut st = State {
         shared,
         acl,
@@ -149,6 +173,12 @@ pub(crate) async fn run(
         acks_pushed: 0,
         filters: HashSet::new(),
         subacks: HashMap::new(),
+        unsubacks: HashMap::new(),
+        memberships: HashMap::new(),
+        group_tx,
+        group_rx,
+        group_out: HashMap::new(),
+        next_pkid: *GROUP_PKIDS.start(),
     };
     match st
         .serve(tls, link, connack, pending, cert_end, cancel)
@@ -241,6 +271,19 @@ impl State<'_> {
                         self.tell_router(link, cancel).await?;
                     }
                 }
+                Some(d) = self.group_rx.recv() => {
+                    let mut out = BytesMut::new();
+                    self.from_group(d, &mut out)?;
+                    while out.len() < WRITE_CHUNK {
+                        match self.group_rx.try_recv() {
+                            Ok(d) => self.from_group(d, &mut out)?,
+                            Err(_) => break,
+                        }
+                    }
+                    if !out.is_empty() {
+                        self.write(tls, &out, cancel).await?;
+                    }
+                }
                 r = read_client(tls, &mut rbuf, need), if !throttled => match r {
                     Ok(0) => return Err(End::ClientClosed),
                     Ok(_) => self.last_read = Instant::now(),
@@ -301,6 +344,11 @@ impl State<'_> {
             };
             match packet {
                 Packet::PubAck(ack, _) => {
+                    if let Some((group, seq)) = self.group_out.remove(&ack.pkid) {
+                        group.ack(seq);
+                        self.in_flight = self.in_flight.saturating_sub(1);
+                        continue;
+                    }
                     let Some(entry) = self
                         .unacked
                         .iter_mut()
@@ -325,8 +373,22 @@ impl State<'_> {
                                 if f.qos == QoS::ExactlyOnce {
                                     f.qos = QoS::AtLeastOnce;
                                 }
-                                codes.push(None);
-                                allowed.push(f);
+                                if let Some(Ok((group, inner))) = parse_shared(&f.path) {
+                                    let key = GroupKey {
+                                        integrator: self.acl.identity().to_string(),
+                                        group: group.to_owned(),
+                                        filter: inner.to_owned(),
+                                    };
+                                    let qos1 = f.qos == QoS::AtLeastOnce;
+                                    // A repeated SUBSCRIBE replaces the membership (its QoS).
+                                    let m =
+                                        self.shared.groups.join(key, qos1, self.group_tx.clone());
+                                    self.memberships.insert(f.path.clone(), m);
+                                    codes.push(Some(SubscribeReasonCode::Success(f.qos)));
+                                } else {
+                                    codes.push(None);
+                                    allowed.push(f);
+                                }
                             }
                             Err(code) => codes.push(Some(code)),
                         }
@@ -345,6 +407,38 @@ impl State<'_> {
                     }
                     s.filters = allowed;
                     link.tx.buffer().push_back(Packet::Subscribe(s, props));
+                    batch.pushed += 1;
+                }
+                Packet::Unsubscribe(mut u, props) => {
+                    let mut reasons = Vec::with_capacity(u.filters.len());
+                    let mut rest = Vec::with_capacity(u.filters.len());
+                    for f in std::mem::take(&mut u.filters) {
+                        if parse_shared(&f).is_some() {
+                            let was = self.memberships.remove(&f).is_some();
+                            reasons.push(Some(if was {
+                                UnsubAckReason::Success
+                            } else {
+                                UnsubAckReason::NoSubscriptionExisted
+                            }));
+                        } else {
+                            reasons.push(None);
+                            rest.push(f);
+                        }
+                    }
+                    if rest.is_empty() {
+                        let reasons = reasons.into_iter().flatten().collect();
+                        let ack = UnsubAck {
+                            pkid: u.pkid,
+                            reasons,
+                        };
+                        batch.replies.push(Packet::UnsubAck(ack, None));
+                        continue;
+                    }
+                    if reasons.iter().any(Option::is_some) {
+                        self.unsubacks.insert(u.pkid, reasons);
+                    }
+                    u.filters = rest;
+                    link.tx.buffer().push_back(Packet::Unsubscribe(u, props));
                     batch.pushed += 1;
                 }
                 Packet::Disconnect(d, _) => {
@@ -397,11 +491,6 @@ impl State<'_> {
                 why,
                 Reason::InvalidFilter,
                 format!("{path:?} is not a valid topic filter"),
-            ),
-            Err(why @ SubRefusal::SharedUnsupported) => (
-                why,
-                Reason::AclSubscribe,
-                format!("shared subscription {path:?}: not offered"),
             ),
             Err(why @ SubRefusal::Quota) => (why, Reason::TooManyFilters, path.to_owned()),
         };
@@ -490,10 +579,8 @@ impl State<'_> {
         match packet {
             Packet::Publish(p, props) => match qos1_pkid(&p) {
                 Some(pkid) => {
-                    if self.in_flight >= usize::from(self.proto.client.receive_max)
-                        || !self.held.is_empty()
-                    {
-                        self.held.push_back((p, props, pkid));
+                    if self.must_hold() {
+                        self.held.push_back(Held::Router(p, props, pkid));
                         Ok(())
                     } else {
                         self.send_publish(p, props, Some(pkid), link, out)
@@ -514,9 +601,20 @@ impl State<'_> {
                 }
                 self.put(Packet::SubAck(ack, props), out)
             }
-            p @ (Packet::PubAck(..) | Packet::UnsubAck(..) | Packet::PingResp(_)) => {
-                self.put(p, out)
+            Packet::UnsubAck(mut ack, props) => {
+                if let Some(reasons) = self.unsubacks.remove(&ack.pkid) {
+                    let mut router = std::mem::take(&mut ack.reasons).into_iter();
+                    ack.reasons = reasons
+                        .into_iter()
+                        .map(|r| {
+                            r.or_else(|| router.next())
+                                .unwrap_or(UnsubAckReason::Success)
+                        })
+                        .collect();
+                }
+                self.put(Packet::UnsubAck(ack, props), out)
             }
+            p @ (Packet::PubAck(..) | Packet::PingResp(_)) => self.put(p, out),
             // Nothing else goes to a client (QoS 2 is not spoken; the edge itself says
             // DISCONNECT when it closes).
             other => {
@@ -526,13 +624,22 @@ impl State<'_> {
         }
     }
 
+    /// Whether a QoS 1 publish must wait (the client's receive maximum is full, or others
+    /// wait already: order is kept).
+    fn must_hold(&self) -> bool {
+        self.in_flight >= usize::from(self.proto.client.receive_max) || !self.held.is_empty()
+    }
+
     /// Sends held publishes while the client's receive maximum has room.
     fn release_held(&mut self, link: &Link, out: &mut BytesMut) -> Result<(), End> {
         while self.in_flight < usize::from(self.proto.client.receive_max) {
-            let Some((p, props, pkid)) = self.held.pop_front() else {
-                break;
-            };
-            self.send_publish(p, props, Some(pkid), link, out)?;
+            match self.held.pop_front() {
+                None => break,
+                Some(Held::Router(p, props, pkid)) => {
+                    self.send_publish(p, props, Some(pkid), link, out)?
+                }
+                Some(Held::Group(d)) => self.send_group(d, out)?,
+            }
         }
         if self.held.is_empty() && self.held.capacity() > 0 {
             self.held = VecDeque::new();
@@ -586,6 +693,82 @@ impl State<'_> {
         Ok(())
     }
 
+    /// A delivery from a shared subscription group.
+    fn from_group(&mut self, d: Delivery, out: &mut BytesMut) -> Result<(), End> {
+        if d.qos1 && self.must_hold() {
+            self.held.push_back(Held::Group(d));
+            return Ok(());
+        }
+        self.send_group(d, out)
+    }
+
+    /// Encodes a group delivery for the client: at QoS 1 under a packet id of the edge's
+    /// (acknowledged to the group when the client acknowledges), at QoS 0 acknowledged at
+    /// once; an expired or too large one is acknowledged and not sent (counted).
+    fn send_group(&mut self, d: Delivery, out: &mut BytesMut) -> Result<(), End> {
+        let Delivery {
+            group,
+            seq,
+            mut publish,
+            mut props,
+            qos1,
+            dup,
+        } = d;
+        let expired = !apply_expiry(&mut props);
+        if !self.proto.is_v5() {
+            props = None;
+        }
+        if !qos1 {
+            publish = Publish::new(publish.topic, publish.payload, false);
+        }
+        let too_large = !expired && self.proto.client.max_packet < usize::MAX && {
+            let mut probe = BytesMut::new();
+            self.proto
+                .write(Packet::Publish(publish.clone(), props.clone()), &mut probe)
+                .map_err(encoding)?;
+            probe.len() > self.proto.client.max_packet
+        };
+        if expired || too_large {
+            let why = if expired {
+                "expired"
+            } else {
+                "client_max_packet"
+            };
+            self.shared.metrics.dropped.with_label_values(&[why]).inc();
+            group.ack(seq);
+            return Ok(());
+        }
+        self.proto.alias_outbound(&mut publish, &mut props);
+        let start = out.len();
+        self.proto
+            .write(Packet::Publish(publish, props), out)
+            .map_err(encoding)?;
+        if !qos1 {
+            group.ack(seq);
+            return Ok(());
+        }
+        let pkid = self.group_pkid();
+        set_pkid(&mut out[start..], pkid, dup);
+        self.group_out.insert(pkid, (group, seq));
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// The next packet id for a group delivery not awaiting an acknowledgement.
+    fn group_pkid(&mut self) -> u16 {
+        loop {
+            let id = self.next_pkid;
+            self.next_pkid = if id == *GROUP_PKIDS.end() {
+                *GROUP_PKIDS.start()
+            } else {
+                id + 1
+            };
+            if !self.group_out.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
     /// Encodes a packet for the client in its protocol version.
     fn put(&mut self, packet: Packet, out: &mut BytesMut) -> Result<(), End> {
         self.proto.write(packet, out).map(|_| ()).map_err(encoding)
@@ -609,6 +792,25 @@ fn qos1_pkid(p: &Publish) -> Option<u16> {
     V4.write(Packet::Publish(p.clone(), None), &mut probe)
         .ok()?;
     publish_pkid(&probe)
+}
+
+/// Rewrites the packet id (and sets the DUP flag) of an encoded QoS 1 PUBLISH frame: rumqttd
+/// keeps a publish's packet id private, and a group delivery goes out under the edge's id.
+fn set_pkid(frame: &mut [u8], pkid: u16, dup: bool) {
+    let Ok(fh) = check(frame.iter(), usize::MAX) else {
+        return;
+    };
+    let at = fh.fixed_header_len;
+    let Some(&[hi, lo]) = frame.get(at..at + 2) else {
+        return;
+    };
+    let id_at = at + 2 + usize::from(u16::from_be_bytes([hi, lo]));
+    if let Some(id) = frame.get_mut(id_at..id_at + 2) {
+        id.copy_from_slice(&pkid.to_be_bytes());
+    }
+    if dup {
+        frame[0] |= 0x08;
+    }
 }
 
 fn encoding(e: rumqttd::protocol::Error) -> End {
