@@ -260,6 +260,10 @@ async fn connected(
     let info = ConnectionInfo {
         conn_id,
         identity: identity.clone(),
+        client: match &identity {
+            super::Identity::Integrator(_) => Some(est.session.client_id.clone()),
+            super::Identity::Cabinet(_) => None,
+        },
         peer,
         serial: est.serial.clone(),
         since: locker_schemas::now_millis(),
@@ -355,7 +359,7 @@ async fn run_integrator(shared: &Shared, est: &mut Established, cancel: &Cancell
         Err(end) => return end,
     }
     let connack = (est.session.version == Version::V5).then(|| {
-        let mut p = proto::connack_properties(shared, &est.session, &client_id);
+        let mut p = proto::connack_properties(shared, &est.session, &est.session.client_id);
         if granted != est.session.session_expiry {
             p.session_expiry_interval = Some(granted);
         }
@@ -394,6 +398,13 @@ async fn run_integrator(shared: &Shared, est: &mut Established, cancel: &Cancell
         );
     }
     outcome.end
+}
+
+/// The client id an integrator's session has at the broker: its identity and the client id it
+/// sent, so one certificate may hold several sessions (a client id is unique per identity,
+/// never across identities).
+fn router_client_id(identity: &super::Identity, client_id: &str) -> String {
+    format!("{}:{client_id}", identity.client_id())
 }
 
 /// Removes the router's session of `client_id` (connects it as a clean session and closes).
@@ -537,9 +548,11 @@ async fn open_link(
         tls, acl, session, ..
     } = est;
     let window = shared.cfg.handshake_timeout();
-    let connect = shared
-        .links
-        .connect(acl.identity().client_id(), clean, session.will.clone());
+    let connect = shared.links.connect(
+        router_client_id(acl.identity(), &session.client_id),
+        clean,
+        session.will.clone(),
+    );
     let link = tokio::select! {
         biased;
         _ = cancel.cancelled() => return Err(End::Cancelled),
@@ -747,6 +760,27 @@ async fn establish(
             return Err((who, refusal));
         }
     };
+    let mut session = session;
+    if session.client_id.is_empty() && acl.is_integrator() {
+        if session.version == Version::V4 && !session.clean_session {
+            // MQTT 3.1.1: a persistent session needs a client id to find it again.
+            let answer = [0x20, 0x02, 0x00, 0x02];
+            let _ = tokio::time::timeout(SAY_GOODBYE, async {
+                tls.write_all(&answer).await?;
+                tls.flush().await
+            })
+            .await;
+            return Err((
+                who,
+                (
+                    Reason::Malformed,
+                    "empty client id with a persistent session (identifier rejected)".into(),
+                ),
+            ));
+        }
+        // Unique for the process: an empty client id never takes another session over.
+        session.client_id = format!("auto-{}", shared.next_id.fetch_add(1, Ordering::Relaxed));
+    }
     if session.will_retain_cleared {
         shared
             .metrics

@@ -38,9 +38,8 @@ use futures::FutureExt;
 use rumqttd::local::LinkError;
 use rumqttd::protocol::v4::{check, V4};
 use rumqttd::protocol::{
-    ConnAck, ConnAckProperties, DisconnectReasonCode, Packet, Protocol, PubAck, PubAckProperties,
-    PubAckReason, Publish, PublishProperties, QoS, SubAck, SubscribeReasonCode, UnsubAck,
-    UnsubAckReason,
+    ConnAck, ConnAckProperties, Packet, Protocol, PubAck, PubAckProperties, PubAckReason, Publish,
+    PublishProperties, QoS, SubAck, SubscribeReasonCode, UnsubAck, UnsubAckReason,
 };
 use rumqttd::Notification;
 use tokio::net::TcpStream;
@@ -444,13 +443,11 @@ impl State<'_> {
                 Packet::Disconnect(d, _) => {
                     // The link sends the router its own DISCONNECT when it is closed. MQTT 5
                     // "disconnect with will message" asks for the will.
-                    batch.end = Some(
-                        if d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage {
-                            Err(End::ClientClosed)
-                        } else {
-                            Ok(())
-                        },
-                    );
+                    batch.end = Some(if super::proto::publishes_will(d.reason_code) {
+                        Err(End::ClientClosed)
+                    } else {
+                        Ok(())
+                    });
                     return batch;
                 }
                 // (No PUBLISH gets here: the ACL lets no integrator publish.)
