@@ -389,12 +389,18 @@ async fn run_integrator(shared: &Shared, est: &mut Established, cancel: &Cancell
     if let Some(link) = est.link.take() {
         Box::pin(link.close(outcome.clean || cut_off)).await;
     }
-    if est.session.version == Version::V5 && granted > 0 {
+    // A 3.1.1 persistent session has no expiry of its own: it gets the longest one granted.
+    let keep_for = match est.session.version {
+        Version::V5 => granted,
+        Version::V4 if est.session.clean_session => 0,
+        Version::V4 => shared.cfg.max_session_expiry_s,
+    };
+    if keep_for > 0 {
         expire_later(
             shared,
             client_id,
             generation,
-            Duration::from_secs(granted.into()),
+            Duration::from_secs(keep_for.into()),
         );
     }
     outcome.end
