@@ -13,10 +13,10 @@ use locker_agent::Access;
 use locker_schemas::{CompartmentId, ScanSource};
 use locker_tests::agent::TestCabinet;
 use locker_tests::api::ApiClient;
+use locker_tests::eventually;
 use locker_tests::gateway::TestGateway;
 use locker_tests::parcels::{self, DHL_BADGE, DHL_TOKEN, UPS_BADGE, UPS_TOKEN};
 use locker_tests::pki::TestPki;
-use locker_tests::eventually;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
