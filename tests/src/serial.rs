@@ -206,9 +206,11 @@ interval_s = 1
         cab
     }
 
-    /// Unit ids of the boards the agent reports offline.
+    /// Unit ids of the boards the agent reports offline, in ascending order.
     pub fn offline(&self) -> Vec<u8> {
-        self.agent.status().boards_offline
+        let mut units = self.agent.status().boards_offline;
+        units.sort_unstable();
+        units
     }
 }
 
