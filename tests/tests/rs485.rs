@@ -214,3 +214,27 @@ async fn pymodbus_in_serial_mode_reads_the_simulators() {
     assert_eq!(v["locks"], 16);
     assert_eq!(v["soc"], 64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_replies_of_a_slow_board_are_skipped_and_the_others_keep_serving() {
+    let cab = RtuCabinet::start("CAB-RTU-5").await;
+    // Unit 1 answers 80 ms late: after the line's 50 ms request timeout, while the agent
+    // already waits for the next unit's reply.
+    cab.boards[0].set_delay(std::time::Duration::from_millis(80));
+    eventually("board 1 reported offline", || cab.offline() == vec![1]).await;
+    eventually("late replies seen and skipped", || {
+        cab.stats.snapshot().framing_errors > 0
+    })
+    .await;
+    cab.boards[1].open_door(9).unwrap();
+    cab.boards[2].open_door(9).unwrap();
+    door_opened(&cab, 26).await;
+    door_opened(&cab, 42).await;
+    assert_eq!(
+        cab.offline(),
+        vec![1],
+        "no other board is blamed for unit 1's replies"
+    );
+    cab.boards[0].set_delay(std::time::Duration::ZERO);
+    eventually("board 1 back online", || cab.offline().is_empty()).await;
+}

@@ -269,26 +269,27 @@ impl Port {
             }
         }
         let frame = op.frame(unit);
+        let fc = frame[1];
         stream.write_all(&frame).await.map_err(Fail::Port)?;
         stream.flush().await.map_err(Fail::Port)?;
         let deadline = Instant::now() + timeout;
         let mut buf: Vec<u8> = Vec::with_capacity(rtu::MAX_FRAME);
+        let mut need_more = true;
         loop {
-            let n = match tokio::time::timeout_at(deadline, stream.read(&mut scratch)).await {
-                Err(_) => {
-                    self.stats.add(|c| &c.timeouts);
-                    return Err(Fail::Unit(LinkError::Timeout(timeout)));
-                }
-                Ok(Ok(0)) => return Err(Fail::Port(io::Error::other("serial port closed"))),
-                Ok(Ok(n)) => n,
-                Ok(Err(e)) => return Err(Fail::Port(e)),
-            };
-            buf.extend_from_slice(&scratch[..n]);
-            if buf[0] != unit {
-                return Err(self
-                    .resync(format!("reply from unit {} to unit {unit}", buf[0]))
-                    .await);
+            if need_more {
+                let read = tokio::time::timeout_at(deadline, stream.read(&mut scratch)).await;
+                let n = match read {
+                    Err(_) => {
+                        self.stats.add(|c| &c.timeouts);
+                        return Err(Fail::Unit(LinkError::Timeout(timeout)));
+                    }
+                    Ok(Ok(0)) => return Err(Fail::Port(io::Error::other("serial port closed"))),
+                    Ok(Ok(n)) => n,
+                    Ok(Err(e)) => return Err(Fail::Port(e)),
+                };
+                buf.extend_from_slice(&scratch[..n]);
             }
+            need_more = true;
             let Some(len) = rtu::response_len(&buf) else {
                 continue;
             };
@@ -304,6 +305,20 @@ impl Port {
                 self.stats.add(|c| &c.crc_errors);
                 let e = LinkError::Protocol(format!("bad CRC in the reply of unit {unit}"));
                 return Err(self.drain(e).await);
+            }
+            if buf[0] != unit || buf[1] & 0x7F != fc {
+                // A good frame that answers another request: a late reply to a request that
+                // timed out. Skip it and keep waiting for ours.
+                self.stats.add(|c| &c.framing_errors);
+                tracing::debug!(
+                    unit,
+                    from = buf[0],
+                    function = buf[1],
+                    "stray reply skipped"
+                );
+                buf.drain(..len);
+                need_more = buf.is_empty();
+                continue;
             }
             if buf.len() > len {
                 let extra = buf.len() - len;
