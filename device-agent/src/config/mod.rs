@@ -369,7 +369,8 @@ pub struct TimingConfig {
     pub late_open_grace_ms: u64,
     /// DoorLeftOpen is raised for a door open longer than this (seconds).
     pub door_left_open_s: u64,
-    /// Deadline of one Modbus request (ms).
+    /// Deadline of one Modbus TCP request (ms); units on a serial line use the line's
+    /// `request_timeout_ms`.
     pub modbus_timeout_ms: u64,
     /// An offline board or charger is retried this often (ms).
     pub modbus_reconnect_ms: u64,

@@ -169,7 +169,7 @@ impl Port {
         }
     }
 
-    fn open(&mut self) -> Result<(), LinkError> {
+    async fn open(&mut self) -> Result<(), LinkError> {
         if self.stream.is_some() {
             return Ok(());
         }
@@ -193,7 +193,13 @@ impl Port {
             } else {
                 StopBits::One
             });
-        match SerialStream::open(&builder) {
+        // Opening and configuring the tty are blocking system calls: off the async task.
+        let opened = tokio::task::spawn_blocking(move || builder.open_native())
+            .await
+            .map_err(|e| tokio_serial::Error::new(tokio_serial::ErrorKind::Unknown, e.to_string()))
+            .and_then(|r| r)
+            .and_then(SerialStream::try_from);
+        match opened {
             Ok(s) => {
                 self.stream = Some(s);
                 self.last_io = Instant::now();
@@ -226,7 +232,7 @@ impl Port {
     }
 
     async fn transact(&mut self, unit: u8, op: Op) -> Result<Response, LinkError> {
-        self.open()?;
+        self.open().await?;
         self.stats.add(|c| &c.requests);
         let r = self.exchange(unit, op).await;
         self.last_io = Instant::now();

@@ -49,7 +49,16 @@ pub(super) fn serve_path(server: ModbusServer, path: PathBuf, opts: RtuOptions) 
         let mut missing_logged = false;
         loop {
             let name = path.to_string_lossy().into_owned();
-            match tokio_serial::SerialStream::open(&tokio_serial::new(name, opts.baud)) {
+            let builder = tokio_serial::new(name, opts.baud);
+            // Opening a tty is a blocking system call: off the async task.
+            let opened = tokio::task::spawn_blocking(move || builder.open_native())
+                .await
+                .map_err(|e| {
+                    tokio_serial::Error::new(tokio_serial::ErrorKind::Unknown, e.to_string())
+                })
+                .and_then(|r| r)
+                .and_then(tokio_serial::SerialStream::try_from);
+            match opened {
                 Ok(port) => {
                     missing_logged = false;
                     tracing::info!(path = %path.display(), "RTU line open");
