@@ -7,6 +7,8 @@
 #     tests/tests/openapi.rs runs on the gateway's /openapi.json (no Debian package for it);
 #   - chromium + chromium-driver: the real browser the console tests (tests/src/browser.rs) drive
 #     through WebDriver (/usr/bin/chromium, /usr/bin/chromedriver; $CHROMIUM / $CHROMEDRIVER override).
+#   - socat + python3-serial(-asyncio) + python3-pymodbus: the RS-485 tests (tests/tests/rs485.rs) make
+#     pseudo-terminal pairs with socat and read the RTU simulators with pymodbus in serial mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,5 +54,14 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
     apt_install chromium chromium-driver
 fi
 /usr/bin/chromedriver --version >/dev/null
+
+# --- RS-485 / Modbus RTU tests (socat pty pairs, pymodbus serial client) ---
+# tests/tests/rs485.rs uses /usr/bin/socat and Debian's /usr/bin/python3 with pyserial + pymodbus.
+if ! command -v socat >/dev/null 2>&1 \
+    || ! /usr/bin/python3 -c 'import serial, serial_asyncio; from pymodbus.client import ModbusSerialClient' >/dev/null 2>&1; then
+    echo "socat or pymodbus not found: installing Debian's socat, python3-serial and python3-pymodbus" >&2
+    apt_install socat python3 python3-serial python3-serial-asyncio python3-pymodbus
+fi
+/usr/bin/python3 -c 'from pymodbus.client import ModbusSerialClient' >/dev/null
 
 echo "test dependencies: OK"

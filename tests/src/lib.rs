@@ -11,6 +11,7 @@
 //! - [`browser::Browser`]: headless Chromium over WebDriver, for the console's tests;
 //! - [`hooks::Receiver`]: a real webhook receiver (and the signature check with Python's hmac);
 //! - [`eventually`]: polls a condition until a deadline (tests never sleep a fixed time);
+//! - [`serial`]: socat pseudo-terminal pairs as RS-485 lines, and a cabinet on one (Modbus RTU);
 //! - [`net`]: ports reserved for servers that start (or restart) later, without the
 //!   bind-and-release race.
 
@@ -26,6 +27,7 @@ pub mod mqtt;
 pub mod net;
 pub mod parcels;
 pub mod pki;
+pub mod serial;
 pub mod wait;
 
 pub use wait::{eventually, eventually_async};

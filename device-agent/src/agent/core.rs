@@ -55,7 +55,8 @@ impl Core {
         let cfg = exec::with_stored_settings(cfg, &loaded.config_overrides);
         let ctx = Ctx::new(cfg, cabinet, deps.clock.clone(), clock_floor);
         let (io_ev_tx, io_rx) = mpsc::channel(64);
-        let (io_tx, io_task) = hw::spawn(ctx.cfg(), &deps.modbus, io_ev_tx);
+        let (io_tx, io_task) =
+            hw::spawn_with_stats(ctx.cfg(), &deps.modbus, &deps.line_stats, io_ev_tx);
         let doors = Doors::new(&ctx, io_tx, CredCache::new(loaded.creds), loaded.lock_until);
         let alarms = loaded.alarms.into_iter().collect();
         let uplink = Uplink::start(&ctx, outbox, alarms, deps.tls.clone()).await?;

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::ConfigError;
-use crate::hw::ModbusConnector;
+use crate::hw::{LineStats, ModbusConnector};
 use crate::outbox::OutboxError;
 use crate::session::TlsError;
 use crate::storage::Storage;
@@ -48,6 +48,8 @@ pub struct AgentDeps {
     pub modbus: ModbusConnector,
     /// The wall clock.
     pub clock: Arc<dyn Clock>,
+    /// Counters of the RS-485 lines (Modbus RTU); keep a clone to read them.
+    pub line_stats: LineStats,
 }
 
 impl AgentDeps {
@@ -58,6 +60,7 @@ impl AgentDeps {
             tls: None,
             modbus: ModbusConnector::Tcp,
             clock: Arc::new(SystemClock),
+            line_stats: LineStats::default(),
         }
     }
 }

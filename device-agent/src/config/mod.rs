@@ -41,6 +41,8 @@ pub struct AgentConfig {
     pub outbox: OutboxConfig,
     pub lock_boards: Vec<LockBoardConfig>,
     pub charger: Option<ChargerConfig>,
+    /// RS-485 serial lines (Modbus RTU) that boards and the charger name by `serial`.
+    pub serial_ports: Vec<SerialPortConfig>,
     pub timing: TimingConfig,
     pub scanner: ScannerConfig,
     pub network: NetworkConfig,
@@ -59,6 +61,7 @@ impl Default for AgentConfig {
             outbox: OutboxConfig::default(),
             lock_boards: Vec::new(),
             charger: None,
+            serial_ports: Vec::new(),
             timing: TimingConfig::default(),
             scanner: ScannerConfig::default(),
             network: NetworkConfig::default(),
@@ -187,8 +190,12 @@ impl From<SizeName> for Size {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LockBoardConfig {
-    /// `host:port` of the Modbus TCP endpoint (or the name the caller's connector understands).
+    /// `host:port` of the Modbus TCP endpoint (or the name the caller's connector understands);
+    /// ignored when `serial` is set.
     pub address: String,
+    /// The `name` of the `[[serial_ports]]` line the board hangs on (Modbus RTU); `None`:
+    /// Modbus TCP at `address`.
+    pub serial: Option<String>,
     /// Modbus unit id (unique within the cabinet: alarms name the board by it).
     pub unit: u8,
     /// Number of locks on the board.
@@ -215,6 +222,7 @@ impl Default for LockBoardConfig {
     fn default() -> Self {
         Self {
             address: "127.0.0.1:502".into(),
+            serial: None,
             unit: 1,
             locks: 16,
             first_compartment: 1,
@@ -248,8 +256,10 @@ impl LockBoardConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ChargerConfig {
-    /// `host:port` of the Modbus TCP endpoint.
+    /// `host:port` of the Modbus TCP endpoint; ignored when `serial` is set.
     pub address: String,
+    /// The `name` of the `[[serial_ports]]` line the controller hangs on (Modbus RTU).
+    pub serial: Option<String>,
     /// Modbus unit id.
     pub unit: u8,
     /// How often the controller is read, seconds.
@@ -266,12 +276,79 @@ impl Default for ChargerConfig {
     fn default() -> Self {
         Self {
             address: "127.0.0.1:503".into(),
+            serial: None,
             unit: 1,
             poll_s: 10,
             interval_s: 300,
             soc_thresholds: vec![20, 10],
             battery_min_mv: 11_500,
         }
+    }
+}
+
+/// Parity of a serial line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParityName {
+    None,
+    Even,
+    Odd,
+}
+
+/// One RS-485 line (a USB or UART adapter) carrying Modbus RTU to one or more units. One task
+/// owns it and serialises the requests of every unit on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SerialPortConfig {
+    /// The name boards and the charger use in their `serial` key.
+    pub name: String,
+    /// The device node, e.g. `/dev/ttyUSB0` (better a stable `/dev/serial/by-id/...` link).
+    pub path: String,
+    /// Baud rate (bits per second).
+    pub baud: u32,
+    /// `none`, `even` or `odd`.
+    pub parity: ParityName,
+    /// 1 or 2.
+    pub stop_bits: u8,
+    /// Always 8 for Modbus RTU.
+    pub data_bits: u8,
+    /// Deadline of one request on this line, ms (a unit that misses it counts a failed poll).
+    pub request_timeout_ms: u64,
+    /// Silence kept between frames, ms; `None`: 3.5 character times at `baud` (1.75 ms above
+    /// 19,200 baud).
+    pub inter_frame_delay_ms: Option<f64>,
+    /// A port that failed (adapter unplugged) is reopened after 250 ms, doubling up to this, ms.
+    pub reopen_max_ms: u64,
+}
+
+impl Default for SerialPortConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            path: String::new(),
+            baud: 9_600,
+            parity: ParityName::None,
+            stop_bits: 1,
+            data_bits: 8,
+            request_timeout_ms: 200,
+            inter_frame_delay_ms: None,
+            reopen_max_ms: 5_000,
+        }
+    }
+}
+
+impl SerialPortConfig {
+    /// The silence kept between frames.
+    pub fn inter_frame_delay(&self) -> Duration {
+        match self.inter_frame_delay_ms {
+            Some(ms) => Duration::from_secs_f64(ms.max(0.0) / 1_000.0),
+            None => crate::hw::rtu::inter_frame_delay(self.baud),
+        }
+    }
+
+    /// The request deadline.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
     }
 }
 
@@ -292,7 +369,8 @@ pub struct TimingConfig {
     pub late_open_grace_ms: u64,
     /// DoorLeftOpen is raised for a door open longer than this (seconds).
     pub door_left_open_s: u64,
-    /// Deadline of one Modbus request (ms).
+    /// Deadline of one Modbus TCP request (ms); units on a serial line use the line's
+    /// `request_timeout_ms`.
     pub modbus_timeout_ms: u64,
     /// An offline board or charger is retried this often (ms).
     pub modbus_reconnect_ms: u64,

@@ -82,6 +82,7 @@ impl AgentConfig {
             return Err(invalid("access.lockout_s must be > 0"));
         }
         self.validate_boards()?;
+        self.validate_serial()?;
         if let Some(c) = &self.charger {
             if c.address.is_empty() {
                 return Err(invalid("charger.address is empty"));
@@ -109,6 +110,96 @@ impl AgentConfig {
         self.clock.floor_millis()?;
         if self.commands.remember < 100 {
             return Err(invalid("commands.remember must be >= 100"));
+        }
+        Ok(())
+    }
+
+    /// The `[[serial_ports]]` lines, and the units that name them.
+    fn validate_serial(&self) -> Result<(), ConfigError> {
+        for (i, p) in self.serial_ports.iter().enumerate() {
+            let name = format!("serial_ports[{i}]");
+            if p.name.is_empty() {
+                return Err(invalid(format!("{name}.name is empty")));
+            }
+            if let Some(j) = self.serial_ports[..i].iter().position(|o| o.name == p.name) {
+                return Err(invalid(format!(
+                    "{name}.name {:?} is also serial_ports[{j}].name (names must be unique)",
+                    p.name
+                )));
+            }
+            if p.path.is_empty() {
+                return Err(invalid(format!("{name}.path is empty")));
+            }
+            if let Some(j) = self.serial_ports[..i].iter().position(|o| o.path == p.path) {
+                return Err(invalid(format!(
+                    "{name}.path {:?} is also serial_ports[{j}].path (one [[serial_ports]] entry per line)",
+                    p.path
+                )));
+            }
+            if p.baud == 0 || p.baud > 4_000_000 {
+                return Err(invalid(format!(
+                    "{name}.baud must be 1..=4000000, not {}",
+                    p.baud
+                )));
+            }
+            if !matches!(p.stop_bits, 1 | 2) {
+                return Err(invalid(format!(
+                    "{name}.stop_bits must be 1 or 2, not {}",
+                    p.stop_bits
+                )));
+            }
+            if p.data_bits != 8 {
+                return Err(invalid(format!(
+                    "{name}.data_bits must be 8 (Modbus RTU), not {}",
+                    p.data_bits
+                )));
+            }
+            if p.request_timeout_ms == 0 || p.request_timeout_ms > 10_000 {
+                return Err(invalid(format!(
+                    "{name}.request_timeout_ms must be 1..=10000"
+                )));
+            }
+            if let Some(d) = p.inter_frame_delay_ms {
+                if !(d.is_finite() && d > 0.0 && d <= 1_000.0) {
+                    return Err(invalid(format!(
+                        "{name}.inter_frame_delay_ms must be > 0 and <= 1000, not {d}"
+                    )));
+                }
+            }
+            if p.reopen_max_ms < 250 {
+                return Err(invalid(format!("{name}.reopen_max_ms must be >= 250")));
+            }
+        }
+        // (key, port name, unit) of every unit on a line
+        let mut on_lines: Vec<(String, &str, u8)> = Vec::new();
+        let boards = self
+            .lock_boards
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (format!("lock_boards[{i}]"), &b.serial, b.unit));
+        let charger = self
+            .charger
+            .iter()
+            .map(|c| ("charger".to_string(), &c.serial, c.unit));
+        for (key, serial, unit) in boards.chain(charger) {
+            let Some(port) = serial else { continue };
+            if !self.serial_ports.iter().any(|p| &p.name == port) {
+                let known: Vec<&str> = self.serial_ports.iter().map(|p| p.name.as_str()).collect();
+                return Err(invalid(format!(
+                    "{key}.serial {port:?} names no [[serial_ports]] entry (known: {known:?})"
+                )));
+            }
+            if unit == 0 || unit > 247 {
+                return Err(invalid(format!(
+                    "{key}.unit {unit} on serial line {port:?} must be 1..=247 (0 is broadcast)"
+                )));
+            }
+            if let Some((other, _, _)) = on_lines.iter().find(|(_, p, u)| p == port && *u == unit) {
+                return Err(invalid(format!(
+                    "{key}.unit {unit} is also {other}.unit on serial line {port:?} (unit ids on one line must differ)"
+                )));
+            }
+            on_lines.push((key, port.as_str(), unit));
         }
         Ok(())
     }
@@ -169,6 +260,7 @@ impl AgentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ParityName;
     use locker_schemas::{CompartmentId, Size};
 
     const GOOD: &str = r#"
@@ -209,6 +301,120 @@ address = "127.0.0.1:5030"
         assert_eq!(c.lock_boards.len(), 2);
         assert_eq!(c.lock_boards[0].size(15), Size::Xl);
         assert_eq!(c.scanner.kind, ScannerKind::Serial);
+    }
+
+    const BUS: &str = r#"
+cabinet_id = "CAB-1"
+[[serial_ports]]
+name = "bus"
+path = "/dev/ttyUSB0"
+baud = 19200
+parity = "even"
+[[lock_boards]]
+serial = "bus"
+unit = 1
+locks = 16
+[[lock_boards]]
+serial = "bus"
+unit = 2
+locks = 16
+first_compartment = 17
+[[lock_boards]]
+address = "10.0.0.7:502"
+unit = 3
+locks = 16
+first_compartment = 33
+[charger]
+serial = "bus"
+unit = 10
+"#;
+
+    #[test]
+    fn parses_a_serial_bus() {
+        let c = AgentConfig::from_toml(BUS).expect("valid");
+        let p = &c.serial_ports[0];
+        assert_eq!(
+            (p.baud, p.parity, p.stop_bits, p.data_bits),
+            (19_200, ParityName::Even, 1, 8)
+        );
+        assert_eq!(p.request_timeout_ms, 200);
+        // 3.5 characters of 11 bits at 19,200 baud
+        let t = p.inter_frame_delay().as_micros();
+        assert!((2_000..2_010).contains(&t), "{t}");
+        assert_eq!(c.lock_boards[1].serial.as_deref(), Some("bus"));
+        assert_eq!(c.lock_boards[2].serial, None);
+        assert_eq!(
+            c.charger.as_ref().and_then(|c| c.serial.as_deref()),
+            Some("bus")
+        );
+    }
+
+    #[test]
+    fn rejects_bad_serial_configs_clearly() {
+        let with = |from: &str, to: &str| {
+            assert!(BUS.contains(from), "{from}");
+            BUS.replacen(from, to, 1)
+        };
+        let cases = [
+            (
+                with("serial = \"bus\"\nunit = 2", "serial = \"bux\"\nunit = 2"),
+                "lock_boards[1].serial \"bux\" names no [[serial_ports]] entry",
+            ),
+            (
+                with("unit = 2", "unit = 1"),
+                "lock_boards[1].unit 1 is also lock_boards[0].unit",
+            ),
+            (
+                with("unit = 10", "unit = 1"),
+                "charger.unit 1 is also lock_boards[0].unit on serial line \"bus\"",
+            ),
+            (
+                with("unit = 10", "unit = 248"),
+                "charger.unit 248 on serial line \"bus\" must be 1..=247",
+            ),
+            (
+                with("unit = 1\n", "unit = 0\n"),
+                "lock_boards[0].unit 0 on serial line \"bus\" must be 1..=247 (0 is broadcast)",
+            ),
+            (
+                with("baud = 19200", "baud = 0"),
+                "serial_ports[0].baud must be 1..=4000000",
+            ),
+            (with("parity = \"even\"", "parity = \"mark\""), "parity"),
+            (
+                with("parity = \"even\"", "stop_bits = 3"),
+                "serial_ports[0].stop_bits must be 1 or 2",
+            ),
+            (
+                with("parity = \"even\"", "data_bits = 7"),
+                "serial_ports[0].data_bits must be 8",
+            ),
+            (
+                with("parity = \"even\"", "request_timeout_ms = 0"),
+                "serial_ports[0].request_timeout_ms",
+            ),
+            (
+                with("parity = \"even\"", "inter_frame_delay_ms = 0.0"),
+                "serial_ports[0].inter_frame_delay_ms",
+            ),
+            (
+                with("path = \"/dev/ttyUSB0\"", "path = \"\""),
+                "serial_ports[0].path is empty",
+            ),
+            (
+                with("name = \"bus\"", "name = \"\""),
+                "serial_ports[0].name is empty",
+            ),
+            (with("parity = \"even\"", "bogus = 1"), "bogus"),
+            (
+                format!("{BUS}[[serial_ports]]\nname = \"bus\"\npath = \"/dev/ttyUSB1\"\n"),
+                "serial_ports[1].name \"bus\" is also serial_ports[0].name",
+            ),
+        ];
+        for (text, needle) in cases {
+            let err = AgentConfig::from_toml(&text).expect_err(&text).to_string();
+            assert!(err.contains(needle), "{text:?}: {err}");
+        }
     }
 
     #[test]

@@ -81,6 +81,11 @@ impl Board {
             Duration::from_millis(timing.modbus_timeout_ms),
             connector,
         );
+        Self::with_link(cfg, link)
+    }
+
+    /// A board reached through `link` (e.g. a unit on an RS-485 line).
+    pub fn with_link(cfg: LockBoardConfig, link: Link) -> Self {
         Self {
             cfg,
             link,

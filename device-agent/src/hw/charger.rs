@@ -86,6 +86,11 @@ impl Charger {
             Duration::from_millis(timing.modbus_timeout_ms),
             connector,
         );
+        Self::with_link(cfg, link)
+    }
+
+    /// A charger reached through `link` (e.g. a unit on an RS-485 line).
+    pub fn with_link(cfg: ChargerConfig, link: Link) -> Self {
         Self {
             cfg,
             link,

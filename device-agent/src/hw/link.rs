@@ -5,6 +5,8 @@
 //!
 //! Both kinds of transport go through `tokio_modbus::client::tcp::attach_slave`, so the same
 //! driver code runs against real boards, the simulators over TCP, and the fleet simulator.
+//! A unit on an RS-485 line ([`Link::serial`]) sends its requests through the line's task
+//! instead ([`super::serial`]), which owns the port and its deadline.
 
 use std::fmt;
 use std::future::Future;
@@ -17,6 +19,10 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_modbus::client::Context;
 use tokio_modbus::prelude::{Reader, Slave, Writer};
+use tokio_modbus::Response;
+
+use super::rtu::Op;
+use super::serial::SerialLine;
 
 /// Why a Modbus request failed.
 #[derive(Debug, thiserror::Error)]
@@ -134,12 +140,18 @@ pub struct Link {
     timeout: Duration,
     connector: ModbusConnector,
     ctx: Option<Context>,
+    /// The RS-485 line of a Modbus RTU unit (then `connector` and `ctx` are unused).
+    line: Option<SerialLine>,
 }
 
 impl fmt::Debug for Link {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Link({}#{})", self.address, self.unit)
     }
+}
+
+fn unexpected(r: Response) -> LinkError {
+    LinkError::Protocol(format!("unexpected response {:?}", r.function_code()))
 }
 
 type ModbusResult<T> = tokio_modbus::Result<T>;
@@ -153,6 +165,19 @@ impl Link {
             timeout,
             connector,
             ctx: None,
+            line: None,
+        }
+    }
+
+    /// A link to `unit` on an RS-485 line (Modbus RTU through the line's task).
+    pub fn serial(line: SerialLine, unit: u8) -> Self {
+        Self {
+            address: line.path().to_owned(),
+            unit,
+            timeout: Duration::ZERO,
+            connector: ModbusConnector::Tcp,
+            ctx: None,
+            line: Some(line),
         }
     }
 
@@ -205,10 +230,17 @@ impl Link {
 
     /// FC02: reads `n` discrete inputs from `addr`.
     pub async fn read_discrete(&mut self, addr: u16, n: u16) -> Result<Vec<bool>, LinkError> {
-        let t = self.timeout;
-        let ctx = self.ctx().await?;
-        let r = tokio::time::timeout(t, ctx.read_discrete_inputs(addr, n)).await;
-        let mut v = self.finish(r)?;
+        let mut v = if let Some(line) = &self.line {
+            match line.request(self.unit, Op::ReadDiscrete(addr, n)).await? {
+                Response::ReadDiscreteInputs(v) => v,
+                r => return Err(unexpected(r)),
+            }
+        } else {
+            let t = self.timeout;
+            let ctx = self.ctx().await?;
+            let r = tokio::time::timeout(t, ctx.read_discrete_inputs(addr, n)).await;
+            self.finish(r)?
+        };
         if v.len() < usize::from(n) {
             return Err(LinkError::Short {
                 wanted: n.into(),
@@ -221,10 +253,17 @@ impl Link {
 
     /// FC04: reads `n` input registers from `addr`.
     pub async fn read_input(&mut self, addr: u16, n: u16) -> Result<Vec<u16>, LinkError> {
-        let t = self.timeout;
-        let ctx = self.ctx().await?;
-        let r = tokio::time::timeout(t, ctx.read_input_registers(addr, n)).await;
-        let v = self.finish(r)?;
+        let v = if let Some(line) = &self.line {
+            match line.request(self.unit, Op::ReadInput(addr, n)).await? {
+                Response::ReadInputRegisters(v) => v,
+                r => return Err(unexpected(r)),
+            }
+        } else {
+            let t = self.timeout;
+            let ctx = self.ctx().await?;
+            let r = tokio::time::timeout(t, ctx.read_input_registers(addr, n)).await;
+            self.finish(r)?
+        };
         if v.len() < usize::from(n) {
             return Err(LinkError::Short {
                 wanted: n.into(),
@@ -236,6 +275,12 @@ impl Link {
 
     /// FC05: writes one coil.
     pub async fn write_coil(&mut self, addr: u16, on: bool) -> Result<(), LinkError> {
+        if let Some(line) = &self.line {
+            return match line.request(self.unit, Op::WriteCoil(addr, on)).await? {
+                Response::WriteSingleCoil(_, _) => Ok(()),
+                r => Err(unexpected(r)),
+            };
+        }
         let t = self.timeout;
         let ctx = self.ctx().await?;
         let r = tokio::time::timeout(t, ctx.write_single_coil(addr, on)).await;

@@ -6,10 +6,17 @@
 //!
 //! It reports to the main loop through a bounded channel ([`IoEvent`]) and takes requests
 //! through another ([`IoRequest`]); the main loop never waits on it inline.
+//!
+//! A board or charger is reached over Modbus TCP ([`link`]) or as a unit on an RS-485 line
+//! (Modbus RTU, [`serial`]: one task per line, shared by the units on it). The boards (and the
+//! charger) due for a poll are polled concurrently, each with its own requests in order, so a
+//! board that does not answer delays no other board's poll beyond its turn on a shared line.
 
 pub mod board;
 pub mod charger;
 pub mod link;
+pub mod rtu;
+pub mod serial;
 
 use std::time::Duration;
 
@@ -21,6 +28,7 @@ use crate::config::{AgentConfig, TimingConfig};
 pub use board::{Board, Debouncer};
 pub use charger::Charger;
 pub use link::{ConnectFuture, Link, LinkError, ModbusConnector, ModbusStream};
+pub use serial::{LineSnapshot, LineStats, SerialLine};
 
 /// A request from the main loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,17 +92,46 @@ pub fn spawn(
     connector: &ModbusConnector,
     tx: mpsc::Sender<IoEvent>,
 ) -> (mpsc::Sender<IoRequest>, tokio::task::JoinHandle<()>) {
+    spawn_with_stats(cfg, connector, &LineStats::default(), tx)
+}
+
+/// [`spawn`], counting the serial lines' traffic in `stats`.
+pub fn spawn_with_stats(
+    cfg: &AgentConfig,
+    connector: &ModbusConnector,
+    stats: &LineStats,
+    tx: mpsc::Sender<IoEvent>,
+) -> (mpsc::Sender<IoRequest>, tokio::task::JoinHandle<()>) {
     let (req_tx, rx) = mpsc::channel(16);
+    // One task per line that some unit uses (validated: every `serial` names a line).
+    let mut lines: Vec<(String, SerialLine)> = Vec::new();
+    let mut line_of = |name: &str| -> Option<SerialLine> {
+        if let Some((_, l)) = lines.iter().find(|(n, _)| n == name) {
+            return Some(l.clone());
+        }
+        let port = cfg.serial_ports.iter().find(|p| p.name == name)?;
+        let line = SerialLine::spawn(port.clone(), stats.clone());
+        lines.push((name.to_owned(), line.clone()));
+        Some(line)
+    };
+    let boards = cfg
+        .lock_boards
+        .iter()
+        .map(|b| match b.serial.as_deref().and_then(&mut line_of) {
+            Some(line) => Board::with_link(b.clone(), Link::serial(line, b.unit)),
+            None => Board::new(b.clone(), &cfg.timing, connector.clone()),
+        })
+        .collect();
+    let charger = cfg
+        .charger
+        .as_ref()
+        .map(|c| match c.serial.as_deref().and_then(&mut line_of) {
+            Some(line) => Charger::with_link(c.clone(), Link::serial(line, c.unit)),
+            None => Charger::new(c.clone(), &cfg.timing, connector.clone()),
+        });
     let task = HwTask {
-        boards: cfg
-            .lock_boards
-            .iter()
-            .map(|b| Board::new(b.clone(), &cfg.timing, connector.clone()))
-            .collect(),
-        charger: cfg
-            .charger
-            .as_ref()
-            .map(|c| Charger::new(c.clone(), &cfg.timing, connector.clone())),
+        boards,
+        charger,
         timing: cfg.timing.clone(),
         rx,
         tx,
@@ -135,20 +172,29 @@ impl HwTask {
 
     async fn poll_due(&mut self, out: &mut Vec<IoEvent>) {
         let now = Instant::now();
-        for b in &mut self.boards {
-            if b.next_poll <= now {
-                b.poll(&self.timing, out).await;
+        let timing = &self.timing;
+        let boards = self
+            .boards
+            .iter_mut()
+            .filter(|b| b.next_poll <= now)
+            .map(|b| async move {
+                let mut events = Vec::new();
+                b.poll(timing, &mut events).await;
+                events
+            });
+        let charger = async {
+            match &mut self.charger {
+                Some(c) if c.next_poll <= now => match c.poll(timing).await {
+                    Ok(p) => Some(IoEvent::Power(p)),
+                    Err(Some(detail)) => Some(IoEvent::ChargerOffline { detail }),
+                    Err(None) => None,
+                },
+                _ => None,
             }
-        }
-        if let Some(c) = &mut self.charger {
-            if c.next_poll <= now {
-                match c.poll(&self.timing).await {
-                    Ok(p) => out.push(IoEvent::Power(p)),
-                    Err(Some(detail)) => out.push(IoEvent::ChargerOffline { detail }),
-                    Err(None) => {}
-                }
-            }
-        }
+        };
+        let (boards, charger) = tokio::join!(futures::future::join_all(boards), charger);
+        out.extend(boards.into_iter().flatten());
+        out.extend(charger);
     }
 
     async fn handle(&mut self, req: IoRequest, out: &mut Vec<IoEvent>) {

@@ -96,6 +96,7 @@ pub fn config(cabinet: &str, dir: &Path, boards: &[&SimBoard]) -> AgentConfig {
 pub fn with_charger(mut c: AgentConfig, addr: SocketAddr) -> AgentConfig {
     c.charger = Some(ChargerConfig {
         address: addr.to_string(),
+        serial: None,
         unit: 1,
         poll_s: 1,
         interval_s: 3_600,

@@ -10,6 +10,7 @@
 //!   (its measured phases in `phases`);
 //! - [`console`]: `bench console`, the operations console in headless Chromium at fleet size;
 //! - [`code`]: `bench code`, code-to-door latency of a real agent, offline;
+//! - [`rs485`]: `bench rs485`, door-sensor polls one RS-485 line sustains (Modbus RTU);
 //! - [`webhooks`]: `bench webhooks`, webhook deliveries per second to a local receiver and the
 //!   outbox's added latency.
 
@@ -21,6 +22,7 @@ pub mod mosquitto;
 pub mod mqtt;
 pub mod orders;
 mod phases;
+pub mod rs485;
 pub mod webhooks;
 
 /// Why a benchmark could not run.

@@ -303,6 +303,11 @@ impl ChargerSim {
         self.inner.link.set_unresponsive(on);
     }
 
+    /// Send the next `n` Modbus RTU answers with a corrupted CRC (TCP answers are unaffected).
+    pub fn corrupt_next_replies(&self, n: u64) {
+        self.inner.link.corrupt_next(n);
+    }
+
     /// Delay every Modbus answer by `delay`.
     pub fn set_delay(&self, delay: Duration) {
         self.inner.link.set_delay(delay);

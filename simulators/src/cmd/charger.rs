@@ -1,6 +1,7 @@
-//! `locker-sim charger`: one simulated solar charge controller on Modbus TCP.
+//! `locker-sim charger`: one simulated solar charge controller on Modbus TCP, or as a Modbus
+//! RTU unit on a serial line (`--serial`).
 
-use std::{io::Write as _, net::SocketAddr};
+use std::{io::Write as _, net::SocketAddr, path::PathBuf};
 
 use anyhow::Context as _;
 use locker_sim::{charger::Chemistry, control, ChargerConfig, ChargerSim};
@@ -14,6 +15,16 @@ pub struct Args {
     /// Modbus unit id the charger answers to; other unit ids get exception 0x0B.
     #[arg(long, default_value_t = 1)]
     unit: u8,
+    /// Serve Modbus RTU on this serial device instead of Modbus TCP (reopened whenever it
+    /// disappears).
+    #[arg(long)]
+    serial: Option<PathBuf>,
+    /// Baud rate of the serial line.
+    #[arg(long, default_value_t = 9_600)]
+    baud: u32,
+    /// Hold every RTU answer back by its wire time at --baud (a pty has no baud rate).
+    #[arg(long)]
+    emulate_wire: bool,
     /// Clock speed: simulated seconds per real second (e.g. 3600: an hour per second).
     #[arg(long, default_value_t = 1.0)]
     speed: f64,
@@ -58,13 +69,29 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ..ChargerConfig::default()
     })
     .context("charger configuration")?;
-    let (addr, _server) = charger
-        .serve_tcp(args.listen)
-        .await
-        .context("starting the Modbus TCP server")?;
-    println!("modbus={addr} unit={}", args.unit);
+    let _server = if let Some(path) = &args.serial {
+        let opts = locker_sim::modbus::rtu::RtuOptions {
+            baud: args.baud,
+            emulate_wire: args.emulate_wire,
+        };
+        let task = charger.modbus_server().serve_rtu(path.clone(), opts);
+        println!(
+            "rtu={} baud={} unit={}",
+            path.display(),
+            args.baud,
+            args.unit
+        );
+        task
+    } else {
+        let (addr, task) = charger
+            .serve_tcp(args.listen)
+            .await
+            .context("starting the Modbus TCP server")?;
+        println!("modbus={addr} unit={}", args.unit);
+        task
+    };
     super::start_control(args.control, control::charger_router(charger.clone())).await?;
     std::io::stdout().flush().context("flushing stdout")?;
-    tracing::info!(%addr, unit = args.unit, speed = args.speed, "charger running");
+    tracing::info!(unit = args.unit, speed = args.speed, "charger running");
     super::wait_for_shutdown().await
 }

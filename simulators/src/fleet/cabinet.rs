@@ -174,6 +174,7 @@ impl SimCabinet {
             tls: Some(tls),
             modbus,
             clock: Arc::new(locker_agent::SystemClock),
+            line_stats: Default::default(),
         };
         Ok(Self {
             id,

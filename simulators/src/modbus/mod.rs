@@ -22,12 +22,18 @@
 //! exception `GatewayTargetDevice` (0x0B), as an RS-485/TCP gateway would, so a misconfigured
 //! client fails fast instead of timing out.
 //!
+//! * Modbus RTU on a serial device or any byte stream ([`ModbusServer::serve_rtu`],
+//!   [`ModbusServer::run_rtu`], see [`rtu`]): several units on one line, silence for a unit id
+//!   no device has (as on a real RS-485 bus), optional emulation of the wire time.
+//!
 //! Link faults per device: *unresponsive* drops requests without executing them and without
 //! answering (the connection stays open, the client must time out); *delay* executes the
 //! request at once and sends the answer D later (so a client that gives up early may still
-//! have moved the hardware: the realistic "lost reply" case).
+//! have moved the hardware: the realistic "lost reply" case); *corrupt* (RTU only) sends the
+//! next N answers with a wrong CRC.
 
 pub mod memory;
+pub mod rtu;
 pub mod stream;
 
 pub use memory::MemoryLink;
@@ -101,6 +107,8 @@ pub struct Link {
     answered: AtomicU64,
     exceptions: AtomicU64,
     dropped: AtomicU64,
+    corrupt_next: AtomicU64,
+    corrupted: AtomicU64,
 }
 
 /// Request counters of one device, for state dumps and tests.
@@ -116,6 +124,8 @@ pub struct LinkStats {
     pub unresponsive: bool,
     /// Current answer delay in milliseconds.
     pub delay_ms: u64,
+    /// RTU answers sent with a corrupted CRC.
+    pub corrupted: u64,
 }
 
 impl Link {
@@ -148,7 +158,25 @@ impl Link {
             dropped: self.dropped.load(Ordering::Relaxed),
             unresponsive: self.unresponsive(),
             delay_ms: self.delay_ms.load(Ordering::Relaxed),
+            corrupted: self.corrupted.load(Ordering::Relaxed),
         }
+    }
+
+    /// Send the next `n` RTU answers with a wrong CRC (Modbus TCP has no CRC: unaffected).
+    pub fn corrupt_next(&self, n: u64) {
+        self.corrupt_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Whether this answer is to be corrupted (consumes one of [`Link::corrupt_next`]).
+    pub(crate) fn take_corrupt(&self) -> bool {
+        let took = self
+            .corrupt_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if took {
+            self.corrupted.fetch_add(1, Ordering::Relaxed);
+        }
+        took
     }
 }
 
@@ -304,6 +332,26 @@ impl ModbusServer {
             }
         });
         Ok((addr, task))
+    }
+
+    /// Serve Modbus RTU on the serial device `path` on a new task until it is aborted; the
+    /// device is (re)opened whenever it is missing or fails, as a board on a line that was
+    /// unplugged and plugged back. See [`rtu`].
+    pub fn serve_rtu(
+        &self,
+        path: impl Into<std::path::PathBuf>,
+        opts: rtu::RtuOptions,
+    ) -> JoinHandle<()> {
+        rtu::serve_path(self.clone(), path.into(), opts)
+    }
+
+    /// Serve Modbus RTU on one transport on the current task until it ends (`Ok` at end of
+    /// file, `Err` on an I/O error). See [`rtu`].
+    pub async fn run_rtu<T>(&self, transport: T, opts: &rtu::RtuOptions) -> Result<(), ModbusError>
+    where
+        T: AsyncRead + AsyncWrite + Unpin,
+    {
+        rtu::run(self, transport, opts).await
     }
 
     /// Serve one already-connected transport on a new task until the peer closes it.
