@@ -48,6 +48,8 @@ pub(crate) struct Session {
     /// The client id the client sent (it never names the identity: the certificate does; an
     /// integrator's tells its connections apart, see `relay`). Empty: the edge assigns one.
     pub client_id: String,
+    /// The edge assigned `client_id` (the client sent none; MQTT 5 is told in CONNACK).
+    pub client_id_assigned: bool,
     /// The will (its topic already checked, its retain flag cleared), kept by the edge and
     /// published by it.
     pub will: Option<LastWill>,
@@ -273,6 +275,7 @@ impl Acl {
                 .unwrap_or(0),
             limits: ClientLimits::from_properties(props.as_ref()),
             client_id: connect.client_id,
+            client_id_assigned: false,
             will,
             will_retain_cleared,
         })

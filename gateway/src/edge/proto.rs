@@ -425,12 +425,10 @@ pub(crate) fn apply_expiry(props: &mut Option<PublishProperties>) -> bool {
 }
 
 /// The MQTT 5 CONNACK properties of an accepted session: what the edge offers and enforces.
-/// `client_id` is the client id the session has (the client's own, or the one the edge
-/// assigned when it sent none: then CONNACK carries it).
+/// The client id the edge assigned (the client sent none) goes back in it.
 pub(crate) fn connack_properties(
     shared: &super::relay::Shared,
     session: &super::acl::Session,
-    client_id: &str,
 ) -> ConnAckProperties {
     let cfg = &shared.cfg;
     ConnAckProperties {
@@ -438,8 +436,9 @@ pub(crate) fn connack_properties(
         max_qos: Some(1),
         retain_available: Some(0),
         max_packet_size: u32::try_from(shared.max_packet()).ok(),
-        assigned_client_identifier: (!client_id.is_empty() && client_id != session.client_id)
-            .then(|| client_id.to_owned()),
+        assigned_client_identifier: session
+            .client_id_assigned
+            .then(|| session.client_id.clone()),
         topic_alias_max: Some(cfg.topic_alias_max),
         wildcard_subscription_available: Some(1),
         subscription_identifiers_available: Some(0),

@@ -23,7 +23,7 @@ pub(super) async fn run(shared: &Shared, est: &mut Established, cancel: &Cancell
         .session
         .session_expiry
         .min(shared.cfg.max_session_expiry_s);
-    let client_id = est.acl.identity().client_id();
+    let client_id = router_client_id(est.acl.identity(), &est.session.client_id);
     let generation = {
         let mut gens = shared.session_gens.lock().await;
         let g = gens.entry(client_id.clone()).or_insert(0);
@@ -42,7 +42,7 @@ pub(super) async fn run(shared: &Shared, est: &mut Established, cancel: &Cancell
         Err(end) => return end,
     }
     let connack = (est.session.version == Version::V5).then(|| {
-        let mut p = proto::connack_properties(shared, &est.session, &est.session.client_id);
+        let mut p = proto::connack_properties(shared, &est.session);
         if granted != est.session.session_expiry {
             p.session_expiry_interval = Some(granted);
         }

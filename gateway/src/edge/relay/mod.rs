@@ -395,7 +395,7 @@ async fn run_cabinet(
     let pending = std::mem::take(&mut est.pending);
     let cert_end = est.cert_deadline();
     let connack = (est.session.version == Version::V5).then(|| {
-        let mut p = proto::connack_properties(shared, &est.session, id.as_ref());
+        let mut p = proto::connack_properties(shared, &est.session);
         // No session is kept for a cabinet between connections (see `cabinet`).
         if est.session.session_expiry != 0 {
             p.session_expiry_interval = Some(0);
@@ -608,8 +608,8 @@ async fn establish(
         }
     };
     let mut session = session;
-    if session.client_id.is_empty() && acl.is_integrator() {
-        if session.version == Version::V4 && !session.clean_session {
+    if session.client_id.is_empty() {
+        if acl.is_integrator() && session.version == Version::V4 && !session.clean_session {
             // MQTT 3.1.1: a persistent session needs a client id to find it again.
             let answer = [0x20, 0x02, 0x00, 0x02];
             let _ = tokio::time::timeout(SAY_GOODBYE, async {
@@ -625,8 +625,15 @@ async fn establish(
                 ),
             ));
         }
-        // Unique for the process: an empty client id never takes another session over.
-        session.client_id = format!("auto-{}", shared.next_id.fetch_add(1, Ordering::Relaxed));
+        // A cabinet's session is its identity; an integrator's gets one unique for the process
+        // (an empty client id never takes another session over). MQTT 5 is told in CONNACK.
+        session.client_id = match acl.identity() {
+            super::Identity::Cabinet(c) => c.to_string(),
+            super::Identity::Integrator(_) => {
+                format!("auto-{}", shared.next_id.fetch_add(1, Ordering::Relaxed))
+            }
+        };
+        session.client_id_assigned = true;
     }
     if session.will_retain_cleared {
         shared
