@@ -7,6 +7,9 @@
 #     tests/tests/openapi.rs runs on the gateway's /openapi.json (no Debian package for it);
 #   - chromium + chromium-driver: the real browser the console tests (tests/src/browser.rs) drive
 #     through WebDriver (/usr/bin/chromium, /usr/bin/chromedriver; $CHROMIUM / $CHROMEDRIVER override).
+#   - mosquitto-clients + python3-paho-mqtt (1.6.1, MQTT 5 and 3.1.1): the stock clients the edge's
+#     MQTT interop tests run (tests/src/interop.rs; paho under Debian's /usr/bin/python3 if the
+#     python3 on PATH lacks it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,5 +55,17 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
     apt_install chromium chromium-driver
 fi
 /usr/bin/chromedriver --version >/dev/null
+
+# --- MQTT interop with stock clients (mosquitto_sub/mosquitto_pub, Python paho-mqtt) ---
+if ! command -v mosquitto_sub >/dev/null 2>&1 || ! command -v mosquitto_pub >/dev/null 2>&1; then
+    echo "mosquitto_sub/mosquitto_pub not found: installing Debian's mosquitto-clients" >&2
+    apt_install mosquitto-clients
+fi
+if ! python3 -c 'import paho.mqtt.client' >/dev/null 2>&1 \
+    && ! /usr/bin/python3 -c 'import paho.mqtt.client' >/dev/null 2>&1; then
+    echo "paho-mqtt not found: installing Debian's python3-paho-mqtt" >&2
+    apt_install python3 python3-paho-mqtt
+fi
+mosquitto_sub --help 2>/dev/null | grep -q mqttv5
 
 echo "test dependencies: OK"
