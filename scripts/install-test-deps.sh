@@ -66,6 +66,10 @@ if ! python3 -c 'import paho.mqtt.client' >/dev/null 2>&1 \
     echo "paho-mqtt not found: installing Debian's python3-paho-mqtt" >&2
     apt_install python3 python3-paho-mqtt
 fi
-mosquitto_sub --help 2>/dev/null | grep -q mqttv5
+# (`mosquitto_sub --help` exits non-zero: its text is checked, not its status)
+case "$(mosquitto_sub --help 2>&1 || true)" in
+    *mqttv5*) ;;
+    *) echo "mosquitto_sub has no MQTT 5 (-V mqttv5): mosquitto-clients >= 1.6 needed" >&2; exit 1 ;;
+esac
 
 echo "test dependencies: OK"
