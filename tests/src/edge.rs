@@ -722,6 +722,13 @@ impl RawV5 {
         use tokio::io::AsyncReadExt;
         let deadline = tokio::time::Instant::now() + DEADLINE;
         loop {
+            // rumqttc's v5 reader wants a payload in DISCONNECT: a bare one is "normal".
+            if self.buf.starts_with(&[0xe0, 0x00]) {
+                let _ = self.buf.split_to(2);
+                return Some(v5b::Packet::Disconnect(v5b::Disconnect::new(
+                    v5b::DisconnectReasonCode::NormalDisconnection,
+                )));
+            }
             match v5b::Packet::read(&mut self.buf, None) {
                 Ok(p) => return Some(p),
                 Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => {}
