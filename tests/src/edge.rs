@@ -510,7 +510,6 @@ pub fn rss_bytes() -> u64 {
 
 // --- MQTT 5 (issue 15): rumqttc's v5 client, and a raw v5 client on rumqttc's v5 codec ---
 
-
 /// rumqttc v5 options for `addr` over mutual TLS, keep alive 30 s.
 pub fn mqtt5_options(
     client_id: &str,
@@ -622,7 +621,8 @@ async fn drive_v5(mut el: rumqttc::v5::EventLoop, seen: Arc<Mutex<SeenV5>>) {
             Err(e) => {
                 match &e {
                     ConnectionError::MqttState(StateError::ServerDisconnect {
-                        reason_code, ..
+                        reason_code,
+                        ..
                     }) => s.disconnect = Some(*reason_code),
                     ConnectionError::ConnectionRefused(code) => s.refused = Some(*code),
                     ConnectionError::MqttState(StateError::ConnFail { reason }) => {

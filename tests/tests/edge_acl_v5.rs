@@ -45,13 +45,20 @@ async fn v5_a_cabinet_cannot_publish_into_another_cabinets_topics() {
     pub1(&ca, A_DOOR, "a").await;
     eventually("A's own event", || obs.received(A_DOOR) == 1).await;
     pub1(&ca, B_DOOR, "forged").await;
-    assert_eq!(ca.wait_disconnected("A disconnected").await, Dr::NotAuthorized);
+    assert_eq!(
+        ca.wait_disconnected("A disconnected").await,
+        Dr::NotAuthorized
+    );
     eventually("acl_publish", || fx.rejections("acl_publish") == 1).await;
 
     assert!(cb.connected(), "B is unaffected");
     pub1(&cb, B_DOOR, "b").await;
     eventually("B's event", || obs.received(B_DOOR) == 1).await;
-    let b_events: Vec<_> = obs.seen().into_iter().filter(|(t, _)| t == B_DOOR).collect();
+    let b_events: Vec<_> = obs
+        .seen()
+        .into_iter()
+        .filter(|(t, _)| t == B_DOOR)
+        .collect();
     assert_eq!(b_events, vec![(B_DOOR.to_owned(), b"b".to_vec())]);
     fx.wait_connected(1).await;
 }
@@ -72,7 +79,10 @@ async fn v5_a_cabinet_cannot_subscribe_to_another_cabinets_downlinks() {
         vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
     );
     sub1(&ca, "lk/v1/CAB-B/down/#").await;
-    assert_eq!(ca.wait_disconnected("A disconnected").await, Dr::NotAuthorized);
+    assert_eq!(
+        ca.wait_disconnected("A disconnected").await,
+        Dr::NotAuthorized
+    );
     eventually("acl_subscribe", || fx.rejections("acl_subscribe") == 1).await;
     assert!(ca.seen().suback_codes.is_empty());
 
@@ -93,7 +103,11 @@ async fn v5_integrators_read_what_their_acl_allows_and_never_publish() {
     })
     .await;
     let obs = fx.observer(&["lk/v1/#"]).await;
-    let (a, erp, bi) = (fx.cabinet("CAB-A"), fx.integrator("erp"), fx.integrator("bi"));
+    let (a, erp, bi) = (
+        fx.cabinet("CAB-A"),
+        fx.integrator("erp"),
+        fx.integrator("bi"),
+    );
     let reader = fx.client_v5("erp-reader", Some(&erp));
     reader.wait_connected("erp").await;
     sub1(&reader, "lk/v1/+/up/door").await;
@@ -118,7 +132,10 @@ async fn v5_integrators_read_what_their_acl_allows_and_never_publish() {
     assert!(writer.connected());
 
     // Subscribing outside the ACL: SUBACK 0x87, the connection stays.
-    for (n, filter) in ["lk/v1/+/up/#", "lk/v1/CAB-A/down/cmd"].into_iter().enumerate() {
+    for (n, filter) in ["lk/v1/+/up/#", "lk/v1/CAB-A/down/cmd"]
+        .into_iter()
+        .enumerate()
+    {
         sub1(&writer, filter).await;
         eventually("SUBACK", || writer.seen().suback_codes.len() == n + 1).await;
         assert_eq!(
@@ -138,8 +155,16 @@ async fn v5_integrators_read_what_their_acl_allows_and_never_publish() {
         reader.payloads(A_DOOR),
         vec![b"door".to_vec(), b"door2".to_vec()]
     );
-    assert_eq!(writer.received(A_DOOR), 0, "its refused filters deliver nothing");
-    let fakes = obs.seen().into_iter().filter(|(_, p)| p == b"fake" || p == b"open").count();
+    assert_eq!(
+        writer.received(A_DOOR),
+        0,
+        "its refused filters deliver nothing"
+    );
+    let fakes = obs
+        .seen()
+        .into_iter()
+        .filter(|(_, p)| p == b"fake" || p == b"open")
+        .count();
     assert_eq!(fakes, 0);
 }
 
@@ -245,7 +270,9 @@ async fn v5_clients_without_a_valid_certificate_never_reach_the_broker() {
     let r = fx.client_v5("CAB-R", Some(&revoked));
     r.wait_failed("revoked").await;
     eventually("counted", || {
-        fx.rejections("no_cert") >= 1 && fx.rejections("bad_cert") >= 1 && fx.rejections("revoked") >= 1
+        fx.rejections("no_cert") >= 1
+            && fx.rejections("bad_cert") >= 1
+            && fx.rejections("revoked") >= 1
     })
     .await;
     for c in [&none, &f, &r] {
@@ -289,10 +316,17 @@ async fn v5_a_cabinet_cannot_plant_retained_state() {
     eventually("subscribed", || !ci.seen().suback_codes.is_empty()).await;
     pub1(&ca, A_DOOR, "live").await;
     eventually("live event", || ci.received(A_DOOR) == 1).await;
-    assert_eq!(ci.payloads(A_DOOR), vec![b"live".to_vec()], "nothing retained replayed");
+    assert_eq!(
+        ci.payloads(A_DOOR),
+        vec![b"live".to_vec()],
+        "nothing retained replayed"
+    );
     assert!(ci.seen().publishes.iter().all(|p| !p.retain));
     assert_eq!(
-        fx.metric("locker_edge_retain_cleared_total", Some(("what", "publish"))),
+        fx.metric(
+            "locker_edge_retain_cleared_total",
+            Some(("what", "publish"))
+        ),
         1
     );
     assert!(ca.connected());
@@ -334,10 +368,7 @@ async fn v5_a_cabinet_subscribes_only_to_exactly_its_downlink_filters() {
         c.wait_connected("A").await;
         sub1(&c, f).await;
         assert_eq!(c.wait_disconnected(f).await, Dr::NotAuthorized, "{f}");
-        eventually("counted", || {
-            fx.rejections("acl_subscribe") == n as u64 + 1
-        })
-        .await;
+        eventually("counted", || fx.rejections("acl_subscribe") == n as u64 + 1).await;
         fx.wait_connected(0).await;
     }
 }
@@ -355,14 +386,25 @@ async fn v5_an_integrator_holds_at_most_its_filter_cap() {
     let erp = fx.integrator("erp");
     let ci = fx.client_v5("erp", Some(&erp));
     ci.wait_connected("erp").await;
-    for f in ["lk/v1/A/up/#", "lk/v1/B/up/#", "lk/v1/C/up/#", "lk/v1/A/up/#"] {
+    for f in [
+        "lk/v1/A/up/#",
+        "lk/v1/B/up/#",
+        "lk/v1/C/up/#",
+        "lk/v1/A/up/#",
+    ] {
         sub1(&ci, f).await;
     }
     eventually("four SUBACKs", || ci.seen().suback_codes.len() == 4).await;
-    ci.client.unsubscribe("lk/v1/C/up/#").await.expect("unsubscribe");
+    ci.client
+        .unsubscribe("lk/v1/C/up/#")
+        .await
+        .expect("unsubscribe");
     sub1(&ci, "lk/v1/D/up/#").await;
     eventually("fifth SUBACK", || ci.seen().suback_codes.len() == 5).await;
-    assert_eq!(ci.seen().suback_codes[4], SubscribeReasonCode::QuotaExceeded);
+    assert_eq!(
+        ci.seen().suback_codes[4],
+        SubscribeReasonCode::QuotaExceeded
+    );
     assert!(ci.connected(), "the connection stays");
     eventually("counted", || fx.rejections("too_many_filters") == 1).await;
 }

@@ -79,10 +79,7 @@ async fn paho_in_both_versions_gets_a_code_per_filter_and_keeps_receiving() {
                 (A_DOOR.to_owned(), format!("{v:?}-2").into_bytes()),
             ]
         );
-        assert!(paho
-            .events_of("message")
-            .iter()
-            .all(|m| m["qos"] == 1));
+        assert!(paho.events_of("message").iter().all(|m| m["qos"] == 1));
         fx.wait_connected(1).await;
     }
     eventually("both refused filters counted", || {
@@ -163,7 +160,12 @@ async fn mosquitto_sub_with_a_refused_filter_stays_connected_and_says_why() {
             &["-d"],
         );
         let line = subscribed(&mut sub).await;
-        assert_eq!(line, format!("Subscribed (mid: 1): 1, {refused}"), "{}", sub.output());
+        assert_eq!(
+            line,
+            format!("Subscribed (mid: 1): 1, {refused}"),
+            "{}",
+            sub.output()
+        );
         door_event(&ca, "after-refusal").await;
         assert!(sub.wait_exit().await.success(), "{}", sub.output());
         assert_eq!(
@@ -179,7 +181,10 @@ async fn mosquitto_sub_with_a_refused_filter_stays_connected_and_says_why() {
         assert_eq!(line, format!("Subscribed (mid: 1): {refused}"));
         sub.wait_exit().await;
         let out = sub.output();
-        assert!(out.contains("All subscription requests were denied"), "{out}");
+        assert!(
+            out.contains("All subscription requests were denied"),
+            "{out}"
+        );
         assert!(!out.contains("lost"), "{out}");
         fx.wait_connected(1).await;
     }

@@ -43,7 +43,13 @@ fn props() -> ConnectProperties {
     ConnectProperties::new()
 }
 
-fn publish(topic: &str, qos: QoS, pkid: u16, payload: &str, p: Option<PublishProperties>) -> Packet {
+fn publish(
+    topic: &str,
+    qos: QoS,
+    pkid: u16,
+    payload: &str,
+    p: Option<PublishProperties>,
+) -> Packet {
     let mut p = Publish::new(topic, qos, payload.to_owned(), p);
     p.pkid = pkid;
     Packet::Publish(p)
@@ -97,8 +103,14 @@ async fn unsupported_protocol_versions_get_the_connack_the_spec_defines() {
         (connect_with_level("MQIsdp", 3), &[0x20, 0x02, 0x00, 0x01]),
         (connect_with_level("MQTT", 3), &[0x20, 0x02, 0x00, 0x01]),
         // Above 5: a v5 CONNACK with 0x84 (unsupported protocol version).
-        (connect_with_level("MQTT", 6), &[0x20, 0x03, 0x00, 0x84, 0x00]),
-        (connect_with_level("MQTT", 9), &[0x20, 0x03, 0x00, 0x84, 0x00]),
+        (
+            connect_with_level("MQTT", 6),
+            &[0x20, 0x03, 0x00, 0x84, 0x00],
+        ),
+        (
+            connect_with_level("MQTT", 9),
+            &[0x20, 0x03, 0x00, 0x84, 0x00],
+        ),
     ];
     for (n, (connect, answer)) in cases.into_iter().enumerate() {
         let mut s = raw_tls(fx.addr, fx.tls(Some(&a))).await.expect("TLS");
@@ -141,7 +153,11 @@ async fn a_v5_connack_announces_the_edges_limits_and_assigns_the_identity() {
         assert_eq!(p.max_qos, Some(1), "{name}");
         assert_eq!(p.retain_available, Some(0), "{name}");
         assert_eq!(p.max_packet_size, Some(20_000), "{name}");
-        assert_eq!(p.topic_alias_max, Some(10), "{name}: edge.topic_alias_max default");
+        assert_eq!(
+            p.topic_alias_max,
+            Some(10),
+            "{name}: edge.topic_alias_max default"
+        );
         assert_eq!(p.receive_max, Some(100), "{name}: edge.receive_max default");
         // Absent means "available" for these two: either is right, 0 is not.
         assert_eq!(p.wildcard_subscription_available.unwrap_or(1), 1, "{name}");
@@ -215,9 +231,13 @@ async fn an_integrator_subscribe_gets_one_reason_code_per_filter_and_stays() {
 
     // Beyond max_filters_per_client (3) distinct filters: quota exceeded, the rest granted.
     let mut sub = Subscribe::new_many(
-        ["lk/v1/CAB-Y/up/door", "lk/v1/CAB-X/up/door", "lk/v1/+/up/door"]
-            .into_iter()
-            .map(|f| SubFilter::new(f, QoS::AtLeastOnce)),
+        [
+            "lk/v1/CAB-Y/up/door",
+            "lk/v1/CAB-X/up/door",
+            "lk/v1/+/up/door",
+        ]
+        .into_iter()
+        .map(|f| SubFilter::new(f, QoS::AtLeastOnce)),
         None,
     );
     sub.pkid = 4;
@@ -262,8 +282,14 @@ async fn an_integrator_publishing_in_v5_gets_not_authorized_and_stays() {
         }
         other => panic!("expected PUBACK 0x87, got {other:?}"),
     }
-    raw.send(publish("lk/v1/CAB-A/down/cmd", QoS::AtMostOnce, 0, "open", None))
-        .await;
+    raw.send(publish(
+        "lk/v1/CAB-A/down/cmd",
+        QoS::AtMostOnce,
+        0,
+        "open",
+        None,
+    ))
+    .await;
     eventually("both counted", || fx.rejections("acl_publish") == 2).await;
 
     // The connection stays: a SUBSCRIBE is answered.
@@ -283,7 +309,10 @@ async fn a_v5_cabinet_outside_its_topics_gets_disconnect_not_authorized() {
     let (mut raw, _) = fx.raw_v5_connected(&a, None).await;
     raw.send(publish(B_DOOR, QoS::AtLeastOnce, 1, "forged", None))
         .await;
-    assert_eq!(disconnect_reason(&mut raw).await, DisconnectReasonCode::NotAuthorized);
+    assert_eq!(
+        disconnect_reason(&mut raw).await,
+        DisconnectReasonCode::NotAuthorized
+    );
     eventually("acl_publish", || fx.rejections("acl_publish") == 1).await;
 
     // Subscribing to B's downlinks, or to a shared subscription (cabinets get none).
@@ -321,13 +350,24 @@ async fn a_v5_cabinet_outside_its_topics_gets_disconnect_not_authorized() {
     // Malformed: 0x81; QoS 2: 0x9B (QoS not supported).
     let (mut raw, _) = fx.raw_v5_connected(&a, None).await;
     raw.send_bytes(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x7f]).await;
-    assert_eq!(disconnect_reason(&mut raw).await, DisconnectReasonCode::MalformedPacket);
+    assert_eq!(
+        disconnect_reason(&mut raw).await,
+        DisconnectReasonCode::MalformedPacket
+    );
     let (mut raw, _) = fx.raw_v5_connected(&a, None).await;
-    raw.send(publish(A_DOOR, QoS::ExactlyOnce, 1, "q2", None)).await;
-    assert_eq!(disconnect_reason(&mut raw).await, DisconnectReasonCode::QoSNotSupported);
+    raw.send(publish(A_DOOR, QoS::ExactlyOnce, 1, "q2", None))
+        .await;
+    assert_eq!(
+        disconnect_reason(&mut raw).await,
+        DisconnectReasonCode::QoSNotSupported
+    );
 
     fx.wait_connected(0).await;
-    assert!(obs.seen().is_empty(), "nothing reached the broker: {:?}", obs.seen());
+    assert!(
+        obs.seen().is_empty(),
+        "nothing reached the broker: {:?}",
+        obs.seen()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -336,7 +376,12 @@ async fn a_3_1_1_will_outside_the_acl_gets_connack_not_authorized() {
     let a = fx.cabinet("CAB-A");
     let mut c = rumqttc::mqttbytes::v4::Connect::new("x");
     c.keep_alive = 60;
-    c.last_will = Some(rumqttc::LastWill::new(B_DOOR, "gone", QoS4::AtLeastOnce, false));
+    c.last_will = Some(rumqttc::LastWill::new(
+        B_DOOR,
+        "gone",
+        QoS4::AtLeastOnce,
+        false,
+    ));
     let mut s = raw_tls(fx.addr, fx.tls(Some(&a))).await.expect("TLS");
     send(&mut s, &encode(rumqttc::mqttbytes::v4::Packet::Connect(c))).await;
     assert_eq!(read_until_closed(&mut s).await, [0x20, 0x02, 0x00, 0x05]);
@@ -365,11 +410,20 @@ async fn inbound_topic_aliases_are_bounded() {
     eventually("both aliased publishes", || obs.received(A_DOOR) == 2).await;
     // An alias pointing outside its topics is still checked by its topic.
     raw.send(aliased(B_DOOR, 2, "x")).await;
-    assert_eq!(disconnect_reason(&mut raw).await, DisconnectReasonCode::NotAuthorized);
+    assert_eq!(
+        disconnect_reason(&mut raw).await,
+        DisconnectReasonCode::NotAuthorized
+    );
 
     let cases = [
-        (aliased(A_DOOR, 0, "zero"), DisconnectReasonCode::TopicAliasInvalid),
-        (aliased(A_DOOR, 11, "above"), DisconnectReasonCode::TopicAliasInvalid),
+        (
+            aliased(A_DOOR, 0, "zero"),
+            DisconnectReasonCode::TopicAliasInvalid,
+        ),
+        (
+            aliased(A_DOOR, 11, "above"),
+            DisconnectReasonCode::TopicAliasInvalid,
+        ),
         (aliased("", 3, "unset"), DisconnectReasonCode::ProtocolError),
     ];
     for (packet, reason) in cases {
@@ -417,9 +471,15 @@ async fn outbound_topic_aliases_stay_within_the_clients_maximum() {
         let alias = p.properties.as_ref().and_then(|p| p.topic_alias);
         let topic = match alias {
             Some(n) => {
-                assert!((1..=2).contains(&n), "alias {n} above the client's maximum 2");
+                assert!(
+                    (1..=2).contains(&n),
+                    "alias {n} above the client's maximum 2"
+                );
                 if p.topic.is_empty() {
-                    aliases.get(&n).cloned().expect("an alias the edge set before")
+                    aliases
+                        .get(&n)
+                        .cloned()
+                        .expect("an alias the edge set before")
                 } else {
                     aliases.insert(n, p.topic.to_vec());
                     p.topic.to_vec()
@@ -524,7 +584,10 @@ async fn the_clients_receive_maximum_and_maximum_packet_size_are_honoured() {
     let got = read_publishes(&mut raw, 1).await;
     assert_eq!(got[0].payload.as_ref(), b"after");
     eventually("counted", || {
-        fx.metric("locker_edge_dropped_total", Some(("reason", "client_max_packet"))) == 1
+        fx.metric(
+            "locker_edge_dropped_total",
+            Some(("reason", "client_max_packet")),
+        ) == 1
     })
     .await;
     fx.wait_connected(2).await;
@@ -625,8 +688,14 @@ async fn message_expiry_and_user_properties_reach_v5_integrators() {
         user_properties: user.clone(),
         ..Default::default()
     };
-    cab.send(publish(A_DOOR, QoS::AtLeastOnce, 1, "live", Some(with_user)))
-        .await;
+    cab.send(publish(
+        A_DOOR,
+        QoS::AtLeastOnce,
+        1,
+        "live",
+        Some(with_user),
+    ))
+    .await;
     let got = read_publishes(&mut reader, 1).await;
     let p = got[0].properties.clone().expect("properties");
     assert_eq!(p.user_properties, user);
@@ -660,10 +729,17 @@ async fn message_expiry_and_user_properties_reach_v5_integrators() {
     let (mut raw, ack) = persistent(&fx, &erp, false, 600).await;
     assert!(ack.session_present);
     let got = read_publishes(&mut raw, 1).await;
-    assert_eq!(got[0].payload.as_ref(), b"long", "the expired one is not delivered");
+    assert_eq!(
+        got[0].payload.as_ref(),
+        b"long",
+        "the expired one is not delivered"
+    );
     let p = got[0].properties.clone().expect("properties");
     let left = p.message_expiry_interval.expect("remaining interval");
-    assert!((1..=3_598).contains(&left), "remaining {left} s after 2 s offline");
+    assert!(
+        (1..=3_598).contains(&left),
+        "remaining {left} s after 2 s offline"
+    );
     assert_eq!(p.user_properties, user);
 
     // Nothing else was waiting: the next live one comes next.

@@ -145,7 +145,12 @@ async fn a_member_that_leaves_with_unacknowledged_messages_loses_nothing() {
     // The third member takes messages and never acknowledges them, then goes away.
     let (mut silent, _) = fx.raw_v5_connected(&erp, None).await;
     let (codes, _) = silent.subscribe(1, &[GROUP]).await;
-    assert_eq!(codes, vec![SubscribeReasonCode::Success(rumqttc::v5::mqttbytes::QoS::AtLeastOnce)]);
+    assert_eq!(
+        codes,
+        vec![SubscribeReasonCode::Success(
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce
+        )]
+    );
 
     let mut sent = publish_events(&fleet, 0, PER_CABINET).await;
     let mut held = Vec::new();
@@ -173,7 +178,10 @@ async fn a_member_that_leaves_with_unacknowledged_messages_loses_nothing() {
     .await;
     let got: BTreeSet<String> = tally(&members).into_keys().collect();
     for h in &held {
-        assert!(got.contains(h), "{h} held unacknowledged by the leaver was redelivered");
+        assert!(
+            got.contains(h),
+            "{h} held unacknowledged by the leaver was redelivered"
+        );
     }
 }
 
@@ -187,7 +195,15 @@ async fn a_3_1_1_group_of_mosquitto_subs_gets_each_event_once() {
 
     let mut members = Vec::new();
     for id in ["s1", "s2", "s3"] {
-        let mut s = mosquitto_sub(&fx, &creds, Version::V311, &[GROUP], 0, 60, &["-d", "-i", id]);
+        let mut s = mosquitto_sub(
+            &fx,
+            &creds,
+            Version::V311,
+            &[GROUP],
+            0,
+            60,
+            &["-d", "-i", id],
+        );
         eventually("SUBACK", || {
             s.lines().iter().any(|l| l.starts_with("Subscribed")) || s.exited().is_some()
         })
@@ -231,12 +247,23 @@ async fn the_filter_inside_a_share_is_checked_against_the_acl() {
     // MQTT 5: refused with 0x87, the allowed share of the same SUBSCRIBE granted.
     let (mut raw, _) = fx.raw_v5_connected(&erp, None).await;
     let (codes, _) = raw
-        .subscribe(1, &["$share/g1/lk/v1/+/up/#", GROUP, "$share/g1/lk/v1/CAB-A/down/#"])
+        .subscribe(
+            1,
+            &[
+                "$share/g1/lk/v1/+/up/#",
+                GROUP,
+                "$share/g1/lk/v1/CAB-A/down/#",
+            ],
+        )
         .await;
     let q1 = SubscribeReasonCode::Success(rumqttc::v5::mqttbytes::QoS::AtLeastOnce);
     assert_eq!(
         codes,
-        vec![SubscribeReasonCode::NotAuthorized, q1, SubscribeReasonCode::NotAuthorized]
+        vec![
+            SubscribeReasonCode::NotAuthorized,
+            q1,
+            SubscribeReasonCode::NotAuthorized
+        ]
     );
     eventually("counted", || fx.rejections("acl_subscribe") == 2).await;
     drop(raw);
