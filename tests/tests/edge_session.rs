@@ -84,7 +84,11 @@ async fn the_will_is_published_on_an_abnormal_end_only() {
     let forged = "lk/v1/CAB-B/up/network";
     let mut s = raw_tls(fx.addr, fx.tls(Some(&a))).await.expect("TLS");
     send(&mut s, &connect_with(60, Some((forged, "forged")))).await;
-    assert!(read_until_closed(&mut s).await.is_empty(), "no CONNACK");
+    assert_eq!(
+        read_until_closed(&mut s).await,
+        vec![0x20, 0x02, 0x00, 0x05],
+        "CONNACK 0x05 not authorized, then the close"
+    );
     eventually("acl_will counted", || fx.rejections("acl_will") == 1).await;
 
     // A last clean session proves the order: nothing else was published in between.

@@ -28,11 +28,15 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use locker_schemas::{CabinetId, DownKind};
 use prometheus::{IntCounter, IntCounterVec, Opts};
-use rumqttd::protocol::{Packet, Publish};
+use rumqttd::protocol::{Packet, Publish, PublishProperties};
 use rumqttd::Notification;
 use tokio::sync::mpsc;
 
 use super::{BrokerError, Inbound, Link, LinkFactory};
+
+/// A cabinet's uplink publish as the router takes it, with the MQTT 5 properties the edge
+/// passes on (user properties, content type, payload format, the expiry stamp).
+pub type Uplink = (Publish, Option<PublishProperties>);
 
 /// Shared links carrying cabinet uplinks to the router.
 pub const UPLINK_LINKS: usize = 4;
@@ -87,7 +91,7 @@ struct Inner {
     sessions: RwLock<HashMap<CabinetId, (u64, mpsc::Sender<Downlink>)>>,
     /// The gateway's ingest.
     ingest: mpsc::Sender<Inbound>,
-    uplinks: Vec<mpsc::Sender<Vec<Publish>>>,
+    uplinks: Vec<mpsc::Sender<Vec<Uplink>>>,
     dropped: IntCounterVec,
     delivered: IntCounter,
 }
@@ -208,11 +212,11 @@ impl Direct {
     /// Hands `cabinet`'s uplink publishes, in order, to the gateway's ingest and then (QoS 0)
     /// to its shared router link; waits while either is backed up. `false` if the router is
     /// gone. (Once ingest has stopped, at shutdown, they go to the router only.)
-    pub async fn uplink(&self, cabinet: &CabinetId, publishes: Vec<Publish>) -> bool {
+    pub async fn uplink(&self, cabinet: &CabinetId, publishes: Vec<Uplink>) -> bool {
         if publishes.is_empty() {
             return true;
         }
-        for p in &publishes {
+        for (p, _) in &publishes {
             let msg = Inbound {
                 topic: p.topic.clone(),
                 payload: p.payload.clone(),
@@ -234,8 +238,8 @@ impl Direct {
 /// One shared uplink link: pushes what the sessions hand it into the link's buffer (a router
 /// event per batch of batches) and drains what the router sends back (nothing but scheduling
 /// for QoS 0 publishers).
-async fn run_uplink(mut link: Link, mut rx: mpsc::Receiver<Vec<Publish>>) {
-    let mut batches: Vec<Vec<Publish>> = Vec::with_capacity(64);
+async fn run_uplink(mut link: Link, mut rx: mpsc::Receiver<Vec<Uplink>>) {
+    let mut batches: Vec<Vec<Uplink>> = Vec::with_capacity(64);
     loop {
         tokio::select! {
             n = rx.recv_many(&mut batches, 64) => {
@@ -244,8 +248,8 @@ async fn run_uplink(mut link: Link, mut rx: mpsc::Receiver<Vec<Publish>>) {
                 }
                 {
                     let mut buf = link.tx.buffer();
-                    for p in batches.drain(..).flatten() {
-                        buf.push_back(Packet::Publish(p, None));
+                    for (p, props) in batches.drain(..).flatten() {
+                        buf.push_back(Packet::Publish(p, props));
                     }
                 }
                 if link.notify().await.is_err() {

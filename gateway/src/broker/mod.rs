@@ -25,7 +25,7 @@
 mod direct;
 mod link;
 
-pub use direct::{Delivery, Direct, Downlink, SessionSlot};
+pub use direct::{Delivery, Direct, Downlink, SessionSlot, Uplink};
 pub use link::{Link, LinkFactory};
 
 use std::collections::VecDeque;
@@ -485,7 +485,7 @@ mod tests {
                     Bytes::from(n.to_be_bytes().to_vec()),
                     false,
                 );
-                assert!(direct.uplink(id, vec![p]).await);
+                assert!(direct.uplink(id, vec![(p, None)]).await);
             }
         }
         /// Counts off one message: each topic's numbers must come 0, 1, 2, ...

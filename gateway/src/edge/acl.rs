@@ -1,11 +1,15 @@
 //! What an identity may do, checked packet by packet on the client's stream: the CONNECT
-//! check (the client id and login are ignored, the will topic must be the identity's own),
-//! and the PUBLISH / SUBSCRIBE rules. Packets are parsed with rumqttd's own MQTT 3.1.1 codec
-//! and handed to the router as parsed.
+//! check (MQTT 3.1.1 or 5; the client id and login are ignored, the will topic must be the
+//! identity's own), and the PUBLISH / SUBSCRIBE rules. Packets are parsed with rumqttd's own
+//! codecs and handed to the router as parsed.
 //!
 //! The edge speaks QoS 0 and 1: a QoS 2 PUBLISH, PUBREC, PUBREL or PUBCOMP from a client is
 //! refused (rumqttd disconnects a link on an unexpected QoS 2 acknowledgement, which the edge
-//! must never provoke), and a QoS 2 subscription is granted QoS 1 (see `relay`).
+//! must never provoke), and a QoS 2 subscription is granted QoS 1 (see `session`).
+//!
+//! A cabinet that steps outside its own topics is disconnected (with DISCONNECT 0x87 in MQTT 5).
+//! An integrator's SUBSCRIBE is judged filter by filter ([`Acl::judge_filter`]): a refused
+//! filter gets a SUBACK failure code and the connection stays.
 
 use std::collections::BTreeMap;
 
@@ -15,16 +19,34 @@ use rumqttd::protocol::{Error as MqttError, LastWill, Packet};
 
 use super::identity::Identity;
 use super::metrics::Reason;
+use super::proto::{ClientLimits, SubRefusal, Version};
 
 /// A refused packet: the reason label and a short description for the log.
 pub(crate) type Refusal = (Reason, String);
 
+/// A refused CONNECT: why, and the version to answer it in (`None`: not MQTT, just close).
+pub(crate) type ConnectRefusal = (Refusal, Option<Version>);
+
+/// Server keep alive given to an MQTT 5 client that asked for none (keep alive 0).
+pub(crate) const SERVER_KEEP_ALIVE_S: u16 = 60;
+
 /// What the edge keeps from an accepted CONNECT.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Session {
-    /// Seconds; never 0 (refused like rumqttd does).
+    pub version: Version,
+    /// Seconds; never 0 (refused in 3.1.1 like rumqttd does; set by the server in 5).
     pub keep_alive: u16,
+    /// The keep alive the edge set for an MQTT 5 client that asked for 0 (sent in CONNACK).
+    pub server_keep_alive: Option<u16>,
+    /// 3.1.1 clean session; MQTT 5 clean start.
     pub clean_session: bool,
+    /// MQTT 5 session expiry interval, seconds (0 in 3.1.1: see `relay` for how a 3.1.1
+    /// persistent session is kept).
+    pub session_expiry: u32,
+    /// The limits the client declared (MQTT 5).
+    pub limits: ClientLimits,
+    /// The client sent an empty client id (MQTT 5 then expects an assigned one).
+    pub empty_client_id: bool,
     /// The will (its topic already checked, its retain flag cleared), kept by the edge and
     /// published by it.
     pub will: Option<LastWill>,
@@ -68,6 +90,12 @@ impl Acl {
         &self.identity
     }
 
+    /// Whether this is an integrator (whose refused filters and v5 publishes are answered
+    /// with reason codes instead of a disconnect).
+    pub fn is_integrator(&self) -> bool {
+        matches!(self.identity, Identity::Integrator(_))
+    }
+
     /// Whether the identity may publish (or leave a will) on `topic`.
     pub fn may_publish(&self, topic: &str) -> bool {
         match &self.identity {
@@ -80,16 +108,35 @@ impl Acl {
 
     /// Whether the identity may subscribe to `filter`.
     pub fn may_subscribe(&self, filter: &str) -> bool {
+        self.judge_filter(filter).is_ok()
+    }
+
+    /// Judges one SUBSCRIBE filter: a cabinet may use exactly its own downlink filters (no
+    /// shared subscriptions); an integrator any valid filter within its ACL, also as a shared
+    /// subscription (`$share/{group}/{filter}`, judged by the filter inside).
+    pub fn judge_filter(&self, filter: &str) -> Result<(), SubRefusal> {
         if let Identity::Cabinet(_) = self.identity {
-            return self.subscribe.iter().any(|own| own.as_str() == filter);
+            return if self.subscribe.iter().any(|own| own.as_str() == filter) {
+                Ok(())
+            } else {
+                Err(SubRefusal::NotAuthorized)
+            };
         }
+        let filter = match super::shared::parse_shared(filter) {
+            None => filter,
+            Some(Ok((_group, inner))) => inner,
+            Some(Err(())) => return Err(SubRefusal::Invalid),
+        };
         match Filter::new(filter) {
-            Ok(f) => self.subscribe.iter().any(|outer| f.is_within(outer)),
-            Err(_) => false,
+            Ok(f) if self.subscribe.iter().any(|outer| f.is_within(outer)) => Ok(()),
+            Ok(_) => Err(SubRefusal::NotAuthorized),
+            Err(_) => Err(SubRefusal::Invalid),
         }
     }
 
     /// Checks one parsed client packet (not the first CONNECT); `fh` is its fixed header.
+    /// An integrator's SUBSCRIBE passes here (its filters are judged one by one by the
+    /// session); a cabinet's must hold only its own filters.
     pub fn inspect(&self, fh: &FixedHeader, packet: &Packet) -> Result<(), Refusal> {
         match packet {
             Packet::Publish(p, _) => {
@@ -103,6 +150,9 @@ impl Acl {
                 }
             }
             Packet::Subscribe(s, _) => {
+                if self.is_integrator() {
+                    return Ok(());
+                }
                 if let Some(f) = s.filters.iter().find(|f| !self.may_subscribe(&f.path)) {
                     return Err((Reason::AclSubscribe, format!("subscribe to {:?}", f.path)));
                 }
@@ -132,32 +182,71 @@ impl Acl {
         Ok(())
     }
 
-    /// Checks the client's first packet: it must be an MQTT 3.1.1 CONNECT with a keep alive
-    /// and a will (if any) on a topic the identity may publish to. `frame` is exactly the
-    /// packet's bytes. The client id and login are ignored: the identity is the certificate.
-    pub fn connect(&self, fh: &FixedHeader, frame: bytes::BytesMut) -> Result<Session, Refusal> {
-        let kind = fh.packet_type().map_err(malformed)?;
+    /// Checks the client's first packet: it must be an MQTT 3.1.1 or 5 CONNECT with a keep
+    /// alive (3.1.1; MQTT 5 gets one from the server) and a will (if any) on a topic the
+    /// identity may publish to. `frame` is exactly the packet's bytes. The client id and login
+    /// are ignored: the identity is the certificate.
+    pub fn connect(
+        &self,
+        fh: &FixedHeader,
+        frame: bytes::BytesMut,
+    ) -> Result<Session, ConnectRefusal> {
+        let kind = fh.packet_type().map_err(|e| (malformed(e), None))?;
         if kind != PacketType::Connect {
-            return Err((Reason::NotConnectFirst, format!("first packet is {kind:?}")));
+            return Err((
+                (Reason::NotConnectFirst, format!("first packet is {kind:?}")),
+                None,
+            ));
         }
-        check_protocol(&frame)?;
+        let version = check_protocol(&frame)?;
         let mut frame = frame;
-        let packet = rumqttd::protocol::Protocol::read_mut(
-            &mut rumqttd::protocol::v4::V4,
-            &mut frame,
-            usize::MAX,
-        )
-        .map_err(|e| match e {
-            MqttError::InvalidProtocol | MqttError::InvalidProtocolLevel(_) => {
-                (Reason::ProtocolVersion, e.to_string())
-            }
-            e => malformed(e),
-        })?;
-        let Packet::Connect(connect, _, will, _, _login) = packet else {
-            return Err((Reason::Malformed, "not an MQTT CONNECT".into()));
+        let read = match version {
+            Version::V4 => rumqttd::protocol::Protocol::read_mut(
+                &mut rumqttd::protocol::v4::V4,
+                &mut frame,
+                usize::MAX,
+            ),
+            Version::V5 => rumqttd::protocol::Protocol::read_mut(
+                &mut rumqttd::protocol::v5::V5,
+                &mut frame,
+                usize::MAX,
+            ),
         };
-        if connect.keep_alive == 0 {
-            return Err((Reason::ZeroKeepAlive, "keep alive 0 is not allowed".into()));
+        let packet = read.map_err(|e| {
+            let r = match e {
+                MqttError::InvalidProtocol | MqttError::InvalidProtocolLevel(_) => {
+                    (Reason::ProtocolVersion, e.to_string())
+                }
+                e => malformed(e),
+            };
+            (r, Some(version))
+        })?;
+        let Packet::Connect(connect, props, will, _will_props, _login) = packet else {
+            return Err((
+                (Reason::Malformed, "not an MQTT CONNECT".into()),
+                Some(version),
+            ));
+        };
+        let refuse = |r: Reason, why: String| ((r, why), Some(version));
+        let mut keep_alive = connect.keep_alive;
+        let mut server_keep_alive = None;
+        if keep_alive == 0 {
+            if version == Version::V4 {
+                return Err(refuse(
+                    Reason::ZeroKeepAlive,
+                    "keep alive 0 is not allowed".into(),
+                ));
+            }
+            keep_alive = SERVER_KEEP_ALIVE_S;
+            server_keep_alive = Some(SERVER_KEEP_ALIVE_S);
+        }
+        if let Some(p) = &props {
+            if p.receive_maximum == Some(0) || p.max_packet_size == Some(0) {
+                return Err(refuse(
+                    Reason::Malformed,
+                    "receive maximum or maximum packet size 0".into(),
+                ));
+            }
         }
         let mut will = will;
         let mut will_retain_cleared = false;
@@ -165,13 +254,24 @@ impl Acl {
             let topic = std::str::from_utf8(&w.topic).unwrap_or_default();
             if topic.is_empty() || !self.may_publish(topic) {
                 let shown = String::from_utf8_lossy(&w.topic);
-                return Err((Reason::AclWill, format!("will topic {shown:?}")));
+                return Err(refuse(Reason::AclWill, format!("will topic {shown:?}")));
+            }
+            if w.qos == rumqttd::protocol::QoS::ExactlyOnce {
+                w.qos = rumqttd::protocol::QoS::AtLeastOnce;
             }
             will_retain_cleared = std::mem::take(&mut w.retain);
         }
         Ok(Session {
-            keep_alive: connect.keep_alive,
+            version,
+            keep_alive,
+            server_keep_alive,
             clean_session: connect.clean_session,
+            session_expiry: props
+                .as_ref()
+                .and_then(|p| p.session_expiry_interval)
+                .unwrap_or(0),
+            limits: ClientLimits::from_properties(props.as_ref()),
+            empty_client_id: connect.client_id.is_empty(),
             will,
             will_retain_cleared,
         })
@@ -185,32 +285,46 @@ pub(crate) fn qos_bits(fh: &FixedHeader) -> u8 {
 
 fn qos2(what: &str) -> Refusal {
     (
-        Reason::UnexpectedPacket,
+        Reason::Qos2,
         format!("{what}: QoS 2 is not supported (use QoS 0 or 1)"),
     )
 }
 
-/// Refuses anything but MQTT 3.1.1 (`"MQTT"`, level 4) before the full parse, so MQTT 5 and
-/// 3.1 (`"MQIsdp"`) clients are told apart from garbage.
-fn check_protocol(frame: &[u8]) -> Result<(), Refusal> {
+/// The protocol version of a CONNECT, read before the full parse: MQTT 3.1.1 (`"MQTT"`, level
+/// 4) and 5 (level 5) are spoken. MQTT 3.1 (`"MQIsdp"`, level 3) and `"MQTT"` below 4 are
+/// refused with the 3.1.1 CONNACK "unacceptable protocol version" (0x01), a level above 5 with
+/// the MQTT 5 CONNACK 0x84; garbage is just closed.
+fn check_protocol(frame: &[u8]) -> Result<Version, ConnectRefusal> {
     // Skip the fixed header: one type byte and a 1-4 byte remaining length.
     let len_bytes = frame
         .iter()
         .skip(1)
         .take(4)
         .position(|b| b & 0x80 == 0)
-        .ok_or_else(|| malformed(MqttError::MalformedRemainingLength))?;
+        .ok_or_else(|| (malformed(MqttError::MalformedRemainingLength), None))?;
     let vh = frame.get(2 + len_bytes..).unwrap_or_default();
+    let unsupported = |what: String, answer: Version| {
+        Err((
+            (
+                Reason::ProtocolVersion,
+                format!("{what} (MQTT 3.1.1 and 5 are supported)"),
+            ),
+            Some(answer),
+        ))
+    };
     match vh {
-        [0, 4, b'M', b'Q', b'T', b'T', 4, ..] => Ok(()),
-        [0, 4, b'M', b'Q', b'T', b'T', level, ..] => Err((
-            Reason::ProtocolVersion,
-            format!("MQTT protocol level {level} (only 4, MQTT 3.1.1, is supported)"),
-        )),
-        [0, 6, b'M', b'Q', b'I', b's', b'd', b'p', ..] => {
-            Err((Reason::ProtocolVersion, "MQTT 3.1 is not supported".into()))
+        [0, 4, b'M', b'Q', b'T', b'T', 4, ..] => Ok(Version::V4),
+        [0, 4, b'M', b'Q', b'T', b'T', 5, ..] => Ok(Version::V5),
+        [0, 4, b'M', b'Q', b'T', b'T', level, ..] if *level < 4 => {
+            unsupported(format!("MQTT protocol level {level}"), Version::V4)
         }
-        _ => Err((Reason::Malformed, "not an MQTT CONNECT".into())),
+        [0, 4, b'M', b'Q', b'T', b'T', level, ..] => {
+            unsupported(format!("MQTT protocol level {level}"), Version::V5)
+        }
+        [0, 6, b'M', b'Q', b'I', b's', b'd', b'p', ..] => {
+            unsupported("MQTT 3.1".into(), Version::V4)
+        }
+        _ => Err(((Reason::Malformed, "not an MQTT CONNECT".into()), None)),
     }
 }
 
@@ -335,13 +449,16 @@ mod tests {
             false,
         ));
         let (fh, b) = raw(CPacket::Connect(c));
-        assert_eq!(acl.connect(&fh, b).map_err(|e| e.0), Err(Reason::AclWill));
+        assert_eq!(
+            acl.connect(&fh, b).map_err(|e| e.0 .0),
+            Err(Reason::AclWill)
+        );
 
         let mut c = Connect::new("x");
         c.keep_alive = 0;
         let (fh, b) = raw(CPacket::Connect(c));
         assert_eq!(
-            acl.connect(&fh, b).map_err(|e| e.0),
+            acl.connect(&fh, b).map_err(|e| e.0 .0),
             Err(Reason::ZeroKeepAlive)
         );
     }
@@ -351,15 +468,26 @@ mod tests {
         let acl = Acl::new(cab("A"), &acls());
         let (fh, b) = raw(CPacket::PingReq);
         assert_eq!(
-            acl.connect(&fh, b).map_err(|e| e.0),
+            acl.connect(&fh, b).map_err(|e| e.0 .0),
             Err(Reason::NotConnectFirst)
         );
+        // MQTT 3.1 and a level above 5: refused, with the answer in the version the client
+        // understands.
         let mut c = Connect::new("x");
         c.protocol = Protocol::V5;
-        let (fh, b) = raw(CPacket::Connect(c));
+        let (fh, mut b) = raw(CPacket::Connect(c));
+        b[8] = 6; // protocol level byte: 2 (fixed header) + 2 + "MQTT"
         assert_eq!(
-            acl.connect(&fh, b).map_err(|e| e.0),
-            Err(Reason::ProtocolVersion)
+            acl.connect(&fh, b).map_err(|e| (e.0 .0, e.1)),
+            Err((Reason::ProtocolVersion, Some(Version::V5)))
+        );
+        let mut c = Connect::new("x");
+        c.protocol = Protocol::V4;
+        let (fh, mut b) = raw(CPacket::Connect(c));
+        b[8] = 3;
+        assert_eq!(
+            acl.connect(&fh, b).map_err(|e| (e.0 .0, e.1)),
+            Err((Reason::ProtocolVersion, Some(Version::V4)))
         );
         let (fh, p) = parsed(CPacket::Connect(Connect::new("x")));
         assert_eq!(
@@ -399,15 +527,9 @@ mod tests {
         let mut q2 = Publish::new("lk/v1/A/up/door", QoS::ExactlyOnce, "x");
         q2.pkid = 7;
         let (fh, p) = parsed(CPacket::Publish(q2));
-        assert_eq!(
-            acl.inspect(&fh, &p).map_err(|e| e.0),
-            Err(Reason::UnexpectedPacket)
-        );
+        assert_eq!(acl.inspect(&fh, &p).map_err(|e| e.0), Err(Reason::Qos2));
         let (fh, p) = parsed(CPacket::PubRec(PubRec::new(3)));
-        assert_eq!(
-            acl.inspect(&fh, &p).map_err(|e| e.0),
-            Err(Reason::UnexpectedPacket)
-        );
+        assert_eq!(acl.inspect(&fh, &p).map_err(|e| e.0), Err(Reason::Qos2));
 
         // a PUBLISH whose topic length runs past the packet does not parse
         let mut raw = BytesMut::from(&[0x30, 3, 0, 9, b'a'][..]);

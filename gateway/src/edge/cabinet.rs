@@ -1,6 +1,7 @@
 //! One cabinet's MQTT session, served by the edge itself: no router connection of its own
-//! (see [`crate::broker::Direct`] for why). The edge speaks the broker's side of MQTT 3.1.1 for
-//! the few things a cabinet does:
+//! (see [`crate::broker::Direct`] for why). The edge speaks the broker's side of MQTT 3.1.1 and
+//! 5 (the agent speaks 3.1.1; a third-party cabinet may speak 5) for the few things a cabinet
+//! does:
 //!
 //! - CONNACK (accepted; no session is kept between connections: a cabinet's state that matters
 //!   is end to end, its outbox and the gateway's command queue, and the agent subscribes on
@@ -16,6 +17,12 @@
 //!   most [`MAX_INFLIGHT`] wait for the cabinet's PUBACK (in any order; a PUBACK for no
 //!   outstanding id ends the session).
 //!
+//! In MQTT 5: CONNACK carries what the edge offers (see `proto::connack_properties`); inbound
+//! topic aliases are resolved (bounded by `topic_alias_max`); a PUBLISH's user properties,
+//! content type and payload format pass on to subscribers, and its message expiry interval is
+//! stamped as a deadline that integrators' sessions honour; SUBACK and PUBACK carry reason
+//! codes.
+//!
 //! Keep alive, certificate expiry, cancellation and write backpressure work as in the
 //! integrators' [`session`](super::session): nothing is read while a write waits.
 
@@ -26,7 +33,11 @@ use bytes::BytesMut;
 use locker_schemas::{CabinetId, Topic};
 use rumqttc::mqttbytes::v4 as wire;
 use rumqttc::mqttbytes::QoS as WireQoS;
-use rumqttd::protocol::{matches, Packet, Publish, QoS};
+use rumqttc::v5::mqttbytes::v5 as wire5;
+use rumqttd::protocol::{
+    matches, ConnAck, ConnAckProperties, ConnectReturnCode, Packet, PingResp, PubAck, PubAckReason,
+    Publish, PublishProperties, QoS, SubAck, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -36,10 +47,11 @@ use tokio_util::sync::CancellationToken;
 use super::acl::{Acl, Session as ConnectInfo};
 use super::bucket::Bucket;
 use super::metrics::Reason;
+use super::proto::{expiry_stamp, Proto, EXPIRY_KEY};
 use super::relay::Shared;
 use super::session::{End, Outcome};
 use super::wire::{next_packet, read_client, write_client, Clock, WRITE_CHUNK};
-use crate::broker::{Direct, Downlink};
+use crate::broker::{Direct, Downlink, Uplink};
 
 /// Most QoS 1 downlinks sent to a cabinet and not yet acknowledged (rumqttd's own limit).
 pub const MAX_INFLIGHT: usize = 100;
@@ -47,15 +59,15 @@ pub const MAX_INFLIGHT: usize = 100;
 /// A reply owed to the cabinet, in the order its packets came.
 enum Reply {
     PubAck(u16),
-    SubAck(u16, Vec<wire::SubscribeReasonCode>),
-    UnsubAck(u16),
+    SubAck(u16, Vec<SubscribeReasonCode>),
+    UnsubAck(u16, usize),
     PingResp,
 }
 
 /// What one [`Cabinet::uplink`] pass read.
 #[derive(Default)]
 struct Batch {
-    publishes: Vec<Publish>,
+    publishes: Vec<Uplink>,
     replies: Vec<Reply>,
     /// Packets taken from the buffer.
     taken: usize,
@@ -70,6 +82,7 @@ struct Cabinet<'a> {
     acl: &'a Acl,
     direct: &'a Direct,
     id: &'a CabinetId,
+    proto: Proto,
     max_packet: usize,
     max_batch: usize,
     window: Duration,
@@ -92,6 +105,7 @@ pub(crate) async fn run(
     id: &CabinetId,
     conn_id: u64,
     connect: &ConnectInfo,
+    connack: Option<ConnAckProperties>,
     pending: BytesMut,
     cert_end: Instant,
     cancel: &CancellationToken,
@@ -103,6 +117,12 @@ pub(crate) async fn run(
         acl,
         direct,
         id,
+        proto: Proto::new(
+            connect.version,
+            connect.limits.clone(),
+            cfg.topic_alias_max,
+            0,
+        ),
         max_packet: shared.max_packet(),
         max_batch: shared.links.max_batch(),
         window: Duration::from_millis(u64::from(connect.keep_alive) * 1500),
@@ -114,7 +134,7 @@ pub(crate) async fn run(
             .then(|| Bucket::new(cfg.uplink_rate_per_s, cfg.uplink_burst)),
     };
     let r = cab
-        .serve(tls, &mut mailbox, pending, cert_end, cancel)
+        .serve(tls, &mut mailbox, connack, pending, cert_end, cancel)
         .await;
     drop(slot);
     match r {
@@ -128,15 +148,17 @@ impl Cabinet<'_> {
         &mut self,
         tls: &mut TlsStream<TcpStream>,
         mailbox: &mut mpsc::Receiver<Downlink>,
+        connack: Option<ConnAckProperties>,
         mut rbuf: BytesMut,
         cert_end: Instant,
         cancel: &CancellationToken,
     ) -> Result<(), End> {
         let mut out = BytesMut::new();
-        encode(
-            &wire::ConnAck::new(wire::ConnectReturnCode::Success, false),
-            &mut out,
-        )?;
+        let ack = ConnAck {
+            session_present: false,
+            code: ConnectReturnCode::Success,
+        };
+        self.put(Packet::ConnAck(ack, connack), &mut out)?;
         self.write(tls, &out, cancel).await?;
         out = BytesMut::new();
 
@@ -159,14 +181,27 @@ impl Cabinet<'_> {
                     }
                 }
                 for r in batch.replies {
-                    match r {
-                        Reply::PubAck(pkid) => encode(&wire::PubAck::new(pkid), &mut out)?,
-                        Reply::SubAck(pkid, codes) => {
-                            encode(&wire::SubAck::new(pkid, codes), &mut out)?
+                    let packet = match r {
+                        Reply::PubAck(pkid) => Packet::PubAck(
+                            PubAck {
+                                pkid,
+                                reason: PubAckReason::Success,
+                            },
+                            None,
+                        ),
+                        Reply::SubAck(pkid, return_codes) => {
+                            Packet::SubAck(SubAck { pkid, return_codes }, None)
                         }
-                        Reply::UnsubAck(pkid) => encode(&wire::UnsubAck::new(pkid), &mut out)?,
-                        Reply::PingResp => encode(&wire::PingResp, &mut out)?,
-                    }
+                        Reply::UnsubAck(pkid, n) => Packet::UnsubAck(
+                            UnsubAck {
+                                pkid,
+                                reasons: vec![UnsubAckReason::Success; n],
+                            },
+                            None,
+                        ),
+                        Reply::PingResp => Packet::PingResp(PingResp),
+                    };
+                    self.put(packet, &mut out)?;
                 }
                 if out.len() >= WRITE_CHUNK {
                     self.write(tls, &out, cancel).await?;
@@ -266,7 +301,37 @@ impl Cabinet<'_> {
             p.pkid = self.pkid();
             self.unacked.push_back(p.pkid);
         }
+        if self.proto.is_v5() {
+            let p5 = wire5::Publish {
+                dup: false,
+                qos: match p.qos {
+                    WireQoS::AtMostOnce => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+                    _ => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                },
+                retain: false,
+                topic: p.topic.into_bytes().into(),
+                pkid: p.pkid,
+                payload: p.payload,
+                properties: None,
+            };
+            return p5.write(out).map(|_| ()).map_err(|e| {
+                End::Io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("encoding a packet for the cabinet: {e:?}"),
+                ))
+            });
+        }
         encode(&p, out)
+    }
+
+    /// Encodes one of the edge's own packets in the cabinet's protocol version.
+    fn put(&self, packet: Packet, out: &mut BytesMut) -> Result<(), End> {
+        self.proto.write(packet, out).map(|_| ()).map_err(|e| {
+            End::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("encoding a packet for the cabinet: {e}"),
+            ))
+        })
     }
 
     /// The next packet id not awaiting an acknowledgement.
@@ -287,6 +352,7 @@ impl Cabinet<'_> {
             let (_, packet, pkid) = match next_packet(
                 self.shared,
                 self.acl,
+                &mut self.proto,
                 self.bucket.as_mut(),
                 buf,
                 self.max_packet,
@@ -299,7 +365,7 @@ impl Cabinet<'_> {
             };
             b.taken += 1;
             match packet {
-                Packet::Publish(p, _) => {
+                Packet::Publish(p, props) => {
                     if p.retain {
                         self.shared
                             .metrics
@@ -312,7 +378,9 @@ impl Cabinet<'_> {
                             "PUBLISH with retain: passed on without it".into(),
                         );
                     }
-                    b.publishes.push(Publish::new(p.topic, p.payload, false));
+                    let props = props.and_then(passed_on);
+                    b.publishes
+                        .push((Publish::new(p.topic, p.payload, false), props));
                     if let Some(id) = pkid {
                         b.replies.push(Reply::PubAck(id));
                     }
@@ -336,10 +404,7 @@ impl Cabinet<'_> {
                             QoS::AtMostOnce => QoS::AtMostOnce,
                             _ => QoS::AtLeastOnce,
                         };
-                        codes.push(wire::SubscribeReasonCode::Success(match qos {
-                            QoS::AtMostOnce => WireQoS::AtMostOnce,
-                            _ => WireQoS::AtLeastOnce,
-                        }));
+                        codes.push(SubscribeReasonCode::Success(qos));
                         self.subs.retain(|(p, _)| *p != f.path);
                         self.subs.push((f.path, qos));
                     }
@@ -347,11 +412,20 @@ impl Cabinet<'_> {
                 }
                 Packet::Unsubscribe(u, _) => {
                     self.subs.retain(|(p, _)| !u.filters.contains(p));
-                    b.replies.push(Reply::UnsubAck(u.pkid));
+                    b.replies.push(Reply::UnsubAck(u.pkid, u.filters.len()));
                 }
                 Packet::PingReq(_) => b.replies.push(Reply::PingResp),
-                Packet::Disconnect(..) => {
-                    b.end = Some(Ok(()));
+                Packet::Disconnect(d, _) => {
+                    // MQTT 5 "disconnect with will message" asks for the will.
+                    b.end = Some(
+                        if d.reason_code
+                            == rumqttd::protocol::DisconnectReasonCode::DisconnectWithWillMessage
+                        {
+                            Err(End::ClientClosed)
+                        } else {
+                            Ok(())
+                        },
+                    );
                     return b;
                 }
                 other => {
@@ -382,14 +456,27 @@ macro_rules! encodes {
         }
     )*};
 }
-encodes!(
-    wire::ConnAck,
-    wire::PubAck,
-    wire::SubAck,
-    wire::UnsubAck,
-    wire::PingResp,
-    wire::Publish
-);
+encodes!(wire::Publish);
+
+/// The MQTT 5 properties of a cabinet's PUBLISH that pass on to subscribers: user properties,
+/// content type and payload format; a message expiry interval becomes a deadline stamp
+/// (integrators' sessions drop the message once it passed, or send the time left). Response
+/// topic and correlation data (request/response between clients) do not: integrators never
+/// publish, so no one could answer.
+fn passed_on(p: PublishProperties) -> Option<PublishProperties> {
+    let mut user_properties = p.user_properties;
+    user_properties.retain(|(k, _)| k != EXPIRY_KEY);
+    if let Some(secs) = p.message_expiry_interval {
+        user_properties.push(expiry_stamp(secs));
+    }
+    let kept = PublishProperties {
+        payload_format_indicator: p.payload_format_indicator,
+        content_type: p.content_type,
+        user_properties,
+        ..Default::default()
+    };
+    (kept != PublishProperties::default()).then_some(kept)
+}
 
 fn encode(p: &impl Encode, out: &mut BytesMut) -> Result<(), End> {
     p.write_to(out).map(|_| ()).map_err(|e| {

@@ -74,10 +74,21 @@ pub struct EdgeConfig {
     /// after this long gives its place back (it is no longer using CPU), so clients that stall
     /// mid-handshake hold a place for at most this long.
     pub admission_hold_ms: u64,
-    /// Most distinct subscription filters one integrator connection may hold; a SUBSCRIBE
-    /// beyond it closes the connection. (Cabinets may subscribe only to their own downlink
+    /// Most distinct subscription filters one integrator connection may hold; a filter
+    /// beyond it is refused with a SUBACK failure code (0x80 in 3.1.1, 0x97 "quota exceeded"
+    /// in MQTT 5) and the connection stays. (Cabinets may subscribe only to their own downlink
     /// filters, so they never hold more than a handful.)
     pub max_filters_per_client: usize,
+    /// MQTT 5: the highest topic alias a client may use towards the edge (announced in
+    /// CONNACK; 0 turns inbound aliases off), and the most outbound aliases the edge keeps
+    /// per connection (the client's own maximum still applies).
+    pub topic_alias_max: u16,
+    /// MQTT 5: the receive maximum announced to clients (unacknowledged QoS 1 publishes a
+    /// cabinet may have in flight towards the edge).
+    pub receive_max: u16,
+    /// MQTT 5: the longest session expiry interval granted, in seconds; a client asking for
+    /// more (or for "never") gets this, and CONNACK says so.
+    pub max_session_expiry_s: u32,
     /// Sustained uplink PUBLISH rate allowed per cabinet connection (messages per second).
     /// Above it the edge stops reading that cabinet's socket until tokens refill (TCP pushes
     /// back; nothing is dropped). 0 turns the limit off.
@@ -135,6 +146,9 @@ impl Default for EdgeConfig {
             max_handshakes_in_progress: 1_024,
             admission_hold_ms: 1_000,
             max_filters_per_client: 64,
+            topic_alias_max: 10,
+            receive_max: 100,
+            max_session_expiry_s: 86_400,
             uplink_rate_per_s: 100,
             uplink_burst: 2_000,
             max_packet_bytes: 64 * 1024,
@@ -191,6 +205,7 @@ impl EdgeConfig {
             ("tls_timeout_ms", self.tls_timeout_ms as usize),
             ("connect_timeout_ms", self.connect_timeout_ms as usize),
             ("max_filters_per_client", self.max_filters_per_client),
+            ("receive_max", usize::from(self.receive_max)),
             ("max_connections", self.max_connections),
             ("max_packet_bytes", self.max_packet_bytes),
             ("crl_check_interval_ms", self.crl_check_interval_ms as usize),

@@ -55,6 +55,12 @@ pub enum Reason {
     TooManyFilters,
     /// The client certificate's validity ended (at a resumed handshake, or while connected).
     CertExpired,
+    /// A QoS 2 PUBLISH or acknowledgement (the edge speaks QoS 0 and 1).
+    Qos2,
+    /// An MQTT 5 topic alias that is 0, above the announced maximum, or never set.
+    TopicAlias,
+    /// A SUBSCRIBE filter that is not a valid topic filter (refused with a SUBACK code).
+    InvalidFilter,
     /// Refused right after its ClientHello because `max_handshakes_in_progress` were running
     /// (a client offering no session to resume is refused at half of it): the client backs off
     /// and retries instead of every handshake slowing down together.
@@ -89,6 +95,9 @@ impl Reason {
         Reason::TooManyFromAddress,
         Reason::TooManyFilters,
         Reason::CertExpired,
+        Reason::Qos2,
+        Reason::TopicAlias,
+        Reason::InvalidFilter,
         Reason::Busy,
     ];
 
@@ -117,6 +126,9 @@ impl Reason {
             Reason::TooManyFromAddress => "too_many_from_address",
             Reason::TooManyFilters => "too_many_filters",
             Reason::CertExpired => "cert_expired",
+            Reason::Qos2 => "qos2_unsupported",
+            Reason::TopicAlias => "topic_alias",
+            Reason::InvalidFilter => "invalid_filter",
             Reason::Busy => "busy",
             Reason::RetainCleared => "retain_cleared",
         }
@@ -157,6 +169,9 @@ pub(crate) struct EdgeMetrics {
     pub retain_cleared: IntCounterVec,
     pub throttled_seconds: Counter,
     pub throttled: IntCounter,
+    pub protocols: IntCounterVec,
+    pub dropped: IntCounterVec,
+    pub shared: super::shared::SharedMetrics,
 }
 
 impl EdgeMetrics {
@@ -184,7 +199,7 @@ impl EdgeMetrics {
             rejections: IntCounterVec::new(
                 Opts::new(
                     "locker_edge_rejections_total",
-                    "Connections refused or closed by the edge, by reason",
+                    "Refusals by the edge, by reason: connections refused or closed, and packets refused with a reason code while the connection stays (SUBACK failures, MQTT 5 PUBACK 0x87)",
                 ),
                 &["reason"],
             )?,
@@ -253,6 +268,21 @@ impl EdgeMetrics {
                 "locker_edge_uplink_throttled_total",
                 "Times a cabinet's uplink was paused by its rate limit",
             )?,
+            protocols: IntCounterVec::new(
+                Opts::new(
+                    "locker_edge_sessions_by_protocol_total",
+                    "Sessions relayed, by MQTT protocol version (3.1.1 or 5) and role",
+                ),
+                &["protocol", "role"],
+            )?,
+            dropped: IntCounterVec::new(
+                Opts::new(
+                    "locker_edge_dropped_total",
+                    "Messages the edge did not send to a client, by reason (client_max_packet: larger than the client's MQTT 5 maximum packet size; expired: its MQTT 5 message expiry passed)",
+                ),
+                &["reason"],
+            )?,
+            shared: super::shared::SharedMetrics::register(registry)?,
         };
         registry.register(Box::new(m.open.clone()))?;
         registry.register(Box::new(m.accepted.clone()))?;
@@ -270,6 +300,11 @@ impl EdgeMetrics {
         registry.register(Box::new(m.retain_cleared.clone()))?;
         registry.register(Box::new(m.throttled_seconds.clone()))?;
         registry.register(Box::new(m.throttled.clone()))?;
+        registry.register(Box::new(m.protocols.clone()))?;
+        registry.register(Box::new(m.dropped.clone()))?;
+        for d in ["client_max_packet", "expired"] {
+            m.dropped.with_label_values(&[d]);
+        }
         for r in Reason::ALL {
             m.rejections.with_label_values(&[r.as_str()]);
             if r.is_acl() {

@@ -19,9 +19,9 @@
 //!
 //! Submodules: [`config`] (settings), `tls` (rustls configuration and CRL), `verifier` (client
 //! certificates against the fleet CA and the revoked serials), `tickets` (TLS
-//! ticket keys kept across restarts), `hello` (admission control at the ClientHello), `identity`, `acl` (packet rules), `bucket` (the uplink
+//! ticket keys kept across restarts), `hello` (admission control at the ClientHello), `identity`, `acl` (packet rules), `proto` (MQTT 3.1.1 or 5: codecs, client limits, topic aliases, reason codes), `bucket` (the uplink
 //! rate limit), `relay` (one connection up to its session), `session` (an integrator's MQTT
-//! session over its link), `cabinet` (a cabinet's session, served directly), `wire` (what both sessions share), `registry`
+//! session over its link), `shared` (shared subscription groups), `cabinet` (a cabinet's session, served directly), `wire` (what both sessions share), `registry`
 //! (connection table, presence, takeover, disconnects), `metrics`.
 
 mod acl;
@@ -31,9 +31,11 @@ pub mod config;
 mod hello;
 mod identity;
 mod metrics;
+mod proto;
 mod registry;
 mod relay;
 mod session;
+mod shared;
 mod tickets;
 mod tls;
 mod verifier;
@@ -134,6 +136,8 @@ impl Edge {
         })?;
 
         let registry = Registry::spawn(presence, tls.revoked(), metrics.clone());
+        let cancel = CancellationToken::new();
+        let groups = shared::Groups::new(links.clone(), metrics.shared.clone(), cancel.clone());
         let shared = Arc::new(Shared {
             per_address: std::sync::Mutex::new(std::collections::HashMap::new()),
             cfg,
@@ -144,8 +148,10 @@ impl Edge {
             next_id: AtomicU64::new(1),
             live: AtomicUsize::new(0),
             admissions: hello::Admissions::default(),
+            session_gens: Arc::new(tokio::sync::Mutex::new(std::collections::HashMap::new())),
+            groups,
+            cancel: cancel.clone(),
         });
-        let cancel = CancellationToken::new();
         let (done_tx, done_rx) = mpsc::channel(1);
         let (reload_tx, reload_rx) = mpsc::channel(8);
         tokio::spawn(accept_loop(

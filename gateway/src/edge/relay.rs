@@ -39,6 +39,7 @@ use super::config::EdgeConfig;
 use super::hello;
 use super::identity;
 use super::metrics::{EdgeMetrics, Reason};
+use super::proto::{self, Version};
 use super::registry::{ConnectionInfo, Registry};
 use super::session::{self, End};
 use super::tls::{classify, TlsState};
@@ -52,8 +53,8 @@ pub(super) const READ_BUF: usize = 2048;
 const TLS_SEND_LIMIT: usize = 16 * 1024;
 /// Longest refusal detail that is logged.
 const MAX_DETAIL: usize = 160;
-/// CONNACK "server unavailable" (MQTT 3.1.1 return code 3).
-const CONNACK_UNAVAILABLE: [u8; 4] = [0x20, 0x02, 0x00, 0x03];
+/// How long the edge waits to write a refusal (CONNACK or MQTT 5 DISCONNECT) before it closes.
+const SAY_GOODBYE: Duration = Duration::from_secs(1);
 
 /// Everything the connection tasks share.
 pub(crate) struct Shared {
@@ -69,6 +70,14 @@ pub(crate) struct Shared {
     pub live: AtomicUsize,
     /// TLS handshakes admitted and running (`max_handshakes_in_progress`).
     pub admissions: hello::Admissions,
+    /// Per integrator client id, a count of its connections: an MQTT 5 session whose expiry
+    /// timer fires is removed only if no connection of that client came since. Held across
+    /// the removal, so a connection waits for a removal in progress.
+    pub session_gens: Arc<tokio::sync::Mutex<HashMap<String, u64>>>,
+    /// Shared subscription groups (`$share/{group}/{filter}`) of integrators.
+    pub groups: super::shared::Groups,
+    /// Cancelled when the edge stops (ends the session expiry timers and shared groups).
+    pub cancel: CancellationToken,
 }
 
 impl Shared {
@@ -261,6 +270,11 @@ async fn connected(
         .sessions
         .with_label_values(&[identity.role()])
         .inc();
+    shared
+        .metrics
+        .protocols
+        .with_label_values(&[est.session.version.as_str(), identity.role()])
+        .inc();
     tracing::debug!(%identity, conn_id, %peer, "edge: accepted");
 
     let end = AssertUnwindSafe(run(shared, est, conn_id, predecessors, cancel))
@@ -281,7 +295,7 @@ async fn connected(
 
 /// Takeover, link, session; closes the link at the end. The setup and the close run in
 /// boxed futures of their own, so the future that lives as long as the connection holds only
-/// the session's state.
+/// the session's state. An MQTT 5 session the edge ends gets a DISCONNECT with the reason.
 async fn run(
     shared: &Shared,
     mut est: Box<Established>,
@@ -296,20 +310,57 @@ async fn run(
     {
         return End::Cancelled;
     }
-    if let super::Identity::Cabinet(id) = est.acl.identity().clone() {
+    let end = if let super::Identity::Cabinet(id) = est.acl.identity().clone() {
         // The broker always sets the direct paths up (`EmbeddedBroker::start`).
-        let Some(direct) = shared.links.direct() else {
-            return End::Refused((
+        match shared.links.direct() {
+            Some(direct) => Box::pin(run_cabinet(shared, est, &id, direct, conn_id, cancel)).await,
+            None => End::Refused((
                 Reason::UpstreamUnavailable,
                 "the broker has no direct cabinet paths".into(),
-            ));
-        };
-        return Box::pin(run_cabinet(shared, est, &id, direct, conn_id, cancel)).await;
+            )),
+        }
+    } else {
+        Box::pin(run_integrator(shared, est, cancel)).await
+    };
+    if est.session.version == Version::V5 {
+        Box::pin(say_goodbye(shared, est, &end)).await;
     }
-    match Box::pin(open_link(shared, est, cancel)).await {
+    end
+}
+
+/// An integrator's session over its own broker link.
+async fn run_integrator(shared: &Shared, est: &mut Established, cancel: &CancellationToken) -> End {
+    // MQTT 5 session expiry: 0 ends the session with the connection; otherwise the router
+    // keeps it (a persistent session) until the interval after the connection ends.
+    let granted = est
+        .session
+        .session_expiry
+        .min(shared.cfg.max_session_expiry_s);
+    let client_id = est.acl.identity().client_id();
+    let generation = {
+        let mut gens = shared.session_gens.lock().await;
+        let g = gens.entry(client_id.clone()).or_insert(0);
+        *g += 1;
+        *g
+    };
+    let (clean, wipe_first) = match est.session.version {
+        Version::V4 => (est.session.clean_session, false),
+        Version::V5 => (granted == 0, granted > 0 && est.session.clean_session),
+    };
+    if wipe_first {
+        remove_session(shared, &client_id).await;
+    }
+    match Box::pin(open_link(shared, est, clean, cancel)).await {
         Ok(link) => est.link = Some(link),
         Err(end) => return end,
     }
+    let connack = (est.session.version == Version::V5).then(|| {
+        let mut p = proto::connack_properties(shared, &est.session, &client_id);
+        if granted != est.session.session_expiry {
+            p.session_expiry_interval = Some(granted);
+        }
+        p
+    });
     let cert_end = est.cert_deadline();
     let pending = std::mem::take(&mut est.pending);
     let Some(link) = est.link.as_mut() else {
@@ -321,6 +372,7 @@ async fn run(
         &est.acl,
         link,
         &est.session,
+        connack,
         pending,
         cert_end,
         cancel,
@@ -333,7 +385,81 @@ async fn run(
     if let Some(link) = est.link.take() {
         Box::pin(link.close(outcome.clean || cut_off)).await;
     }
+    if est.session.version == Version::V5 && granted > 0 {
+        expire_later(
+            shared,
+            client_id,
+            generation,
+            Duration::from_secs(granted.into()),
+        );
+    }
     outcome.end
+}
+
+/// Removes the router's session of `client_id` (connects it as a clean session and closes).
+async fn remove_session(shared: &Shared, client_id: &str) {
+    match shared.links.connect(client_id.to_owned(), true, None).await {
+        Ok(link) => link.close(true).await,
+        Err(e) => {
+            tracing::warn!(client_id, error = %e, "edge: could not remove an expired session")
+        }
+    }
+}
+
+/// Removes `client_id`'s session after `after`, unless another connection of it came since
+/// (its `generation` moved on).
+fn expire_later(shared: &Shared, client_id: String, generation: u64, after: Duration) {
+    let links = shared.links.clone();
+    let gens = shared.session_gens.clone();
+    let stop = shared.cancel.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(after) => {}
+        }
+        let mut map = gens.lock().await;
+        if map.get(&client_id) != Some(&generation) {
+            return;
+        }
+        map.remove(&client_id);
+        match links.connect(client_id.clone(), true, None).await {
+            Ok(link) => link.close(true).await,
+            Err(e) => {
+                tracing::warn!(client_id, error = %e, "edge: could not remove an expired session")
+            }
+        }
+        drop(map);
+        tracing::debug!(client_id, "edge: MQTT 5 session expired and removed");
+    });
+}
+
+/// Writes the MQTT 5 DISCONNECT that says why the edge ended a session (nothing when the
+/// client ended it).
+async fn say_goodbye(shared: &Shared, est: &mut Established, end: &End) {
+    use rumqttd::protocol::DisconnectReasonCode as Code;
+    let (code, detail) = match end {
+        End::Refused((reason, detail)) => (proto::disconnect_code(*reason), detail.as_str()),
+        End::Cancelled if shared.cancel.is_cancelled() => {
+            (Code::ServerShuttingDown, "the gateway is stopping")
+        }
+        End::Cancelled if shared.tls.revoked().contains(&est.serial) => {
+            (Code::NotAuthorized, "the client certificate was revoked")
+        }
+        End::Cancelled => (
+            Code::SessionTakenOver,
+            "closed by the gateway (another connection of this identity, or an operator)",
+        ),
+        End::BrokerClosed => (Code::UnspecifiedError, "the broker closed the session"),
+        _ => return,
+    };
+    let p = proto::Proto::new(Version::V5, Default::default(), 0, 0);
+    if let Some(bytes) = p.disconnect(code, detail) {
+        let say = async {
+            est.tls.write_all(&bytes).await?;
+            est.tls.flush().await
+        };
+        let _ = tokio::time::timeout(SAY_GOODBYE, say).await;
+    }
 }
 
 /// Waits for an older connection of the same identity to end (takeover); `Err` if this one
@@ -367,6 +493,14 @@ async fn run_cabinet(
 ) -> End {
     let pending = std::mem::take(&mut est.pending);
     let cert_end = est.cert_deadline();
+    let connack = (est.session.version == Version::V5).then(|| {
+        let mut p = proto::connack_properties(shared, &est.session, &id.to_string());
+        // No session is kept for a cabinet between connections (see `cabinet`).
+        if est.session.session_expiry != 0 {
+            p.session_expiry_interval = Some(0);
+        }
+        p
+    });
     let outcome = cabinet::run(
         shared,
         &mut est.tls,
@@ -375,6 +509,7 @@ async fn run_cabinet(
         id,
         conn_id,
         &est.session,
+        connack,
         pending,
         cert_end,
         cancel,
@@ -384,7 +519,7 @@ async fn run_cabinet(
     if !(outcome.clean || cut_off) {
         if let Some(w) = est.session.will.take() {
             let will = rumqttd::protocol::Publish::new(w.topic, w.message, false);
-            direct.uplink(id, vec![will]).await;
+            direct.uplink(id, vec![(will, None)]).await;
         }
     }
     outcome.end
@@ -395,17 +530,16 @@ async fn run_cabinet(
 async fn open_link(
     shared: &Shared,
     est: &mut Established,
+    clean: bool,
     cancel: &CancellationToken,
 ) -> Result<Link, End> {
     let Established {
         tls, acl, session, ..
     } = est;
     let window = shared.cfg.handshake_timeout();
-    let connect = shared.links.connect(
-        acl.identity().client_id(),
-        session.clean_session,
-        session.will.clone(),
-    );
+    let connect = shared
+        .links
+        .connect(acl.identity().client_id(), clean, session.will.clone());
     let link = tokio::select! {
         biased;
         _ = cancel.cancelled() => return Err(End::Cancelled),
@@ -421,8 +555,9 @@ async fn open_link(
                 Ok(Err(e)) => e.to_string(),
                 _ => "no link to the broker within the deadline".into(),
             };
+            let answer = proto::connack_refusal(session.version, Reason::UpstreamUnavailable, &why);
             let refuse = async {
-                tls.write_all(&CONNACK_UNAVAILABLE).await?;
+                tls.write_all(&answer).await?;
                 tls.flush().await
             };
             let _ = tokio::time::timeout(window, refuse).await;
@@ -595,7 +730,23 @@ async fn establish(
     };
     let first = buf.split_to(fh.frame_length());
     shared.metrics.bytes_in.inc_by(first.len() as u64);
-    let session = acl.connect(&fh, first).map_err(|r| (who.clone(), r))?;
+    let session = match acl.connect(&fh, first) {
+        Ok(s) => s,
+        Err((refusal, version)) => {
+            // Answer in the version the client speaks, where the spec gives an answer.
+            if let Some(v) = version {
+                let answer = proto::connack_refusal(v, refusal.0, &refusal.1);
+                if !answer.is_empty() {
+                    let say = async {
+                        tls.write_all(&answer).await?;
+                        tls.flush().await
+                    };
+                    let _ = tokio::time::timeout(SAY_GOODBYE, say).await;
+                }
+            }
+            return Err((who, refusal));
+        }
+    };
     if session.will_retain_cleared {
         shared
             .metrics

@@ -1,46 +1,60 @@
 //! One established integrator's MQTT session (cabinets are served by `cabinet`), driven like
-//! rumqttd's own `RemoteLink` but by the edge, in a single task per connection: it selects over the client's bytes, the router's
-//! notifications (from the connection's local link), the keep-alive timer and cancellation.
+//! rumqttd's own `RemoteLink` but by the edge, in a single task per connection: it selects over
+//! the client's bytes, the router's notifications (from the connection's local link), the
+//! keep-alive timer and cancellation. MQTT 3.1.1 and 5 are spoken ([`Proto`]).
 //!
-//! - Client to router: bytes are framed and parsed with rumqttd's v4 codec, every packet is
+//! - Client to router: bytes are framed and parsed with rumqttd's codecs, every packet is
 //!   checked by the [`Acl`], allowed packets are pushed into the link's buffer (up to the
-//!   broker's batch size) and the router is told once per batch. A refused packet ends the
-//!   session (the packets before it are handed over). A client PUBACK must acknowledge the
-//!   oldest unacknowledged QoS 1 publish the edge sent it: rumqttd drops a link on an
-//!   out-of-order acknowledgement, which the edge refuses itself instead. QoS 2 is not spoken
-//!   (see `acl`): a QoS 2 subscription is granted QoS 1.
+//!   broker's batch size) and the router is told once per batch.
+//! - SUBSCRIBE is judged filter by filter: refused filters (outside the ACL, beyond
+//!   `max_filters_per_client`, not a valid filter, a shared subscription) get a SUBACK failure
+//!   code (0x80 in 3.1.1; 0x87, 0x97, 0x8F, 0x9E in 5) and the connection stays; the allowed
+//!   ones go to the router, and its SUBACK is merged with the refused codes in filter order.
+//!   QoS 2 is not spoken (see `acl`): a QoS 2 subscription is granted QoS 1.
+//! - An integrator never publishes: MQTT 5 gets PUBACK 0x87 at QoS 1 (a QoS 0 publish is
+//!   dropped) and the connection stays; 3.1.1, which has no way to say it, is disconnected.
 //! - Router to client: notifications are turned into packets (CONNACK, PUBLISH, PUBACK,
 //!   SUBACK, UNSUBACK, PINGRESP; the router answers PINGREQ itself), encoded together and
 //!   written in one go; `Unschedule` is answered with `wake` once they are written.
+//! - QoS 1 deliveries: the client may acknowledge them in any order; rumqttd drops a link on
+//!   an out-of-order acknowledgement, so the edge hands the router its PUBACKs in the order
+//!   the router sent the publishes. An MQTT 5 client's receive maximum holds further
+//!   publishes back in the edge until it acknowledges; a message larger than its maximum
+//!   packet size is not sent to it (counted, acknowledged to the router in its turn); outbound
+//!   topic aliases are used when the client takes them.
 //! - Keep alive: nothing from the client for 1.5 x its keep alive, or a write it does not
 //!   take within that time, ends the session.
-//! - Abuse limits: an integrator never publishes (the ACL refuses it) and may subscribe to at
-//!   most `max_filters_per_client` distinct filters per connection (counted without decrement
-//!   on UNSUBSCRIBE: rumqttd keeps a filter's state after the last unsubscribe).
 //! - Certificate lifetime: the session ends when the client certificate's notAfter passes.
 //!
 //! Nothing is read while a write waits (backpressure in both directions), and an idle session
 //! holds no read or write buffer.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::FutureExt;
 use rumqttd::local::LinkError;
-use rumqttd::protocol::v4::V4;
-use rumqttd::protocol::{Packet, Protocol, QoS};
+use rumqttd::protocol::v4::{check, V4};
+use rumqttd::protocol::{
+    ConnAck, ConnAckProperties, DisconnectReasonCode, Packet, Protocol, PubAck, PubAckProperties,
+    PubAckReason, Publish, PublishProperties, QoS, SubAck, SubscribeReasonCode, UnsubAck,
+    UnsubAckReason,
+};
 use rumqttd::Notification;
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use super::acl::{Acl, Refusal, Session as ConnectInfo};
 use super::metrics::Reason;
+use super::proto::{apply_expiry, Proto, SubRefusal};
 use super::relay::Shared;
-use super::wire::{next_packet, publish_pkid, read_client, write_client, Clock, WRITE_CHUNK};
+use super::shared::{parse_shared, Delivery, GroupKey, GroupRef, Membership};
+use super::wire::{next_packet, publish_pkid, read_client, write_client, Clock, Stop, WRITE_CHUNK};
 use crate::broker::Link;
 
 /// How a session ended.
@@ -81,20 +95,52 @@ impl From<End> for Outcome {
 struct State<'a> {
     shared: &'a Shared,
     acl: &'a Acl,
+    proto: Proto,
     max_packet: usize,
     max_batch: usize,
     /// 1.5 x the client's keep alive.
     window: Duration,
     last_read: Instant,
-    /// Packet ids of the QoS 1 publishes sent to the client and not yet acknowledged, oldest
-    /// first (the router allows at most 100).
-    unacked: VecDeque<u16>,
+    /// The router's QoS 1 publishes not yet acknowledged to the router, oldest first: packet
+    /// id and whether the client acknowledged it (or the edge dropped it for the client).
+    /// The router allows at most 100.
+    unacked: VecDeque<(u16, bool)>,
+    /// Publishes sent to the client and not acknowledged by it (its receive maximum counts
+    /// these).
+    in_flight: usize,
+    /// Publishes held back by the client's receive maximum, in order.
+    held: VecDeque<Held>,
+    /// PUBACKs for the router pushed into the link's buffer since the router was last told.
+    acks_pushed: usize,
     /// The distinct filters an integrator subscribed to on this connection.
     filters: HashSet<String>,
+    /// SUBACK codes decided by the edge for a SUBSCRIBE partly passed to the router, by packet
+    /// id: `None` where the router's code goes.
+    subacks: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
+    /// The same for an UNSUBSCRIBE that also named shared subscriptions.
+    unsubacks: HashMap<u16, Vec<Option<UnsubAckReason>>>,
+    /// Shared subscription groups this session is a member of, by `$share/...` filter.
+    memberships: HashMap<String, Membership>,
+    /// Where the groups deliver to this session.
+    group_tx: mpsc::Sender<Delivery>,
+    group_rx: mpsc::Receiver<Delivery>,
+    /// Group deliveries sent to the client at QoS 1 and not acknowledged, by the packet id the
+    /// edge gave them (above the router's, which are 1 to 100).
+    group_out: HashMap<u16, (GroupRef, u64)>,
+    next_pkid: u16,
 }
 
+/// A publish waiting for room under the client's receive maximum.
+enum Held {
+    Router(Publish, Option<PublishProperties>, u16),
+    Group(Delivery),
+}
+
+/// Packet ids the edge gives group deliveries (the router's own are 1 to 100).
+const GROUP_PKIDS: std::ops::RangeInclusive<u16> = 1001..=u16::MAX;
+
 /// Runs the session from the CONNACK until it ends; `cert_end` is when the client's
-/// certificate stops being valid.
+/// certificate stops being valid; `connack` holds the MQTT 5 CONNACK properties.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     shared: &Shared,
@@ -102,21 +148,42 @@ pub(crate) async fn run(
     acl: &Acl,
     link: &mut Link,
     connect: &ConnectInfo,
+    connack: Option<ConnAckProperties>,
     pending: BytesMut,
     cert_end: Instant,
     cancel: &CancellationToken,
 ) -> Outcome {
+    let (group_tx, group_rx) = mpsc::channel(super::shared::WINDOW * 2);
     let mut st = State {
         shared,
         acl,
+        proto: Proto::new(
+            connect.version,
+            connect.limits.clone(),
+            0, // integrators never publish: no inbound aliases
+            shared.cfg.topic_alias_max,
+        ),
         max_packet: shared.max_packet(),
         max_batch: shared.links.max_batch(),
         window: Duration::from_millis(u64::from(connect.keep_alive) * 1500),
         last_read: Instant::now(),
         unacked: VecDeque::new(),
+        in_flight: 0,
+        held: VecDeque::new(),
+        acks_pushed: 0,
         filters: HashSet::new(),
+        subacks: HashMap::new(),
+        unsubacks: HashMap::new(),
+        memberships: HashMap::new(),
+        group_tx,
+        group_rx,
+        group_out: HashMap::new(),
+        next_pkid: *GROUP_PKIDS.start(),
     };
-    match st.serve(tls, link, pending, cert_end, cancel).await {
+    match st
+        .serve(tls, link, connack, pending, cert_end, cancel)
+        .await
+    {
         Ok(()) => Outcome::from(End::ClientDisconnected),
         Err(end) => Outcome::from(end),
     }
@@ -128,13 +195,20 @@ impl State<'_> {
         &mut self,
         tls: &mut TlsStream<TcpStream>,
         link: &mut Link,
+        connack: Option<ConnAckProperties>,
         mut rbuf: BytesMut,
         cert_end: Instant,
         cancel: &CancellationToken,
     ) -> Result<(), End> {
         let mut out = BytesMut::new();
         match link.take_connack().and_then(Option::<Packet>::from) {
-            Some(p @ Packet::ConnAck(..)) => self.encode(p, &mut out)?,
+            Some(Packet::ConnAck(ack, _)) => {
+                let ack = ConnAck {
+                    session_present: ack.session_present,
+                    code: ack.code,
+                };
+                self.put(Packet::ConnAck(ack, connack), &mut out)?
+            }
             other => {
                 return Err(End::Refused((
                     Reason::UpstreamUnavailable,
@@ -156,13 +230,19 @@ impl State<'_> {
                     clock.throttle(self.shared, wait);
                 }
                 if batch.pushed > 0 {
-                    tokio::select! {
-                        biased;
-                        _ = cancel.cancelled() => return Err(End::Cancelled),
-                        r = link.notify() => if r.is_err() {
-                            return Err(End::BrokerClosed);
-                        },
-                    }
+                    self.tell_router(link, cancel).await?;
+                }
+                let mut out = BytesMut::new();
+                for p in batch.replies {
+                    self.put(p, &mut out)?;
+                }
+                // Acknowledgements may have made room under the client's receive maximum.
+                self.release_held(link, &mut out)?;
+                if self.acks_pushed > 0 {
+                    self.tell_router(link, cancel).await?;
+                }
+                if !out.is_empty() {
+                    self.write(tls, &out, cancel).await?;
                 }
                 match batch.end {
                     Some(Ok(())) => return Ok(()),
@@ -185,7 +265,25 @@ impl State<'_> {
                 biased;
                 _ = cancel.cancelled() => return Err(End::Cancelled),
                 // Boxed: its state exists only while it runs.
-                n = link.rx.next() => Box::pin(self.downlink(tls, link, n, cancel)).await?,
+                n = link.rx.next() => {
+                    Box::pin(self.downlink(tls, link, n, cancel)).await?;
+                    if self.acks_pushed > 0 {
+                        self.tell_router(link, cancel).await?;
+                    }
+                }
+                Some(d) = self.group_rx.recv() => {
+                    let mut out = BytesMut::new();
+                    self.from_group(d, &mut out)?;
+                    while out.len() < WRITE_CHUNK {
+                        match self.group_rx.try_recv() {
+                            Ok(d) => self.from_group(d, &mut out)?,
+                            Err(_) => break,
+                        }
+                    }
+                    if !out.is_empty() {
+                        self.write(tls, &out, cancel).await?;
+                    }
+                }
                 r = read_client(tls, &mut rbuf, need), if !throttled => match r {
                     Ok(0) => return Err(End::ClientClosed),
                     Ok(_) => self.last_read = Instant::now(),
@@ -200,77 +298,231 @@ impl State<'_> {
         }
     }
 
+    /// Tells the router that packets were pushed into the link's buffer.
+    async fn tell_router(&mut self, link: &Link, cancel: &CancellationToken) -> Result<(), End> {
+        self.acks_pushed = 0;
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Err(End::Cancelled),
+            r = link.notify() => r.map_err(|_| End::BrokerClosed),
+        }
+    }
+
     /// Parses, checks and pushes complete packets from `buf` into the link's buffer, at most
-    /// one batch. Does not notify the router.
+    /// one batch; collects the edge's own answers. Does not notify the router.
     fn uplink(&mut self, buf: &mut BytesMut, link: &Link) -> Batch {
         let mut batch = Batch::default();
-        let mut queue = link.tx.buffer();
         while batch.pushed < self.max_batch {
             let (_, packet, _) = match next_packet(
                 self.shared,
                 self.acl,
+                &mut self.proto,
                 None, // no uplink rate limit: integrators do not publish
                 buf,
                 self.max_packet,
             ) {
                 Ok(taken) => taken,
+                Err(Stop::RefusedPublish(r)) => {
+                    self.refused(r.refusal.clone());
+                    if let Some(pkid) = r.pkid {
+                        let ack = PubAck {
+                            pkid,
+                            reason: PubAckReason::NotAuthorized,
+                        };
+                        let props = PubAckProperties {
+                            reason_string: Some("integrators may not publish".into()),
+                            user_properties: Vec::new(),
+                        };
+                        batch.replies.push(Packet::PubAck(ack, Some(props)));
+                    }
+                    continue;
+                }
                 Err(stop) => {
                     stop.record(&mut batch.need, &mut batch.throttle, &mut batch.end);
                     return batch;
                 }
             };
-            let packet = match packet {
+            match packet {
                 Packet::PubAck(ack, _) => {
-                    if self.unacked.front() != Some(&ack.pkid) {
+                    if let Some((group, seq)) = self.group_out.remove(&ack.pkid) {
+                        group.ack(seq);
+                        self.in_flight = self.in_flight.saturating_sub(1);
+                        continue;
+                    }
+                    let Some(entry) = self
+                        .unacked
+                        .iter_mut()
+                        .find(|(id, done)| *id == ack.pkid && !*done)
+                    else {
                         batch.end = Some(Err(End::Refused((
                             Reason::UnexpectedPacket,
-                            format!(
-                                "PUBACK {} is not for the oldest unacknowledged publish ({:?})",
-                                ack.pkid,
-                                self.unacked.front()
-                            ),
+                            format!("PUBACK {} for no publish awaiting one", ack.pkid),
                         ))));
                         return batch;
-                    }
-                    self.unacked.pop_front();
-                    Packet::PubAck(ack, None)
+                    };
+                    entry.1 = true;
+                    self.in_flight = self.in_flight.saturating_sub(1);
+                    batch.pushed += self.ack_router(link);
                 }
-                Packet::Subscribe(mut s, _) => {
-                    if let super::Identity::Integrator(_) = self.acl.identity() {
-                        for f in &s.filters {
-                            if !self.filters.contains(&f.path) {
-                                self.filters.insert(f.path.clone());
+                Packet::Subscribe(mut s, props) => {
+                    let mut codes = Vec::with_capacity(s.filters.len());
+                    let mut allowed = Vec::with_capacity(s.filters.len());
+                    for mut f in std::mem::take(&mut s.filters) {
+                        match self.judge(&f.path) {
+                            Ok(()) => {
+                                if f.qos == QoS::ExactlyOnce {
+                                    f.qos = QoS::AtLeastOnce;
+                                }
+                                if let Some(Ok((group, inner))) = parse_shared(&f.path) {
+                                    let key = GroupKey {
+                                        integrator: self.acl.identity().to_string(),
+                                        group: group.to_owned(),
+                                        filter: inner.to_owned(),
+                                    };
+                                    let qos1 = f.qos == QoS::AtLeastOnce;
+                                    // A repeated SUBSCRIBE replaces the membership (its QoS).
+                                    let m =
+                                        self.shared.groups.join(key, qos1, self.group_tx.clone());
+                                    self.memberships.insert(f.path.clone(), m);
+                                    codes.push(Some(SubscribeReasonCode::Success(f.qos)));
+                                } else {
+                                    codes.push(None);
+                                    allowed.push(f);
+                                }
                             }
-                        }
-                        let cap = self.shared.cfg.max_filters_per_client;
-                        if self.filters.len() > cap {
-                            batch.end = Some(Err(End::Refused((
-                                Reason::TooManyFilters,
-                                format!("more than {cap} distinct subscription filters"),
-                            ))));
-                            return batch;
+                            Err(code) => codes.push(Some(code)),
                         }
                     }
-                    for f in &mut s.filters {
-                        if f.qos == QoS::ExactlyOnce {
-                            f.qos = QoS::AtLeastOnce;
-                        }
+                    if allowed.is_empty() {
+                        let return_codes = codes.into_iter().flatten().collect();
+                        let ack = SubAck {
+                            pkid: s.pkid,
+                            return_codes,
+                        };
+                        batch.replies.push(Packet::SubAck(ack, None));
+                        continue;
                     }
-                    Packet::Subscribe(s, None)
+                    if codes.iter().any(Option::is_some) {
+                        self.subacks.insert(s.pkid, codes);
+                    }
+                    s.filters = allowed;
+                    link.tx.buffer().push_back(Packet::Subscribe(s, props));
+                    batch.pushed += 1;
                 }
-                Packet::Disconnect(..) => {
-                    // The link sends the router its own DISCONNECT when it is closed.
-                    batch.end = Some(Ok(()));
+                Packet::Unsubscribe(mut u, props) => {
+                    let mut reasons = Vec::with_capacity(u.filters.len());
+                    let mut rest = Vec::with_capacity(u.filters.len());
+                    for f in std::mem::take(&mut u.filters) {
+                        if parse_shared(&f).is_some() {
+                            let was = self.memberships.remove(&f).is_some();
+                            reasons.push(Some(if was {
+                                UnsubAckReason::Success
+                            } else {
+                                UnsubAckReason::NoSubscriptionExisted
+                            }));
+                        } else {
+                            reasons.push(None);
+                            rest.push(f);
+                        }
+                    }
+                    if rest.is_empty() {
+                        let reasons = reasons.into_iter().flatten().collect();
+                        let ack = UnsubAck {
+                            pkid: u.pkid,
+                            reasons,
+                        };
+                        batch.replies.push(Packet::UnsubAck(ack, None));
+                        continue;
+                    }
+                    if reasons.iter().any(Option::is_some) {
+                        self.unsubacks.insert(u.pkid, reasons);
+                    }
+                    u.filters = rest;
+                    link.tx.buffer().push_back(Packet::Unsubscribe(u, props));
+                    batch.pushed += 1;
+                }
+                Packet::Disconnect(d, _) => {
+                    // The link sends the router its own DISCONNECT when it is closed. MQTT 5
+                    // "disconnect with will message" asks for the will.
+                    batch.end = Some(
+                        if d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage {
+                            Err(End::ClientClosed)
+                        } else {
+                            Ok(())
+                        },
+                    );
                     return batch;
                 }
                 // (No PUBLISH gets here: the ACL lets no integrator publish.)
-                p => p,
-            };
-            queue.push_back(packet);
-            batch.pushed += 1;
+                p => {
+                    link.tx.buffer().push_back(p);
+                    batch.pushed += 1;
+                }
+            }
         }
         batch.full = true;
         batch
+    }
+
+    /// Judges one SUBSCRIBE filter: `Err` with its SUBACK failure code (the refusal counted
+    /// and logged once per client and reason).
+    fn judge(&mut self, path: &str) -> Result<(), SubscribeReasonCode> {
+        let refused = match self.acl.judge_filter(path) {
+            Ok(()) => {
+                let cap = self.shared.cfg.max_filters_per_client;
+                if self.filters.contains(path) {
+                    return Ok(());
+                }
+                if self.filters.len() >= cap {
+                    (
+                        SubRefusal::Quota,
+                        Reason::TooManyFilters,
+                        format!("more than {cap} distinct subscription filters ({path:?})"),
+                    )
+                } else {
+                    self.filters.insert(path.to_owned());
+                    return Ok(());
+                }
+            }
+            Err(why @ SubRefusal::NotAuthorized) => {
+                (why, Reason::AclSubscribe, format!("subscribe to {path:?}"))
+            }
+            Err(why @ SubRefusal::Invalid) => (
+                why,
+                Reason::InvalidFilter,
+                format!("{path:?} is not a valid topic filter"),
+            ),
+            Err(why @ SubRefusal::Quota) => (why, Reason::TooManyFilters, path.to_owned()),
+        };
+        let (why, reason, detail) = refused;
+        self.refused((reason, detail));
+        Err(self.proto.suback_refusal(why))
+    }
+
+    /// Counts a refusal that does not end the session, and logs it (rate-limited).
+    fn refused(&self, (reason, detail): Refusal) {
+        self.shared.metrics.reject(reason);
+        self.shared
+            .registry
+            .report(self.acl.identity().to_string(), reason, detail);
+    }
+
+    /// Pops the publishes at the front of `unacked` that are done and pushes their PUBACKs
+    /// for the router into the link's buffer, in the router's order; returns how many.
+    fn ack_router(&mut self, link: &Link) -> usize {
+        let mut n = 0;
+        while let Some((id, true)) = self.unacked.front().copied() {
+            self.unacked.pop_front();
+            link.tx.buffer().push_back(Packet::PubAck(
+                PubAck {
+                    pkid: id,
+                    reason: PubAckReason::Success,
+                },
+                None,
+            ));
+            n += 1;
+        }
+        n
     }
 
     /// Writes `first` and every notification already waiting, then re-arms the link if the
@@ -300,7 +552,7 @@ impl State<'_> {
                 }
                 Ok(Some(n)) => {
                     if let Some(p) = Option::<Packet>::from(n) {
-                        self.encode(p, &mut out)?;
+                        self.from_router(p, link, &mut out)?;
                     }
                 }
             }
@@ -322,37 +574,204 @@ impl State<'_> {
         Ok(())
     }
 
-    /// Encodes a router packet for the client (MQTT 3.1.1: properties dropped); records the
-    /// packet id of a QoS 1 publish.
-    fn encode(&mut self, packet: Packet, out: &mut BytesMut) -> Result<(), End> {
-        let packet = match packet {
-            Packet::Publish(p, _) => Packet::Publish(p, None),
-            Packet::PubAck(p, _) => Packet::PubAck(p, None),
-            Packet::SubAck(p, _) => Packet::SubAck(p, None),
-            Packet::UnsubAck(p, _) => Packet::UnsubAck(p, None),
-            Packet::ConnAck(p, _) => Packet::ConnAck(p, None),
-            Packet::PingResp(p) => Packet::PingResp(p),
-            // Nothing else goes to an MQTT 3.1.1 client (QoS 2 is not spoken; a server
-            // closes instead of sending DISCONNECT).
+    /// Turns one router packet into what the client gets.
+    fn from_router(&mut self, packet: Packet, link: &Link, out: &mut BytesMut) -> Result<(), End> {
+        match packet {
+            Packet::Publish(p, props) => match qos1_pkid(&p) {
+                Some(pkid) => {
+                    if self.must_hold() {
+                        self.held.push_back(Held::Router(p, props, pkid));
+                        Ok(())
+                    } else {
+                        self.send_publish(p, props, Some(pkid), link, out)
+                    }
+                }
+                None => self.send_publish(p, props, None, link, out),
+            },
+            Packet::SubAck(mut ack, props) => {
+                if let Some(codes) = self.subacks.remove(&ack.pkid) {
+                    let mut router = std::mem::take(&mut ack.return_codes).into_iter();
+                    ack.return_codes = codes
+                        .into_iter()
+                        .map(|c| {
+                            c.or_else(|| router.next())
+                                .unwrap_or(SubscribeReasonCode::Failure)
+                        })
+                        .collect();
+                }
+                self.put(Packet::SubAck(ack, props), out)
+            }
+            Packet::UnsubAck(mut ack, props) => {
+                if let Some(reasons) = self.unsubacks.remove(&ack.pkid) {
+                    let mut router = std::mem::take(&mut ack.reasons).into_iter();
+                    ack.reasons = reasons
+                        .into_iter()
+                        .map(|r| {
+                            r.or_else(|| router.next())
+                                .unwrap_or(UnsubAckReason::Success)
+                        })
+                        .collect();
+                }
+                self.put(Packet::UnsubAck(ack, props), out)
+            }
+            p @ (Packet::PubAck(..) | Packet::PingResp(_)) => self.put(p, out),
+            // Nothing else goes to a client (QoS 2 is not spoken; the edge itself says
+            // DISCONNECT when it closes).
             other => {
                 tracing::debug!(packet = ?other, "edge: router packet not sent to the client");
-                return Ok(());
-            }
-        };
-        let is_publish = matches!(packet, Packet::Publish(..));
-        let start = out.len();
-        V4.write(packet, out).map_err(|e| {
-            End::Io(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("encoding a packet for the client: {e}"),
-            ))
-        })?;
-        if is_publish {
-            if let Some(pkid) = publish_pkid(&out[start..]) {
-                self.unacked.push_back(pkid);
+                Ok(())
             }
         }
+    }
+
+    /// Whether a QoS 1 publish must wait (the client's receive maximum is full, or others
+    /// wait already: order is kept).
+    fn must_hold(&self) -> bool {
+        self.in_flight >= usize::from(self.proto.client.receive_max) || !self.held.is_empty()
+    }
+
+    /// Sends held publishes while the client's receive maximum has room.
+    fn release_held(&mut self, link: &Link, out: &mut BytesMut) -> Result<(), End> {
+        while self.in_flight < usize::from(self.proto.client.receive_max) {
+            match self.held.pop_front() {
+                None => break,
+                Some(Held::Router(p, props, pkid)) => {
+                    self.send_publish(p, props, Some(pkid), link, out)?
+                }
+                Some(Held::Group(d)) => self.send_group(d, out)?,
+            }
+        }
+        if self.held.is_empty() && self.held.capacity() > 0 {
+            self.held = VecDeque::new();
+        }
         Ok(())
+    }
+
+    /// Encodes a router publish for the client: not at all if it is larger than the client's
+    /// maximum packet size (counted; a QoS 1 one is acknowledged to the router in its turn),
+    /// with an outbound topic alias where the client takes them.
+    fn send_publish(
+        &mut self,
+        mut p: Publish,
+        mut props: Option<PublishProperties>,
+        pkid: Option<u16>,
+        link: &Link,
+        out: &mut BytesMut,
+    ) -> Result<(), End> {
+        let expired = !apply_expiry(&mut props);
+        if !self.proto.is_v5() {
+            props = None;
+        }
+        let too_large = !expired && self.proto.client.max_packet < usize::MAX && {
+            let mut probe = BytesMut::new();
+            self.proto
+                .write(Packet::Publish(p.clone(), props.clone()), &mut probe)
+                .map_err(encoding)?;
+            probe.len() > self.proto.client.max_packet
+        };
+        if expired || too_large {
+            let why = if expired {
+                "expired"
+            } else {
+                "client_max_packet"
+            };
+            self.shared.metrics.dropped.with_label_values(&[why]).inc();
+            if let Some(id) = pkid {
+                self.unacked.push_back((id, true));
+                self.acks_pushed += self.ack_router(link);
+            }
+            return Ok(());
+        }
+        self.proto.alias_outbound(&mut p, &mut props);
+        self.proto
+            .write(Packet::Publish(p, props), out)
+            .map_err(encoding)?;
+        if let Some(id) = pkid {
+            self.unacked.push_back((id, false));
+            self.in_flight += 1;
+        }
+        Ok(())
+    }
+
+    /// A delivery from a shared subscription group.
+    fn from_group(&mut self, d: Delivery, out: &mut BytesMut) -> Result<(), End> {
+        if d.qos1 && self.must_hold() {
+            self.held.push_back(Held::Group(d));
+            return Ok(());
+        }
+        self.send_group(d, out)
+    }
+
+    /// Encodes a group delivery for the client: at QoS 1 under a packet id of the edge's
+    /// (acknowledged to the group when the client acknowledges), at QoS 0 acknowledged at
+    /// once; an expired or too large one is acknowledged and not sent (counted).
+    fn send_group(&mut self, d: Delivery, out: &mut BytesMut) -> Result<(), End> {
+        let Delivery {
+            group,
+            seq,
+            mut publish,
+            mut props,
+            qos1,
+            dup,
+        } = d;
+        let expired = !apply_expiry(&mut props);
+        if !self.proto.is_v5() {
+            props = None;
+        }
+        if !qos1 {
+            publish = Publish::new(publish.topic, publish.payload, false);
+        }
+        let too_large = !expired && self.proto.client.max_packet < usize::MAX && {
+            let mut probe = BytesMut::new();
+            self.proto
+                .write(Packet::Publish(publish.clone(), props.clone()), &mut probe)
+                .map_err(encoding)?;
+            probe.len() > self.proto.client.max_packet
+        };
+        if expired || too_large {
+            let why = if expired {
+                "expired"
+            } else {
+                "client_max_packet"
+            };
+            self.shared.metrics.dropped.with_label_values(&[why]).inc();
+            group.ack(seq);
+            return Ok(());
+        }
+        self.proto.alias_outbound(&mut publish, &mut props);
+        let start = out.len();
+        self.proto
+            .write(Packet::Publish(publish, props), out)
+            .map_err(encoding)?;
+        if !qos1 {
+            group.ack(seq);
+            return Ok(());
+        }
+        let pkid = self.group_pkid();
+        set_pkid(&mut out[start..], pkid, dup);
+        self.group_out.insert(pkid, (group, seq));
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// The next packet id for a group delivery not awaiting an acknowledgement.
+    fn group_pkid(&mut self) -> u16 {
+        loop {
+            let id = self.next_pkid;
+            self.next_pkid = if id == *GROUP_PKIDS.end() {
+                *GROUP_PKIDS.start()
+            } else {
+                id + 1
+            };
+            if !self.group_out.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Encodes a packet for the client in its protocol version.
+    fn put(&mut self, packet: Packet, out: &mut BytesMut) -> Result<(), End> {
+        self.proto.write(packet, out).map(|_| ()).map_err(encoding)
     }
 
     /// Writes and flushes `bytes`; the client has one keep-alive window to take them.
@@ -366,11 +785,48 @@ impl State<'_> {
     }
 }
 
+/// The packet id of a router publish at QoS 1 (`None` at QoS 0). rumqttd keeps a publish's
+/// QoS and id private: they are read back from its 3.1.1 encoding's header.
+fn qos1_pkid(p: &Publish) -> Option<u16> {
+    let mut probe = BytesMut::new();
+    V4.write(Packet::Publish(p.clone(), None), &mut probe)
+        .ok()?;
+    publish_pkid(&probe)
+}
+
+/// Rewrites the packet id (and sets the DUP flag) of an encoded QoS 1 PUBLISH frame: rumqttd
+/// keeps a publish's packet id private, and a group delivery goes out under the edge's id.
+fn set_pkid(frame: &mut [u8], pkid: u16, dup: bool) {
+    let Ok(fh) = check(frame.iter(), usize::MAX) else {
+        return;
+    };
+    let at = fh.fixed_header_len;
+    let Some(&[hi, lo]) = frame.get(at..at + 2) else {
+        return;
+    };
+    let id_at = at + 2 + usize::from(u16::from_be_bytes([hi, lo]));
+    if let Some(id) = frame.get_mut(id_at..id_at + 2) {
+        id.copy_from_slice(&pkid.to_be_bytes());
+    }
+    if dup {
+        frame[0] |= 0x08;
+    }
+}
+
+fn encoding(e: rumqttd::protocol::Error) -> End {
+    End::Io(io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("encoding a packet for the client: {e}"),
+    ))
+}
+
 /// What one [`State::uplink`] pass did.
 #[derive(Default)]
 struct Batch {
     /// Packets pushed into the link's buffer.
     pushed: usize,
+    /// Answers from the edge itself (SUBACK of refused filters, PUBACK 0x87), in order.
+    replies: Vec<Packet>,
     /// The batch limit was reached (more complete packets may be buffered).
     full: bool,
     /// Bytes still missing for the next packet.

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use futures::FutureExt;
-use rumqttd::protocol::v4::{check, FixedHeader, PacketType, V4};
-use rumqttd::protocol::{Error as MqttError, Packet, Protocol};
+use rumqttd::protocol::v4::{check, FixedHeader, PacketType};
+use rumqttd::protocol::{Error as MqttError, Packet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::acl::{qos_bits, Acl};
 use super::bucket::Bucket;
 use super::metrics::Reason;
+use super::proto::{AliasError, Proto, ReadError};
 use super::relay::{Shared, READ_BUF};
 use super::session::End;
 
@@ -39,6 +40,16 @@ pub(super) enum Stop {
     Throttle(Duration),
     /// The session ends.
     End(End),
+    /// An integrator's MQTT 5 PUBLISH was taken from the buffer and refused; the session
+    /// answers it (PUBACK 0x87 at QoS 1, nothing at QoS 0) and goes on.
+    RefusedPublish(Refused),
+}
+
+/// An integrator's refused MQTT 5 PUBLISH.
+pub(super) struct Refused {
+    pub refusal: super::acl::Refusal,
+    /// Its packet id at QoS 1.
+    pub pkid: Option<u16>,
 }
 
 impl Stop {
@@ -53,6 +64,8 @@ impl Stop {
             Stop::Need(n) => *need = n,
             Stop::Throttle(w) => *throttle = Some(w),
             Stop::End(e) => *end = Some(Err(e)),
+            // Only integrators' sessions get it, and they handle it before recording.
+            Stop::RefusedPublish(r) => *end = Some(Err(End::Refused(r.refusal))),
         }
     }
 }
@@ -61,10 +74,12 @@ impl Stop {
 pub(super) type Taken = (FixedHeader, Packet, Option<u16>);
 
 /// Takes the next packet from `buf` if it is complete: checks its size, the rate limit (for a
-/// PUBLISH), its encoding and the ACL, and counts its bytes.
+/// PUBLISH), its encoding (in the connection's protocol version), resolves an MQTT 5 topic
+/// alias, checks the ACL, and counts its bytes.
 pub(super) fn next_packet(
     shared: &Shared,
     acl: &Acl,
+    proto: &mut Proto,
     bucket: Option<&mut Bucket>,
     buf: &mut BytesMut,
     max_packet: usize,
@@ -89,12 +104,41 @@ pub(super) fn next_packet(
     } else {
         None
     };
-    let packet = match V4.read_mut(buf, max_packet) {
+    let mut packet = match proto.read(&fh, buf, max_packet) {
         Ok(p) => p,
-        Err(e) => return Err(Stop::End(End::Refused((Reason::Malformed, e.to_string())))),
+        Err(ReadError::Malformed(e)) => {
+            return Err(Stop::End(End::Refused((Reason::Malformed, e))))
+        }
+        Err(ReadError::Unexpected(e)) => {
+            return Err(Stop::End(End::Refused((Reason::UnexpectedPacket, e))))
+        }
     };
     shared.metrics.bytes_in.inc_by(len as u64);
+    if let Packet::Publish(p, props) = &mut packet {
+        match proto.resolve_alias(p, props) {
+            Ok(()) => {}
+            Err(AliasError::Invalid(a)) => {
+                return Err(Stop::End(End::Refused((
+                    Reason::TopicAlias,
+                    format!("topic alias {a} is 0 or above the maximum the edge announced"),
+                ))))
+            }
+            Err(AliasError::Unknown(a)) => {
+                return Err(Stop::End(End::Refused((
+                    Reason::UnexpectedPacket,
+                    format!("topic alias {a} was never set"),
+                ))))
+            }
+        }
+    }
     if let Err(r) = acl.inspect(&fh, &packet) {
+        if matches!(packet, Packet::Publish(..))
+            && r.0 == Reason::AclPublish
+            && proto.is_v5()
+            && acl.is_integrator()
+        {
+            return Err(Stop::RefusedPublish(Refused { refusal: r, pkid }));
+        }
         return Err(Stop::End(End::Refused(r)));
     }
     Ok((fh, packet, pkid))
@@ -248,7 +292,8 @@ pub(super) async fn read_client(
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use rumqttd::protocol::Publish;
+    use rumqttd::protocol::v4::V4;
+    use rumqttd::protocol::{Protocol, Publish};
 
     #[test]
     fn publish_packet_ids_are_read_back_from_the_encoding() {
