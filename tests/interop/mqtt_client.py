@@ -116,8 +116,8 @@ def main():
     while True:
         rc = client.loop(timeout=0.1)
         if args.count and state["messages"] >= args.count:
-            client.disconnect()
             emit(event="done")
+            client.disconnect()
             return 0
         if state["closed"] or rc not in (mqtt.MQTT_ERR_SUCCESS,):
             if not state["closed"]:

@@ -231,7 +231,10 @@ pub fn mosquitto_sub(
     timeout_s: u64,
     extra: &[&str],
 ) -> Stock {
-    let mut cmd = Command::new("mosquitto_sub");
+    // Line-buffered stdout (coreutils' stdbuf): its `-d` lines (SUBACK) come as they happen,
+    // not at exit (mosquitto_sub flushes only its message lines itself).
+    let mut cmd = Command::new("stdbuf");
+    cmd.args(["-oL", "mosquitto_sub"]);
     creds.mosquitto_args(&mut cmd, fx, v);
     cmd.args(["-q", "1", "-F", "%t %p", "-W", &timeout_s.to_string()]);
     if count > 0 {
