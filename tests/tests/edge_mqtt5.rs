@@ -100,7 +100,10 @@ async fn unsupported_protocol_versions_get_the_connack_the_spec_defines() {
     let a = fx.cabinet("CAB-A");
     // MQTT 3.1: "unacceptable protocol version" in the 3.1.1 CONNACK shape, byte for byte.
     let mut n = 0;
-    for connect in [connect_with_level("MQIsdp", 3), connect_with_level("MQTT", 3)] {
+    for connect in [
+        connect_with_level("MQIsdp", 3),
+        connect_with_level("MQTT", 3),
+    ] {
         let mut s = raw_tls(fx.addr, fx.tls(Some(&a))).await.expect("TLS");
         send(&mut s, &connect).await;
         assert_eq!(read_until_closed(&mut s).await, [0x20, 0x02, 0x00, 0x01]);

@@ -71,6 +71,20 @@ fn tally(members: &[&Stock]) -> BTreeMap<String, usize> {
     t
 }
 
+/// Waits until the edge lists `n` connections: a group's members are several connections of
+/// one integrator identity side by side (none takes over another).
+async fn members_coexist(fx: &EdgeFixture, n: usize) {
+    let edge = fx.edge.clone();
+    locker_tests::eventually_async(
+        &format!("{n} connections side by side (several members of one integrator identity)"),
+        || {
+            let edge = edge.clone();
+            async move { (edge.connected().await.len() == n).then_some(()) }
+        },
+    )
+    .await;
+}
+
 async fn wait_subscribed(p: &Stock, codes: serde_json::Value) {
     eventually("paho SUBACK", || !p.events_of("suback").is_empty()).await;
     assert_eq!(p.events_of("suback")[0]["codes"], codes, "{}", p.output());
@@ -99,7 +113,7 @@ async fn a_group_of_three_paho_v5_consumers_gets_each_event_once() {
     for p in g1.iter().chain([&g2, &bi_g1]) {
         wait_subscribed(p, serde_json::json!([1])).await;
     }
-    fx.wait_connected(CABINETS.len() + 5).await;
+    members_coexist(&fx, CABINETS.len() + 5).await;
 
     let sent = publish_events(&fleet, 0, PER_CABINET).await;
     let total = sent.len();
@@ -151,6 +165,7 @@ async fn a_member_that_leaves_with_unacknowledged_messages_loses_nothing() {
             rumqttc::v5::mqttbytes::QoS::AtLeastOnce
         )]
     );
+    members_coexist(&fx, CABINETS.len() + 3).await;
 
     let mut sent = publish_events(&fleet, 0, PER_CABINET).await;
     let mut held = Vec::new();
@@ -215,6 +230,7 @@ async fn a_3_1_1_group_of_mosquitto_subs_gets_each_event_once() {
         );
         members.push(s);
     }
+    members_coexist(&fx, CABINETS.len() + 3).await;
     let sent = publish_events(&fleet, 0, PER_CABINET).await;
     let received = |members: &[Stock]| {
         let mut t = BTreeMap::new();
