@@ -408,3 +408,95 @@ async fn v5_an_integrator_holds_at_most_its_filter_cap() {
     assert!(ci.connected(), "the connection stays");
     eventually("counted", || fx.rejections("too_many_filters") == 1).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_only_a_connect_may_come_first_and_only_once() {
+    let mut fx = EdgeFixture::start(|_| {}).await;
+    let a = fx.cabinet("CAB-A");
+
+    let mut s = raw_tls(fx.addr, fx.tls(Some(&a))).await.expect("TLS");
+    send(&mut s, &[0xc0, 0x00]).await; // PINGREQ
+    assert!(read_until_closed(&mut s).await.is_empty());
+    eventually("not_connect_first", || {
+        fx.rejections("not_connect_first") == 1
+    })
+    .await;
+
+    // A second CONNECT on a v5 connection: closed (a DISCONNECT may say why first).
+    let (mut raw, _) = fx.raw_v5_connected(&a, None).await;
+    raw.send(Packet::Connect(connect_v5("y", None), None, None))
+        .await;
+    let rest = raw.until_closed().await;
+    assert!(
+        rest.iter().all(|p| matches!(p, Packet::Disconnect(_))),
+        "{rest:?}"
+    );
+    eventually("unexpected_packet", || {
+        fx.rejections("unexpected_packet") == 1
+    })
+    .await;
+    fx.wait_connected(0).await;
+}
+
+/// A v5 cabinet client with a will on its own network topic.
+fn v5_with_will(fx: &EdgeFixture, id: &str, tls: std::sync::Arc<rustls::ClientConfig>) -> ClientV5 {
+    let mut o = mqtt5_options(id, fx.addr, tls);
+    let topic = format!("lk/v1/{id}/up/network");
+    o.set_last_will(LastWill::new(topic, "gone", QoS::AtMostOnce, false, None));
+    ClientV5::start(o)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_a_client_cut_off_by_revocation_publishes_no_will_and_cannot_resume() {
+    let mut fx = EdgeFixture::start(|_| {}).await;
+    let obs = fx.observer(&["lk/v1/+/up/#"]).await;
+    let (a, b) = (fx.cabinet("CAB-A"), fx.cabinet("CAB-B"));
+    let tls_a = fx.tls(Some(&a));
+    let ca = v5_with_will(&fx, "CAB-A", tls_a.clone());
+    let cb = v5_with_will(&fx, "CAB-B", fx.tls(Some(&b)));
+    ca.wait_connected("A").await;
+    cb.wait_connected("B").await;
+
+    fx.pki.revoke("CAB-A");
+    ca.wait_failed("A cut off by the CRL poller").await;
+    fx.wait_connected(1).await;
+    fx.edge
+        .disconnect(&locker_gateway::edge::Identity::Cabinet(
+            CabinetId::new("CAB-B").expect("id"),
+        ))
+        .await;
+    eventually("B's will", || obs.received("lk/v1/CAB-B/up/network") == 1).await;
+    assert_eq!(obs.received("lk/v1/CAB-A/up/network"), 0, "no will from A");
+
+    // The TLS config holding A's resumption ticket does not get it back in.
+    let before = fx.rejections("revoked");
+    let again = ClientV5::start(mqtt5_options("CAB-A", fx.addr, tls_a));
+    again.wait_failed("revoked A cannot come back").await;
+    assert!(again.seen().connacks.is_empty());
+    eventually("counted", || fx.rejections("revoked") > before).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_a_connection_ends_with_its_certificate() {
+    let mut fx = EdgeFixture::start(|_| {}).await;
+    let obs = fx.observer(&["lk/v1/+/up/#"]).await;
+    let a = fx.cabinet_valid_for("CAB-A", 3);
+    let b = fx.cabinet("CAB-B");
+    let ca = v5_with_will(&fx, "CAB-A", fx.tls(Some(&a)));
+    let cb = v5_with_will(&fx, "CAB-B", fx.tls(Some(&b)));
+    ca.wait_connected("A, while its certificate is valid").await;
+    cb.wait_connected("B").await;
+    ca.wait_failed("A closed when its certificate expires")
+        .await;
+    eventually("counted", || fx.rejections("cert_expired") == 1).await;
+    fx.wait_connected(1).await;
+
+    // B, closed on demand, leaves its will: once it is there, A's would be too.
+    fx.edge
+        .disconnect(&locker_gateway::edge::Identity::Cabinet(
+            CabinetId::new("CAB-B").expect("id"),
+        ))
+        .await;
+    eventually("B's will", || obs.received("lk/v1/CAB-B/up/network") == 1).await;
+    assert_eq!(obs.received("lk/v1/CAB-A/up/network"), 0, "no will from A");
+}
