@@ -276,3 +276,71 @@ async fn five_cabinets_let_parcels_expire_and_couriers_collect_them() {
     l.fleet.shutdown().await;
     l.gateway.stop().await;
 }
+
+/// The offline collection path runs: parcels expire (a 1-minute pickup window, recipients
+/// who never come), their cabinets get the collect credentials, then a network outage cuts
+/// cabinets off and couriers collect expired parcels there with badge and `key:collect` from
+/// the cached set. Runs until a collection happened while its cabinet was offline (a deadline,
+/// not a wall-time assertion); the report must stay clean once the cabinets are back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_cabinets_collect_expired_parcels_while_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = FleetOptions {
+        cabinets: 5,
+        state_dir: dir.path().join("fleet"),
+        ramp: Duration::from_millis(500),
+        activity_per_min: 60.0,
+        // the outage comes once the first parcels expired (after about 70 s of 300)
+        outage_share: 0.6,
+        outage_at: 0.25,
+        outage_for: Duration::from_secs(60),
+        restart_at: None,
+        nightfall_at: None,
+        solar_share: 0.0,
+        backoff_base_ms: 100,
+        backoff_max_ms: 1_000,
+        auto_close: Duration::from_millis(3_000),
+        recall_after: Duration::from_secs(3),
+        expire_share: 0.8,
+        expire_window_min: 1,
+        recall_share: 0.0,
+        ..FleetOptions::default()
+    };
+    let token = "fleet-test-token-0123456789";
+    let mut l = fleet::launch(opts, &dir.path().join("pki"), GatewayMode::InProcess, token)
+        .await
+        .expect("launch");
+    l.fleet.ramp_up().await.expect("agents start");
+    let ctx = l.fleet.ctx.clone();
+    let offline = async move {
+        while ctx.stats.collected_offline.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let log = fleet::script::run(
+        &l.fleet,
+        &mut l.gateway,
+        Duration::from_secs(300),
+        offline,
+        |_, _, _| {},
+    )
+    .await;
+    let what: Vec<&str> = log.iter().map(|h| h.what.as_str()).collect();
+    let stats = &l.fleet.ctx.stats;
+    assert!(
+        stats.collected_offline.load(Ordering::Relaxed) > 0,
+        "a courier collected an expired parcel at an offline cabinet: {what:?} {stats}"
+    );
+    assert!(
+        l.fleet.settle(Duration::from_secs(40)).await,
+        "fleet settles: {:?}",
+        l.fleet.snapshot()
+    );
+    let report = l.fleet.verify().await;
+    println!("{report}");
+    println!("{}", l.fleet.ctx.stats);
+    assert!(report.is_clean(), "{report}");
+    assert!(report.expired_returned > 0, "{report}");
+    l.fleet.shutdown().await;
+    l.gateway.stop().await;
+}

@@ -2,7 +2,9 @@
 //! carrier's token, allocated best fit, its compartment opened remotely for the deposit through
 //! the command queue, the recipient's code delivered to the cabinet in its credential set over
 //! `down/creds` and typed at the keypad; offline pickups applied when the link returns, also
-//! after the order was cancelled meanwhile; carriers never seeing each other's orders.
+//! after the order was cancelled meanwhile; carriers never seeing each other's orders; a
+//! pickup whose door opened and shut between two polls of the door sensor (the parcel sensor
+//! tells the agent).
 
 use locker_schemas::ScanSource;
 use locker_tests::agent::TestCabinet;
@@ -524,4 +526,56 @@ async fn a_parcel_left_inside_after_a_pickup_becomes_an_exception_and_blocks_the
         (Some("out_of_service"), Some("unknown_parcel")),
         "{slot}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pickup_whose_door_opens_and_shuts_between_two_polls_still_ends_picked_up() {
+    let mut pki = TestPki::new();
+    let gw = TestGateway::start_with(&pki, parcels::tokens).await;
+    let cab = TestCabinet::start(&mut pki, "CAB-P7", gw.edge_addr()).await;
+    let (id, c, pin) = ready_order(&gw, &cab, "JJD-QUICK").await;
+    let dhl = gw.api.with_token(DHL_TOKEN);
+    // the lock stays energized long: its door would spring open only after the recipient left
+    cab.board
+        .set_pulse_duration(std::time::Duration::from_secs(10))
+        .expect("pulse length");
+    let h = cab.handle.as_ref().expect("agent");
+    let r = h.scan(ScanSource::Keypad, &pin).await.expect("scan");
+    assert!(
+        matches!(r.access, locker_agent::Access::Pickup(x) if x.0 == c),
+        "{r:?}"
+    );
+    eventually("the pickup's lock fired", || cab.pulses(c) == 2).await;
+    // door open, parcel out, door shut: all between two polls of the door sensor
+    cab.board
+        .open_and_shut(usize::from(c - 1), Some(false))
+        .expect("a quick visit");
+
+    let o = parcels::wait_state(&dhl, &id, "picked_up").await;
+    assert_eq!(o["exception"], Value::Null, "{o}");
+    let last = o["history"]
+        .as_array()
+        .and_then(|h| h.last())
+        .cloned()
+        .expect("history");
+    assert_eq!(
+        (last["cause"].as_str(), last["actor"].as_str()),
+        (Some("local_access"), Some("recipient"))
+    );
+    assert_eq!(cab.status().counters.accesses_by_sensor, 1);
+    // the compartment is free again (the close's reading says empty) and the code is spent
+    eventually_async("compartment free", || async {
+        let (_, comps) = gw.api.get("/v1/cabinets/CAB-P7/compartments").await;
+        comps["compartments"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["id"] == c).cloned())
+            .filter(|s| s["status"] == "free")
+    })
+    .await;
+    let again = h.scan(ScanSource::Keypad, &pin).await.expect("scan");
+    assert_eq!(
+        again.access,
+        locker_agent::Access::Refused(locker_agent::Refusal::WrongCode)
+    );
+    assert_eq!(cab.pulses(c), 2);
 }

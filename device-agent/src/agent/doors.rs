@@ -8,7 +8,9 @@
 //! Unknown and a ForcedOpen alarm is raised. A close carries the cause of its opening and the
 //! parcel sensor the hardware task read right after it (see `hw::board`), and clears the door's
 //! ForcedOpen and DoorLeftOpen alarms. A door open longer than `door_left_open_s`
-//! raises DoorLeftOpen.
+//! raises DoorLeftOpen. A local access whose door was not seen opening before its deadline is
+//! judged by the parcel sensor (`access::unseen`): a door opened and shut between two polls
+//! loses no pickup or deposit.
 //!
 //! Power: PowerFail is the battery under `battery_min_mv` and nothing else (it keeps its state
 //! while the controller is silent). ChargerFault (no compartment, no board) is the charge
@@ -233,6 +235,8 @@ impl Doors {
             return Err(NotFired::QueueFull);
         }
         self.pulses += 1;
+        // a local access still waiting for a late opening of this door waits no more
+        self.take_unseen(c);
         self.pending.insert(
             c,
             Pending {
@@ -341,7 +345,7 @@ impl Doors {
                 result,
                 maybe_fired,
             } => self.pulsed(ctx, compartment, result, maybe_fired, &mut jobs),
-            IoEvent::Parcels { token, present } => self.deposit_with(ctx, token, present),
+            IoEvent::Parcels { token, present } => self.on_parcels(ctx, up, token, present),
             IoEvent::Power(p) => self.on_power(ctx, up, p).await,
             IoEvent::ChargerOffline { detail } => {
                 self.power.unreachable = true;
@@ -399,6 +403,8 @@ impl Doors {
     ) {
         let now = Instant::now();
         let pending = self.pending.remove(&c);
+        // a local access whose door was not seen opening in time: this is its late opening
+        let unseen = self.take_unseen(c).filter(|_| pending.is_none());
         let cause = match &pending {
             Some(p) => p.cause.door_cause(),
             None => match self.late.remove(&c) {
@@ -432,7 +438,11 @@ impl Doors {
         match pending.map(|p| p.cause) {
             Some(Cause::Command(id)) => jobs.push(JobEvent::Opened(id, c)),
             Some(Cause::Local(la)) => self.local_opened(ctx, up, c, la),
-            _ => {}
+            _ => {
+                if let Some(la) = unseen {
+                    self.local_opened(ctx, up, c, la)
+                }
+            }
         }
     }
 
@@ -478,12 +488,12 @@ impl Doors {
             self.late.insert(c, (p.cause.door_cause(), now + grace));
             match p.cause {
                 Cause::Command(id) => jobs.push(JobEvent::Failed(id, c, p.pulse_error)),
-                Cause::Local(_) => {
-                    tracing::warn!(cabinet = %ctx.cabinet(), compartment = %c, "local access: door did not open")
-                }
+                // judged by the parcel sensor (see `access::unseen`)
+                Cause::Local(la) => self.access_unseen(ctx, c, la, now + grace),
             }
         }
         self.late.retain(|_, (_, until)| *until > now);
+        self.expire_unseen(now);
         jobs
     }
 

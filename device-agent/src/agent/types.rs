@@ -213,6 +213,12 @@ pub struct Counters {
     pub refused_accesses: u64,
     /// Credential set parts refused as malformed (part out of range).
     pub bad_cred_parts: u64,
+    /// Local accesses reported from the parcel sensor: the door was not seen opening (opened
+    /// and shut between two polls) but the parcel went out (pickup, collection) or in (deposit).
+    pub accesses_by_sensor: u64,
+    /// Local accesses whose lock fired but whose door was not seen opening and whose parcel
+    /// sensor did not change (or could not be read): nothing reported, the code stays valid.
+    pub unconfirmed_accesses: u64,
     pub bad_downlinks: u64,
     pub rewinds: u64,
     pub published: u64,

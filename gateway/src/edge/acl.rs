@@ -45,8 +45,9 @@ pub(crate) struct Session {
     pub session_expiry: u32,
     /// The limits the client declared (MQTT 5).
     pub limits: ClientLimits,
-    /// The client sent an empty client id (MQTT 5 then expects an assigned one).
-    pub empty_client_id: bool,
+    /// The client id the client sent (it never names the identity: the certificate does; an
+    /// integrator's tells its connections apart, see `relay`). Empty: the edge assigns one.
+    pub client_id: String,
     /// The will (its topic already checked, its retain flag cleared), kept by the edge and
     /// published by it.
     pub will: Option<LastWill>,
@@ -271,7 +272,7 @@ impl Acl {
                 .and_then(|p| p.session_expiry_interval)
                 .unwrap_or(0),
             limits: ClientLimits::from_properties(props.as_ref()),
-            empty_client_id: connect.client_id.is_empty(),
+            client_id: connect.client_id,
             will,
             will_retain_cleared,
         })

@@ -417,15 +417,11 @@ impl Cabinet<'_> {
                 Packet::PingReq(_) => b.replies.push(Reply::PingResp),
                 Packet::Disconnect(d, _) => {
                     // MQTT 5 "disconnect with will message" asks for the will.
-                    b.end = Some(
-                        if d.reason_code
-                            == rumqttd::protocol::DisconnectReasonCode::DisconnectWithWillMessage
-                        {
-                            Err(End::ClientClosed)
-                        } else {
-                            Ok(())
-                        },
-                    );
+                    b.end = Some(if super::proto::publishes_will(d.reason_code) {
+                        Err(End::ClientClosed)
+                    } else {
+                        Ok(())
+                    });
                     return b;
                 }
                 other => {

@@ -164,6 +164,21 @@ impl Proto {
             Ok(_) => {}
             Err(e) => return Err(ReadError::Malformed(e.to_string())),
         }
+        if self.is_v5()
+            && matches!(fh.packet_type(), Ok(PacketType::Disconnect))
+            && fh.remaining_len == 1
+        {
+            // A v5 DISCONNECT may omit its property length (remaining length 1: the reason
+            // code alone); rumqttd's reader wants it, so this one is read here.
+            let frame = buf.split_to(fh.frame_length());
+            let code = frame.last().copied().unwrap_or(0);
+            return Ok(Packet::Disconnect(
+                Disconnect {
+                    reason_code: client_disconnect_reason(code),
+                },
+                None,
+            ));
+        }
         let r = match self.version {
             Version::V4 => V4.read_mut(buf, max),
             Version::V5 => V5.read_mut(buf, max),
@@ -263,6 +278,21 @@ impl Proto {
         V5.write(packet, &mut out).ok()?;
         Some(out)
     }
+}
+
+/// What a client's DISCONNECT reason code asks of the will: 0x00 discards it, anything else
+/// has it published (MQTT 5, 3.1.2.5).
+fn client_disconnect_reason(code: u8) -> DisconnectReasonCode {
+    if code == 0 {
+        DisconnectReasonCode::NormalDisconnection
+    } else {
+        DisconnectReasonCode::DisconnectWithWillMessage
+    }
+}
+
+/// Whether a client's DISCONNECT leaves its will to be published (any reason but 0x00).
+pub(crate) fn publishes_will(code: DisconnectReasonCode) -> bool {
+    code != DisconnectReasonCode::NormalDisconnection
 }
 
 /// Why a subscription filter is refused (with a SUBACK code, the connection stays).
@@ -395,6 +425,8 @@ pub(crate) fn apply_expiry(props: &mut Option<PublishProperties>) -> bool {
 }
 
 /// The MQTT 5 CONNACK properties of an accepted session: what the edge offers and enforces.
+/// `client_id` is the client id the session has (the client's own, or the one the edge
+/// assigned when it sent none: then CONNACK carries it).
 pub(crate) fn connack_properties(
     shared: &super::relay::Shared,
     session: &super::acl::Session,
@@ -406,7 +438,8 @@ pub(crate) fn connack_properties(
         max_qos: Some(1),
         retain_available: Some(0),
         max_packet_size: u32::try_from(shared.max_packet()).ok(),
-        assigned_client_identifier: session.empty_client_id.then(|| client_id.to_owned()),
+        assigned_client_identifier: (!client_id.is_empty() && client_id != session.client_id)
+            .then(|| client_id.to_owned()),
         topic_alias_max: Some(cfg.topic_alias_max),
         wildcard_subscription_available: Some(1),
         subscription_identifiers_available: Some(0),
@@ -528,6 +561,31 @@ mod tests {
         let mut props = None;
         none.alias_outbound(&mut pb, &mut props);
         assert!(props.is_none());
+    }
+
+    #[test]
+    fn a_v5_disconnect_without_property_length_is_read() {
+        use rumqttd::protocol::v4::check;
+        let p = Proto::new(Version::V5, ClientLimits::default(), 0, 0);
+        for (bytes, will) in [
+            (&[0xE0u8, 0x01, 0x00][..], false),
+            (&[0xE0, 0x01, 0x04][..], true),
+        ] {
+            let mut buf = BytesMut::from(bytes);
+            let fh = check(buf.iter(), 100).expect("frames");
+            let Ok(Packet::Disconnect(d, _)) = p.read(&fh, &mut buf, 100) else {
+                panic!("not read: {bytes:?}");
+            };
+            assert_eq!(publishes_will(d.reason_code), will);
+            assert!(buf.is_empty());
+        }
+        // A CONNACK from a client is refused before the codec (whose reader would panic).
+        let mut buf = BytesMut::from(&[0x20u8, 0x02, 0x00, 0x00][..]);
+        let fh = check(buf.iter(), 100).expect("frames");
+        assert!(matches!(
+            p.read(&fh, &mut buf, 100),
+            Err(ReadError::Unexpected(_))
+        ));
     }
 
     #[test]

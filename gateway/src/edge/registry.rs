@@ -46,6 +46,11 @@ pub struct ConnectionInfo {
     pub conn_id: u64,
     /// Who is connected.
     pub identity: Identity,
+    /// An integrator's MQTT client id (`None` for a cabinet). One certificate may hold several
+    /// integrator connections at once (the members of a shared subscription group, say); a
+    /// new connection takes over only the older ones with the same client id. A cabinet's
+    /// identity is its only session.
+    pub client: Option<String>,
     /// The client's address.
     pub peer: SocketAddr,
     /// The client certificate's serial (lowercase hex).
@@ -182,12 +187,14 @@ impl Actor {
             return;
         };
         let open = self.per_identity.get(identity);
+        let client_of = |id: &u64| self.conns.get(id).map(|e| &e.info.client);
         let mut still = Vec::new();
         for (id, ready) in waiting {
             if id == closed {
                 continue; // closed before it took over: its sender drops
             }
-            let waits = open.is_some_and(|ids| ids.iter().any(|c| *c < id));
+            let mine = client_of(&id);
+            let waits = open.is_some_and(|ids| ids.iter().any(|c| *c < id && client_of(c) == mine));
             if waits {
                 still.push((id, ready));
             } else {
@@ -230,8 +237,10 @@ impl Actor {
                 if let Some(ids) = self.per_identity.get(&info.identity) {
                     for id in ids {
                         if let Some(e) = self.conns.get(id) {
-                            e.cancel.cancel();
-                            older += 1;
+                            if e.info.client == info.client {
+                                e.cancel.cancel();
+                                older += 1;
+                            }
                         }
                     }
                 }

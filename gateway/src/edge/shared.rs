@@ -175,10 +175,13 @@ impl SharedMetrics {
     }
 }
 
+/// A running group: its id and its command queue.
+type Running = (u64, mpsc::Sender<Cmd>);
+
 /// The edge's groups, by key (cheap to clone).
 #[derive(Clone)]
 pub(crate) struct Groups {
-    table: Arc<Mutex<HashMap<GroupKey, (u64, mpsc::Sender<Cmd>)>>>,
+    table: Arc<Mutex<HashMap<GroupKey, Running>>>,
     links: LinkFactory,
     metrics: SharedMetrics,
     next_id: Arc<AtomicU64>,

@@ -293,4 +293,7 @@ async fn collect(
     close(cab, i).await;
     ctx.ledger.set(&o.id, Stage::Returned);
     ctx.stats.collected.fetch_add(1, Ordering::Relaxed);
+    if !online {
+        ctx.stats.collected_offline.fetch_add(1, Ordering::Relaxed);
+    }
 }

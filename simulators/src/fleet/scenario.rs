@@ -62,6 +62,9 @@ pub struct ScenarioStats {
     /// (included in `collected`).
     pub short_windows: AtomicU64,
     pub collected_expired: AtomicU64,
+    /// Collections by a courier at a cabinet that was offline (badge and `key:collect` from
+    /// the cached credential set; included in `collected`).
+    pub collected_offline: AtomicU64,
     /// A recipient who came before the cabinet held their code (they come back later).
     pub creds_not_yet: AtomicU64,
     /// API calls that failed (e.g. during a gateway restart).
@@ -93,7 +96,7 @@ impl std::fmt::Display for ScenarioStats {
              deposits ({} by remote unlock, {} by badge and barcode, {} offline), {pickups} \
              pickups ({} by PIN, {} by QR, {} offline), \
              {} windows extended, {} short windows, {} recalled and {} collected by couriers ({} \
-             after expiry), {} recipients early \
+             after expiry, {} offline), {} recipients early \
              for their code, {} refused or late doors, {} API errors, {} unlocks without \
              `opened` when the call returned",
             n(&self.orders_created),
@@ -111,6 +114,7 @@ impl std::fmt::Display for ScenarioStats {
             n(&self.recalls),
             n(&self.collected),
             n(&self.collected_expired),
+            n(&self.collected_offline),
             n(&self.creds_not_yet),
             n(&self.no_access),
             n(&self.api_errors),

@@ -289,6 +289,19 @@ impl LockBoardSim {
         self.with_lock(index, |m, _| m.close_door(index))
     }
 
+    /// A person opens door `index` and shuts it again at once, so quickly that no sensor read
+    /// sees it open (the whole visit is one step for the Modbus server), leaving a parcel in
+    /// (`Some(true)`), taking it out (`Some(false)`) or changing nothing (`None`).
+    pub fn open_and_shut(&self, index: usize, parcel: Option<bool>) -> Result<(), LockBoardError> {
+        self.with_lock(index, |m, now| {
+            m.open_door(index, now);
+            if let Some(p) = parcel {
+                m.locks[index].parcel = p;
+            }
+            m.close_door(index);
+        })
+    }
+
     /// Put a parcel into compartment `index` (parcel sensor reads 1).
     pub fn put_parcel(&self, index: usize) -> Result<(), LockBoardError> {
         self.with_lock(index, |m, _| m.locks[index].parcel = true)

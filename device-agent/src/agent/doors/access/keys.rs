@@ -48,6 +48,7 @@ impl Doors {
                     source,
                     actor: s.courier.clone(),
                     spent: Vec::new(),
+                    before: None,
                 };
                 self.read_then_fire(cands, la, reply, None, Refusal::NoSpare);
             }
@@ -64,6 +65,7 @@ impl Doors {
                     source,
                     actor: s.courier.clone(),
                     spent: Vec::new(),
+                    before: None,
                 };
                 self.read_then_fire(cands, la, reply, None, Refusal::NoSpare);
             }
@@ -80,23 +82,26 @@ impl Doors {
                             && !self.pending.contains_key(&c))
                         .then(|| (c, cred.clone()))
                     });
-                let access = match next {
-                    Some((c, cred)) => {
-                        let la = LocalAccess {
-                            action: AccessAction::Collect,
-                            reference: cred.reference.clone(),
-                            source: ScanSource::Keypad,
-                            actor: s.courier.clone(),
-                            spent: vec![cred],
-                        };
-                        match self.fire_local(ctx, c, la) {
-                            Ok(()) => Access::Collect(c),
-                            Err(r) => Access::Refused(r),
-                        }
-                    }
-                    None => Access::Refused(Refusal::NothingToCollect),
+                let Some((c, cred)) = next else {
+                    return self.access.answer(
+                        reply,
+                        None,
+                        Access::Refused(Refusal::NothingToCollect),
+                    );
                 };
-                self.access.answer(reply, None, access);
+                let la = LocalAccess {
+                    action: AccessAction::Collect,
+                    reference: cred.reference.clone(),
+                    source: ScanSource::Keypad,
+                    actor: s.courier.clone(),
+                    spent: vec![cred.clone()],
+                    before: None,
+                };
+                let cand = vec![Candidate {
+                    compartment: c,
+                    spent: vec![cred],
+                }];
+                self.read_then_fire(cand, la, reply, None, Refusal::Busy);
             }
             Key::Logout => {}
         }

@@ -8,12 +8,15 @@
 //! parcel barcode opens its reserved compartment (same carrier, sensor empty), and keys
 //! (`bigger`, a size, `collect`, `logout`, in [`keys`]) open spares and collections. An entry
 //! matching nothing usable is a wrong code; too many lock the keypad (a KeypadLocked alarm,
-//! the end persisted). The Access event is reported once the door opened, with the
-//! credentials it spent removed from the cache in the same write.
+//! the end persisted). Every local access reads the parcel sensors before its lock fires (a
+//! deposit needs an empty compartment; the reading is the access's baseline). The Access event
+//! is reported once the door opened, with the credentials it spent removed from the cache in
+//! the same write; a door never seen opening is judged by the parcel sensor ([`unseen`]).
 
 mod keys;
 mod lockout;
 mod session;
+mod unseen;
 
 use std::collections::HashMap;
 
@@ -47,6 +50,9 @@ pub(crate) struct LocalAccess {
     pub actor: String,
     /// The credentials used up when the door opens.
     pub spent: Vec<Credential>,
+    /// The compartment's parcel sensor read just before the lock fired (`None`: not read, a
+    /// board without parcel sensors, or a read that failed).
+    pub before: Option<bool>,
 }
 
 /// A compartment an access may use, with the credentials it spends there.
@@ -74,6 +80,8 @@ pub(super) struct LocalState {
     session: Option<Session>,
     lockout: Lockout,
     reads: HashMap<u64, PendingRead>,
+    /// Accesses whose lock fired but whose door was not seen opening, by compartment.
+    unseen: HashMap<CompartmentId, unseen::Unseen>,
     next_token: u64,
     replies: Vec<(Reply, ScanReply)>,
     scans: u64,
@@ -82,6 +90,10 @@ pub(super) struct LocalState {
     lockouts: u64,
     refused: u64,
     bad_parts: u64,
+    /// Accesses reported from the parcel sensor, their door never seen opening.
+    by_sensor: u64,
+    /// Accesses whose door was not seen opening and whose parcel sensor did not change.
+    unconfirmed: u64,
 }
 
 fn rules(ctx: &Ctx) -> LockRules {
@@ -124,6 +136,7 @@ impl LocalState {
             session: None,
             lockout: Lockout::restored(lock_until, ctx.now_millis(), rules(ctx)),
             reads: HashMap::new(),
+            unseen: HashMap::new(),
             next_token: 0,
             replies: Vec::new(),
             scans: 0,
@@ -132,6 +145,8 @@ impl LocalState {
             lockouts: 0,
             refused: 0,
             bad_parts: 0,
+            by_sensor: 0,
+            unconfirmed: 0,
         }
     }
 
@@ -142,6 +157,8 @@ impl LocalState {
         c.lockouts = self.lockouts;
         c.refused_accesses = self.refused;
         c.bad_cred_parts = self.bad_parts;
+        c.accesses_by_sensor = self.by_sensor;
+        c.unconfirmed_accesses = self.unconfirmed;
     }
 
     /// Replies ready to be sent (after the status shows their effect).
@@ -294,20 +311,18 @@ impl Doors {
                     source,
                     actor: String::new(),
                     spent: vec![cred.clone()],
+                    before: None,
                 };
-                if cred.kind == CredKind::Pickup {
-                    let access = match self.fire_local(ctx, c, la) {
-                        Ok(()) => Access::Pickup(c),
-                        Err(r) => Access::Refused(r),
-                    };
-                    self.access.answer(reply, seq, access);
+                let cand = vec![Candidate {
+                    compartment: c,
+                    spent: la.spent.clone(),
+                }];
+                let none = if cred.kind == CredKind::Pickup {
+                    Refusal::Busy
                 } else {
-                    let cand = vec![Candidate {
-                        compartment: c,
-                        spent: la.spent.clone(),
-                    }];
-                    self.read_then_fire(cand, la, reply, seq, Refusal::Full);
-                }
+                    Refusal::Full
+                };
+                self.read_then_fire(cand, la, reply, seq, none);
             }
             CredKind::Parcel => self.parcel_scanned(ctx, cred, source, reply, seq),
             // Collect and Spare credentials carry no secret: nothing can match them.
@@ -399,6 +414,7 @@ impl Doors {
             source,
             actor,
             spent: vec![cred.clone()],
+            before: None,
         };
         let cand = vec![Candidate {
             compartment: c,
@@ -412,8 +428,8 @@ impl Doors {
         self.doors.get(&c).is_some_and(|d| d.open == Some(false)) && !self.pending.contains_key(&c)
     }
 
-    /// Reads the parcel sensors, then fires the first usable empty candidate (see
-    /// [`Doors::deposit_with`]).
+    /// Reads the parcel sensors, then fires the first usable candidate (see
+    /// [`Doors::fire_with`]).
     fn read_then_fire(
         &mut self,
         candidates: Vec<Candidate>,
@@ -459,33 +475,52 @@ impl Doors {
         })
     }
 
-    /// The parcel sensors were read for an access: fire its first candidate that is empty,
-    /// closed and not busy.
-    pub(super) fn deposit_with(
+    /// The parcel sensors were read: for an access waiting to fire ([`Doors::fire_with`]), or
+    /// for one whose door was not seen opening ([`Doors::judge_unseen`]).
+    pub(in crate::agent) fn on_parcels(
         &mut self,
         ctx: &Ctx,
+        up: &mut Uplink,
         token: u64,
         present: Vec<(CompartmentId, bool)>,
     ) {
+        if self.access.reads.contains_key(&token) {
+            self.fire_with(ctx, token, &present);
+        } else {
+            self.judge_unseen(ctx, up, token, &present);
+        }
+    }
+
+    /// The parcel sensors were read for an access: fire its first candidate that is closed,
+    /// not busy and (for a deposit) empty; the reading is the access's baseline.
+    fn fire_with(&mut self, ctx: &Ctx, token: u64, present: &[(CompartmentId, bool)]) {
         let Some(mut pr) = self.access.reads.remove(&token) else {
             return;
         };
-        let empty = |c: CompartmentId| present.iter().any(|(p, full)| *p == c && !full);
+        let reading = |c: CompartmentId| present.iter().find(|(p, _)| *p == c).map(|(_, f)| *f);
+        let deposit = pr.la.action == AccessAction::Deposit;
         let choice = pr
             .candidates
             .iter()
-            .find(|k| empty(k.compartment) && self.usable(k.compartment))
+            .find(|k| {
+                if deposit {
+                    reading(k.compartment) == Some(false) && self.usable(k.compartment)
+                } else {
+                    // a pickup or a collection: as before the read (door not known open)
+                    true
+                }
+            })
             .cloned();
         let access = match choice {
             Some(k) => {
                 let mut la = pr.la.clone();
                 la.spent = k.spent;
-                match self.fire_local(ctx, k.compartment, la) {
-                    Ok(()) if pr.la.action == AccessAction::Collect => {
-                        Access::Collect(k.compartment)
-                    }
-                    Ok(()) => Access::DepositInto(k.compartment),
-                    Err(r) => Access::Refused(r),
+                la.before = reading(k.compartment);
+                match (self.fire_local(ctx, k.compartment, la), pr.la.action) {
+                    (Ok(()), AccessAction::Collect) => Access::Collect(k.compartment),
+                    (Ok(()), AccessAction::Pickup) => Access::Pickup(k.compartment),
+                    (Ok(()), AccessAction::Deposit) => Access::DepositInto(k.compartment),
+                    (Err(r), _) => Access::Refused(r),
                 }
             }
             None => {

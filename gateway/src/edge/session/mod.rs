@@ -36,11 +36,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures::FutureExt;
 use rumqttd::local::LinkError;
-use rumqttd::protocol::v4::{check, V4};
 use rumqttd::protocol::{
-    ConnAck, ConnAckProperties, DisconnectReasonCode, Packet, Protocol, PubAck, PubAckProperties,
-    PubAckReason, Publish, PublishProperties, QoS, SubAck, SubscribeReasonCode, UnsubAck,
-    UnsubAckReason,
+    ConnAck, ConnAckProperties, Packet, PubAck, PubAckProperties, PubAckReason, Publish,
+    PublishProperties, QoS, SubAck, SubscribeReasonCode, UnsubAck, UnsubAckReason,
 };
 use rumqttd::Notification;
 use tokio::net::TcpStream;
@@ -51,11 +49,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::acl::{Acl, Refusal, Session as ConnectInfo};
 use super::metrics::Reason;
-use super::proto::{apply_expiry, Proto, SubRefusal};
+use super::proto::{Proto, SubRefusal};
 use super::relay::Shared;
 use super::shared::{parse_shared, Delivery, GroupKey, GroupRef, Membership};
-use super::wire::{next_packet, publish_pkid, read_client, write_client, Clock, Stop, WRITE_CHUNK};
+use super::wire::{next_packet, read_client, write_client, Clock, Stop, WRITE_CHUNK};
 use crate::broker::Link;
+use answers::Split;
+
+mod answers;
+mod deliver;
 
 /// How a session ended.
 #[derive(Debug)]
@@ -114,11 +116,10 @@ struct State<'a> {
     acks_pushed: usize,
     /// The distinct filters an integrator subscribed to on this connection.
     filters: HashSet<String>,
-    /// SUBACK codes decided by the edge for a SUBSCRIBE partly passed to the router, by packet
-    /// id: `None` where the router's code goes.
-    subacks: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
-    /// The same for an UNSUBSCRIBE that also named shared subscriptions.
-    unsubacks: HashMap<u16, Vec<Option<UnsubAckReason>>>,
+    /// SUBACK codes decided by the edge for SUBSCRIBEs partly passed to the router.
+    subacks: Split<SubscribeReasonCode>,
+    /// The same for UNSUBSCRIBEs that also named shared subscriptions.
+    unsubacks: Split<UnsubAckReason>,
     /// Shared subscription groups this session is a member of, by `$share/...` filter.
     memberships: HashMap<String, Membership>,
     /// Where the groups deliver to this session.
@@ -172,8 +173,8 @@ pub(crate) async fn run(
         held: VecDeque::new(),
         acks_pushed: 0,
         filters: HashSet::new(),
-        subacks: HashMap::new(),
-        unsubacks: HashMap::new(),
+        subacks: Split::default(),
+        unsubacks: Split::default(),
         memberships: HashMap::new(),
         group_tx,
         group_rx,
@@ -273,10 +274,10 @@ impl State<'_> {
                 }
                 Some(d) = self.group_rx.recv() => {
                     let mut out = BytesMut::new();
-                    self.from_group(d, &mut out)?;
+                    self.take_group_delivery(d, &mut out)?;
                     while out.len() < WRITE_CHUNK {
                         match self.group_rx.try_recv() {
-                            Ok(d) => self.from_group(d, &mut out)?,
+                            Ok(d) => self.take_group_delivery(d, &mut out)?,
                             Err(_) => break,
                         }
                     }
@@ -393,17 +394,13 @@ impl State<'_> {
                             Err(code) => codes.push(Some(code)),
                         }
                     }
-                    if allowed.is_empty() {
-                        let return_codes = codes.into_iter().flatten().collect();
+                    if let Some(return_codes) = self.subacks.record(s.pkid, codes) {
                         let ack = SubAck {
                             pkid: s.pkid,
                             return_codes,
                         };
                         batch.replies.push(Packet::SubAck(ack, None));
                         continue;
-                    }
-                    if codes.iter().any(Option::is_some) {
-                        self.subacks.insert(s.pkid, codes);
                     }
                     s.filters = allowed;
                     link.tx.buffer().push_back(Packet::Subscribe(s, props));
@@ -425,17 +422,13 @@ impl State<'_> {
                             rest.push(f);
                         }
                     }
-                    if rest.is_empty() {
-                        let reasons = reasons.into_iter().flatten().collect();
+                    if let Some(reasons) = self.unsubacks.record(u.pkid, reasons) {
                         let ack = UnsubAck {
                             pkid: u.pkid,
                             reasons,
                         };
                         batch.replies.push(Packet::UnsubAck(ack, None));
                         continue;
-                    }
-                    if reasons.iter().any(Option::is_some) {
-                        self.unsubacks.insert(u.pkid, reasons);
                     }
                     u.filters = rest;
                     link.tx.buffer().push_back(Packet::Unsubscribe(u, props));
@@ -444,13 +437,11 @@ impl State<'_> {
                 Packet::Disconnect(d, _) => {
                     // The link sends the router its own DISCONNECT when it is closed. MQTT 5
                     // "disconnect with will message" asks for the will.
-                    batch.end = Some(
-                        if d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage {
-                            Err(End::ClientClosed)
-                        } else {
-                            Ok(())
-                        },
-                    );
+                    batch.end = Some(if super::proto::publishes_will(d.reason_code) {
+                        Err(End::ClientClosed)
+                    } else {
+                        Ok(())
+                    });
                     return batch;
                 }
                 // (No PUBLISH gets here: the ACL lets no integrator publish.)
@@ -552,7 +543,7 @@ impl State<'_> {
                 }
                 Ok(Some(n)) => {
                     if let Some(p) = Option::<Packet>::from(n) {
-                        self.from_router(p, link, &mut out)?;
+                        self.take_router_packet(p, link, &mut out)?;
                     }
                 }
             }
@@ -574,201 +565,6 @@ impl State<'_> {
         Ok(())
     }
 
-    /// Turns one router packet into what the client gets.
-    fn from_router(&mut self, packet: Packet, link: &Link, out: &mut BytesMut) -> Result<(), End> {
-        match packet {
-            Packet::Publish(p, props) => match qos1_pkid(&p) {
-                Some(pkid) => {
-                    if self.must_hold() {
-                        self.held.push_back(Held::Router(p, props, pkid));
-                        Ok(())
-                    } else {
-                        self.send_publish(p, props, Some(pkid), link, out)
-                    }
-                }
-                None => self.send_publish(p, props, None, link, out),
-            },
-            Packet::SubAck(mut ack, props) => {
-                if let Some(codes) = self.subacks.remove(&ack.pkid) {
-                    let mut router = std::mem::take(&mut ack.return_codes).into_iter();
-                    ack.return_codes = codes
-                        .into_iter()
-                        .map(|c| {
-                            c.or_else(|| router.next())
-                                .unwrap_or(SubscribeReasonCode::Failure)
-                        })
-                        .collect();
-                }
-                self.put(Packet::SubAck(ack, props), out)
-            }
-            Packet::UnsubAck(mut ack, props) => {
-                if let Some(reasons) = self.unsubacks.remove(&ack.pkid) {
-                    let mut router = std::mem::take(&mut ack.reasons).into_iter();
-                    ack.reasons = reasons
-                        .into_iter()
-                        .map(|r| {
-                            r.or_else(|| router.next())
-                                .unwrap_or(UnsubAckReason::Success)
-                        })
-                        .collect();
-                }
-                self.put(Packet::UnsubAck(ack, props), out)
-            }
-            p @ (Packet::PubAck(..) | Packet::PingResp(_)) => self.put(p, out),
-            // Nothing else goes to a client (QoS 2 is not spoken; the edge itself says
-            // DISCONNECT when it closes).
-            other => {
-                tracing::debug!(packet = ?other, "edge: router packet not sent to the client");
-                Ok(())
-            }
-        }
-    }
-
-    /// Whether a QoS 1 publish must wait (the client's receive maximum is full, or others
-    /// wait already: order is kept).
-    fn must_hold(&self) -> bool {
-        self.in_flight >= usize::from(self.proto.client.receive_max) || !self.held.is_empty()
-    }
-
-    /// Sends held publishes while the client's receive maximum has room.
-    fn release_held(&mut self, link: &Link, out: &mut BytesMut) -> Result<(), End> {
-        while self.in_flight < usize::from(self.proto.client.receive_max) {
-            match self.held.pop_front() {
-                None => break,
-                Some(Held::Router(p, props, pkid)) => {
-                    self.send_publish(p, props, Some(pkid), link, out)?
-                }
-                Some(Held::Group(d)) => self.send_group(d, out)?,
-            }
-        }
-        if self.held.is_empty() && self.held.capacity() > 0 {
-            self.held = VecDeque::new();
-        }
-        Ok(())
-    }
-
-    /// Encodes a router publish for the client: not at all if it is larger than the client's
-    /// maximum packet size (counted; a QoS 1 one is acknowledged to the router in its turn),
-    /// with an outbound topic alias where the client takes them.
-    fn send_publish(
-        &mut self,
-        mut p: Publish,
-        mut props: Option<PublishProperties>,
-        pkid: Option<u16>,
-        link: &Link,
-        out: &mut BytesMut,
-    ) -> Result<(), End> {
-        let expired = !apply_expiry(&mut props);
-        if !self.proto.is_v5() {
-            props = None;
-        }
-        let too_large = !expired && self.proto.client.max_packet < usize::MAX && {
-            let mut probe = BytesMut::new();
-            self.proto
-                .write(Packet::Publish(p.clone(), props.clone()), &mut probe)
-                .map_err(encoding)?;
-            probe.len() > self.proto.client.max_packet
-        };
-        if expired || too_large {
-            let why = if expired {
-                "expired"
-            } else {
-                "client_max_packet"
-            };
-            self.shared.metrics.dropped.with_label_values(&[why]).inc();
-            if let Some(id) = pkid {
-                self.unacked.push_back((id, true));
-                self.acks_pushed += self.ack_router(link);
-            }
-            return Ok(());
-        }
-        self.proto.alias_outbound(&mut p, &mut props);
-        self.proto
-            .write(Packet::Publish(p, props), out)
-            .map_err(encoding)?;
-        if let Some(id) = pkid {
-            self.unacked.push_back((id, false));
-            self.in_flight += 1;
-        }
-        Ok(())
-    }
-
-    /// A delivery from a shared subscription group.
-    fn from_group(&mut self, d: Delivery, out: &mut BytesMut) -> Result<(), End> {
-        if d.qos1 && self.must_hold() {
-            self.held.push_back(Held::Group(d));
-            return Ok(());
-        }
-        self.send_group(d, out)
-    }
-
-    /// Encodes a group delivery for the client: at QoS 1 under a packet id of the edge's
-    /// (acknowledged to the group when the client acknowledges), at QoS 0 acknowledged at
-    /// once; an expired or too large one is acknowledged and not sent (counted).
-    fn send_group(&mut self, d: Delivery, out: &mut BytesMut) -> Result<(), End> {
-        let Delivery {
-            group,
-            seq,
-            mut publish,
-            mut props,
-            qos1,
-            dup,
-        } = d;
-        let expired = !apply_expiry(&mut props);
-        if !self.proto.is_v5() {
-            props = None;
-        }
-        if !qos1 {
-            publish = Publish::new(publish.topic, publish.payload, false);
-        }
-        let too_large = !expired && self.proto.client.max_packet < usize::MAX && {
-            let mut probe = BytesMut::new();
-            self.proto
-                .write(Packet::Publish(publish.clone(), props.clone()), &mut probe)
-                .map_err(encoding)?;
-            probe.len() > self.proto.client.max_packet
-        };
-        if expired || too_large {
-            let why = if expired {
-                "expired"
-            } else {
-                "client_max_packet"
-            };
-            self.shared.metrics.dropped.with_label_values(&[why]).inc();
-            group.ack(seq);
-            return Ok(());
-        }
-        self.proto.alias_outbound(&mut publish, &mut props);
-        let start = out.len();
-        self.proto
-            .write(Packet::Publish(publish, props), out)
-            .map_err(encoding)?;
-        if !qos1 {
-            group.ack(seq);
-            return Ok(());
-        }
-        let pkid = self.group_pkid();
-        set_pkid(&mut out[start..], pkid, dup);
-        self.group_out.insert(pkid, (group, seq));
-        self.in_flight += 1;
-        Ok(())
-    }
-
-    /// The next packet id for a group delivery not awaiting an acknowledgement.
-    fn group_pkid(&mut self) -> u16 {
-        loop {
-            let id = self.next_pkid;
-            self.next_pkid = if id == *GROUP_PKIDS.end() {
-                *GROUP_PKIDS.start()
-            } else {
-                id + 1
-            };
-            if !self.group_out.contains_key(&id) {
-                return id;
-            }
-        }
-    }
-
     /// Encodes a packet for the client in its protocol version.
     fn put(&mut self, packet: Packet, out: &mut BytesMut) -> Result<(), End> {
         self.proto.write(packet, out).map(|_| ()).map_err(encoding)
@@ -785,34 +581,7 @@ impl State<'_> {
     }
 }
 
-/// The packet id of a router publish at QoS 1 (`None` at QoS 0). rumqttd keeps a publish's
-/// QoS and id private: they are read back from its 3.1.1 encoding's header.
-fn qos1_pkid(p: &Publish) -> Option<u16> {
-    let mut probe = BytesMut::new();
-    V4.write(Packet::Publish(p.clone(), None), &mut probe)
-        .ok()?;
-    publish_pkid(&probe)
-}
-
-/// Rewrites the packet id (and sets the DUP flag) of an encoded QoS 1 PUBLISH frame: rumqttd
-/// keeps a publish's packet id private, and a group delivery goes out under the edge's id.
-fn set_pkid(frame: &mut [u8], pkid: u16, dup: bool) {
-    let Ok(fh) = check(frame.iter(), usize::MAX) else {
-        return;
-    };
-    let at = fh.fixed_header_len;
-    let Some(&[hi, lo]) = frame.get(at..at + 2) else {
-        return;
-    };
-    let id_at = at + 2 + usize::from(u16::from_be_bytes([hi, lo]));
-    if let Some(id) = frame.get_mut(id_at..id_at + 2) {
-        id.copy_from_slice(&pkid.to_be_bytes());
-    }
-    if dup {
-        frame[0] |= 0x08;
-    }
-}
-
+/// An encoding failure ends the session (it cannot happen for what the edge builds).
 fn encoding(e: rumqttd::protocol::Error) -> End {
     End::Io(io::Error::new(
         io::ErrorKind::InvalidData,

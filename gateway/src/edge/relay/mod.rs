@@ -40,8 +40,10 @@ use super::hello;
 use super::identity;
 use super::metrics::{EdgeMetrics, Reason};
 use super::proto::{self, Version};
+
+mod integrator;
 use super::registry::{ConnectionInfo, Registry};
-use super::session::{self, End};
+use super::session::End;
 use super::tls::{classify, TlsState};
 use crate::broker::{Direct, Link, LinkFactory};
 use locker_schemas::CabinetId;
@@ -260,6 +262,10 @@ async fn connected(
     let info = ConnectionInfo {
         conn_id,
         identity: identity.clone(),
+        client: match &identity {
+            super::Identity::Integrator(_) => Some(est.session.client_id.clone()),
+            super::Identity::Cabinet(_) => None,
+        },
         peer,
         serial: est.serial.clone(),
         since: locker_schemas::now_millis(),
@@ -320,117 +326,12 @@ async fn run(
             )),
         }
     } else {
-        Box::pin(run_integrator(shared, est, cancel)).await
+        Box::pin(integrator::run(shared, est, cancel)).await
     };
     if est.session.version == Version::V5 {
         Box::pin(say_goodbye(shared, est, &end)).await;
     }
     end
-}
-
-/// An integrator's session over its own broker link.
-async fn run_integrator(shared: &Shared, est: &mut Established, cancel: &CancellationToken) -> End {
-    // MQTT 5 session expiry: 0 ends the session with the connection; otherwise the router
-    // keeps it (a persistent session) until the interval after the connection ends.
-    let granted = est
-        .session
-        .session_expiry
-        .min(shared.cfg.max_session_expiry_s);
-    let client_id = est.acl.identity().client_id();
-    let generation = {
-        let mut gens = shared.session_gens.lock().await;
-        let g = gens.entry(client_id.clone()).or_insert(0);
-        *g += 1;
-        *g
-    };
-    let (clean, wipe_first) = match est.session.version {
-        Version::V4 => (est.session.clean_session, false),
-        Version::V5 => (granted == 0, granted > 0 && est.session.clean_session),
-    };
-    if wipe_first {
-        remove_session(shared, &client_id).await;
-    }
-    match Box::pin(open_link(shared, est, clean, cancel)).await {
-        Ok(link) => est.link = Some(link),
-        Err(end) => return end,
-    }
-    let connack = (est.session.version == Version::V5).then(|| {
-        let mut p = proto::connack_properties(shared, &est.session, &client_id);
-        if granted != est.session.session_expiry {
-            p.session_expiry_interval = Some(granted);
-        }
-        p
-    });
-    let cert_end = est.cert_deadline();
-    let pending = std::mem::take(&mut est.pending);
-    let Some(link) = est.link.as_mut() else {
-        return End::BrokerClosed;
-    };
-    let outcome = session::run(
-        shared,
-        &mut est.tls,
-        &est.acl,
-        link,
-        &est.session,
-        connack,
-        pending,
-        cert_end,
-        cancel,
-    )
-    .await;
-    if outcome.router_gone {
-        link.router_closed();
-    }
-    let cut_off = est.cut_off(shared, &outcome.end);
-    if let Some(link) = est.link.take() {
-        Box::pin(link.close(outcome.clean || cut_off)).await;
-    }
-    if est.session.version == Version::V5 && granted > 0 {
-        expire_later(
-            shared,
-            client_id,
-            generation,
-            Duration::from_secs(granted.into()),
-        );
-    }
-    outcome.end
-}
-
-/// Removes the router's session of `client_id` (connects it as a clean session and closes).
-async fn remove_session(shared: &Shared, client_id: &str) {
-    match shared.links.connect(client_id.to_owned(), true, None).await {
-        Ok(link) => link.close(true).await,
-        Err(e) => {
-            tracing::warn!(client_id, error = %e, "edge: could not remove an expired session")
-        }
-    }
-}
-
-/// Removes `client_id`'s session after `after`, unless another connection of it came since
-/// (its `generation` moved on).
-fn expire_later(shared: &Shared, client_id: String, generation: u64, after: Duration) {
-    let links = shared.links.clone();
-    let gens = shared.session_gens.clone();
-    let stop = shared.cancel.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(after) => {}
-        }
-        let mut map = gens.lock().await;
-        if map.get(&client_id) != Some(&generation) {
-            return;
-        }
-        map.remove(&client_id);
-        match links.connect(client_id.clone(), true, None).await {
-            Ok(link) => link.close(true).await,
-            Err(e) => {
-                tracing::warn!(client_id, error = %e, "edge: could not remove an expired session")
-            }
-        }
-        drop(map);
-        tracing::debug!(client_id, "edge: MQTT 5 session expired and removed");
-    });
 }
 
 /// Writes the MQTT 5 DISCONNECT that says why the edge ended a session (nothing when the
@@ -494,7 +395,7 @@ async fn run_cabinet(
     let pending = std::mem::take(&mut est.pending);
     let cert_end = est.cert_deadline();
     let connack = (est.session.version == Version::V5).then(|| {
-        let mut p = proto::connack_properties(shared, &est.session, &id.to_string());
+        let mut p = proto::connack_properties(shared, &est.session, id.as_ref());
         // No session is kept for a cabinet between connections (see `cabinet`).
         if est.session.session_expiry != 0 {
             p.session_expiry_interval = Some(0);
@@ -523,47 +424,6 @@ async fn run_cabinet(
         }
     }
     outcome.end
-}
-
-/// Opens the broker link (after any takeover); on failure answers the client with CONNACK
-/// "server unavailable".
-async fn open_link(
-    shared: &Shared,
-    est: &mut Established,
-    clean: bool,
-    cancel: &CancellationToken,
-) -> Result<Link, End> {
-    let Established {
-        tls, acl, session, ..
-    } = est;
-    let window = shared.cfg.handshake_timeout();
-    let connect = shared
-        .links
-        .connect(acl.identity().client_id(), clean, session.will.clone());
-    let link = tokio::select! {
-        biased;
-        _ = cancel.cancelled() => return Err(End::Cancelled),
-        r = tokio::time::timeout(window, connect) => r,
-    };
-    match link {
-        Ok(Ok(link)) => {
-            link.trim();
-            Ok(link)
-        }
-        failed => {
-            let why = match failed {
-                Ok(Err(e)) => e.to_string(),
-                _ => "no link to the broker within the deadline".into(),
-            };
-            let answer = proto::connack_refusal(session.version, Reason::UpstreamUnavailable, &why);
-            let refuse = async {
-                tls.write_all(&answer).await?;
-                tls.flush().await
-            };
-            let _ = tokio::time::timeout(window, refuse).await;
-            Err(End::Refused((Reason::UpstreamUnavailable, why)))
-        }
-    }
 }
 
 /// Counts and (rate-limited) logs a refusal.
@@ -747,6 +607,27 @@ async fn establish(
             return Err((who, refusal));
         }
     };
+    let mut session = session;
+    if session.client_id.is_empty() && acl.is_integrator() {
+        if session.version == Version::V4 && !session.clean_session {
+            // MQTT 3.1.1: a persistent session needs a client id to find it again.
+            let answer = [0x20, 0x02, 0x00, 0x02];
+            let _ = tokio::time::timeout(SAY_GOODBYE, async {
+                tls.write_all(&answer).await?;
+                tls.flush().await
+            })
+            .await;
+            return Err((
+                who,
+                (
+                    Reason::Malformed,
+                    "empty client id with a persistent session (identifier rejected)".into(),
+                ),
+            ));
+        }
+        // Unique for the process: an empty client id never takes another session over.
+        session.client_id = format!("auto-{}", shared.next_id.fetch_add(1, Ordering::Relaxed));
+    }
     if session.will_retain_cleared {
         shared
             .metrics
