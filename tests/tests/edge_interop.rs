@@ -59,8 +59,9 @@ async fn paho_in_both_versions_gets_a_code_per_filter_and_keeps_receiving() {
             assert_eq!(p["RetainAvailable"], 0, "{connack}");
             assert_eq!(p["TopicAliasMaximum"], 10, "{connack}");
             assert_eq!(p["ReceiveMaximum"], 100, "{connack}");
+            // paho sent an empty client id: MQTT 5 requires one assigned in CONNACK.
             let assigned = p["AssignedClientIdentifier"].as_str().unwrap_or_default();
-            assert!(assigned.ends_with("erp"), "{connack}");
+            assert!(!assigned.is_empty(), "{connack}");
         }
 
         door_event(&ca, &format!("{v:?}-1")).await;
