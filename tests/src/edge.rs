@@ -682,6 +682,19 @@ pub fn connect_v5(client_id: &str, props: Option<v5b::ConnectProperties>) -> v5b
     }
 }
 
+/// An MQTT 5 PUBLISH (packet id `pkid`, 0 for QoS 0) with properties `p`.
+pub fn publish_v5(
+    topic: &str,
+    qos: rumqttc::v5::mqttbytes::QoS,
+    pkid: u16,
+    payload: &str,
+    p: Option<v5b::PublishProperties>,
+) -> v5b::Packet {
+    let mut p = v5b::Publish::new(topic, qos, payload.to_owned(), p);
+    p.pkid = pkid;
+    v5b::Packet::Publish(p)
+}
+
 /// Encodes one MQTT 5 packet with rumqttc's v5 encoder.
 pub fn encode_v5(p: &v5b::Packet) -> Vec<u8> {
     let mut b = bytes::BytesMut::new();
@@ -785,6 +798,25 @@ impl RawV5 {
                 other => panic!("expected SUBACK, got {other:?}"),
             }
         }
+    }
+
+    /// Reads publishes (acknowledging QoS 1 ones) until `n` arrived; panics on anything else
+    /// but PINGRESP.
+    pub async fn publishes(&mut self, n: usize) -> Vec<v5b::Publish> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            match self.expect_next("publishes").await {
+                v5b::Packet::Publish(p) => {
+                    if p.qos == rumqttc::v5::mqttbytes::QoS::AtLeastOnce {
+                        self.puback(p.pkid).await;
+                    }
+                    out.push(p);
+                }
+                v5b::Packet::PingResp(_) => {}
+                other => panic!("expected PUBLISH, got {other:?}"),
+            }
+        }
+        out
     }
 
     /// Acknowledges a QoS 1 publish.

@@ -2,20 +2,15 @@
 //! codec over the fixture's mutual TLS): protocol versions and their refusals, the CONNACK's
 //! properties, SUBACK reason codes per filter, an integrator's refused publish, cabinets
 //! stepping outside their topics, topic aliases both ways, the client's receive maximum and
-//! maximum packet size, session expiry, message expiry and user properties.
+//! maximum packet size. Sessions, message expiry and user properties: `edge_mqtt5_session.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
-
-use locker_broker_config::pki::IssuedCert;
-use locker_schemas::Filter;
 use locker_tests::edge::*;
 use locker_tests::eventually;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnectProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Filter as SubFilter,
-    LastWill, Packet, PingReq, PubAckReason, Publish, PublishProperties, Subscribe,
-    SubscribeReasonCode,
+    ConnectProperties, ConnectReturnCode, DisconnectReasonCode, Filter as SubFilter, LastWill,
+    Packet, PingReq, PubAckReason, PublishProperties, Subscribe, SubscribeReasonCode,
 };
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::QoS as QoS4;
@@ -43,18 +38,6 @@ fn props() -> ConnectProperties {
     ConnectProperties::new()
 }
 
-fn publish(
-    topic: &str,
-    qos: QoS,
-    pkid: u16,
-    payload: &str,
-    p: Option<PublishProperties>,
-) -> Packet {
-    let mut p = Publish::new(topic, qos, payload.to_owned(), p);
-    p.pkid = pkid;
-    Packet::Publish(p)
-}
-
 /// Reads until the close and returns the DISCONNECT reason the edge sent before it.
 async fn disconnect_reason(raw: &mut RawV5) -> DisconnectReasonCode {
     let rest = raw.until_closed().await;
@@ -73,25 +56,6 @@ async fn door_event(c: &Client, topic: &str, payload: &str) {
         .publish(topic, QoS4::AtLeastOnce, false, payload.as_bytes().to_vec())
         .await
         .expect("publish");
-}
-
-/// Reads publishes (acknowledging QoS 1 ones) until `n` arrived; panics on anything else
-/// but PINGRESP.
-async fn read_publishes(raw: &mut RawV5, n: usize) -> Vec<Publish> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        match raw.expect_next("publishes").await {
-            Packet::Publish(p) => {
-                if p.qos == QoS::AtLeastOnce {
-                    raw.puback(p.pkid).await;
-                }
-                out.push(p);
-            }
-            Packet::PingResp(_) => {}
-            other => panic!("expected PUBLISH, got {other:?}"),
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,7 +216,7 @@ async fn an_integrator_subscribe_gets_one_reason_code_per_filter_and_stays() {
     let ca = fx.client("CAB-A", Some(&a));
     ca.wait_connected("A").await;
     door_event(&ca, A_DOOR, "d1").await;
-    let got = read_publishes(&mut raw, 1).await;
+    let got = raw.publishes(1).await;
     assert_eq!(got[0].topic, A_DOOR.as_bytes());
     assert_eq!(got[0].qos, QoS::AtLeastOnce);
 
@@ -288,7 +252,7 @@ async fn an_integrator_subscribe_gets_one_reason_code_per_filter_and_stays() {
 
     // Still connected and served.
     door_event(&ca, A_DOOR, "d2").await;
-    let got = read_publishes(&mut raw, 1).await;
+    let got = raw.publishes(1).await;
     assert_eq!(got[0].payload.as_ref(), b"d2");
     fx.wait_connected(2).await;
 }
@@ -300,7 +264,7 @@ async fn an_integrator_publishing_in_v5_gets_not_authorized_and_stays() {
     let erp = fx.integrator("erp");
     let (mut raw, _) = fx.raw_v5_connected(&erp, None).await;
 
-    raw.send(publish(A_DOOR, QoS::AtLeastOnce, 7, "fake", None))
+    raw.send(publish_v5(A_DOOR, QoS::AtLeastOnce, 7, "fake", None))
         .await;
     match raw.expect_next("PUBACK").await {
         Packet::PubAck(a) => {
@@ -309,7 +273,7 @@ async fn an_integrator_publishing_in_v5_gets_not_authorized_and_stays() {
         }
         other => panic!("expected PUBACK 0x87, got {other:?}"),
     }
-    raw.send(publish(
+    raw.send(publish_v5(
         "lk/v1/CAB-A/down/cmd",
         QoS::AtMostOnce,
         0,
@@ -334,7 +298,7 @@ async fn a_v5_cabinet_outside_its_topics_gets_disconnect_not_authorized() {
 
     // Publishing as B.
     let (mut raw, _) = fx.raw_v5_connected(&a, None).await;
-    raw.send(publish(B_DOOR, QoS::AtLeastOnce, 1, "forged", None))
+    raw.send(publish_v5(B_DOOR, QoS::AtLeastOnce, 1, "forged", None))
         .await;
     assert_eq!(
         disconnect_reason(&mut raw).await,
@@ -382,7 +346,7 @@ async fn a_v5_cabinet_outside_its_topics_gets_disconnect_not_authorized() {
         DisconnectReasonCode::MalformedPacket
     );
     let (mut raw, _) = fx.raw_v5_connected(&a, None).await;
-    raw.send(publish(A_DOOR, QoS::ExactlyOnce, 1, "q2", None))
+    raw.send(publish_v5(A_DOOR, QoS::ExactlyOnce, 1, "q2", None))
         .await;
     assert_eq!(
         disconnect_reason(&mut raw).await,
@@ -421,7 +385,7 @@ fn aliased(topic: &str, alias: u16, payload: &str) -> Packet {
         topic_alias: Some(alias),
         ..Default::default()
     };
-    publish(topic, QoS::AtMostOnce, 0, payload, Some(props))
+    publish_v5(topic, QoS::AtMostOnce, 0, payload, Some(props))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -491,7 +455,7 @@ async fn outbound_topic_aliases_stay_within_the_clients_maximum() {
             door_event(c, &format!("lk/v1/{id}/up/door"), &format!("{id}:{round}")).await;
         }
     }
-    let got = read_publishes(&mut aliasing, ids.len() * ROUNDS).await;
+    let got = aliasing.publishes(ids.len() * ROUNDS).await;
     let mut aliases = std::collections::HashMap::new();
     let mut resolved = Vec::new();
     for p in &got {
@@ -539,7 +503,7 @@ async fn outbound_topic_aliases_stay_within_the_clients_maximum() {
     for _ in 0..2 {
         door_event(&cabinets[0], "lk/v1/CAB-A/up/door", "CAB-A:x").await;
     }
-    for p in read_publishes(&mut plain, 2).await {
+    for p in plain.publishes(2).await {
         assert_eq!(p.topic, b"lk/v1/CAB-A/up/door".as_slice());
         assert_eq!(p.properties.and_then(|p| p.topic_alias), None);
     }
@@ -608,7 +572,7 @@ async fn the_clients_receive_maximum_and_maximum_packet_size_are_honoured() {
     // next one is.
     door_event(&ca, A_DOOR, &"x".repeat(1_000)).await;
     door_event(&ca, A_DOOR, "after").await;
-    let got = read_publishes(&mut raw, 1).await;
+    let got = raw.publishes(1).await;
     assert_eq!(got[0].payload.as_ref(), b"after");
     eventually("counted", || {
         fx.metric(
@@ -618,173 +582,4 @@ async fn the_clients_receive_maximum_and_maximum_packet_size_are_honoured() {
     })
     .await;
     fx.wait_connected(2).await;
-}
-
-/// A raw v5 integrator connecting with clean start `clean` and session expiry `expiry`.
-async fn persistent(
-    fx: &EdgeFixture,
-    cert: &IssuedCert,
-    clean: bool,
-    expiry: u32,
-) -> (RawV5, rumqttc::v5::mqttbytes::v5::ConnAck) {
-    let mut c = connect_v5(
-        "erp-1",
-        Some(ConnectProperties {
-            session_expiry_interval: Some(expiry),
-            ..props()
-        }),
-    );
-    c.clean_start = clean;
-    let (raw, first) = fx.raw_v5(cert, c, None).await;
-    match first {
-        Some(Packet::ConnAck(a)) if a.code == ConnectReturnCode::Success => (raw, a),
-        other => panic!("expected a successful CONNACK, got {other:?}"),
-    }
-}
-
-async fn leave(mut raw: RawV5) {
-    raw.send(Packet::Disconnect(Disconnect::new(
-        DisconnectReasonCode::NormalDisconnection,
-    )))
-    .await;
-    raw.until_closed().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_v5_session_resumes_within_its_expiry_and_is_gone_after_it() {
-    const EXPIRY_S: u32 = 2;
-    let mut fx = EdgeFixture::start(|_| {}).await;
-    let (a, erp) = (fx.cabinet("CAB-A"), fx.integrator("erp"));
-    let ca = fx.client("CAB-A", Some(&a));
-    ca.wait_connected("A").await;
-
-    let (mut raw, ack) = persistent(&fx, &erp, false, EXPIRY_S).await;
-    assert!(!ack.session_present);
-    raw.subscribe(1, &["lk/v1/+/up/door"]).await;
-    leave(raw).await;
-    fx.wait_connected(1).await;
-
-    // Published while the integrator is away, within the interval: delivered on return.
-    door_event(&ca, A_DOOR, "meanwhile").await;
-    eventually("acknowledged to A", || ca.seen().pubacks == 1).await;
-    let (mut raw, ack) = persistent(&fx, &erp, false, EXPIRY_S).await;
-    assert!(ack.session_present, "resumed within the interval");
-    let got = read_publishes(&mut raw, 1).await;
-    assert_eq!(got[0].payload.as_ref(), b"meanwhile");
-    assert_eq!(got[0].qos, QoS::AtLeastOnce);
-    leave(raw).await;
-    fx.wait_connected(1).await;
-
-    // Clean start with an expiry: the old session (and what waits in it) is gone at once.
-    door_event(&ca, A_DOOR, "stale").await;
-    eventually("acknowledged to A", || ca.seen().pubacks == 2).await;
-    let (mut raw, ack) = persistent(&fx, &erp, true, EXPIRY_S).await;
-    assert!(!ack.session_present, "clean start");
-    raw.send(Packet::PingReq(PingReq)).await;
-    match raw.expect_next("PINGRESP").await {
-        Packet::PingResp(_) => {}
-        other => panic!("the old session's message came: {other:?}"),
-    }
-    leave(raw).await;
-    fx.wait_connected(1).await;
-
-    // After the interval the session is gone. (What is tested is the passing of time itself,
-    // so the test lets the interval pass.)
-    tokio::time::sleep(Duration::from_secs(u64::from(EXPIRY_S) + 1)).await;
-    let (raw, ack) = persistent(&fx, &erp, false, EXPIRY_S).await;
-    assert!(!ack.session_present, "expired");
-    leave(raw).await;
-
-    // A longer interval than edge.max_session_expiry_s (default 86400) is capped, and said so.
-    let (raw, ack) = persistent(&fx, &erp, true, u32::MAX).await;
-    assert_eq!(
-        ack.properties.and_then(|p| p.session_expiry_interval),
-        Some(86_400)
-    );
-    leave(raw).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn message_expiry_and_user_properties_reach_v5_integrators() {
-    let mut fx = EdgeFixture::start(|cfg| {
-        cfg.integrator_acls.insert(
-            "erp".into(),
-            vec![Filter::new("lk/v1/+/up/#").expect("filter")],
-        );
-    })
-    .await;
-    let (a, erp) = (fx.cabinet("CAB-A"), fx.integrator("erp"));
-    let user = vec![
-        ("site".to_owned(), "north".to_owned()),
-        ("site".to_owned(), "n2".to_owned()),
-        ("trace".to_owned(), "0af7".to_owned()),
-    ];
-
-    // Live: user properties unchanged, no expiry set -> none carried.
-    let (mut reader, _) = fx.raw_v5_connected(&erp, None).await;
-    reader.subscribe(1, &["lk/v1/+/up/#"]).await;
-    let (mut cab, _) = fx.raw_v5_connected(&a, None).await;
-    let with_user = PublishProperties {
-        user_properties: user.clone(),
-        ..Default::default()
-    };
-    cab.send(publish(
-        A_DOOR,
-        QoS::AtLeastOnce,
-        1,
-        "live",
-        Some(with_user),
-    ))
-    .await;
-    let got = read_publishes(&mut reader, 1).await;
-    let p = got[0].properties.clone().expect("properties");
-    assert_eq!(p.user_properties, user);
-    assert_eq!(p.message_expiry_interval, None);
-    drop(reader);
-
-    // Offline (persistent session): a message that expires before delivery is not
-    // delivered; one that does not carries what is left of its interval.
-    let (mut raw, _) = persistent(&fx, &erp, false, 600).await;
-    raw.subscribe(1, &["lk/v1/+/up/#"]).await;
-    leave(raw).await;
-    let short = PublishProperties {
-        message_expiry_interval: Some(1),
-        ..Default::default()
-    };
-    let long = PublishProperties {
-        message_expiry_interval: Some(3_600),
-        user_properties: user.clone(),
-        ..Default::default()
-    };
-    cab.send(publish(A_DOOR, QoS::AtLeastOnce, 2, "short", Some(short)))
-        .await;
-    cab.send(publish(A_DOOR, QoS::AtLeastOnce, 3, "long", Some(long)))
-        .await;
-    for _ in 0..3 {
-        // the PUBACKs of 1, 2 and 3
-        assert!(matches!(cab.expect_next("PUBACK").await, Packet::PubAck(_)));
-    }
-    // The short expiry has to pass (the time itself is what is tested).
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (mut raw, ack) = persistent(&fx, &erp, false, 600).await;
-    assert!(ack.session_present);
-    let got = read_publishes(&mut raw, 1).await;
-    assert_eq!(
-        got[0].payload.as_ref(),
-        b"long",
-        "the expired one is not delivered"
-    );
-    let p = got[0].properties.clone().expect("properties");
-    let left = p.message_expiry_interval.expect("remaining interval");
-    assert!(
-        (1..=3_598).contains(&left),
-        "remaining {left} s after 2 s offline"
-    );
-    assert_eq!(p.user_properties, user);
-
-    // Nothing else was waiting: the next live one comes next.
-    cab.send(publish(A_DOOR, QoS::AtLeastOnce, 4, "next", None))
-        .await;
-    let got = read_publishes(&mut raw, 1).await;
-    assert_eq!(got[0].payload.as_ref(), b"next");
 }
