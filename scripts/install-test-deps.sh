@@ -9,6 +9,9 @@
 #     through WebDriver (/usr/bin/chromium, /usr/bin/chromedriver; $CHROMIUM / $CHROMEDRIVER override).
 #   - socat + python3-serial(-asyncio) + python3-pymodbus: the RS-485 tests (tests/tests/rs485.rs) make
 #     pseudo-terminal pairs with socat and read the RTU simulators with pymodbus in serial mode.
+#   - mosquitto-clients + python3-paho-mqtt (1.6.1, MQTT 5 and 3.1.1): the stock clients the edge's
+#     MQTT interop tests run (tests/src/interop.rs; paho under Debian's /usr/bin/python3 if the
+#     python3 on PATH lacks it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,5 +66,21 @@ if ! command -v socat >/dev/null 2>&1 \
     apt_install socat python3 python3-serial python3-serial-asyncio python3-pymodbus
 fi
 /usr/bin/python3 -c 'from pymodbus.client import ModbusSerialClient' >/dev/null
+
+# --- MQTT interop with stock clients (mosquitto_sub/mosquitto_pub, Python paho-mqtt) ---
+if ! command -v mosquitto_sub >/dev/null 2>&1 || ! command -v mosquitto_pub >/dev/null 2>&1; then
+    echo "mosquitto_sub/mosquitto_pub not found: installing Debian's mosquitto-clients" >&2
+    apt_install mosquitto-clients
+fi
+if ! python3 -c 'import paho.mqtt.client' >/dev/null 2>&1 \
+    && ! /usr/bin/python3 -c 'import paho.mqtt.client' >/dev/null 2>&1; then
+    echo "paho-mqtt not found: installing Debian's python3-paho-mqtt" >&2
+    apt_install python3 python3-paho-mqtt
+fi
+# (`mosquitto_sub --help` exits non-zero: its text is checked, not its status)
+case "$(mosquitto_sub --help 2>&1 || true)" in
+    *mqttv5*) ;;
+    *) echo "mosquitto_sub has no MQTT 5 (-V mqttv5): mosquitto-clients >= 1.6 needed" >&2; exit 1 ;;
+esac
 
 echo "test dependencies: OK"

@@ -4,8 +4,9 @@
 //! [`Client`] that records what it sees; an in-process [`Observer`] on the broker itself; a
 //! raw TLS client for hand-made bytes; sockets stalled at each handshake phase
 //! ([`stalled_before_hello`], [`stalled_after_hello`], [`stalled_before_connect`]);
-//! short-lived certificates ([`EdgeFixture::cabinet_valid_for`]); and process measurements
-//! (open fds, RSS).
+//! short-lived certificates ([`EdgeFixture::cabinet_valid_for`]); process measurements
+//! (open fds, RSS); and for MQTT 5, rumqttc's v5 client ([`ClientV5`]) and a raw v5 client on
+//! rumqttc's v5 codec ([`RawV5`]).
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -17,6 +18,7 @@ use locker_gateway::broker::{BrokerConfig, EmbeddedBroker, Link, Publisher};
 use locker_gateway::edge::{Edge, EdgeConfig, EdgeHandle, PresenceEvent};
 use locker_gateway::metrics::Metrics;
 use locker_schemas::{Filter, Topic};
+use rumqttc::v5::mqttbytes::v5 as v5b;
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, TlsConfiguration, Transport};
 use rustls::pki_types::ServerName;
 use tokio::sync::mpsc;
@@ -504,4 +506,322 @@ pub fn rss_bytes() -> u64 {
         .and_then(|s| s.parse().ok())
         .expect("rss pages");
     pages * 4096
+}
+
+// --- MQTT 5 (issue 15): rumqttc's v5 client, and a raw v5 client on rumqttc's v5 codec ---
+
+/// rumqttc v5 options for `addr` over mutual TLS, keep alive 30 s.
+pub fn mqtt5_options(
+    client_id: &str,
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+) -> rumqttc::v5::MqttOptions {
+    let mut o = rumqttc::v5::MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls)));
+    o
+}
+
+/// What an MQTT 5 client's event loop has seen.
+#[derive(Debug, Default, Clone)]
+pub struct SeenV5 {
+    pub connacks: Vec<v5b::ConnAck>,
+    pub suback_codes: Vec<v5b::SubscribeReasonCode>,
+    pub pubacks: Vec<v5b::PubAckReason>,
+    pub publishes: Vec<v5b::Publish>,
+    /// The reason code of a DISCONNECT from the edge.
+    pub disconnect: Option<v5b::DisconnectReasonCode>,
+    /// The CONNACK refusal code, if the connection was refused.
+    pub refused: Option<v5b::ConnectReturnCode>,
+    /// The error that ended the event loop (the task stops at the first one).
+    pub error: Option<String>,
+}
+
+/// A rumqttc v5 client whose event loop runs in a task until its first error.
+pub struct ClientV5 {
+    pub client: rumqttc::v5::AsyncClient,
+    pub seen: Arc<Mutex<SeenV5>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ClientV5 {
+    pub fn start(o: rumqttc::v5::MqttOptions) -> Self {
+        let (client, el) = rumqttc::v5::AsyncClient::new(o, 64);
+        let seen = Arc::new(Mutex::new(SeenV5::default()));
+        let task = tokio::spawn(drive_v5(el, seen.clone()));
+        Self { client, seen, task }
+    }
+
+    pub fn seen(&self) -> SeenV5 {
+        self.seen.lock().expect("lock").clone()
+    }
+
+    pub fn connected(&self) -> bool {
+        let s = self.seen();
+        !s.connacks.is_empty() && s.error.is_none()
+    }
+
+    pub fn failed(&self) -> bool {
+        self.seen().error.is_some()
+    }
+
+    pub async fn wait_connected(&self, what: &str) {
+        eventually(what, || self.connected()).await;
+    }
+
+    pub async fn wait_failed(&self, what: &str) {
+        eventually(what, || self.failed()).await;
+    }
+
+    /// Waits until the edge closed the connection with DISCONNECT and returns its reason.
+    pub async fn wait_disconnected(&self, what: &str) -> v5b::DisconnectReasonCode {
+        self.wait_failed(what).await;
+        let s = self.seen();
+        s.disconnect
+            .unwrap_or_else(|| panic!("{what}: closed without DISCONNECT: {:?}", s.error))
+    }
+
+    pub fn received(&self, topic: &str) -> usize {
+        self.seen()
+            .publishes
+            .iter()
+            .filter(|p| p.topic == topic.as_bytes())
+            .count()
+    }
+
+    /// The payloads received on `topic`, in order.
+    pub fn payloads(&self, topic: &str) -> Vec<Vec<u8>> {
+        self.seen()
+            .publishes
+            .iter()
+            .filter(|p| p.topic == topic.as_bytes())
+            .map(|p| p.payload.to_vec())
+            .collect()
+    }
+}
+
+impl Drop for ClientV5 {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn drive_v5(mut el: rumqttc::v5::EventLoop, seen: Arc<Mutex<SeenV5>>) {
+    use rumqttc::v5::{ConnectionError, Event, StateError};
+    loop {
+        let ev = el.poll().await;
+        let mut s = seen.lock().expect("lock");
+        match ev {
+            Ok(Event::Incoming(v5b::Packet::ConnAck(a))) => s.connacks.push(a),
+            Ok(Event::Incoming(v5b::Packet::SubAck(a))) => s.suback_codes.extend(a.return_codes),
+            Ok(Event::Incoming(v5b::Packet::PubAck(a))) => s.pubacks.push(a.reason),
+            Ok(Event::Incoming(v5b::Packet::Publish(p))) => s.publishes.push(p),
+            Ok(Event::Incoming(v5b::Packet::Disconnect(d))) => s.disconnect = Some(d.reason_code),
+            Ok(_) => {}
+            Err(e) => {
+                match &e {
+                    ConnectionError::MqttState(StateError::ServerDisconnect {
+                        reason_code,
+                        ..
+                    }) => s.disconnect = Some(*reason_code),
+                    ConnectionError::ConnectionRefused(code) => s.refused = Some(*code),
+                    ConnectionError::MqttState(StateError::ConnFail { reason }) => {
+                        s.refused = Some(*reason)
+                    }
+                    _ => {}
+                }
+                s.error = Some(e.to_string());
+                return;
+            }
+        }
+    }
+}
+
+impl EdgeFixture {
+    /// A rumqttc MQTT 5 client of `cert` through the edge, driven by a task.
+    pub fn client_v5(&self, client_id: &str, cert: Option<&IssuedCert>) -> ClientV5 {
+        ClientV5::start(mqtt5_options(client_id, self.addr, self.tls(cert)))
+    }
+
+    /// A raw MQTT 5 client of `cert` that sent `connect` and read the answer (CONNACK, or
+    /// whatever came before the close).
+    pub async fn raw_v5(
+        &self,
+        cert: &IssuedCert,
+        connect: v5b::Connect,
+        will: Option<v5b::LastWill>,
+    ) -> (RawV5, Option<v5b::Packet>) {
+        let mut raw = RawV5::open(self.addr, self.tls(Some(cert))).await;
+        raw.send(v5b::Packet::Connect(connect, will, None)).await;
+        let first = raw.next().await;
+        (raw, first)
+    }
+
+    /// A raw MQTT 5 client of `cert` connected with `props` (clean start); panics unless
+    /// the CONNACK is a success. Returns the client and the CONNACK.
+    pub async fn raw_v5_connected(
+        &self,
+        cert: &IssuedCert,
+        props: Option<v5b::ConnectProperties>,
+    ) -> (RawV5, v5b::ConnAck) {
+        let (raw, first) = self.raw_v5(cert, connect_v5("raw", props), None).await;
+        match first {
+            Some(v5b::Packet::ConnAck(a)) if a.code == v5b::ConnectReturnCode::Success => (raw, a),
+            other => panic!("expected a successful CONNACK, got {other:?}"),
+        }
+    }
+}
+
+/// An MQTT 5 CONNECT: clean start, keep alive 60 s, `props`.
+pub fn connect_v5(client_id: &str, props: Option<v5b::ConnectProperties>) -> v5b::Connect {
+    v5b::Connect {
+        keep_alive: 60,
+        client_id: client_id.to_owned(),
+        clean_start: true,
+        properties: props,
+    }
+}
+
+/// An MQTT 5 PUBLISH (packet id `pkid`, 0 for QoS 0) with properties `p`.
+pub fn publish_v5(
+    topic: &str,
+    qos: rumqttc::v5::mqttbytes::QoS,
+    pkid: u16,
+    payload: &str,
+    p: Option<v5b::PublishProperties>,
+) -> v5b::Packet {
+    let mut p = v5b::Publish::new(topic, qos, payload.to_owned(), p);
+    p.pkid = pkid;
+    v5b::Packet::Publish(p)
+}
+
+/// Encodes one MQTT 5 packet with rumqttc's v5 encoder.
+pub fn encode_v5(p: &v5b::Packet) -> Vec<u8> {
+    let mut b = bytes::BytesMut::new();
+    p.write(&mut b, None).expect("encode");
+    b.to_vec()
+}
+
+/// A raw MQTT 5 client over the edge's mutual TLS: packets written and read with rumqttc's v5
+/// codec, nothing done behind the test's back (no acknowledgements, no keep alive, no alias
+/// resolution).
+pub struct RawV5 {
+    pub stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    buf: bytes::BytesMut,
+}
+
+impl RawV5 {
+    /// A TLS connection to the edge, nothing sent yet.
+    pub async fn open(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> Self {
+        Self {
+            stream: raw_tls(addr, tls).await.expect("TLS"),
+            buf: bytes::BytesMut::new(),
+        }
+    }
+
+    /// Sends one packet.
+    pub async fn send(&mut self, p: v5b::Packet) {
+        send(&mut self.stream, &encode_v5(&p)).await;
+    }
+
+    /// Sends raw bytes.
+    pub async fn send_bytes(&mut self, b: &[u8]) {
+        send(&mut self.stream, b).await;
+    }
+
+    /// The next packet from the edge, or `None` once it closed the connection (bounded
+    /// wait; panics on bytes that are not an MQTT 5 packet).
+    pub async fn next(&mut self) -> Option<v5b::Packet> {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            // rumqttc's v5 reader wants a payload in DISCONNECT: a bare one is "normal".
+            if self.buf.starts_with(&[0xe0, 0x00]) {
+                let _ = self.buf.split_to(2);
+                return Some(v5b::Packet::Disconnect(v5b::Disconnect::new(
+                    v5b::DisconnectReasonCode::NormalDisconnection,
+                )));
+            }
+            match v5b::Packet::read(&mut self.buf, None) {
+                Ok(p) => return Some(p),
+                Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(e) => panic!("not an MQTT 5 packet from the edge: {e:?} ({:?})", self.buf),
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    assert!(self.buf.is_empty(), "a partial packet before the close");
+                    return None;
+                }
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => panic!("no packet from the edge in time"),
+            }
+        }
+    }
+
+    /// The next packet, which must exist (panics on a close).
+    pub async fn expect_next(&mut self, what: &str) -> v5b::Packet {
+        self.next()
+            .await
+            .unwrap_or_else(|| panic!("{what}: the edge closed the connection"))
+    }
+
+    /// Reads until the close; returns the packets read before it.
+    pub async fn until_closed(&mut self) -> Vec<v5b::Packet> {
+        let mut out = Vec::new();
+        while let Some(p) = self.next().await {
+            out.push(p);
+        }
+        out
+    }
+
+    /// Subscribes to `filters` at QoS 1 (packet id `pkid`) and returns the SUBACK codes
+    /// (publishes read before it are returned too).
+    pub async fn subscribe(
+        &mut self,
+        pkid: u16,
+        filters: &[&str],
+    ) -> (Vec<v5b::SubscribeReasonCode>, Vec<v5b::Publish>) {
+        let mut s = v5b::Subscribe::new_many(
+            filters
+                .iter()
+                .map(|f| v5b::Filter::new(*f, rumqttc::v5::mqttbytes::QoS::AtLeastOnce)),
+            None,
+        );
+        s.pkid = pkid;
+        self.send(v5b::Packet::Subscribe(s)).await;
+        let mut early = Vec::new();
+        loop {
+            match self.expect_next("SUBACK").await {
+                v5b::Packet::SubAck(a) if a.pkid == pkid => return (a.return_codes, early),
+                v5b::Packet::Publish(p) => early.push(p),
+                other => panic!("expected SUBACK, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads publishes (acknowledging QoS 1 ones) until `n` arrived; panics on anything else
+    /// but PINGRESP.
+    pub async fn publishes(&mut self, n: usize) -> Vec<v5b::Publish> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            match self.expect_next("publishes").await {
+                v5b::Packet::Publish(p) => {
+                    if p.qos == rumqttc::v5::mqttbytes::QoS::AtLeastOnce {
+                        self.puback(p.pkid).await;
+                    }
+                    out.push(p);
+                }
+                v5b::Packet::PingResp(_) => {}
+                other => panic!("expected PUBLISH, got {other:?}"),
+            }
+        }
+        out
+    }
+
+    /// Acknowledges a QoS 1 publish.
+    pub async fn puback(&mut self, pkid: u16) {
+        self.send(v5b::Packet::PubAck(v5b::PubAck::new(pkid, None)))
+            .await;
+    }
 }

@@ -23,6 +23,7 @@ pub mod console;
 pub mod edge;
 pub mod gateway;
 pub mod hooks;
+pub mod interop;
 pub mod mqtt;
 pub mod net;
 pub mod parcels;
