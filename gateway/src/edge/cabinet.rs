@@ -417,11 +417,7 @@ impl Cabinet<'_> {
                 Packet::PingReq(_) => b.replies.push(Reply::PingResp),
                 Packet::Disconnect(d, _) => {
                     // MQTT 5 "disconnect with will message" asks for the will.
-                    b.end = Some(if super::proto::publishes_will(d.reason_code) {
-                        Err(End::ClientClosed)
-                    } else {
-                        Ok(())
-                    });
+                    b.end = Some(End::on_disconnect(&d));
                     return b;
                 }
                 other => {

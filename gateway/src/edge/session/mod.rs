@@ -74,6 +74,18 @@ pub(crate) enum End {
     Refused(Refusal),
 }
 
+impl End {
+    /// How a client's DISCONNECT ends its session: `Ok` (no will) for reason 0x00; any other
+    /// MQTT 5 reason asks for the will, as a close without DISCONNECT does.
+    pub(crate) fn on_disconnect(d: &rumqttd::protocol::Disconnect) -> Result<(), End> {
+        if super::proto::publishes_will(d.reason_code) {
+            Err(End::ClientClosed)
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// The end of a session and what the link must do about it.
 pub(crate) struct Outcome {
     pub end: End,
@@ -437,11 +449,7 @@ impl State<'_> {
                 Packet::Disconnect(d, _) => {
                     // The link sends the router its own DISCONNECT when it is closed. MQTT 5
                     // "disconnect with will message" asks for the will.
-                    batch.end = Some(if super::proto::publishes_will(d.reason_code) {
-                        Err(End::ClientClosed)
-                    } else {
-                        Ok(())
-                    });
+                    batch.end = Some(End::on_disconnect(&d));
                     return batch;
                 }
                 // (No PUBLISH gets here: the ACL lets no integrator publish.)
