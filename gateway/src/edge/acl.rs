@@ -125,7 +125,7 @@ impl Acl {
                 Err(SubRefusal::NotAuthorized)
             };
         }
-        let filter = match super::shared::parse_shared(filter) {
+        let filter = match super::proto::parse_shared(filter) {
             None => filter,
             Some(Ok((_group, inner))) => inner,
             Some(Err(())) => return Err(SubRefusal::Invalid),

@@ -171,7 +171,7 @@ pub(crate) struct EdgeMetrics {
     pub throttled: IntCounter,
     pub protocols: IntCounterVec,
     pub dropped: IntCounterVec,
-    pub shared: super::shared::SharedMetrics,
+    pub shared: SharedMetrics,
 }
 
 impl EdgeMetrics {
@@ -282,7 +282,7 @@ impl EdgeMetrics {
                 ),
                 &["reason"],
             )?,
-            shared: super::shared::SharedMetrics::register(registry)?,
+            shared: SharedMetrics::register(registry)?,
         };
         registry.register(Box::new(m.open.clone()))?;
         registry.register(Box::new(m.accepted.clone()))?;
@@ -335,5 +335,42 @@ impl EdgeMetrics {
                 .with_label_values(&[reason.as_str()])
                 .inc();
         }
+    }
+}
+
+/// The shared-subscription metrics.
+#[derive(Clone)]
+pub(crate) struct SharedMetrics {
+    pub groups: IntGauge,
+    pub members: IntGauge,
+    pub delivered: IntCounter,
+    pub redelivered: IntCounter,
+}
+
+impl SharedMetrics {
+    pub fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+        let m = Self {
+            groups: IntGauge::new(
+                "locker_edge_shared_groups",
+                "Shared subscription groups (integrator, group, filter) with a router link",
+            )?,
+            members: IntGauge::new(
+                "locker_edge_shared_members",
+                "Members of shared subscription groups",
+            )?,
+            delivered: IntCounter::new(
+                "locker_edge_shared_delivered_total",
+                "Messages handed to a member of a shared subscription group",
+            )?,
+            redelivered: IntCounter::new(
+                "locker_edge_shared_redelivered_total",
+                "Messages given to another member because the member that had them left unacknowledged",
+            )?,
+        };
+        registry.register(Box::new(m.groups.clone()))?;
+        registry.register(Box::new(m.members.clone()))?;
+        registry.register(Box::new(m.delivered.clone()))?;
+        registry.register(Box::new(m.redelivered.clone()))?;
+        Ok(m)
     }
 }

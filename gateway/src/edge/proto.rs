@@ -295,6 +295,20 @@ pub(crate) fn publishes_will(code: DisconnectReasonCode) -> bool {
     code != DisconnectReasonCode::NormalDisconnection
 }
 
+/// `$share/{group}/{filter}` split into its group name and filter; `None` if `path` is not a
+/// shared subscription. `Some(Err)` for a malformed one (empty group, a wildcard in the name,
+/// no filter).
+pub(crate) fn parse_shared(path: &str) -> Option<Result<(&str, &str), ()>> {
+    let rest = path.strip_prefix("$share/")?;
+    let Some((group, filter)) = rest.split_once('/') else {
+        return Some(Err(()));
+    };
+    if group.is_empty() || group.contains(['+', '#']) || filter.is_empty() {
+        return Some(Err(()));
+    }
+    Some(Ok((group, filter)))
+}
+
 /// Why a subscription filter is refused (with a SUBACK code, the connection stays).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SubRefusal {
@@ -422,30 +436,6 @@ pub(crate) fn apply_expiry(props: &mut Option<PublishProperties>) -> bool {
     let left = (deadline - now).div_ceil(1000);
     p.message_expiry_interval = Some(u32::try_from(left).unwrap_or(u32::MAX));
     true
-}
-
-/// The MQTT 5 CONNACK properties of an accepted session: what the edge offers and enforces.
-/// The client id the edge assigned (the client sent none) goes back in it.
-pub(crate) fn connack_properties(
-    shared: &super::relay::Shared,
-    session: &super::acl::Session,
-) -> ConnAckProperties {
-    let cfg = &shared.cfg;
-    ConnAckProperties {
-        receive_max: Some(cfg.receive_max),
-        max_qos: Some(1),
-        retain_available: Some(0),
-        max_packet_size: u32::try_from(shared.max_packet()).ok(),
-        assigned_client_identifier: session
-            .client_id_assigned
-            .then(|| session.client_id.clone()),
-        topic_alias_max: Some(cfg.topic_alias_max),
-        wildcard_subscription_available: Some(1),
-        subscription_identifiers_available: Some(0),
-        shared_subscription_available: Some(1),
-        server_keep_alive: session.server_keep_alive,
-        ..empty_connack_properties()
-    }
 }
 
 /// CONNACK properties with nothing set.
@@ -631,5 +621,23 @@ mod tests {
             .disconnect(DisconnectReasonCode::NotAuthorized, "publish to x")
             .expect("v5 disconnect");
         assert_eq!((d[0], d[2]), (0xE0, 0x87));
+    }
+
+    #[test]
+    fn shared_filters_are_parsed() {
+        assert_eq!(parse_shared("lk/v1/+/up/#"), None);
+        assert_eq!(
+            parse_shared("$share/g1/lk/v1/+/up/#"),
+            Some(Ok(("g1", "lk/v1/+/up/#")))
+        );
+        for bad in [
+            "$share/",
+            "$share/g1",
+            "$share//x",
+            "$share/g+/x",
+            "$share/g1/",
+        ] {
+            assert_eq!(parse_shared(bad), Some(Err(())), "{bad}");
+        }
     }
 }

@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prometheus::{IntCounter, IntGauge};
 use rumqttd::protocol::{
     Filter as SubscribeFilter, Packet, PubAck, PubAckReason, Publish, PublishProperties, QoS,
     RetainForwardRule, Subscribe,
@@ -30,6 +29,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::metrics::SharedMetrics;
 use crate::broker::{Link, LinkFactory};
 
 /// Most deliveries one member holds unacknowledged.
@@ -38,20 +38,6 @@ pub(crate) const WINDOW: usize = 32;
 pub(crate) const LINGER: Duration = Duration::from_secs(30);
 /// Commands waiting for one group.
 const COMMANDS: usize = 256;
-
-/// `$share/{group}/{filter}` split into its group name and filter; `None` if `path` is not a
-/// shared subscription. `Some(Err)` for a malformed one (empty group, a wildcard in the name,
-/// no filter).
-pub(crate) fn parse_shared(path: &str) -> Option<Result<(&str, &str), ()>> {
-    let rest = path.strip_prefix("$share/")?;
-    let Some((group, filter)) = rest.split_once('/') else {
-        return Some(Err(()));
-    };
-    if group.is_empty() || group.contains(['+', '#']) || filter.is_empty() {
-        return Some(Err(()));
-    }
-    Some(Ok((group, filter)))
-}
 
 /// What identifies a group.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -135,43 +121,6 @@ fn send(tx: &mpsc::Sender<Cmd>, cmd: Cmd) {
                 let _ = tx.send(cmd).await;
             });
         }
-    }
-}
-
-/// The shared-subscription metrics.
-#[derive(Clone)]
-pub(crate) struct SharedMetrics {
-    pub groups: IntGauge,
-    pub members: IntGauge,
-    pub delivered: IntCounter,
-    pub redelivered: IntCounter,
-}
-
-impl SharedMetrics {
-    pub fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
-        let m = Self {
-            groups: IntGauge::new(
-                "locker_edge_shared_groups",
-                "Shared subscription groups (integrator, group, filter) with a router link",
-            )?,
-            members: IntGauge::new(
-                "locker_edge_shared_members",
-                "Members of shared subscription groups",
-            )?,
-            delivered: IntCounter::new(
-                "locker_edge_shared_delivered_total",
-                "Messages handed to a member of a shared subscription group",
-            )?,
-            redelivered: IntCounter::new(
-                "locker_edge_shared_redelivered_total",
-                "Messages given to another member because the member that had them left unacknowledged",
-            )?,
-        };
-        registry.register(Box::new(m.groups.clone()))?;
-        registry.register(Box::new(m.members.clone()))?;
-        registry.register(Box::new(m.delivered.clone()))?;
-        registry.register(Box::new(m.redelivered.clone()))?;
-        Ok(m)
     }
 }
 
@@ -534,27 +483,4 @@ fn router_pkid(p: &Publish) -> Option<u16> {
         .write(Packet::Publish(p.clone(), None), &mut probe)
         .ok()?;
     super::wire::publish_pkid(&probe)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shared_filters_are_parsed() {
-        assert_eq!(parse_shared("lk/v1/+/up/#"), None);
-        assert_eq!(
-            parse_shared("$share/g1/lk/v1/+/up/#"),
-            Some(Ok(("g1", "lk/v1/+/up/#")))
-        );
-        for bad in [
-            "$share/",
-            "$share/g1",
-            "$share//x",
-            "$share/g+/x",
-            "$share/g1/",
-        ] {
-            assert_eq!(parse_shared(bad), Some(Err(())), "{bad}");
-        }
-    }
 }

@@ -42,7 +42,7 @@ pub(super) async fn run(shared: &Shared, est: &mut Established, cancel: &Cancell
         Err(end) => return end,
     }
     let connack = (est.session.version == Version::V5).then(|| {
-        let mut p = proto::connack_properties(shared, &est.session);
+        let mut p = super::connack_properties(shared, &est.session);
         if granted != est.session.session_expiry {
             p.session_expiry_interval = Some(granted);
         }

@@ -40,6 +40,7 @@ use super::hello;
 use super::identity;
 use super::metrics::{EdgeMetrics, Reason};
 use super::proto::{self, Version};
+use rumqttd::protocol::ConnAckProperties;
 
 mod integrator;
 use super::registry::{ConnectionInfo, Registry};
@@ -395,7 +396,7 @@ async fn run_cabinet(
     let pending = std::mem::take(&mut est.pending);
     let cert_end = est.cert_deadline();
     let connack = (est.session.version == Version::V5).then(|| {
-        let mut p = proto::connack_properties(shared, &est.session);
+        let mut p = connack_properties(shared, &est.session);
         // No session is kept for a cabinet between connections (see `cabinet`).
         if est.session.session_expiry != 0 {
             p.session_expiry_interval = Some(0);
@@ -424,6 +425,27 @@ async fn run_cabinet(
         }
     }
     outcome.end
+}
+
+/// The MQTT 5 CONNACK properties of an accepted session: what the edge offers and enforces.
+/// The client id the edge assigned (the client sent none) goes back in it.
+pub(super) fn connack_properties(shared: &Shared, session: &Session) -> ConnAckProperties {
+    let cfg = &shared.cfg;
+    ConnAckProperties {
+        receive_max: Some(cfg.receive_max),
+        max_qos: Some(1),
+        retain_available: Some(0),
+        max_packet_size: u32::try_from(shared.max_packet()).ok(),
+        assigned_client_identifier: session
+            .client_id_assigned
+            .then(|| session.client_id.clone()),
+        topic_alias_max: Some(cfg.topic_alias_max),
+        wildcard_subscription_available: Some(1),
+        subscription_identifiers_available: Some(0),
+        shared_subscription_available: Some(1),
+        server_keep_alive: session.server_keep_alive,
+        ..proto::empty_connack_properties()
+    }
 }
 
 /// Counts and (rate-limited) logs a refusal.

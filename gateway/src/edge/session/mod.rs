@@ -49,9 +49,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::acl::{Acl, Refusal, Session as ConnectInfo};
 use super::metrics::Reason;
+use super::proto::parse_shared;
 use super::proto::{Proto, SubRefusal};
 use super::relay::Shared;
-use super::shared::{parse_shared, Delivery, GroupKey, GroupRef, Membership};
+use super::shared::{Delivery, GroupKey, GroupRef, Membership};
 use super::wire::{next_packet, read_client, write_client, Clock, Stop, WRITE_CHUNK};
 use crate::broker::Link;
 use answers::Split;
