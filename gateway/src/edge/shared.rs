@@ -30,6 +30,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::SharedMetrics;
+use super::wire::router_pkid;
 use crate::broker::{Link, LinkFactory};
 
 /// Most deliveries one member holds unacknowledged.
@@ -472,15 +473,4 @@ impl Group {
         }
         n
     }
-}
-
-/// The router's packet id of a QoS 1 forward (read back from its encoding: rumqttd keeps it
-/// private).
-fn router_pkid(p: &Publish) -> Option<u16> {
-    use rumqttd::protocol::Protocol;
-    let mut probe = bytes::BytesMut::new();
-    rumqttd::protocol::v4::V4
-        .write(Packet::Publish(p.clone(), None), &mut probe)
-        .ok()?;
-    super::wire::publish_pkid(&probe)
 }

@@ -250,6 +250,20 @@ pub(super) async fn write_client(
     }
 }
 
+/// The packet id of a router publish at QoS 1 or 2 (`None` at QoS 0). rumqttd keeps a
+/// publish's QoS and id private, so they are read back from its 3.1.1 encoding, made without
+/// the payload (topic and header only: no copy of the message on the delivery path).
+pub(super) fn router_pkid(p: &rumqttd::protocol::Publish) -> Option<u16> {
+    use rumqttd::protocol::Protocol;
+    let mut head = p.clone();
+    head.payload = bytes::Bytes::new();
+    let mut probe = BytesMut::new();
+    rumqttd::protocol::v4::V4
+        .write(Packet::Publish(head, None), &mut probe)
+        .ok()?;
+    publish_pkid(&probe)
+}
+
 /// The packet id of an encoded QoS 1 or 2 PUBLISH frame (`None` for QoS 0).
 pub(super) fn publish_pkid(frame: &[u8]) -> Option<u16> {
     let fh = check(frame.iter(), usize::MAX).ok()?;
@@ -312,6 +326,13 @@ mod tests {
         V4.write(Packet::Publish(p, None), &mut out)
             .expect("encodes");
         assert_eq!(publish_pkid(&out), Some(300));
+        let Packet::Publish(p, _) = V4
+            .read_mut(&mut BytesMut::from(&out[..]), 100)
+            .expect("parses")
+        else {
+            panic!("not a publish");
+        };
+        assert_eq!(router_pkid(&p), Some(300), "read without the payload");
         assert_eq!(publish_pkid(&[0x32, 3, 0, 9, b'a']), None, "truncated");
     }
 }

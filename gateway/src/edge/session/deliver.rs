@@ -6,14 +6,12 @@
 use std::collections::VecDeque;
 
 use bytes::BytesMut;
-use rumqttd::protocol::v4::{check, V4};
-use rumqttd::protocol::{
-    Packet, Protocol, Publish, PublishProperties, SubscribeReasonCode, UnsubAckReason,
-};
+use rumqttd::protocol::v4::check;
+use rumqttd::protocol::{Packet, Publish, PublishProperties, SubscribeReasonCode, UnsubAckReason};
 
 use super::super::proto::apply_expiry;
 use super::super::shared::Delivery;
-use super::super::wire::publish_pkid;
+use super::super::wire::router_pkid;
 use super::{encoding, End, Held, State, GROUP_PKIDS};
 use crate::broker::Link;
 
@@ -26,7 +24,7 @@ impl State<'_> {
         out: &mut BytesMut,
     ) -> Result<(), End> {
         match packet {
-            Packet::Publish(p, props) => match qos1_pkid(&p) {
+            Packet::Publish(p, props) => match router_pkid(&p) {
                 Some(pkid) => {
                     if self.must_hold() {
                         self.held.push_back(Held::Router(p, props, pkid));
@@ -200,15 +198,6 @@ impl State<'_> {
             }
         }
     }
-}
-
-/// The packet id of a router publish at QoS 1 (`None` at QoS 0). rumqttd keeps a publish's
-/// QoS and id private: they are read back from its 3.1.1 encoding's header.
-fn qos1_pkid(p: &Publish) -> Option<u16> {
-    let mut probe = BytesMut::new();
-    V4.write(Packet::Publish(p.clone(), None), &mut probe)
-        .ok()?;
-    publish_pkid(&probe)
 }
 
 /// Rewrites the packet id (and sets the DUP flag) of an encoded QoS 1 PUBLISH frame: rumqttd
