@@ -12,6 +12,8 @@
 #   - mosquitto-clients + python3-paho-mqtt (1.6.1, MQTT 5 and 3.1.1): the stock clients the edge's
 #     MQTT interop tests run (tests/src/interop.rs; paho under Debian's /usr/bin/python3 if the
 #     python3 on PATH lacks it).
+#   - nats-server (Debian's, 2.9): the NATS JetStream cluster the cluster-mode tests
+#     (tests/tests/cluster.rs) start on loopback; $NATS_SERVER overrides the binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -82,5 +84,12 @@ case "$(mosquitto_sub --help 2>&1 || true)" in
     *mqttv5*) ;;
     *) echo "mosquitto_sub has no MQTT 5 (-V mqttv5): mosquitto-clients >= 1.6 needed" >&2; exit 1 ;;
 esac
+
+# --- cluster mode (a three-node NATS JetStream cluster on loopback) ---
+if [ -z "${NATS_SERVER:-}" ] && ! command -v nats-server >/dev/null 2>&1; then
+    echo "nats-server not found: installing Debian's nats-server" >&2
+    apt_install nats-server
+fi
+"${NATS_SERVER:-nats-server}" --version >/dev/null
 
 echo "test dependencies: OK"

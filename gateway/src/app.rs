@@ -29,6 +29,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, ApiState};
 use crate::broker::{BrokerError, EmbeddedBroker};
+use crate::cluster::presence::Directory;
+use crate::cluster::route::Router;
+use crate::cluster::Cluster;
 use crate::commands::{CommandsHandle, Dispatcher};
 use crate::config::GatewayConfig;
 use crate::edge::{Edge, EdgeHandle, PresenceEvent};
@@ -66,6 +69,8 @@ pub enum StartError {
     Notify(#[from] crate::outbound::notify::NotifyConfigError),
     #[error("start task failed: {0}")]
     Task(String),
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// The gateway's tasks by name, in the order they are stopped.
@@ -81,6 +86,11 @@ const BROKER_LINK: &str = "broker link";
 const API: &str = "api";
 const LIVE: &str = "live";
 const SESSIONS: &str = "console sessions";
+const CLUSTER_JOURNAL: &str = "cluster journal";
+const CLUSTER_FEED: &str = "cluster feed";
+const CLUSTER_PRESENCE: &str = "cluster presence";
+const CLUSTER_WATCH: &str = "cluster presence watch";
+const CLUSTER_DOWNLINKS: &str = "cluster downlinks";
 
 /// The cancellation tokens of the shutdown phases (children of one root token).
 struct Phases {
@@ -130,6 +140,10 @@ impl Gateway {
     pub async fn start(cfg: GatewayConfig) -> Result<Self, StartError> {
         let metrics = Metrics::new()?;
         let compiled = cfg.rules.compile()?;
+        let cluster = match cfg.cluster.enabled {
+            true => Some(Cluster::connect(&cfg.cluster, &metrics.registry).await?),
+            false => None,
+        };
         let db_path = cfg.data_dir.join("gateway.sled");
         let store_err = |source| StartError::Store {
             path: db_path.display().to_string(),
@@ -164,16 +178,39 @@ impl Gateway {
         let mut tasks = Vec::new();
 
         let (inbound_tx, inbound_rx) = mpsc::channel(16 * 1024);
+        // Cluster mode: the edge's uplinks go to the journal (the replicated stream) first, and
+        // ingest reads every node's from the stream.
+        let (edge_inbound, journal) = match &cluster {
+            Some(_) => {
+                let (tx, rx) = mpsc::channel(16 * 1024);
+                (tx, Some((rx, inbound_tx)))
+            }
+            None => (inbound_tx, None),
+        };
         let broker = EmbeddedBroker::start_tracked(
             &cfg.broker,
             // Cabinet uplinks reach ingest straight from the edge (broker::Direct); the
             // gateway's link subscribes to nothing.
             &[],
-            inbound_tx,
+            edge_inbound,
             &tracker,
         )
         .await?;
-        let publisher = broker.publisher.clone();
+        let directory = Directory::default();
+        let publisher = match &cluster {
+            Some(c) => {
+                let (router, forward) = Router::new(
+                    c.client.clone(),
+                    c.node().to_owned(),
+                    directory.clone(),
+                    c.metrics.clone(),
+                );
+                // ends when the last publisher (and so the router) is dropped
+                tokio::spawn(forward);
+                broker.publisher.clone().with_remote(Arc::new(router))
+            }
+            None => broker.publisher.clone(),
+        };
 
         let (fleet, fleet_commits, fleet_task) = Fleet::spawn(
             snapshots,
@@ -273,13 +310,36 @@ impl Gateway {
         if cfg.rules.enabled {
             consumers.push(rules_commits);
         }
-        let ingest = Ingest::new(
+        let mut ingest = Ingest::new(
             cfg.ingest.clone(),
             store.clone(),
             publisher,
             metrics.ingest.clone(),
             consumers,
         );
+        if let (Some(c), Some((journal_rx, ingest_tx))) = (&cluster, journal) {
+            let (progress_tx, progress_rx) = tokio::sync::watch::channel(0);
+            ingest = ingest.with_progress(progress_tx);
+            let journal = crate::cluster::journal::Journal::new(
+                c.js.clone(),
+                ingest_tx.clone(),
+                c.metrics.clone(),
+                c.cfg.journal_batch,
+            );
+            let feed = crate::cluster::feed::Feed::new(
+                c.js.clone(),
+                c.cfg.stream.clone(),
+                c.node(),
+                ingest_tx,
+                progress_rx,
+                c.metrics.clone(),
+            );
+            tasks.push((
+                CLUSTER_JOURNAL,
+                tracker.spawn(journal.run(journal_rx, phases.ingest.clone())),
+            ));
+            tasks.push((CLUSTER_FEED, tracker.spawn(feed.run(phases.ingest.clone()))));
+        }
         let ingest_health = ingest.handle();
         // Only the actors and ingest publish from here on: when they have returned, the
         // broker link's queue closes and its task ends.
@@ -327,7 +387,45 @@ impl Gateway {
         });
         tasks.push((LIVE, live_task));
 
+        if let (Some(c), Some(direct)) = (&cluster, links.direct()) {
+            let task = tracker.spawn(crate::cluster::route::receive(
+                c.client.clone(),
+                c.node().to_owned(),
+                direct.clone(),
+                c.metrics.clone(),
+                phases.api.clone(),
+            ));
+            tasks.push((CLUSTER_DOWNLINKS, task));
+        }
         let (presence_tx, presence_rx) = mpsc::channel::<PresenceEvent>(4096);
+        // Cluster mode: this node's presence changes go to the bucket, and the actors hear the
+        // whole fleet's from it.
+        let presence_rx = match &cluster {
+            Some(c) => {
+                use crate::cluster::presence;
+                presence::clear_stale(&c.presence_kv, c.node()).await;
+                let (tx, rx) = mpsc::channel::<PresenceEvent>(4096);
+                let write = presence::write_local(
+                    c.presence_kv.clone(),
+                    c.node().to_owned(),
+                    c.metrics.clone(),
+                    presence_rx,
+                    phases.ingest.clone(),
+                );
+                let watch = presence::watch(
+                    c.presence_kv.clone(),
+                    c.node().to_owned(),
+                    directory.clone(),
+                    c.metrics.clone(),
+                    tx,
+                    phases.ingest.clone(),
+                );
+                tasks.push((CLUSTER_PRESENCE, tracker.spawn(write)));
+                tasks.push((CLUSTER_WATCH, tracker.spawn(watch)));
+                rx
+            }
+            None => presence_rx,
+        };
         let (edge, edge_addr) =
             match Edge::start(edge_config(&cfg), links, &metrics.registry, presence_tx).await {
                 Ok(x) => x,
@@ -464,12 +562,25 @@ impl Gateway {
         let _ = tokio::time::timeout_at(deadline, self.edge.connected()).await;
 
         self.phases.ingest.cancel();
-        self.wait(&[PRESENCE, INGEST, RETENTION], deadline).await;
+        self.wait(
+            &[
+                CLUSTER_PRESENCE,
+                CLUSTER_WATCH,
+                PRESENCE,
+                CLUSTER_JOURNAL,
+                CLUSTER_FEED,
+                INGEST,
+                RETENTION,
+            ],
+            deadline,
+        )
+        .await;
         self.phases.actors.cancel();
         self.wait(&[FLEET, DISPATCHER, PARCELS, RULES, OUTBOUND], deadline)
             .await;
         self.phases.api.cancel();
-        self.wait(&[API, LIVE, SESSIONS], deadline).await;
+        self.wait(&[API, LIVE, SESSIONS, CLUSTER_DOWNLINKS], deadline)
+            .await;
         // the API's readiness check holds a publisher: the link ends after the API
         self.wait(&[BROKER_LINK], deadline).await;
         self.phases.root.cancel();

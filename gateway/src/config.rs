@@ -49,6 +49,8 @@ pub struct GatewayConfig {
     pub notifications: crate::outbound::notify::NotifyConfig,
     /// The operations console at `/console/`: sessions and the live feed.
     pub console: crate::console::ConsoleConfig,
+    /// Cluster mode: several nodes on a NATS JetStream cluster (off by default).
+    pub cluster: crate::cluster::ClusterConfig,
     /// How long a shutdown may take, ms: the edge closes, ingest commits, the actors save,
     /// the API drains; whatever is still running then is aborted (and logged by name).
     pub shutdown_grace_ms: u64,
@@ -68,6 +70,7 @@ impl Default for GatewayConfig {
             webhooks: crate::outbound::WebhooksConfig::default(),
             notifications: crate::outbound::notify::NotifyConfig::default(),
             console: crate::console::ConsoleConfig::default(),
+            cluster: crate::cluster::ClusterConfig::default(),
             shutdown_grace_ms: 10_000,
         }
     }
@@ -127,6 +130,9 @@ impl GatewayConfig {
     /// windows and limits, a default TTL above the maximum, short tokens).
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.edge
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.cluster
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if self.api.max_connections == 0 || self.api.header_read_timeout_ms == 0 {

@@ -7,6 +7,7 @@ pub mod api;
 pub mod app;
 pub mod audit;
 pub mod broker;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod console;

@@ -12,12 +12,15 @@
 //! - [`hooks::Receiver`]: a real webhook receiver (and the signature check with Python's hmac);
 //! - [`eventually`]: polls a condition until a deadline (tests never sleep a fixed time);
 //! - [`serial`]: socat pseudo-terminal pairs as RS-485 lines, and a cabinet on one (Modbus RTU);
+//! - [`nats::NatsCluster`]: real `nats-server` processes as a JetStream cluster on loopback, and
+//!   [`cluster`]: gateway nodes on it and what the cluster tests ask every node;
 //! - [`net`]: ports reserved for servers that start (or restart) later, without the
 //!   bind-and-release race.
 
 pub mod agent;
 pub mod api;
 pub mod browser;
+pub mod cluster;
 pub mod cabinet;
 pub mod console;
 pub mod edge;
@@ -25,6 +28,7 @@ pub mod gateway;
 pub mod hooks;
 pub mod interop;
 pub mod mqtt;
+pub mod nats;
 pub mod net;
 pub mod parcels;
 pub mod pki;

@@ -63,6 +63,13 @@ pub enum Delivery {
     Full,
 }
 
+/// Cluster mode: where a downlink goes when its cabinet's session is on another node.
+pub trait Remote: Send + Sync {
+    /// Forwards a downlink without waiting; `false` if the cabinet is connected nowhere or the
+    /// forwarding queue is full (the end-to-end protocol resends).
+    fn forward(&self, cabinet: &CabinetId, kind: DownKind, payload: Bytes) -> bool;
+}
+
 /// A cabinet session's registration; dropping it removes the session from the table (unless a
 /// newer session of the cabinet replaced it).
 pub struct SessionSlot {
@@ -201,6 +208,21 @@ impl Direct {
         sent
     }
 
+    /// [`Direct::deliver`] for cluster mode, where a cabinet without a session here is normal
+    /// (it is on another node): that is not counted as a drop.
+    pub fn deliver_here(&self, cabinet: &CabinetId, kind: DownKind, payload: Bytes) -> Delivery {
+        let here = self
+            .inner
+            .sessions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(cabinet);
+        if !here {
+            return Delivery::Offline;
+        }
+        self.deliver(cabinet, kind, payload)
+    }
+
     /// Counts a downlink a session dropped because its cabinet had not subscribed to it.
     pub fn not_subscribed(&self) {
         self.inner
@@ -220,6 +242,7 @@ impl Direct {
             let msg = Inbound {
                 topic: p.topic.clone(),
                 payload: p.payload.clone(),
+                journal: None,
             };
             if self.inner.ingest.send(msg).await.is_err() {
                 break;

@@ -206,6 +206,7 @@ impl Link {
                     return Ok(Inbound {
                         topic: f.publish.topic,
                         payload: f.publish.payload,
+                        journal: None,
                     })
                 }
                 Ok(Some(Notification::Unschedule)) => {

@@ -25,13 +25,13 @@
 mod direct;
 mod link;
 
-pub use direct::{Delivery, Direct, Downlink, SessionSlot, Uplink};
+pub use direct::{Delivery, Direct, Downlink, Remote, SessionSlot, Uplink};
 pub use link::{Link, LinkFactory};
 
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use locker_schemas::Topic;
+use locker_schemas::{DownKind, Topic};
 use rumqttd::protocol::{Packet, Publish};
 use rumqttd::Notification;
 use serde::{Deserialize, Serialize};
@@ -94,6 +94,9 @@ pub enum BrokerError {
 pub struct Inbound {
     pub topic: Bytes,
     pub payload: Bytes,
+    /// Its sequence in the cluster's uplink stream, when it came from there (cluster mode:
+    /// ingest reports the highest one it has made durable).
+    pub journal: Option<u64>,
 }
 
 /// A running embedded broker and the gateway's link to it.
@@ -111,6 +114,8 @@ pub struct EmbeddedBroker {
 pub struct Publisher {
     tx: mpsc::Sender<(Topic, Bytes)>,
     direct: Direct,
+    /// Cluster mode: where a downlink for a cabinet connected to another node goes.
+    remote: Option<std::sync::Arc<dyn Remote>>,
 }
 
 impl Publisher {
@@ -120,9 +125,31 @@ impl Publisher {
     /// (the cabinet is offline or not reading).
     pub async fn publish(&self, topic: Topic, payload: Bytes) -> bool {
         if let Topic::Down(cabinet, kind) = &topic {
-            return self.direct.deliver(cabinet, *kind, payload) == Delivery::Queued;
+            return self.downlink(cabinet, *kind, payload);
         }
         self.tx.send((topic, payload)).await.is_ok()
+    }
+
+    /// This publisher, forwarding downlinks for cabinets connected elsewhere to `remote`
+    /// (cluster mode).
+    pub fn with_remote(mut self, remote: std::sync::Arc<dyn Remote>) -> Self {
+        self.remote = Some(remote);
+        self
+    }
+
+    /// Hands a cabinet downlink to its session here, or (cluster mode) to the node holding it.
+    /// Acknowledgements are never forwarded: every node acknowledges every uplink it ingests,
+    /// and the node holding the session delivers its own.
+    fn downlink(&self, cabinet: &locker_schemas::CabinetId, kind: DownKind, payload: Bytes) -> bool {
+        let Some(remote) = &self.remote else {
+            return self.direct.deliver(cabinet, kind, payload) == Delivery::Queued;
+        };
+        match self.direct.deliver_here(cabinet, kind, payload.clone()) {
+            Delivery::Queued => true,
+            Delivery::Full => false,
+            Delivery::Offline if kind == DownKind::Ack => false,
+            Delivery::Offline => remote.forward(cabinet, kind, payload),
+        }
     }
 
     /// Whether the gateway's link to the router is still there (for readiness).
@@ -133,7 +160,7 @@ impl Publisher {
     /// Queues a publish without waiting; false if the link is backed up or gone.
     pub fn try_publish(&self, topic: Topic, payload: Bytes) -> bool {
         if let Topic::Down(cabinet, kind) = &topic {
-            return self.direct.deliver(cabinet, *kind, payload) == Delivery::Queued;
+            return self.downlink(cabinet, *kind, payload);
         }
         self.tx.try_send((topic, payload)).is_ok()
     }
@@ -174,7 +201,11 @@ impl EmbeddedBroker {
         let (tx, rx) = mpsc::channel(PUBLISH_QUEUE);
         let link_task = tracker.spawn(run_link(link, rx, inbound));
         Ok(Self {
-            publisher: Publisher { tx, direct },
+            publisher: Publisher {
+                tx,
+                direct,
+                remote: None,
+            },
             links,
             link_task,
         })
@@ -227,7 +258,7 @@ async fn run_link(
             n = link.rx.next(), if waiting.is_empty() => match n {
                 Ok(Some(Notification::Forward(f))) => {
                     if !ingest_gone {
-                        let msg = Inbound { topic: f.publish.topic, payload: f.publish.payload };
+                        let msg = Inbound { topic: f.publish.topic, payload: f.publish.payload, journal: None };
                         match inbound.try_send(msg) {
                             Ok(()) => {}
                             Err(mpsc::error::TrySendError::Full(msg)) => waiting.push_back(msg),

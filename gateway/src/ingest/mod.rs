@@ -189,6 +189,8 @@ pub struct Ingest {
     metrics: IngestMetrics,
     committed: Vec<mpsc::Sender<Committed>>,
     health: Arc<Health>,
+    /// Cluster mode: the highest uplink-stream sequence made durable here.
+    progress: Option<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Ingest {
@@ -210,7 +212,15 @@ impl Ingest {
             metrics,
             committed,
             health: Arc::new(Health::default()),
+            progress: None,
         }
+    }
+
+    /// Cluster mode: reports on `progress` the highest uplink-stream sequence of every batch
+    /// made durable (the stream consumer acknowledges the stream up to it).
+    pub fn with_progress(mut self, progress: tokio::sync::watch::Sender<u64>) -> Self {
+        self.progress = Some(progress);
+        self
     }
 
     /// The readiness view.
@@ -353,6 +363,17 @@ impl Ingest {
         }
         for (cab, seq) in &out.acks {
             self.ack(cab, *seq).await;
+        }
+        if let Some(progress) = &self.progress {
+            if let Some(top) = msgs.iter().filter_map(|m| m.journal).max() {
+                progress.send_if_modified(|v| {
+                    let newer = top > *v;
+                    if newer {
+                        *v = top;
+                    }
+                    newer
+                });
+            }
         }
         (msgs, Ok(()))
     }

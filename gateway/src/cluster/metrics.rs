@@ -1,0 +1,135 @@
+//! The cluster's metrics (`locker_cluster_*`), registered when a node starts in cluster mode.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    m: M,
+) -> Result<M, prometheus::Error> {
+    r.register(Box::new(m.clone()))?;
+    Ok(m)
+}
+
+/// What the cluster paths count.
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    /// Uplinks written to the stream, by result (`stored`, `duplicate`, `failed`).
+    pub journal: IntCounterVec,
+    /// 1 while writes to the stream fail (uplinks wait, nothing is acknowledged).
+    pub journal_failing: IntGauge,
+    /// Time from handing a round of uplinks to JetStream to its last confirmation.
+    pub journal_seconds: Histogram,
+    /// Uplinks this node's consumer fed to its ingest.
+    pub feed: IntCounter,
+    /// Times the consumer had to be opened again (NATS gone, leader change).
+    pub feed_restarts: IntCounter,
+    /// Downlinks between nodes, by result (`forwarded`, `received`, `unroutable`, `dropped`).
+    pub downlinks: IntCounterVec,
+    /// Presence bucket updates by this node (`online`, `offline`, `moved`, `failed`).
+    pub presence: IntCounterVec,
+    /// Cabinets connected to this node, as the bucket says.
+    pub cabinets_here: IntGauge,
+    /// 1 while the node is connected to NATS.
+    pub connected: IntGauge,
+}
+
+impl ClusterMetrics {
+    /// Creates and registers the metrics in `r`.
+    pub fn new(r: &Registry) -> Result<Self, prometheus::Error> {
+        let journal = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "locker_cluster_journal_total",
+                    "Uplinks written to the replicated stream, by result: stored, duplicate \
+                     (already there: acknowledged, not stored again), failed (tried again)",
+                ),
+                &["result"],
+            )?,
+        )?;
+        for l in ["stored", "duplicate", "failed"] {
+            journal.with_label_values(&[l]);
+        }
+        let downlinks = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "locker_cluster_downlinks_total",
+                    "Downlinks for cabinets on other nodes: forwarded (sent to the node holding \
+                     the cabinet), received (from another node, for a cabinet here), unroutable \
+                     (the cabinet is connected nowhere), dropped (the forwarding queue was full)",
+                ),
+                &["result"],
+            )?,
+        )?;
+        for l in ["forwarded", "received", "unroutable", "dropped"] {
+            downlinks.with_label_values(&[l]);
+        }
+        let presence = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "locker_cluster_presence_updates_total",
+                    "Updates of the presence bucket by this node: online, offline, moved \
+                     (an offline not written: the cabinet is already on another node), failed",
+                ),
+                &["op"],
+            )?,
+        )?;
+        for l in ["online", "offline", "moved", "failed"] {
+            presence.with_label_values(&[l]);
+        }
+        Ok(Self {
+            journal,
+            journal_failing: register(
+                r,
+                IntGauge::new(
+                    "locker_cluster_journal_failing",
+                    "1 while writes of uplinks to the replicated stream fail",
+                )?,
+            )?,
+            journal_seconds: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "locker_cluster_journal_seconds",
+                        "Time for a round of uplinks to be confirmed by the replicated stream",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+                    ]),
+                )?,
+            )?,
+            feed: register(
+                r,
+                IntCounter::new(
+                    "locker_cluster_feed_total",
+                    "Uplinks from the stream (every node's) fed to this node's ingest",
+                )?,
+            )?,
+            feed_restarts: register(
+                r,
+                IntCounter::new(
+                    "locker_cluster_feed_restarts_total",
+                    "Times this node's stream consumer was opened again after an error",
+                )?,
+            )?,
+            downlinks,
+            presence,
+            cabinets_here: register(
+                r,
+                IntGauge::new(
+                    "locker_cluster_cabinets_here",
+                    "Cabinets whose connection this node holds, by the presence bucket",
+                )?,
+            )?,
+            connected: register(
+                r,
+                IntGauge::new(
+                    "locker_cluster_nats_connected",
+                    "1 while this node is connected to NATS",
+                )?,
+            )?,
+        })
+    }
+}

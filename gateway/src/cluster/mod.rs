@@ -1,0 +1,330 @@
+//! Cluster mode (ARCHITECTURE section 8): several gateway nodes on one NATS JetStream cluster.
+//! This module owns the node's NATS connection and what travels through it:
+//! - [`journal`]: the cabinet uplinks this node receives go into the replicated stream
+//!   (`LK_UPLINK`, one subject per cabinet), de-duplicated by JetStream's message id; nothing
+//!   reaches ingest, so no cabinet is acknowledged, before the stream has confirmed the write;
+//! - [`feed`]: this node's durable consumer of that stream feeds its own ingest (audit log, fleet
+//!   state, command dispatcher, ...) with every node's uplinks, and acknowledges the stream only
+//!   once ingest has made them durable;
+//! - [`presence`]: which node holds each cabinet's connection, in the replicated key-value bucket
+//!   `lk_presence`, and every node's view of the whole fleet's presence built from it;
+//! - [`route`]: a downlink for a cabinet connected to another node travels on
+//!   `lk.node.{node}.down.{cabinet}` to that node, which hands it to the cabinet's session.
+//!
+//! Single-node mode (the default, `[cluster] enabled = false`) uses none of this.
+
+pub mod feed;
+pub mod journal;
+mod metrics;
+pub mod presence;
+pub mod route;
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use locker_schemas::CabinetId;
+use serde::{Deserialize, Serialize};
+
+pub use metrics::ClusterMetrics;
+
+/// The key-value bucket of cabinet presence.
+pub const PRESENCE_BUCKET: &str = "lk_presence";
+
+/// Cluster settings (the `[cluster]` table of gateway.toml).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClusterConfig {
+    /// Run as one node of a cluster; `false` (the default) runs a single node on sled alone.
+    pub enabled: bool,
+    /// This node's name, unique in the cluster: 1 to 32 ASCII letters, digits, '-' or '_'.
+    pub node_id: String,
+    /// NATS servers to connect to (any of the cluster's; the client learns the others).
+    pub nats_urls: Vec<String>,
+    /// Replicas of the stream and the bucket (at most the number of NATS servers; 3 survives
+    /// the loss of one).
+    pub replicas: usize,
+    /// The uplink stream's name.
+    pub stream: String,
+    /// How long JetStream remembers a message id to drop a resent uplink, s. Older resends are
+    /// still recognised by every node's ingest (by the cabinet's sequence); this only spares
+    /// the stream the copy.
+    pub duplicate_window_s: u64,
+    /// How long the stream keeps uplinks, h: a node that was away longer than this cannot
+    /// catch up from the stream.
+    pub stream_max_age_h: u64,
+    /// Longest wait for the stream to confirm a write before it is tried again, ms.
+    pub publish_timeout_ms: u64,
+    /// Most uplinks written to the stream in one round.
+    pub journal_batch: usize,
+    /// How long a node waits at start for NATS and JetStream to answer, ms.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            node_id: "node-1".into(),
+            nats_urls: vec!["nats://127.0.0.1:4222".into()],
+            replicas: 3,
+            stream: "LK_UPLINK".into(),
+            duplicate_window_s: 600,
+            stream_max_age_h: 168,
+            publish_timeout_ms: 5_000,
+            journal_batch: 1_024,
+            connect_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Checks the values serde cannot.
+    pub fn validate(&self) -> Result<(), ClusterError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let bad = |what: String| Err(ClusterError::Config(what));
+        if self.node_id.is_empty()
+            || self.node_id.len() > 32
+            || !self
+                .node_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return bad(format!(
+                "cluster.node_id {:?}: 1 to 32 ASCII letters, digits, '-' or '_'",
+                self.node_id
+            ));
+        }
+        if self.nats_urls.is_empty() {
+            return bad("cluster.nats_urls is empty: name at least one NATS server".into());
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return bad(format!(
+                "cluster.replicas {}: JetStream keeps 1 to 5 replicas",
+                self.replicas
+            ));
+        }
+        if self.stream.is_empty()
+            || !self
+                .stream
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return bad(format!("cluster.stream {:?}: letters, digits, '-', '_'", self.stream));
+        }
+        if self.duplicate_window_s == 0
+            || self.stream_max_age_h == 0
+            || self.publish_timeout_ms == 0
+            || self.journal_batch == 0
+        {
+            return bad(
+                "cluster.duplicate_window_s, stream_max_age_h, publish_timeout_ms and \
+                 journal_batch must be above 0"
+                    .into(),
+            );
+        }
+        if self.duplicate_window_s > self.stream_max_age_h * 3600 {
+            return bad("cluster.duplicate_window_s must not exceed the stream's max age".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why cluster mode could not start or a cluster operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("cannot connect to NATS at {urls}: {detail}")]
+    Connect { urls: String, detail: String },
+    #[error("JetStream {what}: {detail}")]
+    JetStream { what: &'static str, detail: String },
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+impl ClusterError {
+    fn js(what: &'static str, e: impl std::fmt::Display) -> Self {
+        Self::JetStream {
+            what,
+            detail: e.to_string(),
+        }
+    }
+}
+
+/// The NATS subject token of a cabinet: cabinet ids may contain '.', NATS's token separator,
+/// and never '~', so '.' becomes '~' (one to one).
+pub fn subject_token(cabinet: &CabinetId) -> String {
+    cabinet.as_str().replace('.', "~")
+}
+
+/// The cabinet of a subject token made by [`subject_token`].
+pub fn cabinet_of_token(token: &str) -> Option<CabinetId> {
+    CabinetId::new(token.replace('~', ".")).ok()
+}
+
+/// A node's connection to the NATS cluster, with the stream and the bucket it uses.
+#[derive(Clone)]
+pub struct Cluster {
+    pub cfg: ClusterConfig,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub presence_kv: jetstream::kv::Store,
+    pub metrics: ClusterMetrics,
+}
+
+impl Cluster {
+    /// Connects to NATS and makes sure the uplink stream and the presence bucket exist (created
+    /// with the configured replicas by the first node; later nodes use them as they are). Waits
+    /// up to `connect_timeout_ms` for a JetStream that answers (a cluster still electing its
+    /// leader answers "unavailable" for a moment).
+    pub async fn connect(
+        cfg: &ClusterConfig,
+        registry: &prometheus::Registry,
+    ) -> Result<Self, ClusterError> {
+        cfg.validate()?;
+        let metrics = ClusterMetrics::new(registry)?;
+        let urls = cfg.nats_urls.join(",");
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(cfg.connect_timeout_ms);
+        let connected = metrics.connected.clone();
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("locker-gateway {}", cfg.node_id))
+            .connection_timeout(Duration::from_secs(5))
+            .retry_on_initial_connect()
+            .event_callback(move |ev| {
+                let connected = connected.clone();
+                async move {
+                    match ev {
+                        async_nats::Event::Connected => {
+                            connected.set(1);
+                            tracing::info!("connected to NATS");
+                        }
+                        async_nats::Event::Disconnected => {
+                            connected.set(0);
+                            tracing::warn!("disconnected from NATS; reconnecting");
+                        }
+                        other => tracing::debug!(event = %other, "NATS"),
+                    }
+                }
+            })
+            .connect(cfg.nats_urls.clone())
+            .await
+            .map_err(|e| ClusterError::Connect {
+                urls: urls.clone(),
+                detail: e.to_string(),
+            })?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(Duration::from_millis(cfg.publish_timeout_ms))
+            .ack_timeout(Duration::from_millis(cfg.publish_timeout_ms))
+            .build(client.clone());
+        let stream_cfg = jetstream::stream::Config {
+            name: cfg.stream.clone(),
+            subjects: vec!["lk.up.>".into()],
+            num_replicas: cfg.replicas,
+            duplicate_window: Duration::from_secs(cfg.duplicate_window_s),
+            max_age: Duration::from_secs(cfg.stream_max_age_h * 3600),
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        };
+        // The bucket's stream, made as `create_key_value` would make it: that call first asks
+        // for the account's info, which async-nats 0.50 cannot read from a 2.9 server (Debian's).
+        let kv_stream_cfg = jetstream::stream::Config {
+            name: format!("KV_{PRESENCE_BUCKET}"),
+            description: Some("the gateway node holding each cabinet's connection".into()),
+            subjects: vec![format!("$KV.{PRESENCE_BUCKET}.>")],
+            max_messages_per_subject: 1,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: jetstream::stream::DiscardPolicy::New,
+            num_replicas: cfg.replicas,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        };
+        let mut last_err;
+        loop {
+            let attempt = async {
+                js.get_or_create_stream(stream_cfg.clone())
+                    .await
+                    .map_err(|e| ClusterError::js("uplink stream", e))?;
+                js.get_or_create_stream(kv_stream_cfg.clone())
+                    .await
+                    .map_err(|e| ClusterError::js("presence bucket", e))?;
+                let kv = js
+                    .get_key_value(PRESENCE_BUCKET)
+                    .await
+                    .map_err(|e| ClusterError::js("presence bucket", e))?;
+                Ok::<_, ClusterError>(kv)
+            };
+            match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+                Ok(Ok(kv)) => {
+                    tracing::info!(
+                        node = %cfg.node_id,
+                        nats = %urls,
+                        stream = %cfg.stream,
+                        replicas = cfg.replicas,
+                        "cluster mode: JetStream ready"
+                    );
+                    return Ok(Self {
+                        cfg: cfg.clone(),
+                        client,
+                        js,
+                        presence_kv: kv,
+                        metrics,
+                    });
+                }
+                Ok(Err(e)) => last_err = e,
+                Err(_) => {
+                    last_err = ClusterError::Connect {
+                        urls: urls.clone(),
+                        detail: "no answer from JetStream within 5 s".into(),
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(last_err);
+            }
+            tracing::debug!(error = %last_err, "JetStream not ready yet; retrying");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.cfg.node_id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_tokens_round_trip_every_cabinet_id() {
+        for id in ["CAB-1", "site.a.cab_2", "...", "a~b".replace('~', "-").as_str()] {
+            let cab = CabinetId::new(id).expect("valid id");
+            let token = subject_token(&cab);
+            assert!(!token.contains('.'), "{token}");
+            assert_eq!(cabinet_of_token(&token), Some(cab));
+        }
+    }
+
+    #[test]
+    fn configuration_is_checked_only_when_enabled() {
+        let mut c = ClusterConfig {
+            node_id: "bad.node".into(),
+            ..Default::default()
+        };
+        assert!(c.validate().is_ok(), "disabled: not checked");
+        c.enabled = true;
+        assert!(c.validate().is_err());
+        c.node_id = "node-2".into();
+        assert!(c.validate().is_ok());
+        c.replicas = 0;
+        assert!(c.validate().is_err());
+        c.replicas = 3;
+        c.nats_urls.clear();
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,205 @@
+//! Cluster mode for tests: a three-server NATS JetStream cluster ([`crate::nats`]) and gateway
+//! nodes on it, in-process ([`TestCluster`]) or as processes for `kill -9`
+//! ([`cluster_config`] with [`crate::gateway::GatewayProcess`]); and what the tests ask every
+//! node (a cabinet's audit log, its presence, a command's outcome).
+
+use std::time::Duration;
+
+use locker_gateway::config::GatewayConfig;
+use serde_json::{json, Value};
+
+use crate::api::ApiClient;
+use crate::gateway::TestGateway;
+use crate::nats::NatsCluster;
+use crate::pki::TestPki;
+use crate::eventually_async;
+
+/// Makes `cfg` node `i` (named `gw{i+1}`) of a cluster on `nats`, connecting first to NATS
+/// server `i` (modulo the servers), with three replicas.
+pub fn cluster_config(cfg: &mut GatewayConfig, nats: &NatsCluster, i: usize, servers: usize) {
+    cfg.cluster.enabled = true;
+    cfg.cluster.node_id = format!("gw{}", i + 1);
+    cfg.cluster.nats_urls = nats.urls_from(i % servers);
+    cfg.cluster.replicas = servers.min(3);
+    cfg.cluster.publish_timeout_ms = 2_000;
+    cfg.cluster.connect_timeout_ms = 60_000;
+}
+
+/// NATS servers and gateway nodes, in-process.
+pub struct TestCluster {
+    pub nats: NatsCluster,
+    pub nodes: Vec<TestGateway>,
+}
+
+impl TestCluster {
+    /// Three NATS servers and `nodes` gateway nodes on them.
+    pub async fn start(pki: &TestPki, nodes: usize) -> Self {
+        let nats = NatsCluster::start(3);
+        let mut gws = Vec::with_capacity(nodes);
+        for i in 0..nodes {
+            gws.push(TestGateway::start_with(pki, |c| cluster_config(c, &nats, i, 3)).await);
+        }
+        Self { nats, nodes: gws }
+    }
+
+    /// Node `i`'s API.
+    pub fn api(&self, i: usize) -> &ApiClient {
+        &self.nodes[i].api
+    }
+}
+
+/// A cabinet's whole audit log as one node's API serves it.
+pub async fn audit(api: &ApiClient, cab: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut after = 0u64;
+    loop {
+        let (s, page) = api
+            .get(&format!("/v1/cabinets/{cab}/events?after={after}&limit=1000"))
+            .await;
+        assert_eq!(s, 200, "{page}");
+        let batch = page["events"].as_array().cloned().unwrap_or_default();
+        let Some(last) = batch.last().and_then(|e| e["seq"].as_u64()) else {
+            return out;
+        };
+        after = last;
+        out.extend(batch);
+    }
+}
+
+/// The (seq, kind) of a cabinet's audit log on one node.
+pub async fn audit_seqs(api: &ApiClient, cab: &str) -> Vec<(u64, String)> {
+    audit(api, cab)
+        .await
+        .iter()
+        .map(|e| {
+            (
+                e["seq"].as_u64().unwrap_or(0),
+                e["kind"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until one node's API says `cab` is online (or offline).
+pub async fn wait_presence(api: &ApiClient, cab: &str, online: bool) {
+    let path = format!("/v1/cabinets/{cab}");
+    eventually_async(&format!("{cab} online={online} at {path}"), || {
+        let (api, path) = (api.clone(), path.clone());
+        async move {
+            let (s, c) = api.get(&path).await;
+            (s == 200 && c["online"] == json!(online)).then_some(())
+        }
+    })
+    .await;
+}
+
+/// Queues an unlock of `compartment` at `cab` through one node's API; the command's JSON.
+pub async fn unlock(api: &ApiClient, cab: &str, compartment: u16, ttl_ms: u32) -> Value {
+    let (s, r) = api
+        .post(
+            &format!("/v1/cabinets/{cab}/commands"),
+            json!({"action": {"type": "unlock", "compartment": compartment}, "ttl_ms": ttl_ms, "wait_ms": 0}),
+        )
+        .await;
+    assert!(s == 200 || s == 202, "{s} {r}");
+    r
+}
+
+/// Waits for a command's outcome on one node.
+pub async fn outcome(api: &ApiClient, id: &str) -> Value {
+    let path = format!("/v1/commands/{id}");
+    eventually_async(&format!("outcome of {id}"), || {
+        let (api, path) = (api.clone(), path.clone());
+        async move {
+            let (_, r) = api.get(&path).await;
+            r["outcome"].is_string().then_some(r)
+        }
+    })
+    .await
+}
+
+/// Waits until every node's audit log of `cab` is `1..=n`, each seq once, and returns the
+/// first node's.
+pub async fn same_audit_everywhere(apis: &[&ApiClient], cab: &str, n: u64) -> Vec<(u64, String)> {
+    let mut first = Vec::new();
+    for (i, api) in apis.iter().enumerate() {
+        let got = eventually_async(&format!("node {i} has {cab}'s {n} events"), || {
+            let api = (*api).clone();
+            async move {
+                let seqs = audit_seqs(&api, cab).await;
+                (seqs.len() as u64 >= n).then_some(seqs)
+            }
+        })
+        .await;
+        let want: Vec<u64> = (1..=n).collect();
+        let have: Vec<u64> = got.iter().map(|(s, _)| *s).collect();
+        assert_eq!(have, want, "node {i}: every event of {cab} once, in order");
+        if i == 0 {
+            first = got;
+        } else {
+            assert_eq!(got, first, "node {i} has the same audit log as node 0");
+        }
+    }
+    first
+}
+
+/// A short pause for things that must *not* happen (a second door opening).
+pub async fn settle() {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+/// Someone opening and closing a cabinet's doors (door events, forced-door alarms) until
+/// dropped or [`DoorTraffic::stop`]ped: steady uplink load from a real agent.
+pub struct DoorTraffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl DoorTraffic {
+    /// Starts on doors `first..first+doors` of `board` (0-based).
+    pub fn start(board: locker_sim::LockBoardSim, first: usize, doors: usize) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut i = 0usize;
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                let door = first + i % doors.max(1);
+                let _ = board.open_door(door);
+                tokio::time::sleep(Duration::from_millis(40)).await;
+                let _ = board.close_door(door);
+                tokio::time::sleep(Duration::from_millis(40)).await;
+                i += 1;
+            }
+        });
+        Self {
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// Stops after the current opening is closed again.
+    pub async fn stop(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for DoorTraffic {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Waits until the agent's outbox is empty and everything it made is acknowledged; the last
+/// acknowledged seq.
+pub async fn drained(cab: &crate::agent::TestCabinet) -> u64 {
+    eventually_async(&format!("{}'s outbox drained", cab.id), || {
+        let s = cab.status();
+        async move {
+            (s.outbox_depth == 0 && s.last_acked_seq + 1 == s.next_seq).then_some(s.last_acked_seq)
+        }
+    })
+    .await
+}

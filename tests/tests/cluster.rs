@@ -1,0 +1,198 @@
+//! Cluster mode end to end: three real `nats-server` processes as a JetStream cluster, gateway
+//! nodes on it (in-process, or as `locker-gateway` processes for `kill -9`), real agents on real
+//! Modbus boards and raw MQTT cabinets spread over the nodes. Every node must hold every uplink
+//! exactly once and in order, a command issued on any node must open its door exactly once
+//! wherever the cabinet is connected (and wherever it moves), and losing a NATS server or a
+//! gateway node must lose and duplicate nothing.
+
+use locker_tests::agent::TestCabinet;
+use locker_tests::cabinet::{bodies, RawCabinet};
+use locker_tests::cluster::{
+    audit_seqs, cluster_config, drained, outcome, same_audit_everywhere, settle, unlock,
+    wait_presence, DoorTraffic, TestCluster,
+};
+use locker_tests::gateway::{test_config, GatewayProcess};
+use locker_tests::nats::NatsCluster;
+use locker_tests::pki::TestPki;
+use locker_tests::eventually;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_node_holds_every_uplink_once_and_commands_reach_cabinets_on_any_node() {
+    let mut pki = TestPki::new();
+    let cl = TestCluster::start(&pki, 3).await;
+    let mut cabs = Vec::new();
+    for i in 0..3 {
+        let id = format!("CAB-CL{i}");
+        cabs.push(TestCabinet::start(&mut pki, &id, cl.nodes[i].edge_addr()).await);
+    }
+    // every node sees the whole fleet online, wherever each cabinet is connected
+    for n in 0..3 {
+        for c in &cabs {
+            wait_presence(cl.api(n), &c.id, true).await;
+        }
+    }
+    // a command issued on each node, for the cabinet on the next node
+    for i in 0..3 {
+        let j = (i + 1) % 3;
+        let compartment = 2 + i as u16;
+        let r = unlock(cl.api(i), &cabs[j].id, compartment, 30_000).await;
+        let id = r["id"].as_str().expect("command id").to_owned();
+        let done = outcome(cl.api(i), &id).await;
+        assert_eq!(done["outcome"], json!("opened"), "{done}");
+        assert_eq!(cabs[j].pulses(compartment), 1, "one pulse for one command");
+        cabs[j].board.close_door(usize::from(compartment - 1)).expect("close");
+    }
+    settle().await;
+    for (i, c) in cabs.iter().enumerate() {
+        let compartment = 2 + ((i + 2) % 3) as u16;
+        assert_eq!(c.pulses(compartment), 1, "never a second pulse");
+    }
+    // every node has the same audit log of every cabinet: each event once, in order
+    let apis: Vec<_> = (0..3).map(|i| cl.api(i)).collect();
+    for c in &cabs {
+        let n = drained(c).await;
+        let log = same_audit_everywhere(&apis, &c.id, n).await;
+        assert!(log.iter().any(|(_, k)| k == "result"), "{log:?}");
+    }
+    // the stream did the work: each node fed its ingest every node's uplinks
+    for api in &apis {
+        assert!(api.metric("locker_cluster_feed_total").await > 0.0);
+        assert_eq!(api.metric("locker_cluster_journal_failing").await, 0.0);
+        assert_eq!(api.metric("locker_cluster_nats_connected").await, 1.0);
+    }
+    let forwarded: f64 = {
+        let mut t = 0.0;
+        for api in &apis {
+            t += api
+                .metric("locker_cluster_downlinks_total{result=\"forwarded\"}")
+                .await;
+        }
+        t
+    };
+    assert!(forwarded >= 3.0, "commands travelled between nodes: {forwarded}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cabinet_that_moves_to_another_node_gets_its_queued_command_once() {
+    let mut pki = TestPki::new();
+    let cl = TestCluster::start(&pki, 3).await;
+    let mut cab = TestCabinet::start(&mut pki, "CAB-MOVE", cl.nodes[1].edge_addr()).await;
+    wait_presence(cl.api(0), "CAB-MOVE", true).await;
+    cab.stop().await;
+    for n in 0..3 {
+        wait_presence(cl.api(n), "CAB-MOVE", false).await;
+    }
+    // queued on node 0 while the cabinet is connected nowhere
+    let r = unlock(cl.api(0), "CAB-MOVE", 5, 120_000).await;
+    let id = r["id"].as_str().expect("id").to_owned();
+    assert!(r["outcome"].is_null(), "not executed while offline: {r}");
+    // the cabinet comes back on node 2
+    cab.set_edge(cl.nodes[2].edge_addr());
+    cab.boot().await;
+    let done = outcome(cl.api(0), &id).await;
+    assert_eq!(done["outcome"], json!("opened"), "{done}");
+    // every node knows the outcome (the result is an uplink in the stream)
+    for n in 1..3 {
+        let o = outcome(cl.api(n), &id).await;
+        assert_eq!(o["outcome"], json!("opened"), "node {n}: {o}");
+    }
+    cab.board.close_door(4).expect("close");
+    settle().await;
+    assert_eq!(cab.pulses(5), 1, "opened once across the move");
+    let n = drained(&cab).await;
+    let apis: Vec<_> = (0..3).map(|i| cl.api(i)).collect();
+    same_audit_everywhere(&apis, "CAB-MOVE", n).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn losing_a_nats_server_under_load_loses_and_duplicates_nothing() {
+    let mut pki = TestPki::new();
+    let mut cl = TestCluster::start(&pki, 2).await;
+    // a real agent under door traffic on node 0, and a raw cabinet streaming on node 1
+    let cab = TestCabinet::start(&mut pki, "CAB-NK", cl.nodes[0].edge_addr()).await;
+    let traffic = DoorTraffic::start(cab.board.clone(), 0, 8);
+    let cert = pki.cabinet("CAB-RAW");
+    let raw = RawCabinet::connect(&pki, &cert, "CAB-RAW", cl.nodes[1].edge_addr());
+    eventually("raw cabinet connected", || raw.connected()).await;
+    raw.send(&raw.uplink(1, bodies::hello(4))).await;
+    for seq in 2..=150u64 {
+        raw.send(&raw.uplink(seq, bodies::door((seq % 4 + 1) as u16, seq % 2 == 0)))
+            .await;
+    }
+    eventually("the agent's first events acknowledged", || {
+        cab.status().last_acked_seq >= 10
+    })
+    .await;
+    // kill -9 of the first NATS server, the one node 0 connects to first
+    cl.nats.kill9(0);
+    for seq in 151..=300u64 {
+        raw.send(&raw.uplink(seq, bodies::door((seq % 4 + 1) as u16, seq % 2 == 0)))
+            .await;
+    }
+    let acked_at_kill = cab.status().last_acked_seq;
+    eventually("the agent's events acknowledged after the loss", || {
+        cab.status().last_acked_seq > acked_at_kill + 10
+    })
+    .await;
+    eventually("every raw uplink acknowledged", || raw.acked() == 300).await;
+    // a command still crosses nodes with one NATS server down
+    let r = unlock(cl.api(1), "CAB-NK", 12, 30_000).await;
+    let done = outcome(cl.api(1), r["id"].as_str().expect("id")).await;
+    assert_eq!(done["outcome"], json!("opened"), "{done}");
+    traffic.stop().await;
+    cab.board.close_door(11).expect("close");
+    let n = drained(&cab).await;
+    let apis: Vec<_> = (0..2).map(|i| cl.api(i)).collect();
+    same_audit_everywhere(&apis, "CAB-NK", n).await;
+    same_audit_everywhere(&apis, "CAB-RAW", 300).await;
+    assert_eq!(cab.pulses(12), 1);
+    // the server comes back and catches up; nothing changes for the nodes
+    cl.nats.restart(0);
+    assert_eq!(audit_seqs(cl.api(0), "CAB-RAW").await.len(), 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_a_gateway_node_loses_nothing_and_the_node_catches_up_when_back() {
+    let mut pki = TestPki::new();
+    let nats = NatsCluster::start(3);
+    let dirs = [tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir")];
+    let mut ports = Vec::new();
+    let mut nodes: Vec<GatewayProcess> = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        let mut cfg = test_config(&pki, d.path());
+        let (edge, api) = (locker_tests::net::reserve(), locker_tests::net::reserve());
+        cfg.edge.listen = edge.addr();
+        cfg.api.listen = api.addr();
+        cluster_config(&mut cfg, &nats, i, 3);
+        nodes.push(GatewayProcess::start(&cfg));
+        ports.push([edge, api]);
+    }
+    let mut cab = TestCabinet::start(&mut pki, "CAB-GK", nodes[0].edge_addr).await;
+    wait_presence(&nodes[1].api, "CAB-GK", true).await;
+    let traffic = DoorTraffic::start(cab.board.clone(), 0, 8);
+    eventually("events acknowledged", || cab.status().last_acked_seq >= 20).await;
+    nodes[0].kill9();
+    // the cabinet's node is gone: it reconnects to the other one (a load balancer's job)
+    let acked = cab.status().last_acked_seq;
+    cab.stop().await;
+    cab.set_edge(nodes[1].edge_addr);
+    cab.boot().await;
+    eventually("events acknowledged by the surviving node", || {
+        cab.status().last_acked_seq > acked + 10
+    })
+    .await;
+    let r = unlock(&nodes[1].api, "CAB-GK", 14, 30_000).await;
+    let done = outcome(&nodes[1].api, r["id"].as_str().expect("id")).await;
+    assert_eq!(done["outcome"], json!("opened"), "{done}");
+    traffic.stop().await;
+    cab.board.close_door(13).expect("close");
+    let n = drained(&cab).await;
+    // the killed node comes back on its data and catches up from the stream
+    nodes[0].restart();
+    let apis = [&nodes[0].api, &nodes[1].api];
+    same_audit_everywhere(&apis, "CAB-GK", n).await;
+    wait_presence(&nodes[0].api, "CAB-GK", true).await;
+    assert_eq!(cab.pulses(14), 1);
+    cab.stop().await;
+}
