@@ -118,29 +118,27 @@ pub async fn outcome(api: &ApiClient, id: &str) -> Value {
     .await
 }
 
-/// Waits until every node's audit log of `cab` is `1..=n`, each seq once, and returns the
-/// first node's.
+/// Waits until every node's audit log of `cab` is the same and holds at least `1..=n`, then
+/// checks it is contiguous from 1 (each event once, in order) and returns it. (The agent may
+/// still be adding events: only the common, settled log is compared.)
 pub async fn same_audit_everywhere(apis: &[&ApiClient], cab: &str, n: u64) -> Vec<(u64, String)> {
-    let mut first = Vec::new();
-    for (i, api) in apis.iter().enumerate() {
-        let got = eventually_async(&format!("node {i} has {cab}'s {n} events"), || {
-            let api = (*api).clone();
-            async move {
-                let seqs = audit_seqs(&api, cab).await;
-                (seqs.len() as u64 >= n).then_some(seqs)
+    let apis: Vec<ApiClient> = apis.iter().map(|a| (*a).clone()).collect();
+    let log = eventually_async(&format!("every node has the same log of {cab}, {n}+ events"), || {
+        let apis = apis.clone();
+        async move {
+            let mut logs = Vec::with_capacity(apis.len());
+            for api in &apis {
+                logs.push(audit_seqs(api, cab).await);
             }
-        })
-        .await;
-        let want: Vec<u64> = (1..=n).collect();
-        let have: Vec<u64> = got.iter().map(|(s, _)| *s).collect();
-        assert_eq!(have, want, "node {i}: every event of {cab} once, in order");
-        if i == 0 {
-            first = got;
-        } else {
-            assert_eq!(got, first, "node {i} has the same audit log as node 0");
+            let first = logs.first()?.clone();
+            (first.len() as u64 >= n && logs.iter().all(|l| *l == first)).then_some(first)
         }
-    }
-    first
+    })
+    .await;
+    let seqs: Vec<u64> = log.iter().map(|(s, _)| *s).collect();
+    let want: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(seqs, want, "every event of {cab} once, in order, on every node");
+    log
 }
 
 /// A short pause for things that must *not* happen (a second door opening).
