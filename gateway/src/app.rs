@@ -133,6 +133,8 @@ pub struct Gateway {
     tracker: TaskTracker,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
     grace: Duration,
+    /// Feeds of actors kept idle on this node (cluster mode, not the domain node).
+    _idle_feeds: Vec<mpsc::Sender<crate::ingest::Committed>>,
 }
 
 impl Gateway {
@@ -221,8 +223,11 @@ impl Gateway {
             &tracker,
         );
         let (rules, rules_inbox) = RulesHandle::channel();
+        // Cluster mode: the parcel domain, the rules engine and webhooks run on the domain node
+        // only (their state is still node-local); the other nodes keep them idle.
+        let domain_here = cluster.as_ref().is_none_or(|c| c.cfg.domain);
         // rules off: nothing feeds the engine (the API still lists the alert history)
-        let feed_rules = cfg.rules.enabled.then(|| rules.clone());
+        let feed_rules = (cfg.rules.enabled && domain_here).then(|| rules.clone());
         let (commands, command_commits, dispatch_task) = Dispatcher::spawn(
             cfg.commands.clone(),
             store.clone(),
@@ -306,9 +311,18 @@ impl Gateway {
                 return Err(e.into());
             }
         };
-        let mut consumers = vec![command_commits, fleet_commits, parcel_commits];
-        if cfg.rules.enabled {
+        let mut consumers = vec![command_commits, fleet_commits];
+        // an idle actor's feed is kept open (and never sent to) so the actor keeps serving
+        let mut idle_feeds = Vec::new();
+        if domain_here {
+            consumers.push(parcel_commits);
+        } else {
+            idle_feeds.push(parcel_commits);
+        }
+        if cfg.rules.enabled && domain_here {
             consumers.push(rules_commits);
+        } else {
+            idle_feeds.push(rules_commits);
         }
         let mut ingest = Ingest::new(
             cfg.ingest.clone(),
@@ -439,9 +453,8 @@ impl Gateway {
             presence_rx,
             fleet.clone(),
             commands.clone(),
-            parcels.clone(),
+            domain_here.then(|| (parcels.clone(), outbound.clone())),
             feed_rules,
-            outbound.clone(),
             phases.ingest.clone(),
         ));
         tasks.push((PRESENCE, presence_task));
@@ -504,6 +517,7 @@ impl Gateway {
             parcels: parcels.clone(),
             rules: rules.clone(),
             outbound: outbound.clone(),
+            domain_elsewhere: !domain_here,
         });
         let api_limits = api::serve::Limits {
             max_connections: cfg.api.max_connections,
@@ -534,6 +548,7 @@ impl Gateway {
             tracker,
             tasks,
             grace: Duration::from_millis(cfg.shutdown_grace_ms),
+            _idle_feeds: idle_feeds,
         })
     }
 
@@ -649,18 +664,19 @@ async fn forward_presence(
     mut rx: mpsc::Receiver<PresenceEvent>,
     fleet: FleetHandle,
     commands: CommandsHandle,
-    parcels: ParcelsHandle,
+    domain: Option<(ParcelsHandle, OutboundHandle)>,
     rules: Option<RulesHandle>,
-    outbound: OutboundHandle,
     stop: CancellationToken,
 ) {
     let forward = |p: PresenceEvent| {
-        let (f, c, k, r, o) = (&fleet, &commands, &parcels, &rules, &outbound);
+        let (f, c, d, r) = (&fleet, &commands, &domain, &rules);
         async move {
             if !p.online {
                 c.offline(p.cabinet.clone()).await;
             }
-            k.presence(p.cabinet.clone(), p.online).await;
+            if let Some((k, _)) = d {
+                k.presence(p.cabinet.clone(), p.online).await;
+            }
             if let Some(r) = r {
                 r.presence(p.cabinet.clone(), p.online, p.at).await;
             }
@@ -671,7 +687,9 @@ async fn forward_presence(
             })
             .await;
             // last: the webhooks' presence events never hold back the fleet and the queue
-            o.presence(p.cabinet, p.online, p.at).await;
+            if let Some((_, o)) = d {
+                o.presence(p.cabinet, p.online, p.at).await;
+            }
         }
     };
     loop {

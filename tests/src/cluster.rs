@@ -9,16 +9,17 @@ use locker_gateway::config::GatewayConfig;
 use serde_json::{json, Value};
 
 use crate::api::ApiClient;
+use crate::eventually_async;
 use crate::gateway::TestGateway;
 use crate::nats::NatsCluster;
 use crate::pki::TestPki;
-use crate::eventually_async;
 
 /// Makes `cfg` node `i` (named `gw{i+1}`) of a cluster on `nats`, connecting first to NATS
-/// server `i` (modulo the servers), with three replicas.
+/// server `i` (modulo the servers), with three replicas; node 0 is the domain node.
 pub fn cluster_config(cfg: &mut GatewayConfig, nats: &NatsCluster, i: usize, servers: usize) {
     cfg.cluster.enabled = true;
     cfg.cluster.node_id = format!("gw{}", i + 1);
+    cfg.cluster.domain = i == 0;
     cfg.cluster.nats_urls = nats.urls_from(i % servers);
     cfg.cluster.replicas = servers.min(3);
     cfg.cluster.publish_timeout_ms = 2_000;
@@ -32,12 +33,26 @@ pub struct TestCluster {
 }
 
 impl TestCluster {
-    /// Three NATS servers and `nodes` gateway nodes on them.
+    /// Three NATS servers and `nodes` gateway nodes on them (node 0 the domain node).
     pub async fn start(pki: &TestPki, nodes: usize) -> Self {
+        Self::start_with(pki, nodes, |_| {}).await
+    }
+
+    /// [`TestCluster::start`] with every node's configuration changed by `tweak` too.
+    pub async fn start_with(
+        pki: &TestPki,
+        nodes: usize,
+        tweak: impl Fn(&mut GatewayConfig),
+    ) -> Self {
         let nats = NatsCluster::start(3);
         let mut gws = Vec::with_capacity(nodes);
         for i in 0..nodes {
-            gws.push(TestGateway::start_with(pki, |c| cluster_config(c, &nats, i, 3)).await);
+            let gw = TestGateway::start_with(pki, |c| {
+                cluster_config(c, &nats, i, 3);
+                tweak(c);
+            })
+            .await;
+            gws.push(gw);
         }
         Self { nats, nodes: gws }
     }
@@ -54,7 +69,9 @@ pub async fn audit(api: &ApiClient, cab: &str) -> Vec<Value> {
     let mut after = 0u64;
     loop {
         let (s, page) = api
-            .get(&format!("/v1/cabinets/{cab}/events?after={after}&limit=1000"))
+            .get(&format!(
+                "/v1/cabinets/{cab}/events?after={after}&limit=1000"
+            ))
             .await;
         assert_eq!(s, 200, "{page}");
         let batch = page["events"].as_array().cloned().unwrap_or_default();
@@ -123,21 +140,27 @@ pub async fn outcome(api: &ApiClient, id: &str) -> Value {
 /// still be adding events: only the common, settled log is compared.)
 pub async fn same_audit_everywhere(apis: &[&ApiClient], cab: &str, n: u64) -> Vec<(u64, String)> {
     let apis: Vec<ApiClient> = apis.iter().map(|a| (*a).clone()).collect();
-    let log = eventually_async(&format!("every node has the same log of {cab}, {n}+ events"), || {
-        let apis = apis.clone();
-        async move {
-            let mut logs = Vec::with_capacity(apis.len());
-            for api in &apis {
-                logs.push(audit_seqs(api, cab).await);
+    let log = eventually_async(
+        &format!("every node has the same log of {cab}, {n}+ events"),
+        || {
+            let apis = apis.clone();
+            async move {
+                let mut logs = Vec::with_capacity(apis.len());
+                for api in &apis {
+                    logs.push(audit_seqs(api, cab).await);
+                }
+                let first = logs.first()?.clone();
+                (first.len() as u64 >= n && logs.iter().all(|l| *l == first)).then_some(first)
             }
-            let first = logs.first()?.clone();
-            (first.len() as u64 >= n && logs.iter().all(|l| *l == first)).then_some(first)
-        }
-    })
+        },
+    )
     .await;
     let seqs: Vec<u64> = log.iter().map(|(s, _)| *s).collect();
     let want: Vec<u64> = (1..=seqs.len() as u64).collect();
-    assert_eq!(seqs, want, "every event of {cab} once, in order, on every node");
+    assert_eq!(
+        seqs, want,
+        "every event of {cab} once, in order, on every node"
+    );
     log
 }
 

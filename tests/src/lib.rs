@@ -20,8 +20,8 @@
 pub mod agent;
 pub mod api;
 pub mod browser;
-pub mod cluster;
 pub mod cabinet;
+pub mod cluster;
 pub mod console;
 pub mod edge;
 pub mod gateway;

@@ -46,10 +46,7 @@ impl NatsCluster {
                 child: None,
             })
             .collect();
-        let mut c = Self {
-            servers,
-            _dir: dir,
-        };
+        let mut c = Self { servers, _dir: dir };
         for i in 0..n {
             c.spawn(i);
         }

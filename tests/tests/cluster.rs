@@ -11,10 +11,11 @@ use locker_tests::cluster::{
     audit_seqs, cluster_config, drained, outcome, same_audit_everywhere, settle, unlock,
     wait_presence, DoorTraffic, TestCluster,
 };
+use locker_tests::eventually;
 use locker_tests::gateway::{test_config, GatewayProcess};
 use locker_tests::nats::NatsCluster;
+use locker_tests::parcels;
 use locker_tests::pki::TestPki;
-use locker_tests::eventually;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -41,7 +42,10 @@ async fn every_node_holds_every_uplink_once_and_commands_reach_cabinets_on_any_n
         let done = outcome(cl.api(i), &id).await;
         assert_eq!(done["outcome"], json!("opened"), "{done}");
         assert_eq!(cabs[j].pulses(compartment), 1, "one pulse for one command");
-        cabs[j].board.close_door(usize::from(compartment - 1)).expect("close");
+        cabs[j]
+            .board
+            .close_door(usize::from(compartment - 1))
+            .expect("close");
     }
     settle().await;
     for (i, c) in cabs.iter().enumerate() {
@@ -70,7 +74,10 @@ async fn every_node_holds_every_uplink_once_and_commands_reach_cabinets_on_any_n
         }
         t
     };
-    assert!(forwarded >= 3.0, "commands travelled between nodes: {forwarded}");
+    assert!(
+        forwarded >= 3.0,
+        "commands travelled between nodes: {forwarded}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -100,7 +107,11 @@ async fn a_cabinet_that_moves_to_another_node_gets_its_queued_command_once() {
     // queued it; its result is an uplink, in the stream)
     let apis: Vec<_> = (0..3).map(|i| cl.api(i)).collect();
     let log = same_audit_everywhere(&apis, "CAB-MOVE", n).await;
-    assert_eq!(log.iter().filter(|(_, k)| k == "result").count(), 1, "{log:?}");
+    assert_eq!(
+        log.iter().filter(|(_, k)| k == "result").count(),
+        1,
+        "{log:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -154,7 +165,10 @@ async fn losing_a_nats_server_under_load_loses_and_duplicates_nothing() {
 async fn kill_9_of_a_gateway_node_loses_nothing_and_the_node_catches_up_when_back() {
     let mut pki = TestPki::new();
     let nats = NatsCluster::start(3);
-    let dirs = [tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir")];
+    let dirs = [
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    ];
     let mut ports = Vec::new();
     let mut nodes: Vec<GatewayProcess> = Vec::new();
     for (i, d) in dirs.iter().enumerate() {
@@ -193,4 +207,37 @@ async fn kill_9_of_a_gateway_node_loses_nothing_and_the_node_catches_up_when_bac
     wait_presence(&nodes[0].api, "CAB-GK", true).await;
     assert_eq!(cab.pulses(14), 1);
     cab.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_domain_node_runs_the_parcel_workflow_for_a_cabinet_on_another_node() {
+    let mut pki = TestPki::new();
+    let cl = TestCluster::start_with(&pki, 3, parcels::tokens).await;
+    // the cabinet is on node 2; node 0 is the domain node
+    let cab = TestCabinet::start(&mut pki, "CAB-DOM", cl.nodes[2].edge_addr()).await;
+    let op = cl.api(0);
+    parcels::online(op, "CAB-DOM").await;
+    parcels::setup(op, &["CAB-DOM"]).await;
+    // the other nodes do not answer for the domain from their empty state
+    for n in 1..3 {
+        let (s, b) = cl.api(n).get("/v1/orders").await;
+        assert_eq!(s, 503, "node {n}: {b}");
+        assert_eq!(b["error"], json!("domain_node_elsewhere"), "{b}");
+        let (s, _) = cl.api(n).get("/v1/cabinets/CAB-DOM").await;
+        assert_eq!(s, 200, "the fleet view is served everywhere");
+    }
+    // a carrier's order on the domain node: its credential set reaches the cabinet on node 2
+    let dhl = op.with_token(parcels::DHL_TOKEN);
+    let order = parcels::order(&dhl, "TRK-CLUSTER-1", "M").await;
+    parcels::creds_current(op, &cab).await;
+    parcels::remote_deposit(&dhl, &cab, &order).await;
+    parcels::creds_current(op, &cab).await;
+    // only the domain node ever sends credential sets: the cabinet's version is the domain's
+    settle().await;
+    let (_, c) = op.get("/v1/cabinets/CAB-DOM/compartments").await;
+    assert_eq!(
+        Some(cab.status().creds_version),
+        c["creds_version"].as_u64(),
+        "no other node replaced the domain's set"
+    );
 }

@@ -115,6 +115,9 @@ pub struct ApiState {
     pub live: crate::live::LiveHandle,
     /// Console sessions (`None` when `console.enabled` is false).
     pub sessions: Option<crate::console::Sessions>,
+    /// Cluster mode on a node that is not the domain node: the parcel, rules and webhook routes
+    /// answer 503 `domain_node_elsewhere` (their state lives on the domain node).
+    pub domain_elsewhere: bool,
 }
 
 /// An API error: a status and a JSON body.
@@ -234,9 +237,49 @@ pub fn router(st: ApiState) -> Router {
         .merge(app)
         .merge(openapi::pages(openapi::finish(doc)))
         .merge(crate::console::routes(&st))
+        .route_layer(middleware::from_fn_with_state(st.clone(), domain_here))
         .route_layer(middleware::from_fn_with_state(st.clone(), deadline))
         .route_layer(middleware::from_fn_with_state(st.clone(), count))
         .with_state(st)
+}
+
+/// The routes of the parcel domain, the rules engine and webhooks: served by the domain node
+/// only, in cluster mode.
+const DOMAIN_ROUTES: &[&str] = &[
+    "/v1/orders",
+    "/v1/sites",
+    "/v1/carriers",
+    "/v1/notifications",
+    "/v1/parcel-audit",
+    "/v1/tracking",
+    "/v1/alerts",
+    "/v1/webhooks",
+    "/v1/outbound",
+    "/v1/cabinets/{id}/compartments",
+    "/v1/cabinets/{id}/partitions",
+];
+
+/// Cluster mode, on a node that is not the domain node: refuses the domain's routes with a
+/// pointer to where they are served, instead of answering from an empty local state.
+async fn domain_here(State(st): State<ApiState>, req: Request, next: Next) -> Response {
+    if st.domain_elsewhere {
+        let path = req
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .map(|p| p.as_str())
+            .unwrap_or_default();
+        if DOMAIN_ROUTES.iter().any(|r| path.starts_with(r)) {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "domain_node_elsewhere",
+                "this cluster node serves cabinets, commands, the fleet and the audit log; \
+                 orders, sites, carriers, alerts and webhooks are served by the cluster's \
+                 domain node (the one with cluster.domain = true)",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// The OpenAPI document of [`router`] (what `GET /openapi.json` serves).

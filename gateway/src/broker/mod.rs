@@ -140,7 +140,12 @@ impl Publisher {
     /// Hands a cabinet downlink to its session here, or (cluster mode) to the node holding it.
     /// Acknowledgements are never forwarded: every node acknowledges every uplink it ingests,
     /// and the node holding the session delivers its own.
-    fn downlink(&self, cabinet: &locker_schemas::CabinetId, kind: DownKind, payload: Bytes) -> bool {
+    fn downlink(
+        &self,
+        cabinet: &locker_schemas::CabinetId,
+        kind: DownKind,
+        payload: Bytes,
+    ) -> bool {
         let Some(remote) = &self.remote else {
             return self.direct.deliver(cabinet, kind, payload) == Delivery::Queued;
         };

@@ -38,6 +38,12 @@ pub struct ClusterConfig {
     pub enabled: bool,
     /// This node's name, unique in the cluster: 1 to 32 ASCII letters, digits, '-' or '_'.
     pub node_id: String,
+    /// Whether this node runs the parcel domain, the rules engine and webhooks (the "domain
+    /// node"). In this release their state is still in the node's own sled database, so
+    /// exactly one node of a cluster must say `true`; the others serve cabinets, commands, the
+    /// fleet view and the audit log, and answer the domain's API routes with 503
+    /// `domain_node_elsewhere`.
+    pub domain: bool,
     /// NATS servers to connect to (any of the cluster's; the client learns the others).
     pub nats_urls: Vec<String>,
     /// Replicas of the stream and the bucket (at most the number of NATS servers; 3 survives
@@ -65,6 +71,7 @@ impl Default for ClusterConfig {
         Self {
             enabled: false,
             node_id: "node-1".into(),
+            domain: false,
             nats_urls: vec!["nats://127.0.0.1:4222".into()],
             replicas: 3,
             stream: "LK_UPLINK".into(),
@@ -111,7 +118,10 @@ impl ClusterConfig {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            return bad(format!("cluster.stream {:?}: letters, digits, '-', '_'", self.stream));
+            return bad(format!(
+                "cluster.stream {:?}: letters, digits, '-', '_'",
+                self.stream
+            ));
         }
         if self.duplicate_window_s == 0
             || self.stream_max_age_h == 0
@@ -302,7 +312,12 @@ mod tests {
 
     #[test]
     fn subject_tokens_round_trip_every_cabinet_id() {
-        for id in ["CAB-1", "site.a.cab_2", "...", "a~b".replace('~', "-").as_str()] {
+        for id in [
+            "CAB-1",
+            "site.a.cab_2",
+            "...",
+            "a~b".replace('~', "-").as_str(),
+        ] {
             let cab = CabinetId::new(id).expect("valid id");
             let token = subject_token(&cab);
             assert!(!token.contains('.'), "{token}");

@@ -88,13 +88,21 @@ pub async fn clear_stale(kv: &Store, node: &str) -> usize {
         if let Ok(Some(e)) = kv.entry(key.clone()).await {
             let ours = e.operation == Operation::Put
                 && serde_json::from_slice::<Record>(&e.value).is_ok_and(|r| r.node == node);
-            if ours && kv.delete_expect_revision(&key, Some(e.revision)).await.is_ok() {
+            if ours
+                && kv
+                    .delete_expect_revision(&key, Some(e.revision))
+                    .await
+                    .is_ok()
+            {
                 cleared += 1;
             }
         }
     }
     if cleared > 0 {
-        tracing::info!(cleared, "presence of connections lost in this node's last run removed");
+        tracing::info!(
+            cleared,
+            "presence of connections lost in this node's last run removed"
+        );
     }
     cleared
 }

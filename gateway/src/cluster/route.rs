@@ -132,7 +132,12 @@ pub async fn receive(
             _ = stop.cancelled() => return,
         };
         let Some(m) = m else { return };
-        let cabinet = m.subject.as_str().rsplit('.').next().and_then(cabinet_of_token);
+        let cabinet = m
+            .subject
+            .as_str()
+            .rsplit('.')
+            .next()
+            .and_then(cabinet_of_token);
         let kind = m
             .headers
             .as_ref()
