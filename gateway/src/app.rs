@@ -91,6 +91,8 @@ const CLUSTER_FEED: &str = "cluster feed";
 const CLUSTER_PRESENCE: &str = "cluster presence";
 const CLUSTER_WATCH: &str = "cluster presence watch";
 const CLUSTER_DOWNLINKS: &str = "cluster downlinks";
+const CLUSTER_LIVENESS: &str = "cluster liveness";
+const CLUSTER_SWEEP: &str = "cluster sweep";
 
 /// The cancellation tokens of the shutdown phases (children of one root token).
 struct Phases {
@@ -434,8 +436,26 @@ impl Gateway {
                     tx,
                     phases.ingest.clone(),
                 );
+                let ttl = Duration::from_millis(c.cfg.node_ttl_ms);
+                let heartbeat = presence::heartbeat(
+                    c.nodes_kv.clone(),
+                    c.node().to_owned(),
+                    ttl,
+                    phases.ingest.clone(),
+                );
+                let sweep = presence::sweep(
+                    c.presence_kv.clone(),
+                    c.nodes_kv.clone(),
+                    c.node().to_owned(),
+                    directory.clone(),
+                    c.metrics.clone(),
+                    ttl,
+                    phases.ingest.clone(),
+                );
                 tasks.push((CLUSTER_PRESENCE, tracker.spawn(write)));
                 tasks.push((CLUSTER_WATCH, tracker.spawn(watch)));
+                tasks.push((CLUSTER_LIVENESS, tracker.spawn(heartbeat)));
+                tasks.push((CLUSTER_SWEEP, tracker.spawn(sweep)));
                 rx
             }
             None => presence_rx,
@@ -581,6 +601,8 @@ impl Gateway {
             &[
                 CLUSTER_PRESENCE,
                 CLUSTER_WATCH,
+                CLUSTER_LIVENESS,
+                CLUSTER_SWEEP,
                 PRESENCE,
                 CLUSTER_JOURNAL,
                 CLUSTER_FEED,

@@ -182,9 +182,16 @@ async fn kill_9_of_a_gateway_node_loses_nothing_and_the_node_catches_up_when_bac
     }
     let mut cab = TestCabinet::start(&mut pki, "CAB-GK", nodes[0].edge_addr).await;
     wait_presence(&nodes[1].api, "CAB-GK", true).await;
+    // a cabinet that will not reconnect anywhere while its node is dead
+    let cert = pki.cabinet("CAB-STRANDED");
+    let stranded = RawCabinet::connect(&pki, &cert, "CAB-STRANDED", nodes[0].edge_addr);
+    eventually("stranded cabinet connected", || stranded.connected()).await;
+    wait_presence(&nodes[1].api, "CAB-STRANDED", true).await;
     let traffic = DoorTraffic::start(cab.board.clone(), 0, 8);
     eventually("events acknowledged", || cab.status().last_acked_seq >= 20).await;
     nodes[0].kill9();
+    // the dead node stops renewing its liveness: the survivor takes its cabinets' presence away
+    wait_presence(&nodes[1].api, "CAB-STRANDED", false).await;
     // the cabinet's node is gone: it reconnects to the other one (a load balancer's job)
     let acked = cab.status().last_acked_seq;
     cab.stop().await;

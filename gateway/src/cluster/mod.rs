@@ -29,6 +29,8 @@ pub use metrics::ClusterMetrics;
 
 /// The key-value bucket of cabinet presence.
 pub const PRESENCE_BUCKET: &str = "lk_presence";
+/// The key-value bucket of node liveness (one key per node, expiring after `node_ttl_ms`).
+pub const NODES_BUCKET: &str = "lk_nodes";
 
 /// Cluster settings (the `[cluster]` table of gateway.toml).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,6 +66,9 @@ pub struct ClusterConfig {
     pub journal_batch: usize,
     /// How long a node waits at start for NATS and JetStream to answer, ms.
     pub connect_timeout_ms: u64,
+    /// A node that has not renewed its liveness key for this long is dead: the other nodes
+    /// take its cabinets' presence away, ms (set when the bucket is created, by its first node).
+    pub node_ttl_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -80,6 +85,7 @@ impl Default for ClusterConfig {
             publish_timeout_ms: 5_000,
             journal_batch: 1_024,
             connect_timeout_ms: 30_000,
+            node_ttl_ms: 15_000,
         }
     }
 }
@@ -127,10 +133,11 @@ impl ClusterConfig {
             || self.stream_max_age_h == 0
             || self.publish_timeout_ms == 0
             || self.journal_batch == 0
+            || self.node_ttl_ms < 1_000
         {
             return bad(
                 "cluster.duplicate_window_s, stream_max_age_h, publish_timeout_ms and \
-                 journal_batch must be above 0"
+                 journal_batch must be above 0, node_ttl_ms at least 1000"
                     .into(),
             );
         }
@@ -181,6 +188,7 @@ pub struct Cluster {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub presence_kv: jetstream::kv::Store,
+    pub nodes_kv: jetstream::kv::Store,
     pub metrics: ClusterMetrics,
 }
 
@@ -252,6 +260,13 @@ impl Cluster {
             storage: jetstream::stream::StorageType::File,
             ..Default::default()
         };
+        let nodes_stream_cfg = jetstream::stream::Config {
+            name: format!("KV_{NODES_BUCKET}"),
+            description: Some("gateway nodes alive (keys expire)".into()),
+            subjects: vec![format!("$KV.{NODES_BUCKET}.>")],
+            max_age: Duration::from_millis(cfg.node_ttl_ms),
+            ..kv_stream_cfg.clone()
+        };
         let mut last_err;
         loop {
             let attempt = async {
@@ -265,10 +280,17 @@ impl Cluster {
                     .get_key_value(PRESENCE_BUCKET)
                     .await
                     .map_err(|e| ClusterError::js("presence bucket", e))?;
-                Ok::<_, ClusterError>(kv)
+                js.get_or_create_stream(nodes_stream_cfg.clone())
+                    .await
+                    .map_err(|e| ClusterError::js("nodes bucket", e))?;
+                let nodes = js
+                    .get_key_value(NODES_BUCKET)
+                    .await
+                    .map_err(|e| ClusterError::js("nodes bucket", e))?;
+                Ok::<_, ClusterError>((kv, nodes))
             };
             match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-                Ok(Ok(kv)) => {
+                Ok(Ok((kv, nodes))) => {
                     tracing::info!(
                         node = %cfg.node_id,
                         nats = %urls,
@@ -281,6 +303,7 @@ impl Cluster {
                         client,
                         js,
                         presence_kv: kv,
+                        nodes_kv: nodes,
                         metrics,
                     });
                 }

@@ -12,8 +12,12 @@
 //!   actors (fleet state, dispatcher, parcels, rules, webhooks), exactly as the local edge does
 //!   in single-node mode.
 //!
-//! A node starting again after a crash first deletes the keys that still name it: none of
-//! those connections survived it.
+//! Node liveness: every node renews its key in the bucket `lk_nodes` ([`heartbeat`]), whose
+//! entries expire after `node_ttl_ms`. Every node sweeps ([`sweep`]): a cabinet whose presence
+//! names a node without a live key loses its presence (compare-and-set, so a reconnect
+//! elsewhere meanwhile wins), and every node's actors see it go offline. A node starting again
+//! after a crash first deletes the keys that still name it: none of those connections survived
+//! it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -62,6 +66,15 @@ impl Directory {
             Some(n) => m.insert(cabinet, n),
             None => m.remove(&cabinet),
         }
+    }
+
+    fn entries(&self) -> Vec<(CabinetId, String)> {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(c, n)| (c.clone(), n.clone()))
+            .collect()
     }
 
     fn cabinets(&self) -> Vec<CabinetId> {
@@ -294,4 +307,84 @@ async fn transition(
         })
         .await
         .map_err(|_| ())
+}
+
+/// Renews this node's liveness key every third of `ttl` until `stop` (then deletes it: a node
+/// that stops cleanly has already closed its connections).
+pub async fn heartbeat(nodes: Store, node: String, ttl: Duration, stop: CancellationToken) {
+    let every = (ttl / 3).max(Duration::from_millis(100));
+    let mut failing = false;
+    loop {
+        let beat = Bytes::from(now_millis().to_string());
+        match nodes.put(&node, beat).await {
+            Ok(_) => failing = false,
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot renew this node's liveness key");
+                }
+                failing = true;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => {
+                let _ = nodes.delete(&node).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Every half `ttl`, until `stop`: removes the presence of cabinets whose node is no longer
+/// alive (its liveness key expired).
+pub async fn sweep(
+    presence: Store,
+    nodes: Store,
+    node: String,
+    directory: Directory,
+    metrics: ClusterMetrics,
+    ttl: Duration,
+    stop: CancellationToken,
+) {
+    let every = (ttl / 2).max(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+        let mut alive: HashMap<String, bool> = HashMap::new();
+        for (cab, on) in directory.entries() {
+            if on == node {
+                continue;
+            }
+            let live = match alive.get(&on) {
+                Some(l) => *l,
+                None => {
+                    let l = match nodes.entry(on.clone()).await {
+                        Ok(e) => e.is_some_and(|e| e.operation == Operation::Put),
+                        Err(_) => true, // cannot tell: leave it
+                    };
+                    alive.insert(on.clone(), l);
+                    l
+                }
+            };
+            if live {
+                continue;
+            }
+            let Ok(Some(e)) = presence.entry(cab.as_str()).await else {
+                continue;
+            };
+            let still = e.operation == Operation::Put
+                && serde_json::from_slice::<Record>(&e.value).is_ok_and(|r| r.node == on);
+            if still
+                && presence
+                    .delete_expect_revision(cab.as_str(), Some(e.revision))
+                    .await
+                    .is_ok()
+            {
+                metrics.presence.with_label_values(&["dead_node"]).inc();
+                tracing::info!(cabinet = %cab, node = %on, "presence of a cabinet on a dead node removed");
+            }
+        }
+    }
 }
