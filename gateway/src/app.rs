@@ -538,6 +538,7 @@ impl Gateway {
             rules: rules.clone(),
             outbound: outbound.clone(),
             domain_elsewhere: !domain_here,
+            cluster: cluster.as_ref().map(|c| c.metrics.clone()),
         });
         let api_limits = api::serve::Limits {
             max_connections: cfg.api.max_connections,

@@ -61,6 +61,14 @@ async fn every_node_holds_every_uplink_once_and_commands_reach_cabinets_on_any_n
     }
     // the stream did the work: each node fed its ingest every node's uplinks
     for api in &apis {
+        let (s, ready) = api.get("/readyz").await;
+        assert_eq!(s, 200, "{ready}");
+        assert!(
+            ready["checks"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["name"] == "cluster" && c["ok"] == true)),
+            "{ready}"
+        );
         assert!(api.metric("locker_cluster_feed_total").await > 0.0);
         assert_eq!(api.metric("locker_cluster_journal_failing").await, 0.0);
         assert_eq!(api.metric("locker_cluster_nats_connected").await, 1.0);

@@ -1,7 +1,8 @@
 //! Liveness and readiness (no token): `GET /healthz` answers 200 while the process serves
 //! HTTP; `GET /readyz` answers 200 when storage is writable (the last group commit succeeded
 //! and a probe write and flush succeeds now), the broker link is alive and ingest lag is under
-//! `[ingest] ready_max_lag_ms`, else 503; both with a JSON body naming
+//! `[ingest] ready_max_lag_ms` (and, in cluster mode, the node is connected to NATS and the
+//! uplink stream takes writes), else 503; both with a JSON body naming
 //! every check, e.g. `{"ready": false, "failing": ["storage"], "checks": [...]}`.
 
 use axum::extract::State;
@@ -86,6 +87,9 @@ async fn readyz(State(st): State<ApiState>) -> impl IntoResponse {
             c.detail = detail;
         }
     }
+    if let Some(m) = &st.cluster {
+        checks.push(cluster_check(m));
+    }
     let failing: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.name).collect();
     let status = if failing.is_empty() {
         StatusCode::OK
@@ -100,4 +104,21 @@ async fn readyz(State(st): State<ApiState>) -> impl IntoResponse {
             checks,
         }),
     )
+}
+
+/// Cluster mode: connected to NATS and the uplink stream taking writes (a node that cannot
+/// write to the stream acknowledges nothing: a load balancer should send cabinets elsewhere).
+fn cluster_check(m: &crate::cluster::ClusterMetrics) -> crate::ingest::Check {
+    let connected = m.connected.get() == 1;
+    let writing = m.journal_failing.get() == 0;
+    let detail = match (connected, writing) {
+        (true, true) => "connected to NATS; the uplink stream takes writes".to_owned(),
+        (false, _) => "not connected to NATS".to_owned(),
+        (true, false) => "the uplink stream refuses writes (no quorum?)".to_owned(),
+    };
+    crate::ingest::Check {
+        name: "cluster",
+        ok: connected && writing,
+        detail,
+    }
 }

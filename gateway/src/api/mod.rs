@@ -118,6 +118,8 @@ pub struct ApiState {
     /// Cluster mode on a node that is not the domain node: the parcel, rules and webhook routes
     /// answer 503 `domain_node_elsewhere` (their state lives on the domain node).
     pub domain_elsewhere: bool,
+    /// Cluster mode: the cluster's metrics, for `/readyz`.
+    pub cluster: Option<crate::cluster::ClusterMetrics>,
 }
 
 /// An API error: a status and a JSON body.

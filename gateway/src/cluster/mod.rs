@@ -291,6 +291,10 @@ impl Cluster {
             };
             match tokio::time::timeout(Duration::from_secs(5), attempt).await {
                 Ok(Ok((kv, nodes))) => {
+                    // JetStream answered: connected (later changes come from the events)
+                    if client.connection_state() == async_nats::connection::State::Connected {
+                        metrics.connected.set(1);
+                    }
                     tracing::info!(
                         node = %cfg.node_id,
                         nats = %urls,
