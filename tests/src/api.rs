@@ -80,6 +80,26 @@ impl ApiClient {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// A cabinet's whole audit log (`GET /v1/cabinets/{cab}/events`, every page).
+    pub async fn events(&self, cab: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut after = 0u64;
+        loop {
+            let (s, page) = self
+                .get(&format!(
+                    "/v1/cabinets/{cab}/events?after={after}&limit=1000"
+                ))
+                .await;
+            assert_eq!(s, 200, "{page}");
+            let batch = page["events"].as_array().cloned().unwrap_or_default();
+            let Some(last) = batch.last().and_then(|e| e["seq"].as_u64()) else {
+                return out;
+            };
+            after = last;
+            out.extend(batch);
+        }
+    }
+
     /// The same client with another bearer token (a carrier's, a site manager's).
     pub fn with_token(&self, token: &str) -> Self {
         Self {

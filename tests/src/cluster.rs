@@ -64,29 +64,9 @@ impl TestCluster {
     }
 }
 
-/// A cabinet's whole audit log as one node's API serves it.
-pub async fn audit(api: &ApiClient, cab: &str) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut after = 0u64;
-    loop {
-        let (s, page) = api
-            .get(&format!(
-                "/v1/cabinets/{cab}/events?after={after}&limit=1000"
-            ))
-            .await;
-        assert_eq!(s, 200, "{page}");
-        let batch = page["events"].as_array().cloned().unwrap_or_default();
-        let Some(last) = batch.last().and_then(|e| e["seq"].as_u64()) else {
-            return out;
-        };
-        after = last;
-        out.extend(batch);
-    }
-}
-
 /// The (seq, kind) of a cabinet's audit log on one node.
 pub async fn audit_seqs(api: &ApiClient, cab: &str) -> Vec<(u64, String)> {
-    audit(api, cab)
+    api.events(cab)
         .await
         .iter()
         .map(|e| {

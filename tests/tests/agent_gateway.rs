@@ -67,25 +67,6 @@ async fn unlock(api: &ApiClient, cab: &str, compartment: u16, ttl_ms: u32, wait_
     r
 }
 
-async fn events(api: &ApiClient, cab: &str) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut after = 0u64;
-    loop {
-        let (s, page) = api
-            .get(&format!(
-                "/v1/cabinets/{cab}/events?after={after}&limit=1000"
-            ))
-            .await;
-        assert_eq!(s, 200, "{page}");
-        let batch = page["events"].as_array().cloned().unwrap_or_default();
-        if batch.is_empty() {
-            return out;
-        }
-        after = batch.last().and_then(|e| e["seq"].as_u64()).expect("seq");
-        out.extend(batch);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_unlock_opens_the_door_once_and_redelivery_never_fires_again() {
     let mut pki = TestPki::new();
@@ -137,7 +118,7 @@ async fn remote_unlock_opens_the_door_once_and_redelivery_never_fires_again() {
     eventually_async("door closed and every answer in the audit log", || {
         let api = gw.api.clone();
         async move {
-            let ev = events(&api, "CAB-E1").await;
+            let ev = api.events("CAB-E1").await;
             (ev.iter()
                 .any(|e| e["kind"] == json!("door") && e["data"]["open"] == json!(false))
                 && ev.iter().filter(|e| e["kind"] == json!("result")).count() >= 5)
@@ -145,7 +126,7 @@ async fn remote_unlock_opens_the_door_once_and_redelivery_never_fires_again() {
         }
     })
     .await;
-    let ev = events(&gw.api, "CAB-E1").await;
+    let ev = gw.api.events("CAB-E1").await;
     let opened = ev
         .iter()
         .find(|e| e["kind"] == json!("door") && e["data"]["open"] == json!(true))
@@ -253,7 +234,7 @@ async fn kill_9_of_the_gateway_mid_stream_loses_and_duplicates_nothing() {
             if s.outbox_depth != 0 || s.last_acked_seq + 1 != s.next_seq {
                 return None;
             }
-            let ev = events(&api, "CAB-K9").await;
+            let ev = api.events("CAB-K9").await;
             let seqs: Vec<u64> = ev.iter().map(|e| e["seq"].as_u64().expect("seq")).collect();
             (seqs.len() as u64 >= s.last_acked_seq).then_some(seqs)
         }
@@ -311,7 +292,7 @@ async fn events_made_before_the_gateway_exists_arrive_in_order_once_it_is_up() {
             if s.outbox_depth != 0 || s.last_acked_seq < backlog {
                 return None;
             }
-            let ev = events(&api, "CAB-EARLY").await;
+            let ev = api.events("CAB-EARLY").await;
             Some(
                 ev.iter()
                     .map(|e| e["seq"].as_u64().expect("seq"))
@@ -330,7 +311,7 @@ async fn result_stored(api: &ApiClient, cab: &str, id: &str) {
     eventually_async("the result is in the audit log", || {
         let api = api.clone();
         async move {
-            events(&api, cab)
+            api.events(cab)
                 .await
                 .iter()
                 .any(|e| e["kind"] == json!("result") && e["data"]["command"] == json!(id))
@@ -380,7 +361,8 @@ async fn a_resent_finished_command_is_answered_with_its_stored_outcome() {
         let api = gw.api.clone();
         let id = id.clone();
         async move {
-            let n = events(&api, "CAB-R2")
+            let n = api
+                .events("CAB-R2")
                 .await
                 .iter()
                 .filter(|e| e["kind"] == json!("result") && e["data"]["command"] == json!(id))
@@ -511,7 +493,7 @@ async fn a_remote_unlock_costs_one_command_store_flush_and_two_agent_flushes() {
     );
     // the agent flushes the claim before the pulse, then the door opening with the Result
     assert_eq!(cab.status().counters.flushed_writes - agent_before, 2);
-    let ev = events(&gw.api, "CAB-FL").await;
+    let ev = gw.api.events("CAB-FL").await;
     let kinds: Vec<&str> = ev
         .iter()
         .rev()

@@ -80,23 +80,11 @@ async fn result_stored(gw: &TestGateway, id: &str) {
     eventually_async("the result is in the audit log", || {
         let api = gw.api.clone();
         async move {
-            let mut after = 0u64;
-            loop {
-                let (_, page) = api
-                    .get(&format!(
-                        "/v1/cabinets/CAB-P/events?after={after}&limit=1000"
-                    ))
-                    .await;
-                let batch = page["events"].as_array().cloned().unwrap_or_default();
-                let last = batch.last().and_then(|e| e["seq"].as_u64())?;
-                if batch
-                    .iter()
-                    .any(|e| e["kind"] == json!("result") && e["data"]["command"] == json!(id))
-                {
-                    return Some(());
-                }
-                after = last;
-            }
+            api.events("CAB-P")
+                .await
+                .iter()
+                .any(|e| e["kind"] == json!("result") && e["data"]["command"] == json!(id))
+                .then_some(())
         }
     })
     .await;
