@@ -30,8 +30,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, ApiState};
 use crate::broker::{BrokerError, EmbeddedBroker};
 use crate::cluster::presence::Directory;
-use crate::cluster::route::Router;
-use crate::cluster::Cluster;
+use crate::cluster::{node, Cluster};
 use crate::commands::{CommandsHandle, Dispatcher};
 use crate::config::GatewayConfig;
 use crate::edge::{Edge, EdgeHandle, PresenceEvent};
@@ -86,13 +85,6 @@ const BROKER_LINK: &str = "broker link";
 const API: &str = "api";
 const LIVE: &str = "live";
 const SESSIONS: &str = "console sessions";
-const CLUSTER_JOURNAL: &str = "cluster journal";
-const CLUSTER_FEED: &str = "cluster feed";
-const CLUSTER_PRESENCE: &str = "cluster presence";
-const CLUSTER_WATCH: &str = "cluster presence watch";
-const CLUSTER_DOWNLINKS: &str = "cluster downlinks";
-const CLUSTER_LIVENESS: &str = "cluster liveness";
-const CLUSTER_SWEEP: &str = "cluster sweep";
 
 /// The cancellation tokens of the shutdown phases (children of one root token).
 struct Phases {
@@ -202,17 +194,7 @@ impl Gateway {
         .await?;
         let directory = Directory::default();
         let publisher = match &cluster {
-            Some(c) => {
-                let (router, forward) = Router::new(
-                    c.client.clone(),
-                    c.node().to_owned(),
-                    directory.clone(),
-                    c.metrics.clone(),
-                );
-                // ends when the last publisher (and so the router) is dropped
-                tokio::spawn(forward);
-                broker.publisher.clone().with_remote(Arc::new(router))
-            }
+            Some(c) => broker.publisher.clone().with_remote(c.router(&directory)),
             None => broker.publisher.clone(),
         };
 
@@ -334,27 +316,10 @@ impl Gateway {
             consumers,
         );
         if let (Some(c), Some((journal_rx, ingest_tx))) = (&cluster, journal) {
-            let (progress_tx, progress_rx) = tokio::sync::watch::channel(0);
-            ingest = ingest.with_progress(progress_tx);
-            let journal = crate::cluster::journal::Journal::new(
-                c.js.clone(),
-                ingest_tx.clone(),
-                c.metrics.clone(),
-                c.cfg.journal_batch,
-            );
-            let feed = crate::cluster::feed::Feed::new(
-                c.js.clone(),
-                c.cfg.stream.clone(),
-                c.node(),
-                ingest_tx,
-                progress_rx,
-                c.metrics.clone(),
-            );
-            tasks.push((
-                CLUSTER_JOURNAL,
-                tracker.spawn(journal.run(journal_rx, phases.ingest.clone())),
-            ));
-            tasks.push((CLUSTER_FEED, tracker.spawn(feed.run(phases.ingest.clone()))));
+            let (progress, started) =
+                c.spawn_uplinks(journal_rx, ingest_tx, &tracker, &phases.ingest);
+            ingest = ingest.with_progress(progress);
+            tasks.extend(started);
         }
         let ingest_health = ingest.handle();
         // Only the actors and ingest publish from here on: when they have returned, the
@@ -404,58 +369,17 @@ impl Gateway {
         tasks.push((LIVE, live_task));
 
         if let (Some(c), Some(direct)) = (&cluster, links.direct()) {
-            let task = tracker.spawn(crate::cluster::route::receive(
-                c.client.clone(),
-                c.node().to_owned(),
-                direct.clone(),
-                c.metrics.clone(),
-                phases.api.clone(),
-            ));
-            tasks.push((CLUSTER_DOWNLINKS, task));
+            tasks.push(c.spawn_downlinks(direct.clone(), &tracker, &phases.api));
         }
         let (presence_tx, presence_rx) = mpsc::channel::<PresenceEvent>(4096);
         // Cluster mode: this node's presence changes go to the bucket, and the actors hear the
         // whole fleet's from it.
         let presence_rx = match &cluster {
             Some(c) => {
-                use crate::cluster::presence;
-                presence::clear_stale(&c.presence_kv, c.node()).await;
-                let (tx, rx) = mpsc::channel::<PresenceEvent>(4096);
-                let write = presence::write_local(
-                    c.presence_kv.clone(),
-                    c.node().to_owned(),
-                    c.metrics.clone(),
-                    presence_rx,
-                    phases.ingest.clone(),
-                );
-                let watch = presence::watch(
-                    c.presence_kv.clone(),
-                    c.node().to_owned(),
-                    directory.clone(),
-                    c.metrics.clone(),
-                    tx,
-                    phases.ingest.clone(),
-                );
-                let ttl = Duration::from_millis(c.cfg.node_ttl_ms);
-                let heartbeat = presence::heartbeat(
-                    c.nodes_kv.clone(),
-                    c.node().to_owned(),
-                    ttl,
-                    phases.ingest.clone(),
-                );
-                let sweep = presence::sweep(
-                    c.presence_kv.clone(),
-                    c.nodes_kv.clone(),
-                    c.node().to_owned(),
-                    directory.clone(),
-                    c.metrics.clone(),
-                    ttl,
-                    phases.ingest.clone(),
-                );
-                tasks.push((CLUSTER_PRESENCE, tracker.spawn(write)));
-                tasks.push((CLUSTER_WATCH, tracker.spawn(watch)));
-                tasks.push((CLUSTER_LIVENESS, tracker.spawn(heartbeat)));
-                tasks.push((CLUSTER_SWEEP, tracker.spawn(sweep)));
+                let (rx, started) = c
+                    .spawn_presence(presence_rx, &directory, &tracker, &phases.ingest)
+                    .await;
+                tasks.extend(started);
                 rx
             }
             None => presence_rx,
@@ -598,26 +522,13 @@ impl Gateway {
         let _ = tokio::time::timeout_at(deadline, self.edge.connected()).await;
 
         self.phases.ingest.cancel();
-        self.wait(
-            &[
-                CLUSTER_PRESENCE,
-                CLUSTER_WATCH,
-                CLUSTER_LIVENESS,
-                CLUSTER_SWEEP,
-                PRESENCE,
-                CLUSTER_JOURNAL,
-                CLUSTER_FEED,
-                INGEST,
-                RETENTION,
-            ],
-            deadline,
-        )
-        .await;
+        self.wait(node::INGEST_PHASE, deadline).await;
+        self.wait(&[PRESENCE, INGEST, RETENTION], deadline).await;
         self.phases.actors.cancel();
         self.wait(&[FLEET, DISPATCHER, PARCELS, RULES, OUTBOUND], deadline)
             .await;
         self.phases.api.cancel();
-        self.wait(&[API, LIVE, SESSIONS, CLUSTER_DOWNLINKS], deadline)
+        self.wait(&[API, LIVE, SESSIONS, node::DOWNLINKS], deadline)
             .await;
         // the API's readiness check holds a publisher: the link ends after the API
         self.wait(&[BROKER_LINK], deadline).await;

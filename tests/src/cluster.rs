@@ -29,8 +29,9 @@ pub fn cluster_config(cfg: &mut GatewayConfig, nats: &NatsCluster, i: usize, ser
 
 /// NATS servers and gateway nodes, in-process.
 pub struct TestCluster {
-    pub nats: NatsCluster,
+    /// (Declared first: dropped before the NATS servers.)
     pub nodes: Vec<TestGateway>,
+    pub nats: NatsCluster,
 }
 
 impl TestCluster {
@@ -55,7 +56,7 @@ impl TestCluster {
             .await;
             gws.push(gw);
         }
-        Self { nats, nodes: gws }
+        Self { nodes: gws, nats }
     }
 
     /// Node `i`'s API.

@@ -24,7 +24,13 @@ struct Server {
 pub struct NatsCluster {
     servers: Vec<Server>,
     _dir: tempfile::TempDir,
+    /// One cluster at a time in a test binary (see [`NatsCluster::start`]).
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
+
+/// Cluster tests take their turn: three NATS servers and up to three gateway nodes under load
+/// are as much as two cores carry, and two such tests side by side starve each other's timers.
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn binary() -> String {
     std::env::var("NATS_SERVER").unwrap_or_else(|_| "nats-server".into())
@@ -32,9 +38,11 @@ fn binary() -> String {
 
 impl NatsCluster {
     /// Starts `n` servers routed to each other (one JetStream domain, cluster `lk-test`) and
-    /// waits until each accepts clients. JetStream elects its leader on its own within a
+    /// waits until each accepts clients. Blocks while another test of the binary holds a
+    /// cluster (until it drops it). JetStream elects its leader on its own within a
     /// second or two; the gateway waits for it ([`locker_gateway::cluster::Cluster::connect`]).
     pub fn start(n: usize) -> Self {
+        let turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
         let dir = tempfile::tempdir().expect("temp dir");
         let servers: Vec<Server> = (0..n)
             .map(|i| Server {
@@ -46,7 +54,11 @@ impl NatsCluster {
                 child: None,
             })
             .collect();
-        let mut c = Self { servers, _dir: dir };
+        let mut c = Self {
+            servers,
+            _dir: dir,
+            _turn: turn,
+        };
         for i in 0..n {
             c.spawn(i);
         }

@@ -83,9 +83,15 @@ impl Feed {
         let mut wait = Duration::from_millis(100);
         let mut failures = 0u64;
         loop {
+            let fed = self.metrics.feed.get();
             match self.consume(&stop).await {
                 Ok(()) => return,
                 Err(e) => {
+                    if self.metrics.feed.get() > fed {
+                        // it worked for a while: this is a new interruption
+                        wait = Duration::from_millis(100);
+                        failures = 0;
+                    }
                     failures += 1;
                     self.metrics.feed_restarts.inc();
                     if failures == 1 {

@@ -9,13 +9,15 @@
 //! - [`presence`]: which node holds each cabinet's connection, in the replicated key-value bucket
 //!   `lk_presence`, and every node's view of the whole fleet's presence built from it;
 //! - [`route`]: a downlink for a cabinet connected to another node travels on
-//!   `lk.node.{node}.down.{cabinet}` to that node, which hands it to the cabinet's session.
+//!   `lk.node.{node}.down.{cabinet}` to that node, which hands it to the cabinet's session;
+//! - [`node`]: how the gateway's wiring starts all of these.
 //!
 //! Single-node mode (the default, `[cluster] enabled = false`) uses none of this.
 
 pub mod feed;
 pub mod journal;
 mod metrics;
+pub mod node;
 pub mod presence;
 pub mod route;
 
