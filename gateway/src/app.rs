@@ -377,7 +377,13 @@ impl Gateway {
         let presence_rx = match &cluster {
             Some(c) => {
                 let (rx, started) = c
-                    .spawn_presence(presence_rx, &directory, &tracker, &phases.ingest)
+                    .spawn_presence(
+                        presence_rx,
+                        &directory,
+                        links.direct().cloned(),
+                        &tracker,
+                        &phases.ingest,
+                    )
                     .await;
                 tasks.extend(started);
                 rx

@@ -24,7 +24,7 @@ pub fn cluster_config(cfg: &mut GatewayConfig, nats: &NatsCluster, i: usize, ser
     cfg.cluster.replicas = servers.min(3);
     cfg.cluster.publish_timeout_ms = 2_000;
     cfg.cluster.connect_timeout_ms = 60_000;
-    cfg.cluster.node_ttl_ms = 2_000;
+    cfg.cluster.node_ttl_ms = 4_000;
 }
 
 /// NATS servers and gateway nodes, in-process.

@@ -162,6 +162,18 @@ impl Direct {
         ]
     }
 
+    /// The cabinets with a session here, with their connection ids (cluster mode: a node
+    /// checks that the presence bucket still names it for each).
+    pub fn sessions(&self) -> Vec<(CabinetId, u64)> {
+        self.inner
+            .sessions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(c, (id, _))| (c.clone(), *id))
+            .collect()
+    }
+
     /// Registers `cabinet`'s session (connection `conn_id`), replacing an older one; its
     /// downlinks arrive on the returned receiver until the slot is dropped.
     pub fn register(

@@ -25,7 +25,7 @@ pub struct ClusterMetrics {
     pub feed_restarts: IntCounter,
     /// Downlinks between nodes, by result (`forwarded`, `received`, `unroutable`, `dropped`).
     pub downlinks: IntCounterVec,
-    /// Presence bucket updates by this node (`online`, `offline`, `moved`, `dead_node`, `failed`).
+    /// Presence bucket updates by this node (`online`, `offline`, `moved`, `dead_node`, `restored`, `failed`).
     pub presence: IntCounterVec,
     /// Cabinets connected to this node, as the bucket says.
     pub cabinets_here: IntGauge,
@@ -73,12 +73,20 @@ impl ClusterMetrics {
                     "Updates of the presence bucket by this node: online, offline, moved \
                      (an offline not written: the cabinet is already on another node), \
                      dead_node (a cabinet's presence on a node that stopped renewing its \
-                     liveness removed), failed",
+                     liveness removed), restored (a cabinet connected here that the bucket no \
+                     longer named, written again), failed",
                 ),
                 &["op"],
             )?,
         )?;
-        for l in ["online", "offline", "moved", "dead_node", "failed"] {
+        for l in [
+            "online",
+            "offline",
+            "moved",
+            "dead_node",
+            "restored",
+            "failed",
+        ] {
             presence.with_label_values(&[l]);
         }
         Ok(Self {

@@ -111,6 +111,7 @@ impl Cluster {
         &self,
         edge_rx: mpsc::Receiver<PresenceEvent>,
         directory: &Directory,
+        direct: Option<Direct>,
         tracker: &TaskTracker,
         stop: &CancellationToken,
     ) -> (mpsc::Receiver<PresenceEvent>, Vec<Task>) {
@@ -133,14 +134,23 @@ impl Cluster {
             tx,
             stop.clone(),
         );
-        let heartbeat = presence::heartbeat(self.nodes_kv.clone(), node.clone(), ttl, stop.clone());
+        let liveness = presence::Liveness::default();
+        let heartbeat = presence::heartbeat(
+            self.nodes_kv.clone(),
+            node.clone(),
+            ttl,
+            liveness.clone(),
+            stop.clone(),
+        );
         let sweep = presence::sweep(
             self.presence_kv.clone(),
             self.nodes_kv.clone(),
             node,
             directory.clone(),
+            direct,
             self.metrics.clone(),
             ttl,
+            liveness,
             stop.clone(),
         );
         let tasks = vec![

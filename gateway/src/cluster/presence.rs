@@ -309,24 +309,51 @@ async fn transition(
         .map_err(|_| ())
 }
 
-/// Renews this node's liveness key every third of `ttl` until `stop` (then deletes it: a node
-/// that stops cleanly has already closed its connections).
-pub async fn heartbeat(nodes: Store, node: String, ttl: Duration, stop: CancellationToken) {
+/// When this node last renewed its liveness key (ms since the epoch; 0 = never): the sweep
+/// judges other nodes only while its own renewals succeed.
+#[derive(Clone, Default)]
+pub struct Liveness(Arc<std::sync::atomic::AtomicU64>);
+
+impl Liveness {
+    fn renewed(&self, at: Millis) {
+        self.0.store(at, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn healthy(&self, now: Millis, ttl: Duration) -> bool {
+        let last = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        last > 0 && now.saturating_sub(last) < ttl.as_millis() as u64 / 2
+    }
+}
+
+/// Renews this node's liveness key every third of `ttl` (sooner again after a failure) until
+/// `stop` (then deletes it: a node that stops cleanly has already closed its connections).
+pub async fn heartbeat(
+    nodes: Store,
+    node: String,
+    ttl: Duration,
+    liveness: Liveness,
+    stop: CancellationToken,
+) {
     let every = (ttl / 3).max(Duration::from_millis(100));
     let mut failing = false;
     loop {
-        let beat = Bytes::from(now_millis().to_string());
-        match nodes.put(&node, beat).await {
-            Ok(_) => failing = false,
+        let now = now_millis();
+        let wait = match nodes.put(&node, Bytes::from(now.to_string())).await {
+            Ok(_) => {
+                liveness.renewed(now);
+                failing = false;
+                every
+            }
             Err(e) => {
                 if !failing {
-                    tracing::warn!(error = %e, "cannot renew this node's liveness key");
+                    tracing::warn!(error = %e, "cannot renew this node's liveness key; retrying");
                 }
                 failing = true;
+                Duration::from_millis(200)
             }
-        }
+        };
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.cancelled() => {
                 let _ = nodes.delete(&node).await;
                 return;
@@ -335,40 +362,98 @@ pub async fn heartbeat(nodes: Store, node: String, ttl: Duration, stop: Cancella
     }
 }
 
-/// Every half `ttl`, until `stop`: removes the presence of cabinets whose node is no longer
-/// alive (its liveness key expired).
+/// Every half `ttl`, until `stop`:
+/// - removes the presence of cabinets whose node is dead: its liveness key was missing at two
+///   sweeps in a row, while this node's own renewals succeeded (a NATS hiccup, which delays
+///   every node's renewal alike, kills nobody);
+/// - writes again the presence of this node's own cabinets that the bucket no longer names
+///   (a sweep elsewhere that was wrong, an offline of a connection that was replaced here), and
+///   removes what names this node for a cabinet without a session here (older than a sweep).
+#[allow(clippy::too_many_arguments)]
 pub async fn sweep(
     presence: Store,
     nodes: Store,
     node: String,
     directory: Directory,
+    direct: Option<crate::broker::Direct>,
     metrics: ClusterMetrics,
     ttl: Duration,
+    liveness: Liveness,
     stop: CancellationToken,
 ) {
     let every = (ttl / 2).max(Duration::from_millis(100));
+    // nodes whose key was missing at the last sweep
+    let mut suspects: std::collections::HashSet<String> = Default::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.cancelled() => return,
         }
-        let mut alive: HashMap<String, bool> = HashMap::new();
+        if let Some(direct) = &direct {
+            let here = direct.sessions();
+            // named here, but no session (an offline that lost a race with the write above)
+            for (cab, on) in directory.entries() {
+                if on != node || here.iter().any(|(c, _)| *c == cab) {
+                    continue;
+                }
+                let Ok(Some(e)) = presence.entry(cab.as_str()).await else {
+                    continue;
+                };
+                let stale = e.operation == Operation::Put
+                    && serde_json::from_slice::<Record>(&e.value).is_ok_and(|r| {
+                        r.node == node
+                            && now_millis().saturating_sub(r.at) > every.as_millis() as u64
+                    });
+                if stale
+                    && presence
+                        .delete_expect_revision(cab.as_str(), Some(e.revision))
+                        .await
+                        .is_ok()
+                {
+                    metrics.presence.with_label_values(&["offline"]).inc();
+                }
+            }
+            for (cab, conn) in here {
+                if directory.node_of(&cab).is_none() {
+                    let rec = Record {
+                        node: node.clone(),
+                        conn,
+                        at: now_millis(),
+                    };
+                    if let Ok(v) = serde_json::to_vec(&rec) {
+                        if presence.put(cab.as_str(), Bytes::from(v)).await.is_ok() {
+                            metrics.presence.with_label_values(&["restored"]).inc();
+                        }
+                    }
+                }
+            }
+        }
+        if !liveness.healthy(now_millis(), ttl) {
+            suspects.clear();
+            continue;
+        }
+        let mut dead: HashMap<String, bool> = HashMap::new();
+        let mut missing_now = std::collections::HashSet::new();
         for (cab, on) in directory.entries() {
             if on == node {
                 continue;
             }
-            let live = match alive.get(&on) {
-                Some(l) => *l,
+            let is_dead = match dead.get(&on) {
+                Some(d) => *d,
                 None => {
-                    let l = match nodes.entry(on.clone()).await {
-                        Ok(e) => e.is_some_and(|e| e.operation == Operation::Put),
-                        Err(_) => true, // cannot tell: leave it
+                    let missing = match nodes.entry(on.clone()).await {
+                        Ok(e) => !e.is_some_and(|e| e.operation == Operation::Put),
+                        Err(_) => false, // cannot tell: leave it
                     };
-                    alive.insert(on.clone(), l);
-                    l
+                    if missing {
+                        missing_now.insert(on.clone());
+                    }
+                    let d = missing && suspects.contains(&on);
+                    dead.insert(on.clone(), d);
+                    d
                 }
             };
-            if live {
+            if !is_dead {
                 continue;
             }
             let Ok(Some(e)) = presence.entry(cab.as_str()).await else {
@@ -386,5 +471,24 @@ pub async fn sweep(
                 tracing::info!(cabinet = %cab, node = %on, "presence of a cabinet on a dead node removed");
             }
         }
+        suspects = missing_now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_judges_others_only_while_its_own_renewals_succeed() {
+        let l = Liveness::default();
+        let ttl = Duration::from_secs(10);
+        assert!(!l.healthy(1_000_000, ttl), "never renewed: judges nobody");
+        l.renewed(1_000_000);
+        assert!(l.healthy(1_004_000, ttl));
+        assert!(
+            !l.healthy(1_006_000, ttl),
+            "its own renewal is late: judges nobody"
+        );
     }
 }
