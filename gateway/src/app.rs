@@ -122,6 +122,8 @@ pub struct Gateway {
     pub rules: RulesHandle,
     pub outbound: OutboundHandle,
     pub edge: EdgeHandle,
+    /// Cluster mode: the node's cluster connection.
+    pub cluster: Option<Cluster>,
     store: Store,
     phases: Phases,
     tracker: TaskTracker,
@@ -494,6 +496,7 @@ impl Gateway {
             rules,
             outbound,
             edge,
+            cluster,
             store,
             phases,
             tracker,

@@ -256,3 +256,39 @@ async fn the_domain_node_runs_the_parcel_workflow_for_a_cabinet_on_another_node(
         "no other node replaced the domain's set"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_uplink_lost_on_its_way_to_the_stream_leaves_no_gap_on_any_node() {
+    let mut pki = TestPki::new();
+    let cl = TestCluster::start(&pki, 2).await;
+    let cert = pki.cabinet("CAB-GAP");
+    let raw = RawCabinet::connect(&pki, &cert, "CAB-GAP", cl.nodes[0].edge_addr());
+    eventually("raw cabinet connected", || raw.connected()).await;
+    raw.send(&raw.uplink(1, bodies::hello(4))).await;
+    eventually("hello acknowledged", || raw.acked() == 1).await;
+    // the first publish of the next round of several is lost on its way to the stream, while
+    // the later ones of the round are stored: they must not end up before it (a gap every
+    // node would drop, and this cabinet, which never resends, would never fill)
+    let faults = cl.nodes[0]
+        .gw
+        .cluster
+        .as_ref()
+        .expect("cluster mode")
+        .journal_faults
+        .clone();
+    faults.lose_first_of_next_round();
+    for seq in 2..=200u64 {
+        raw.send(&raw.uplink(seq, bodies::door((seq % 4 + 1) as u16, seq % 2 == 0)))
+            .await;
+    }
+    eventually("the publish was lost", || !faults.armed()).await;
+    eventually("every uplink acknowledged", || raw.acked() == 200).await;
+    let apis = [cl.api(0), cl.api(1)];
+    same_audit_everywhere(&apis, "CAB-GAP", 200).await;
+    assert!(
+        cl.api(0)
+            .metric("locker_cluster_journal_total{result=\"failed\"}")
+            .await
+            >= 1.0
+    );
+}

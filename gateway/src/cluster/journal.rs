@@ -46,6 +46,28 @@ pub struct Journal {
     ingest: mpsc::Sender<Inbound>,
     metrics: ClusterMetrics,
     batch: usize,
+    faults: Faults,
+}
+
+/// The journal's fault-injection seam, for tests: a publish lost on its way to the stream.
+#[derive(Clone, Default)]
+pub struct Faults(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Faults {
+    /// The first publish of the next round of two or more uplinks is not sent (it fails like a
+    /// publish the stream never saw), while the rest of the round is.
+    pub fn lose_first_of_next_round(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether a loss is still armed.
+    pub fn armed(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn take(&self, round: usize) -> bool {
+        round >= 2 && self.0.swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// The stream subject of an uplink, from its topic (`lk.up._` for a topic that names no
@@ -80,12 +102,14 @@ impl Journal {
         ingest: mpsc::Sender<Inbound>,
         metrics: ClusterMetrics,
         batch: usize,
+        faults: Faults,
     ) -> Self {
         Self {
             js,
             ingest,
             metrics,
             batch: batch.max(1),
+            faults,
         }
     }
 
@@ -163,6 +187,7 @@ impl Journal {
         let started = Instant::now();
         let mut sent = Vec::with_capacity(msgs.len());
         let mut error = String::new();
+        let mut lose_first = self.faults.take(msgs.len());
         for p in msgs {
             let subject = subject_of(&p.msg.topic);
             let mut publish = PublishMessage::build()
@@ -172,6 +197,13 @@ impl Journal {
                 if let Some(id) = message_id(&subject, &p.msg.payload) {
                     publish = publish.message_id(id);
                 }
+            }
+            if std::mem::take(&mut lose_first) {
+                let lost = async_nats::jetstream::context::PublishError::new(
+                    async_nats::jetstream::context::PublishErrorKind::Other,
+                );
+                sent.push((p, subject, Err(lost)));
+                continue;
             }
             let ack = self.js.send_publish(subject.clone(), publish).await;
             sent.push((p, subject, ack));

@@ -192,6 +192,8 @@ pub struct Cluster {
     pub presence_kv: jetstream::kv::Store,
     pub nodes_kv: jetstream::kv::Store,
     pub metrics: ClusterMetrics,
+    /// The journal's fault-injection seam (tests).
+    pub journal_faults: journal::Faults,
 }
 
 impl Cluster {
@@ -311,6 +313,7 @@ impl Cluster {
                         presence_kv: kv,
                         nodes_kv: nodes,
                         metrics,
+                        journal_faults: journal::Faults::default(),
                     });
                 }
                 Ok(Err(e)) => last_err = e,

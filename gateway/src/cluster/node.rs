@@ -68,6 +68,7 @@ impl Cluster {
             ingest_tx.clone(),
             self.metrics.clone(),
             self.cfg.journal_batch,
+            self.journal_faults.clone(),
         );
         let feed = Feed::new(
             self.js.clone(),
