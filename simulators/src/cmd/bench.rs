@@ -780,7 +780,8 @@ async fn unlock(c: &Common, run: &UnlockRun) -> anyhow::Result<()> {
         "  agents' outboxes drained (all acknowledged): {}",
         secs(drained)
     );
-    if let Some(g) = fleet::rss_kib(l.gateway.pid()) {
+    // (an external runner has no pid: rss_kib(None) would be this process's own)
+    if let Some(g) = l.gateway.pid().and_then(|p| fleet::rss_kib(Some(p))) {
         println!(
             "  gateway RSS after the unlocks: {g} KiB = {:.1} KiB per connected cabinet",
             g as f64 / n as f64
