@@ -11,6 +11,7 @@
 //!   already-connected transport such as `tokio::io::duplex` (for in-process fleets).
 //! * [`control`]: the HTTP control surface (axum) used by the `locker-sim` binary.
 //! * [`browser`]: headless Chromium over WebDriver, for the console's tests and benchmark.
+//! * [`nats`]: a `nats-server` JetStream cluster on loopback, for cluster mode.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod bench;
@@ -20,6 +21,7 @@ pub mod control;
 pub mod fleet;
 pub mod lockboard;
 pub mod modbus;
+pub mod nats;
 
 pub use charger::{ChargerConfig, ChargerSim, ChargerSnapshot};
 pub use lockboard::{LockBoardConfig, LockBoardSim, LockBoardState};

@@ -1,6 +1,8 @@
 //! Load benchmarks (`locker-sim bench ...`): the building blocks.
 //!
 //! - [`machine`]: what the figures were measured on;
+//! - [`cluster`]: the gateways of `bench uplink` and `bench unlock`: one node on sled or N
+//!   cluster nodes on a three-server NATS cluster (`--cluster-nodes`);
 //! - [`cpu`]: the simulator's and a child gateway's CPU over a measured phase;
 //! - [`mosquitto`]: a Mosquitto broker with TLS and required client certificates from the same
 //!   PKI, for side-by-side runs;
@@ -14,6 +16,7 @@
 //! - [`webhooks`]: `bench webhooks`, webhook deliveries per second to a local receiver and the
 //!   outbox's added latency.
 
+pub mod cluster;
 pub mod code;
 pub mod console;
 pub mod cpu;

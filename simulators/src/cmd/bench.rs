@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use locker_sim::bench::cluster::{GatewaySpec, Gateways, ProcessesCpu};
 use locker_sim::bench::cpu::CpuSpan;
 use locker_sim::bench::machine::Machine;
 use locker_sim::bench::mosquitto::Mosquitto;
@@ -83,6 +84,10 @@ pub enum Bench {
         /// anyway. 0 = an idle fleet.
         #[arg(long, default_value_t = 0.0)]
         activity: f64,
+        /// Gateway nodes in cluster mode, on a three-server NATS JetStream cluster (R3) started
+        /// under the state directory; 0 = one gateway on sled alone.
+        #[arg(long, default_value_t = 0)]
+        cluster_nodes: usize,
     },
     /// Sustained uplink: P mTLS publishers each send M events at QoS 1; through the gateway
     /// (edge, broker, ingest, sled, acknowledged = durable, verified via the API) vs Mosquitto
@@ -103,6 +108,10 @@ pub enum Bench {
         /// rules engine's cost on the uplink path).
         #[arg(long, value_enum, default_value_t = RulesRun::On)]
         rules: RulesRun,
+        /// Gateway nodes in cluster mode, on a three-server NATS JetStream cluster (R3) started
+        /// under the state directory; 0 = one gateway on sled alone.
+        #[arg(long, default_value_t = 0)]
+        cluster_nodes: usize,
     },
     /// Order creation through the API (carrier tokens, single and batch) on a site map of light
     /// cabinets, then on the full site: orders/s, latency of `POST /v1/orders`, gateway CPU.
@@ -149,14 +158,25 @@ pub async fn run(b: Bench) -> anyhow::Result<()> {
             unlocks,
             concurrency,
             activity,
-        } => unlock(&common, cabinets, unlocks, concurrency, activity).await,
+            cluster_nodes,
+        } => {
+            let run = UnlockRun {
+                n: cabinets,
+                unlocks,
+                concurrency,
+                activity,
+                cluster_nodes,
+            };
+            unlock(&common, &run).await
+        }
         Bench::Uplink {
             common,
             publishers,
             messages,
             mix,
             rules,
-        } => uplink(&common, publishers, messages, mix, rules).await,
+            cluster_nodes,
+        } => uplink(&common, publishers, messages, mix, rules, cluster_nodes).await,
         Bench::Orders(a) => Ok(locker_sim::bench::orders::run(&a).await.map(drop)?),
         Bench::Code(a) => Ok(locker_sim::bench::code::run(&a).await.map(drop)?),
         Bench::Webhooks(a) => Ok(locker_sim::bench::webhooks::run(&a).await.map(drop)?),
@@ -516,24 +536,73 @@ async fn storm(c: &Common, n: usize, backlog: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn unlock(
-    c: &Common,
+/// What `bench unlock` runs.
+struct UnlockRun {
+    /// Agents.
     n: usize,
     unlocks: usize,
     concurrency: usize,
     activity: f64,
-) -> anyhow::Result<()> {
+    cluster_nodes: usize,
+}
+
+/// The nodes of a run started by [`Gateways::start`].
+fn gateway_spec(c: &Common, name: &str, pki: &Path) -> GatewaySpec {
+    GatewaySpec {
+        bin: gateway_bin(c),
+        state: c.state.clone(),
+        name: name.into(),
+        pki: pki.to_path_buf(),
+        token: TOKEN.into(),
+    }
+}
+
+async fn unlock(c: &Common, run: &UnlockRun) -> anyhow::Result<()> {
+    let &UnlockRun {
+        n,
+        unlocks,
+        concurrency,
+        activity,
+        cluster_nodes,
+    } = run;
     let pki = c.state.join("pki");
     let name = "unlock";
     let _ = std::fs::remove_dir_all(c.state.join(name));
-    let mode = GatewayMode::Child {
-        bin: gateway_bin(c),
-    };
-    let opts = FleetOptions {
+    let mut opts = FleetOptions {
         activity_per_min: activity,
         ..agent_options(c, n, name)
     };
+    // Cluster mode: the nodes are started here (the PKI first: their server certificate), the
+    // agents spread over their edges round robin; the fleet's own API calls go to node 1.
+    let cluster = if cluster_nodes > 0 {
+        let ids = fleet::cabinet_ids(&opts.prefix, n)?;
+        let p2 = pki.clone();
+        tokio::task::spawn_blocking(move || fleet::prepare_pki(&p2, &ids).map(drop)).await??;
+        let rules = locker_sim::fleet::gateway::SimRules::for_fleet(&opts);
+        let spec = gateway_spec(c, "unlock-gw", &pki);
+        let g = Gateways::start(&spec, cluster_nodes, |cfg| rules.apply(cfg)).await?;
+        opts.edges = g.edges();
+        Some(g)
+    } else {
+        None
+    };
+    let mode = match &cluster {
+        Some(g) => GatewayMode::External {
+            edge: g.nodes[0].edge,
+            api: g.nodes[0].api,
+            token: TOKEN.into(),
+        },
+        None => GatewayMode::Child {
+            bin: gateway_bin(c),
+        },
+    };
     let l = fleet::launch(opts, &pki, mode, TOKEN).await?;
+    // every node's API (the one gateway's alone on sled); the unlocks go to them round robin
+    let apis = match &cluster {
+        Some(g) => g.apis(),
+        None => vec![l.fleet.ctx.api.clone()],
+    };
+    let nodes = apis.len();
     l.fleet.ramp_up().await?;
     let up = wait_for(Duration::from_secs(300), || {
         l.fleet.snapshot().connected == n
@@ -541,7 +610,11 @@ async fn unlock(
     .await;
     println!("{n} agents connected: {}", secs(up));
     let _ = wait_for(Duration::from_secs(60), || l.fleet.snapshot().outbox == 0).await;
-    let api = l.fleet.ctx.api.clone();
+    if let Some(g) = &cluster {
+        // every node sees the whole fleet online, wherever each agent is connected
+        let here = g.metric_each(&apis, "locker_cluster_cabinets_here").await;
+        println!("  cabinets held per node (presence bucket): {here:?}");
+    }
     let hist = Arc::new(std::sync::Mutex::new(
         hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?,
     ));
@@ -575,8 +648,15 @@ async fn unlock(
             &format!("store=\"{store}\""),
         )
     };
-    let m0 = api.metrics().await.unwrap_or_default();
+    let m0 = metrics_each(&apis).await;
     let cpu = CpuSpan::start(l.gateway.pid());
+    let cluster_cpu = cluster.as_ref().map(|g| {
+        (
+            ProcessesCpu::start(&g.gateway_pids()),
+            ProcessesCpu::start(&g.nats_pids()),
+        )
+    });
+    let crossing = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let start = Instant::now();
     let mut order: Vec<usize> = (0..unlocks).collect();
     {
@@ -587,9 +667,18 @@ async fn unlock(
     }
     // the unlocks, issued and awaited while the traffic (if any) keeps running
     let work = async {
-        for k in order {
-            let (api, hist, outcomes, gate) =
-                (api.clone(), hist.clone(), outcomes.clone(), gate.clone());
+        for (j, k) in order.into_iter().enumerate() {
+            // the API node round robin; the cabinet is on node (k % n) % nodes
+            let at = j % nodes;
+            if at != (k % n) % nodes {
+                crossing.fetch_add(1, Ordering::Relaxed);
+            }
+            let (api, hist, outcomes, gate) = (
+                apis[at].clone(),
+                hist.clone(),
+                outcomes.clone(),
+                gate.clone(),
+            );
             let cab = l.fleet.cabinets[k % n].id.to_string();
             let compartment = u16::try_from((k / n) % locks + 1).unwrap_or(1);
             let Ok(permit) = gate.clone().acquire_owned().await else {
@@ -623,25 +712,76 @@ async fn unlock(
         work.await;
     }
     let elapsed = start.elapsed();
-    let m1 = api.metrics().await.unwrap_or_default();
+    let m1 = metrics_each(&apis).await;
     let cpu = cpu.stop(l.gateway.pid());
+    let cluster_cpu = cluster_cpu.map(|(g, nats)| {
+        format!(
+            "{}; {}",
+            g.line(&format!("{nodes} gateway nodes")),
+            nats.line("NATS servers")
+        )
+    });
     let p = hist.lock().map(|h| Percentiles::of(&h)).unwrap_or_default();
+    let mode = if cluster.is_some() {
+        format!(
+            "{nodes} cluster nodes, {} of the calls to a node other than the cabinet's",
+            crossing.load(Ordering::Relaxed)
+        )
+    } else {
+        "one node on sled".into()
+    };
     println!(
-        "remote unlock with {n} agents connected, {unlocks} unlocks, {concurrency} in flight, in {:.1} s: opened round trip {p}",
+        "remote unlock with {n} agents connected ({mode}), {unlocks} unlocks, {concurrency} in flight, in {:.1} s: opened round trip {p}",
         elapsed.as_secs_f64()
     );
     println!(
         "  outcomes: {:?}",
         outcomes.lock().map(|m| m.clone()).unwrap_or_default()
     );
-    let per = |store: &str| (flushes(&m1, store) - flushes(&m0, store)) / unlocks.max(1) as f64;
+    let per = |store: &str| {
+        let d: f64 = m0
+            .iter()
+            .zip(&m1)
+            .map(|(a, b)| flushes(b, store) - flushes(a, store))
+            .sum();
+        d / unlocks.max(1) as f64
+    };
     println!(
-        "  gateway flushes per unlock: commands {:.2}, audit {:.2} (shared with all other traffic)",
+        "  gateway flushes per unlock (all nodes): commands {:.2}, audit {:.2} (shared with all other traffic)",
         per("commands"),
         per("audit")
     );
+    if cluster.is_some() {
+        let delta = |name: &str, label: &str| -> Vec<f64> {
+            m0.iter()
+                .zip(&m1)
+                .map(|(a, b)| {
+                    locker_sim::fleet::api::metric_with(b, name, label)
+                        - locker_sim::fleet::api::metric_with(a, name, label)
+                })
+                .collect()
+        };
+        println!(
+            "  per node: commands created {:?}, opened {:?}, downlinks forwarded {:?}, received {:?}, uplinks fed from the stream {:?}",
+            delta("locker_commands_created_total", ""),
+            delta("locker_commands_outcomes_total", "outcome=\"opened\""),
+            delta("locker_cluster_downlinks_total", "result=\"forwarded\""),
+            delta("locker_cluster_downlinks_total", "result=\"received\""),
+            delta("locker_cluster_feed_total", ""),
+        );
+    }
     println!("  unlock phase {cpu}");
-    if let Some(g) = fleet::rss_kib(l.gateway.pid()) {
+    if let Some(line) = cluster_cpu {
+        println!("  unlock phase CPU: {line}");
+    }
+    // every event the agents made (results, door events) acknowledged
+    let drained = wait_for(Duration::from_secs(60), || l.fleet.snapshot().outbox == 0).await;
+    println!(
+        "  agents' outboxes drained (all acknowledged): {}",
+        secs(drained)
+    );
+    // (an external runner has no pid: rss_kib(None) would be this process's own)
+    if let Some(g) = l.gateway.pid().and_then(|p| fleet::rss_kib(Some(p))) {
         println!(
             "  gateway RSS after the unlocks: {g} KiB = {:.1} KiB per connected cabinet",
             g as f64 / n as f64
@@ -649,7 +789,24 @@ async fn unlock(
     }
     l.fleet.shutdown().await;
     l.gateway.stop().await;
+    if let Some(g) = cluster {
+        for (i, node) in g.nodes.iter().enumerate() {
+            if let Some(r) = fleet::rss_kib(node.pid()) {
+                println!("  node {} RSS after the unlocks: {r} KiB", i + 1);
+            }
+        }
+        g.stop().await;
+    }
     Ok(())
+}
+
+/// Every node's `/metrics` text (empty where a node did not answer).
+async fn metrics_each(apis: &[Api]) -> Vec<String> {
+    let mut out = Vec::with_capacity(apis.len());
+    for a in apis {
+        out.push(a.metrics().await.unwrap_or_default());
+    }
+    out
 }
 
 async fn uplink(
@@ -658,6 +815,7 @@ async fn uplink(
     messages: u64,
     mix: locker_sim::bench::mqtt::Mix,
     rules: RulesRun,
+    cluster_nodes: usize,
 ) -> anyhow::Result<()> {
     let (pki, clients) = client_configs(c, "UPL-", publishers).await?;
     let runs: &[bool] = match rules {
@@ -667,7 +825,13 @@ async fn uplink(
     };
     let mut rates = Vec::new();
     for &rules_on in runs {
-        rates.push(uplink_gateway(c, &pki, &clients, messages, mix, rules_on).await?);
+        let run = UplinkRun {
+            messages,
+            mix,
+            rules_on,
+            cluster_nodes,
+        };
+        rates.push(uplink_gateway(c, &pki, &clients, &run).await?);
     }
     if let [off, on] = rates[..] {
         println!(
@@ -684,7 +848,7 @@ async fn uplink(
     let paths = locker_broker_config::pki::PkiPaths::new(&pki);
     let mq = Mosquitto::start(&c.state.join("mosquitto"), &paths).await?;
     let cpu = CpuSpan::start(None);
-    let r = run_publishers(mq.addr, &clients, messages, false, mix).await?;
+    let r = run_publishers(&[mq.addr], &clients, messages, false, mix).await?;
     println!("  uplink phase {}", cpu.stop(None));
     let m_rate = total as f64 / r.0.as_secs_f64().max(1e-9);
     println!(
@@ -696,73 +860,132 @@ async fn uplink(
     Ok(())
 }
 
-/// One gateway run of `bench uplink`; returns its rate (events/s).
+/// One gateway run of `bench uplink`.
+struct UplinkRun {
+    /// Events per publisher.
+    messages: u64,
+    mix: locker_sim::bench::mqtt::Mix,
+    rules_on: bool,
+    cluster_nodes: usize,
+}
+
+/// One gateway run of `bench uplink` (one node on sled, or a cluster's nodes with the
+/// publishers spread over their edges round robin); returns its rate (events/s acknowledged).
 async fn uplink_gateway(
     c: &Common,
     pki: &Path,
     clients: &[(String, Arc<rustls::ClientConfig>)],
-    messages: u64,
-    mix: locker_sim::bench::mqtt::Mix,
-    rules_on: bool,
+    run: &UplinkRun,
 ) -> anyhow::Result<f64> {
+    let &UplinkRun {
+        messages,
+        mix,
+        rules_on,
+        cluster_nodes,
+    } = run;
     let publishers = clients.len();
+    let name = match (rules_on, cluster_nodes) {
+        (true, 0) => "gw-uplink".to_owned(),
+        (false, 0) => "gw-uplink-norules".to_owned(),
+        (true, k) => format!("gw-uplink-cluster{k}"),
+        (false, k) => format!("gw-uplink-norules-cluster{k}"),
+    };
     // A few publishers each far above a cabinet's rate: the per-cabinet uplink limit is off
     // for this raw-throughput measurement.
-    let name = if rules_on {
-        "gw-uplink"
-    } else {
-        "gw-uplink-norules"
-    };
-    let gw = fresh_gateway(c, name, pki, |cfg| {
+    let gws = Gateways::start(&gateway_spec(c, &name, pki), cluster_nodes, |cfg| {
         cfg.edge.uplink_rate_per_s = 0;
         cfg.rules.enabled = rules_on;
     })
     .await?;
-    let api = Api::new(gw.api, TOKEN);
-    let before = api
-        .metrics()
-        .await
-        .map(|m| metric_sum(&m, "locker_ingest_events_total"))
-        .unwrap_or(0.0);
+    let apis = gws.apis();
+    const STORED: &str = "locker_ingest_events_total";
+    let before = gws.metric_each(&apis, STORED).await;
     let total = publishers as u64 * messages;
-    let cpu = CpuSpan::start(gw.pid());
-    let g = run_publishers(gw.edge, clients, messages, true, mix).await?;
-    let cpu = cpu.stop(gw.pid());
-    let m = api.metrics().await.unwrap_or_default();
-    let stored = metric_sum(&m, "locker_ingest_events_total") - before;
-    let mut last_ok = 0;
-    for (id, _) in clients {
-        if let Ok(v) = api.cabinet(id).await {
-            if v["last_seq"].as_u64() == Some(messages) {
-                last_ok += 1;
-            }
-        }
-    }
+    let single_pid = gws.nodes.first().and_then(GatewayRunner::pid);
+    let cpu = CpuSpan::start(if gws.is_cluster() { None } else { single_pid });
+    let procs = (
+        ProcessesCpu::start(&gws.gateway_pids()),
+        ProcessesCpu::start(&gws.nats_pids()),
+    );
+    let g = run_publishers(&gws.edges(), clients, messages, true, mix).await?;
+    // Acknowledged by each publisher's own node; every other node ingests them from the stream
+    // too: how far behind the last of them is.
+    let caught_up = gws
+        .wait_all_reach(
+            &apis,
+            STORED,
+            &before,
+            total as f64,
+            Duration::from_secs(120),
+        )
+        .await;
+    let cpu = cpu.stop(if gws.is_cluster() { None } else { single_pid });
+    let procs = (procs.0.line("gateway nodes"), procs.1.line("NATS servers"));
     let g_rate = total as f64 / g.0.as_secs_f64().max(1e-9);
+    let how = if gws.is_cluster() {
+        format!(
+            "{cluster_nodes} cluster nodes, R3 stream; acknowledged after the stream held it and the publisher's node stored it"
+        )
+    } else {
+        "one node; durable, acknowledged after the sled group commit".into()
+    };
     println!(
-        "gateway uplink, rules engine {} ({mix:?} events; durable, acknowledged after the sled group commit): {total} events from {publishers} mTLS publishers in {:.2} s = {g_rate:.0} events/s; stored (metric) {stored:.0}; cabinets with last_seq = {messages}: {last_ok}/{publishers}; publishes incl. resends {}, rewinds {}",
+        "gateway uplink, rules engine {} ({mix:?} events; {how}): {total} events from {publishers} mTLS publishers in {:.2} s = {g_rate:.0} events/s; publishes incl. resends {}, rewinds {}",
         if rules_on { "on" } else { "off" },
         g.0.as_secs_f64(),
         g.1,
         g.2
     );
-    println!(
-        "  gateway: duplicates dropped {:.0}, gaps dropped {:.0}, mean batch {:.1} events; rules: events evaluated {:.0}, alerts raised {:.0}, actions {:.0}",
-        metric_sum(&m, "locker_ingest_duplicates_total"),
-        metric_sum(&m, "locker_ingest_gaps_total"),
-        metric_sum(&m, "locker_ingest_batch_events_sum")
-            / metric_sum(&m, "locker_ingest_batch_events_count").max(1.0),
-        metric_sum(&m, "locker_rules_events_total"),
-        metric_sum(&m, "locker_alerts_raised_total"),
-        metric_sum(&m, "locker_rule_actions_total"),
-    );
-    println!("  uplink phase {cpu}");
-    gw.stop().await;
+    if gws.is_cluster() {
+        println!(
+            "  every node stored all {total} events {} after the last acknowledgement",
+            secs(caught_up)
+        );
+    }
+    for (i, api) in apis.iter().enumerate() {
+        let m = api.metrics().await.unwrap_or_default();
+        let stored = metric_sum(&m, STORED) - before.get(i).copied().unwrap_or(0.0);
+        let mut last_ok = 0;
+        for (id, _) in clients {
+            if let Ok(v) = api.cabinet(id).await {
+                if v["last_seq"].as_u64() == Some(messages) {
+                    last_ok += 1;
+                }
+            }
+        }
+        println!(
+            "  node {}: stored (metric) {stored:.0}; cabinets with last_seq = {messages}: {last_ok}/{publishers}; duplicates dropped {:.0}, gaps dropped {:.0}, mean batch {:.1} events; rules: events evaluated {:.0}, alerts raised {:.0}, actions {:.0}",
+            i + 1,
+            metric_sum(&m, "locker_ingest_duplicates_total"),
+            metric_sum(&m, "locker_ingest_gaps_total"),
+            metric_sum(&m, "locker_ingest_batch_events_sum")
+                / metric_sum(&m, "locker_ingest_batch_events_count").max(1.0),
+            metric_sum(&m, "locker_rules_events_total"),
+            metric_sum(&m, "locker_alerts_raised_total"),
+            metric_sum(&m, "locker_rule_actions_total"),
+        );
+        if gws.is_cluster() {
+            println!(
+                "    journal: stored {:.0}, duplicate {:.0}, failed {:.0}; fed from the stream {:.0}",
+                locker_sim::fleet::api::metric_with(&m, "locker_cluster_journal_total", "result=\"stored\""),
+                locker_sim::fleet::api::metric_with(&m, "locker_cluster_journal_total", "result=\"duplicate\""),
+                locker_sim::fleet::api::metric_with(&m, "locker_cluster_journal_total", "result=\"failed\""),
+                metric_sum(&m, "locker_cluster_feed_total"),
+            );
+        }
+    }
+    if gws.is_cluster() {
+        println!("  uplink phase {cpu}; {}; {}", procs.0, procs.1);
+    } else {
+        println!("  uplink phase {cpu}");
+    }
+    gws.stop().await;
     Ok(g_rate)
 }
 
+/// The publishers, publisher `i` on `addrs[i % len]`.
 async fn run_publishers(
-    addr: std::net::SocketAddr,
+    addrs: &[std::net::SocketAddr],
     clients: &[(String, Arc<rustls::ClientConfig>)],
     messages: u64,
     end_to_end: bool,
@@ -771,7 +994,10 @@ async fn run_publishers(
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     let mut stats = Vec::new();
-    for (id, cfg) in clients {
+    for (i, (id, cfg)) in clients.iter().enumerate() {
+        let addr = *addrs
+            .get(i % addrs.len().max(1))
+            .context("no address to publish to")?;
         let st = Arc::new(PublishStats::default());
         stats.push(st.clone());
         let cab = locker_schemas::CabinetId::new(id.clone())?;

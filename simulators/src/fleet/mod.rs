@@ -123,6 +123,9 @@ pub struct FleetOptions {
     pub expire_window_min: u32,
     /// Share (0..=1) of orders whose recipient never comes and which the carrier recalls.
     pub recall_share: f64,
+    /// The edges of a cluster's gateway nodes: cabinet `i` connects to `edges[i % len]`
+    /// (empty: every cabinet connects to the gateway's one edge).
+    pub edges: Vec<std::net::SocketAddr>,
 }
 
 impl Default for FleetOptions {
@@ -152,6 +155,7 @@ impl Default for FleetOptions {
             expire_share: 0.1,
             expire_window_min: 1,
             recall_share: 0.05,
+            edges: Vec::new(),
         }
     }
 }
@@ -245,6 +249,10 @@ impl Fleet {
             let link = LinkSwitch::default();
             let cfg = tls.client_config(cert, key, link.clone())?;
             let solar = i % solar_every == 0;
+            let mut t = t.clone();
+            if let Some(edge) = opts.edges.get(i % opts.edges.len().max(1)) {
+                (t.host, t.port) = (edge.ip().to_string(), edge.port());
+            }
             cabinets.push(Arc::new(SimCabinet::new(
                 id,
                 &t,
