@@ -104,7 +104,7 @@ pub async fn unlock(api: &ApiClient, cab: &str, compartment: u16, ttl_ms: u32) -
     r
 }
 
-/// Waits for a command's outcome on one node.
+/// Waits for a command's outcome on one node (or on the one gateway of a single-node test).
 pub async fn outcome(api: &ApiClient, id: &str) -> Value {
     let path = format!("/v1/commands/{id}");
     eventually_async(&format!("outcome of {id}"), || {

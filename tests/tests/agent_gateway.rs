@@ -8,6 +8,7 @@ use std::time::Duration;
 use locker_schemas::{Command, CommandId, DownlinkBody};
 use locker_tests::agent::TestCabinet;
 use locker_tests::api::ApiClient;
+use locker_tests::cluster::outcome;
 use locker_tests::gateway::{test_config, GatewayProcess, TestGateway};
 use locker_tests::pki::TestPki;
 use locker_tests::{eventually, eventually_async};
@@ -42,18 +43,6 @@ async fn online(api: &ApiClient, id: &str) {
         }
     })
     .await;
-}
-
-async fn outcome(api: &ApiClient, id: &str) -> Value {
-    let path = format!("/v1/commands/{id}");
-    eventually_async(&format!("outcome of {id}"), || {
-        let (api, path) = (api.clone(), path.clone());
-        async move {
-            let (_, r) = api.get(&path).await;
-            r["outcome"].is_string().then_some(r)
-        }
-    })
-    .await
 }
 
 async fn unlock(api: &ApiClient, cab: &str, compartment: u16, ttl_ms: u32, wait_ms: u64) -> Value {
