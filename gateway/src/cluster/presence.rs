@@ -233,14 +233,14 @@ async fn watch_once(
     actors: &mpsc::Sender<PresenceEvent>,
 ) -> Result<(), async_nats::Error> {
     // what was deleted while the watch was down: the current keys, then the changes
-    let keys: Vec<String> = kv
+    let keys: std::collections::HashSet<String> = kv
         .keys()
         .await?
         .filter_map(|k| async move { k.ok() })
         .collect()
         .await;
     for cab in directory.cabinets() {
-        if !keys.iter().any(|k| k == cab.as_str())
+        if !keys.contains(cab.as_str())
             && transition(directory, node, metrics, actors, cab, None, now_millis(), 0)
                 .await
                 .is_err()
@@ -391,9 +391,11 @@ pub async fn sweep(
         }
         if let Some(direct) = &direct {
             let here = direct.sessions();
+            let with_session: std::collections::HashSet<&CabinetId> =
+                here.iter().map(|(c, _)| c).collect();
             // named here, but no session (an offline that lost a race with the write above)
             for (cab, on) in directory.entries() {
-                if on != node || here.iter().any(|(c, _)| *c == cab) {
+                if on != node || with_session.contains(&cab) {
                     continue;
                 }
                 let Ok(Some(e)) = presence.entry(cab.as_str()).await else {
@@ -413,6 +415,7 @@ pub async fn sweep(
                     metrics.presence.with_label_values(&["offline"]).inc();
                 }
             }
+            drop(with_session);
             for (cab, conn) in here {
                 if directory.node_of(&cab).is_none() {
                     let rec = Record {
