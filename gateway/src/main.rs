@@ -50,16 +50,38 @@ async fn main() -> anyhow::Result<()> {
     // the LISTENING line drains instead of killing the process.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    let gw = Gateway::start(cfg).await.context("starting the gateway")?;
-    tracing::info!(edge = %gw.edge_addr, api = %gw.api_addr, "gateway running");
-    // Machine-readable line for scripts and tests that start the binary.
-    println!("LISTENING edge={} api={}", gw.edge_addr, gw.api_addr);
-
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: draining"),
+    let mut first = true;
+    loop {
+        let gw = Gateway::start(cfg.clone())
+            .await
+            .context("starting the gateway")?;
+        tracing::info!(edge = %gw.edge_addr, api = %gw.api_addr, domain = gw.domain_here, "gateway running");
+        if first {
+            // Machine-readable line for scripts and tests that start the binary.
+            println!("LISTENING edge={} api={}", gw.edge_addr, gw.api_addr);
+            first = false;
+        }
+        // Cluster mode: a node that takes the domain over, or loses it, restarts its gateway in
+        // the new role (its cabinets reconnect once).
+        let again = tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: draining");
+                false
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("interrupted: draining");
+                false
+            }
+            _ = gw.role_changed() => {
+                tracing::info!("the domain role of this node changed: restarting the gateway in its new role");
+                true
+            }
+        };
+        gw.shutdown().await;
+        if !again {
+            break;
+        }
     }
-    gw.shutdown().await;
     tracing::info!("gateway stopped");
     Ok(())
 }

@@ -100,6 +100,24 @@ impl ApiClient {
         }
     }
 
+    /// The same client asking a cluster node for its own copy (`x-locker-node-local: 1` on
+    /// every request): a follower then answers a GET itself instead of forwarding it.
+    pub fn node_local(&self) -> Self {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            "x-locker-node-local",
+            reqwest::header::HeaderValue::from_static("1"),
+        );
+        let http = reqwest::Client::builder()
+            .default_headers(h)
+            .build()
+            .expect("HTTP client");
+        Self {
+            http,
+            ..self.clone()
+        }
+    }
+
     /// The same client with another bearer token (a carrier's, a site manager's).
     pub fn with_token(&self, token: &str) -> Self {
         Self {
@@ -214,6 +232,23 @@ impl ApiClient {
         let status = r.status().as_u16();
         let h = r.headers().clone();
         (status, h, r.text().await.expect("body"))
+    }
+
+    /// [`ApiClient::get_text`] without headers, or the transport error (a node that is
+    /// restarting refuses connections for a moment).
+    pub async fn try_get_text(
+        &self,
+        path: &str,
+    ) -> Result<(u16, reqwest::header::HeaderMap, String), reqwest::Error> {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        let h = r.headers().clone();
+        Ok((status, h, r.text().await?))
     }
 
     /// GET a path without any token.

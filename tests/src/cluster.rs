@@ -15,7 +15,8 @@ use crate::nats::NatsCluster;
 use crate::pki::TestPki;
 
 /// Makes `cfg` node `i` (named `gw{i+1}`) of a cluster on `nats`, connecting first to NATS
-/// server `i` (modulo the servers), with three replicas; node 0 is the domain node.
+/// server `i` (modulo the servers), with three replicas; only node 0 may run the domain (so
+/// it does, whatever order the nodes start in).
 pub fn cluster_config(cfg: &mut GatewayConfig, nats: &NatsCluster, i: usize, servers: usize) {
     cfg.cluster.enabled = true;
     cfg.cluster.node_id = format!("gw{}", i + 1);
@@ -25,6 +26,7 @@ pub fn cluster_config(cfg: &mut GatewayConfig, nats: &NatsCluster, i: usize, ser
     cfg.cluster.publish_timeout_ms = 2_000;
     cfg.cluster.connect_timeout_ms = 60_000;
     cfg.cluster.node_ttl_ms = 4_000;
+    cfg.cluster.lease_ttl_ms = 5_000;
 }
 
 /// NATS servers and gateway nodes, in-process.
@@ -65,9 +67,10 @@ impl TestCluster {
     }
 }
 
-/// The (seq, kind) of a cabinet's audit log on one node.
+/// The (seq, kind) of a cabinet's audit log on one node (its own copy, not forwarded).
 pub async fn audit_seqs(api: &ApiClient, cab: &str) -> Vec<(u64, String)> {
-    api.events(cab)
+    api.node_local()
+        .events(cab)
         .await
         .iter()
         .map(|e| {
@@ -79,13 +82,16 @@ pub async fn audit_seqs(api: &ApiClient, cab: &str) -> Vec<(u64, String)> {
         .collect()
 }
 
-/// Waits until one node's API says `cab` is online (or offline).
+/// Waits until one node's own fleet view says `cab` is online (or offline).
 pub async fn wait_presence(api: &ApiClient, cab: &str, online: bool) {
     let path = format!("/v1/cabinets/{cab}");
+    let api = api.node_local();
     eventually_async(&format!("{cab} online={online} at {path}"), || {
         let (api, path) = (api.clone(), path.clone());
         async move {
-            let (s, c) = api.get(&path).await;
+            // a node restarting in its other domain role refuses connections for a moment
+            let (s, _, body) = api.try_get_text(&path).await.ok()?;
+            let c: Value = serde_json::from_str(&body).ok()?;
             (s == 200 && c["online"] == json!(online)).then_some(())
         }
     })
@@ -205,4 +211,40 @@ pub async fn drained(cab: &crate::agent::TestCabinet) -> u64 {
         }
     })
     .await
+}
+
+/// Waits until the node behind `api` answers the domain's routes from `node` (the holder of
+/// the domain lease; every response of a cluster node names the node that served it).
+pub async fn wait_leader(api: &ApiClient, node: &str) {
+    eventually_async(&format!("{node} runs the domain"), || async {
+        let (s, h, _) = api.try_get_text("/v1/orders?limit=1").await.ok()?;
+        let by = h
+            .get("x-locker-served-by")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (s == 200 && by == node).then_some(())
+    })
+    .await;
+}
+
+/// What a node's own trees hold of the domain, for comparing nodes: an order as stored, the
+/// parcel outbox's and audit trail's heads and the whole parcel audit trail.
+pub async fn domain_state(store: &locker_gateway::store::Store, order: &str) -> Value {
+    use locker_gateway::store::parcels::ParcelStore;
+    let (store, order) = (store.clone(), order.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let id: locker_schemas::OrderId = order.parse().expect("order id");
+        let p = store.parcels();
+        let stored = p.stored_order(id).expect("order read");
+        let heads = p.heads().expect("heads");
+        let audit = p.audit(0, 10_000).expect("audit");
+        json!({
+            "order": serde_json::to_value(stored).expect("json"),
+            "heads": [heads.0, heads.1],
+            "audit": serde_json::to_value(audit).expect("json"),
+        })
+    })
+    .await
+    .expect("join")
 }

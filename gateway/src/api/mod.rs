@@ -31,6 +31,7 @@ pub mod alerts;
 pub mod cabinets;
 mod export;
 mod fleet;
+pub mod forward;
 mod health;
 mod live;
 pub mod openapi;
@@ -115,9 +116,11 @@ pub struct ApiState {
     pub live: crate::live::LiveHandle,
     /// Console sessions (`None` when `console.enabled` is false).
     pub sessions: Option<crate::console::Sessions>,
-    /// Cluster mode on a node that is not the domain node: the parcel, rules and webhook routes
-    /// answer 503 `domain_node_elsewhere` (their state lives on the domain node).
-    pub domain_elsewhere: bool,
+    /// Cluster mode on a node that does not run the domain: every request but the node's own
+    /// health, readiness and metrics goes to the node that does ([`forward`]).
+    pub forward: Option<forward::Forwarder>,
+    /// Cluster mode: this node's name (every response says which node served it).
+    pub node: Option<String>,
     /// Cluster mode: the cluster's metrics, for `/readyz`.
     pub cluster: Option<crate::cluster::ClusterMetrics>,
 }
@@ -245,43 +248,21 @@ pub fn router(st: ApiState) -> Router {
         .with_state(st)
 }
 
-/// The routes of the parcel domain, the rules engine and webhooks: served by the domain node
-/// only, in cluster mode.
-const DOMAIN_ROUTES: &[&str] = &[
-    "/v1/orders",
-    "/v1/sites",
-    "/v1/carriers",
-    "/v1/notifications",
-    "/v1/parcel-audit",
-    "/v1/tracking",
-    "/v1/alerts",
-    "/v1/webhooks",
-    "/v1/outbound",
-    "/v1/cabinets/{id}/compartments",
-    "/v1/cabinets/{id}/partitions",
-];
-
-/// Cluster mode, on a node that is not the domain node: refuses the domain's routes with a
-/// pointer to where they are served, instead of answering from an empty local state.
+/// Cluster mode, on a node that does not run the domain: the request is served by the node
+/// that does ([`forward`]), but for this node's own health, readiness and metrics.
 async fn domain_here(State(st): State<ApiState>, req: Request, next: Next) -> Response {
-    if st.domain_elsewhere {
-        let path = req
-            .extensions()
-            .get::<axum::extract::MatchedPath>()
-            .map(|p| p.as_str())
-            .unwrap_or_default();
-        if DOMAIN_ROUTES.iter().any(|r| path.starts_with(r)) {
-            return ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "domain_node_elsewhere",
-                "this cluster node serves cabinets, commands, the fleet and the audit log; \
-                 orders, sites, carriers, alerts and webhooks are served by the cluster's \
-                 domain node (the one with cluster.domain = true)",
-            )
-            .into_response();
+    if let Some(f) = &st.forward {
+        if !forward::Forwarder::is_local(&req) {
+            return f.forward(req).await;
         }
     }
-    next.run(req).await
+    let mut resp = next.run(req).await;
+    if let Some(node) = &st.node {
+        if let Ok(v) = axum::http::HeaderValue::from_str(node) {
+            resp.headers_mut().insert(forward::SERVED_BY, v);
+        }
+    }
+    resp
 }
 
 /// The OpenAPI document of [`router`] (what `GET /openapi.json` serves).

@@ -31,6 +31,18 @@ pub struct ClusterMetrics {
     pub cabinets_here: IntGauge,
     /// 1 while the node is connected to NATS.
     pub connected: IntGauge,
+    /// Records this node wrote to the domain stream, by part and result (`ok`, `failed`,
+    /// `fenced`).
+    pub domain_writes: IntCounterVec,
+    /// Time for a domain record to be confirmed by the stream.
+    pub domain_write_seconds: Histogram,
+    /// Records of other nodes applied to this node's trees, by part and result (`applied`,
+    /// `undecodable`).
+    pub domain_applied: IntCounterVec,
+    /// 1 while this node runs the domain (holds the lease).
+    pub domain_leader: IntGauge,
+    /// Times this node took the domain lease.
+    pub domain_takeovers: IntCounter,
 }
 
 impl ClusterMetrics {
@@ -89,7 +101,68 @@ impl ClusterMetrics {
         ] {
             presence.with_label_values(&[l]);
         }
+        let domain_writes = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "locker_cluster_domain_writes_total",
+                    "Domain records (commits of the command queue, parcels, alerts, outboxes) \
+                     this node wrote to the replicated stream, by part and result: ok, failed \
+                     (tried again), fenced (another node wrote since: this node stops running \
+                     the domain)",
+                ),
+                &["part", "result"],
+            )?,
+        )?;
+        let domain_applied = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "locker_cluster_domain_applied_total",
+                    "Domain records of the node running the domain applied to this node's \
+                     own trees, by part and result: applied, undecodable (skipped, logged)",
+                ),
+                &["part", "result"],
+            )?,
+        )?;
+        for p in ["commands", "parcels", "alerts", "outbound"] {
+            for r in ["ok", "failed", "fenced"] {
+                domain_writes.with_label_values(&[p, r]);
+            }
+            for r in ["applied", "undecodable"] {
+                domain_applied.with_label_values(&[p, r]);
+            }
+        }
         Ok(Self {
+            domain_writes,
+            domain_applied,
+            domain_write_seconds: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "locker_cluster_domain_write_seconds",
+                        "Time for a domain record to be confirmed by the replicated stream",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+                    ]),
+                )?,
+            )?,
+            domain_leader: register(
+                r,
+                IntGauge::new(
+                    "locker_cluster_domain_leader",
+                    "1 while this node runs the parcel domain, the rules engine, webhooks and \
+                     the command queue (it holds the domain lease)",
+                )?,
+            )?,
+            domain_takeovers: register(
+                r,
+                IntCounter::new(
+                    "locker_cluster_domain_takeovers_total",
+                    "Times this node took the domain lease",
+                )?,
+            )?,
             journal,
             journal_failing: register(
                 r,

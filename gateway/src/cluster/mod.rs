@@ -10,15 +10,22 @@
 //!   `lk_presence`, and every node's view of the whole fleet's presence built from it;
 //! - [`route`]: a downlink for a cabinet connected to another node travels on
 //!   `lk.node.{node}.down.{cabinet}` to that node, which hands it to the cabinet's session;
+//! - [`domain`]: the domain's state (command queue, parcels, alerts, outboxes) in the
+//!   replicated stream `LK_DOMAIN`, written by one node at a time (fenced) and applied by the
+//!   others to their own trees;
+//! - [`lease`] and [`role`]: which node runs the domain, and the others' following of it;
 //! - [`node`]: how the gateway's wiring starts all of these.
 //!
 //! Single-node mode (the default, `[cluster] enabled = false`) uses none of this.
 
+pub mod domain;
 pub mod feed;
 pub mod journal;
+pub mod lease;
 mod metrics;
 pub mod node;
 pub mod presence;
+pub mod role;
 pub mod route;
 
 use std::time::Duration;
@@ -42,12 +49,21 @@ pub struct ClusterConfig {
     pub enabled: bool,
     /// This node's name, unique in the cluster: 1 to 32 ASCII letters, digits, '-' or '_'.
     pub node_id: String,
-    /// Whether this node runs the parcel domain, the rules engine and webhooks (the "domain
-    /// node"). In this release their state is still in the node's own sled database, so
-    /// exactly one node of a cluster must say `true`; the others serve cabinets, commands, the
-    /// fleet view and the audit log, and answer the domain's API routes with 503
-    /// `domain_node_elsewhere`.
+    /// Whether this node may run the domain (the command queue, the parcel domain, the rules
+    /// engine, webhooks and notifications). One node at a time does, the holder of the domain
+    /// lease; when it stops renewing the lease, another node with `domain = true` takes it over.
+    /// The domain's state is in the replicated stream `LK_DOMAIN`, applied by every node.
     pub domain: bool,
+    /// The base URL of this node's HTTP API as the other nodes reach it
+    /// (`http://10.0.0.5:8080`); the nodes that do not run the domain forward its routes there.
+    /// Empty: `http(s)://` and the API's listening address (127.0.0.1 for an unspecified one,
+    /// which only works on one machine).
+    pub api_url: String,
+    /// How long the domain lease lasts without renewal, ms: a dead leader's domain moves to
+    /// another node after about this long (set when the lease bucket is created).
+    pub lease_ttl_ms: u64,
+    /// Longest catch-up with the domain stream before a node starts running the domain, ms.
+    pub catch_up_timeout_ms: u64,
     /// NATS servers to connect to (any of the cluster's; the client learns the others).
     pub nats_urls: Vec<String>,
     /// Replicas of the stream and the bucket (at most the number of NATS servers; 3 survives
@@ -78,7 +94,10 @@ impl Default for ClusterConfig {
         Self {
             enabled: false,
             node_id: "node-1".into(),
-            domain: false,
+            domain: true,
+            api_url: String::new(),
+            lease_ttl_ms: 10_000,
+            catch_up_timeout_ms: 120_000,
             nats_urls: vec!["nats://127.0.0.1:4222".into()],
             replicas: 3,
             stream: "LK_UPLINK".into(),
@@ -136,12 +155,24 @@ impl ClusterConfig {
             || self.publish_timeout_ms == 0
             || self.journal_batch == 0
             || self.node_ttl_ms < 1_000
+            || self.lease_ttl_ms < 1_000
+            || self.catch_up_timeout_ms == 0
         {
             return bad(
                 "cluster.duplicate_window_s, stream_max_age_h, publish_timeout_ms and \
-                 journal_batch must be above 0, node_ttl_ms at least 1000"
+                 journal_batch, catch_up_timeout_ms must be above 0, node_ttl_ms and \
+                 lease_ttl_ms at least 1000"
                     .into(),
             );
+        }
+        let url_ok = self.api_url.is_empty()
+            || self.api_url.starts_with("http://")
+            || self.api_url.starts_with("https://");
+        if !url_ok {
+            return bad(format!(
+                "cluster.api_url {:?}: an http:// or https:// base URL",
+                self.api_url
+            ));
         }
         if self.duplicate_window_s > self.stream_max_age_h * 3600 {
             return bad("cluster.duplicate_window_s must not exceed the stream's max age".into());
@@ -191,6 +222,8 @@ pub struct Cluster {
     pub js: jetstream::Context,
     pub presence_kv: jetstream::kv::Store,
     pub nodes_kv: jetstream::kv::Store,
+    /// The domain lease's bucket.
+    pub lease_kv: jetstream::kv::Store,
     pub metrics: ClusterMetrics,
     /// The journal's fault-injection seam (tests).
     pub journal_faults: journal::Faults,
@@ -271,6 +304,14 @@ impl Cluster {
             max_age: Duration::from_millis(cfg.node_ttl_ms),
             ..kv_stream_cfg.clone()
         };
+        let lease_stream_cfg = jetstream::stream::Config {
+            name: format!("KV_{}", lease::LEASE_BUCKET),
+            description: Some("the node running the domain (the key expires)".into()),
+            subjects: vec![format!("$KV.{}.>", lease::LEASE_BUCKET)],
+            max_age: Duration::from_millis(cfg.lease_ttl_ms),
+            ..kv_stream_cfg.clone()
+        };
+        let domain_cfg = domain::stream_config(cfg.replicas);
         let mut last_err;
         loop {
             let attempt = async {
@@ -291,10 +332,20 @@ impl Cluster {
                     .get_key_value(NODES_BUCKET)
                     .await
                     .map_err(|e| ClusterError::js("nodes bucket", e))?;
-                Ok::<_, ClusterError>((kv, nodes))
+                js.get_or_create_stream(lease_stream_cfg.clone())
+                    .await
+                    .map_err(|e| ClusterError::js("domain lease bucket", e))?;
+                let lease = js
+                    .get_key_value(lease::LEASE_BUCKET)
+                    .await
+                    .map_err(|e| ClusterError::js("domain lease bucket", e))?;
+                js.get_or_create_stream(domain_cfg.clone())
+                    .await
+                    .map_err(|e| ClusterError::js("domain stream", e))?;
+                Ok::<_, ClusterError>((kv, nodes, lease))
             };
             match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-                Ok(Ok((kv, nodes))) => {
+                Ok(Ok((kv, nodes, lease))) => {
                     // JetStream answered: connected (later changes come from the events)
                     if client.connection_state() == async_nats::connection::State::Connected {
                         metrics.connected.set(1);
@@ -312,6 +363,7 @@ impl Cluster {
                         js,
                         presence_kv: kv,
                         nodes_kv: nodes,
+                        lease_kv: lease,
                         metrics,
                         journal_faults: journal::Faults::default(),
                     });

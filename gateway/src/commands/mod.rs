@@ -148,6 +148,13 @@ pub struct CommandsHandle {
 }
 
 impl CommandsHandle {
+    /// A handle to no dispatcher (a cluster node that does not run the domain): every call
+    /// answers that the dispatcher is gone.
+    pub fn detached() -> Self {
+        let (tx, _) = mpsc::channel(1);
+        Self { tx }
+    }
+
     async fn call<T>(
         &self,
         f: impl FnOnce(oneshot::Sender<Result<T, CommandError>>) -> Msg,

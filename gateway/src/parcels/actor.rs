@@ -403,7 +403,7 @@ async fn finish(st: &mut State, store: &Store, publisher: &Publisher, deferred: 
         let mut wait = Duration::from_millis(50);
         loop {
             let (s, b) = (store.clone(), batch.clone());
-            match store::blocking(move || s.parcels().commit(&b)).await {
+            match store::blocking(move || s.writers().parcels.commit(&b)).await {
                 Ok(()) => break,
                 Err(e) => {
                     st.metrics.storage_errors.inc();

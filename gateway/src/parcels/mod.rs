@@ -268,6 +268,14 @@ pub struct ParcelsHandle {
 }
 
 impl ParcelsHandle {
+    /// A handle to no parcel actor (a cluster node that does not run the domain): every call
+    /// answers that the actor is gone.
+    pub fn detached() -> Self {
+        let (tx, _) = mpsc::channel(1);
+        let (_, sites_rev) = tokio::sync::watch::channel(0);
+        Self { tx, sites_rev }
+    }
+
     async fn call<T>(&self, f: impl FnOnce(Reply<T>) -> Msg) -> Result<T, ParcelError> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(f(tx)).await.map_err(|_| ParcelError::Closed)?;

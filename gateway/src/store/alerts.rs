@@ -122,6 +122,81 @@ impl SledAlerts {
     }
 }
 
+impl SledAlerts {
+    /// The position the next change-log line gets.
+    pub fn next_change(&self) -> u64 {
+        self.next_change.load(Ordering::Relaxed)
+    }
+
+    fn take_change(&self) -> u64 {
+        self.next_change.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// [`AlertStore::commit`] with its change-log lines from position `first` and `now` as the
+    /// time of an update: a replica (cluster mode) applying the same commit writes the same
+    /// lines, and applying it twice writes them once.
+    pub fn commit_as(
+        &self,
+        first: u64,
+        now: Millis,
+        states: &[(CabinetId, CabState)],
+        alerts: &[Alert],
+        actions: &[PendingAction],
+    ) -> Result<(), StoreError> {
+        // a commit applied a second time finds its alerts as they are and logs nothing: the
+        // positions never move back
+        self.next_change.fetch_max(first, Ordering::Relaxed);
+        let mut pending = sled::Batch::default();
+        for p in actions {
+            pending.insert(p.command.to_string().as_bytes(), encode(p)?);
+        }
+        let mut s = sled::Batch::default();
+        for (id, st) in states {
+            s.insert(id.as_str().as_bytes(), encode(st)?);
+        }
+        let mut a = sled::Batch::default();
+        let mut act = sled::Batch::default();
+        let mut log = sled::Batch::default();
+        for al in alerts {
+            let old: Option<Alert> = self
+                .alerts
+                .get(al.id.as_bytes())?
+                .map(|v| decode("alerts", &v))
+                .transpose()?;
+            if worth_logging(old.as_ref(), al) {
+                let change = change_of(old.as_ref(), al);
+                let at = match change {
+                    ChangeKind::Raised => al.raised_at,
+                    ChangeKind::Cleared => al.cleared_at.unwrap_or(now),
+                    ChangeKind::Acknowledged => al.acked_at.unwrap_or(now),
+                    ChangeKind::Updated => now,
+                };
+                let change = AlertChange {
+                    pos: self.take_change(),
+                    at,
+                    change,
+                    alert: al.clone(),
+                };
+                log.insert(&change.pos.to_be_bytes(), encode(&change)?);
+            }
+            a.insert(al.id.as_bytes(), encode(al)?);
+            if al.is_active() {
+                act.insert(al.id.as_bytes(), &[] as &[u8]);
+            } else {
+                act.remove(al.id.as_bytes());
+            }
+        }
+        // alerts first: a state that names an alert always finds it after a crash
+        self.alerts.apply_batch(a)?;
+        self.log.apply_batch(log)?;
+        self.active.apply_batch(act)?;
+        self.actions.apply_batch(pending)?;
+        self.state.apply_batch(s)?;
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
 fn last_pos(t: &sled::Tree) -> Result<u64, StoreError> {
     Ok(match t.last()? {
         Some((k, _)) => be_u64(&k),
@@ -203,55 +278,8 @@ impl AlertStore for SledAlerts {
         alerts: &[Alert],
         actions: &[PendingAction],
     ) -> Result<(), StoreError> {
-        let mut pending = sled::Batch::default();
-        for p in actions {
-            pending.insert(p.command.to_string().as_bytes(), encode(p)?);
-        }
-        let mut s = sled::Batch::default();
-        for (id, st) in states {
-            s.insert(id.as_str().as_bytes(), encode(st)?);
-        }
-        let mut a = sled::Batch::default();
-        let mut act = sled::Batch::default();
-        let mut log = sled::Batch::default();
-        let now = locker_schemas::now_millis();
-        for al in alerts {
-            let old: Option<Alert> = self
-                .alerts
-                .get(al.id.as_bytes())?
-                .map(|v| decode("alerts", &v))
-                .transpose()?;
-            if worth_logging(old.as_ref(), al) {
-                let change = change_of(old.as_ref(), al);
-                let at = match change {
-                    ChangeKind::Raised => al.raised_at,
-                    ChangeKind::Cleared => al.cleared_at.unwrap_or(now),
-                    ChangeKind::Acknowledged => al.acked_at.unwrap_or(now),
-                    ChangeKind::Updated => now,
-                };
-                let change = AlertChange {
-                    pos: self.next_change.fetch_add(1, Ordering::Relaxed),
-                    at,
-                    change,
-                    alert: al.clone(),
-                };
-                log.insert(&change.pos.to_be_bytes(), encode(&change)?);
-            }
-            a.insert(al.id.as_bytes(), encode(al)?);
-            if al.is_active() {
-                act.insert(al.id.as_bytes(), &[] as &[u8]);
-            } else {
-                act.remove(al.id.as_bytes());
-            }
-        }
-        // alerts first: a state that names an alert always finds it after a crash
-        self.alerts.apply_batch(a)?;
-        self.log.apply_batch(log)?;
-        self.active.apply_batch(act)?;
-        self.actions.apply_batch(pending)?;
-        self.state.apply_batch(s)?;
-        self.db.flush()?;
-        Ok(())
+        let first = self.next_change();
+        self.commit_as(first, locker_schemas::now_millis(), states, alerts, actions)
     }
 
     fn action_done(&self, command: &str) -> Result<(), StoreError> {

@@ -31,6 +31,28 @@ pub enum Sync {
     Buffered,
 }
 
+/// The command log as the dispatcher uses it: [`CommandStore`] on sled, or in cluster mode a
+/// replicated log whose writes go to JetStream first (reads are the node's own copy).
+pub trait CommandLog: Send + std::marker::Sync + 'static {
+    /// Records a command (new or updated). Flushed before returning.
+    fn put_command(&self, rec: &CommandRecord) -> Result<(), StoreError> {
+        self.put_commands(std::slice::from_ref(rec), Sync::Flush)
+    }
+    /// Records several commands; with [`Sync::Flush`], durable before returning.
+    fn put_commands(&self, recs: &[CommandRecord], sync: Sync) -> Result<(), StoreError>;
+    /// One command by id.
+    fn get_command(&self, id: CommandId) -> Result<Option<CommandRecord>, StoreError>;
+    /// A cabinet's most recent commands, newest first, at most `limit` (capped at
+    /// [`RECENT_MAX`]).
+    fn recent_commands(
+        &self,
+        cabinet: &CabinetId,
+        limit: usize,
+    ) -> Result<Vec<CommandRecord>, StoreError>;
+    /// Every command still waiting for an outcome, oldest first per cabinet.
+    fn pending_commands(&self) -> Result<Vec<CommandRecord>, StoreError>;
+}
+
 /// The command trees (cheap to clone).
 #[derive(Clone)]
 pub struct CommandStore {
@@ -92,16 +114,12 @@ impl CommandStore {
         }
         Ok(s)
     }
+}
 
-    /// Records a command (new or updated); pending commands are in the cabinet's queue, final
-    /// ones are removed from it. Flushed before returning.
-    pub fn put_command(&self, rec: &CommandRecord) -> Result<(), StoreError> {
-        self.put_commands(std::slice::from_ref(rec), Sync::Flush)
-    }
-
+impl CommandLog for CommandStore {
     /// Records several commands; with [`Sync::Flush`], one flush for all of them (a group
     /// commit) before returning.
-    pub fn put_commands(&self, recs: &[CommandRecord], sync: Sync) -> Result<(), StoreError> {
+    fn put_commands(&self, recs: &[CommandRecord], sync: Sync) -> Result<(), StoreError> {
         for rec in recs {
             self.commands.insert(rec.id.to_bytes(), encode(rec)?)?;
             let qk = queue_key(&rec.cabinet, rec.id);
@@ -119,7 +137,7 @@ impl CommandStore {
     }
 
     /// One command by id.
-    pub fn get_command(&self, id: CommandId) -> Result<Option<CommandRecord>, StoreError> {
+    fn get_command(&self, id: CommandId) -> Result<Option<CommandRecord>, StoreError> {
         match self.commands.get(id.to_bytes())? {
             None => Ok(None),
             Some(v) => Ok(Some(decode("commands", &v)?)),
@@ -128,7 +146,7 @@ impl CommandStore {
 
     /// A cabinet's most recent commands, newest first, at most `limit` (capped at
     /// [`RECENT_MAX`]).
-    pub fn recent_commands(
+    fn recent_commands(
         &self,
         cabinet: &CabinetId,
         limit: usize,
@@ -158,7 +176,7 @@ impl CommandStore {
     }
 
     /// Every command still waiting for an outcome, oldest first per cabinet.
-    pub fn pending_commands(&self) -> Result<Vec<CommandRecord>, StoreError> {
+    fn pending_commands(&self) -> Result<Vec<CommandRecord>, StoreError> {
         let mut out = Vec::new();
         for kv in self.queue.iter() {
             let (k, _) = kv?;

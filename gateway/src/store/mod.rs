@@ -14,24 +14,35 @@
 //!   behind [`alerts::AlertStore`];
 //! - `outbound`: webhook subscriptions and the delivery outbox, behind
 //!   [`outbound::OutboundStore`];
-//! - `console_sessions`: the console's login sessions, behind [`sessions::SessionStore`].
+//! - `console_sessions`: the console's login sessions, behind [`sessions::SessionStore`];
+//! - `domain_marks`: cluster mode, how far the replicated domain log is applied here
+//!   ([`marks::DomainMarks`]).
+//!
+//! The domain's actors write through [`Writers`]: these sled stores on a single node; in
+//! cluster mode the replicated stores of [`crate::cluster::domain`], which write the record to
+//! JetStream first and then to these same trees. Reads (the API, the export) always read the
+//! node's own trees.
 //!
 //! Every method here blocks (sled I/O); actors call them through `spawn_blocking`.
 
 pub mod alerts;
 pub mod commands;
 pub mod events;
+pub mod marks;
 pub mod outbound;
 pub mod parcels;
 pub mod quarantine;
 pub mod sessions;
 
+use std::sync::Arc;
+
 use locker_schemas::CabinetId;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::model::CabinetSnapshot;
-pub use commands::CommandStore;
+pub use commands::{CommandLog, CommandStore};
 pub use events::{AuditEntry, AuditLog, Life, NewEntry};
+pub use marks::DomainMarks;
 pub use quarantine::{QuarantineLimits, QuarantineRecord, QuarantineStore};
 
 /// Why a storage operation failed.
@@ -45,6 +56,23 @@ pub enum StoreError {
     Encode(#[from] serde_json::Error),
     #[error("storage task failed: {0}")]
     Join(String),
+    /// Cluster mode: the replicated domain log did not take the write (NATS unreachable, a
+    /// timeout); nothing was applied, the write may be tried again.
+    #[error("replicated domain log: {0}")]
+    Replication(String),
+    /// Cluster mode: this node no longer runs the domain (another node wrote the log since, or
+    /// its lease ran out); nothing was applied and trying again will not help.
+    #[error("this node no longer runs the domain: {0}")]
+    NotLeader(String),
+}
+
+/// Where the domain's actors (dispatcher, parcels, rules, outbound) write their state.
+#[derive(Clone)]
+pub struct Writers {
+    pub commands: Arc<dyn CommandLog>,
+    pub parcels: Arc<dyn parcels::ParcelStore>,
+    pub alerts: Arc<dyn alerts::AlertStore>,
+    pub outbound: Arc<dyn outbound::OutboundStore>,
 }
 
 /// Handle to the gateway's sled database (cheap to clone).
@@ -61,6 +89,8 @@ pub struct Store {
     alerts: alerts::SledAlerts,
     outbound: outbound::SledOutbound,
     sessions: sessions::SledSessions,
+    marks: DomainMarks,
+    writers: Writers,
 }
 
 fn decode<T: DeserializeOwned>(tree: &'static str, v: &[u8]) -> Result<T, StoreError> {
@@ -92,16 +122,28 @@ impl Store {
             .path(path)
             .cache_capacity(128 * 1024 * 1024)
             .open()?;
+        let commands = CommandStore::open(&db)?;
+        let parcels = parcels::SledParcels::open(&db)?;
+        let alerts = alerts::SledAlerts::open(&db)?;
+        let outbound = outbound::SledOutbound::open(&db)?;
+        let writers = Writers {
+            commands: Arc::new(commands.clone()),
+            parcels: Arc::new(parcels.clone()),
+            alerts: Arc::new(alerts.clone()),
+            outbound: Arc::new(outbound.clone()),
+        };
         Ok(Self {
             audit: AuditLog::open(&db)?,
             quarantine: QuarantineStore::open(&db)?,
             health: db.open_tree("health")?,
             cabinets: db.open_tree("cabinets")?,
-            commands: CommandStore::open(&db)?,
-            parcels: parcels::SledParcels::open(&db)?,
-            alerts: alerts::SledAlerts::open(&db)?,
-            outbound: outbound::SledOutbound::open(&db)?,
+            commands,
+            parcels,
+            alerts,
+            outbound,
             sessions: sessions::SledSessions::open(&db)?,
+            marks: DomainMarks::open(&db)?,
+            writers,
             db,
         })
     }
@@ -199,9 +241,30 @@ impl Store {
         self.audit.events_page(cabinet, after, limit)
     }
 
-    /// The command log (owned by the dispatcher).
-    pub fn commands(&self) -> &CommandStore {
+    /// The command log as the dispatcher writes it (see [`Writers`]).
+    pub fn commands(&self) -> &dyn CommandLog {
+        &*self.writers.commands
+    }
+
+    /// The command log's own trees on this node.
+    pub fn sled_commands(&self) -> &CommandStore {
         &self.commands
+    }
+
+    /// Where the domain's actors write.
+    pub fn writers(&self) -> &Writers {
+        &self.writers
+    }
+
+    /// The same store with the domain's writes going through `writers` (cluster mode).
+    pub fn with_writers(mut self, writers: Writers) -> Self {
+        self.writers = writers;
+        self
+    }
+
+    /// How far the replicated domain log is applied here (cluster mode).
+    pub fn domain_marks(&self) -> &DomainMarks {
+        &self.marks
     }
 
     /// The parcel domain's state (owned by the parcel actor).

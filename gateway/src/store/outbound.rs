@@ -26,7 +26,7 @@ pub struct LoadedOutbound {
 }
 
 /// What one commit of the outbound actor writes.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct OutBatch {
     pub cursors: Vec<(String, u64)>,
     /// New or updated (attempts, last error) waiting deliveries.

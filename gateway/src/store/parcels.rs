@@ -80,7 +80,7 @@ pub struct Loaded {
 }
 
 /// What one group commit of the parcel actor writes.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Batch {
     pub sites: Vec<Site>,
     pub carriers: Vec<Carrier>,

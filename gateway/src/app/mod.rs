@@ -17,6 +17,8 @@
 //! `shutdown_grace_ms` bounds the whole sequence: whatever is still running then is aborted,
 //! with a log line naming it, and the store is flushed anyway.
 
+mod domain;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,16 +33,17 @@ use crate::api::{self, ApiState};
 use crate::broker::{BrokerError, EmbeddedBroker};
 use crate::cluster::presence::Directory;
 use crate::cluster::{node, Cluster};
-use crate::commands::{CommandsHandle, Dispatcher};
+use crate::commands::CommandsHandle;
 use crate::config::GatewayConfig;
 use crate::edge::{Edge, EdgeHandle, PresenceEvent};
 use crate::fleet::{Fleet, FleetHandle, PresenceChange};
 use crate::ingest::{retention, Ingest};
 use crate::metrics::{Metrics, MetricsError};
-use crate::outbound::{Outbound, OutboundHandle};
-use crate::parcels::{Parcels, ParcelsHandle};
-use crate::rules::{Rules, RulesClock, RulesConfigError, RulesHandle};
+use crate::outbound::OutboundHandle;
+use crate::parcels::ParcelsHandle;
+use crate::rules::{RulesConfigError, RulesHandle};
 use crate::store::{self, Store, StoreError};
+use domain::DomainActors;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -129,8 +132,12 @@ pub struct Gateway {
     tracker: TaskTracker,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
     grace: Duration,
-    /// Feeds of actors kept idle on this node (cluster mode, not the domain node).
+    /// Feeds of actors kept idle on this node (the rules engine switched off).
     _idle_feeds: Vec<mpsc::Sender<crate::ingest::Committed>>,
+    /// Cluster mode: cancelled when this node must restart in its other domain role.
+    role_change: Option<CancellationToken>,
+    /// Whether the domain's actors run here (always on a single node).
+    pub domain_here: bool,
 }
 
 impl Gateway {
@@ -156,24 +163,61 @@ impl Gateway {
         })
         .await
         .map_err(store_err)?;
+        let phases = Phases::new();
+        let tracker = TaskTracker::new();
+        let mut tasks = Vec::new();
+
+        // The API's listener is bound first: in cluster mode, its address goes into the domain
+        // lease (the other nodes forward the domain's routes to it).
+        let bound = async {
+            let listener = tokio::net::TcpListener::bind(cfg.api.listen).await?;
+            let addr = listener.local_addr()?;
+            Ok::<_, std::io::Error>((listener, addr))
+        };
+        let (listener, api_addr) = bound.await.map_err(|source| StartError::Api {
+            addr: cfg.api.listen,
+            source,
+        })?;
+        // Cluster mode: the domain's role (the leader writes through the replicated stores).
+        let (role, store) = match &cluster {
+            Some(c) => {
+                let url = api_url(&cfg, api_addr);
+                let started = c.take_role(store, url, &tracker, &phases.root).await;
+                match started {
+                    Ok((mut role, store)) => {
+                        tasks.extend(role.take_tasks());
+                        (Some(role), store)
+                    }
+                    Err(e) => {
+                        phases.root.cancel();
+                        return Err(e.into());
+                    }
+                }
+            }
+            None => (None, store),
+        };
+        let domain_here = role.as_ref().is_none_or(|r| r.leader);
         let st = store.clone();
-        let (cabinets, pending) =
-            store::blocking(move || Ok((st.load_cabinets()?, crate::commands::recover(&st)?)))
-                .await
-                .map_err(|source| StartError::Store {
-                    path: db_path.display().to_string(),
-                    source,
-                })?;
+        let loaded = store::blocking(move || {
+            let cabinets = st.load_cabinets()?;
+            // only the node running the domain dispatches (and recovers) commands
+            let pending = match domain_here {
+                true => crate::commands::recover(&st)?,
+                false => Default::default(),
+            };
+            Ok((cabinets, pending))
+        })
+        .await;
+        let (cabinets, pending) = match loaded {
+            Ok(x) => x,
+            Err(source) => return Err(half_started(&phases, &db_path, source)),
+        };
         let snapshots: Vec<_> = cabinets.into_iter().map(|(s, _)| s).collect();
         tracing::info!(
             cabinets = snapshots.len(),
             pending_commands = pending.len(),
             "store opened"
         );
-
-        let phases = Phases::new();
-        let tracker = TaskTracker::new();
-        let mut tasks = Vec::new();
 
         let (inbound_tx, inbound_rx) = mpsc::channel(16 * 1024);
         // Cluster mode: the edge's uplinks go to the journal (the replicated stream) first, and
@@ -208,108 +252,42 @@ impl Gateway {
             phases.actors.clone(),
             &tracker,
         );
-        let (rules, rules_inbox) = RulesHandle::channel();
-        // Cluster mode: the parcel domain, the rules engine and webhooks run on the domain node
-        // only (their state is still node-local); the other nodes keep them idle.
-        let domain_here = cluster.as_ref().is_none_or(|c| c.cfg.domain);
-        // rules off: nothing feeds the engine (the API still lists the alert history)
-        let feed_rules = (cfg.rules.enabled && domain_here).then(|| rules.clone());
-        let (commands, command_commits, dispatch_task) = Dispatcher::spawn(
-            cfg.commands.clone(),
-            store.clone(),
-            publisher.clone(),
-            metrics.commands.clone(),
-            pending,
-            feed_rules.clone(),
-            phases.actors.clone(),
-            &tracker,
+        let mut domain = match domain_here {
+            true => {
+                let started = DomainActors::start(
+                    &cfg,
+                    compiled,
+                    &store,
+                    &publisher,
+                    &metrics,
+                    pending,
+                    &phases.actors,
+                    &tracker,
+                    &db_path,
+                )
+                .await;
+                match started {
+                    Ok(d) => d,
+                    Err(e) => {
+                        phases.root.cancel();
+                        return Err(e);
+                    }
+                }
+            }
+            false => DomainActors::detached(),
+        };
+        tasks.append(&mut domain.tasks);
+        // ingest feeds the dispatcher first, then the fleet, then the rest of the domain
+        let mut feeds = std::mem::take(&mut domain.consumers).into_iter();
+        let mut consumers: Vec<_> = feeds.next().into_iter().collect();
+        consumers.push(fleet_commits);
+        consumers.extend(feeds);
+        let (commands, parcels, rules, outbound) = (
+            domain.commands.clone(),
+            domain.parcels.clone(),
+            domain.rules.clone(),
+            domain.outbound.clone(),
         );
-        let (parcels, parcel_commits, parcels_task) = match Parcels::spawn(
-            cfg.parcels.clone(),
-            store.clone(),
-            publisher.clone(),
-            metrics.parcels.clone(),
-            feed_rules.clone(),
-            phases.actors.clone(),
-            &tracker,
-        )
-        .await
-        {
-            Ok(x) => x,
-            Err(source) => return Err(half_started(&phases, &db_path, source)),
-        };
-        let rules_parts = crate::rules::Parts {
-            cfg: cfg.rules.clone(),
-            compiled,
-            store: Arc::new(store.alerts().clone()),
-            publisher: publisher.clone(),
-            commands: commands.clone(),
-            parcels: Some(parcels.clone()),
-            metrics: metrics.rules.clone(),
-            clock: RulesClock::System,
-            audit: Some(store.clone()),
-        };
-        let (rules_commits, rules_task) =
-            match Rules::spawn(rules_parts, rules_inbox, phases.actors.clone(), &tracker).await {
-                Ok(x) => x,
-                Err(source) => return Err(half_started(&phases, &db_path, source)),
-            };
-        let notifier = if cfg.notifications.enabled {
-            let ncfg = cfg.notifications.clone();
-            let built =
-                tokio::task::spawn_blocking(move || crate::outbound::notify::Notifier::new(&ncfg))
-                    .await;
-            match built {
-                Ok(Ok(n)) => Some(n),
-                Ok(Err(e)) => {
-                    phases.root.cancel();
-                    return Err(e.into());
-                }
-                Err(e) => {
-                    phases.root.cancel();
-                    return Err(StartError::Task(format!("notifications: {e}")));
-                }
-            }
-        } else {
-            None
-        };
-        let (outbound, outbound_inbox) = OutboundHandle::channel();
-        let outbound_parts = crate::outbound::Parts {
-            cfg: cfg.webhooks.clone(),
-            store: Arc::new(store.outbound().clone()),
-            parcel_log: Arc::new(store.parcels().clone()),
-            alert_log: Arc::new(store.alerts().clone()),
-            parcels: Some(parcels.clone()),
-            notifier,
-            metrics: metrics.outbound.clone(),
-        };
-        let outbound_task = match Outbound::spawn(
-            outbound_parts,
-            outbound_inbox,
-            phases.actors.clone(),
-            &tracker,
-        )
-        .await
-        {
-            Ok(t) => t,
-            Err(e) => {
-                phases.root.cancel();
-                return Err(e.into());
-            }
-        };
-        let mut consumers = vec![command_commits, fleet_commits];
-        // an idle actor's feed is kept open (and never sent to) so the actor keeps serving
-        let mut idle_feeds = Vec::new();
-        if domain_here {
-            consumers.push(parcel_commits);
-        } else {
-            idle_feeds.push(parcel_commits);
-        }
-        if cfg.rules.enabled && domain_here {
-            consumers.push(rules_commits);
-        } else {
-            idle_feeds.push(rules_commits);
-        }
         let mut ingest = Ingest::new(
             cfg.ingest.clone(),
             store.clone(),
@@ -341,10 +319,6 @@ impl Gateway {
             (INGEST, ingest_task),
             (RETENTION, retention_task),
             (FLEET, fleet_task),
-            (DISPATCHER, dispatch_task),
-            (PARCELS, parcels_task),
-            (RULES, rules_task),
-            (OUTBOUND, outbound_task),
             (BROKER_LINK, link_task),
         ]);
 
@@ -355,20 +329,23 @@ impl Gateway {
             metrics.live.clone(),
             phases.api.clone(),
         );
-        let live_task = tracker.spawn({
-            let (live, links, parcels, cancel) = (
-                live.clone(),
-                links.clone(),
-                parcels.clone(),
-                phases.api.clone(),
-            );
-            async move {
-                if let Err(e) = live.run(links, parcels, cancel).await {
-                    tracing::error!(error = %e, "the live feed stopped");
+        // the live feed follows the domain's actors: a node without them forwards it
+        if domain_here {
+            let live_task = tracker.spawn({
+                let (live, links, parcels, cancel) = (
+                    live.clone(),
+                    links.clone(),
+                    parcels.clone(),
+                    phases.api.clone(),
+                );
+                async move {
+                    if let Err(e) = live.run(links, parcels, cancel).await {
+                        tracing::error!(error = %e, "the live feed stopped");
+                    }
                 }
-            }
-        });
-        tasks.push((LIVE, live_task));
+            });
+            tasks.push((LIVE, live_task));
+        }
 
         if let (Some(c), Some(direct)) = (&cluster, links.direct()) {
             tasks.push(c.spawn_downlinks(direct.clone(), &tracker, &phases.api));
@@ -404,9 +381,8 @@ impl Gateway {
         let presence_task = tracker.spawn(forward_presence(
             presence_rx,
             fleet.clone(),
-            commands.clone(),
-            domain_here.then(|| (parcels.clone(), outbound.clone())),
-            feed_rules,
+            domain_here.then(|| (commands.clone(), parcels.clone(), outbound.clone())),
+            domain.feed_rules.clone(),
             phases.ingest.clone(),
         ));
         tasks.push((PRESENCE, presence_task));
@@ -428,22 +404,6 @@ impl Gateway {
             }
             None => None,
         };
-        let bound = async {
-            let listener = tokio::net::TcpListener::bind(cfg.api.listen).await?;
-            let addr = listener.local_addr()?;
-            Ok::<_, std::io::Error>((listener, addr))
-        };
-        let (listener, api_addr) = match bound.await {
-            Ok(x) => x,
-            Err(source) => {
-                edge.shutdown().await;
-                phases.root.cancel();
-                return Err(StartError::Api {
-                    addr: cfg.api.listen,
-                    source,
-                });
-            }
-        };
         let sessions = cfg.console.enabled.then(|| {
             crate::console::Sessions::new(
                 store.sessions().clone(),
@@ -457,6 +417,17 @@ impl Gateway {
             let task = tracker.spawn(s.clone().run_pruner(phases.api.clone()));
             tasks.push((SESSIONS, task));
         }
+        let forward = match (&role, domain_here) {
+            (Some(r), false) => match api::forward::Forwarder::new(r.holder.clone()) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    edge.shutdown().await;
+                    phases.root.cancel();
+                    return Err(StartError::Task(format!("API forwarding client: {e}")));
+                }
+            },
+            _ => None,
+        };
         let app = api::router(ApiState {
             live,
             sessions,
@@ -469,7 +440,8 @@ impl Gateway {
             parcels: parcels.clone(),
             rules: rules.clone(),
             outbound: outbound.clone(),
-            domain_elsewhere: !domain_here,
+            forward,
+            node: cluster.as_ref().map(|c| c.node().to_owned()),
             cluster: cluster.as_ref().map(|c| c.metrics.clone()),
         });
         let api_limits = api::serve::Limits {
@@ -502,8 +474,20 @@ impl Gateway {
             tracker,
             tasks,
             grace: Duration::from_millis(cfg.shutdown_grace_ms),
-            _idle_feeds: idle_feeds,
+            _idle_feeds: domain.idle,
+            role_change: role.map(|r| r.change),
+            domain_here,
         })
+    }
+
+    /// Resolves when this cluster node must restart in its other domain role (it took the
+    /// domain lease, or lost it); never on a single node. The gateway's process then shuts
+    /// this gateway down and starts it again ([`Gateway::start`] takes the new role).
+    pub async fn role_changed(&self) {
+        match &self.role_change {
+            Some(t) => t.cancelled().await,
+            None => std::future::pending().await,
+        }
     }
 
     /// The gateway's storage (tests reach the fault-injection seam of the audit log through
@@ -582,6 +566,27 @@ impl Gateway {
     }
 }
 
+/// The base URL of this node's API as the other cluster nodes reach it.
+fn api_url(cfg: &GatewayConfig, bound: SocketAddr) -> String {
+    if !cfg.cluster.api_url.is_empty() {
+        return cfg.cluster.api_url.trim_end_matches('/').to_string();
+    }
+    let scheme = match cfg.api.tls {
+        Some(_) => "https",
+        None => "http",
+    };
+    let mut addr = bound;
+    if addr.ip().is_unspecified() {
+        tracing::warn!(
+            listen = %bound,
+            "cluster.api_url is not set and the API listens on every address: the other nodes \
+             are told 127.0.0.1, which only works with every node on this machine"
+        );
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    format!("{scheme}://{addr}")
+}
+
 /// A start that failed half way on its store: stops what it already started.
 fn half_started(phases: &Phases, db_path: &std::path::Path, source: StoreError) -> StartError {
     phases.root.cancel();
@@ -606,18 +611,17 @@ fn edge_config(cfg: &GatewayConfig) -> crate::edge::EdgeConfig {
 async fn forward_presence(
     mut rx: mpsc::Receiver<PresenceEvent>,
     fleet: FleetHandle,
-    commands: CommandsHandle,
-    domain: Option<(ParcelsHandle, OutboundHandle)>,
+    domain: Option<(CommandsHandle, ParcelsHandle, OutboundHandle)>,
     rules: Option<RulesHandle>,
     stop: CancellationToken,
 ) {
     let forward = |p: PresenceEvent| {
-        let (f, c, d, r) = (&fleet, &commands, &domain, &rules);
+        let (f, d, r) = (&fleet, &domain, &rules);
         async move {
-            if !p.online {
+            if let (false, Some((c, _, _))) = (p.online, d) {
                 c.offline(p.cabinet.clone()).await;
             }
-            if let Some((k, _)) = d {
+            if let Some((_, k, _)) = d {
                 k.presence(p.cabinet.clone(), p.online).await;
             }
             if let Some(r) = r {
@@ -630,7 +634,7 @@ async fn forward_presence(
             })
             .await;
             // last: the webhooks' presence events never hold back the fleet and the queue
-            if let Some((_, o)) = d {
+            if let Some((_, _, o)) = d {
                 o.presence(p.cabinet, p.online, p.at).await;
             }
         }
