@@ -55,16 +55,29 @@ const HOP_BY_HOP: &[&str] = &[
 pub struct Forwarder {
     holder: watch::Receiver<Option<Leader>>,
     client: reqwest::Client,
+    /// Set while forwarding fails (logged once until it works again).
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Forwarder {
-    /// A forwarder to whichever node `holder` names.
-    pub fn new(holder: watch::Receiver<Option<Leader>>) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
+    /// A forwarder to whichever node `holder` names; `ca_pem`: a CA (PEM) trusted besides the
+    /// system's roots for the nodes' HTTPS APIs (the fleet CA that signs the nodes' server
+    /// certificates, when `[api.tls]` serves the API over TLS).
+    pub fn new(
+        holder: watch::Receiver<Option<Leader>>,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, reqwest::Error> {
+        let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .build()?;
-        Ok(Self { holder, client })
+            .connect_timeout(std::time::Duration::from_secs(5));
+        if let Some(pem) = ca_pem {
+            builder = builder.add_root_certificate(reqwest::Certificate::from_pem(pem)?);
+        }
+        Ok(Self {
+            holder,
+            client: builder.build()?,
+            failing: Default::default(),
+        })
     }
 
     /// Whether `req` is answered by this node itself: its health, readiness, metrics and API
@@ -128,7 +141,12 @@ impl Forwarder {
         let resp = match sent {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(leader = %leader.node, url = %leader.api, error = %e, "forwarding to the domain's node failed");
+                if !self
+                    .failing
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::warn!(leader = %leader.node, url = %leader.api, error = %e, "forwarding to the domain's node failed (logged once until it works again)");
+                }
                 return ApiError::new(
                     StatusCode::BAD_GATEWAY,
                     "domain_unreachable",
@@ -140,6 +158,12 @@ impl Forwarder {
                 .into_response();
             }
         };
+        if self
+            .failing
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::info!(leader = %leader.node, "forwarding to the domain's node works again");
+        }
         let mut out = Response::builder().status(resp.status());
         if let Some(h) = out.headers_mut() {
             for (k, v) in resp.headers() {

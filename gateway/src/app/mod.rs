@@ -14,10 +14,15 @@
 //!    is gone);
 //! 5. the store is flushed.
 //!
+//! In cluster mode the domain's actors (dispatcher, parcels, rules, outbound: [`domain`]) run
+//! only on the node holding the domain lease ([`crate::cluster::role`]); the other nodes forward
+//! the API to it.
+//!
 //! `shutdown_grace_ms` bounds the whole sequence: whatever is still running then is aborted,
 //! with a log line naming it, and the store is flushed anyway.
 
 mod domain;
+mod presence;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,7 +41,7 @@ use crate::cluster::{node, Cluster};
 use crate::commands::CommandsHandle;
 use crate::config::GatewayConfig;
 use crate::edge::{Edge, EdgeHandle, PresenceEvent};
-use crate::fleet::{Fleet, FleetHandle, PresenceChange};
+use crate::fleet::{Fleet, FleetHandle};
 use crate::ingest::{retention, Ingest};
 use crate::metrics::{Metrics, MetricsError};
 use crate::outbound::OutboundHandle;
@@ -181,7 +186,11 @@ impl Gateway {
         // Cluster mode: the domain's role (the leader writes through the replicated stores).
         let (role, store) = match &cluster {
             Some(c) => {
-                let url = api_url(&cfg, api_addr);
+                let url = crate::cluster::role::api_url(
+                    &cfg.cluster.api_url,
+                    cfg.api.tls.is_some(),
+                    api_addr,
+                );
                 let started = c.take_role(store, url, &tracker, &phases.root).await;
                 match started {
                     Ok((mut role, store)) => {
@@ -378,7 +387,7 @@ impl Gateway {
                     return Err(StartError::Edge(e.to_string()));
                 }
             };
-        let presence_task = tracker.spawn(forward_presence(
+        let presence_task = tracker.spawn(presence::forward_presence(
             presence_rx,
             fleet.clone(),
             domain_here.then(|| (commands.clone(), parcels.clone(), outbound.clone())),
@@ -418,14 +427,27 @@ impl Gateway {
             tasks.push((SESSIONS, task));
         }
         let forward = match (&role, domain_here) {
-            (Some(r), false) => match api::forward::Forwarder::new(r.holder.clone()) {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    edge.shutdown().await;
-                    phases.root.cancel();
-                    return Err(StartError::Task(format!("API forwarding client: {e}")));
+            (Some(r), false) => {
+                // an API over TLS: the other nodes' certificates are the fleet CA's
+                let ca = match &cfg.api.tls {
+                    Some(_) => {
+                        let path = cfg.edge.ca_cert.clone();
+                        tokio::task::spawn_blocking(move || std::fs::read(path))
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                    }
+                    None => None,
+                };
+                match api::forward::Forwarder::new(r.holder.clone(), ca.as_deref()) {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        edge.shutdown().await;
+                        phases.root.cancel();
+                        return Err(StartError::Task(format!("API forwarding client: {e}")));
+                    }
                 }
-            },
+            }
             _ => None,
         };
         let app = api::router(ApiState {
@@ -566,27 +588,6 @@ impl Gateway {
     }
 }
 
-/// The base URL of this node's API as the other cluster nodes reach it.
-fn api_url(cfg: &GatewayConfig, bound: SocketAddr) -> String {
-    if !cfg.cluster.api_url.is_empty() {
-        return cfg.cluster.api_url.trim_end_matches('/').to_string();
-    }
-    let scheme = match cfg.api.tls {
-        Some(_) => "https",
-        None => "http",
-    };
-    let mut addr = bound;
-    if addr.ip().is_unspecified() {
-        tracing::warn!(
-            listen = %bound,
-            "cluster.api_url is not set and the API listens on every address: the other nodes \
-             are told 127.0.0.1, which only works with every node on this machine"
-        );
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    format!("{scheme}://{addr}")
-}
-
 /// A start that failed half way on its store: stops what it already started.
 fn half_started(phases: &Phases, db_path: &std::path::Path, source: StoreError) -> StartError {
     phases.root.cancel();
@@ -604,52 +605,4 @@ fn edge_config(cfg: &GatewayConfig) -> crate::edge::EdgeConfig {
         edge.tls_ticket_key_file = Some(cfg.data_dir.join("tls-ticket-keys"));
     }
     edge
-}
-
-/// Hands the edge's presence changes to the dispatcher and the fleet. On `stop` it hands on
-/// what is already queued (the connections the edge closed last) and returns.
-async fn forward_presence(
-    mut rx: mpsc::Receiver<PresenceEvent>,
-    fleet: FleetHandle,
-    domain: Option<(CommandsHandle, ParcelsHandle, OutboundHandle)>,
-    rules: Option<RulesHandle>,
-    stop: CancellationToken,
-) {
-    let forward = |p: PresenceEvent| {
-        let (f, d, r) = (&fleet, &domain, &rules);
-        async move {
-            if let (false, Some((c, _, _))) = (p.online, d) {
-                c.offline(p.cabinet.clone()).await;
-            }
-            if let Some((_, k, _)) = d {
-                k.presence(p.cabinet.clone(), p.online).await;
-            }
-            if let Some(r) = r {
-                r.presence(p.cabinet.clone(), p.online, p.at).await;
-            }
-            f.presence(PresenceChange {
-                cabinet: p.cabinet.clone(),
-                online: p.online,
-                at: p.at,
-            })
-            .await;
-            // last: the webhooks' presence events never hold back the fleet and the queue
-            if let Some((_, _, o)) = d {
-                o.presence(p.cabinet, p.online, p.at).await;
-            }
-        }
-    };
-    loop {
-        tokio::select! {
-            biased;
-            p = rx.recv() => match p {
-                Some(p) => forward(p).await,
-                None => return,
-            },
-            _ = stop.cancelled() => break,
-        }
-    }
-    while let Ok(p) = rx.try_recv() {
-        forward(p).await;
-    }
 }

@@ -6,6 +6,8 @@
 //! - the holder renews it (update at the revision it holds) every quarter of the TTL, and stops
 //!   writing the domain two thirds of a TTL after the last renewal it sent that was confirmed
 //!   ([`super::domain::Fencing`]), before any other node can take the lease over;
+//! - a holder that stops (its gateway shuts down) deletes the key, so another node takes over
+//!   at once;
 //! - the other nodes read it every quarter of the TTL: the leader's API address (the API
 //!   forwards the domain's routes to it) and, when the key is gone (the holder stopped renewing
 //!   it), they try to take it.
@@ -149,11 +151,15 @@ impl Lease {
         fencing.renewed(locker_schemas::now_millis() + safe.as_millis() as u64);
         metrics.domain_leader.set(1);
         let mut failing = false;
+        let mut lost = false;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(period) => {}
                 _ = stop.cancelled() => break,
-                _ = fencing.lost() => break,
+                _ = fencing.lost() => {
+                    lost = true;
+                    break;
+                }
             }
             let sent = locker_schemas::now_millis();
             let value = match self.value() {
@@ -187,6 +193,7 @@ impl Lease {
                         Ok(Claim::Lost(holder)) => {
                             let by = holder.map(|l| l.node).unwrap_or_default();
                             fencing.lose(&format!("another node ({by}) holds the domain lease"));
+                            lost = true;
                             break;
                         }
                         Err(e) => {
@@ -206,6 +213,14 @@ impl Lease {
             }
         }
         metrics.domain_leader.set(0);
+        if !lost {
+            // a stop (the gateway shuts down, its actors have saved their state): hand the
+            // domain over now rather than when the lease runs out
+            match self.kv.delete_expect_revision(KEY, Some(revision)).await {
+                Ok(()) => tracing::info!("domain lease released"),
+                Err(e) => tracing::debug!(error = %e, "domain lease not released; it runs out"),
+            }
+        }
     }
 
     /// The other nodes' side: publishes the holder in `leader` and, when nobody holds the lease

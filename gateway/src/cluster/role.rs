@@ -162,3 +162,24 @@ impl Cluster {
         }
     }
 }
+
+/// The base URL of this node's API as the other cluster nodes reach it.
+pub fn api_url(configured: &str, tls: bool, bound: std::net::SocketAddr) -> String {
+    if !configured.is_empty() {
+        return configured.trim_end_matches('/').to_string();
+    }
+    let scheme = match tls {
+        true => "https",
+        false => "http",
+    };
+    let mut addr = bound;
+    if addr.ip().is_unspecified() {
+        tracing::warn!(
+            listen = %bound,
+            "cluster.api_url is not set and the API listens on every address: the other nodes \
+             are told 127.0.0.1, which only works with every node on this machine"
+        );
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    format!("{scheme}://{addr}")
+}
