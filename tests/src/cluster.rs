@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::api::ApiClient;
 use crate::eventually_async;
-use crate::gateway::TestGateway;
+use crate::gateway::{test_config, GatewayProcess, TestGateway};
 use crate::nats::NatsCluster;
 use crate::pki::TestPki;
 
@@ -27,6 +27,43 @@ pub fn cluster_config(cfg: &mut GatewayConfig, nats: &NatsCluster, i: usize, ser
     cfg.cluster.connect_timeout_ms = 60_000;
     cfg.cluster.node_ttl_ms = 4_000;
     cfg.cluster.lease_ttl_ms = 5_000;
+}
+
+/// Gateway nodes as `locker-gateway` processes (for `kill -9`) on a NATS cluster, each on its
+/// own reserved ports (kept across restarts) and data directory. Every node may run the domain;
+/// node 0 starts first and takes it (waited for).
+pub struct ProcessCluster {
+    pub nodes: Vec<GatewayProcess>,
+    _held: Vec<(tempfile::TempDir, [crate::net::PortReservation; 2])>,
+}
+
+impl ProcessCluster {
+    /// `n` nodes on `nats`, every configuration changed by `tweak` too.
+    pub async fn start(
+        pki: &TestPki,
+        nats: &NatsCluster,
+        n: usize,
+        tweak: impl Fn(&mut GatewayConfig),
+    ) -> Self {
+        let mut nodes = Vec::with_capacity(n);
+        let mut held = Vec::with_capacity(n);
+        for i in 0..n {
+            let dir = tempfile::tempdir().expect("dir");
+            let mut cfg = test_config(pki, dir.path());
+            tweak(&mut cfg);
+            let (edge, api) = (crate::net::reserve(), crate::net::reserve());
+            cfg.edge.listen = edge.addr();
+            cfg.api.listen = api.addr();
+            cluster_config(&mut cfg, nats, i, 3);
+            cfg.cluster.domain = true;
+            nodes.push(GatewayProcess::start(&cfg));
+            if i == 0 {
+                wait_leader(&nodes[0].api, "gw1").await;
+            }
+            held.push((dir, [edge, api]));
+        }
+        Self { nodes, _held: held }
+    }
 }
 
 /// NATS servers and gateway nodes, in-process.

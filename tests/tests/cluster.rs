@@ -8,11 +8,10 @@
 use locker_tests::agent::TestCabinet;
 use locker_tests::cabinet::{bodies, RawCabinet};
 use locker_tests::cluster::{
-    audit_seqs, cluster_config, drained, outcome, same_audit_everywhere, settle, unlock,
-    wait_presence, DoorTraffic, TestCluster,
+    audit_seqs, drained, outcome, same_audit_everywhere, settle, unlock, wait_presence,
+    DoorTraffic, ProcessCluster, TestCluster,
 };
 use locker_tests::eventually;
-use locker_tests::gateway::{test_config, GatewayProcess};
 use locker_tests::nats::NatsCluster;
 use locker_tests::parcels;
 use locker_tests::pki::TestPki;
@@ -175,24 +174,9 @@ async fn losing_a_nats_server_under_load_loses_and_duplicates_nothing() {
 async fn kill_9_of_a_gateway_node_loses_nothing_and_the_node_catches_up_when_back() {
     let mut pki = TestPki::new();
     let nats = NatsCluster::start(3);
-    let dirs = [
-        tempfile::tempdir().expect("dir"),
-        tempfile::tempdir().expect("dir"),
-    ];
-    let mut ports = Vec::new();
-    let mut nodes: Vec<GatewayProcess> = Vec::new();
-    for (i, d) in dirs.iter().enumerate() {
-        let mut cfg = test_config(&pki, d.path());
-        let (edge, api) = (locker_tests::net::reserve(), locker_tests::net::reserve());
-        cfg.edge.listen = edge.addr();
-        cfg.api.listen = api.addr();
-        cluster_config(&mut cfg, &nats, i, 3);
-        // both may run the domain: node 1 takes it over when node 0 dies
-        cfg.cluster.domain = true;
-        nodes.push(GatewayProcess::start(&cfg));
-        locker_tests::cluster::wait_leader(&nodes[0].api, "gw1").await;
-        ports.push([edge, api]);
-    }
+    // both may run the domain: node 1 takes it over when node 0 dies
+    let mut cl = ProcessCluster::start(&pki, &nats, 2, |_| {}).await;
+    let nodes = &mut cl.nodes;
     let mut cab = TestCabinet::start(&mut pki, "CAB-GK", nodes[0].edge_addr).await;
     wait_presence(&nodes[1].api, "CAB-GK", true).await;
     // a cabinet that will not reconnect anywhere while its node is dead
@@ -295,25 +279,8 @@ async fn any_node_serves_the_parcel_workflow_and_every_node_holds_the_domain_sta
 async fn kill_9_of_the_domain_node_moves_the_domain_with_its_orders_and_queued_commands() {
     let mut pki = TestPki::new();
     let nats = NatsCluster::start(3);
-    let dirs = [
-        tempfile::tempdir().expect("dir"),
-        tempfile::tempdir().expect("dir"),
-    ];
-    let mut ports = Vec::new();
-    let mut nodes: Vec<GatewayProcess> = Vec::new();
-    for (i, d) in dirs.iter().enumerate() {
-        let mut cfg = test_config(&pki, d.path());
-        parcels::tokens(&mut cfg);
-        let (edge, api) = (locker_tests::net::reserve(), locker_tests::net::reserve());
-        cfg.edge.listen = edge.addr();
-        cfg.api.listen = api.addr();
-        cluster_config(&mut cfg, &nats, i, 3);
-        // both nodes may run the domain; node 0 starts first and takes it
-        cfg.cluster.domain = true;
-        nodes.push(GatewayProcess::start(&cfg));
-        locker_tests::cluster::wait_leader(&nodes[0].api, "gw1").await;
-        ports.push([edge, api]);
-    }
+    let mut cl = ProcessCluster::start(&pki, &nats, 2, parcels::tokens).await;
+    let nodes = &mut cl.nodes;
     // a cabinet on node 1; the domain on node 0; everything asked through node 1
     let mut cab = TestCabinet::start(&mut pki, "CAB-DF", nodes[1].edge_addr).await;
     let api = nodes[1].api.clone();
