@@ -11,7 +11,10 @@
 //! again is a duplicate ingest drops.
 //!
 //! When the consumer's pull fails (NATS gone, a stream leader change) it is opened again with
-//! backoff; the durable consumer keeps its place in the stream.
+//! backoff. Each opening starts right after the acknowledged floor: a consumer left with
+//! uplinks delivered but not acknowledged (a node killed) is made again from there, since the
+//! server would hand them again only after the ack wait, behind later uplinks ingest would drop
+//! as gaps.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -112,6 +115,35 @@ impl Feed {
     /// One life of the consumer. `Ok` when stopped; `Err` to open it again.
     async fn consume(&mut self, stop: &CancellationToken) -> Result<(), FeedError> {
         let stream = self.js.get_stream(&self.stream).await.map_err(nats)?;
+        // A consumer that delivered more than was acknowledged (the node was killed, or the
+        // last life ended with uplinks in flight) would go on after them and hand them again
+        // only after `ACK_WAIT`: ingest would meanwhile drop the later uplinks as gaps, and the
+        // next cumulative ack would cover the ones never stored. So each life starts again
+        // right after the acknowledged floor.
+        let mut deliver_policy = DeliverPolicy::All;
+        if let Ok(info) = stream.consumer_info(&self.durable).await {
+            let (floor, delivered) = (
+                info.ack_floor.stream_sequence,
+                info.delivered.stream_sequence,
+            );
+            if delivered > floor {
+                tracing::info!(
+                    consumer = %self.durable,
+                    acknowledged = floor,
+                    delivered,
+                    "uplinks delivered but not acknowledged: reading again from the acknowledged floor"
+                );
+                stream
+                    .delete_consumer(&self.durable)
+                    .await
+                    .map_err(nats)?;
+            }
+            if floor > 0 {
+                deliver_policy = DeliverPolicy::ByStartSequence {
+                    start_sequence: floor + 1,
+                };
+            }
+        }
         let consumer: async_nats::jetstream::consumer::PullConsumer = stream
             .get_or_create_consumer(
                 &self.durable,
@@ -121,7 +153,7 @@ impl Feed {
                     ack_policy: AckPolicy::All,
                     ack_wait: ACK_WAIT,
                     max_ack_pending: MAX_ACK_PENDING,
-                    deliver_policy: DeliverPolicy::All,
+                    deliver_policy,
                     ..Default::default()
                 },
             )
