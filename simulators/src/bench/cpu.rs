@@ -7,6 +7,7 @@
 //! gives a [`CpuReport`] that prints as one line (core-seconds, and cores on average over the
 //! phase's wall time). A gateway restarted during the phase (another pid at the end) is
 //! reported for its new process only, since it started; off Linux every figure is "unknown".
+//! [`ProcessesCpu`] sums a set of processes (a cluster's gateway nodes, its NATS servers).
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -143,6 +144,42 @@ impl fmt::Display for CpuReport {
             }
             (None, true) => write!(f, "; gateway process unknown"),
             (None, false) => Ok(()),
+        }
+    }
+}
+
+/// CPU of a set of processes over a phase (the gateway nodes, the NATS servers).
+#[derive(Debug, Clone)]
+pub struct ProcessesCpu {
+    wall: Instant,
+    start: Vec<(u32, Option<f64>)>,
+}
+
+impl ProcessesCpu {
+    /// Samples `pids` now.
+    pub fn start(pids: &[u32]) -> Self {
+        Self {
+            wall: Instant::now(),
+            start: pids.iter().map(|&p| (p, cpu_seconds(Some(p)))).collect(),
+        }
+    }
+
+    /// Core-seconds used by all of them since [`Self::start`], and the cores busy on average
+    /// (None when a process could not be read).
+    pub fn stop(&self) -> Option<(f64, f64)> {
+        let wall = self.wall.elapsed().as_secs_f64().max(1e-9);
+        let mut sum = 0.0;
+        for (pid, before) in &self.start {
+            sum += cpu_seconds(Some(*pid))? - before.unwrap_or(0.0);
+        }
+        Some((sum, sum / wall))
+    }
+
+    /// One line: "{what} {core-s} core-s = {cores} cores".
+    pub fn line(&self, what: &str) -> String {
+        match self.stop() {
+            Some((s, c)) => format!("{what} {s:.2} core-s = {c:.3} cores"),
+            None => format!("{what} unknown"),
         }
     }
 }

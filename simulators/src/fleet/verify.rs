@@ -3,6 +3,9 @@
 //! (the [`super::ledger`]: pickups, and what couriers found at expired parcels), and hands
 //! them to the checks of [`super::report`].
 //!
+//! In cluster mode the API read is the domain node's; every other node's audit logs are
+//! compared with it ([`super::nodecheck`]).
+//!
 //! The parcel checks are repeated for a few seconds until they pass: an offline pickup
 //! reported at the end of the run reaches the orders a moment after the audit log. So are the
 //! alert checks ([`super::alerts`], from `GET /v1/alerts?state=all` and the script's
@@ -75,6 +78,7 @@ impl Fleet {
             });
         }
         let mut access: Vec<Vec<(String, u16)>> = vec![Vec::new(); self.cabinets.len()];
+        let mut logs: Vec<Option<Vec<super::api::AuditEvent>>> = vec![None; self.cabinets.len()];
         while let Some(r) = tasks.join_next().await {
             let Ok((i, cab, events, outcomes, brief)) = r else {
                 report.problem("a verification task failed".into());
@@ -116,7 +120,9 @@ impl Fleet {
                     commands: &outcomes,
                 },
             );
+            logs[i] = Some(events);
         }
+        self.check_nodes(&mut report, logs).await;
         for attempt in 1..=PARCEL_TRIES {
             let mut trial = report.clone();
             self.parcels(&mut trial, &access).await;
