@@ -88,7 +88,8 @@ async fn a_small_fleet_on_three_nodes_survives_a_node_and_a_nats_server_killed()
     assert_eq!(c.disagreements, 0, "{report}");
     for node in &c.nodes {
         assert_eq!(node.agreeing, 9, "{report}");
-        assert_eq!(node.events, report.events_stored, "{report}");
+        // (read after the domain node: a battery report may have come since)
+        assert!(node.events >= report.events_stored, "{report}");
     }
     assert!(report.events_stored > 0);
     assert!(report.orders_created > 0, "orders were created: {report}");

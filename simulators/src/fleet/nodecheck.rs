@@ -1,9 +1,11 @@
 //! The invariant report's cluster checks ([`Fleet::check_nodes`]): in cluster mode every node
 //! ingests every cabinet's uplinks from the replicated stream, so every node's audit log of
 //! every cabinet must be the same as the domain node's (which [`super::report::check_cabinet`]
-//! checks against the agent: seqs `1..=last`, each once, the agent's own last seq). A node is
-//! read again for a few seconds until it agrees (it may still be catching up from the stream);
-//! one that does not agree then is a violation, naming the first difference. The summary adds
+//! checks against the agent: seqs `1..=last`, each once, the agent's own last seq); a node
+//! read after the domain node may hold newer events (a battery report since), which must
+//! continue the seqs one by one. A node is read again for a few seconds until it agrees (it
+//! may still be catching up from the stream); one that does not agree then is a violation,
+//! naming the first difference. The summary adds
 //! what is cluster-specific: each node's events, the cabinets connected to it, its journal
 //! (uplinks written to the stream: stored, duplicates JetStream dropped, failed writes) and the
 //! commands it forwarded to other nodes or received from them.
@@ -26,7 +28,8 @@ const AGREE_WITHIN: Duration = Duration::from_secs(15);
 pub struct NodeSummary {
     /// `gw1`, `gw2`, ... (`gw1` the domain node).
     pub name: String,
-    /// Events in its audit logs of the fleet's cabinets.
+    /// Events in its audit logs of the fleet's cabinets (other nodes, read after the domain
+    /// node, may hold a few newer ones).
     pub events: u64,
     /// Cabinets whose audit log on this node equals the domain node's.
     pub agreeing: u64,
@@ -40,6 +43,8 @@ pub struct NodeSummary {
     pub feed_restarts: Option<f64>,
     pub forwarded: Option<f64>,
     pub received: Option<f64>,
+    pub gaps: Option<f64>,
+    pub duplicates: Option<f64>,
 }
 
 /// The cluster part of the report (empty `nodes` with one gateway).
@@ -52,8 +57,9 @@ pub struct ClusterSummary {
     pub disagreements: u64,
 }
 
-/// None if `other` is the same log as `reference` (seq, kind and data of every event); else
-/// where they first differ.
+/// None if `other` holds the same log as `reference` (seq, kind and data of every event),
+/// possibly followed by events made after `reference` was read (their seqs continuing it one
+/// by one); else where they first differ.
 pub fn first_difference(reference: &[AuditEvent], other: &[AuditEvent]) -> Option<String> {
     let short = |e: Option<&AuditEvent>| {
         e.map_or("nothing".to_owned(), |e| {
@@ -64,20 +70,8 @@ pub fn first_difference(reference: &[AuditEvent], other: &[AuditEvent]) -> Optio
         .iter()
         .zip(other)
         .position(|(a, b)| a.seq != b.seq || a.kind != b.kind || a.data != b.data);
-    match at {
-        None if reference.len() == other.len() => None,
-        None => {
-            let k = reference.len().min(other.len());
-            Some(format!(
-                "{} events where the domain node has {}; at event {}: {} where it has {}",
-                other.len(),
-                reference.len(),
-                k + 1,
-                short(other.get(k)),
-                short(reference.get(k))
-            ))
-        }
-        Some(k) => Some(format!(
+    if let Some(k) = at {
+        return Some(format!(
             "at event {}: {} ({}) where the domain node has {} ({})",
             k + 1,
             short(other.get(k)),
@@ -87,8 +81,31 @@ pub fn first_difference(reference: &[AuditEvent], other: &[AuditEvent]) -> Optio
                 .get(k)
                 .map(|e| e.data.to_string())
                 .unwrap_or_default()
-        )),
+        ));
     }
+    if other.len() < reference.len() {
+        let k = other.len();
+        return Some(format!(
+            "{} events where the domain node has {}; at event {}: nothing where it has {}",
+            other.len(),
+            reference.len(),
+            k + 1,
+            short(reference.get(k))
+        ));
+    }
+    // newer events than the domain node's when it was read: they must continue its seqs
+    let first = reference.last().map_or(1, |e| e.seq + 1);
+    let newer = other.iter().enumerate().skip(reference.len());
+    for (expect, (k, e)) in (first..).zip(newer) {
+        if e.seq != expect {
+            return Some(format!(
+                "at event {} (after the domain node's last): seq {} where {expect} was expected (gap or duplicate)",
+                k + 1,
+                e.seq
+            ));
+        }
+    }
+    None
 }
 
 /// Reads `cabinet`'s audit log on `api` until it equals `reference` (at most
@@ -190,6 +207,8 @@ impl Fleet {
             node.feed_restarts = Some(metric_sum(&m, "locker_cluster_feed_restarts_total"));
             node.forwarded = Some(downlinks("forwarded"));
             node.received = Some(downlinks("received"));
+            node.gaps = Some(metric_sum(&m, "locker_ingest_gaps_total"));
+            node.duplicates = Some(metric_sum(&m, "locker_ingest_duplicates_total"));
         }
         r.cluster = summary;
     }
@@ -212,7 +231,7 @@ impl fmt::Display for ClusterSummary {
         for s in &self.nodes {
             writeln!(
                 f,
-                "    {}: {} events, {}/{} cabinets agreeing; {} cabinets connected here; journal stored {}, duplicates {}, failed {}; feed restarts {}; commands forwarded {}, received {}",
+                "    {}: {} events, {}/{} cabinets agreeing; {} cabinets connected here; journal stored {}, duplicates {}, failed {}; feed restarts {}; ingest dropped {} gaps, {} duplicates; commands forwarded {}, received {}",
                 s.name,
                 s.events,
                 s.agreeing,
@@ -222,6 +241,8 @@ impl fmt::Display for ClusterSummary {
                 n(s.journal_duplicate),
                 n(s.journal_failed),
                 n(s.feed_restarts),
+                n(s.gaps),
+                n(s.duplicates),
                 n(s.forwarded),
                 n(s.received)
             )?;
