@@ -182,6 +182,40 @@ impl ProcessesCpu {
             None => format!("{what} unknown"),
         }
     }
+
+    /// As [`Self::stop`] for a set that changed in the phase (processes killed and started
+    /// again): the started processes still running from their first sample, the ones in `now`
+    /// that were not there at the start with all their CPU (they started in the phase); the
+    /// ones that ended are left out (their CPU went with them). Core-seconds, cores, and how
+    /// many were left out.
+    pub fn stop_with(&self, now: &[u32]) -> (f64, f64, usize) {
+        let wall = self.wall.elapsed().as_secs_f64().max(1e-9);
+        let (mut sum, mut gone) = (0.0, 0);
+        for (pid, before) in &self.start {
+            match (now.contains(pid), cpu_seconds(Some(*pid))) {
+                (true, Some(t)) => sum += t - before.unwrap_or(0.0),
+                _ => gone += 1,
+            }
+        }
+        for pid in now
+            .iter()
+            .filter(|p| !self.start.iter().any(|(s, _)| s == *p))
+        {
+            sum += cpu_seconds(Some(*pid)).unwrap_or(0.0);
+        }
+        (sum, sum / wall, gone)
+    }
+
+    /// One line of [`Self::stop_with`].
+    pub fn line_with(&self, what: &str, now: &[u32]) -> String {
+        let (s, c, gone) = self.stop_with(now);
+        let left = if gone > 0 {
+            format!(" (without {gone} killed in the phase: their CPU until then is not counted)")
+        } else {
+            String::new()
+        };
+        format!("{what} {s:.2} core-s = {c:.3} cores{left}")
+    }
 }
 
 #[cfg(test)]

@@ -341,11 +341,13 @@ pub async fn session(
             .unwrap_or_default()
     );
     if let Some((nodes, nats)) = cluster_cpu {
-        // (a process killed and started again in the phase cannot be counted: "unknown")
         println!(
             "  script phase CPU: {}; {}",
-            nodes.line(&format!("{} gateway nodes", l.gateway.len())),
-            nats.line("NATS servers")
+            nodes.line_with(
+                &format!("{} gateway nodes", l.gateway.len()),
+                &l.gateway.gateway_pids()
+            ),
+            nats.line_with("NATS servers", &l.gateway.nats_pids())
         );
     }
     let interrupted = log.iter().any(|h| h.what == "stopped by the user");
