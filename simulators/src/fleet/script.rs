@@ -14,7 +14,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::alerts::now_ms;
-use super::gateway::GatewayRunner;
 use super::nodes::Gateways;
 use super::Fleet;
 
@@ -35,7 +34,7 @@ pub async fn run<S, O>(
 ) -> Vec<Happening>
 where
     S: Future<Output = ()>,
-    O: FnMut(&Fleet, &GatewayRunner, &[Happening]),
+    O: FnMut(&Fleet, &Gateways, &[Happening]),
 {
     tokio::pin!(stop);
     let o = fleet.opts.clone();
@@ -198,7 +197,7 @@ where
         }
         if last_observe.elapsed() >= Duration::from_secs(1) {
             last_observe = Instant::now();
-            observe(fleet, gw.domain(), &log);
+            observe(fleet, gw, &log);
         }
     }
     // a fault still down when the run ends: started again now
