@@ -7,6 +7,7 @@
 //! gives a [`CpuReport`] that prints as one line (core-seconds, and cores on average over the
 //! phase's wall time). A gateway restarted during the phase (another pid at the end) is
 //! reported for its new process only, since it started; off Linux every figure is "unknown".
+//! [`ProcessesCpu`] sums a set of processes (a cluster's gateway nodes, its NATS servers).
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -144,6 +145,76 @@ impl fmt::Display for CpuReport {
             (None, true) => write!(f, "; gateway process unknown"),
             (None, false) => Ok(()),
         }
+    }
+}
+
+/// CPU of a set of processes over a phase (the gateway nodes, the NATS servers).
+#[derive(Debug, Clone)]
+pub struct ProcessesCpu {
+    wall: Instant,
+    start: Vec<(u32, Option<f64>)>,
+}
+
+impl ProcessesCpu {
+    /// Samples `pids` now.
+    pub fn start(pids: &[u32]) -> Self {
+        Self {
+            wall: Instant::now(),
+            start: pids.iter().map(|&p| (p, cpu_seconds(Some(p)))).collect(),
+        }
+    }
+
+    /// Core-seconds used by all of them since [`Self::start`], and the cores busy on average
+    /// (None when a process could not be read).
+    pub fn stop(&self) -> Option<(f64, f64)> {
+        let wall = self.wall.elapsed().as_secs_f64().max(1e-9);
+        let mut sum = 0.0;
+        for (pid, before) in &self.start {
+            sum += cpu_seconds(Some(*pid))? - before.unwrap_or(0.0);
+        }
+        Some((sum, sum / wall))
+    }
+
+    /// One line: "{what} {core-s} core-s = {cores} cores".
+    pub fn line(&self, what: &str) -> String {
+        match self.stop() {
+            Some((s, c)) => format!("{what} {s:.2} core-s = {c:.3} cores"),
+            None => format!("{what} unknown"),
+        }
+    }
+
+    /// As [`Self::stop`] for a set that changed in the phase (processes killed and started
+    /// again): the started processes still running from their first sample, the ones in `now`
+    /// that were not there at the start with all their CPU (they started in the phase); the
+    /// ones that ended are left out (their CPU went with them). Core-seconds, cores, and how
+    /// many were left out.
+    pub fn stop_with(&self, now: &[u32]) -> (f64, f64, usize) {
+        let wall = self.wall.elapsed().as_secs_f64().max(1e-9);
+        let (mut sum, mut gone) = (0.0, 0);
+        for (pid, before) in &self.start {
+            match (now.contains(pid), cpu_seconds(Some(*pid))) {
+                (true, Some(t)) => sum += t - before.unwrap_or(0.0),
+                _ => gone += 1,
+            }
+        }
+        for pid in now
+            .iter()
+            .filter(|p| !self.start.iter().any(|(s, _)| s == *p))
+        {
+            sum += cpu_seconds(Some(*pid)).unwrap_or(0.0);
+        }
+        (sum, sum / wall, gone)
+    }
+
+    /// One line of [`Self::stop_with`].
+    pub fn line_with(&self, what: &str, now: &[u32]) -> String {
+        let (s, c, gone) = self.stop_with(now);
+        let left = if gone > 0 {
+            format!(" (without {gone} killed in the phase: their CPU until then is not counted)")
+        } else {
+            String::new()
+        };
+        format!("{what} {s:.2} core-s = {c:.3} cores{left}")
     }
 }
 

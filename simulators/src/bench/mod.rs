@@ -1,9 +1,8 @@
 //! Load benchmarks (`locker-sim bench ...`): the building blocks.
 //!
 //! - [`machine`]: what the figures were measured on;
-//! - [`cluster`]: the gateways of `bench uplink` and `bench unlock`: one node on sled or N
-//!   cluster nodes on a three-server NATS cluster (`--cluster-nodes`);
-//! - [`cpu`]: the simulator's and a child gateway's CPU over a measured phase;
+//! - [`cpu`]: the simulator's and a child gateway's CPU over a measured phase (and a set of
+//!   processes': a cluster's nodes and NATS servers, started by [`crate::fleet::nodes`]);
 //! - [`mosquitto`]: a Mosquitto broker with TLS and required client certificates from the same
 //!   PKI, for side-by-side runs;
 //! - [`mqtt`]: minimal mTLS MQTT 3.1.1 clients (connect-and-hold for the connect benchmark) and
@@ -16,7 +15,6 @@
 //! - [`webhooks`]: `bench webhooks`, webhook deliveries per second to a local receiver and the
 //!   outbox's added latency.
 
-pub mod cluster;
 pub mod code;
 pub mod console;
 pub mod cpu;

@@ -1,17 +1,20 @@
 //! `locker-sim fleet`: N real agents in this process against a gateway (started as a child
-//! process by default, in-process with `--in-process`, or external with `--gateway`), the
+//! process by default, in-process with `--in-process`, external with `--gateway`, or a
+//! cluster of `--cluster-nodes` child processes on three NATS servers), the
 //! parcel world set up through its API (sites of `--per-site` cabinets, three carriers with
 //! their own tokens, couriers), people following real orders, outages with offline pickups and
-//! a gateway restart; then the invariant report (events, commands, orders, compartments,
-//! pickups) and the memory per agent.
+//! a gateway restart (in a cluster: `kill -9` of a gateway node and of a NATS server); then the
+//! invariant report (events, commands, orders, compartments, pickups; a cluster's nodes all
+//! agreeing) and the memory per agent.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use locker_sim::bench::cpu::CpuSpan;
-use locker_sim::fleet::{self, FleetOptions, GatewayMode, Launched};
+use locker_sim::bench::cpu::{CpuSpan, ProcessesCpu};
+use locker_sim::fleet::nodes::Gateways;
+use locker_sim::fleet::{self, ClusterFaults, FleetOptions, GatewayMode, Launched};
 
 use super::live::{poll_metrics, Live};
 
@@ -59,7 +62,7 @@ pub struct Script {
     /// Length of that outage, in seconds.
     #[arg(long, default_value_t = 15)]
     pub outage_secs: u64,
-    /// Do not restart the gateway at 60% of the run.
+    /// Do not restart the gateway at 60% of the run (in a cluster: kill no gateway node).
     #[arg(long)]
     pub no_restart: bool,
     /// Share of the cabinets on solar power with a small battery (night falls at 50% of the run).
@@ -106,6 +109,43 @@ pub struct Args {
     /// The locker-gateway binary to start as a child (default: next to this executable).
     #[arg(long)]
     pub gateway_bin: Option<PathBuf>,
+    /// Cluster mode: start three `nats-server` (JetStream, R3) and this many gateway nodes as
+    /// child processes (node 1 the domain node), the agents spread over their edges round
+    /// robin. Starts fresh (the state directory's agents, nodes and NATS stores are wiped).
+    /// 0 = one gateway.
+    #[arg(long, default_value_t = 0, conflicts_with_all = ["gateway", "in_process"])]
+    pub cluster_nodes: usize,
+    /// The faults of a cluster run: `kill -9` of the last gateway node at 60% of the run
+    /// (where one gateway is restarted; not with --no-restart), of NATS server 1 at 80%, each
+    /// started again after --fault-down-secs.
+    #[arg(long, value_enum, default_value_t = FaultsArg::Both)]
+    pub cluster_faults: FaultsArg,
+    /// How long a killed cluster process stays down, seconds.
+    #[arg(long, default_value_t = 3.0)]
+    pub fault_down_secs: f64,
+}
+
+/// Which processes a cluster run kills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FaultsArg {
+    Both,
+    Node,
+    Nats,
+    None,
+}
+
+impl FaultsArg {
+    /// The library's faults.
+    pub fn faults(self, down_secs: f64) -> ClusterFaults {
+        let d = ClusterFaults::default();
+        ClusterFaults {
+            node: matches!(self, Self::Both | Self::Node),
+            nats_at: d
+                .nats_at
+                .filter(|_| matches!(self, Self::Both | Self::Nats)),
+            down_for: Duration::from_secs_f64(down_secs.clamp(0.0, 600.0)),
+        }
+    }
 }
 
 impl Script {
@@ -144,14 +184,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             token: args.token.clone(),
         },
         _ if args.in_process => GatewayMode::InProcess,
-        _ => GatewayMode::Child {
-            bin: args
+        _ => {
+            let bin = args
                 .gateway_bin
                 .clone()
-                .unwrap_or_else(fleet::gateway::default_gateway_bin),
-        },
+                .unwrap_or_else(fleet::gateway::default_gateway_bin);
+            if args.cluster_nodes > 0 {
+                GatewayMode::Cluster {
+                    bin,
+                    nodes: args.cluster_nodes,
+                }
+            } else {
+                GatewayMode::Child { bin }
+            }
+        }
     };
-    let opts = args.script.options(args.state.clone());
+    let mut opts = args.script.options(args.state.clone());
+    opts.cluster_faults = args.cluster_faults.faults(args.fault_down_secs);
     session(&args.script, opts, &pki, mode, &args.token, |_| {}).await
 }
 
@@ -180,6 +229,18 @@ pub async fn session(
             .unwrap_or_default(),
         t0.elapsed().as_secs_f64()
     );
+    if l.gateway.is_cluster() {
+        for (i, g) in l.gateway.nodes().enumerate() {
+            println!(
+                "  node {}{}: edge {} api http://{}{}",
+                Gateways::node_name(i),
+                if i == 0 { " (domain)" } else { "" },
+                g.edge,
+                g.api,
+                g.pid().map(|p| format!(" (pid {p})")).unwrap_or_default()
+            );
+        }
+    }
     banner(&l);
     let (view, poller) = poll_metrics(l.fleet.ctx.api.clone());
     let mut live = Live::new(view);
@@ -245,6 +306,12 @@ pub async fn session(
     ));
     let rss_connected = fleet::rss_kib(None);
     let script_cpu = CpuSpan::start(l.gateway.pid());
+    let cluster_cpu = l.gateway.is_cluster().then(|| {
+        (
+            ProcessesCpu::start(&l.gateway.gateway_pids()),
+            ProcessesCpu::start(&l.gateway.nats_pids()),
+        )
+    });
     let stop = stopped();
     let log = fleet::script::run(
         &l.fleet,
@@ -273,6 +340,16 @@ pub async fn session(
             ))
             .unwrap_or_default()
     );
+    if let Some((nodes, nats)) = cluster_cpu {
+        println!(
+            "  script phase CPU: {}; {}",
+            nodes.line_with(
+                &format!("{} gateway nodes", l.gateway.len()),
+                &l.gateway.gateway_pids()
+            ),
+            nats.line_with("NATS servers", &l.gateway.nats_pids())
+        );
+    }
     let interrupted = log.iter().any(|h| h.what == "stopped by the user");
     let mut clean = true;
     if !script.no_verify && !interrupted {
@@ -300,12 +377,23 @@ pub async fn session(
             if l.gateway.in_process_gateway().is_some() { " + the in-process gateway's share" } else { "" }
         );
     }
-    if let Some(pid) = l.gateway.pid() {
-        if let Some(g) = fleet::rss_kib(Some(pid)) {
-            println!("gateway process RSS: {g} KiB");
+    for (i, g) in l.gateway.nodes().enumerate() {
+        if let Some(r) = g.pid().and_then(|p| fleet::rss_kib(Some(p))) {
+            if l.gateway.is_cluster() {
+                println!("gateway node {} RSS: {r} KiB", Gateways::node_name(i));
+            } else {
+                println!("gateway process RSS: {r} KiB");
+            }
         }
     }
-    println!("shutting down: agents, then the gateway ...");
+    println!(
+        "shutting down: agents, then the gateway{} ...",
+        if l.gateway.is_cluster() {
+            " nodes and NATS"
+        } else {
+            ""
+        }
+    );
     l.fleet.shutdown().await;
     poller.abort();
     signals.abort();

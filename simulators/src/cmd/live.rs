@@ -15,6 +15,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use locker_sim::fleet::alerts::newest_alerts;
 use locker_sim::fleet::api::{metric_sum, metric_with, Api};
 use locker_sim::fleet::gateway::GatewayRunner;
+use locker_sim::fleet::nodes::Gateways;
 use locker_sim::fleet::script::Happening;
 use locker_sim::fleet::Fleet;
 
@@ -184,7 +185,7 @@ impl Live {
     }
 
     /// Refreshes from the fleet, the gateway and the script's log.
-    pub fn update(&mut self, fleet: &Fleet, gw: &GatewayRunner, log: &[Happening]) {
+    pub fn update(&mut self, fleet: &Fleet, gw: &Gateways, log: &[Happening]) {
         let s = fleet.snapshot();
         let g = self
             .view
@@ -245,7 +246,8 @@ impl Live {
             outcomes.join(", "),
             g.pending,
             s.alarms,
-            gw.restarts(),
+            // (a cluster: every node's restarts)
+            gw.nodes().map(GatewayRunner::restarts).sum::<u32>(),
             hooks,
             g.alerts_active.iter().map(|(_, n)| *n as u64).sum::<u64>(),
             if alerts.is_empty() {

@@ -2,9 +2,12 @@
 //! outcome), read a command, page through a cabinet's audit log, read `/metrics`; and the
 //! parcel domain's calls (see [`super::world`] and [`super::scenario`]): sites, carriers and
 //! couriers, orders (create, batch, act, remote unlock, list), the notification outbox and a
-//! cabinet's compartments. [`Api::with_token`] gives a carrier its own client.
+//! cabinet's compartments. [`Api::with_token`] gives a carrier its own client;
+//! [`Api::round_robin`] one that spreads its calls over several nodes of a cluster.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -18,11 +21,14 @@ pub enum ApiError {
     Status { status: u16, body: String },
 }
 
-/// A cloneable API client.
+/// A cloneable API client: of one gateway, or round robin over several (clones share the
+/// turn).
 #[derive(Clone, Debug)]
 pub struct Api {
     client: reqwest::Client,
-    base: String,
+    /// `http://{addr}` of each node called (at least one).
+    bases: Arc<[String]>,
+    next: Arc<AtomicUsize>,
     token: String,
 }
 
@@ -37,32 +43,54 @@ pub struct AuditEvent {
 impl Api {
     /// A client for the API at `addr`.
     pub fn new(addr: SocketAddr, token: &str) -> Self {
+        Self::round_robin(&[addr], token)
+    }
+
+    /// A client whose calls go to `addrs` in turn (one address: always that one; none: the
+    /// unroutable 127.0.0.1:9, every call fails).
+    pub fn round_robin(addrs: &[SocketAddr], token: &str) -> Self {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
             .timeout(Duration::from_secs(60))
             .build()
             .unwrap_or_default();
+        let mut bases: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+        if bases.is_empty() {
+            bases.push("http://127.0.0.1:9".into());
+        }
         Self {
             client,
-            base: format!("http://{addr}"),
+            bases: bases.into(),
+            next: Arc::new(AtomicUsize::new(0)),
             token: token.to_owned(),
         }
     }
 
-    /// The same client (connection pool) with another bearer token (a carrier's).
+    /// The same client (connection pool, nodes and turn) with another bearer token (a
+    /// carrier's).
     pub fn with_token(&self, token: &str) -> Self {
         Self {
             client: self.client.clone(),
-            base: self.base.clone(),
+            bases: self.bases.clone(),
+            next: self.next.clone(),
             token: token.to_owned(),
         }
+    }
+
+    /// The base URL of the next call.
+    fn base(&self) -> &str {
+        let i = match self.bases.len() {
+            1 => 0,
+            n => self.next.fetch_add(1, Ordering::Relaxed) % n,
+        };
+        &self.bases[i]
     }
 
     /// `GET {path}` (path and query), the JSON answer.
     pub async fn get(&self, path: &str) -> Result<Value, ApiError> {
         let r = self
             .client
-            .get(format!("{}{path}", self.base))
+            .get(format!("{}{path}", self.base()))
             .bearer_auth(&self.token)
             .send()
             .await?;
@@ -78,7 +106,7 @@ impl Api {
     ) -> Result<Value, ApiError> {
         let mut rq = self
             .client
-            .post(format!("{}{path}", self.base))
+            .post(format!("{}{path}", self.base()))
             .bearer_auth(&self.token)
             .json(body);
         if let Some(k) = key {
@@ -91,7 +119,7 @@ impl Api {
     pub async fn put(&self, path: &str, body: &Value) -> Result<Value, ApiError> {
         let r = self
             .client
-            .put(format!("{}{path}", self.base))
+            .put(format!("{}{path}", self.base()))
             .bearer_auth(&self.token)
             .json(body)
             .send()
@@ -103,7 +131,7 @@ impl Api {
     pub async fn delete(&self, path: &str) -> Result<(), ApiError> {
         let r = self
             .client
-            .delete(format!("{}{path}", self.base))
+            .delete(format!("{}{path}", self.base()))
             .bearer_auth(&self.token)
             .send()
             .await?;
@@ -174,7 +202,7 @@ impl Api {
         });
         let r = self
             .client
-            .post(format!("{}/v1/cabinets/{cabinet}/commands", self.base))
+            .post(format!("{}/v1/cabinets/{cabinet}/commands", self.base()))
             .bearer_auth(&self.token)
             .json(&body)
             .send()
@@ -186,7 +214,7 @@ impl Api {
     pub async fn command(&self, id: &str) -> Result<Value, ApiError> {
         let r = self
             .client
-            .get(format!("{}/v1/commands/{id}", self.base))
+            .get(format!("{}/v1/commands/{id}", self.base()))
             .bearer_auth(&self.token)
             .send()
             .await?;
@@ -197,7 +225,7 @@ impl Api {
     pub async fn cabinet(&self, id: &str) -> Result<Value, ApiError> {
         let r = self
             .client
-            .get(format!("{}/v1/cabinets/{id}", self.base))
+            .get(format!("{}/v1/cabinets/{id}", self.base()))
             .bearer_auth(&self.token)
             .send()
             .await?;
@@ -213,7 +241,7 @@ impl Api {
                 .client
                 .get(format!(
                     "{}/v1/cabinets/{cabinet}/events?after={after}&limit=1000",
-                    self.base
+                    self.base()
                 ))
                 .bearer_auth(&self.token)
                 .send()
@@ -241,7 +269,7 @@ impl Api {
     pub async fn metrics(&self) -> Result<String, ApiError> {
         let r = self
             .client
-            .get(format!("{}/metrics", self.base))
+            .get(format!("{}/metrics", self.base()))
             .send()
             .await?;
         let status = r.status().as_u16();

@@ -21,21 +21,46 @@ use super::scenario::{
     api_error, close, creds_current, wait_door, ScenarioCtx, DOOR_WAIT, UNLOCK_TTL_MS,
 };
 
-/// A remote unlock of an order by its carrier; true once the door is open.
-pub(super) async fn unlock_order(
+/// A remote unlock of an order by its carrier, with the courier at the door: `at_door` (the
+/// courier putting a parcel in or taking it out) runs as soon as the door is seen open, also
+/// while the API call is still waiting for the command's outcome (a courier watches the door,
+/// not the carrier's app: in a cluster the outcome can reach the issuing node seconds after the
+/// door opened, and the door closes by itself meanwhile). `None` if the door did not open.
+pub(super) async fn unlock_order<T>(
     idx: usize,
     cab: &SimCabinet,
     ctx: &ScenarioCtx,
     o: &SimOrder,
     reason: &str,
-) -> bool {
+    at_door: impl FnOnce(usize) -> T,
+) -> Option<T> {
     let i = usize::from(o.compartment.saturating_sub(1));
     let body = json!({"reason": reason, "ttl_ms": UNLOCK_TTL_MS, "wait_ms": 10_000});
-    let wait = match ctx
-        .client(o.carrier)
-        .post(&format!("/v1/orders/{}/unlock", o.id), &body, None)
-        .await
-    {
+    let path = format!("/v1/orders/{}/unlock", o.id);
+    let call = ctx.client(o.carrier).post(&path, &body, None);
+    tokio::pin!(call);
+    let mut at_door = Some(at_door);
+    let mut done = None;
+    let mut seen: Option<std::time::Instant> = None;
+    let r = loop {
+        tokio::select! {
+            r = &mut call => break r,
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {
+                if done.is_none() && cab.board.door_open(i).unwrap_or(false) {
+                    seen = Some(std::time::Instant::now());
+                    done = at_door.take().map(|f| f(i));
+                }
+            }
+        }
+    };
+    if let Some(t) = seen {
+        let ms = u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX);
+        ctx.stats.door_before_answer.fetch_add(1, Ordering::Relaxed);
+        ctx.stats
+            .answer_after_door_max_ms
+            .fetch_max(ms, Ordering::Relaxed);
+    }
+    let wait = match r {
         Ok(v) => {
             if let Some(id) = v["command"]["id"].as_str() {
                 ctx.commands
@@ -49,7 +74,7 @@ pub(super) async fn unlock_order(
                     ctx.stats
                         .commands_unresolved
                         .fetch_add(1, Ordering::Relaxed);
-                    return false;
+                    return done;
                 }
                 None => {
                     ctx.stats
@@ -62,27 +87,33 @@ pub(super) async fn unlock_order(
         Err(e) => {
             api_error(ctx, "order unlock", &e);
             if matches!(&e, ApiError::Status { status, .. } if *status < 500) {
-                return false;
+                return done;
             }
             Duration::from_millis(UNLOCK_TTL_MS + 2_000)
         }
     };
-    if wait_door(cab, i, wait).await {
-        true
-    } else {
-        ctx.stats.no_access.fetch_add(1, Ordering::Relaxed);
-        false
+    if done.is_some() {
+        return done;
+    }
+    match at_door {
+        Some(f) if wait_door(cab, i, wait).await => Some(f(i)),
+        _ => {
+            ctx.stats.no_access.fetch_add(1, Ordering::Relaxed);
+            None
+        }
     }
 }
 
 /// The courier at the door: the carrier opens the order's compartment remotely, the courier
 /// puts the parcel in and closes the door.
 pub(super) async fn deposit(idx: usize, cab: &SimCabinet, ctx: &ScenarioCtx, o: &SimOrder) {
-    if !unlock_order(idx, cab, ctx, o, "courier at the door").await {
+    let put = |i: usize| {
+        let _ = cab.board.put_parcel(i);
+    };
+    let Some(()) = unlock_order(idx, cab, ctx, o, "courier at the door", put).await else {
         return;
-    }
+    };
     let i = usize::from(o.compartment.saturating_sub(1));
-    let _ = cab.board.put_parcel(i);
     close(cab, i).await;
     ctx.ledger.set(&o.id, Stage::Deposited);
     ctx.stats.deposits_api.fetch_add(1, Ordering::Relaxed);
@@ -235,7 +266,7 @@ async fn collect(
 ) {
     let collectable = |s: Stage| matches!(s, Stage::Recalled | Stage::Expired);
     let courier = o.carrier < ctx.world.carriers.len() && (!online || rng.gen_bool(0.5));
-    let o = if courier {
+    let (o, taken) = if courier {
         // at the cabinet: badge, then `key:collect` opens the next parcel to collect
         if online && !creds_current(idx, cab, ctx, DOOR_WAIT).await {
             ctx.stats.creds_not_yet.fetch_add(1, Ordering::Relaxed);
@@ -271,25 +302,35 @@ async fn collect(
             ctx.stats.no_access.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        x
+        (x, None)
     } else {
         let reason = if o.stage == Stage::Expired {
             "courier collecting an expired parcel"
         } else {
             "courier collecting a recalled parcel"
         };
-        if !unlock_order(idx, cab, ctx, o, reason).await {
+        // the courier takes the parcel out as soon as the door is open
+        let take = |i: usize| {
+            let inside = cab.board.parcel_present(i).unwrap_or(false);
+            let _ = cab.board.take_parcel(i);
+            inside
+        };
+        let Some(inside) = unlock_order(idx, cab, ctx, o, reason, take).await else {
             return;
-        }
-        o.clone()
+        };
+        (o.clone(), Some(inside))
     };
     let i = usize::from(o.compartment.saturating_sub(1));
-    if o.stage == Stage::Expired {
+    // at the cabinet the door is open now: the parcel is taken out here
+    let inside = taken.unwrap_or_else(|| {
         let inside = cab.board.parcel_present(i).unwrap_or(false);
+        let _ = cab.board.take_parcel(i);
+        inside
+    });
+    if o.stage == Stage::Expired {
         ctx.ledger.collected_expired(&o.id, inside);
         ctx.stats.collected_expired.fetch_add(1, Ordering::Relaxed);
     }
-    let _ = cab.board.take_parcel(i);
     close(cab, i).await;
     ctx.ledger.set(&o.id, Stage::Returned);
     ctx.stats.collected.fetch_add(1, Ordering::Relaxed);

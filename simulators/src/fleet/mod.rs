@@ -15,7 +15,10 @@
 //! - [`api`]: the gateway API calls the fleet makes;
 //! - [`alerts`]: the alerts the script's outage and nightfall must (and must not) raise;
 //! - [`hooks`]: the integrator's webhook receiver, subscribed to every event at start; the
-//!   report checks that every order transition arrived, signed, in order per cabinet.
+//!   report checks that every order transition arrived, signed, in order per cabinet;
+//! - [`nodes`]: the gateway nodes of a run, one or a cluster's on NATS JetStream (its faults:
+//!   `kill -9` of a gateway node and of a NATS server); [`nodecheck`]: the report's cluster
+//!   checks (every node's audit log of every cabinet is the same).
 
 pub mod alerts;
 pub mod api;
@@ -25,6 +28,8 @@ pub mod gateway;
 pub mod hooks;
 pub mod ledger;
 pub mod link;
+pub mod nodecheck;
+pub mod nodes;
 pub mod report;
 pub mod scenario;
 pub mod script;
@@ -52,7 +57,10 @@ use self::link::{FleetTls, LinkSwitch};
 use self::scenario::{ScenarioCtx, ScenarioStats};
 use self::world::World;
 
-pub use self::start::{cabinet_ids, launch, prepare_pki, rss_kib, CertKey, GatewayMode, Launched};
+pub use self::nodes::ClusterFaults;
+pub use self::start::{
+    cabinet_ids, integrator_api, launch, prepare_pki, rss_kib, CertKey, GatewayMode, Launched,
+};
 
 /// Why the fleet could not run.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +75,8 @@ pub enum FleetError {
     Cabinet(#[from] cabinet::CabinetError),
     #[error("gateway: {0}")]
     Gateway(#[from] gateway::GatewayError),
+    #[error("gateway nodes: {0}")]
+    Nodes(String),
     #[error("parcel world: {0}")]
     World(#[from] world::WorldError),
     #[error("io: {0}")]
@@ -126,6 +136,8 @@ pub struct FleetOptions {
     /// The edges of a cluster's gateway nodes: cabinet `i` connects to `edges[i % len]`
     /// (empty: every cabinet connects to the gateway's one edge).
     pub edges: Vec<std::net::SocketAddr>,
+    /// The faults of a cluster run (ignored with one gateway).
+    pub cluster_faults: ClusterFaults,
 }
 
 impl Default for FleetOptions {
@@ -156,6 +168,7 @@ impl Default for FleetOptions {
             expire_window_min: 1,
             recall_share: 0.05,
             edges: Vec::new(),
+            cluster_faults: ClusterFaults::default(),
         }
     }
 }
@@ -198,18 +211,24 @@ pub struct Fleet {
     /// The recipients' SMS provider and the last notice before the run ([`sms`]), or why
     /// there is none.
     pub sms: Result<(sms::SmsProvider, u64), String>,
+    /// A cluster's nodes (name, API client), node 1 first; empty with one gateway. The report
+    /// reads every cabinet's audit log on each ([`nodecheck`]).
+    pub nodes: Vec<(String, Api)>,
 }
 
 const MAX_SCENARIOS: usize = 1_024;
 
 impl Fleet {
     /// Builds the cabinets (hardware, certificates, agent configurations) and opens the shared
-    /// database. Agents are not started yet (see [`Fleet::ramp_up`]).
+    /// database. Agents are not started yet (see [`Fleet::ramp_up`]). Every cabinet connects
+    /// to `edge`, unless `opts.edges` spreads them over a cluster's nodes; `api` is the
+    /// integrator's client ([`integrator_api`]).
     pub async fn build(
         opts: FleetOptions,
         certs: Vec<CertKey>,
         ca_der: &[u8],
-        gw: &GatewayRunner,
+        edge: std::net::SocketAddr,
+        api: Api,
         ids: Vec<CabinetId>,
         world: World,
     ) -> Result<Self, FleetError> {
@@ -229,8 +248,8 @@ impl Fleet {
             .map_err(|e| FleetError::Storage(e.to_string()))?;
         let tls = FleetTls::new(ca_der)?;
         let t = CabinetTemplate {
-            host: gw.edge.ip().to_string(),
-            port: gw.edge.port(),
+            host: edge.ip().to_string(),
+            port: edge.port(),
             locks: opts.locks,
             auto_close: opts.auto_close,
             pulse: opts.pulse,
@@ -263,7 +282,6 @@ impl Fleet {
                 opts.start_hour,
             )?));
         }
-        let api = Api::new(gw.api, &gw.token);
         let carriers = (0..world.carriers.len())
             .map(|k| world.client(&api, k))
             .collect();
@@ -302,6 +320,7 @@ impl Fleet {
             notices,
             hooks: Err("no subscription".into()),
             sms: Err("no SMS provider".into()),
+            nodes: Vec::new(),
         };
         fleet.adopt_leftovers().await;
         Ok(fleet)

@@ -23,6 +23,8 @@
 //! - alerts ([`super::alerts::check_alerts`]): the outage's `offline` alerts, one per cabinet
 //!   cut long enough and cleared after it came back, none elsewhere, no duplicates, and a power
 //!   alert after nightfall;
+//! - cluster mode ([`super::nodecheck`]): every node's audit log of every cabinet is the same
+//!   as the domain node's;
 //! - webhooks ([`super::hooks::check_webhooks`]): every order transition of the trail arrived
 //!   at the fleet's subscription with a valid signature, exactly once after dedup by
 //!   `webhook-id`, in trail order per cabinet, and nothing is left pending at the gateway.
@@ -76,6 +78,8 @@ pub struct Report {
     /// The recipients' notifications: what reached the fleet's SMS provider (see
     /// [`super::sms`]).
     pub notifications: super::sms::SmsSummary,
+    /// Cluster mode: every node's audit logs, per-node counts (see [`super::nodecheck`]).
+    pub cluster: super::nodecheck::ClusterSummary,
     /// Each violated invariant, one line each (the first 50).
     pub problems: Vec<String>,
     /// Count of violations (may exceed `problems.len()`).
@@ -507,6 +511,7 @@ impl fmt::Display for Report {
         writeln!(f, "{}", self.alerts)?;
         writeln!(f, "{}", self.webhooks)?;
         writeln!(f, "{}", self.notifications)?;
+        write!(f, "{}", self.cluster)?;
         if self.is_clean() {
             writeln!(f, "  RESULT: clean (0 violations)")
         } else {

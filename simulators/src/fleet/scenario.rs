@@ -73,6 +73,10 @@ pub struct ScenarioStats {
     pub commands_unresolved: AtomicU64,
     /// A code refused at the cabinet, or a door that did not open in time.
     pub no_access: AtomicU64,
+    /// Remote unlocks whose door the courier saw open before the API call returned, and the
+    /// longest time from seeing it open to the call's answer, ms.
+    pub door_before_answer: AtomicU64,
+    pub answer_after_door_max_ms: AtomicU64,
 }
 
 impl ScenarioStats {
@@ -98,7 +102,8 @@ impl std::fmt::Display for ScenarioStats {
              {} windows extended, {} short windows, {} recalled and {} collected by couriers ({} \
              after expiry, {} offline), {} recipients early \
              for their code, {} refused or late doors, {} API errors, {} unlocks without \
-             `opened` when the call returned",
+             `opened` when the call returned, {} remote unlocks whose door opened before the \
+             call returned (its answer up to {} ms after the door)",
             n(&self.orders_created),
             n(&self.batches),
             n(&self.cancels),
@@ -119,6 +124,8 @@ impl std::fmt::Display for ScenarioStats {
             n(&self.no_access),
             n(&self.api_errors),
             n(&self.commands_unresolved),
+            n(&self.door_before_answer),
+            n(&self.answer_after_door_max_ms),
         )
     }
 }

@@ -1,8 +1,11 @@
 //! The timeline of a fleet run: activity ticks every 100 ms, then at their share of the run an
 //! outage for part of the fleet (restored after its length), nightfall on the solar cabinets
 //! and a gateway restart (the integrator's webhook receiver is down, answering 503, while the
-//! outage lasts). Every second the caller's observer sees the fleet and the log of what
-//! happened so far. What should raise alerts (the outage, each cabinet's reconnection after it,
+//! outage lasts). Against a cluster ([`super::nodes::Gateways`]) the restart is a `kill -9` of
+//! a non-domain gateway node (the last one), started again after
+//! [`super::ClusterFaults::down_for`] (its agents reconnect to it: each agent knows one edge),
+//! and at another moment a NATS server is killed the same way ([`super::ClusterFaults`]).
+//! Every second the caller's observer sees the fleet and the log of what happened so far. What should raise alerts (the outage, each cabinet's reconnection after it,
 //! restarts, nightfall) is written to the fleet's [`super::alerts::Timeline`].
 
 use std::future::Future;
@@ -11,7 +14,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::alerts::now_ms;
-use super::gateway::GatewayRunner;
+use super::nodes::Gateways;
 use super::Fleet;
 
 /// One thing the script did, with the run time at which it happened.
@@ -24,14 +27,14 @@ pub struct Happening {
 /// Runs the script for `duration` (or until `stop` resolves). Returns what happened.
 pub async fn run<S, O>(
     fleet: &Fleet,
-    gw: &mut GatewayRunner,
+    gw: &mut Gateways,
     duration: Duration,
     stop: S,
     mut observe: O,
 ) -> Vec<Happening>
 where
     S: Future<Output = ()>,
-    O: FnMut(&Fleet, &GatewayRunner, &[Happening]),
+    O: FnMut(&Fleet, &Gateways, &[Happening]),
 {
     tokio::pin!(stop);
     let o = fleet.opts.clone();
@@ -41,7 +44,23 @@ where
     let mut outage: Option<(Instant, Vec<usize>)> = None;
     let mut outage_done = o.outage_share <= 0.0;
     let mut night_done = o.nightfall_at.is_none();
+    let cluster = gw.is_cluster();
+    let faults = &o.cluster_faults;
     let mut restart_done = o.restart_at.is_none() || !gw.can_restart();
+    // a cluster's faults: the node killed (with one node there is none but the domain node)
+    let victim = gw.len().checked_sub(1).filter(|&i| i > 0);
+    if cluster && (!faults.node || victim.is_none()) {
+        restart_done = true;
+        if o.restart_at.is_some() && faults.node {
+            log.push(Happening {
+                at: Duration::ZERO,
+                what: "no gateway node killed: the only node is the domain node".into(),
+            });
+        }
+    }
+    let mut nats_done = !cluster || faults.nats_at.is_none() || gw.nats_servers() == 0;
+    // a killed process to start again: (when, what, began ms)
+    let mut down: Vec<(Instant, Fault, u64)> = Vec::new();
     let mut carry = 0.0;
     let mut last_observe = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -126,19 +145,67 @@ where
         }
         if !restart_done && o.restart_at.is_some_and(|s| t >= at(s)) {
             restart_done = true;
-            let began = Instant::now();
-            let began_ms = now_ms();
-            let what = match gw.restart().await {
-                Ok(_) => format!("gateway restarted in {} ms", began.elapsed().as_millis()),
-                Err(e) => format!("gateway restart FAILED: {e}"),
+            match victim.filter(|_| cluster) {
+                Some(i) => {
+                    let what = match gw.kill_node(i).await {
+                        Ok(true) => {
+                            down.push((now + faults.down_for, Fault::Node(i), now_ms()));
+                            format!(
+                                "gateway node {} killed (kill -9), down for {:?}",
+                                Gateways::node_name(i),
+                                faults.down_for
+                            )
+                        }
+                        Ok(false) => "gateway node kill FAILED: not a child process".into(),
+                        Err(e) => format!("gateway node kill FAILED: {e}"),
+                    };
+                    log.push(Happening { at: t, what });
+                }
+                None => {
+                    let began = Instant::now();
+                    let began_ms = now_ms();
+                    let what = match gw.restart().await {
+                        Ok(_) => format!("gateway restarted in {} ms", began.elapsed().as_millis()),
+                        Err(e) => format!("gateway restart FAILED: {e}"),
+                    };
+                    fleet.timeline.restart(began_ms, now_ms());
+                    log.push(Happening { at: t, what });
+                }
+            }
+        }
+        if !nats_done && faults.nats_at.is_some_and(|s| t >= at(s)) {
+            nats_done = true;
+            let what = match gw.kill_nats(NATS_VICTIM).await {
+                Ok(()) => {
+                    down.push((now + faults.down_for, Fault::Nats(NATS_VICTIM), now_ms()));
+                    format!(
+                        "NATS server n{} killed (kill -9), down for {:?}",
+                        NATS_VICTIM + 1,
+                        faults.down_for
+                    )
+                }
+                Err(e) => format!("NATS server kill FAILED: {e}"),
             };
-            fleet.timeline.restart(began_ms, now_ms());
             log.push(Happening { at: t, what });
+        }
+        if let Some(k) = down.iter().position(|(until, _, _)| now >= *until) {
+            let (_, fault, began_ms) = down.remove(k);
+            log.push(Happening {
+                at: start.elapsed(),
+                what: fault.start_again(gw, fleet, began_ms).await,
+            });
         }
         if last_observe.elapsed() >= Duration::from_secs(1) {
             last_observe = Instant::now();
             observe(fleet, gw, &log);
         }
+    }
+    // a fault still down when the run ends: started again now
+    for (_, fault, began_ms) in std::mem::take(&mut down) {
+        log.push(Happening {
+            at: start.elapsed(),
+            what: fault.start_again(gw, fleet, began_ms).await,
+        });
     }
     if let Some((_, cut)) = outage.take() {
         fleet.timeline.restored();
@@ -148,4 +215,47 @@ where
         h.receiver.set_down(false);
     }
     log
+}
+
+/// The NATS server a cluster run kills: server 1, the first the domain node connects to.
+const NATS_VICTIM: usize = 0;
+
+/// A process of a cluster the script killed.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// Gateway node `i`.
+    Node(usize),
+    /// NATS server `i`.
+    Nats(usize),
+}
+
+impl Fault {
+    /// Starts it again; what happened, for the log. A gateway node's downtime (from the kill to
+    /// its API answering again) is a restart in the fleet's timeline: the cabinets it held are
+    /// offline meanwhile, and an `offline` alert that began then must clear.
+    async fn start_again(self, gw: &mut Gateways, fleet: &Fleet, began_ms: u64) -> String {
+        let t = Instant::now();
+        match self {
+            Fault::Node(i) => {
+                let r = gw.start_node(i).await;
+                fleet.timeline.restart(began_ms, now_ms());
+                match r {
+                    Ok(()) => format!(
+                        "gateway node {} started again, healthy in {} ms",
+                        Gateways::node_name(i),
+                        t.elapsed().as_millis()
+                    ),
+                    Err(e) => format!("gateway node restart FAILED: {e}"),
+                }
+            }
+            Fault::Nats(i) => match gw.start_nats(i).await {
+                Ok(()) => format!(
+                    "NATS server n{} started again, accepting in {} ms",
+                    i + 1,
+                    t.elapsed().as_millis()
+                ),
+                Err(e) => format!("NATS server restart FAILED: {e}"),
+            },
+        }
+    }
 }

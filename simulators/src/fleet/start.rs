@@ -12,6 +12,7 @@ use locker_schemas::CabinetId;
 use super::api::Api;
 use super::gateway::{self, GatewayRunner};
 use super::ledger::{SimOrder, Stage};
+use super::nodes::{GatewaySpec, Gateways};
 use super::world::World;
 use super::{Fleet, FleetError, FleetOptions};
 
@@ -155,6 +156,11 @@ pub enum GatewayMode {
     },
     /// Started as a child process from this `locker-gateway` binary.
     Child { bin: PathBuf },
+    /// `nodes` cluster nodes started as child processes from this `locker-gateway` binary on
+    /// a three-server NATS JetStream cluster ([`super::nodes::Gateways::start`]), node 1 the
+    /// domain node; the agents spread over their edges round robin. Starts fresh: the NATS
+    /// stores, the nodes' data and the agents' database in the state directory are wiped.
+    Cluster { bin: PathBuf, nodes: usize },
     /// Already running elsewhere.
     External {
         edge: std::net::SocketAddr,
@@ -166,14 +172,26 @@ pub enum GatewayMode {
 /// Everything a run needs, started.
 pub struct Launched {
     pub fleet: Fleet,
-    pub gateway: GatewayRunner,
+    /// The gateway, or the cluster's nodes (dereferences to the domain node).
+    pub gateway: Gateways,
     pub pki: Pki,
     /// The process RSS (KiB) before the cabinets were built.
     pub rss_before_kib: Option<u64>,
 }
 
+/// The API the integrator calls: the carriers (with their tokens), the operator, and the
+/// simulator's own reads of orders, commands, alerts, webhooks and notices. The domain node's
+/// for now: the other nodes of a cluster answer the parcel domain's routes with 503
+/// `domain_node_elsewhere`, and a command's record is kept by the node it was issued on. Once
+/// any node serves (forwards) them, `Api::round_robin(&nodes.api_addrs(), token)` here spreads
+/// every call over the nodes.
+pub fn integrator_api(nodes: &Gateways) -> Api {
+    Api::new(nodes.domain().api, &nodes.domain().token)
+}
+
 /// Prepares the PKI in `pki_dir`, starts (or reaches) the gateway with its data in
-/// `{state_dir}/gateway`, and builds the fleet (agents not yet started).
+/// `{state_dir}/gateway` (a cluster's in `{state_dir}/gateway-node{i}` and
+/// `{state_dir}/gateway-nats`), and builds the fleet (agents not yet started).
 pub async fn launch(
     opts: FleetOptions,
     pki_dir: &Path,
@@ -211,27 +229,49 @@ pub async fn launch(
     let ours = !matches!(mode, GatewayMode::External { .. });
     let (gateway, world) = match mode {
         GatewayMode::InProcess => (
-            GatewayRunner::in_process(config(any, any), token).await?,
+            Gateways::single(GatewayRunner::in_process(config(any, any), token).await?),
             world,
         ),
         GatewayMode::InProcessAt { edge, api } => (
-            GatewayRunner::in_process(config(edge, api), token).await?,
+            Gateways::single(GatewayRunner::in_process(config(edge, api), token).await?),
             world,
         ),
         GatewayMode::Child { bin } => (
-            GatewayRunner::child(&bin, &config(any, any), &gw_dir, token).await?,
+            Gateways::single(GatewayRunner::child(&bin, &config(any, any), &gw_dir, token).await?),
             world,
         ),
-        GatewayMode::External { edge, api, token } => {
-            (GatewayRunner::external(edge, api, &token), world.external())
+        GatewayMode::Cluster { bin, nodes } => {
+            // a fresh cluster has no audit log: the agents start their seqs again too
+            let _ = std::fs::remove_dir_all(opts.state_dir.join("agents.sled"));
+            let spec = GatewaySpec {
+                bin,
+                state: opts.state_dir.clone(),
+                name: "gateway".into(),
+                pki: pki_dir.clone(),
+                token: token.to_owned(),
+            };
+            let g = Gateways::start(&spec, nodes.max(1), |_, cfg| {
+                if let Err(e) = sms.configure(cfg) {
+                    tracing::warn!(error = %e, "notifications not configured");
+                }
+                world.add_tokens(cfg);
+                rules.apply(cfg);
+            })
+            .await
+            .map_err(|e| FleetError::Nodes(e.to_string()))?;
+            opts.edges = g.edges();
+            (g, world)
         }
+        GatewayMode::External { edge, api, token } => (
+            Gateways::single(GatewayRunner::external(edge, api, &token)),
+            world.external(),
+        ),
     };
-    world
-        .setup(&Api::new(gateway.api, &gateway.token), &ids)
-        .await?;
+    let api = integrator_api(&gateway);
+    world.setup(&api, &ids).await?;
     // the integrator subscribes before the first order (an external gateway may refuse an
     // http:// receiver: then the report says the webhooks were not checked)
-    let hooks = super::hooks::FleetHooks::subscribe(&Api::new(gateway.api, &gateway.token))
+    let hooks = super::hooks::FleetHooks::subscribe(&api)
         .await
         .map_err(|e| e.to_string());
     if let Err(e) = &hooks {
@@ -239,7 +279,7 @@ pub async fn launch(
     }
     // the run's notices are the ones after the newest one now
     let sms = if ours {
-        super::sms::last_notice(&Api::new(gateway.api, &gateway.token))
+        super::sms::last_notice(&api)
             .await
             .map(|last| (sms, last))
             .map_err(|e| e.to_string())
@@ -248,7 +288,15 @@ pub async fn launch(
     };
     let rss_before_kib = rss_kib(None);
     let ca = pki.ca_cert_der().to_vec();
-    let mut fleet = Fleet::build(opts, certs, &ca, &gateway, ids, world).await?;
+    let mut fleet = Fleet::build(opts, certs, &ca, gateway.edge, api, ids, world).await?;
+    if gateway.is_cluster() {
+        fleet.nodes = gateway
+            .apis()
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| (Gateways::node_name(i), a))
+            .collect();
+    }
     fleet.hooks = hooks;
     fleet.sms = sms;
     let solar = fleet
