@@ -133,10 +133,7 @@ impl Feed {
                     delivered,
                     "uplinks delivered but not acknowledged: reading again from the acknowledged floor"
                 );
-                stream
-                    .delete_consumer(&self.durable)
-                    .await
-                    .map_err(nats)?;
+                stream.delete_consumer(&self.durable).await.map_err(nats)?;
             }
             if floor > 0 {
                 deliver_policy = DeliverPolicy::ByStartSequence {

@@ -77,6 +77,27 @@ impl Api {
         }
     }
 
+    /// The same client asking each node for its own copy: `x-locker-node-local: 1` on every
+    /// request, so a cluster node answers a GET itself instead of forwarding it to the node
+    /// running the domain.
+    pub fn node_local(&self) -> Self {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            "x-locker-node-local",
+            reqwest::header::HeaderValue::from_static("1"),
+        );
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .timeout(Duration::from_secs(60))
+            .default_headers(h)
+            .build()
+            .unwrap_or_else(|_| self.client.clone());
+        Self {
+            client,
+            ..self.clone()
+        }
+    }
+
     /// The base URL of the next call.
     fn base(&self) -> &str {
         let i = match self.bases.len() {

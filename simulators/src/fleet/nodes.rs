@@ -144,6 +144,7 @@ impl Gateways {
             let mut cfg = fleet_gateway_config(dir, &paths, any, any, &spec.token);
             if let Some(nats) = nats {
                 nats.configure_node(&mut cfg, i);
+                // only node 1 may run the domain: it always does (the script kills the last)
                 cfg.cluster.domain = i == 0;
                 // a loaded machine: JetStream's first leader election may take a while
                 cfg.cluster.connect_timeout_ms = 60_000;

@@ -180,13 +180,17 @@ pub struct Launched {
 }
 
 /// The API the integrator calls: the carriers (with their tokens), the operator, and the
-/// simulator's own reads of orders, commands, alerts, webhooks and notices. The domain node's
-/// for now: the other nodes of a cluster answer the parcel domain's routes with 503
-/// `domain_node_elsewhere`, and a command's record is kept by the node it was issued on. Once
-/// any node serves (forwards) them, `Api::round_robin(&nodes.api_addrs(), token)` here spreads
-/// every call over the nodes.
+/// simulator's own reads of orders, commands, alerts, webhooks and notices. In a cluster, round
+/// robin over every node but the last (the one the script kills: a real integrator's load
+/// balancer takes a dead node out): the nodes that do not run the domain forward to the one
+/// that does, so both paths carry the run.
 pub fn integrator_api(nodes: &Gateways) -> Api {
-    Api::new(nodes.domain().api, &nodes.domain().token)
+    let all: Vec<std::net::SocketAddr> = nodes.nodes().map(|g| g.api).collect();
+    let keep = match all.len() {
+        0 | 1 => all.len(),
+        n => n - 1,
+    };
+    Api::round_robin(&all[..keep], &nodes.domain().token)
 }
 
 /// Prepares the PKI in `pki_dir`, starts (or reaches) the gateway with its data in
@@ -290,9 +294,11 @@ pub async fn launch(
     let ca = pki.ca_cert_der().to_vec();
     let mut fleet = Fleet::build(opts, certs, &ca, gateway.edge, api, ids, world).await?;
     if gateway.is_cluster() {
+        // each node's own copy (its audit logs), not the domain node's through it
         fleet.nodes = gateway
             .apis()
             .into_iter()
+            .map(|a| a.node_local())
             .enumerate()
             .map(|(i, a)| (Gateways::node_name(i), a))
             .collect();
