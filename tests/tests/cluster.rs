@@ -265,6 +265,41 @@ async fn any_node_serves_the_parcel_workflow_and_every_node_holds_the_domain_sta
                 >= 1.0
         );
     }
+    // the console too: a login through node 2 is a session the other nodes honour
+    let http = reqwest::Client::new();
+    let login = http
+        .post(format!(
+            "http://{}/console/session",
+            cl.nodes[2].gw.api_addr
+        ))
+        .json(&json!({"token": locker_tests::api::TEST_TOKEN}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(login.status(), 200);
+    let cookie = login
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .expect("session cookie")
+        .to_owned();
+    let me = http
+        .get(format!(
+            "http://{}/console/session",
+            cl.nodes[1].gw.api_addr
+        ))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .expect("session");
+    assert_eq!(me.status(), 200);
+    assert_eq!(
+        me.headers()
+            .get("x-locker-served-by")
+            .and_then(|v| v.to_str().ok()),
+        Some("gw1")
+    );
     // only the domain node ever sends credential sets: the cabinet's version is the domain's
     settle().await;
     let (_, c) = op.get("/v1/cabinets/CAB-DOM/compartments").await;
