@@ -20,6 +20,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::{Context, Message};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -121,7 +122,14 @@ impl Feed {
         // next cumulative ack would cover the ones never stored. So each life starts again
         // right after the acknowledged floor.
         let mut deliver_policy = DeliverPolicy::All;
-        if let Ok(info) = stream.consumer_info(&self.durable).await {
+        // (only "no such consumer" means a first start; any other failure tries the life again,
+        // never reuses a consumer whose floor is unknown)
+        let info = match stream.consumer_info(&self.durable).await {
+            Ok(info) => Some(info),
+            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => None,
+            Err(e) => return Err(nats(e)),
+        };
+        if let Some(info) = info {
             let (floor, delivered) = (
                 info.ack_floor.stream_sequence,
                 info.delivered.stream_sequence,
