@@ -115,13 +115,46 @@ where
         .map_err(|e| StoreError::Join(e.to_string()))?
 }
 
+/// How long [`open_db`] waits for a lock that a just-dropped handle of this process still holds.
+const LOCK_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens the sled database, waiting out a lock still held by a handle just dropped.
+///
+/// sled 0.34's `Db::drop` signals its flusher thread to stop but does not join it, and the
+/// thread holds the directory's `flock` until it exits (spacejam/sled#1289, #1234). A gateway
+/// that restarts in place (a cluster node changing role) or a test that reopens a database can
+/// therefore find the lock taken for a few milliseconds. A lock held by another live gateway on
+/// the same directory is held for its whole life, so it still fails, after the wait, with sled's
+/// own "could not acquire lock" error.
+pub(crate) fn open_db(path: &std::path::Path) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + LOCK_RELEASE_WAIT;
+    let mut pause = std::time::Duration::from_millis(5);
+    loop {
+        match sled::Config::new()
+            .path(path)
+            .cache_capacity(128 * 1024 * 1024)
+            .open()
+        {
+            Err(sled::Error::Io(e))
+                if is_lock_contention(&e) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// sled reports a taken lock as `Other` with the `flock` error in its message.
+fn is_lock_contention(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
+}
+
 impl Store {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: &std::path::Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(128 * 1024 * 1024)
-            .open()?;
+        let db = open_db(path)?;
         let commands = CommandStore::open(&db)?;
         let parcels = parcels::SledParcels::open(&db)?;
         let alerts = alerts::SledAlerts::open(&db)?;
@@ -309,6 +342,26 @@ mod tests {
             position: seq,
             entry: AuditEntry::Event(b"\x80".to_vec()),
         }
+    }
+
+    #[test]
+    fn a_database_reopens_at_once_after_its_last_handle_drops() {
+        let dir = tempfile::tempdir().expect("dir");
+        for _ in 0..20 {
+            let s = Store::open(dir.path()).expect("open right after the previous drop");
+            s.flush().expect("flush");
+        }
+    }
+
+    #[test]
+    fn a_lock_held_by_a_live_handle_is_still_an_error() {
+        let dir = tempfile::tempdir().expect("dir");
+        let _live = Store::open(dir.path()).expect("open");
+        let err = match Store::open(dir.path()) {
+            Ok(_) => panic!("two live handles on one directory"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("could not acquire lock"), "{err}");
     }
 
     #[test]

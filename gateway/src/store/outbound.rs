@@ -302,7 +302,8 @@ mod tests {
             };
             s.commit(&b, true).expect("commit");
         }
-        let db = sled::open(dir.path()).expect("db");
+        // the first handle's flusher may still hold the lock for a moment
+        let db = crate::store::open_db(dir.path()).expect("db");
         let s = SledOutbound::open(&db).expect("open");
         let l = s.load().expect("load");
         assert_eq!(l.cursors["parcel"], 42);
