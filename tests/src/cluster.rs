@@ -27,6 +27,9 @@ pub fn cluster_config(cfg: &mut GatewayConfig, nats: &NatsCluster, i: usize, ser
     cfg.cluster.connect_timeout_ms = 60_000;
     cfg.cluster.node_ttl_ms = 4_000;
     cfg.cluster.lease_ttl_ms = 5_000;
+    // small enough that the larger domain records (orders with their compartments, credential
+    // sets) go in chunks: the suite runs both framings
+    cfg.cluster.max_record_bytes = 2_048;
 }
 
 /// Gateway nodes as `locker-gateway` processes (for `kill -9`) on a NATS cluster, each on its

@@ -36,8 +36,12 @@ pub struct ClusterMetrics {
     pub domain_writes: IntCounterVec,
     /// Time for a domain record to be confirmed by the stream.
     pub domain_write_seconds: Histogram,
+    /// Size of the domain records this node wrote, bytes.
+    pub domain_record_bytes: Histogram,
+    /// Domain records this node wrote as several messages (longer than one), by part.
+    pub domain_chunked: IntCounterVec,
     /// Records of other nodes applied to this node's trees, by part and result (`applied`,
-    /// `undecodable`).
+    /// `undecodable`, `abandoned`: an unfinished record in chunks, never applied).
     pub domain_applied: IntCounterVec,
     /// 1 while this node runs the domain (holds the lease).
     pub domain_leader: IntGauge,
@@ -120,22 +124,47 @@ impl ClusterMetrics {
                 Opts::new(
                     "locker_cluster_domain_applied_total",
                     "Domain records of the node running the domain applied to this node's \
-                     own trees, by part and result: applied, undecodable (skipped, logged)",
+                     own trees, by part and result: applied, undecodable (skipped, logged), \
+                     abandoned (a record in chunks its writer never finished, never applied)",
                 ),
                 &["part", "result"],
             )?,
         )?;
+        let domain_chunked = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "locker_cluster_domain_chunked_total",
+                    "Domain records this node wrote as several messages, by part: longer than \
+                     cluster.max_record_bytes (by default the NATS server's max_payload)",
+                ),
+                &["part"],
+            )?,
+        )?;
         for p in ["commands", "parcels", "alerts", "outbound"] {
+            domain_chunked.with_label_values(&[p]);
             for r in ["ok", "failed", "fenced"] {
                 domain_writes.with_label_values(&[p, r]);
             }
-            for r in ["applied", "undecodable"] {
+            for r in ["applied", "undecodable", "abandoned"] {
                 domain_applied.with_label_values(&[p, r]);
             }
         }
         Ok(Self {
             domain_writes,
             domain_applied,
+            domain_chunked,
+            domain_record_bytes: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "locker_cluster_domain_record_bytes",
+                        "Size of the domain records this node wrote, bytes (one record is one \
+                         commit of an actor)",
+                    )
+                    .buckets(prometheus::exponential_buckets(256.0, 4.0, 9)?),
+                )?,
+            )?,
             domain_write_seconds: register(
                 r,
                 Histogram::with_opts(

@@ -64,6 +64,10 @@ pub struct ClusterConfig {
     pub lease_ttl_ms: u64,
     /// Longest catch-up with the domain stream before a node starts running the domain, ms.
     pub catch_up_timeout_ms: u64,
+    /// Largest message of the domain stream, bytes: a longer record (a commit touching every
+    /// cabinet of a large network) goes as several messages, applied whole or not at all.
+    /// 0: the NATS server's `max_payload` (1 MB by default) less room for the headers.
+    pub max_record_bytes: usize,
     /// NATS servers to connect to (any of the cluster's; the client learns the others).
     pub nats_urls: Vec<String>,
     /// Replicas of the stream and the bucket (at most the number of NATS servers; 3 survives
@@ -98,6 +102,7 @@ impl Default for ClusterConfig {
             api_url: String::new(),
             lease_ttl_ms: 10_000,
             catch_up_timeout_ms: 120_000,
+            max_record_bytes: 0,
             nats_urls: vec!["nats://127.0.0.1:4222".into()],
             replicas: 3,
             stream: "LK_UPLINK".into(),

@@ -96,7 +96,7 @@ impl Cluster {
                 let run = format!("{}:{}", self.node(), ulid::Ulid::new());
                 let rt = tokio::runtime::Handle::current();
                 let writers = stores::writers(&store, |part| {
-                    Writer::new(
+                    let w = Writer::new(
                         self.js.clone(),
                         stream.clone(),
                         rt.clone(),
@@ -105,7 +105,11 @@ impl Cluster {
                         run.clone(),
                         fencing.clone(),
                         self.metrics.clone(),
-                    )
+                    );
+                    match self.cfg.max_record_bytes {
+                        0 => w,
+                        n => w.with_chunk_size(n),
+                    }
                 });
                 tracing::info!(node = %self.node(), ?heads, "this node runs the domain");
                 let watch_change = {

@@ -5,7 +5,10 @@
 //! in effect (a record applied again after a crash changes nothing).
 //!
 //! The reader is an ordered consumer (ephemeral, no acknowledgements, recreated by the client
-//! on a gap) from the lowest mark on; records at or below their part's mark are skipped.
+//! on a gap) from the lowest mark on; records at or below their part's mark are skipped. A
+//! record in chunks is put back together first ([`super::chunks`]); a part's mark only ever
+//! moves to the last message of a whole record, so a reader opened again reads an unfinished
+//! group from its start.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -16,6 +19,7 @@ use async_nats::jetstream::Context;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use super::chunks::{self, Assembler, CHUNK_HEADER};
 use super::stores::Record;
 use super::{Part, DOMAIN_STREAM, DOMAIN_SUBJECTS};
 use crate::cluster::{ClusterError, ClusterMetrics};
@@ -108,10 +112,21 @@ pub async fn follow(js: Context, store: Store, metrics: ClusterMetrics, stop: Ca
     }
 }
 
-fn reached(marks: &HashMap<Part, u64>, target: &HashMap<Part, u64>) -> bool {
-    target
-        .iter()
-        .all(|(p, t)| marks.get(p).copied().unwrap_or(0) >= *t)
+/// Whether every part has reached its target: its mark, or an incomplete group at the end of
+/// its log (undecided, applied by nobody), is at or past it.
+fn reached(
+    marks: &HashMap<Part, u64>,
+    pending: &HashMap<Part, Assembler>,
+    target: &HashMap<Part, u64>,
+) -> bool {
+    target.iter().all(|(p, t)| {
+        let mark = marks.get(p).copied().unwrap_or(0);
+        let read = pending
+            .get(p)
+            .and_then(Assembler::pending_until)
+            .unwrap_or(0);
+        mark.max(read) >= *t
+    })
 }
 
 /// One life of the reader: from the lowest mark on, until `stop` fires (`Ok`), `target` is
@@ -126,7 +141,8 @@ async fn read(
     let mut marks = marks(store)
         .await
         .map_err(|e| ClusterError::js("domain marks", e))?;
-    if target.is_some_and(|t| reached(&marks, t)) {
+    let mut assemblers: HashMap<Part, Assembler> = HashMap::new();
+    if target.is_some_and(|t| reached(&marks, &assemblers, t)) {
         return Ok(());
     }
     let start = marks.values().copied().min().unwrap_or(0) + 1;
@@ -173,13 +189,63 @@ async fn read(
             continue;
         };
         if seq > marks.get(&part).copied().unwrap_or(0) {
-            apply_one(store, metrics, part, seq, msg.payload.clone()).await?;
-            marks.insert(part, seq);
+            let chunk = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(CHUNK_HEADER))
+                .map(|v| chunks::parse(v.as_str()).ok_or_else(|| v.as_str().to_string()));
+            let fed = match chunk {
+                Some(Err(bad)) => {
+                    // a header this version cannot read: as an undecodable record, skipped
+                    tracing::error!(part = part.name(), seq, header = %bad, "domain record chunk header not understood; skipped");
+                    count(metrics, part, "undecodable");
+                    None
+                }
+                Some(Ok(c)) => Some(assemblers.entry(part).or_default().feed(
+                    seq,
+                    Some(c),
+                    msg.payload.clone(),
+                )),
+                None => Some(assemblers.entry(part).or_default().feed(
+                    seq,
+                    None,
+                    msg.payload.clone(),
+                )),
+            };
+            if let Some(fed) = fed {
+                if let Some(first) = fed.abandoned {
+                    tracing::warn!(
+                        part = part.name(),
+                        first,
+                        "an unfinished domain record (its writer stopped part way) was abandoned"
+                    );
+                    count(metrics, part, "abandoned");
+                }
+                if fed.orphan {
+                    tracing::warn!(
+                        part = part.name(),
+                        seq,
+                        "a chunk of an abandoned domain record skipped"
+                    );
+                    count(metrics, part, "abandoned");
+                }
+                if let Some(record) = fed.record {
+                    apply_one(store, metrics, part, seq, record).await?;
+                    marks.insert(part, seq);
+                }
+            }
         }
-        if target.is_some_and(|t| reached(&marks, t)) {
+        if target.is_some_and(|t| reached(&marks, &assemblers, t)) {
             return Ok(());
         }
     }
+}
+
+fn count(metrics: &ClusterMetrics, part: Part, result: &str) {
+    metrics
+        .domain_applied
+        .with_label_values(&[part.name(), result])
+        .inc();
 }
 
 /// Applies one record and moves its part's mark.

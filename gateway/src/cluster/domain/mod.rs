@@ -2,7 +2,8 @@
 //! reservations, credential versions, notices, the parcel audit trail), the rules engine's
 //! alerts and the webhook and notification outboxes live in one replicated JetStream stream,
 //! `LK_DOMAIN`, one subject per part (`lk.dom.commands`, `lk.dom.parcels`, `lk.dom.alerts`,
-//! `lk.dom.outbound`). Each record is one commit of the part's actor, as JSON.
+//! `lk.dom.outbound`). Each record is one commit of the part's actor, as JSON; a record longer
+//! than one NATS message goes as consecutive chunks, applied whole or not at all ([`chunks`]).
 //!
 //! - One node at a time runs the domain (it holds the lease, [`super::lease`]). Its actors write
 //!   through the replicated stores of [`stores`]: the record goes to the stream first, then to
@@ -20,6 +21,7 @@
 //! with an empty disk rebuilds its trees from it.
 
 pub mod apply;
+pub mod chunks;
 pub mod stores;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -162,6 +164,8 @@ pub struct Writer {
     written: AtomicU64,
     fencing: Fencing,
     metrics: super::ClusterMetrics,
+    /// A record longer than this goes as several messages ([`chunks`]).
+    chunk: usize,
 }
 
 impl Writer {
@@ -177,6 +181,7 @@ impl Writer {
         fencing: Fencing,
         metrics: super::ClusterMetrics,
     ) -> Self {
+        let chunk = chunks::chunk_size(js.client().max_payload());
         Self {
             js,
             stream,
@@ -187,7 +192,15 @@ impl Writer {
             written: AtomicU64::new(0),
             fencing,
             metrics,
+            chunk,
         }
+    }
+
+    /// Cuts records longer than `bytes` into several messages (the default follows the
+    /// server's `max_payload`; tests make it small).
+    pub fn with_chunk_size(mut self, bytes: usize) -> Self {
+        self.chunk = bytes.max(1);
+        self
     }
 
     /// Writes one record and returns its stream sequence. Blocks; never call it on an async
@@ -199,14 +212,52 @@ impl Writer {
     /// Tries a write again while it fails for a passing reason (a NATS server lost, a stream
     /// electing its leader, the lease being renewed), for up to [`RETRY_FOR`]; the same
     /// message id every time, so a try that landed is not written twice.
+    ///
+    /// A record longer than the chunk size goes as consecutive messages of the part's subject
+    /// ([`chunks`]); the lock on `last` keeps them together, and the returned sequence is the
+    /// last one's.
     async fn append_async(&self, record: Bytes) -> Result<u64, StoreError> {
         let started = std::time::Instant::now();
         let mut last = self.last.lock().await;
+        let mut seq = *last;
+        let pieces = chunks::pieces(&record, self.chunk);
+        let label = self.part.name();
+        if pieces.len() > 1 {
+            self.metrics
+                .domain_chunked
+                .with_label_values(&[label])
+                .inc();
+        }
+        for (piece, chunk) in pieces {
+            seq = self
+                .append_piece(&piece, chunk.as_deref(), &mut last, started)
+                .await?;
+        }
+        self.metrics
+            .domain_writes
+            .with_label_values(&[label, "ok"])
+            .inc();
+        self.metrics
+            .domain_write_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .domain_record_bytes
+            .observe(record.len() as f64);
+        Ok(seq)
+    }
+
+    async fn append_piece(
+        &self,
+        record: &Bytes,
+        chunk: Option<&str>,
+        last: &mut u64,
+        started: std::time::Instant,
+    ) -> Result<u64, StoreError> {
         let n = self.written.fetch_add(1, Ordering::Relaxed);
         let msg_id = format!("{}:{}:{n}", self.writer, self.part.name());
         let mut wait = Duration::from_millis(100);
         loop {
-            match self.try_append(&record, &msg_id, &mut last, started).await {
+            match self.try_append(record, chunk, &msg_id, last).await {
                 Err(StoreError::Replication(e)) if started.elapsed() + wait < RETRY_FOR => {
                     tracing::debug!(part = self.part.name(), error = %e, "domain write not taken yet; trying again");
                     tokio::time::sleep(wait).await;
@@ -220,9 +271,9 @@ impl Writer {
     async fn try_append(
         &self,
         record: &Bytes,
+        chunk: Option<&str>,
         msg_id: &str,
         last: &mut u64,
-        started: std::time::Instant,
     ) -> Result<u64, StoreError> {
         self.fencing.check()?;
         let label = self.part.name();
@@ -233,6 +284,9 @@ impl Writer {
             last.to_string().as_str(),
         );
         headers.insert(WRITER_HEADER, self.writer.as_str());
+        if let Some(c) = chunk {
+            headers.insert(chunks::CHUNK_HEADER, c);
+        }
         let sent = async {
             self.js
                 .publish_with_headers(self.part.subject(), headers, record.clone())
@@ -285,13 +339,6 @@ impl Writer {
         match result {
             Ok(seq) => {
                 *last = seq;
-                self.metrics
-                    .domain_writes
-                    .with_label_values(&[label, "ok"])
-                    .inc();
-                self.metrics
-                    .domain_write_seconds
-                    .observe(started.elapsed().as_secs_f64());
                 Ok(seq)
             }
             Err(e) => {
