@@ -46,23 +46,11 @@ fn assert_outage_alerts(fleet: &Fleet, report: &Report) {
 async fn five_cabinets_follow_real_orders_with_an_offline_pickup() {
     let dir = tempfile::tempdir().unwrap();
     let opts = FleetOptions {
-        cabinets: 5,
-        state_dir: dir.path().join("fleet"),
-        ramp: Duration::from_millis(500),
         activity_per_min: 90.0,
         outage_share: 0.4,
         outage_at: 0.6,
         outage_for: Duration::from_secs(4),
-        restart_at: None,
-        nightfall_at: None,
-        solar_share: 0.0,
-        backoff_base_ms: 100,
-        backoff_max_ms: 1_000,
-        // a stray door closes by itself; long enough that a person slowed by a loaded test
-        // machine still finds it open to put a parcel in or take it out
-        auto_close: Duration::from_millis(3_000),
-        recall_after: Duration::from_secs(3),
-        ..FleetOptions::default()
+        ..FleetOptions::for_tests(5, dir.path().join("fleet"))
     };
     let token = "fleet-test-token-0123456789";
     let mut l = fleet::launch(opts, &dir.path().join("pki"), GatewayMode::InProcess, token)
@@ -122,8 +110,6 @@ async fn five_cabinets_follow_real_orders_with_an_offline_pickup() {
 async fn small_fleet_run_keeps_every_invariant() {
     let dir = tempfile::tempdir().unwrap();
     let opts = FleetOptions {
-        cabinets: 20,
-        state_dir: dir.path().join("fleet"),
         ramp: Duration::from_secs(1),
         activity_per_min: 30.0,
         outage_share: 0.25,
@@ -134,12 +120,8 @@ async fn small_fleet_run_keeps_every_invariant() {
         solar_share: 0.3,
         // late afternoon: little sun left before nightfall, so the night's deficit shows soon
         start_hour: 17.0,
-        backoff_base_ms: 100,
-        backoff_max_ms: 1_000,
-        // a stray door closes by itself; long enough that a person slowed by a loaded test
-        // machine still finds it open to put a parcel in or take it out
-        auto_close: Duration::from_millis(3_000),
-        ..FleetOptions::default()
+        recall_after: Duration::from_secs(20),
+        ..FleetOptions::for_tests(20, dir.path().join("fleet"))
     };
     let token = "fleet-test-token-0123456789";
     let mut l = fleet::launch(opts, &dir.path().join("pki"), GatewayMode::InProcess, token)
@@ -204,26 +186,14 @@ async fn small_fleet_run_keeps_every_invariant() {
 async fn five_cabinets_let_parcels_expire_and_couriers_collect_them() {
     let dir = tempfile::tempdir().unwrap();
     let opts = FleetOptions {
-        cabinets: 5,
-        state_dir: dir.path().join("fleet"),
-        ramp: Duration::from_millis(500),
         activity_per_min: 60.0,
         outage_share: 0.4,
         outage_at: 0.05,
         outage_for: Duration::from_secs(4),
-        restart_at: None,
-        nightfall_at: None,
-        solar_share: 0.0,
-        backoff_base_ms: 100,
-        backoff_max_ms: 1_000,
-        // a stray door closes by itself; long enough that a person slowed by a loaded test
-        // machine still finds it open to put a parcel in or take it out
-        auto_close: Duration::from_millis(3_000),
-        recall_after: Duration::from_secs(3),
         expire_share: 0.4,
         expire_window_min: 1,
         recall_share: 0.1,
-        ..FleetOptions::default()
+        ..FleetOptions::for_tests(5, dir.path().join("fleet"))
     };
     let token = "fleet-test-token-0123456789";
     let mut l = fleet::launch(opts, &dir.path().join("pki"), GatewayMode::InProcess, token)
@@ -286,25 +256,15 @@ async fn five_cabinets_let_parcels_expire_and_couriers_collect_them() {
 async fn five_cabinets_collect_expired_parcels_while_offline() {
     let dir = tempfile::tempdir().unwrap();
     let opts = FleetOptions {
-        cabinets: 5,
-        state_dir: dir.path().join("fleet"),
-        ramp: Duration::from_millis(500),
         activity_per_min: 60.0,
         // the outage comes once the first parcels expired (after about 70 s of 300)
         outage_share: 0.6,
         outage_at: 0.25,
         outage_for: Duration::from_secs(60),
-        restart_at: None,
-        nightfall_at: None,
-        solar_share: 0.0,
-        backoff_base_ms: 100,
-        backoff_max_ms: 1_000,
-        auto_close: Duration::from_millis(3_000),
-        recall_after: Duration::from_secs(3),
         expire_share: 0.8,
         expire_window_min: 1,
         recall_share: 0.0,
-        ..FleetOptions::default()
+        ..FleetOptions::for_tests(5, dir.path().join("fleet"))
     };
     let token = "fleet-test-token-0123456789";
     let mut l = fleet::launch(opts, &dir.path().join("pki"), GatewayMode::InProcess, token)

@@ -257,6 +257,21 @@ async fn any_node_serves_the_parcel_workflow_and_every_node_holds_the_domain_sta
         sum
     };
     assert!(chunked >= 1.0, "no record was written in chunks");
+    // and its 4 KiB snapshots: parts were snapshotted and the stream purged below them, so the
+    // followers' state compared below went through snapshots too
+    let snapshots: f64 = {
+        let mut sum = 0.0;
+        for part in ["commands", "parcels", "alerts", "outbound"] {
+            sum += cl
+                .api(0)
+                .metric(&format!(
+                    "locker_cluster_domain_snapshots_total{{part=\"{part}\",result=\"written\"}}"
+                ))
+                .await;
+        }
+        sum
+    };
+    assert!(snapshots >= 1.0, "no part was snapshotted");
     // every node's own trees hold the domain's state, applied from the stream
     let leader = cl.nodes[0].gw.store().clone();
     let want = locker_tests::cluster::domain_state(&leader, &id).await;

@@ -8,7 +8,7 @@ use locker_gateway::cluster::domain::stores::Record;
 use locker_gateway::cluster::domain::{apply, chunks, Fencing, Part, Writer, DOMAIN_STREAM};
 use locker_gateway::cluster::{Cluster, ClusterConfig};
 use locker_gateway::store::outbound::OutBatch;
-use locker_gateway::store::{Store, StoreError};
+use locker_gateway::store::{outbound::OutboundStore, Store, StoreError};
 use locker_tests::nats::NatsCluster;
 
 /// A client of `nats` with the cluster's streams and buckets made.
@@ -88,8 +88,7 @@ fn cursors(n: usize, value: u64) -> Vec<u8> {
 
 /// Every cursor of `store`'s outbound trees.
 fn cursor_values(store: &Store) -> std::collections::BTreeSet<u64> {
-    let loaded =
-        locker_gateway::store::outbound::OutboundStore::load(store.outbound()).expect("load");
+    let loaded = OutboundStore::load(store.outbound()).expect("load");
     loaded.cursors.values().copied().collect()
 }
 
@@ -181,5 +180,90 @@ async fn a_record_in_chunks_is_applied_whole_or_not_at_all() {
     caught_up(&c, &fresh).await;
     assert_eq!(cursor_values(&fresh), [9].into());
     assert_eq!(fresh.domain_marks().get("outbound").expect("mark"), seq);
+    drop(nats);
+}
+
+/// Every entry of the outbox's trees.
+fn outbox_trees(store: &Store) -> Vec<locker_gateway::store::snapshot::TreeDump> {
+    locker_gateway::store::snapshot::dump(store.db(), locker_gateway::store::outbound::TREES)
+        .expect("dump")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn snapshots_trim_the_stream_and_a_node_behind_the_purge_starts_from_one() {
+    let nats = NatsCluster::start(3);
+    let c = connect(&nats, "snap").await;
+    let dirs = [(); 3].map(|_| tempfile::tempdir().expect("dir"));
+    let open = |i: usize| Store::open(&dirs[i].path().join("db")).expect("store");
+    let (leader, behind, fresh) = (open(0), open(1), open(2));
+    let heads = caught_up(&c, &leader).await;
+    let stream = c.js.get_stream(DOMAIN_STREAM).await.expect("stream");
+    // snapshots every 2 KiB written, in chunks of 1 KB
+    let writers = locker_gateway::cluster::domain::stores::writers(&leader, 2_048, |part| {
+        Writer::new(
+            c.js.clone(),
+            stream.clone(),
+            tokio::runtime::Handle::current(),
+            part,
+            heads[&part],
+            "snap:1".into(),
+            Fencing::default(),
+            c.metrics.clone(),
+        )
+        .with_chunk_size(1_000)
+    });
+    let commit = |i: u64| {
+        let w = writers.outbound.clone();
+        async move {
+            let batch = OutBatch {
+                cursors: vec![(format!("CAB-{:03}", i % 50), i)],
+                ..Default::default()
+            };
+            tokio::task::spawn_blocking(move || w.commit(&batch, false))
+                .await
+                .expect("join")
+                .expect("commit")
+        }
+    };
+    for i in 0..20 {
+        commit(i).await;
+    }
+    // a node that read this far, then was away while snapshots purged what follows its mark
+    caught_up(&c, &behind).await;
+    let mark = behind.domain_marks().get("outbound").expect("mark");
+    for i in 20..300 {
+        commit(i).await;
+    }
+    let written = c
+        .metrics
+        .domain_snapshots
+        .with_label_values(&["outbound", "written"])
+        .get();
+    assert!(written >= 2, "{written} snapshots");
+    let purged = c
+        .metrics
+        .domain_purged
+        .with_label_values(&["outbound"])
+        .get();
+    assert!(purged >= 100, "{purged} purged");
+    let kept = stream
+        .get_raw_message(mark + 1)
+        .await
+        .map(|m| m.subject.to_string());
+    assert!(
+        kept.is_err(),
+        "the record after the away node's mark is purged: {kept:?}"
+    );
+    // the stream holds about twice the state, not 300 records
+    let mut stream = stream;
+    let messages = stream.info().await.expect("info").state.messages;
+    assert!(messages < 100, "{messages} messages left");
+    // the node behind the purge and a node with an empty disk both end with the leader's trees
+    let want = outbox_trees(&leader);
+    assert_eq!(cursor_values(&leader).len(), 50);
+    for s in [&behind, &fresh] {
+        caught_up(&c, s).await;
+        assert_eq!(outbox_trees(s), want);
+    }
     drop(nats);
 }

@@ -18,8 +18,6 @@ use locker_tests::gateway::workspace_bin;
 async fn a_small_fleet_on_three_nodes_survives_a_node_and_a_nats_server_killed() {
     let dir = tempfile::tempdir().unwrap();
     let opts = FleetOptions {
-        cabinets: 9,
-        state_dir: dir.path().join("fleet"),
         ramp: Duration::from_secs(1),
         activity_per_min: 30.0,
         outage_share: 0.25,
@@ -32,15 +30,7 @@ async fn a_small_fleet_on_three_nodes_survives_a_node_and_a_nats_server_killed()
             nats_at: Some(0.7),
             down_for: Duration::from_secs(2),
         },
-        nightfall_at: None,
-        solar_share: 0.0,
-        backoff_base_ms: 100,
-        backoff_max_ms: 1_000,
-        // a stray door closes by itself; long enough that a person slowed by a loaded test
-        // machine still finds it open to put a parcel in or take it out
-        auto_close: Duration::from_millis(3_000),
-        recall_after: Duration::from_secs(3),
-        ..FleetOptions::default()
+        ..FleetOptions::for_tests(9, dir.path().join("fleet"))
     };
     let token = "fleet-test-token-0123456789";
     let mode = GatewayMode::Cluster {

@@ -40,6 +40,10 @@ pub struct ClusterMetrics {
     pub domain_record_bytes: Histogram,
     /// Domain records this node wrote as several messages (longer than one), by part.
     pub domain_chunked: IntCounterVec,
+    /// Snapshots of a part this node wrote, by part and result (`written`, `failed`).
+    pub domain_snapshots: IntCounterVec,
+    /// Messages of the domain stream removed below a snapshot, by part.
+    pub domain_purged: IntCounterVec,
     /// Records of other nodes applied to this node's trees, by part and result (`applied`,
     /// `undecodable`, `abandoned`: an unfinished record in chunks, never applied).
     pub domain_applied: IntCounterVec,
@@ -141,8 +145,34 @@ impl ClusterMetrics {
                 &["part"],
             )?,
         )?;
+        let domain_snapshots = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "locker_cluster_domain_snapshots_total",
+                    "Snapshots of a part of the domain (its whole state, after which its older \
+                     records are purged) this node wrote, by part and result: written, failed \
+                     (tried again after the next writes)",
+                ),
+                &["part", "result"],
+            )?,
+        )?;
+        let domain_purged = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "locker_cluster_domain_purged_total",
+                    "Messages of the domain stream this node purged below a snapshot, by part",
+                ),
+                &["part"],
+            )?,
+        )?;
         for p in ["commands", "parcels", "alerts", "outbound"] {
             domain_chunked.with_label_values(&[p]);
+            domain_purged.with_label_values(&[p]);
+            for r in ["written", "failed"] {
+                domain_snapshots.with_label_values(&[p, r]);
+            }
             for r in ["ok", "failed", "fenced"] {
                 domain_writes.with_label_values(&[p, r]);
             }
@@ -154,6 +184,8 @@ impl ClusterMetrics {
             domain_writes,
             domain_applied,
             domain_chunked,
+            domain_snapshots,
+            domain_purged,
             domain_record_bytes: register(
                 r,
                 Histogram::with_opts(

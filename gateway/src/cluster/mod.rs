@@ -68,6 +68,10 @@ pub struct ClusterConfig {
     /// cabinet of a large network) goes as several messages, applied whole or not at all.
     /// 0: the NATS server's `max_payload` (1 MB by default) less room for the headers.
     pub max_record_bytes: usize,
+    /// A part of the domain is snapshotted (its whole state written as one record, its older
+    /// records purged from the stream) once it has written the larger of this and its last
+    /// snapshot's size since, bytes. The stream then holds at most about twice the state.
+    pub snapshot_min_bytes: u64,
     /// NATS servers to connect to (any of the cluster's; the client learns the others).
     pub nats_urls: Vec<String>,
     /// Replicas of the stream and the bucket (at most the number of NATS servers; 3 survives
@@ -103,6 +107,7 @@ impl Default for ClusterConfig {
             lease_ttl_ms: 10_000,
             catch_up_timeout_ms: 120_000,
             max_record_bytes: 0,
+            snapshot_min_bytes: 16 * 1024 * 1024,
             nats_urls: vec!["nats://127.0.0.1:4222".into()],
             replicas: 3,
             stream: "LK_UPLINK".into(),

@@ -95,7 +95,7 @@ impl Cluster {
                     .map_err(|e| ClusterError::js("domain stream", e))?;
                 let run = format!("{}:{}", self.node(), ulid::Ulid::new());
                 let rt = tokio::runtime::Handle::current();
-                let writers = stores::writers(&store, |part| {
+                let writers = stores::writers(&store, self.cfg.snapshot_min_bytes, |part| {
                     let w = Writer::new(
                         self.js.clone(),
                         stream.clone(),

@@ -106,6 +106,15 @@ pub struct SledAlerts {
     next_change: Arc<AtomicU64>,
 }
 
+/// The rules engine's trees (a snapshot of the domain's `alerts` part copies them).
+pub const TREES: &[&str] = &[
+    "rule_state",
+    "alerts",
+    "alerts_active",
+    "rule_actions",
+    "alert_log",
+];
+
 impl SledAlerts {
     /// Opens the trees.
     pub fn open(db: &sled::Db) -> Result<Self, StoreError> {
@@ -123,6 +132,14 @@ impl SledAlerts {
 }
 
 impl SledAlerts {
+    /// Reads the next change-log position from the log again (after its trees were replaced
+    /// by a snapshot).
+    pub fn reload_position(&self) -> Result<(), StoreError> {
+        self.next_change
+            .store(last_pos(&self.log)? + 1, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// The position the next change-log line gets.
     pub fn next_change(&self) -> u64 {
         self.next_change.load(Ordering::Relaxed)

@@ -76,6 +76,9 @@ fn queue_key(cabinet: &CabinetId, id: CommandId) -> Vec<u8> {
     k
 }
 
+/// The trees of the command queue (a snapshot of the domain's `commands` part copies them).
+pub const TREES: &[&str] = &["commands", "queue", "commands_by_cabinet"];
+
 impl CommandStore {
     /// Opens the command trees of `db`.
     pub fn open(db: &sled::Db) -> Result<Self, StoreError> {

@@ -33,6 +33,7 @@ pub mod outbound;
 pub mod parcels;
 pub mod quarantine;
 pub mod sessions;
+pub mod snapshot;
 
 use std::sync::Arc;
 
@@ -325,6 +326,11 @@ impl Store {
         &self.sessions
     }
 
+    /// The database (for whole-tree copies, [`snapshot`]).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     /// Flushes everything (shutdown).
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
@@ -341,6 +347,50 @@ mod tests {
             cabinet: CabinetId::new(cab).expect("id"),
             position: seq,
             entry: AuditEntry::Event(b"\x80".to_vec()),
+        }
+    }
+
+    #[test]
+    fn every_tree_is_either_one_domain_parts_or_the_nodes_own() {
+        let dir = tempfile::tempdir().expect("dir");
+        let s = Store::open(dir.path()).expect("open");
+        let mut domain: Vec<&str> = [
+            commands::TREES,
+            parcels::TREES,
+            alerts::TREES,
+            outbound::TREES,
+        ]
+        .concat();
+        // what each node keeps for itself: uplinks (every node ingests them), its sessions and
+        // its position in the domain stream
+        let own = [
+            "__sled__default",
+            "events",
+            "quarantine",
+            "quarantine_by_cabinet",
+            "health",
+            "cabinets",
+            "console_sessions",
+            "domain_marks",
+        ];
+        let names: Vec<String> = s
+            .db()
+            .tree_names()
+            .into_iter()
+            .map(|n| String::from_utf8_lossy(&n).into_owned())
+            .collect();
+        for n in &names {
+            assert!(
+                domain.contains(&n.as_str()) || own.contains(&n.as_str()),
+                "tree {n:?} belongs to no snapshot part and is not the node's own"
+            );
+        }
+        domain.sort();
+        let before = domain.len();
+        domain.dedup();
+        assert_eq!(before, domain.len(), "a tree in two parts");
+        for d in &domain {
+            assert!(names.iter().any(|n| n == d), "{d} is never opened");
         }
     }
 

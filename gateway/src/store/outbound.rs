@@ -90,6 +90,9 @@ pub struct SledOutbound {
 
 const TREE: &str = "outbound";
 
+/// The outbox's trees (a snapshot of the domain's `outbound` part copies them).
+pub const TREES: &[&str] = &[TREE];
+
 fn key(prefix: u8, target: &Target, seq: u64) -> Vec<u8> {
     let mut k = prefix_of(prefix, target);
     k.extend_from_slice(&seq.to_be_bytes());

@@ -139,6 +139,20 @@ pub trait ParcelStore: Send + Sync + 'static {
     fn stored_order(&self, id: OrderId) -> Result<Option<Order>, StoreError>;
 }
 
+/// The parcel domain's trees (a snapshot of the domain's `parcels` part copies them).
+pub const TREES: &[&str] = &[
+    "parcel_sites",
+    "parcel_carriers",
+    "parcel_couriers",
+    "parcel_orders",
+    "parcel_archive",
+    "parcel_cabinets",
+    "parcel_meta",
+    "parcel_notices",
+    "parcel_audit",
+    "parcel_notices_by_order",
+];
+
 /// [`ParcelStore`] on the gateway's sled database.
 #[derive(Clone)]
 pub struct SledParcels {

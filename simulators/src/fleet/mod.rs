@@ -173,6 +173,29 @@ impl Default for FleetOptions {
     }
 }
 
+impl FleetOptions {
+    /// A small fleet for a test run: `cabinets` cabinets keeping their state in `state_dir`,
+    /// reconnecting within a second, stray doors closing by themselves after 3 s (long enough
+    /// that a person slowed by a loaded test machine still finds a door open to put a parcel in
+    /// or take it out), parcels recalled 3 s after expiry; no gateway restart, no nightfall, no
+    /// solar cabinets. A test sets its script's fields on top.
+    pub fn for_tests(cabinets: usize, state_dir: PathBuf) -> Self {
+        Self {
+            cabinets,
+            state_dir,
+            ramp: Duration::from_millis(500),
+            restart_at: None,
+            nightfall_at: None,
+            solar_share: 0.0,
+            backoff_base_ms: 100,
+            backoff_max_ms: 1_000,
+            auto_close: Duration::from_millis(3_000),
+            recall_after: Duration::from_secs(3),
+            ..Self::default()
+        }
+    }
+}
+
 /// A live summary of the fleet.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {

@@ -17,8 +17,9 @@
 //!   takes the domain over starts from the whole state after a short catch-up, and the audit
 //!   trail, alerts and orders can be read on every node.
 //!
-//! The stream keeps every record (no age limit): it is the domain's source of truth, and a node
-//! with an empty disk rebuilds its trees from it.
+//! The stream has no age limit: it is the domain's source of truth, and a node with an empty disk
+//! rebuilds its trees from it. It stays short because each part is snapshotted now and then (its
+//! whole state as one record) and its older records purged ([`stores`]).
 
 pub mod apply;
 pub mod chunks;
@@ -70,7 +71,11 @@ impl Part {
 
     /// The part of a subject.
     pub fn of_subject(subject: &str) -> Option<Part> {
-        let name = subject.strip_prefix("lk.dom.")?;
+        Part::named(subject.strip_prefix("lk.dom.")?)
+    }
+
+    /// The part of a name.
+    pub fn named(name: &str) -> Option<Part> {
         Part::ALL.into_iter().find(|p| p.name() == name)
     }
 }
@@ -206,7 +211,48 @@ impl Writer {
     /// Writes one record and returns its stream sequence. Blocks; never call it on an async
     /// worker.
     pub fn append(&self, record: Vec<u8>) -> Result<u64, StoreError> {
+        Ok(self.append_span(record)?.1)
+    }
+
+    /// Writes one record and returns the stream sequences of its first and last message (the
+    /// same unless it went in chunks). Blocks.
+    pub fn append_span(&self, record: Vec<u8>) -> Result<(u64, u64), StoreError> {
         self.rt.block_on(self.append_async(Bytes::from(record)))
+    }
+
+    /// Counts a snapshot written and the messages its purge removed.
+    pub fn snapshot_written(&self, purged: u64) {
+        let label = self.part.name();
+        self.metrics
+            .domain_snapshots
+            .with_label_values(&[label, "written"])
+            .inc();
+        self.metrics
+            .domain_purged
+            .with_label_values(&[label])
+            .inc_by(purged);
+    }
+
+    /// Counts a snapshot that failed (written or purged).
+    pub fn snapshot_failed(&self) {
+        self.metrics
+            .domain_snapshots
+            .with_label_values(&[self.part.name(), "failed"])
+            .inc();
+    }
+
+    /// Removes the part's messages before stream sequence `seq` (below a snapshot) and returns
+    /// how many went. Blocks.
+    pub fn purge_below(&self, seq: u64) -> Result<u64, StoreError> {
+        let purge = self
+            .stream
+            .purge()
+            .filter(self.part.subject())
+            .sequence(seq);
+        self.rt
+            .block_on(async move { purge.await })
+            .map(|r| r.purged)
+            .map_err(|e| StoreError::Replication(format!("{}: purge: {e}", self.part.name())))
     }
 
     /// Tries a write again while it fails for a passing reason (a NATS server lost, a stream
@@ -216,10 +262,11 @@ impl Writer {
     /// A record longer than the chunk size goes as consecutive messages of the part's subject
     /// ([`chunks`]); the lock on `last` keeps them together, and the returned sequence is the
     /// last one's.
-    async fn append_async(&self, record: Bytes) -> Result<u64, StoreError> {
+    async fn append_async(&self, record: Bytes) -> Result<(u64, u64), StoreError> {
         let started = std::time::Instant::now();
         let mut last = self.last.lock().await;
         let mut seq = *last;
+        let mut first = None;
         let pieces = chunks::pieces(&record, self.chunk);
         let label = self.part.name();
         if pieces.len() > 1 {
@@ -232,6 +279,7 @@ impl Writer {
             seq = self
                 .append_piece(&piece, chunk.as_deref(), &mut last, started)
                 .await?;
+            first.get_or_insert(seq);
         }
         self.metrics
             .domain_writes
@@ -243,7 +291,7 @@ impl Writer {
         self.metrics
             .domain_record_bytes
             .observe(record.len() as f64);
-        Ok(seq)
+        Ok((first.unwrap_or(seq), seq))
     }
 
     async fn append_piece(

@@ -7,8 +7,16 @@
 //!
 //! The records ([`Record`]) are what [`super::apply`] applies on the other nodes, with the same
 //! sled code, so every node's trees end the same.
+//!
+//! **Snapshots keep the stream short.** Once a part has written as many bytes since its last
+//! snapshot as that snapshot held (and at least `snapshot_min_bytes`), the writer copies the
+//! part's trees whole into one snapshot record ([`Record::Snapshot`], in chunks when large) and
+//! purges the part's older messages from the stream. A node behind the purge, or with an empty
+//! disk, reads the snapshot first: applying it makes its trees exactly the copy. Writes of a
+//! part are serialised around the copy, so it is the state after exactly the records before it.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use locker_schemas::{CabinetId, CommandId, Millis, OrderId};
 use serde::{Deserialize, Serialize};
@@ -23,6 +31,7 @@ use crate::store::alerts::{AlertChange, AlertStore, LoadedRules, SledAlerts};
 use crate::store::commands::{CommandLog, CommandStore, Sync};
 use crate::store::outbound::{LoadedOutbound, OutBatch, OutboundStore, SledOutbound};
 use crate::store::parcels::{AuditRecord, Batch, Loaded, ParcelStore, SledParcels};
+use crate::store::snapshot::{self, TreeDump};
 use crate::store::{DomainMarks, Store, StoreError, Writers};
 
 /// One record of the domain stream: one commit of one part's actor. Externally tagged
@@ -55,6 +64,11 @@ pub enum Record {
         batch: OutBatch,
         flush: bool,
     },
+    /// The part's whole state: every entry of its trees.
+    Snapshot {
+        part: String,
+        trees: Vec<TreeDump>,
+    },
 }
 
 /// A [`Record`] as it is written, borrowing the actor's data (the same JSON).
@@ -84,6 +98,20 @@ enum RecordRef<'a> {
         batch: &'a OutBatch,
         flush: bool,
     },
+    Snapshot {
+        part: &'a str,
+        trees: &'a [TreeDump],
+    },
+}
+
+/// The trees of a part's state (what its snapshot copies).
+pub fn part_trees(part: Part) -> &'static [&'static str] {
+    match part {
+        Part::Commands => crate::store::commands::TREES,
+        Part::Parcels => crate::store::parcels::TREES,
+        Part::Alerts => crate::store::alerts::TREES,
+        Part::Outbound => crate::store::outbound::TREES,
+    }
 }
 
 impl Record {
@@ -107,15 +135,39 @@ impl Record {
             Record::AlertActionDone { command } => store.alerts().action_done(command),
             Record::AlertsPrune { before } => store.alerts().prune(*before).map(|_| ()),
             Record::Outbound { batch, flush } => store.outbound().commit(batch, *flush),
+            Record::Snapshot { part, trees } => {
+                let Some(p) = Part::named(part) else {
+                    return Err(StoreError::Corrupt {
+                        tree: "snapshot",
+                        detail: format!("a snapshot of the unknown part {part:?}"),
+                    });
+                };
+                snapshot::restore(store.db(), part_trees(p), trees)?;
+                if p == Part::Alerts {
+                    store.alerts().reload_position()?;
+                }
+                Ok(())
+            }
         }
     }
 }
 
-/// Writes a part's record to the stream, then applies it here and moves the part's mark.
+/// Writes a part's record to the stream, then applies it here and moves the part's mark; and
+/// snapshots the part when enough was written since its last snapshot.
 struct Replicated {
     writer: Writer,
     marks: DomainMarks,
     part: Part,
+    db: sled::Db,
+    /// One write (or snapshot) of the part at a time: a snapshot copies the state after
+    /// exactly the records before it.
+    serial: Mutex<()>,
+    /// Bytes written since the last snapshot (this run's).
+    since: AtomicU64,
+    /// The last snapshot's size, bytes.
+    last_snapshot: AtomicU64,
+    /// A snapshot is due once `since` reaches the larger of this and `last_snapshot`.
+    snapshot_min: u64,
 }
 
 impl Replicated {
@@ -125,19 +177,72 @@ impl Replicated {
         apply: impl FnOnce() -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let bytes = serde_json::to_vec(record)?;
+        let len = bytes.len() as u64;
+        let _one = self
+            .serial
+            .lock()
+            .map_err(|_| StoreError::Join("a domain write panicked".into()))?;
         let seq = self.writer.append(bytes)?;
         let out = apply()?;
         self.marks.set(self.part.name(), seq)?;
+        let since = self.since.fetch_add(len, Ordering::Relaxed) + len;
+        if since
+            >= self
+                .snapshot_min
+                .max(self.last_snapshot.load(Ordering::Relaxed))
+        {
+            // the commit is done: a failed snapshot only leaves the stream longer for now
+            if let Err(e) = self.snapshot() {
+                self.writer.snapshot_failed();
+                tracing::warn!(part = self.part.name(), error = %e, "domain snapshot failed; tried again after the next writes");
+            }
+        }
         Ok(out)
+    }
+
+    /// Copies the part's trees into a snapshot record, then purges the part's older messages.
+    /// Called with `serial` held.
+    fn snapshot(&self) -> Result<(), StoreError> {
+        let trees = snapshot::dump(&self.db, part_trees(self.part))?;
+        let record = RecordRef::Snapshot {
+            part: self.part.name(),
+            trees: &trees,
+        };
+        let bytes = serde_json::to_vec(&record)?;
+        let len = bytes.len() as u64;
+        let (first, last) = self.writer.append_span(bytes)?;
+        self.marks.set(self.part.name(), last)?;
+        self.since.store(0, Ordering::Relaxed);
+        self.last_snapshot.store(len, Ordering::Relaxed);
+        let purged = self.writer.purge_below(first)?;
+        self.writer.snapshot_written(purged);
+        tracing::info!(
+            part = self.part.name(),
+            bytes = len,
+            first,
+            purged,
+            "domain snapshot written; older records purged"
+        );
+        Ok(())
     }
 }
 
-/// Builds the replicated writers over `store`'s own trees, one [`Writer`] per part.
-pub fn writers(store: &Store, mut writer: impl FnMut(Part) -> Writer) -> Writers {
+/// Builds the replicated writers over `store`'s own trees, one [`Writer`] per part; each part
+/// is snapshotted once it has written `snapshot_min` bytes and its last snapshot's size since.
+pub fn writers(
+    store: &Store,
+    snapshot_min: u64,
+    mut writer: impl FnMut(Part) -> Writer,
+) -> Writers {
     let rep = |part: Part, w: Writer| Replicated {
         writer: w,
         marks: store.domain_marks().clone(),
         part,
+        db: store.db().clone(),
+        serial: Mutex::new(()),
+        since: AtomicU64::new(0),
+        last_snapshot: AtomicU64::new(0),
+        snapshot_min,
     };
     Writers {
         commands: Arc::new(Commands {
