@@ -203,6 +203,7 @@ impl Replicated {
     /// Copies the part's trees into a snapshot record, then purges the part's older messages.
     /// Called with `serial` held.
     fn snapshot(&self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
         let trees = snapshot::dump(&self.db, part_trees(self.part))?;
         let record = RecordRef::Snapshot {
             part: self.part.name(),
@@ -221,6 +222,7 @@ impl Replicated {
             bytes = len,
             first,
             purged,
+            ms = started.elapsed().as_millis() as u64,
             "domain snapshot written; older records purged"
         );
         Ok(())
