@@ -30,8 +30,6 @@ pub fn cluster_config(cfg: &mut GatewayConfig, nats: &NatsCluster, i: usize, ser
     // small enough that the larger domain records (orders with their compartments, credential
     // sets) go in chunks: the suite runs both framings
     cfg.cluster.max_record_bytes = 2_048;
-    // and snapshots (with purges of the stream below them) come every few records
-    cfg.cluster.snapshot_min_bytes = 4_096;
 }
 
 /// Gateway nodes as `locker-gateway` processes (for `kill -9`) on a NATS cluster, each on its

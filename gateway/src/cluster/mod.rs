@@ -71,6 +71,8 @@ pub struct ClusterConfig {
     /// A part of the domain is snapshotted (its whole state written as one record, its older
     /// records purged from the stream) once it has written the larger of this and its last
     /// snapshot's size since, bytes. The stream then holds at most about twice the state.
+    /// 0 (the default): never. Off by default because nats-server 2.9.10 (Debian bookworm) was
+    /// seen to replay such a purge wrongly on a server that restarted (README, cluster mode).
     pub snapshot_min_bytes: u64,
     /// NATS servers to connect to (any of the cluster's; the client learns the others).
     pub nats_urls: Vec<String>,
@@ -107,7 +109,7 @@ impl Default for ClusterConfig {
             lease_ttl_ms: 10_000,
             catch_up_timeout_ms: 120_000,
             max_record_bytes: 0,
-            snapshot_min_bytes: 16 * 1024 * 1024,
+            snapshot_min_bytes: 0,
             nats_urls: vec!["nats://127.0.0.1:4222".into()],
             replicas: 3,
             stream: "LK_UPLINK".into(),

@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, context::PublishErrorKind};
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -375,6 +376,21 @@ impl Writer {
                         return Err(StoreError::NotLeader(format!(
                             "the {label} log has a newer record ({}) than this node's ({})",
                             m.sequence, last
+                        )));
+                    }
+                    Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                        // the stream says the part moved on, yet holds none of it: its history
+                        // is not the one this node wrote on. Stop: the next holder starts from
+                        // what the stream holds (trying again would be refused for ever).
+                        self.metrics
+                            .domain_writes
+                            .with_label_values(&[label, "fenced"])
+                            .inc();
+                        self.fencing.lose(&format!(
+                            "the {label} log has no record, this node expected {last}"
+                        ));
+                        return Err(StoreError::NotLeader(format!(
+                            "the {label} log holds no record; this node expected {last}"
                         )));
                     }
                     Err(e) => Err(StoreError::Replication(format!(

@@ -8,7 +8,7 @@
 //! The records ([`Record`]) are what [`super::apply`] applies on the other nodes, with the same
 //! sled code, so every node's trees end the same.
 //!
-//! **Snapshots keep the stream short.** Once a part has written as many bytes since its last
+//! **Snapshots keep the stream short** (when `snapshot_min_bytes` is set). Once a part has written as many bytes since its last
 //! snapshot as that snapshot held (and at least `snapshot_min_bytes`), the writer copies the
 //! part's trees whole into one snapshot record ([`Record::Snapshot`], in chunks when large) and
 //! purges the part's older messages from the stream. A node behind the purge, or with an empty
@@ -186,10 +186,11 @@ impl Replicated {
         let out = apply()?;
         self.marks.set(self.part.name(), seq)?;
         let since = self.since.fetch_add(len, Ordering::Relaxed) + len;
-        if since
-            >= self
-                .snapshot_min
-                .max(self.last_snapshot.load(Ordering::Relaxed))
+        if self.snapshot_min > 0
+            && since
+                >= self
+                    .snapshot_min
+                    .max(self.last_snapshot.load(Ordering::Relaxed))
         {
             // the commit is done: a failed snapshot only leaves the stream longer for now
             if let Err(e) = self.snapshot() {
