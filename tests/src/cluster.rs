@@ -139,15 +139,26 @@ pub async fn wait_presence(api: &ApiClient, cab: &str, online: bool) {
 }
 
 /// Queues an unlock of `compartment` at `cab` through one node's API; the command's JSON.
+///
+/// Like any integrator, it tries again on `503 domain_unavailable` (the documented answer while
+/// the domain lease moves, e.g. during a NATS server's election: nothing was created), for up
+/// to a minute.
 pub async fn unlock(api: &ApiClient, cab: &str, compartment: u16, ttl_ms: u32) -> Value {
-    let (s, r) = api
-        .post(
-            &format!("/v1/cabinets/{cab}/commands"),
-            json!({"action": {"type": "unlock", "compartment": compartment}, "ttl_ms": ttl_ms, "wait_ms": 0}),
-        )
-        .await;
-    assert!(s == 200 || s == 202, "{s} {r}");
-    r
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (s, r) = api
+            .post(
+                &format!("/v1/cabinets/{cab}/commands"),
+                json!({"action": {"type": "unlock", "compartment": compartment}, "ttl_ms": ttl_ms, "wait_ms": 0}),
+            )
+            .await;
+        if s == 503 && r["error"] == "domain_unavailable" && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        assert!(s == 200 || s == 202, "{s} {r}");
+        return r;
+    }
 }
 
 /// Waits for a command's outcome on one node (or on the one gateway of a single-node test).
